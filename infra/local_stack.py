@@ -211,6 +211,8 @@ class RayHead:
 
     num_cpus: int = 2
     env: dict[str, str] = field(default_factory=dict)
+    # a small object store: tests and the demo move uint8 tiles, and the machine has other tenants
+    object_store_memory: int = 1_000_000_000
     temp_dir: Path | None = None
     gcs_port: int = 0
     dashboard_port: int = 0
@@ -247,6 +249,7 @@ class RayHead:
             f"--object-manager-port={om_port}", f"--dashboard-agent-listen-port={agent_port}",
             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_port}",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+            f"--object-store-memory={self.object_store_memory}",
         ]
         log = self.temp_dir / "head.log"
         self.proc = subprocess.Popen(
