@@ -128,7 +128,7 @@ def test_device_resize_is_close_to_pillow(rsicd_files):
     with rasterio.open(GEOTIFF_DIR / "RGB.byte.tif") as src:
         landsat = np.moveaxis(src.read(), 0, -1)
     for image in _images(rsicd_files, 10) + [landsat, landsat[:300, :500], landsat[:700, :260]]:
-        image = np.ascontiguousarray(image)
+        image = np.array(image)  # writable, contiguous
         expected = resize_shortest_side(image, cfg).astype(np.float32)
         batch = torch.from_numpy(image).permute(2, 0, 1)[None].float()
         got = _resize_on_device(batch, *expected.shape[:2])[0].permute(1, 2, 0).numpy()
