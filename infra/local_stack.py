@@ -5,6 +5,7 @@ Both run as child processes in their own session, so they are stopped by process
 people's Ray. Used as a library (``with SeaweedFS(dir) as s3: ...``) or from the shell:
 
     python infra/local_stack.py seaweedfs --dir D    # runs until interrupted, prints the env to use
+    python infra/local_stack.py ray-head             # a Ray head for `ray job submit`, until interrupted
 """
 
 from __future__ import annotations
@@ -283,17 +284,39 @@ class RayHead:
         self.stop()
 
 
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM. The signals are blocked first: an unblocked SIGTERM would kill this
+    process at once and leave its services (in their own sessions) running."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    signal.sigwait(signals)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sw = sub.add_parser("seaweedfs", help="run a local SeaweedFS until interrupted")
     sw.add_argument("--dir", required=True)
     sw.add_argument("--bucket", action="append", default=[])
+    rh = sub.add_parser("ray-head", help="run a local Ray head (for `ray job submit`) until interrupted; "
+                        "its processes inherit this shell's AWS_* variables")
+    rh.add_argument("--num-cpus", type=int, default=2)
+    rh.add_argument("--object-store-memory", type=int, default=RayHead.object_store_memory)
     args = parser.parse_args(argv)
+    if args.what == "ray-head":
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        head = RayHead(num_cpus=args.num_cpus, env=aws, object_store_memory=args.object_store_memory).start()
+        print(f"export RAY_ADDRESS={head.dashboard_url}  # ray job submit; ray.init(address='{head.address}')",
+              flush=True)
+        try:
+            wait_for_stop_signal()
+        finally:
+            head.stop()
+        return 0
     server = SeaweedFS(Path(args.dir), buckets=tuple(args.bucket)).start()
     print("\n".join(f"export {k}={v}" for k, v in server.env.items()), flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        wait_for_stop_signal()
     finally:
         server.stop()
     return 0
