@@ -1,0 +1,445 @@
+"""The web demo (``rsclip serve``), end to end in a real headless Chromium, plus its building blocks.
+
+One real tile table on the S3 server: RSICD scenes (some on S3, some local), the windows of a real Landsat
+GeoTIFF on S3 and a float64 GeoTIFF on local disk, embedded with the tiny CLIP. The app runs as the user
+runs it (``serve`` -> ``streamlit run``), Debian's chromium is driven by Playwright with flags that keep it
+off the network, and every request the page makes must go to the app itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.warp import transform_bounds
+
+from infra.local_stack import free_port
+from rsclip import raster, store
+from rsclip.imageio import read_image
+from rsclip.model import load_model
+from rsclip.preview import Window, decode_upload, read_preview
+from rsclip.query import query
+from rsclip.webapp import (
+    DEFAULT_K,
+    KEY_BBOX,
+    KEY_FEATURE_GRID,
+    KEY_FEATURE_OVERLAY,
+    KEY_FEATURE_RESULTS,
+    KEY_FEATURE_UPLOAD,
+    KEY_IMAGE_RESULTS,
+    KEY_IMAGE_UPLOAD,
+    KEY_TEXT_RESULTS,
+    VIEW_FEATURE,
+    VIEW_IMAGE,
+    app_url,
+    describe_window,
+    parse_bbox,
+    serve,
+    similar_tiles,
+    source_name,
+    streamlit_command,
+    tile_vector,
+    WebConfig,
+)
+from tests.conftest import BUCKET, GEOTIFF_DIR
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+LANDSAT = GEOTIFF_DIR / "RGB.byte.tif"  # 791x718, 3 x uint8, UTM 18N, nodata 0
+FLOAT_SCENE = GEOTIFF_DIR / "cog.tif"  # 343x206, 4 x float64, EPSG:4326
+N_CHIPS = 16
+UI_TIMEOUT_MS = 90_000
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium, installed with apt-get when missing (CI starts from a fresh machine)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if prefix and not shutil.which("sudo"):
+        pytest.fail("chromium is missing and apt-get needs root: install it with `apt-get install chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        done = subprocess.run([*prefix, *cmd], env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    assert CHROMIUM.exists(), "apt-get installed chromium but /usr/bin/chromium is missing"
+    return CHROMIUM
+
+
+def _add(rows: dict, uri: str, window, vector, bounds=None, crs=None) -> None:
+    for column, value in zip(store.WINDOW_COLUMNS, window):
+        rows[column].append(int(value))
+    rows[store.URI].append(uri)
+    rows[store.VECTOR].append(vector)
+    for column, value in zip(store.BOUNDS_COLUMNS, bounds or (None,) * 4):
+        rows[column].append(value)
+    rows[store.CRS].append(crs)
+
+
+@pytest.fixture(scope="module")
+def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
+    """A real tile table on S3: chips on S3 and local, GeoTIFF windows on S3, a float64 GeoTIFF locally."""
+    prefix = f"s3://{BUCKET}/webapp-{uuid.uuid4().hex[:8]}"
+    client = s3.client()
+    key_of = lambda uri: uri.split(f"s3://{BUCKET}/", 1)[1]
+    encoder = load_model(tiny_model)
+    rows = {c: [] for c in (store.URI, *store.WINDOW_COLUMNS, *store.BOUNDS_COLUMNS, store.CRS, store.VECTOR)}
+
+    chips = rsicd_files[:: len(rsicd_files) // 30][:N_CHIPS]  # one scene of each of 16 classes
+    chip_uris = []
+    for i, path in enumerate(chips):
+        uri = str(path)
+        if i % 2 == 0:
+            uri = f"{prefix}/chips/{path.name}"
+            client.upload_file(str(path), BUCKET, key_of(uri))
+        chip_uris.append(uri)
+    images = [read_image(u) for u in chip_uris]
+    for uri, image, vector in zip(chip_uris, images, encoder.encode_images(images)):
+        _add(rows, uri, (0, 0, image.shape[1], image.shape[0]), vector)
+
+    landsat_uri = f"{prefix}/scenes/{LANDSAT.name}"
+    client.upload_file(str(LANDSAT), BUCKET, key_of(landsat_uri))
+    windows = []
+    with raster.gdal_env(), rasterio.open(raster.gdal_path(landsat_uri)) as src:
+        scene = raster.describe_scene(src, raster.RasterOptions())
+        for window in raster.grid_windows(src.width, src.height, 224):
+            pixels = raster.read_window(src, window, scene)
+            if pixels is None:
+                continue
+            windows.append(window)
+            _add(rows, landsat_uri, window, encoder.encode_images([pixels])[0],
+                 raster.window_bounds_wgs84(src, window), scene.crs)
+        landsat_bbox = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    with rasterio.open(FLOAT_SCENE) as src:
+        scene = raster.describe_scene(src, raster.RasterOptions())
+        whole = (0, 0, src.width, src.height)
+        _add(rows, str(FLOAT_SCENE), whole, encoder.encode_images([raster.read_window(src, whole, scene)])[0],
+             raster.window_bounds_wgs84(src, whole), scene.crs)
+
+    db = f"{prefix}/db"
+    table = store.create_table(db, store.DEFAULT_TABLE, model=str(tiny_model), dim=encoder.dim)
+    assert store.add_tiles(table, rows) == len(rows[store.URI])
+    return {
+        "db": db, "chips": chip_uris, "local_chips": [u for u in chip_uris if not u.startswith("s3://")],
+        "landsat": landsat_uri, "landsat_windows": windows, "landsat_bbox": tuple(landsat_bbox),
+        "rows": len(rows[store.URI]),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    """``rsclip serve`` on a free port of 127.0.0.1 (the S3 variables reach it through the environment)."""
+    web = serve(demo["db"], port=free_port(), block=False)
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context; after the test, every request it made must have gone to 127.0.0.1."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    requests: list[str] = []
+    pg.on("request", lambda request: requests.append(request.url))
+    try:
+        yield pg
+    finally:
+        context.close()
+    hosts = {re.sub(r"^[a-z]+://([^/]+).*$", r"\1", url) for url in requests if not url.startswith(("data:", "blob:"))}
+    foreign = sorted(h for h in hosts if not h.startswith("127.0.0.1:"))
+    assert requests and not foreign, f"the page reached beyond the local app: {foreign}"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def wait_images_loaded(pg, selector: str, count: int) -> None:
+    """Wait until ``selector`` holds ``count`` images, all decoded (naturalWidth > 0)."""
+    pg.wait_for_function(
+        """([sel, n]) => {
+            const imgs = Array.from(document.querySelectorAll(sel + ' img'));
+            return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        arg=[selector, count],
+        timeout=UI_TIMEOUT_MS,
+    )
+
+
+def hit_captions(pg, results_key: str) -> list[str]:
+    """``name · window`` of every hit card under ``results_key``, in rank order."""
+    cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
+    texts = [cards.nth(i).inner_text() for i in range(cards.count())]
+    return [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t).group(1) for t in texts]
+
+
+def expected_captions(hits) -> list[str]:
+    return [f"{source_name(r[store.URI])} · {describe_window(r)}" for r in hits.to_dict("records")]
+
+
+def open_app(pg, url: str) -> None:
+    pg.goto(url)
+    pg.get_by_label("Describe what to find").wait_for(timeout=UI_TIMEOUT_MS)
+
+
+def search_text(pg, text: str) -> None:
+    box = pg.get_by_label("Describe what to find")
+    box.fill(text)
+    box.press("Enter")
+
+
+def assert_no_traceback(pg) -> None:
+    body = pg.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body, body[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ building blocks
+
+
+def test_preview_cuts_the_tile_window_from_chips_and_s3_geotiffs(demo):
+    local_chip = demo["local_chips"][0]
+    image = read_image(local_chip)
+    crop = read_preview(local_chip, Window(10, 20, 64, 48))
+    np.testing.assert_array_equal(crop, image[20:68, 10:74])
+
+    s3_chip = demo["chips"][0]
+    assert s3_chip.startswith("s3://")
+    np.testing.assert_array_equal(read_preview(s3_chip, Window(0, 0, 150, 150)), read_image(s3_chip))
+
+    # A GeoTIFF window read window-only from S3 has the pixels the embedding read (full size: no resampling).
+    x, y, w, h = demo["landsat_windows"][5]
+    with rasterio.open(LANDSAT) as src:
+        expected = raster.read_window(src, (x, y, w, h), raster.describe_scene(src, raster.RasterOptions()))
+    np.testing.assert_array_equal(read_preview(demo["landsat"], Window(x, y, w, h), size=224), expected)
+    small = read_preview(demo["landsat"], Window(x, y, w, h), size=64)
+    assert small.shape == (64, 64, 3) and small.dtype == np.uint8
+    assert abs(float(small.mean()) - float(expected.mean())) < 8.0
+
+    # Past the right edge of the raster is black; float64 data is stretched to uint8.
+    edge = read_preview(LANDSAT, Window(700, 0, 200, 100), size=200)
+    assert edge.shape == (100, 200, 3) and not edge[:, 100:].any()
+    stretched = read_preview(FLOAT_SCENE, Window(0, 0, 343, 206))
+    assert stretched.dtype == np.uint8 and stretched.std() > 10
+
+    with pytest.raises(ValueError, match="missing.jpg"):
+        read_preview(f"s3://{BUCKET}/nowhere/missing.jpg", Window(0, 0, 10, 10))
+
+
+def test_decode_upload_reads_images_and_geotiffs():
+    assert decode_upload(LANDSAT.read_bytes(), "scene.tif").shape == (718, 791, 3)
+    assert decode_upload(FLOAT_SCENE.read_bytes(), "cog.tif").dtype == np.uint8
+    for data, name in ((b"", "a.png"), (b"not an image", "b.jpg"), (b"II*\x00garbage", "c.tif")):
+        with pytest.raises(ValueError, match=re.escape(name)):
+            decode_upload(data, name)
+
+
+def test_parse_bbox_accepts_four_numbers_and_nothing_else():
+    assert parse_bbox("") is None and parse_bbox("   ") is None
+    assert parse_bbox("-78.9, 23.5, -76.5 25.6") == (-78.9, 23.5, -76.5, 25.6)
+    for text, message in (
+        ("1, 2, 3", "four numbers"),
+        ("0, 0, 1, 1) OR (1 = 1", "four numbers"),
+        ("0, 0, 1, x", "must be numbers"),
+        ("0, 0, nan, 1", "finite"),
+        ("10, 0, 5, 1", "inverted"),
+        ("0, 0, 200, 1", "outside"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_bbox(text)
+
+
+def test_similar_tiles_by_stored_vector_leave_the_tile_out(demo):
+    everything = query(demo["db"], "a harbour", k=demo["rows"])
+    first = everything.iloc[0]
+    hits = similar_tiles(demo["db"], first[store.ID], DEFAULT_K, table=store.DEFAULT_TABLE)
+    assert len(hits) == DEFAULT_K and first[store.ID] not in set(hits[store.ID])
+    assert hits["score"].is_monotonic_decreasing
+    table = store.open_table(demo["db"])
+    for bad in ("' OR '1'='1", first[store.ID][:-1], first[store.ID].upper()):
+        with pytest.raises(ValueError, match="not a tile id"):
+            tile_vector(table, bad)
+
+
+def test_serve_binds_loopback_and_keeps_the_browser_offline():
+    cmd = streamlit_command(WebConfig(db="s3://b/db"), "127.0.0.1", 8501)
+    for flag in ("--server.address=127.0.0.1", "--browser.gatherUsageStats=false", "--server.headless=true",
+                 "--client.showErrorDetails=none"):
+        assert flag in cmd
+    assert cmd[-4:] == ["--db", "s3://b/db", "--table", "tiles"]
+    assert app_url("0.0.0.0", 80) == "http://127.0.0.1:80/"
+    with pytest.raises(ValueError, match="port"):
+        serve("db", port=70000, block=False)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    found = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(name).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_server_listens_on_loopback_only(server):
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0 or ::
+
+
+# ------------------------------------------------------------------------------------------ in the browser
+
+
+def test_text_search_shows_the_ranked_thumbnails(server, demo, page, tmp_path):
+    open_app(page, server.url)
+    search_text(page, "an airport with runways")
+    results = f".st-key-{KEY_TEXT_RESULTS}"
+    wait_images_loaded(page, results, DEFAULT_K)
+    page.screenshot(path=str(tmp_path / "text_search.png"), full_page=True)
+
+    expected = query(demo["db"], "an airport with runways", k=DEFAULT_K)
+    assert hit_captions(page, KEY_TEXT_RESULTS) == expected_captions(expected)
+    text = page.locator(results).inner_text()
+    assert text.count("score") == DEFAULT_K
+    assert f"{expected['score'].iloc[0]:.3f}" in text
+    assert_no_traceback(page)
+
+
+def test_bounding_box_keeps_only_tiles_inside(server, demo, page, tmp_path):
+    open_app(page, server.url)
+    lon_min, lat_min, lon_max, lat_max = demo["landsat_bbox"]
+    bbox_box = page.locator(f".st-key-{KEY_BBOX} input")
+    bbox_box.fill(f"{lon_min:.5f}, {lat_min:.5f}, {lon_max:.5f}, {lat_max:.5f}")
+    bbox_box.press("Enter")
+    page.get_by_text("searching inside").wait_for(timeout=UI_TIMEOUT_MS)
+    search_text(page, "sea and clouds")
+    n = min(DEFAULT_K, len(demo["landsat_windows"]))
+    wait_images_loaded(page, f".st-key-{KEY_TEXT_RESULTS}", n)
+    page.screenshot(path=str(tmp_path / "text_search_bbox.png"), full_page=True)
+    captions = hit_captions(page, KEY_TEXT_RESULTS)
+    assert len(captions) == n and all(c.startswith(LANDSAT.name) for c in captions)
+    assert "lon " in page.locator(f".st-key-{KEY_TEXT_RESULTS}").inner_text()
+
+    for bad, message in (("1, 2, 3", "four numbers"), ("0, 0, 1, 1) OR (1=1", "four numbers"),
+                         ("10, 0, 5, 1", "inverted")):
+        bbox_box.fill(bad)
+        bbox_box.press("Enter")
+        page.get_by_text(message).first.wait_for(timeout=UI_TIMEOUT_MS)
+        assert page.locator(f".st-key-{KEY_TEXT_RESULTS}").count() == 0
+    assert_no_traceback(page)
+
+
+def test_upload_an_image_to_find_similar_tiles(server, demo, page, rsicd_files, tmp_path):
+    open_app(page, server.url)
+    page.get_by_role("tab", name=VIEW_IMAGE).click()
+    upload = rsicd_files[3]  # a real scene that is not in the table
+    page.locator(f".st-key-{KEY_IMAGE_UPLOAD} input[type=file]").set_input_files(str(upload))
+    wait_images_loaded(page, f".st-key-{KEY_IMAGE_RESULTS}", DEFAULT_K)
+    page.screenshot(path=str(tmp_path / "image_search_upload.png"), full_page=True)
+    expected = query(demo["db"], read_image(upload), k=DEFAULT_K)
+    assert hit_captions(page, KEY_IMAGE_RESULTS) == expected_captions(expected)
+    assert upload.name in page.locator("body").inner_text()
+
+    # A broken upload is a readable message, not a stack trace.
+    page.locator(f".st-key-{KEY_IMAGE_UPLOAD} input[type=file]").set_input_files(
+        files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a jpeg"}]
+    )
+    page.get_by_text("broken.jpg: not a readable image").wait_for(timeout=UI_TIMEOUT_MS)
+    assert_no_traceback(page)
+
+
+def test_click_a_result_to_find_similar_tiles(server, demo, page, tmp_path):
+    open_app(page, server.url)
+    search_text(page, "a dense residential area")
+    wait_images_loaded(page, f".st-key-{KEY_TEXT_RESULTS}", DEFAULT_K)
+    chosen = query(demo["db"], "a dense residential area", k=DEFAULT_K).iloc[2]
+    page.locator(f".st-key-{KEY_TEXT_RESULTS}-hit-3").get_by_role("button", name="Similar tiles").click()
+
+    page.get_by_text("Tiles similar to").wait_for(timeout=UI_TIMEOUT_MS)
+    assert page.get_by_role("tab", name=VIEW_IMAGE).get_attribute("aria-selected") == "true"
+    wait_images_loaded(page, f".st-key-{KEY_IMAGE_RESULTS}", DEFAULT_K)
+    page.screenshot(path=str(tmp_path / "image_search_similar.png"), full_page=True)
+    expected = similar_tiles(demo["db"], chosen[store.ID], DEFAULT_K, table=store.DEFAULT_TABLE)
+    captions = hit_captions(page, KEY_IMAGE_RESULTS)
+    assert captions == expected_captions(expected)
+    assert f"{source_name(chosen[store.URI])} · {describe_window(chosen)}" not in captions
+    assert_no_traceback(page)
+
+
+def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp_path, tiny_model):
+    from rsclip.locate import locate
+
+    open_app(page, server.url)
+    page.get_by_role("tab", name=VIEW_FEATURE).click()
+    scene = GEOTIFF_DIR / "m_4709963_se_14_1_20200831.tif"  # NAIP, 4 bands, georeferenced
+    page.locator(f".st-key-{KEY_FEATURE_UPLOAD} input[type=file]").set_input_files(str(scene))
+    feature = page.get_by_label("Feature to find")
+    feature.fill("a lake")
+    feature.press("Enter")
+    wait_images_loaded(page, f".st-key-{KEY_FEATURE_GRID}", 9)  # the default 3 x 3 grid
+    wait_images_loaded(page, f".st-key-{KEY_FEATURE_OVERLAY}", 1)
+    page.screenshot(path=str(tmp_path / "feature_finder.png"), full_page=True)
+
+    expected = locate(str(scene), "a lake", model=str(tiny_model), grid=(3, 3))
+    best = expected.iloc[0]
+    summary = page.locator(f".st-key-{KEY_FEATURE_RESULTS}").inner_text()
+    assert f"best: row {int(best['row'])}, column {int(best['col'])}" in summary
+    assert f"probability {best['probability']:.3f}" in summary
+    assert f"lon {best['lon_min']:.4f}" in summary  # a GeoTIFF upload keeps its georeference
+    cells = page.locator(f".st-key-{KEY_FEATURE_GRID}").inner_text()
+    assert len(re.findall(r"p=0\.\d{3}", cells)) == 9
+    overlay = page.locator(f".st-key-{KEY_FEATURE_OVERLAY} img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert overlay == [934, 723]
+
+    # Another grid re-scores; a grid finer than the image is a readable message.
+    page.get_by_label("Rows").fill("5")
+    page.get_by_label("Rows").press("Enter")
+    wait_images_loaded(page, f".st-key-{KEY_FEATURE_GRID}", 5 * 3)
+    tiny = io.BytesIO()
+    Image.fromarray(np.full((4, 6, 3), 90, dtype=np.uint8)).save(tiny, format="PNG")
+    page.locator(f".st-key-{KEY_FEATURE_UPLOAD} input[type=file]").set_input_files(
+        files=[{"name": "tiny.png", "mimeType": "image/png", "buffer": tiny.getvalue()}]
+    )
+    page.get_by_text("is finer than the 6x4 pixel image").wait_for(timeout=UI_TIMEOUT_MS)
+    assert_no_traceback(page)
+
+
+def test_unknown_table_is_a_readable_message(demo, page):
+    web = serve(demo["db"], table="no_such_table", port=free_port(), block=False)
+    try:
+        page.goto(web.url)
+        page.get_by_text("Cannot open table 'no_such_table'").wait_for(timeout=UI_TIMEOUT_MS)
+        assert "tables: tiles" in page.locator("body").inner_text()
+        assert_no_traceback(page)
+    finally:
+        web.stop()
