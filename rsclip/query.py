@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip import store
+from rsclip import geo, store
 from rsclip.imageio import IMAGE_SUFFIXES, read_image
 from rsclip.model import cached_model
 
@@ -20,6 +20,11 @@ RESULT_COLUMNS = (store.ID, store.URI, "score", *store.WINDOW_COLUMNS, *store.BO
 # ANN search settings used when the table has a vector index (ignored by an exact scan).
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 10
+# A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
+# index: exact and, at this size, as fast as the ANN path.
+EXACT_FILTER_ROWS = 20_000
+# Image queries drop rows whose embedding equals the query's within this cosine distance (the query tile).
+SELF_MATCH_DISTANCE = 1e-5
 
 BBox = tuple[float, float, float, float]
 QueryLike = Union[str, os.PathLike, Image.Image, np.ndarray, Sequence[float]]
@@ -103,19 +108,29 @@ def search_table(
     where: str | None = None,
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
+    exact: bool = False,
 ) -> pd.DataFrame:
-    """The ``k`` rows nearest to ``vector`` (cosine), filtered by ``where`` before the search."""
+    """The ``k`` rows nearest to ``vector`` (cosine), filtered by ``where`` before the search.
+
+    ``exact`` bypasses the vector index (a flat scan). A filtered ANN search probes further lists when the
+    first ``nprobes`` hold fewer than ``k`` matching rows.
+    """
     search = (
         table.search(vector, vector_column_name=store.VECTOR)
         .distance_type(store.METRIC)
         .select([*(c for c in RESULT_COLUMNS if c != "score"), "_distance"])
         .limit(k)
-        .nprobes(nprobes)
     )
-    if refine_factor:
-        search = search.refine_factor(refine_factor)
+    if exact:
+        search = search.bypass_vector_index()
+    else:
+        search = search.nprobes(nprobes)
+        if refine_factor:
+            search = search.refine_factor(refine_factor)
     if where:
         search = search.where(where, prefilter=True)
+        if not exact:
+            search = search.minimum_nprobes(nprobes).maximum_nprobes(0)
     frame = search.to_pandas()
     frame["score"] = 1.0 - frame.pop("_distance").astype(np.float64)
     frame = frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
@@ -130,6 +145,8 @@ def query(
     table: str = store.DEFAULT_TABLE,
     bbox: Sequence[float] | None = None,
     where: str | None = None,
+    near: Sequence[float] | None = None,
+    exclude_self: bool = True,
 ) -> pd.DataFrame:
     """Rank the tiles of ``table`` in ``db`` against ``query``.
 
@@ -137,10 +154,14 @@ def query(
     image (path, PIL image, HWC uint8 array) or a vector of the table's dimension. ``bbox`` =
     ``(lon_min, lat_min, lon_max, lat_max)`` keeps tiles intersecting it, applied before the search so ``k``
     results come back when ``k`` exist; ``where`` is an extra SQL filter on the table's columns.
+    ``near`` = ``(lon, lat, radius_km)`` keeps tiles whose bounds lie within ``radius_km`` great-circle
+    kilometres of the point (0: tiles containing it); exact, combinable with ``bbox`` and ``where``.
+    An image query leaves out the query tile itself (the row with the image's uri and whole-image window,
+    and rows whose embedding equals the query's) unless ``exclude_self`` is False.
 
     Returns a DataFrame with columns id, uri, score (cosine similarity, descending), x, y, width, height,
     lon_min, lat_min, lon_max, lat_max, crs. Raises ``ValueError`` for bad input (empty text, k outside
-    [1, 10000], malformed bbox, unknown table, wrong vector size, a table without model metadata).
+    [1, 10000], malformed bbox or near, unknown table, wrong vector size, a table without model metadata).
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
@@ -151,9 +172,85 @@ def query(
         if not isinstance(where, str) or not where.strip():
             raise ValueError("where must be a non-empty SQL expression")
         filters.append(f"({where})")
+    near_point = None
+    if near is not None:
+        near_point = geo.validate_near(near)
+        filters.append(geo.near_filter(near_point) or f"({store.LON_MIN} IS NOT NULL)")
     tbl = store.open_table(db, table)
     model, dim = store.table_model(tbl)
-    vector = query_vector(query, model, dim)
+    self_ids: set[str] = set()
+    if _is_image_query(query):
+        image = query
+        if isinstance(query, (str, os.PathLike)):
+            image = read_image(query)
+            self_ids = _self_ids(query, image) if exclude_self else set()
+        vector = query_vector(image, model, dim)
+    else:
+        vector = query_vector(query, model, dim)
+        exclude_self = False
     if vector.shape[0] != dim:
         raise ValueError(f"model {model} gives {vector.shape[0]}-d embeddings, table {table!r} holds {dim}-d")
-    return search_table(tbl, vector, int(k), where=" AND ".join(filters) or None)
+
+    def keep(frame: pd.DataFrame) -> np.ndarray:
+        mask = np.ones(len(frame), dtype=bool)
+        if near_point is not None:
+            mask &= geo.within(near_point, frame)
+        if exclude_self:
+            mask &= ~frame[store.ID].isin(self_ids).to_numpy()
+            mask &= frame["score"].to_numpy() < 1.0 - SELF_MATCH_DISTANCE
+        return mask
+
+    post = keep if (near_point is not None or exclude_self) else None
+    return search_filtered(tbl, vector, int(k), where=" AND ".join(filters) or None, keep=post)
+
+
+def _is_image_query(query) -> bool:
+    if isinstance(query, str):
+        return _looks_like_image_path(query)
+    if isinstance(query, (os.PathLike, Image.Image)):
+        return True
+    return isinstance(query, np.ndarray) and query.ndim in (2, 3) and query.dtype == np.uint8
+
+
+def _self_ids(query: str | os.PathLike, image: np.ndarray) -> set[str]:
+    """Ids the query image's own whole-image tile can have in a table: its uri as given, absolute, file://."""
+    text = str(query)
+    uris = {text}
+    if not text.startswith("s3://"):
+        local = str(Path(text[len("file://"):] if text.startswith("file://") else text))
+        uris |= {local, os.path.abspath(local), os.path.realpath(local), "file://" + os.path.abspath(local)}
+    h, w = image.shape[:2]
+    return {store.tile_id(u, 0, 0, w, h) for u in uris}
+
+
+def _has_vector_index(table) -> bool:
+    return any(list(cfg.columns) == [store.VECTOR] for cfg in table.list_indices())
+
+
+def search_filtered(
+    table,
+    vector: np.ndarray,
+    k: int,
+    *,
+    where: str | None = None,
+    keep=None,
+) -> pd.DataFrame:
+    """The ``k`` best rows passing the SQL prefilter ``where`` and the row predicate ``keep``.
+
+    ``keep(frame) -> bool mask`` decides what SQL cannot (exact great-circle distance, the query tile).
+    Candidates are fetched best first with a growing limit until ``k`` pass or the filter is exhausted, so
+    ``k`` rows come back whenever ``k`` qualify. A prefilter keeping few rows (``EXACT_FILTER_ROWS``) is
+    answered by an exact scan of those rows.
+    """
+    exact = False
+    if where and _has_vector_index(table):
+        exact = table.count_rows(where) <= EXACT_FILTER_ROWS
+    if keep is None:
+        return search_table(table, vector, k, where=where, exact=exact)
+    limit = min(MAX_K * 4, max(2 * k, k + 16))
+    while True:
+        frame = search_table(table, vector, limit, where=where, exact=exact)
+        kept = frame[keep(frame)]
+        if len(kept) >= k or len(frame) < limit or limit >= table.count_rows():
+            return kept.head(k).reset_index(drop=True)
+        limit *= 4
