@@ -1,0 +1,142 @@
+"""Index upkeep: IVF_PQ with the one metric, BTREE on id and bounds, appended rows searchable, refresh, S3."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import rsclip
+from rsclip import index as rindex
+from rsclip import store
+
+qmod = importlib.import_module("rsclip.query")  # the module (``rsclip.query`` the attribute is the function)
+
+DIM = 32
+N_ROWS = 3000
+
+
+def clustered(rng, n, centers, spread=0.6):
+    v = centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, DIM)) * spread / np.sqrt(DIM)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def tile_rows(start, vectors, rng):
+    n = len(vectors)
+    lon = rng.uniform(-170, 170, n)
+    lat = rng.uniform(-80, 80, n)
+    return dict(uri=[f"s3://archive/scene-{i}.tif" for i in range(start, start + n)], x=[0] * n, y=[0] * n,
+                width=[224] * n, height=[224] * n, vector=vectors, lon_min=lon, lat_min=lat,
+                lon_max=lon + 1.0, lat_max=lat + 1.0)
+
+
+@pytest.fixture
+def synthetic_db(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, DIM))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    db = tmp_path / "db"
+    table = store.create_table(db, model=str(tiny_model), dim=DIM)
+    store.add_tiles(table, tile_rows(0, clustered(rng, N_ROWS, centers), rng))
+    return db, rng, centers
+
+
+def exact_ids(db, q, k, mask=None):
+    frame = store.open_table(db).to_pandas()
+    if mask is not None:
+        frame = frame[mask(frame)]
+    scores = np.stack(frame["vector"].to_numpy()) @ q
+    return frame.iloc[np.argsort(-scores, kind="stable")[:k]]["id"].tolist()
+
+
+def test_ivf_pq_params():
+    assert rindex.ivf_pq_params(1_000_000, 512) == (1000, 64)
+    assert rindex.ivf_pq_params(3000, 32) == (55, 4)
+    assert rindex.ivf_pq_params(10, 100) == (3, 10)  # largest divisor of 100 not above 12
+    assert rindex.ivf_pq_params(10**9, 7) == (4096, 1)
+    with pytest.raises(ValueError):
+        rindex.ivf_pq_params(0, 512)
+
+
+def test_build_gives_cosine_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
+    db, rng, centers = synthetic_db
+    state = rsclip.build_index(db, min_rows=1000)
+    assert "IVF_PQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
+    assert set(state.scalar_indexes) == {"id", "lon_min", "lat_min", "lon_max", "lat_max"}
+    assert state.num_sub_vectors == 4
+    table = store.open_table(db)
+    vec = [c for c in table.list_indices() if list(c.columns) == ["vector"]][0]
+    assert table.index_stats(vec.name).distance_type == store.METRIC
+    queries = clustered(rng, 30, centers)
+    hits = [len(set(rsclip.query(db, q, k=10)["id"]) & set(exact_ids(db, q, 10))) for q in queries]
+    assert np.mean(hits) / 10 >= 0.95
+
+
+def test_appended_rows_are_searchable_before_and_after_refresh(synthetic_db):
+    db, rng, centers = synthetic_db
+    rindex.build_index(db, min_rows=1000)
+    new = clustered(rng, 50, centers, spread=1.5)  # unlike anything indexed
+    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, new, rng))
+    state = rindex.index_state(store.open_table(db))
+    assert state.unindexed_rows == 50 and state.indexed_rows == N_ROWS
+    for i in (0, 17, 49):
+        got = rsclip.query(db, new[i], k=1)
+        assert got["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + i}.tif"
+    state = rindex.build_index(db, min_rows=1000)
+    assert "refreshed" in state.action and state.unindexed_rows == 0 and state.indexed_rows == N_ROWS + 50
+    assert rsclip.query(db, new[17], k=1)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + 17}.tif"
+
+
+def test_large_growth_retrains_and_rebuild_flag(synthetic_db):
+    db, rng, centers = synthetic_db
+    rindex.build_index(db, min_rows=1000)
+    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, clustered(rng, N_ROWS + 10, centers), rng))
+    state = rindex.build_index(db, min_rows=1000)
+    assert "built IVF_PQ" in state.action and state.unindexed_rows == 0
+    assert rindex.build_index(db, min_rows=1000, rebuild=True).action.startswith("built IVF_PQ")
+
+
+def test_small_table_gets_scalar_indexes_only(synthetic_db):
+    db, _, _ = synthetic_db
+    state = rindex.build_index(db)  # default MIN_ANN_ROWS > 3000
+    assert state.vector_index is None and "exact scan" in state.action
+    assert set(state.scalar_indexes) == set(rindex.SCALAR_COLUMNS)
+    assert rindex.build_index(db).vector_index is None  # idempotent
+
+
+def test_empty_and_unknown_tables(tiny_model, tmp_path):
+    store.create_table(tmp_path / "db", model=str(tiny_model), dim=DIM)
+    assert rindex.build_index(tmp_path / "db").action.startswith("empty table")
+    with pytest.raises(ValueError, match="unknown table"):
+        rindex.build_index(tmp_path / "db", "nope")
+    with pytest.raises(ValueError, match="min_rows"):
+        rindex.build_index(tmp_path / "db", min_rows=0)
+
+
+def test_filtered_search_with_index_is_exact_or_complete(synthetic_db, monkeypatch):
+    db, rng, centers = synthetic_db
+    rindex.build_index(db, min_rows=1000)
+    table = store.open_table(db)
+    box = (-60.0, -40.0, 60.0, 40.0)
+    mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
+    q = clustered(rng, 1, centers)[0]
+    # a selective filter is answered by an exact scan of the rows it keeps
+    assert rsclip.query(db, q, k=20, bbox=box)["id"].tolist() == exact_ids(db, q, 20, mask)
+    # through the index (forced): k rows, all inside the box, nearly all of the true ones
+    monkeypatch.setattr(qmod, "EXACT_FILTER_ROWS", 0)
+    got = qmod.search_filtered(table, q, 20, where=qmod.bbox_filter(box))
+    assert len(got) == 20 and mask(got).all()
+    assert len(set(got["id"]) & set(exact_ids(db, q, 20, mask))) >= 18
+
+
+def test_index_on_s3(tiny_model, s3_prefix):
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(10, DIM))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    db = s3_prefix + "/db"
+    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=DIM), tile_rows(0, clustered(rng, 1200, centers), rng))
+    state = rindex.build_index(db, min_rows=1000)
+    assert state.indexed_rows == 1200 and state.vector_index
+    q = clustered(rng, 1, centers)[0]
+    assert len(set(rsclip.query(db, q, k=10)["id"]) & set(exact_ids(db, q, 10))) >= 9
