@@ -182,3 +182,21 @@ def plot_history(uri: str, history: Sequence[dict[str, Any]]) -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_text(uri, buf.getvalue())
+
+
+def evaluate_samples(encoder, samples: Sequence[dict[str, Any]], *, threads: int = 4) -> dict[str, Any]:
+    """:func:`evaluate` on :mod:`rsclip.data` samples, decoded with the encoder's own preprocessing.
+
+    Unreadable images are skipped and counted under ``skipped_images``. Raises ``ValueError`` when no
+    image is readable.
+    """
+    from rsclip.data import CAPTIONS, LABEL, StageConfig, decode_samples
+
+    stage = StageConfig.from_preprocess(encoder.preprocess_config, image_aug=False, text_aug=False)
+    images, skipped = decode_samples(samples, stage, threads=threads)
+    gone = set(skipped)
+    kept = [s for i, s in enumerate(samples) if i not in gone]
+    out = evaluate(encoder, images, [s[CAPTIONS] for s in kept], [s[LABEL] for s in kept],
+                   classes=sorted({s[LABEL] for s in samples if s[LABEL]}))
+    out["skipped_images"] = len(skipped)
+    return out
