@@ -46,6 +46,17 @@ GRID_COLUMNS = 4
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp")
 MAX_UPLOAD_MB = 200
 TILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+MAX_MESSAGE_CHARS = 300
+# Substrings of object-store errors (LanceDB/object_store, botocore, GDAL) and what to tell the user.
+STORE_FAULTS = (
+    (("Connection refused", "ConnectionRefused", "tcp connect error", "EndpointConnectionError",
+      "Could not connect to the endpoint", "dns error", "timed out"),
+     "cannot reach the object store (check AWS_ENDPOINT_URL and that the server is up)"),
+    (("NoSuchBucket", "bucket does not exist", "The specified bucket does not exist"),
+     "the bucket does not exist"),
+    (("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Access Denied", "Forbidden"),
+     "the object store refused access (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"),
+)
 # Seconds serve(block=False) waits for the server to answer its health check.
 START_TIMEOUT_S = 60.0
 
@@ -304,7 +315,17 @@ def source_name(uri: str) -> str:
 
 
 def readable_error(exc: BaseException) -> str:
-    """A one-line message for the page: ValueError text as is, anything else with its type name."""
+    """A one-line message for the page.
+
+    Object-store faults (which LanceDB reports as long debug dumps) become a short sentence naming the
+    cause; other errors keep their first line, cut to :data:`MAX_MESSAGE_CHARS` (ValueError text as is,
+    anything else prefixed with its type name).
+    """
     text = str(exc).strip() or type(exc).__name__
+    for markers, message in STORE_FAULTS:
+        if any(marker in text for marker in markers):
+            return message
     first = text.splitlines()[0]
+    if len(first) > MAX_MESSAGE_CHARS:
+        first = first[: MAX_MESSAGE_CHARS - 3].rstrip() + "..."
     return first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"

@@ -71,7 +71,7 @@ def _connection(db: str):
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _table_summary(db: str, table: str) -> dict:
-    tbl = store.open_table(_connection(db), table)
+    tbl = store.open_table(db, table)
     model, dim = store.table_model(tbl)
     return {"model": model, "dim": dim, "rows": tbl.count_rows()}
 

@@ -29,6 +29,7 @@ from rsclip.model import load_model
 from rsclip.preview import Window, decode_upload, read_preview
 from rsclip.query import query
 from rsclip.webapp import (
+    APP_SCRIPT,
     DEFAULT_K,
     KEY_BBOX,
     KEY_FEATURE_GRID,
@@ -43,6 +44,7 @@ from rsclip.webapp import (
     app_url,
     describe_window,
     parse_bbox,
+    readable_error,
     serve,
     similar_tiles,
     source_name,
@@ -290,6 +292,18 @@ def test_similar_tiles_by_stored_vector_leave_the_tile_out(demo):
             tile_vector(table, bad)
 
 
+def test_readable_error_is_one_short_line():
+    lance_dump = OSError(
+        "Failed to connect: IO { source: Generic { store: \"S3\", source: RetryError { inner: Http { kind: "
+        "Connect, source: ConnectError(\"tcp connect error\", 127.0.0.1:9, Os { code: 111, kind: "
+        "ConnectionRefused }) } } }, location: object_store.rs:1506\nbacktrace: ..."
+    )
+    assert readable_error(lance_dump).startswith("cannot reach the object store")
+    assert readable_error(ValueError("unknown table 'x' in db\nmore")) == "unknown table 'x' in db"
+    long = readable_error(RuntimeError("y" * 1000))
+    assert long.startswith("RuntimeError: yyy") and len(long) <= 320
+
+
 def test_serve_binds_loopback_and_keeps_the_browser_offline():
     cmd = streamlit_command(WebConfig(db="s3://b/db"), "127.0.0.1", 8501)
     for flag in ("--server.address=127.0.0.1", "--browser.gatherUsageStats=false", "--server.headless=true",
@@ -434,12 +448,31 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     assert_no_traceback(page)
 
 
-def test_unknown_table_is_a_readable_message(demo, page):
-    web = serve(demo["db"], table="no_such_table", port=free_port(), block=False)
-    try:
-        page.goto(web.url)
-        page.get_by_text("Cannot open table 'no_such_table'").wait_for(timeout=UI_TIMEOUT_MS)
-        assert "tables: tiles" in page.locator("body").inner_text()
-        assert_no_traceback(page)
-    finally:
-        web.stop()
+def run_page(monkeypatch, db: str, table: str = store.DEFAULT_TABLE):
+    """Run the page script once in-process (Streamlit's AppTest: the real script runner, no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr("sys.argv", [str(APP_SCRIPT), "--db", db, "--table", table])
+    app = AppTest.from_file(str(APP_SCRIPT), default_timeout=UI_TIMEOUT_MS / 1000)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]  # no uncaught error, so no stack trace
+    return app
+
+
+def test_unknown_table_is_a_readable_message(demo, monkeypatch):
+    app = run_page(monkeypatch, demo["db"], "no_such_table")
+    assert [e.value for e in app.error] == [
+        f"Cannot open table 'no_such_table' in {demo['db']}: unknown table 'no_such_table' in {demo['db']} "
+        "(tables: tiles)"
+    ]
+    assert not app.tabs  # nothing else is drawn
+
+
+def test_unreachable_store_is_a_readable_message(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    db = f"s3://{BUCKET}/unreachable-{uuid.uuid4().hex[:8]}/db"
+    app = run_page(monkeypatch, db)
+    assert [e.value for e in app.error] == [
+        f"Cannot open table 'tiles' in {db}: cannot reach the object store (check AWS_ENDPOINT_URL and that "
+        "the server is up)"
+    ]
