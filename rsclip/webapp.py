@@ -22,9 +22,12 @@ table itself returned and that match :data:`TILE_ID_PATTERN`.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -108,9 +111,6 @@ class WebServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (its whole process group) and wait for it."""
-        import os
-        import signal
-
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -183,11 +183,18 @@ def serve(
     if block:
         print(f"rsclip web demo for table {table!r} in {db}: open {url}", flush=True)
         proc = subprocess.Popen(cmd)
+        # `kill <pid>` of this process must not leave the server running: pass SIGTERM on.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
         try:
             return proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
             return proc.wait()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     server = WebServer(url=url, process=proc)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -43,6 +43,7 @@ from rsclip.webapp import (
     VIEW_IMAGE,
     app_url,
     describe_window,
+    find_feature,
     parse_bbox,
     readable_error,
     serve,
@@ -290,6 +291,22 @@ def test_similar_tiles_by_stored_vector_leave_the_tile_out(demo):
     for bad in ("' OR '1'='1", first[store.ID][:-1], first[store.ID].upper()):
         with pytest.raises(ValueError, match="not a tile id"):
             tile_vector(table, bad)
+
+
+def test_find_feature_cuts_square_patches_and_draws_the_overlay(tiny_model, rsicd_files):
+    data = rsicd_files[0].read_bytes()  # a 150 x 150 JPEG
+    match = find_feature(data, rsicd_files[0].name, "runway", model=str(tiny_model), tile=64)
+    patches = match.patches
+    assert len(patches) == 9 and abs(patches["probability"].sum() - 1.0) < 1e-6
+    assert set(patches[store.X]) == {0, 64, 86} and set(patches[store.WIDTH]) == {64}  # last one moved back
+    assert match.probability_grid().shape == (3, 3)
+    with Image.open(io.BytesIO(match.overlay_png)) as overlay:
+        assert overlay.size == (150, 150)
+    best = patches.iloc[0]
+    x, y = int(best[store.X]), int(best[store.Y])
+    np.testing.assert_array_equal(match.patch_pixels(best), read_image(rsicd_files[0])[y : y + 64, x : x + 64])
+    with pytest.raises(ValueError, match="non-empty text"):
+        find_feature(data, rsicd_files[0].name, "  ", model=str(tiny_model), grid=(2, 2))
 
 
 def test_readable_error_is_one_short_line():
