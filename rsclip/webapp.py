@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -148,6 +150,25 @@ def streamlit_command(config: WebConfig, host: str, port: int) -> list[str]:
     for name, value in flags.items():
         cmd.append(f"--{name}={value}")
     return [*cmd, "--", "--db", str(config.db), "--table", config.table]
+
+
+def open_instructions(
+    db,
+    *,
+    table: str = store.DEFAULT_TABLE,
+    port: int = DEFAULT_PORT,
+    env: Mapping[str, str] | None = None,
+    program: str = "rsclip",
+) -> str:
+    """What to tell a user (``make demo``'s last words): the shell command that serves ``table`` of ``db``
+    and the URL to open. ``env`` (e.g. a local S3 server's AWS variables) is prefixed to the command."""
+    words = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    words += [program, "serve", shlex.quote(str(db))]
+    if table != store.DEFAULT_TABLE:
+        words += ["--table", shlex.quote(table)]
+    if port != DEFAULT_PORT:
+        words += ["--port", str(port)]
+    return f"Web demo: run\n  {' '.join(words)}\nthen open {app_url(DEFAULT_HOST, port)} in a browser."
 
 
 def _healthy(url: str) -> bool:

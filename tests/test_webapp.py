@@ -44,6 +44,7 @@ from rsclip.webapp import (
     app_url,
     describe_window,
     find_feature,
+    open_instructions,
     parse_bbox,
     readable_error,
     serve,
@@ -330,6 +331,13 @@ def test_serve_binds_loopback_and_keeps_the_browser_offline():
     assert app_url("0.0.0.0", 80) == "http://127.0.0.1:80/"
     with pytest.raises(ValueError, match="port"):
         serve("db", port=70000, block=False)
+    hint = open_instructions("s3://b/my db", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}, program=".venv/bin/rsclip")
+    assert hint.splitlines() == [
+        "Web demo: run",
+        "  AWS_ENDPOINT_URL=http://127.0.0.1:9000 .venv/bin/rsclip serve 's3://b/my db'",
+        "then open http://127.0.0.1:8501/ in a browser.",
+    ]
+    assert "--table naip --port 8600" in open_instructions("db", table="naip", port=8600)
 
 
 def _listening_addresses(port: int) -> set[str]:
