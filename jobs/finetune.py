@@ -14,12 +14,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rsclip.train import TrainConfig, run  # noqa: E402
+from rsclip.train import TrainConfig, check_output, init_ray, run  # noqa: E402
 
 HELP = {
     "data": "training data: an RSICD folder/JSON or a Parquet/CSV/JSONL manifest, local or s3:// (repeatable)",
@@ -35,9 +36,12 @@ HELP = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to use (default: RAY_ADDRESS, set by `ray job submit`; "
+                             "without either a private local Ray is started)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -51,23 +55,21 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         else:
             parser.add_argument(flag, type=type(default), default=None, help=text)
     args = vars(parser.parse_args(argv))
-    config_file = args.pop("config")
+    config_file, address = args.pop("config"), args.pop("address")
     given = {k: v for k, v in args.items() if v is not None}
-    if config_file:
-        return TrainConfig.from_file(config_file, **given)
-    return TrainConfig.from_dict(given)
+    cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given)
+    return cfg, address or os.environ.get("RAY_ADDRESS") or None
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        cfg = parse_args(argv).validate()
+        cfg, address = parse_args(argv)
+        check_output(cfg.validate())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import ray
-
-    ray.init()
+    init_ray(address)
     try:
         summary = run(cfg)
     except ValueError as exc:

@@ -455,6 +455,31 @@ def _optimizer_step(model, optimizer, scheduler, scaler, cfg: TrainConfig) -> No
 # ---------------------------------------------------------------- the driver
 
 
+def init_ray(address: str | None = None, **local_kwargs) -> str:
+    """Connect to the Ray cluster at ``address``, or start a private local instance; returns its address.
+
+    A bare ``ray.init()`` joins the most recent ``ray start`` on the machine, which on a shared host is
+    someone else's cluster. The address is also put into ``RAY_ADDRESS`` of the processes Ray starts for
+    this job: Ray Train's helper actors look the cluster up through the state API, which otherwise picks
+    "the latest cluster" on the host as well. ``local_kwargs`` go to ``ray.init`` for a local instance.
+    """
+    import socket
+
+    import ray
+
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+        return address
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # Ray's own setting for the head's GCS port
+    os.environ["RAY_ADDRESS"] = address  # inherited by the raylet and every worker it starts
+    ray.init(address="local", **local_kwargs)
+    return address
+
+
 def arrow_filesystem(uri: str):
     """A pyarrow filesystem and path for Ray Train's storage at ``uri`` (S3 settings from the AWS variables)."""
     import pyarrow.fs as pafs
@@ -478,6 +503,13 @@ def run_dir_exists(output: str) -> bool:
     """Whether ``OUTPUT/ray/run`` already holds a Ray Train run (so a fresh start would clash)."""
     fs, path = storage.filesystem(f"{output.rstrip('/')}/ray/{RUN_NAME}")
     return fs.exists(path) and bool(fs.ls(path))
+
+
+def check_output(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` when ``cfg.output`` already holds a run and ``cfg.resume`` is not set."""
+    if run_dir_exists(cfg.output) and not cfg.resume:
+        raise ValueError(f"{cfg.output} already holds a training run: pass --resume to continue it, "
+                         "or choose another --output")
 
 
 def build_trainer(cfg: TrainConfig, train_ds, val_ds, *, total_steps: int, classes: list[str]):
@@ -537,10 +569,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     ``resume`` is not set. With ``resume`` and an existing run, Ray Train restores it and training
     continues from its latest checkpoint (same step, optimiser, scheduler and data position).
     """
-    cfg.validate()
-    if run_dir_exists(cfg.output) and not cfg.resume:
-        raise ValueError(f"{cfg.output} already holds a training run: pass --resume to continue it, "
-                         "or choose another --output")
+    check_output(cfg.validate())
     train = rdata.read_samples(cfg.data, split=cfg.train_split)
     val = rdata.read_samples(cfg.val_data or cfg.data, split=cfg.val_split)
     if not train:

@@ -105,7 +105,7 @@ def test_ray_dataset_decodes_and_augments(tmp_path):
 
     samples = data.read_samples([str(RSICD_DIR)], split="val")[:40]
     samples.append({**samples[0], "image": str(tmp_path / "missing.jpg"), "name": "missing.jpg"})
-    ray.init(num_cpus=2, object_store_memory=500_000_000, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=500_000_000, include_dashboard=False)
     try:
         cfg = data.StageConfig(height=96, width=96, preprocess=ImagePreprocess(96, 96, 96))
         rows = data.build_dataset(samples, cfg, batch_size=16).take_all()
