@@ -1,0 +1,176 @@
+"""The ``rsclip`` command line on a small real table: every command, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import rsclip
+from rsclip import store
+from rsclip.cli import main
+from rsclip.model import load_model
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def cli_db(tiny_model, rsicd_files, tmp_path_factory):
+    """40 real scenes embedded with the tiny model, on a 0.5-degree grid around (10 E, 45 N)."""
+    files = rsicd_files[:: len(rsicd_files) // N_IMAGES][:N_IMAGES]
+    enc = load_model(tiny_model)
+    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    lon = 10.0 + 0.5 * (np.arange(N_IMAGES) % 8)
+    lat = 45.0 + 0.5 * (np.arange(N_IMAGES) // 8)
+    db = tmp_path_factory.mktemp("cli") / "db"
+    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=enc.dim),
+                    dict(uri=[str(f) for f in files], x=[0] * N_IMAGES, y=[0] * N_IMAGES, width=[150] * N_IMAGES,
+                         height=[150] * N_IMAGES, vector=vectors, lon_min=lon, lat_min=lat, lon_max=lon + 0.5,
+                         lat_max=lat + 0.5, crs=["EPSG:4326"] * N_IMAGES))
+    return db, files
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_query_text_table_and_json(cli_db, capsys):
+    db, _ = cli_db
+    code, out, err = run(capsys, "query", db, "airport", "-k", 5)
+    assert code == 0 and not err
+    want = rsclip.query(db, "airport", k=5)
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["uri", "score", "x"] and len(lines) == 6
+    assert Path(want["uri"].iloc[0]).name in lines[1]
+    code, out, _ = run(capsys, "query", db, "airport", "-k", 5, "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["id"] for r in rows] == want["id"].tolist()
+    assert rows[0]["score"] == pytest.approx(want["score"].iloc[0])
+
+
+def test_query_image_excludes_itself_unless_asked(cli_db, capsys):
+    db, files = cli_db
+    own = store.tile_id(str(files[4]), 0, 0, 150, 150)
+    code, out, _ = run(capsys, "query", db, "--image", files[4], "-k", 3, "--json")
+    assert code == 0 and own not in [r["id"] for r in json.loads(out)]
+    code, out, _ = run(capsys, "query", db, "--image", files[4], "-k", 3, "--json", "--include-self")
+    assert json.loads(out)[0]["id"] == own
+
+
+def test_query_bbox_and_near(cli_db, capsys):
+    db, _ = cli_db
+    code, out, _ = run(capsys, "query", db, "beach", "-k", 50, "--bbox", "10", "45", "11", "45.5", "--json")
+    rows = json.loads(out)
+    want = rsclip.query(db, "beach", k=50, bbox=(10, 45, 11, 45.5))
+    assert code == 0 and [r["id"] for r in rows] == want["id"].tolist() and 0 < len(rows) < N_IMAGES
+    # comma form, negative-free; near with radius 0 on a shared corner: the four tiles around it
+    code, out, _ = run(capsys, "query", db, "beach", "-k", 50, "--near", "10.5,45.5,0", "--json")
+    assert code == 0 and len(json.loads(out)) == 4
+    code, out, _ = run(capsys, "query", db, "beach", "--near", "10.5", "45.5", "0")
+    assert code == 0 and len(out.strip().splitlines()) == 5
+
+
+def test_index_and_info(cli_db, capsys, tmp_path):
+    db, _ = cli_db
+    code, out, _ = run(capsys, "index", db, "--min-rows", 1000)
+    assert code == 0 and "btree id" in out and "exact scan" in out
+    conn = store.connect(db)
+    if "tiles_errors" not in store.table_names(conn):
+        import pyarrow as pa
+
+        conn.create_table("tiles_errors", pa.table({"uri": ["s3://x/broken.tif", "s3://x/empty.jpg"],
+                                                    "error": ["not a raster", "empty file"]}))
+    code, out, _ = run(capsys, "info", db, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["rows"] == N_IMAGES and info["dim"] == 32 and info["errors"] == 2
+    assert info["model"] == store.table_model(store.open_table(db))[0]
+    assert set(info["index"]["scalar_indexes"]) == {"id", "lon_min", "lat_min", "lon_max", "lat_max"}
+    assert info["versions"] >= 2 and "tiles_errors" in info["tables"]
+    code, out, _ = run(capsys, "info", db)
+    assert code == 0 and "32-d" in out and "errors          2" in out and "none (exact scan)" in out
+
+
+def test_locate_and_classify(cli_db, tiny_model, capsys, tmp_path):
+    _, files = cli_db
+    out_png = tmp_path / "heat.png"
+    code, out, err = run(capsys, "locate", files[0], "storage tanks", "--model", tiny_model, "--grid", 2, 2,
+                         "--out", out_png, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["patches"]) == 4 and sum(p["probability"] for p in result["patches"]) == pytest.approx(1.0)
+    assert Image.open(out_png).size == (150, 150)
+    code, out, _ = run(capsys, "locate", files[0], "storage tanks", "--model", tiny_model, "--tile", 100)
+    assert code == 0 and "4 patches" in out
+    code, out, _ = run(capsys, "classify", files[0], files[1], "--labels", "airport", "beach", "forest",
+                       "--model", tiny_model, "--json")
+    rows = json.loads(out)
+    want = rsclip.classify(files[:2], ["airport", "beach", "forest"], model=str(tiny_model))
+    assert code == 0 and [r["label"] for r in rows] == want["label"].tolist()
+    assert rows[1]["beach"] == pytest.approx(want["beach"].iloc[1])
+
+
+def test_installed_entry_point_reports_bad_input_in_one_line(cli_db):
+    db, _ = cli_db
+    exe = Path(sys.executable).parent / "rsclip"
+    if not exe.exists():
+        pytest.skip("the rsclip script is not installed (pip install -e .)")
+    env = {**os.environ, "RUST_LOG": "error"}
+    # one launch (a fresh interpreter imports torch: slow on a busy machine); main() is tested in-process
+    bad = subprocess.run([str(exe), "query", str(db), "airport", "-k", "0"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("rsclip: error: k must be")
+    assert "Traceback" not in bad.stderr
+
+
+BAD_INPUTS = [
+    (["query", "{db}", "airport", "-k", "0"], "k must be"),
+    (["query", "{db}", "airport", "--bbox", "1", "2", "3"], "--bbox"),
+    (["query", "{db}", "airport", "--bbox", "5", "0", "1", "1"], "inverted"),
+    (["query", "{db}", "airport", "--bbox", "a,b,c,d"], "--bbox"),
+    (["query", "{db}", "airport", "--near", "10", "95", "5"], "latitude"),
+    (["query", "{db}", "airport", "--near", "10", "45", "-5"], "radius"),
+    (["query", "{db}", "airport", "--table", "nope"], "unknown table 'nope'"),
+    (["query", "{tmp}/no-such-db", "airport"], "unknown table"),
+    (["query", "{db}"], "either a text or --image"),
+    (["query", "{db}", "airport", "--image", "{img}"], "either a text or --image"),
+    (["query", "{db}", "  "], "empty"),
+    (["query", "{db}", "--image", "{tmp}/missing.jpg"], "missing.jpg"),
+    (["query", "{db}", "--image", "{tmp}/garbage.jpg"], "garbage.jpg"),
+    (["query", "{db}", "airport", "--where", "nosuch > 1"], "nosuch"),
+    (["classify", "{img}", "--labels", "airport", "--model", "{model}"], "at least two"),
+    (["locate", "{img}", "x", "--model", "{model}", "--grid", "500", "2"], "finer"),
+    (["locate", "{img}", "x", "--model", "{model}", "--tile", "100", "--grid", "2", "2"], "either tile or grid"),
+    (["locate", "{tmp}/missing.tif", "x", "--model", "{model}"], "missing.tif"),
+    (["locate", "{img}", "x", "--model", "{tmp}/no-model"], "model directory not found"),
+    (["index", "{db}", "--table", "nope"], "unknown table"),
+    (["info", "{tmp}/no-such-db"], "unknown table"),
+    (["serve", "{db}", "--table", "nope"], "unknown table"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[:1] + a[2:4]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(cli_db, tiny_model, tmp_path, capsys, argv, message):
+    db, files = cli_db
+    (tmp_path / "garbage.jpg").write_bytes(b"not a jpeg")
+    fill = dict(db=db, img=files[0], tmp=tmp_path, model=tiny_model)
+    code, out, err = run(capsys, *[a.format(**fill) for a in argv])
+    assert code == 2 and not out
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rsclip: error: ")
+    assert message in err
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["query"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
