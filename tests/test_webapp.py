@@ -448,6 +448,7 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     wait_images_loaded(page, f".st-key-{KEY_FEATURE_GRID}", 9)  # the default 3 x 3 grid
     wait_images_loaded(page, f".st-key-{KEY_FEATURE_OVERLAY}", 1)
     page.screenshot(path=str(tmp_path / "feature_finder.png"), full_page=True)
+    page.locator(f".st-key-{KEY_FEATURE_GRID}").screenshot(path=str(tmp_path / "feature_finder_grid.png"))
 
     expected = locate(str(scene), "a lake", model=str(tiny_model), grid=(3, 3))
     best = expected.iloc[0]
