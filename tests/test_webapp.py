@@ -64,7 +64,7 @@ CHROMIUM_ARGS = [
 LANDSAT = GEOTIFF_DIR / "RGB.byte.tif"  # 791x718, 3 x uint8, UTM 18N, nodata 0
 FLOAT_SCENE = GEOTIFF_DIR / "cog.tif"  # 343x206, 4 x float64, EPSG:4326
 N_CHIPS = 16
-UI_TIMEOUT_MS = 90_000
+UI_TIMEOUT_MS = 180_000  # generous: a loaded CI machine imports torch slowly on the first page load
 
 
 # ------------------------------------------------------------------------------------------ fixtures
