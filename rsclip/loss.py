@@ -39,6 +39,7 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """
     if not _distributed():
         return features
+    # the public autograd-aware gather (torch 2.13 marks it deprecated in favour of a private module)
     from torch.distributed.nn.functional import all_gather
 
     world = dist.get_world_size()

@@ -301,12 +301,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + rank)
 
     checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as ckpt_dir:
-        source = Path(ckpt_dir) if ckpt_dir else Path(resolve_model_source(cfg.model))
+    # each rank fetches its own copy: ``as_directory`` shares one download folder per node, and a rank
+    # can read a file another rank on the same node is still writing
+    with tempfile.TemporaryDirectory(prefix=f"rsclip-resume-{rank}-") as tmp:
+        ckpt_dir = Path(checkpoint.to_directory(tmp)) if checkpoint else None
+        source = ckpt_dir or Path(resolve_model_source(cfg.model))
         model = CLIPModel.from_pretrained(source, use_safetensors=True, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source)
         processor = AutoImageProcessor.from_pretrained(source)
-        saved = load_train_state(Path(ckpt_dir)) if ckpt_dir else None
+        saved = load_train_state(ckpt_dir) if ckpt_dir else None
     preprocess = ImagePreprocess.from_processor(processor)
     max_length = int(model.config.text_config.max_position_embeddings)
     freeze_towers(model, cfg)
