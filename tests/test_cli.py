@@ -76,6 +76,11 @@ def test_query_bbox_and_near(cli_db, capsys):
     assert code == 0 and len(json.loads(out)) == 4
     code, out, _ = run(capsys, "query", db, "beach", "--near", "10.5", "45.5", "0")
     assert code == 0 and len(out.strip().splitlines()) == 5
+    # negative numbers as separate words, and the --opt=comma form
+    code, out, _ = run(capsys, "query", db, "beach", "-k", 50, "--bbox", "-180", "-90", "180", "90", "--json")
+    assert code == 0 and len(json.loads(out)) == N_IMAGES
+    code, out, _ = run(capsys, "query", db, "beach", "-k", 50, "--near=-170,-80,20000", "--json")
+    assert code == 0 and len(json.loads(out)) == N_IMAGES
 
 
 def test_index_and_info(cli_db, capsys, tmp_path):
