@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedConfig:
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per embedder actor")
     run.add_argument("--torch-threads", type=int, default=None, help="intra-op threads per actor on CPU")
     run.add_argument("--read-cpus", type=float, default=1.0, help="CPUs per planning/decoding task")
+    run.add_argument("--read-tasks", type=int, default=None, help="most planning/decoding tasks at once")
     run.add_argument("--commit-rows", type=int, default=512, help="tiles per table commit")
     p.add_argument("--index", choices=("auto", "always", "never"), default="auto",
                    help="build/refresh the ANN index after writing (default: %(default)s)")
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedConfig:
         config = EmbedConfig(
             archive=a.archive, db=a.db, table=a.table, model=a.model, raster=options, batch_size=a.batch_size,
             num_actors=a.num_actors, cpus_per_actor=a.cpus_per_actor, gpus_per_actor=a.gpus_per_actor,
-            torch_threads=a.torch_threads, read_cpus=a.read_cpus, commit_rows=a.commit_rows, index=a.index,
+            torch_threads=a.torch_threads, read_cpus=a.read_cpus, read_tasks=a.read_tasks, commit_rows=a.commit_rows, index=a.index,
         )
     except ValueError as exc:
         p.error(str(exc))
@@ -80,10 +81,13 @@ def runtime_env() -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rsclip").setLevel(logging.INFO)  # progress: one line per table commit
     config, progress = parse_args(argv)
     try:
-        summary = run_embedding(config, progress=progress, runtime_env=runtime_env())
+        # RAY_ADDRESS: set by `ray job submit` or by the user; without it a private local cluster is started
+        summary = run_embedding(config, progress=progress, ray_address=os.environ.get("RAY_ADDRESS") or "local",
+                                runtime_env=runtime_env())
     except EmbedSetupError as exc:
         print(f"embed_archive: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -269,8 +269,8 @@ def plan_file(uri: str, size: int, options: raster.RasterOptions) -> list[dict[s
     except Exception as exc:
         if is_systemic(exc):
             raise
-        return [error_row(uri, STAGE_PLAN, str(exc) if isinstance(exc, ValueError) else
-                          f"{uri}: {type(exc).__name__}: {exc}")]
+        text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        return [error_row(uri, STAGE_PLAN, text if uri in text else f"{uri}: {text}")]
 
 
 def rows_to_batch(rows: list[dict[str, Any]], columns) -> dict[str, np.ndarray]:

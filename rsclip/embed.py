@@ -45,6 +45,8 @@ class EmbedConfig:
 
     ``num_actors`` embedder actors each reserve ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs;
     ``torch_threads`` (default: the node's cores divided among the actors) sets intra-op threads on CPU.
+    Planning/decoding tasks reserve ``read_cpus`` each; ``read_tasks`` caps how many run at once (None:
+    as many as the CPUs allow).
     Tiles are committed every ``commit_rows`` rows. ``index``: ``auto`` builds the ANN index once the table
     is large enough to pay and refreshes an existing one; ``always`` builds even for small tables;
     ``never`` leaves indexes alone.
@@ -61,6 +63,7 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     torch_threads: int | None = None
     read_cpus: float = 1.0
+    read_tasks: int | None = None
     files_per_task: int = 16
     commit_rows: int = 512
     index: str = "auto"
@@ -230,11 +233,13 @@ def build_index_after(config: EmbedConfig) -> str:
     return state.action
 
 
-def run_embedding(config: EmbedConfig, *, progress: bool = False, runtime_env: dict | None = None) -> EmbedSummary:
+def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: str | None = "local",
+                  runtime_env: dict | None = None) -> EmbedSummary:
     """Embed every tile of ``config.archive`` into ``config.table`` of ``config.db``; see the module doc.
 
-    Uses the connected Ray cluster; when none is, ``ray.init(runtime_env=runtime_env)`` is called after
-    the probes (so a bad store fails before any cluster starts). Raises :class:`EmbedSetupError`
+    Uses the connected Ray cluster; when none is, ``ray.init(address=ray_address, runtime_env=runtime_env)``
+    is called after the probes, so a bad store fails before any cluster starts (``"local"``, the default,
+    starts a private local cluster rather than joining whatever cluster runs on the machine). Raises :class:`EmbedSetupError`
     for systemic faults found before the pipeline starts (archive or db store unreachable, credentials,
     missing bucket or folder, unknown model, table of another model).
     """
@@ -253,7 +258,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, runtime_env: d
         raise EmbedSetupError(str(exc)) from None
     if files and not ray.is_initialized():
         # before LanceDB starts its runtime threads: Ray forks its local daemons
-        ray.init(runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=ray_address, runtime_env=runtime_env, log_to_driver=False)
     try:
         table = store.create_table(config.db, config.table, model=config.model, dim=dim)
     except ValueError as exc:
@@ -277,7 +282,8 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, runtime_env: d
     items = [{store.URI: uri, archive.SIZE: size} for uri, size in files]
     # Read stages state their memory need; the differing resources also keep Ray Data from fusing them into
     # the embedder actors, where decoding would run serially with the model instead of beside it.
-    read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy"}
+    read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
+                 "concurrency": config.read_tasks}
     blocks = max(1, min(len(items) // config.files_per_task + 1, 1000))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(archive.plan_files, fn_kwargs={"options": asdict(config.raster)},
@@ -300,7 +306,8 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, runtime_env: d
         num_gpus=config.gpus_per_actor or None,
     )
     pipeline_start = time.monotonic()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+    # the driver takes commit-sized batches: one table commit each, one batch in memory at a time
+    for batch in ds.iter_batches(batch_size=config.commit_rows, batch_format="numpy", prefetch_batches=1):
         summary.tiles_planned += len(batch[store.ID])
         writer.write(batch)
     counts = writer.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from rsclip import archive, store
+
+log = logging.getLogger(__name__)
 
 ERRORS_SUFFIX = "_errors"
 ERROR_TIME = "time"
@@ -137,6 +140,7 @@ class TileWriter:
         self._pending, self._pending_rows = [], 0
         store.add_tiles(self.table, rows)
         self.counts.embedded += rows.num_rows
+        log.info("committed %d tiles (%d this run)", rows.num_rows, self.counts.embedded)
 
     def close(self) -> WriteCounts:
         """Flush and return the counts."""

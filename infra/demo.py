@@ -1,0 +1,167 @@
+"""``make demo``: a local SeaweedFS and Ray head, a sample archive of real satellite images, the embedding job
+submitted with ``ray job submit``, a few text queries, then everything it started is stopped.
+
+    make demo                      # the default hub model (needs the Hugging Face hub, or the model cached)
+    make demo MODEL=tiny           # offline: a tiny random CLIP built here (runs end to end; hits are random)
+    make demo MODEL=/path/to/dir   # any save_pretrained CLIP folder, or MODEL=s3://bucket/model
+
+The archive goes to the local S3 server (read back by the job over S3); the tile table is written under
+``.demo/tables`` so it outlives the demo and the web app can serve it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from infra.local_stack import RayHead, SeaweedFS  # noqa: E402
+
+DEMO_DIR = ROOT / ".demo"
+BUCKET = "rsclip-demo"
+SHARED_DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEMO_SCENES = ("RGB.byte.tif", "m_4709963_se_14_1_20200831.tif")
+QUERIES = ("airport", "farmland", "river", "beach", "dense residential area")
+TINY = "tiny"
+HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """True when the Hugging Face hub answers within ``timeout`` seconds."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(HUB_URL, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
+def cached_on_hub(model: str) -> bool:
+    """True when the hub model's config is already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:
+        return False
+
+
+def resolve_model(model: str) -> str:
+    """The model argument for the job: ``tiny`` is built under .demo; a hub id must be reachable or cached.
+
+    Raises ``SystemExit`` with instructions when the hub is unreachable (no silent fallback).
+    """
+    if model == TINY:
+        from rsclip.testing import build_tiny_clip
+
+        path = DEMO_DIR / "models" / "tiny-clip"
+        if not (path / "config.json").is_file():
+            print(f"building the tiny random CLIP in {path} (offline; search results will be random)")
+            build_tiny_clip(path)
+        return str(path)
+    if model.startswith("s3://") or Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve()) if not model.startswith("s3://") else model
+    if cached_on_hub(model) or hub_reachable():
+        return model
+    raise SystemExit(
+        f"make demo: the Hugging Face hub ({HUB_URL}) is unreachable from this machine and {model} is not in the "
+        f"local cache, so the model cannot be downloaded.\n"
+        f"Pass a local model instead:\n"
+        f"  make demo MODEL=tiny              # a tiny random CLIP built offline (pipeline end to end, random hits)\n"
+        f"  make demo MODEL=/path/to/clip     # a save_pretrained CLIP folder (e.g. a fine-tuned export)\n"
+        f"  make demo MODEL=s3://bucket/clip  # the same, in object storage"
+    )
+
+
+def sample_files(n_images: int) -> tuple[list[Path], str]:
+    """Up to ``n_images`` RSICD scenes spread over all classes, plus two GeoTIFF scenes, and where they
+    come from. Raises ``SystemExit`` when the shared data is missing."""
+    chips_dir = SHARED_DATA / "rsicd-aid" / "RSICD_images"
+    if not chips_dir.is_dir():
+        raise SystemExit(
+            f"make demo: the sample images are not at {chips_dir} (set RSCLIP_SHARED_DATA to the shared data "
+            f"folder). Fetching RSICD from the Hugging Face hub is not implemented; no images are generated."
+        )
+    chips = sorted(chips_dir.glob("*.jpg"))
+    step = max(1, len(chips) // n_images)
+    picked = chips[::step][:n_images]
+    scenes = [SHARED_DATA / "geotiff" / name for name in DEMO_SCENES if (SHARED_DATA / "geotiff" / name).is_file()]
+    return picked + scenes, f"{len(picked)} RSICD/AID scenes and {len(scenes)} GeoTIFF scenes from {SHARED_DATA}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("MODEL") or "openai/clip-vit-base-patch32",
+                        help="hub id, save_pretrained folder, s3:// prefix, or 'tiny' (default: $MODEL or the hub model)")
+    parser.add_argument("--images", type=int, default=int(os.environ.get("IMAGES", "300")),
+                        help="RSICD scenes to upload (default: 300)")
+    args = parser.parse_args(argv)
+
+    model = resolve_model(args.model)
+    files, origin = sample_files(args.images)
+    DEMO_DIR.mkdir(exist_ok=True)
+    db = DEMO_DIR / "tables"
+    shutil.rmtree(DEMO_DIR / "seaweedfs", ignore_errors=True)
+    s3 = head = None
+    try:
+        print("starting SeaweedFS on 127.0.0.1 ...", flush=True)
+        s3 = SeaweedFS(DEMO_DIR / "seaweedfs", buckets=(BUCKET,)).start()
+        print(f"  S3 endpoint {s3.endpoint}", flush=True)
+        print("starting a Ray head on 127.0.0.1 ...", flush=True)
+        head = RayHead(num_cpus=os.cpu_count() or 2, env=s3.env).start()
+        print(f"  Ray dashboard {head.dashboard_url}", flush=True)
+
+        print(f"uploading {origin} to s3://{BUCKET}/archive ...", flush=True)
+        client = s3.client()
+        for f in files:
+            client.upload_file(str(f), BUCKET, f"archive/{'scenes' if f.suffix == '.tif' else 'chips'}/{f.name}")
+
+        entry = ["python", "jobs/embed_archive.py", "--archive", f"s3://{BUCKET}/archive", "--db", str(db),
+                 "--model", model]
+        print("$ ray job submit --working-dir . -- " + " ".join(entry), flush=True)
+        started = time.monotonic()
+        res = head.submit(entry, working_dir=ROOT, timeout=3600)
+        summary = [line for line in res.stdout.splitlines() if " files" in line and "planned" in line
+                   or line.startswith(("0 files", "embed_archive: error"))]
+        print("\n".join(summary) or res.stdout[-3000:], flush=True)
+        if res.returncode != 0:
+            print(res.stdout[-4000:] + res.stderr[-4000:], file=sys.stderr)
+            print(f"make demo: the embedding job failed (exit {res.returncode})", file=sys.stderr)
+            return 1
+        print(f"  job finished in {time.monotonic() - started:.0f} s", flush=True)
+
+        os.environ.update(s3.env)  # the hits' URIs point into the demo bucket
+        import rsclip
+
+        for text in QUERIES:
+            hits = rsclip.query(db, text, k=3)
+            print(f"\n{text!r}:")
+            for row in hits.itertuples():
+                where = "" if row.lon_min != row.lon_min else f"  lon/lat {row.lon_min:.4f},{row.lat_min:.4f}"
+                print(f"  {row.score:.3f}  {row.uri}  [{row.x},{row.y} {row.width}x{row.height}]{where}")
+        if Path(model).name == "tiny-clip":
+            print("\n(the tiny random model makes these hits random; pass MODEL=<a real CLIP> for real search)")
+        try:
+            from rsclip.webapp import open_instructions
+
+            print("\n" + open_instructions(db))
+        except ImportError:
+            pass
+        return 0
+    finally:
+        print("\nstopping the Ray head and SeaweedFS ...", flush=True)
+        if head is not None:
+            head.stop()
+        if s3 is not None:
+            s3.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
