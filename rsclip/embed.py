@@ -273,7 +273,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
         return summary
 
     # 2. The pipeline.
-    from ray.data import DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
@@ -283,7 +283,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     # Read stages state their memory need; the differing resources also keep Ray Data from fusing them into
     # the embedder actors, where decoding would run serially with the model instead of beside it.
     read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
-                 "concurrency": config.read_tasks}
+                 "compute": TaskPoolStrategy(size=config.read_tasks)}
     blocks = max(1, min(len(items) // config.files_per_task + 1, 1000))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(archive.plan_files, fn_kwargs={"options": asdict(config.raster)},
@@ -301,7 +301,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
         fn_constructor_kwargs={"model": config.model, "torch_threads": threads},
         batch_size=config.batch_size,
         batch_format="numpy",
-        concurrency=config.num_actors,
+        compute=ActorPoolStrategy(size=config.num_actors),
         num_cpus=_actor_cpus(config),
         num_gpus=config.gpus_per_actor or None,
     )
