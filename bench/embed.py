@@ -38,11 +38,20 @@ RSICD = Path(os.environ.get("RSCLIP_SHARED_DATA", ROOT.parent / "shared" / "data
 BATCH = 64
 
 
-def ray_init():
+def ray_init(attempts: int = 3):
+    """A private local Ray (retried: on a loaded machine the node can time out while starting)."""
     import ray
 
-    ray.init(address="local", num_cpus=os.cpu_count() or 2, object_store_memory=1_000_000_000, include_dashboard=False,
-             log_to_driver=False, runtime_env={"py_modules": [str(ROOT / "rsclip")]})
+    for attempt in range(attempts):
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count() or 2, object_store_memory=1_000_000_000,
+                     include_dashboard=False, log_to_driver=False,
+                     runtime_env={"py_modules": [str(ROOT / "rsclip")]})
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
 
 
 def upload(s3, n: int, prefix: str) -> str:
