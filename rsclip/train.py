@@ -575,6 +575,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     check_output(cfg.validate())
     train = rdata.read_samples(cfg.data, split=cfg.train_split)
     val = rdata.read_samples(cfg.val_data or cfg.data, split=cfg.val_split)
+    if cfg.val_data and not val:  # a dedicated validation source without split labels is all validation
+        val = rdata.read_samples(cfg.val_data)
     if not train:
         raise ValueError(f"no '{cfg.train_split}' samples with captions in {cfg.data}")
     if not val:
