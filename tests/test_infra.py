@@ -8,6 +8,7 @@ errors here. Job entrypoints are parsed by the real job scripts' own argument pa
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import signal
@@ -308,7 +309,7 @@ def test_local_stack_ray_head_command(s3):
             [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--",
              "python", "-c", "import os; print('endpoint=' + os.environ['AWS_ENDPOINT_URL'])"],
             capture_output=True, text=True, timeout=180, cwd=ROOT,
-            env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""},
+            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""},
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"endpoint={s3.endpoint}" in result.stdout

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 from PIL import Image
@@ -274,9 +272,10 @@ def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_lo
         if not done:
             continue
         history = read_history(output)
-        [group] = [pg for pg in train_placement_groups()
-                   if pg["placement_group_id"] not in groups_before and pg["state"] == "CREATED"]
-        nodes_used = set(group["bundles_to_node_id"].values())
+        live = [pg for pg in train_placement_groups()
+                if pg["placement_group_id"] not in groups_before and pg["state"] == "CREATED"]
+        assert len(live) == 1, f"expected the one live worker group of the run, found {live}"
+        nodes_used = set(live[0]["bundles_to_node_id"].values())
         first_epoch = history[0]
         killed = sorted(nodes_used)[0]
         kill_and_replace(cluster, killed)
@@ -294,4 +293,5 @@ def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_lo
     assert history[0] == first_epoch
     assert summary["final_metrics"]["step"] == summary["total_steps_planned"]
     assert summary["model"] == f"{output}/model"
-    assert storage.filesystem(f"{output}/model/config.json")[0].exists(f"{output}/model/config.json".split("://")[1])
+    fs, path = storage.filesystem(f"{output}/model/config.json")
+    assert fs.exists(path), "the best checkpoint's model was exported"
