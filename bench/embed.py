@@ -85,11 +85,11 @@ def model_only(model_dir: str, threads: int, n_batches: int) -> float:
     return n_batches * BATCH / elapsed
 
 
-def rsclip_pipeline(archive: str, db: str, model_dir: str) -> dict:
+def rsclip_pipeline(archive: str, db: str, model_dir: str, threads: int = 1) -> dict:
     from rsclip.embed import EmbedConfig, run_embedding
 
     summary = run_embedding(EmbedConfig(archive=archive, db=db, model=model_dir, batch_size=BATCH,
-                                        commit_rows=512, index="never"))
+                                        torch_threads=threads, commit_rows=512, index="never"))
     return {"embedded": summary.embedded, "img_s": summary.images_per_s, "seconds": summary.seconds}
 
 
@@ -188,6 +188,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="images for the throughput runs (default 2000)")
     parser.add_argument("--model-batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the embedder actor and of the model-only run (default 1: the "
+                             "actor reserves 1 of the 2 CPUs, the decode tasks the other)")
     parser.add_argument("--rss-run", nargs=3, metavar=("ARCHIVE", "DB", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_run:
@@ -207,12 +210,12 @@ def main() -> int:
         archive_n = upload(s3, n, "n")
         archive_4n = upload(s3, 4 * n, "n4")
         print(f"archive: {n} and {4 * n} real JPEG chips (150x150) in SeaweedFS", flush=True)
-        threads = os.cpu_count() or 2
+        threads = args.threads
         model_img_s = model_only(vit, threads, args.model_batches)
         print(f"model only (ViT-B/32 random init, batch {BATCH}, {threads} threads): {model_img_s:.2f} img/s",
               flush=True)
         ray_init()
-        e2e = rsclip_pipeline(archive_n, f"s3://{BUCKET}/db-e2e", vit)
+        e2e = rsclip_pipeline(archive_n, f"s3://{BUCKET}/db-e2e", vit, threads)
         print(f"rsclip end to end: {e2e['embedded']} tiles, {e2e['img_s']:.2f} img/s", flush=True)
         reference = reference_pipeline(archive_n, vit, s3.env)
         print(f"reference (read_images + CLIPProcessor in map_batches): {reference:.2f} img/s", flush=True)
