@@ -124,7 +124,7 @@ def check_bucket(uri: str) -> None:
     fs, path = filesystem(uri)
     bucket = path.split("/", 1)[0]
     try:
-        fs.ls(bucket, refresh=True)
+        fs.call_s3("head_bucket", Bucket=bucket)  # one request, whatever the bucket holds
     except FileNotFoundError as exc:
         raise ArchiveError(f"bucket {bucket!r} of {uri} does not exist ({exc})") from None
     except Exception as exc:
