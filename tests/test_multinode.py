@@ -231,13 +231,20 @@ def read_history(output: str) -> list[dict]:
     return [json.loads(line) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
 
 
-def checkpoint_names(output: str) -> list[str]:
-    fs, path = storage.filesystem(f"{output}/ray/run")
+def registered_checkpoint(output: str) -> str:
+    """Name of the latest checkpoint Ray Train has registered (its snapshot in storage), or "".
+
+    A checkpoint folder appears in storage before the controller registers it; a worker lost in between
+    restarts the run without it. The snapshot is written after registration, so it is the safe signal.
+    """
+    fs, path = storage.filesystem(f"{output}/ray/run/checkpoint_manager_snapshot.json")
     fs.invalidate_cache()
     try:
-        return [p.rsplit("/", 1)[1] for p in fs.ls(path, refresh=True)]
-    except FileNotFoundError:
-        return []
+        snapshot = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return ""
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return str(latest.get("checkpoint_dir_name") or "")
 
 
 def train_placement_groups() -> list[dict]:
@@ -268,8 +275,8 @@ def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_lo
     first_epoch, killed, nodes_used = None, None, set()
     while thread.is_alive() and killed is None:
         time.sleep(0.3)
-        done = [n for n in checkpoint_names(output) if n.startswith("epoch0001-") and "partial" not in n]
-        if not done:
+        latest = registered_checkpoint(output)
+        if not (latest.startswith("epoch0001-") and "partial" not in latest):
             continue
         history = read_history(output)
         live = [pg for pg in train_placement_groups()
