@@ -325,8 +325,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         state = TrainState(**saved["state"])
-        log.info("rank %d resumed at epoch %d, step %d, batch %d", rank, state.epoch, state.step,
-                 state.batch_in_epoch)
+        # printed, not logged: Ray forwards worker stdout to the job's log whatever the logging setup
+        print(f"rsclip: rank {rank} resumed at epoch {state.epoch}, step {state.step}, "
+              f"batch {state.batch_in_epoch}", flush=True)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     core = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
@@ -429,7 +430,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.history.append(record)
             rmetrics.write_history(f"{cfg.output}/metrics.jsonl", state.history)
             rmetrics.plot_history(f"{cfg.output}/metrics.png", state.history)
-            log.info("epoch %d: %s", record["epoch"], json.dumps(record))
+            print(f"rsclip: epoch {record['epoch']}: {json.dumps(record)}", flush=True)
         score = record.get(score_key)
         report({**record, score_key: UNEVALUATED_SCORE if score is None else score}, evaluated=True)
 
