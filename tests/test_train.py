@@ -184,7 +184,9 @@ def test_submitted_job_survives_a_killed_worker(ray_head, small_model, s3_prefix
     deadline = time.monotonic() + 400
     killed = None
     while job.is_alive() and time.monotonic() < deadline and killed is None:
-        if fs.exists(ckpt_root) and any("checkpoint" not in p and "epoch" in p for p in fs.ls(ckpt_root, refresh=True)):
+        # kill only once Ray Train has registered a checkpoint (its snapshot is written on registration);
+        # a folder that has appeared may still be uploading and would not be resumed from
+        if fs.exists(f"{ckpt_root}/checkpoint_manager_snapshot.json"):
             pids = _train_workers(ray_head.dashboard_url)
             if pids:
                 os.kill(pids[-1], signal.SIGKILL)
