@@ -290,7 +290,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
                         batch_size=config.files_per_task, **read_args)
     ds = ds.map_batches(mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                  "version": table.version},
-                        batch_size=1024, **read_args)
+                        batch_size=None, **read_args)  # per block: coalescing would serialise small archives
     ds = ds.map_batches(archive.read_tiles, fn_kwargs={"preprocess": asdict(preprocess)},
                         batch_size=config.batch_size, **read_args)
     actor_cpus = _actor_cpus(config)
