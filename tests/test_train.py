@@ -193,8 +193,9 @@ def test_submitted_job_survives_a_killed_worker(ray_head, small_model, s3_prefix
                 killed = pids[-1]
         time.sleep(0.5)
     job.join(timeout=500)
-    assert killed is not None, "the run ended before a worker could be killed"
-    res = done["res"]
+    res = done.get("res")
+    assert killed is not None, ("the run ended before a worker could be killed",
+                                res and (res.stdout[-3000:], res.stderr[-3000:]))
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     history = _history(out)
     spe = steps_per_epoch(200, TrainConfig(batch_size=10, num_workers=2))
