@@ -186,6 +186,7 @@ def test_submitted_job_survives_a_killed_worker(ray_head, small_model, s3_prefix
     while job.is_alive() and time.monotonic() < deadline and killed is None:
         # kill only once Ray Train has registered a checkpoint (its snapshot is written on registration);
         # a folder that has appeared may still be uploading and would not be resumed from
+        fs.invalidate_cache()  # s3fs may answer from a listing cached before the snapshot existed
         if fs.exists(f"{ckpt_root}/checkpoint_manager_snapshot.json"):
             pids = _train_workers(ray_head.dashboard_url)
             if pids:
