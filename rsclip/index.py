@@ -131,6 +131,11 @@ def build_index(
     """
     if min_rows < 1:
         raise ValueError(f"min_rows must be >= 1, got {min_rows}")
+    # two jobs finishing on one table index it at the same time: the loser re-reads the state and goes on
+    return store.retry_on_conflict(lambda: _build_index_once(db, table, rebuild=rebuild, min_rows=min_rows))
+
+
+def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexState:
     tbl = store.open_table(db, table)
     _, dim = store.table_model(tbl)
     rows = tbl.count_rows()

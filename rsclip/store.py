@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import lancedb
 import numpy as np
@@ -48,6 +49,7 @@ META_DIM = b"rsclip.dim"
 
 # Concurrent writers (two jobs on one table) can collide on a commit; such a batch is retried.
 WRITE_RETRIES = 10
+T = TypeVar("T")
 
 
 def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
@@ -191,18 +193,29 @@ def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
     _, first = np.unique(ids, return_index=True)
     if len(first) != batch.num_rows:
         batch = batch.take(np.sort(first))
+    def write():
+        return table.merge_insert(ID).when_not_matched_insert_all().execute(batch)
+
+    result = retry_on_conflict(write, table)
+    return int(getattr(result, "num_inserted_rows", batch.num_rows))
+
+
+def retry_on_conflict(write: Callable[[], T], table=None) -> T:
+    """``write()``, retried with backoff when Lance reports a commit conflict with a concurrent writer.
+
+    ``table`` (when given) is moved to its latest version before each retry.
+    """
     for attempt in range(WRITE_RETRIES):
         try:
-            result = table.merge_insert(ID).when_not_matched_insert_all().execute(batch)
-            return int(getattr(result, "num_inserted_rows", batch.num_rows))
+            return write()
         except Exception as exc:  # lance reports commit conflicts as generic errors
-            if "conflict" not in str(exc).lower() and "retry" not in str(exc).lower():
+            text = str(exc).lower()
+            if ("conflict" not in text and "retry" not in text) or attempt == WRITE_RETRIES - 1:
                 raise
-            if attempt == WRITE_RETRIES - 1:
-                raise
-            time.sleep(0.05 * 2**attempt)
-            table.checkout_latest()
-    return 0
+            time.sleep(0.05 * 2**attempt * (1.0 + random.random()))
+            if table is not None:
+                table.checkout_latest()
+    raise AssertionError("unreachable")
 
 
 def existing_ids(table, ids: Iterable[str]) -> set[str]:

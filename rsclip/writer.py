@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,18 +74,11 @@ def record_errors(errors_table, rows: list[dict]) -> None:
             data[c].append(r[c])
         data[ERROR_TIME].append(now)
     batch = pa.Table.from_pydict(data, schema=ERRORS_SCHEMA)
-    for attempt in range(store.WRITE_RETRIES):
-        try:
-            errors_table.merge_insert(store.ID).when_matched_update_all().when_not_matched_insert_all() \
-                .execute(batch)
-            return
-        except Exception as exc:
-            if "conflict" not in str(exc).lower() and "retry" not in str(exc).lower():
-                raise
-            if attempt == store.WRITE_RETRIES - 1:
-                raise
-            time.sleep(0.05 * 2**attempt)
-            errors_table.checkout_latest()
+    store.retry_on_conflict(
+        lambda: errors_table.merge_insert(store.ID).when_matched_update_all().when_not_matched_insert_all()
+        .execute(batch),
+        errors_table,
+    )
 
 
 @dataclass

@@ -140,3 +140,26 @@ def test_index_on_s3(tiny_model, s3_prefix):
     assert state.indexed_rows == 1200 and state.vector_index
     q = clustered(rng, 1, centers)[0]
     assert len(set(rsclip.query(db, q, k=10)["id"]) & set(exact_ids(db, q, 10))) >= 9
+
+
+def test_concurrent_index_builds_on_one_table_both_succeed(synthetic_db):
+    """Two jobs finishing on one table index it at once; Lance rejects one commit, which is retried."""
+    import threading
+
+    db, _, _ = synthetic_db
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(rindex.build_index(db, min_rows=256))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    state = rindex.index_state(store.open_table(db))
+    assert state.vector_index is not None and set(state.scalar_indexes) == set(rindex.SCALAR_COLUMNS)
