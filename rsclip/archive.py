@@ -74,9 +74,7 @@ class ArchiveError(RuntimeError):
 
 
 def _s3fs():
-    import s3fs
-
-    return s3fs.S3FileSystem(
+    return storage.import_s3fs().S3FileSystem(
         **storage.s3fs_options(),
         config_kwargs={
             "connect_timeout": CONNECT_TIMEOUT_S,

@@ -49,6 +49,7 @@ OK = "ok"  # False where the image could not be decoded
 TRAIN, VAL, TEST = "train", "val", "test"
 RSICD_JSON = "dataset_rsicd.json"
 RSICD_IMAGE_DIRS = ("RSICD_images", "images")
+DECODE_TASK_RETRIES = 2  # attempts after the first for a decode task that raised (see build_dataset)
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 
 # Manifest column names accepted for each field, in order of preference.
@@ -380,6 +381,11 @@ def build_dataset(samples: Sequence[dict[str, Any]], cfg: StageConfig, *, num_cp
     ds = ray.data.from_items(list(samples), override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="numpy",
                         num_cpus=num_cpus)
+    # Unreadable images never raise here (they come out with ok=False), so an exception out of a decode task
+    # is the store or the process (an S3 timeout, a worker's import race): retry the block before failing
+    # the training run. A fault that persists still fails after the last attempt.
+    ds.context.retried_map_errors = True
+    ds.context.max_map_retries = DECODE_TASK_RETRIES
     return ds
 
 

@@ -11,6 +11,8 @@ profiles, ``~/.aws``), which is what a cluster on AWS uses.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 import fsspec
 
 S3_SCHEMES = ("s3", "s3a")
+_IMPORT_LOCK = threading.Lock()
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -84,6 +87,26 @@ def s3fs_options() -> dict[str, Any]:
     return opts
 
 
+def import_s3fs(attempts: int = 3):
+    """``import s3fs``, once per process, retried when another thread is importing its dependencies.
+
+    In a Ray worker a background thread may be importing ``aiohttp`` at the moment a task first touches
+    S3; aiobotocore then sees a half-initialised ``aiohttp`` and the import fails with ``AttributeError``
+    (seen in a decode task of the multi-node training test). A failed import leaves nothing behind in
+    ``sys.modules``, so importing again once the other thread is done succeeds.
+    """
+    with _IMPORT_LOCK:
+        for attempt in range(attempts):
+            try:
+                import s3fs
+
+                return s3fs
+            except (AttributeError, ImportError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+
 def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """An fsspec filesystem for ``uri`` and the path to use with it.
 
@@ -92,8 +115,7 @@ def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """
     text = str(uri)
     if is_remote(text):
-        import s3fs
-
+        s3fs = import_s3fs()
         parsed = urlparse(text)
         return s3fs.S3FileSystem(**s3fs_options()), f"{parsed.netloc}{parsed.path}".rstrip("/")
     return fsspec.filesystem("file"), str(local_path(text).resolve())

@@ -109,9 +109,39 @@ def test_ray_dataset_decodes_and_augments(tmp_path):
     try:
         cfg = data.StageConfig(height=96, width=96, preprocess=ImagePreprocess(96, 96, 96))
         rows = data.build_dataset(samples, cfg, batch_size=16).take_all()
+        # an exception out of a decode task (not an unreadable image: those are rows with ok=False) is
+        # retried, and fails the dataset only when it persists; here the OS refuses an over-long file name
+        broken = [{**samples[0], "image": str(tmp_path / ("x" * 300 + ".jpg")), "name": "long.jpg"}]
+        with pytest.raises(Exception, match=f"{data.DECODE_TASK_RETRIES + 1}/{data.DECODE_TASK_RETRIES + 1} "
+                                            "attempts") as failed:
+            data.build_dataset(broken, cfg, batch_size=16).take_all()
+        assert "File name too long" in str(failed.value)
     finally:
         ray.shutdown()
     assert len(rows) == 41 and sum(not r["ok"] for r in rows) == 1
     assert all(r["image"].shape == (96, 96, 3) for r in rows)
     captions = {c for s in samples for c in s["captions"]}
     assert all(r["caption"] in captions for r in rows)
+
+
+def test_s3fs_import_is_retried_when_another_thread_leaves_it_half_done(monkeypatch):
+    """A Ray worker's background thread importing aiohttp made aiobotocore's import fail with AttributeError
+    in a decode task; the race cannot be produced on demand, so the first import attempt is made to fail
+    the same way."""
+    import importlib.abc
+    import sys
+
+    calls = []
+
+    class HalfInitialised(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "s3fs" and not calls:
+                calls.append(name)
+                raise AttributeError("module aiohttp has no attribute http_exceptions")
+            return None
+
+    for name in [m for m in sys.modules if m == "s3fs" or m.startswith("s3fs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [HalfInitialised(), *sys.meta_path])
+    fs, path = storage.filesystem("s3://bucket/key.jpg")
+    assert calls == ["s3fs"] and path == "bucket/key.jpg" and type(fs).__name__ == "S3FileSystem"
