@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -16,11 +17,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_IMAGE_PIXELS = 16_384 * 16_384
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to an RGB ``(H, W, 3)`` uint8 array.
+@contextmanager
+def _opened(data: bytes, name: str):
+    """The PIL image in ``data`` once its header passed the checks; errors in the block become ValueError.
 
-    Raises ``ValueError`` naming ``name`` for empty, truncated or non-image data, decompression bombs and
-    images smaller than 2x2 pixels.
+    Refuses empty data, decompression bombs (by Pillow's limit or ``MAX_IMAGE_PIXELS``), images smaller than
+    2x2 pixels and anything Pillow cannot read, each with a ``ValueError`` naming ``name``.
     """
     if not data:
         raise ValueError(f"{name}: empty file")
@@ -29,18 +31,37 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise ValueError(f"{name}: {im.width}x{im.height} pixels exceeds the decode limit")
-                im.load()
-                array = np.asarray(im.convert("RGB"))
+                    raise ValueError(f"{name}: decompression bomb refused ({im.width}x{im.height} pixels "
+                                     "exceeds the decode limit)")
+                if im.width < 2 or im.height < 2:
+                    raise ValueError(f"{name}: image is too small ({im.width}x{im.height} pixels)")
+                yield im
     except ValueError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"{name}: decompression bomb refused ({exc})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error... for broken files
         raise ValueError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
-    if array.shape[0] < 2 or array.shape[1] < 2:
-        raise ValueError(f"{name}: image is too small ({array.shape[1]}x{array.shape[0]} pixels)")
-    return array
+
+
+def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """``(width, height)`` from the header of encoded image bytes, without decoding the pixels.
+
+    Raises ``ValueError`` as :func:`decode_image` does for empty, non-image, bomb and too-small data.
+    """
+    with _opened(data, name) as im:
+        return im.width, im.height
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an RGB ``(H, W, 3)`` uint8 array.
+
+    Raises ``ValueError`` naming ``name`` for empty, truncated or non-image data, decompression bombs and
+    images smaller than 2x2 pixels.
+    """
+    with _opened(data, name) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
