@@ -70,3 +70,26 @@ def tiny_model(tmp_path_factory) -> Path:
 def rsicd_files() -> list[Path]:
     """All real RSICD/AID scene JPEGs, sorted."""
     return sorted(RSICD_IMAGES.glob("*.jpg"))
+
+
+def spread_files(files: list[Path], n: int) -> list[Path]:
+    """``n`` files spread evenly over ``files`` (scenes of many classes, not the first class only)."""
+    return files[:: len(files) // n][:n]
+
+
+def write_scene_table(db: Path, model: Path, files: list[Path], **columns):
+    """A table at ``db`` holding ``files`` as whole-image tiles (150 x 150 RSICD scenes) embedded with
+    ``model``; ``columns`` (bounds, crs) are added to the rows. Returns the vectors written."""
+    import numpy as np
+    from PIL import Image
+
+    from rsclip import store
+    from rsclip.model import load_model
+
+    enc = load_model(model)
+    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    n = len(files)
+    rows = dict(uri=[str(f) for f in files], x=[0] * n, y=[0] * n, width=[150] * n, height=[150] * n,
+                vector=vectors, **columns)
+    store.add_tiles(store.create_table(db, model=str(model), dim=enc.dim), rows)
+    return vectors

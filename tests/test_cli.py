@@ -15,7 +15,7 @@ from PIL import Image
 import rsclip
 from rsclip import store
 from rsclip.cli import main
-from rsclip.model import load_model
+from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 40
 
@@ -23,16 +23,12 @@ N_IMAGES = 40
 @pytest.fixture(scope="module")
 def cli_db(tiny_model, rsicd_files, tmp_path_factory):
     """40 real scenes embedded with the tiny model, on a 0.5-degree grid around (10 E, 45 N)."""
-    files = rsicd_files[:: len(rsicd_files) // N_IMAGES][:N_IMAGES]
-    enc = load_model(tiny_model)
-    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    files = spread_files(rsicd_files, N_IMAGES)
     lon = 10.0 + 0.5 * (np.arange(N_IMAGES) % 8)
     lat = 45.0 + 0.5 * (np.arange(N_IMAGES) // 8)
     db = tmp_path_factory.mktemp("cli") / "db"
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=enc.dim),
-                    dict(uri=[str(f) for f in files], x=[0] * N_IMAGES, y=[0] * N_IMAGES, width=[150] * N_IMAGES,
-                         height=[150] * N_IMAGES, vector=vectors, lon_min=lon, lat_min=lat, lon_max=lon + 0.5,
-                         lat_max=lat + 0.5, crs=["EPSG:4326"] * N_IMAGES))
+    write_scene_table(db, tiny_model, files, lon_min=lon, lat_min=lat, lon_max=lon + 0.5, lat_max=lat + 0.5,
+                      crs=["EPSG:4326"] * N_IMAGES)
     return db, files
 
 

@@ -13,6 +13,7 @@ import rsclip
 from rsclip import store
 from rsclip.model import load_model
 from rsclip.query import MAX_K
+from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 240
 
@@ -20,21 +21,16 @@ N_IMAGES = 240
 @pytest.fixture(scope="module")
 def table_db(tiny_model, rsicd_files, tmp_path_factory):
     """A local table of real scenes embedded with the tiny model; bounds on most rows, null on some."""
-    files = rsicd_files[:: len(rsicd_files) // N_IMAGES][:N_IMAGES]
-    enc = load_model(tiny_model)
-    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    files = spread_files(rsicd_files, N_IMAGES)
     rng = np.random.default_rng(7)
     lon = rng.uniform(-20, 20, len(files)).round(3)
     lat = rng.uniform(-10, 10, len(files)).round(3)
     size = rng.uniform(0.05, 2.0, len(files)).round(3)
-    rows = dict(uri=[str(f) for f in files], x=[0] * len(files), y=[0] * len(files),
-                width=[150] * len(files), height=[150] * len(files), vector=vectors,
-                lon_min=lon, lat_min=lat, lon_max=lon + size, lat_max=lat + size, crs=["EPSG:4326"] * len(files))
-    for c in store.BOUNDS_COLUMNS:  # chips without georeference
-        rows[c] = [None if i % 10 == 0 else v for i, v in enumerate(rows[c])]
-    rows["crs"] = [None if i % 10 == 0 else v for i, v in enumerate(rows["crs"])]
+    bounds = dict(lon_min=lon, lat_min=lat, lon_max=lon + size, lat_max=lat + size, crs=["EPSG:4326"] * len(files))
+    # chips without georeference
+    columns = {c: [None if i % 10 == 0 else v for i, v in enumerate(values)] for c, values in bounds.items()}
     db = tmp_path_factory.mktemp("querydb") / "db"
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=enc.dim), rows)
+    write_scene_table(db, tiny_model, files, **columns)
     return db
 
 

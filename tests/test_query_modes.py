@@ -13,6 +13,7 @@ import rsclip
 from rsclip import geo, store
 from rsclip.model import load_model
 from rsclip.query import MAX_K
+from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 60
 
@@ -20,14 +21,9 @@ N_IMAGES = 60
 @pytest.fixture(scope="module")
 def image_db(tiny_model, rsicd_files, tmp_path_factory):
     """Real scenes embedded with the tiny model, stored under their absolute paths (whole-image windows)."""
-    files = rsicd_files[:: len(rsicd_files) // N_IMAGES][:N_IMAGES]
-    enc = load_model(tiny_model)
-    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    files = spread_files(rsicd_files, N_IMAGES)
     db = tmp_path_factory.mktemp("modes") / "db"
-    n = len(files)
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=enc.dim),
-                    dict(uri=[str(f) for f in files], x=[0] * n, y=[0] * n, width=[150] * n, height=[150] * n,
-                         vector=vectors))
+    vectors = write_scene_table(db, tiny_model, files)
     return db, files, vectors
 
 
