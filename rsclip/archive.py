@@ -19,7 +19,7 @@ the writer records in ``<table>_errors``; systemic faults (credentials, endpoint
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import warnings
 from dataclasses import asdict
@@ -27,11 +27,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from rsclip import raster, storage, store
-from rsclip.imageio import MAX_IMAGE_PIXELS, decode_image
-from rsclip.model import ImagePreprocess, resize_shortest_side
+from rsclip.imageio import decode_image, image_size
+from rsclip.preprocess import ImagePreprocess, resize_shortest_side
 
 # Batch keys added by the reader (tile columns reuse the store's names).
 SIZE = "size"  # file size in bytes
@@ -182,25 +181,6 @@ def _fetch(uri: str, start: int | None = None, end: int | None = None) -> bytes:
     return fs.cat_file(path, start=start, end=end)
 
 
-def _image_size(data: bytes, uri: str) -> tuple[int, int]:
-    if not data:
-        raise ValueError(f"{uri}: empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"{uri}: decompression bomb refused ({exc})") from None
-    except Exception as exc:
-        raise ValueError(f"{uri}: not a readable image ({type(exc).__name__}: {exc})") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{uri}: decompression bomb refused ({width}x{height} pixels exceeds the decode limit)")
-    if width < 2 or height < 2:
-        raise ValueError(f"{uri}: image is too small to embed ({width}x{height} pixels)")
-    return width, height
-
-
 def _tile_row(uri, window, kind, bounds=None, crs=None, scene="", data=b"") -> dict[str, Any]:
     row = _empty_plan_row(uri)
     x, y, w, h = window
@@ -221,12 +201,12 @@ def plan_chip(uri: str, size: int, options: raster.RasterOptions) -> list[dict[s
     small = size <= SMALL_FILE_BYTES
     data = _fetch(uri) if small else _fetch(uri, 0, HEADER_BYTES)
     try:
-        width, height = _image_size(data, uri)
+        width, height = image_size(data, uri)
     except ValueError:
         if small:
             raise
         data = _fetch(uri)
-        width, height = _image_size(data, uri)
+        width, height = image_size(data, uri)
     carried = data if small else b""
     if max(width, height) <= options.max_chip:
         return [_tile_row(uri, (0, 0, width, height), CHIP, data=carried)]
@@ -317,6 +297,33 @@ def _read_raster(uri: str, window, scene_json: str, cache: dict) -> np.ndarray |
     scene = raster.SceneInfo(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in json.loads(scene_json).items()})
     return raster.read_window(cache[uri], window, scene)
+
+
+@functools.lru_cache(maxsize=4)
+def _table_at(db: str, table: str, version: int):
+    tbl = store.open_table(db, table)
+    tbl.checkout(version)
+    return tbl
+
+
+def mark_present(batch: dict[str, np.ndarray], db: str, table: str, version: int) -> dict[str, np.ndarray]:
+    """Ray Data stage: status ``present`` for ``todo`` rows whose id is in the table (as of ``version``, the
+    table when the job started)."""
+    status = np.asarray(batch[STATUS]).astype(object)
+    todo = np.flatnonzero(status == TODO)
+    if len(todo) and version > 0:
+        ids = [str(batch[store.ID][i]) for i in todo]
+        found = store.existing_ids(_table_at(db, table, version), ids)
+        for i, tile in zip(todo, ids):
+            if tile in found:
+                status[i] = PRESENT
+    out = dict(batch)
+    out[STATUS] = status
+    # a present tile's bytes need not travel any further
+    data = np.asarray(batch[DATA]).astype(object)
+    data[status == PRESENT] = b""
+    out[DATA] = data
+    return out
 
 
 def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.ndarray]:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from rsclip import imageio, storage
-from rsclip.model import ImagePreprocess, resize_shortest_side
+from rsclip.preprocess import ImagePreprocess, resize_shortest_side
 from rsclip.prompts import class_from_filename
 
 log = logging.getLogger(__name__)

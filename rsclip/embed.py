@@ -2,7 +2,8 @@
 
 Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distributor):
 
-- reader, :mod:`rsclip.archive`: list the archive (the driver), plan tiles and decode them (CPU tasks);
+- reader, :mod:`rsclip.archive`: list the archive (the driver), plan tiles, mark those already in the table
+  and decode the rest (CPU tasks);
 - mapper, :class:`ImageEmbedder`: a callable class on a batch dict; loads the model once per actor (fp16
   on GPU) and works without Ray;
 - writer, :mod:`rsclip.writer`: the driver iterates the pipeline's output batches and commits them.
@@ -14,10 +15,8 @@ embedder actor pool -> write; then builds or refreshes the ANN index (:mod:`rscl
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -171,33 +170,6 @@ class ImageEmbedder:
         return out
 
 
-@functools.lru_cache(maxsize=4)
-def _table_at(db: str, table: str, version: int):
-    tbl = store.open_table(db, table)
-    tbl.checkout(version)
-    return tbl
-
-
-def mark_present(batch: dict[str, np.ndarray], db: str, table: str, version: int) -> dict[str, np.ndarray]:
-    """Ray Data stage: status ``present`` for ``todo`` rows whose id is in the table (as of ``version``, the
-    table when the job started)."""
-    status = np.asarray(batch[archive.STATUS]).astype(object)
-    todo = np.flatnonzero(status == archive.TODO)
-    if len(todo) and version > 0:
-        ids = [str(batch[store.ID][i]) for i in todo]
-        found = store.existing_ids(_table_at(db, table, version), ids)
-        for i, tile in zip(todo, ids):
-            if tile in found:
-                status[i] = archive.PRESENT
-    out = dict(batch)
-    out[archive.STATUS] = status
-    # a present tile's bytes need not travel any further
-    data = np.asarray(batch[archive.DATA]).astype(object)
-    data[status == archive.PRESENT] = b""
-    out[archive.DATA] = data
-    return out
-
-
 def check_db(db: str) -> None:
     """Raise :class:`EmbedSetupError` when an ``s3://`` db's bucket is missing or the store refuses us."""
     try:
@@ -288,7 +260,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(archive.plan_files, fn_kwargs={"options": asdict(config.raster)},
                         batch_size=config.files_per_task, **read_args)
-    ds = ds.map_batches(mark_present, fn_kwargs={"db": config.db, "table": config.table,
+    ds = ds.map_batches(archive.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                  "version": table.version},
                         batch_size=None, **read_args)  # per block: coalescing would serialise small archives
     ds = ds.map_batches(archive.read_tiles, fn_kwargs={"preprocess": asdict(preprocess)},

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rsclip import storage
+from rsclip.preprocess import ImagePreprocess, resize_shortest_side
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 CACHE_DIR = Path.home() / ".cache" / "rsclip" / "models"
@@ -31,39 +31,6 @@ CACHE_DIR = Path.home() / ".cache" / "rsclip" / "models"
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model")
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ImagePreprocess:
-    """The numbers of a CLIP image processor: shortest-side resize, centre crop, normalisation."""
-
-    shortest_edge: int = 224
-    crop_height: int = 224
-    crop_width: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-    @classmethod
-    def from_processor(cls, processor) -> "ImagePreprocess":
-        """Read the settings of a Hugging Face CLIP image processor."""
-        size = processor.size
-        size = size if isinstance(size, dict) else size.__dict__
-        crop = processor.crop_size
-        crop = crop if isinstance(crop, dict) else crop.__dict__
-        shortest = size.get("shortest_edge") or min(size["height"], size["width"])
-        return cls(
-            shortest_edge=int(shortest),
-            crop_height=int(crop["height"]),
-            crop_width=int(crop["width"]),
-            mean=tuple(float(v) for v in processor.image_mean),
-            std=tuple(float(v) for v in processor.image_std),
-        )
-
-    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
-        """Output (height, width) of the shortest-side resize, rounded as transformers rounds it."""
-        if height <= width:
-            return self.shortest_edge, int(self.shortest_edge * width / height)
-        return int(self.shortest_edge * height / width), self.shortest_edge
 
 
 def to_hwc_uint8(image: ImageLike) -> np.ndarray:
@@ -92,19 +59,6 @@ def to_hwc_uint8(image: ImageLike) -> np.ndarray:
     elif array.shape[2] == 4:
         array = array[:, :, :3]
     return array
-
-
-def resize_shortest_side(image: np.ndarray, preprocess: "ImagePreprocess") -> np.ndarray:
-    """A uint8 HWC array resized (bicubic) so its shortest side is ``preprocess.shortest_edge``.
-
-    Uses Pillow, the reference CLIP processors resize with, so the result is theirs pixel for pixel. Decode
-    stages on CPU call this so that only small uint8 arrays travel to the embedder.
-    """
-    h, w = image.shape[:2]
-    nh, nw = preprocess.resized_shape(h, w)
-    if (nh, nw) == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
 
 
 def _resize_on_device(batch: torch.Tensor, height: int, width: int) -> torch.Tensor:

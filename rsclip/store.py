@@ -25,13 +25,15 @@ import hashlib
 import os
 import random
 import time
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from rsclip import storage
+
+if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
+    import lancedb
 
 DEFAULT_TABLE = "tiles"
 # The one distance type: the ANN index is built with it and every search asks for it. A mismatch makes
@@ -80,6 +82,8 @@ def connect(db: str | os.PathLike | lancedb.DBConnection) -> lancedb.DBConnectio
 
     An existing connection is returned as is.
     """
+    import lancedb
+
     if isinstance(db, lancedb.DBConnection):
         return db
     text = str(db)
@@ -120,10 +124,9 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int):
     if name not in table_names(conn):
         try:
             return conn.create_table(name, schema=tile_schema(dim, model))
-        except (ValueError, OSError) as exc:  # another writer created it first
+        except (ValueError, OSError):  # another writer created it first
             if name not in table_names(conn):
                 raise
-            del exc
     table = conn.open_table(name)
     have_model, have_dim = table_model(table)
     if (have_model, have_dim) != (str(model), dim):
