@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -296,7 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     total_steps = int(config["total_steps"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
 
