@@ -214,14 +214,17 @@ def main() -> int:
         model_img_s = model_only(vit, threads, args.model_batches)
         print(f"model only (ViT-B/32 random init, batch {BATCH}, {threads} threads): {model_img_s:.2f} img/s",
               flush=True)
-        ray_init()
-        e2e = rsclip_pipeline(archive_n, f"s3://{BUCKET}/db-e2e", vit, threads)
-        print(f"rsclip end to end: {e2e['embedded']} tiles, {e2e['img_s']:.2f} img/s", flush=True)
-        reference = reference_pipeline(archive_n, vit, s3.env)
-        print(f"reference (read_images + CLIPProcessor in map_batches): {reference:.2f} img/s", flush=True)
         import ray
 
+        # each pipeline on a fresh local Ray, so neither inherits the other's warm worker processes
+        ray_init()
+        e2e = rsclip_pipeline(archive_n, f"s3://{BUCKET}/db-e2e", vit, threads)
         ray.shutdown()
+        print(f"rsclip end to end: {e2e['embedded']} tiles, {e2e['img_s']:.2f} img/s", flush=True)
+        ray_init()
+        reference = reference_pipeline(archive_n, vit, s3.env)
+        ray.shutdown()
+        print(f"reference (read_images + CLIPProcessor in map_batches): {reference:.2f} img/s", flush=True)
         rss_n = peak_rss(archive_n, f"s3://{BUCKET}/db-rss-n", tiny, s3.env)
         rss_4n = peak_rss(archive_4n, f"s3://{BUCKET}/db-rss-4n", tiny, s3.env)
         print(f"peak RSS (tiny model): {rss_n['peak_rss'] / 2**20:.0f} MiB at {n}, "
