@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None) -> dict:
     faiss_p50, faiss_recall = pct(f_times, 50), recall(f_found, truth, args.k)
     print(f"faiss IVFPQ+refine nprobe={ivfpq.nprobe}: p50 {faiss_p50} ms, p95 {pct(f_times, 95)} ms, "
           f"recall@{args.k} {faiss_recall:.4f}", flush=True)
-    del faiss_index
 
     def brute(q):
         scores = vectors @ q

@@ -17,6 +17,7 @@ from rsclip.model import cached_model
 
 MAX_K = 10_000
 RESULT_COLUMNS = (store.ID, store.URI, "score", *store.WINDOW_COLUMNS, *store.BOUNDS_COLUMNS, store.CRS)
+_FETCH_COLUMNS = tuple(c for c in RESULT_COLUMNS if c != "score")
 # ANN search settings used when the table has a vector index (ignored by an exact scan). Chosen on
 # bench/query.py (see BENCHMARKS.md): recall@10 is limited by the PQ codes, not by nprobes, so re-ranking
 # refine_factor * k candidates with the full vectors is what lifts it above 0.95.
@@ -115,28 +116,35 @@ def search_table(
     """The ``k`` rows nearest to ``vector`` (cosine), filtered by ``where`` before the search.
 
     ``exact`` bypasses the vector index (a flat scan). A filtered ANN search probes further lists when the
-    first ``nprobes`` hold fewer than ``k`` matching rows.
+    first ``nprobes`` hold fewer than ``k`` matching rows. Rows appended since the index was built are
+    scanned exactly beside it, so they are found before re-indexing.
+
+    The search runs on the table's Lance dataset directly, and the frame is built from the Arrow columns:
+    LanceDB's query builder and ``to_pandas`` cost more than the search itself on a 10-row answer (see
+    BENCHMARKS.md, Query).
     """
-    search = (
-        table.search(vector, vector_column_name=store.VECTOR)
-        .distance_type(store.METRIC)
-        .select([*(c for c in RESULT_COLUMNS if c != "score"), "_distance"])
-        .limit(k)
-    )
+    nearest: dict = {"column": store.VECTOR, "q": np.asarray(vector, dtype=np.float32), "k": int(k),
+                     "metric": store.METRIC}
     if exact:
-        search = search.bypass_vector_index()
+        nearest["use_index"] = False
     else:
-        search = search.nprobes(nprobes)
+        nearest["minimum_nprobes"] = nprobes
+        if not where:
+            nearest["maximum_nprobes"] = nprobes
         if refine_factor:
-            search = search.refine_factor(refine_factor)
-    if where:
-        search = search.where(where, prefilter=True)
-        if not exact:
-            search = search.minimum_nprobes(nprobes).maximum_nprobes(0)
-    frame = search.to_pandas()
-    frame["score"] = 1.0 - frame.pop("_distance").astype(np.float64)
-    frame = frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    return frame[list(RESULT_COLUMNS)]
+            nearest["refine_factor"] = refine_factor
+    result = table.to_lance().to_table(columns=list(_FETCH_COLUMNS), nearest=nearest, filter=where or None,
+                                       prefilter=bool(where))
+    return _result_frame(result)
+
+
+def _result_frame(result) -> pd.DataFrame:
+    """RESULT_COLUMNS, best score first, from a Lance search result (its columns plus ``_distance``)."""
+    score = 1.0 - result.column("_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+    order = np.argsort(-score, kind="stable")
+    columns = {c: result.column(c).to_numpy(zero_copy_only=False)[order] for c in _FETCH_COLUMNS}
+    columns["score"] = score[order]
+    return pd.DataFrame({c: columns[c] for c in RESULT_COLUMNS})
 
 
 def query(
