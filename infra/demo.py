@@ -32,6 +32,7 @@ DEMO_SCENES = ("RGB.byte.tif", "m_4709963_se_14_1_20200831.tif")
 QUERIES = ("airport", "farmland", "river", "beach", "dense residential area")
 TINY = "tiny"
 HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+RSICD_HUB_DATASET = "arampacha/rsicd"  # RSICD with captions, as Parquet (train / valid / test)
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
@@ -80,20 +81,79 @@ def resolve_model(model: str) -> str:
     )
 
 
-def sample_files(n_images: int) -> tuple[list[Path], str]:
-    """Up to ``n_images`` RSICD scenes spread over all classes, plus two GeoTIFF scenes, and where they
-    come from. Raises ``SystemExit`` when the shared data is missing."""
-    chips_dir = SHARED_DATA / "rsicd-aid" / "RSICD_images"
-    if not chips_dir.is_dir():
-        raise SystemExit(
-            f"make demo: the sample images are not at {chips_dir} (set RSCLIP_SHARED_DATA to the shared data "
-            f"folder). Fetching RSICD from the Hugging Face hub is not implemented; no images are generated."
-        )
-    chips = sorted(chips_dir.glob("*.jpg"))
-    step = max(1, len(chips) // n_images)
-    picked = chips[::step][:n_images]
+def rsicd_from_parquet(parquet: Path, n_images: int, dest: Path) -> list[Path]:
+    """Write up to ``n_images`` scenes of an RSICD Parquet file (the hub dataset's layout: ``filename`` and an
+    ``image`` column of encoded bytes, or a struct holding them) to ``dest``, spread over the file."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet, columns=["filename", "image"])
+    step = max(1, table.num_rows // max(1, n_images))
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for row in table.take(list(range(0, table.num_rows, step))[:n_images]).to_pylist():
+        image = row["image"]
+        data = image.get("bytes") if isinstance(image, dict) else image
+        if not data:
+            continue
+        path = dest / Path(str(row["filename"])).name
+        path.write_bytes(data)
+        out.append(path)
+    return out
+
+
+def rsicd_from_hub(n_images: int, dest: Path) -> tuple[list[Path], str]:
+    """Up to ``n_images`` RSICD test scenes from the public dataset on the Hugging Face hub (the seed's data),
+    or ``([], why not)``."""
+    if not hub_reachable():
+        return [], f"the Hugging Face hub ({HUB_URL}) is unreachable"
+    try:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        files = [f for f in list_repo_files(RSICD_HUB_DATASET, repo_type="dataset")
+                 if f.endswith(".parquet") and "test" in Path(f).name]
+        if not files:
+            return [], f"no test split Parquet file in {RSICD_HUB_DATASET}"
+        parquet = hf_hub_download(RSICD_HUB_DATASET, sorted(files)[0], repo_type="dataset")
+        images = rsicd_from_parquet(Path(parquet), n_images, dest)
+    except Exception as exc:  # any hub or layout problem: say so and use the next source
+        return [], f"fetching {RSICD_HUB_DATASET} failed ({type(exc).__name__}: {exc})"
+    return images, f"{len(images)} RSICD test scenes from {RSICD_HUB_DATASET} on the Hugging Face hub"
+
+
+def generated_images(n_images: int, dest: Path) -> list[Path]:
+    """Synthetic stand-ins (smooth random colour fields, 224 px): only when no real images can be had."""
+    import numpy as np
+    from PIL import Image
+
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n_images):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        path = dest / f"generated_{i:04d}.jpg"
+        Image.fromarray(coarse).resize((224, 224), Image.BICUBIC).save(path, quality=90)
+        out.append(path)
+    return out
+
+
+def sample_files(n_images: int, workdir: Path = DEMO_DIR / "sample") -> tuple[list[Path], str]:
+    """The demo archive and where it came from: RSICD test scenes from the hub when it is reachable; offline,
+    RSICD/AID scenes from the shared data (spread over all classes); as a last resort generated images, and
+    it says so. Two real GeoTIFF scenes from the shared data are added when present."""
     scenes = [SHARED_DATA / "geotiff" / name for name in DEMO_SCENES if (SHARED_DATA / "geotiff" / name).is_file()]
-    return picked + scenes, f"{len(picked)} RSICD/AID scenes and {len(scenes)} GeoTIFF scenes from {SHARED_DATA}"
+    with_scenes = f" and {len(scenes)} GeoTIFF scenes from {SHARED_DATA}" if scenes else ""
+    shutil.rmtree(workdir, ignore_errors=True)
+    chips, why_not_hub = rsicd_from_hub(n_images, workdir / "hub")
+    if chips:
+        return chips + scenes, why_not_hub + with_scenes
+    chips_dir = SHARED_DATA / "rsicd-aid" / "RSICD_images"
+    if chips_dir.is_dir():
+        found = sorted(chips_dir.glob("*.jpg"))
+        picked = found[:: max(1, len(found) // n_images)][:n_images]
+        return picked + scenes, f"{len(picked)} RSICD/AID scenes from {SHARED_DATA} ({why_not_hub})" + with_scenes
+    generated = generated_images(n_images, workdir / "generated")
+    return generated + scenes, (f"{len(generated)} GENERATED images, not satellite imagery: {why_not_hub} and "
+                                f"{chips_dir} is missing (set RSCLIP_SHARED_DATA)") + with_scenes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = resolve_model(args.model)
-    files, origin = sample_files(args.images)
     DEMO_DIR.mkdir(exist_ok=True)
+    files, origin = sample_files(args.images)
     db = DEMO_DIR / "tables"
     shutil.rmtree(DEMO_DIR / "seaweedfs", ignore_errors=True)
     s3 = head = None

@@ -24,6 +24,9 @@ import ray
 import yaml
 from packaging.requirements import Requirement
 
+from rsclip.imageio import decode_image
+from tests.conftest import RSICD_IMAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
@@ -326,3 +329,49 @@ def test_local_stack_ray_head_command(s3):
         time.sleep(0.5)
     else:
         pytest.fail("the Ray head still answers after the command stopped")
+
+
+# ---------------------------------------------------------------- make demo's sample archive
+
+
+@pytest.fixture
+def demo_module(monkeypatch):
+    """infra/demo.py with the hub pointed at a closed port on this machine: really unreachable."""
+    from infra import demo
+    from infra.local_stack import free_port
+
+    monkeypatch.setattr(demo, "HUB_URL", f"http://127.0.0.1:{free_port()}")
+    return demo
+
+
+def test_demo_sample_uses_the_shared_data_when_the_hub_is_unreachable(demo_module, tmp_path):
+    files, origin = demo_module.sample_files(12, workdir=tmp_path / "sample")
+    chips = [f for f in files if f.suffix == ".jpg"]
+    assert len(chips) == 12 and all(f.parent == RSICD_IMAGES for f in chips)
+    assert len({f.name.split("_")[0] for f in chips}) > 6, "spread over the scene classes"
+    assert "unreachable" in origin and str(demo_module.SHARED_DATA) in origin
+
+
+def test_demo_sample_generates_images_only_as_a_last_resort_and_says_so(demo_module, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "SHARED_DATA", tmp_path / "no-shared-data")
+    files, origin = demo_module.sample_files(5, workdir=tmp_path / "sample")
+    assert origin.startswith("5 GENERATED images, not satellite imagery") and "unreachable" in origin
+    assert len(files) == 5 and all(decode_image(f.read_bytes(), f.name).shape == (224, 224, 3) for f in files)
+
+
+def test_demo_reads_rsicd_scenes_from_a_parquet_in_the_hub_layout(demo_module, tmp_path):
+    """The hub dataset stores each scene's encoded bytes in an ``image`` struct beside ``filename``; built here
+    from real scenes because the hub cannot be reached from the test machine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    real = sorted(RSICD_IMAGES.glob("*.jpg"))[:40]
+    table = pa.table({
+        "filename": [f.name for f in real],
+        "captions": [["a caption"]] * len(real),
+        "image": [{"bytes": f.read_bytes(), "path": None} for f in real],
+    })
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
+    out = demo_module.rsicd_from_parquet(tmp_path / "test-00000-of-00001.parquet", 10, tmp_path / "out")
+    assert len(out) == 10 and [p.name for p in out] == [f.name for f in real[::4]]
+    assert all(p.read_bytes() == (RSICD_IMAGES / p.name).read_bytes() for p in out)
