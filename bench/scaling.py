@@ -6,6 +6,10 @@ Measured on real data from ``../shared/data``, one process:
 
 - chip decode: RSICD JPEG bytes (150x150) -> ``decode_image`` -> ``resize_shortest_side`` (to 224), the work
   of one CPU decode task per tile, on one thread;
+- chips from S3: the same chips uploaded to a local SeaweedFS and read back by the pipeline's own stages
+  (``archive.plan_files``: GET + header check; ``archive.read_tiles``: decode + resize), in one process;
+  reported per CPU-second of this process (the S3 server's own CPU is not counted), which is what a read
+  task costs a core;
 - raster window read: 224x224 RGB windows of a NAIP GeoTIFF through rasterio (local file: the S3 latency
   that comes on top is hidden by running many reads at once), scaled to uint8, on one thread;
 - encoder: ViT-B/32-sized CLIP (``rsclip.testing.build_vit_b32``: random weights, the real compute) on this
@@ -50,6 +54,44 @@ def chip_rate(files: list[Path], preprocess) -> float:
     return len(blobs) / (time.perf_counter() - start)
 
 
+def s3_chip_rate(files: list[Path], preprocess) -> float:
+    """Tiles per CPU-second of this process: ``files`` read back from a local SeaweedFS by the pipeline's
+    plan and read stages (one warm-up pass, then one timed pass)."""
+    from dataclasses import asdict
+
+    from infra.local_stack import SeaweedFS
+    from rsclip import archive, raster, store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s3 = SeaweedFS(Path(tmp) / "seaweedfs", buckets=("scaling",)).start()
+        saved = {k: os.environ.get(k) for k in s3.env}
+        os.environ.update(s3.env)
+        try:
+            client = s3.client()
+            for f in files:
+                client.upload_file(str(f), "scaling", f"chips/{f.name}")
+            listed = archive.list_archive("s3://scaling/chips")
+            batch = {store.URI: np.array([u for u, _ in listed], dtype=object),
+                     archive.SIZE: np.array([n for _, n in listed])}
+
+            def one_pass():
+                planned = archive.plan_files(batch, options=asdict(raster.RasterOptions()))
+                out = archive.read_tiles(planned, preprocess=asdict(preprocess))
+                assert (np.asarray(out[archive.STATUS]) == archive.READY).all()
+
+            one_pass()
+            start = time.process_time()
+            one_pass()
+            return len(listed) / (time.process_time() - start)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            s3.stop()
+
+
 def window_rate(n: int, preprocess) -> float:
     """Tiles per second per core: 224x224 RGB window reads of a GeoTIFF, scaled to uint8."""
     import rasterio
@@ -84,6 +126,7 @@ def encoder_rate(batches: int, batch_size: int) -> tuple[float, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, default=600)
+    parser.add_argument("--s3-chips", type=int, default=256, help="chips read back from S3 (at most --chips)")
     parser.add_argument("--windows", type=int, default=300)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -97,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted((DATA / "rsicd-aid" / "RSICD_images").glob("*.jpg"))[:: max(1, 2100 // args.chips)][: args.chips]
     chips = chip_rate(files, preprocess)
     print(f"chip decode+resize (150->224 JPEG), 1 thread: {chips:,.0f} tiles/s", flush=True)
+    s3_chips = s3_chip_rate(files[: args.s3_chips], preprocess)
+    print(f"chips from S3 (GET + plan + decode + resize), per CPU-second: {s3_chips:,.0f} tiles/s", flush=True)
     windows = window_rate(args.windows, preprocess)
     print(f"GeoTIFF 224x224 window read (NAIP, local), 1 thread: {windows:,.0f} tiles/s", flush=True)
     encoded, device = encoder_rate(args.batches, args.batch_size)
@@ -104,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{encoded:,.1f} tiles/s", flush=True)
     result = {
         "chip_decode_tiles_per_s_per_core": round(chips, 1),
+        "s3_chip_tiles_per_s_per_core": round(s3_chips, 1),
         "geotiff_window_tiles_per_s_per_core": round(windows, 1),
         "vit_b32_tiles_per_s": round(encoded, 2),
         "load_average_1min": round(os.getloadavg()[0], 1),

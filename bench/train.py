@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=float, default=float(len(os.sched_getaffinity(0))))
     parser.add_argument("--use-gpu", action="store_true")
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray Train's default controller poll (2 s): the tests lower it to 0.2 s so that reports return sooner,
+    # but polling five times a second took ~8 % of a 2-core machine from the training step (ratio 0.876 with
+    # 0.2 s, 0.935 with 2 s on the same quiet machine), and this script times steps, not reports
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
