@@ -59,36 +59,30 @@ def s3_chip_rate(files: list[Path], preprocess) -> float:
     plan and read stages (one warm-up pass, then one timed pass)."""
     from dataclasses import asdict
 
-    from infra.local_stack import SeaweedFS
+    from infra.local_stack import SeaweedFS, environment
     from rsclip import archive, raster, store
 
     with tempfile.TemporaryDirectory() as tmp:
         s3 = SeaweedFS(Path(tmp) / "seaweedfs", buckets=("scaling",)).start()
-        saved = {k: os.environ.get(k) for k in s3.env}
-        os.environ.update(s3.env)
         try:
-            client = s3.client()
-            for f in files:
-                client.upload_file(str(f), "scaling", f"chips/{f.name}")
-            listed = archive.list_archive("s3://scaling/chips")
-            batch = {store.URI: np.array([u for u, _ in listed], dtype=object),
-                     archive.SIZE: np.array([n for _, n in listed])}
+            with environment(s3.env):
+                client = s3.client()
+                for f in files:
+                    client.upload_file(str(f), "scaling", f"chips/{f.name}")
+                listed = archive.list_archive("s3://scaling/chips")
+                batch = {store.URI: np.array([u for u, _ in listed], dtype=object),
+                         archive.SIZE: np.array([n for _, n in listed])}
 
-            def one_pass():
-                planned = archive.plan_files(batch, options=asdict(raster.RasterOptions()))
-                out = archive.read_tiles(planned, preprocess=asdict(preprocess))
-                assert (np.asarray(out[archive.STATUS]) == archive.READY).all()
+                def one_pass():
+                    planned = archive.plan_files(batch, options=asdict(raster.RasterOptions()))
+                    out = archive.read_tiles(planned, preprocess=asdict(preprocess))
+                    assert (np.asarray(out[archive.STATUS]) == archive.READY).all()
 
-            one_pass()
-            start = time.process_time()
-            one_pass()
-            return len(listed) / (time.process_time() - start)
+                one_pass()
+                start = time.process_time()
+                one_pass()
+                return len(listed) / (time.process_time() - start)
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             s3.stop()
 
 

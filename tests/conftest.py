@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local_stack import RayHead, SeaweedFS
+from infra.local_stack import RayHead, SeaweedFS, environment
 from rsclip.testing import build_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +31,10 @@ def pytest_configure(config):
 def s3(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with bucket ``rsclip-test``; the AWS variables point at it."""
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), buckets=(BUCKET,)).start()
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
     try:
-        yield server
+        with environment(server.env):
+            yield server
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
 
 
