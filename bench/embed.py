@@ -94,13 +94,15 @@ def rsclip_pipeline(archive: str, db: str, model_dir: str, threads: int = 1) -> 
 
 
 class ReferenceEmbedder:
-    """As in Ray's multimodal example: CLIPProcessor + CLIPModel inside a callable class."""
+    """As in Ray's multimodal example: CLIPProcessor + CLIPModel inside a callable class (the model in its
+    default float32, moved to ``device``)."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, device: str = "cpu"):
         from transformers import CLIPModel, CLIPProcessor
 
+        self.device = device
         self.processor = CLIPProcessor.from_pretrained(model_dir)
-        self.model = CLIPModel.from_pretrained(model_dir).eval()
+        self.model = CLIPModel.from_pretrained(model_dir).eval().to(device)
 
     def __call__(self, batch):
         import torch
@@ -109,9 +111,9 @@ class ReferenceEmbedder:
         images = [Image.fromarray(x) for x in batch["image"]]
         inputs = self.processor(images=images, return_tensors="pt")
         with torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
         feats = getattr(out, "pooler_output", out)
-        return {"path": batch["path"], "embedding": feats.numpy()}
+        return {"path": batch["path"], "embedding": feats.cpu().numpy()}
 
 
 def reference_pipeline(archive: str, model_dir: str, env: dict) -> float:

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> EmbedConfig:
     tiles.add_argument("--scale", type=_floats, default=None,
                        help="lo,hi stretch for non-uint8 data (default: per-scene 2-98 percentiles)")
     run = p.add_argument_group("resources")
-    run.add_argument("--batch-size", type=int, default=64, help="images per embedder call")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="images per embedder call (default 64, or 256 with --gpus-per-actor)")
     run.add_argument("--num-actors", type=int, default=1, help="embedder actors")
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per embedder actor")
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per embedder actor")

@@ -61,6 +61,21 @@ def to_hwc_uint8(image: ImageLike) -> np.ndarray:
     return array
 
 
+def uint8_to_device(images: Sequence[np.ndarray], device) -> torch.Tensor:
+    """Equal-shaped uint8 arrays stacked into one tensor on ``device``.
+
+    For a GPU they are stacked straight into page-locked memory (PyTorch's caching host allocator) and copied
+    asynchronously: one host copy instead of a stack plus a staging copy. On an H200 this made the embedder
+    1.45x faster at batch 256 (BENCHMARKS.md, GPU); an already stacked array gains nothing from it.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(images)).to(device)
+    host = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
+    np.stack(images, out=host.numpy())
+    return host.to(device, non_blocking=True)
+
+
 def _resize_on_device(batch: torch.Tensor, height: int, width: int) -> torch.Tensor:
     # Pillow resizes in two passes, horizontal then vertical, rounding to uint8 after each; antialias=True
     # gives its bicubic kernel (a=-0.5, support widened when shrinking). Pillow picks the pass order itself
@@ -86,12 +101,15 @@ class ClipEncoder:
         self.device = torch.device(device)
         self.dim = int(model.config.projection_dim)
         self.max_text_length = int(model.config.text_config.max_position_embeddings)
+        self.dtype = next(model.parameters()).dtype
         cfg = preprocess
         self._mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1)
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        # weights already in half precision (load_model on CUDA) run as they are: autocast would re-cast
+        # them on every op; a full-precision model on a GPU (the training loop's evaluation) runs under it
+        if self.device.type == "cuda" and self.dtype == torch.float32:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
         return nullcontext()
@@ -118,8 +136,7 @@ class ClipEncoder:
             nh, nw = cfg.resized_shape(h, w)
             if on_cpu:  # Pillow's own resize is exact and fast on CPU; on GPU the pixels move as uint8
                 group = [resize_shortest_side(a, cfg) for a in group]
-            batch = torch.from_numpy(np.stack(group))  # (B, H, W, 3) uint8
-            batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            batch = uint8_to_device(group, self.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
             if tuple(batch.shape[-2:]) != (nh, nw):
                 batch = _resize_on_device(batch, nh, nw)
             out[idx] = self._crop(batch)
@@ -141,7 +158,7 @@ class ClipEncoder:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embeddings for already preprocessed pixel values ``(N, 3, H, W)``."""
         with self._autocast():
-            out = self.model.get_image_features(pixel_values=pixels.to(self.device))
+            out = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.dtype))
         feats = getattr(out, "pooler_output", out)  # transformers 5 returns an output object
         return F.normalize(feats.float(), dim=-1).cpu().numpy()
 

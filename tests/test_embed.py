@@ -103,6 +103,16 @@ def test_bad_inputs_fail_at_the_right_stage_without_ray(tmp_path, rsicd_files, t
         assert part in seen[name][1] and name in seen[name][1], (name, seen[name])
 
 
+def test_batch_size_defaults_by_device_and_an_explicit_one_wins():
+    cpu = EmbedConfig(archive="a", db="d")
+    gpu = EmbedConfig(archive="a", db="d", gpus_per_actor=0.5)
+    assert (cpu.batch_size, gpu.batch_size) == (64, 256)
+    assert EmbedConfig(archive="a", db="d", gpus_per_actor=1, batch_size=32).batch_size == 32
+    assert EmbedConfig.from_dict(gpu.to_dict()) == gpu
+    with pytest.raises(ValueError, match="batch size"):
+        EmbedConfig(archive="a", db="d", batch_size=0)
+
+
 # ---- the pipeline on the session Ray head (this process is the driver) ------------------------------
 
 
