@@ -14,6 +14,7 @@ from PIL import Image
 from rsclip import geo, store
 from rsclip.imageio import IMAGE_SUFFIXES, read_image
 from rsclip.model import cached_model
+from rsclip.resident import ROW_ID, resident_table
 
 MAX_K = 10_000
 RESULT_COLUMNS = (store.ID, store.URI, "score", *store.WINDOW_COLUMNS, *store.BOUNDS_COLUMNS, store.CRS)
@@ -26,6 +27,10 @@ DEFAULT_REFINE_FACTOR = 40  # 20 gave recall@10 1.0 at 200k rows but 0.937 at 1M
 # A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
 # index: exact and, at this size, as fast as the ANN path.
 EXACT_FILTER_ROWS = 20_000
+# A resident search (rsclip.resident) whose filters keep at most this many rows ranks them all in memory:
+# at 1M rows that is at most one pass over the vectors (~110 ms), against ~300 ms for the prefiltered
+# index (bench/query.py, BENCHMARKS.md).
+RESIDENT_EXACT_ROWS = 1_000_000
 # Image queries drop rows whose embedding equals the query's within this cosine distance (the query tile).
 SELF_MATCH_DISTANCE = 1e-5
 
@@ -112,8 +117,11 @@ def search_table(
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
     exact: bool = False,
+    resident: bool = False,
+    bbox: BBox | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` rows nearest to ``vector`` (cosine), filtered by ``where`` before the search.
+    """The ``k`` rows nearest to ``vector`` (cosine), filtered by ``where`` and ``bbox`` (a validated
+    ``(lon_min, lat_min, lon_max, lat_max)``, tiles intersecting it) before the search.
 
     ``exact`` bypasses the vector index (a flat scan). A filtered ANN search probes further lists when the
     first ``nprobes`` hold fewer than ``k`` matching rows. Rows appended since the index was built are
@@ -121,8 +129,24 @@ def search_table(
 
     The search runs on the table's Lance dataset directly, and the frame is built from the Arrow columns:
     LanceDB's query builder and ``to_pandas`` cost more than the search itself on a 10-row answer (see
-    BENCHMARKS.md, Query).
+    BENCHMARKS.md, Query). ``resident`` answers from an in-memory copy of the table version
+    (:mod:`rsclip.resident`, loaded on first use): the index is asked for candidate row ids only.
     """
+    if resident:
+        return _search_resident(table, vector, k, where=where, bbox=bbox, nprobes=nprobes,
+                                refine_factor=refine_factor, exact=exact)
+    where = _and(bbox_filter(bbox) if bbox is not None else None, where)
+    nearest = _nearest(vector, k, where=where, nprobes=nprobes, exact=exact)
+    if refine_factor and not exact:
+        nearest["refine_factor"] = refine_factor
+    result = store.dataset_of(table).to_table(columns=list(_FETCH_COLUMNS), nearest=nearest, filter=where or None,
+                                              prefilter=bool(where))
+    distance = result.column("_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+    return _result_frame(result, 1.0 - distance)
+
+
+def _nearest(vector: np.ndarray, k: int, *, where: str | None, nprobes: int, exact: bool) -> dict:
+    """Lance's ``nearest`` argument for a search of ``k`` rows."""
     nearest: dict = {"column": store.VECTOR, "q": np.asarray(vector, dtype=np.float32), "k": int(k),
                      "metric": store.METRIC}
     if exact:
@@ -131,20 +155,46 @@ def search_table(
         nearest["minimum_nprobes"] = nprobes
         if not where:
             nearest["maximum_nprobes"] = nprobes
-        if refine_factor:
-            nearest["refine_factor"] = refine_factor
-    result = table.to_lance().to_table(columns=list(_FETCH_COLUMNS), nearest=nearest, filter=where or None,
-                                       prefilter=bool(where))
-    return _result_frame(result)
+    return nearest
 
 
-def _result_frame(result) -> pd.DataFrame:
-    """RESULT_COLUMNS, best score first, from a Lance search result (its columns plus ``_distance``)."""
-    score = 1.0 - result.column("_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+def _and(*filters: str | None) -> str | None:
+    """The SQL conjunction of the given filters (None when there are none)."""
+    present = [f for f in filters if f]
+    return " AND ".join(f"({f})" for f in present) if len(present) > 1 else (present[0] if present else None)
+
+
+def _search_resident(table, vector: np.ndarray, k: int, *, where: str | None, bbox: BBox | None, nprobes: int,
+                     refine_factor: int | None, exact: bool) -> pd.DataFrame:
+    """:func:`search_table` on the table's resident copy. The box is tested in memory and ``where`` by Lance;
+    when they leave at most ``RESIDENT_EXACT_ROWS`` rows (or the table has no index, or ``exact``) all of
+    them are ranked exactly in memory, otherwise the index proposes ``refine_factor * k`` candidates
+    (prefiltered) and the resident vectors rank those."""
+    rows = resident_table(table, _FETCH_COLUMNS)
+    dataset = rows.dataset
+    candidates = None if bbox is None else np.flatnonzero(rows.intersecting(bbox))
+    if where:
+        matching = rows.positions(dataset.to_table(columns=[], with_row_id=True, filter=where)
+                                  .column(ROW_ID).to_numpy())
+        candidates = matching if candidates is None else np.intersect1d(candidates, matching)
+    if candidates is None and (exact or not rows.indexed):
+        candidates = np.arange(len(rows))
+    if candidates is None or (len(candidates) > RESIDENT_EXACT_ROWS and rows.indexed and not exact):
+        both = _and(bbox_filter(bbox) if bbox is not None else None, where)
+        nearest = _nearest(vector, k * max(1, refine_factor or 1), where=both, nprobes=nprobes, exact=False)
+        found = dataset.to_table(columns=[], with_row_id=True, nearest=nearest, filter=both,
+                                 prefilter=bool(both))
+        candidates = rows.positions(found.column(ROW_ID).to_numpy())
+    positions, scores = rows.top(candidates, vector, k)
+    return _result_frame(rows.rows(positions), scores)
+
+
+def _result_frame(columns, score: np.ndarray) -> pd.DataFrame:
+    """RESULT_COLUMNS, best score first, from Arrow ``columns`` (the fetched columns) and their scores."""
     order = np.argsort(-score, kind="stable")
-    columns = {c: result.column(c).to_numpy(zero_copy_only=False)[order] for c in _FETCH_COLUMNS}
-    columns["score"] = score[order]
-    return pd.DataFrame({c: columns[c] for c in RESULT_COLUMNS})
+    frame = {c: columns.column(c).to_numpy(zero_copy_only=False)[order] for c in _FETCH_COLUMNS}
+    frame["score"] = np.asarray(score, dtype=np.float64)[order]
+    return pd.DataFrame({c: frame[c] for c in RESULT_COLUMNS})
 
 
 def query(
@@ -157,6 +207,7 @@ def query(
     where: str | None = None,
     near: Sequence[float] | None = None,
     exclude_self: bool = True,
+    resident: bool = False,
 ) -> pd.DataFrame:
     """Rank the tiles of ``table`` in ``db`` against ``query``.
 
@@ -167,7 +218,9 @@ def query(
     ``near`` = ``(lon, lat, radius_km)`` keeps tiles whose bounds lie within ``radius_km`` great-circle
     kilometres of the point (0: tiles containing it); exact, combinable with ``bbox`` and ``where``.
     An image query leaves out the query tile itself (the row with the image's uri and whole-image window,
-    and rows whose embedding equals the query's) unless ``exclude_self`` is False.
+    and rows whose embedding equals the query's) unless ``exclude_self`` is False. ``resident`` keeps the
+    table's current version in this process's memory and answers from it (for long-lived searchers such as
+    the web app: the first call loads the table, ~2.2 KB per 512-d row; see :mod:`rsclip.resident`).
 
     Returns a DataFrame with columns id, uri, score (cosine similarity, descending), x, y, width, height,
     lon_min, lat_min, lon_max, lat_max, crs. Raises ``ValueError`` for bad input (empty text, k outside
@@ -176,8 +229,7 @@ def query(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
     filters = []
-    if bbox is not None:
-        filters.append(bbox_filter(validate_bbox(bbox)))
+    box = validate_bbox(bbox) if bbox is not None else None
     if where is not None:
         if not isinstance(where, str) or not where.strip():
             raise ValueError("where must be a non-empty SQL expression")
@@ -211,7 +263,8 @@ def query(
         return mask
 
     post = keep if (near_point is not None or exclude_self) else None
-    return search_filtered(tbl, vector, int(k), where=" AND ".join(filters) or None, keep=post)
+    return search_filtered(tbl, vector, int(k), where=" AND ".join(filters) or None, keep=post,
+                           resident=resident, bbox=box)
 
 
 def _is_image_query(query) -> bool:
@@ -233,10 +286,6 @@ def _self_ids(query: str | os.PathLike, image: np.ndarray) -> set[str]:
     return {store.tile_id(u, 0, 0, w, h) for u in uris}
 
 
-def _has_vector_index(table) -> bool:
-    return any(list(cfg.columns) == [store.VECTOR] for cfg in table.list_indices())
-
-
 def search_filtered(
     table,
     vector: np.ndarray,
@@ -244,22 +293,26 @@ def search_filtered(
     *,
     where: str | None = None,
     keep=None,
+    resident: bool = False,
+    bbox: BBox | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` best rows passing the SQL prefilter ``where`` and the row predicate ``keep``.
+    """The ``k`` best rows passing the SQL prefilter ``where``, the box ``bbox`` and the row predicate ``keep``.
 
     ``keep(frame) -> bool mask`` decides what SQL cannot (exact great-circle distance, the query tile).
     Candidates are fetched best first with a growing limit until ``k`` pass or the filter is exhausted, so
     ``k`` rows come back whenever ``k`` qualify. A prefilter keeping few rows (``EXACT_FILTER_ROWS``) is
-    answered by an exact scan of those rows.
+    answered by an exact scan of those rows. ``resident``: see :func:`search_table`.
     """
     exact = False
-    if where and _has_vector_index(table):
-        exact = table.count_rows(where) <= EXACT_FILTER_ROWS
+    if not resident:  # a resident search decides this itself, in memory
+        where, bbox = _and(bbox_filter(bbox) if bbox is not None else None, where), None
+        if where and store.has_vector_index(table):
+            exact = store.dataset_of(table).count_rows(filter=where) <= EXACT_FILTER_ROWS
     if keep is None:
-        return search_table(table, vector, k, where=where, exact=exact)
+        return search_table(table, vector, k, where=where, exact=exact, resident=resident, bbox=bbox)
     limit = min(MAX_K * 4, max(2 * k, k + 16))
     while True:
-        frame = search_table(table, vector, limit, where=where, exact=exact)
+        frame = search_table(table, vector, limit, where=where, exact=exact, resident=resident, bbox=bbox)
         kept = frame[keep(frame)]
         if len(kept) >= k or len(frame) < limit or limit >= table.count_rows():
             return kept.head(k).reset_index(drop=True)

@@ -15,6 +15,10 @@ The three views:
 3. **Feature finder**: an uploaded image is cut into a patch grid and each patch scored against a typed
    feature (``rsclip.locate``); the grid of probabilities and a heatmap overlay are shown.
 
+Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
+server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
+query from memory plus the index's candidate row ids.
+
 User text reaches the table only as a query to embed; the bounding box is parsed into four floats and
 checked by :func:`rsclip.query.validate_bbox`; the one SQL filter built here (a tile id) takes ids that the
 table itself returned and that match :data:`TILE_ID_PATTERN`.
@@ -262,7 +266,7 @@ def tile_vector(table, tile_id: str) -> np.ndarray:
 def similar_tiles(db, tile_id: str, k: int, *, table: str, bbox: BBox | None = None) -> pd.DataFrame:
     """The ``k`` tiles most similar to the stored tile ``tile_id``, the tile itself left out."""
     vector = tile_vector(store.open_table(db, table), tile_id)
-    hits = query(db, vector, min(k + 1, MAX_K + 1), table=table, bbox=bbox)
+    hits = query(db, vector, min(k + 1, MAX_K + 1), table=table, bbox=bbox, resident=True)
     return hits[hits[store.ID] != tile_id].head(k).reset_index(drop=True)
 
 

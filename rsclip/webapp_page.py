@@ -157,7 +157,7 @@ def _text_view(config: WebConfig, conn, k: int, bbox: BBox | None) -> None:
         return
     try:
         with st.spinner("Searching..."):
-            hits = query(conn, text, k, table=config.table, bbox=bbox)
+            hits = query(conn, text, k, table=config.table, bbox=bbox, resident=True)
     except Exception as exc:
         st.error(f"Search failed: {readable_error(exc)}")
         return
@@ -194,7 +194,7 @@ def _image_view(config: WebConfig, conn, k: int, bbox: BBox | None) -> None:
                 st.markdown("**Tiles similar to**")
                 st.caption(f"{upload.name} · {image.shape[1]}x{image.shape[0]} px")
             with st.spinner("Searching..."):
-                hits = query(conn, image, k, table=config.table, bbox=bbox)
+                hits = query(conn, image, k, table=config.table, bbox=bbox, resident=True)
         else:
             st.caption("Upload an image, or press 'Similar tiles' under a text-search result.")
             return

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import rsclip
 from rsclip import index as rindex
-from rsclip import store
+from rsclip import resident, store
 
 qmod = importlib.import_module("rsclip.query")  # the module (``rsclip.query`` the attribute is the function)
 
@@ -128,6 +129,40 @@ def test_filtered_search_with_index_is_exact_or_complete(synthetic_db, monkeypat
     got = qmod.search_filtered(table, q, 20, where=qmod.bbox_filter(box))
     assert len(got) == 20 and mask(got).all()
     assert len(set(got["id"]) & set(exact_ids(db, q, 20, mask))) >= 18
+
+
+def test_resident_search_through_the_index_ranks_exactly_and_follows_new_versions(synthetic_db, monkeypatch):
+    db, rng, centers = synthetic_db
+    rindex.build_index(db, min_rows=1000)
+    queries = clustered(rng, 30, centers)
+    hits = [len(set(rsclip.query(db, q, k=10, resident=True)["id"]) & set(exact_ids(db, q, 10))) for q in queries]
+    assert np.mean(hits) / 10 >= 0.95
+    # same rows and columns as Lance gives; the scores are exact cosines of the full vectors
+    frame = store.open_table(db).to_pandas().set_index("id")
+    got = rsclip.query(db, queries[0], k=10, resident=True)
+    lance = rsclip.query(db, queries[0], k=10).set_index("id")
+    common = [i for i in got["id"] if i in lance.index]
+    assert len(common) >= 9
+    pd.testing.assert_frame_equal(got.set_index("id").loc[common].drop(columns="score"),
+                                  lance.loc[common].drop(columns="score"))
+    exact = np.stack(frame.loc[got["id"], "vector"].to_numpy()) @ queries[0]
+    np.testing.assert_allclose(got["score"].to_numpy(), exact, atol=1e-5)
+    # rows appended after indexing are a new version: loaded, and found before re-indexing
+    new = clustered(rng, 50, centers, spread=1.5)
+    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, new, rng))
+    for i in (0, 17, 49):
+        assert rsclip.query(db, new[i], k=1, resident=True)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + i}.tif"
+    assert len(resident._resident) <= resident.KEEP
+    # a box: ranked in memory when it keeps few rows, through the prefiltered index when it keeps many
+    box = (-60.0, -40.0, 60.0, 40.0)
+    mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
+    q = queries[1]
+    assert rsclip.query(db, q, k=20, bbox=box, resident=True)["id"].tolist() == exact_ids(db, q, 20, mask)
+    monkeypatch.setattr(qmod, "RESIDENT_EXACT_ROWS", 0)
+    got = rsclip.query(db, q, k=20, bbox=box, where="uri LIKE '%1.tif'", resident=True)
+    want = exact_ids(db, q, 20, lambda f: mask(f) & f.uri.str.endswith("1.tif"))
+    assert len(got) == 20 and mask(got).all() and got["uri"].str.endswith("1.tif").all()
+    assert len(set(got["id"]) & set(want)) >= 18
 
 
 def test_index_on_s3(tiny_model, s3_prefix):

@@ -34,6 +34,12 @@ def table_db(tiny_model, rsicd_files, tmp_path_factory):
     return db
 
 
+@pytest.fixture(params=[False, True], ids=["lance", "resident"])
+def resident(request):
+    """Each query test runs through Lance and through the resident copy (``rsclip.resident``)."""
+    return request.param
+
+
 def brute_force(db, vector, k, mask=None):
     frame = store.open_table(db).to_pandas()
     if mask is not None:
@@ -49,10 +55,10 @@ def intersects(box):
     return lambda f: (f.lon_min <= lon_max) & (f.lon_max >= lon_min) & (f.lat_min <= lat_max) & (f.lat_max >= lat_min)
 
 
-def test_text_queries_equal_brute_force(table_db, tiny_model):
+def test_text_queries_equal_brute_force(table_db, tiny_model, resident):
     enc = load_model(tiny_model)
     for text in ["airport", "an aerial photograph of a beach", "dense residential area with trees"]:
-        got = rsclip.query(str(table_db), text, k=15)
+        got = rsclip.query(str(table_db), text, k=15, resident=resident)
         ids, scores = brute_force(table_db, enc.encode_texts([text])[0], 15)
         assert got["id"].tolist() == ids
         np.testing.assert_allclose(got["score"].to_numpy(), scores, atol=1e-5)
@@ -61,27 +67,27 @@ def test_text_queries_equal_brute_force(table_db, tiny_model):
         assert got["score"].is_monotonic_decreasing
 
 
-def test_image_queries_by_path_pil_and_array_agree(table_db, tiny_model, rsicd_files):
+def test_image_queries_by_path_pil_and_array_agree(table_db, tiny_model, rsicd_files, resident):
     enc = load_model(tiny_model)
     path = rsicd_files[5]
     array = np.asarray(Image.open(path).convert("RGB"))
     ids, _ = brute_force(table_db, enc.encode_images([array])[0], 10)
     for q in (path, str(path), Image.open(path), array):
-        assert rsclip.query(table_db, q, k=10)["id"].tolist() == ids
+        assert rsclip.query(table_db, q, k=10, resident=resident)["id"].tolist() == ids
 
 
-def test_vector_query_and_connection(table_db):
+def test_vector_query_and_connection(table_db, resident):
     rng = np.random.default_rng(3)
     vector = rng.normal(size=store.table_model(store.open_table(table_db))[1])
     ids, _ = brute_force(table_db, vector, 25)
-    assert rsclip.query(store.connect(table_db), vector, k=25)["id"].tolist() == ids
-    assert rsclip.query(table_db, list(vector * 3.0), k=25)["id"].tolist() == ids
+    assert rsclip.query(store.connect(table_db), vector, k=25, resident=resident)["id"].tolist() == ids
+    assert rsclip.query(table_db, list(vector * 3.0), k=25, resident=resident)["id"].tolist() == ids
 
 
 @pytest.mark.parametrize("box", [(-5.0, -5.0, 5.0, 5.0), (-20.0, -10.0, -15.0, 0.0), (0.0, 0.0, 20.0, 10.0)])
-def test_bbox_equals_brute_force_filtered(table_db, box):
+def test_bbox_equals_brute_force_filtered(table_db, box, resident):
     vector = np.random.default_rng(4).normal(size=32)
-    got = rsclip.query(table_db, vector, k=30, bbox=box)
+    got = rsclip.query(table_db, vector, k=30, bbox=box, resident=resident)
     ids, _ = brute_force(table_db, vector, 30, intersects(box))
     assert got["id"].tolist() == ids
     frame = store.open_table(table_db).to_pandas()
@@ -90,28 +96,28 @@ def test_bbox_equals_brute_force_filtered(table_db, box):
     assert ((got.lon_min <= lon_max) & (got.lon_max >= lon_min) & (got.lat_min <= lat_max) & (got.lat_max >= lat_min)).all()
 
 
-def test_bbox_with_no_tiles_gives_an_empty_frame(table_db):
-    got = rsclip.query(table_db, np.ones(32), k=10, bbox=(100.0, 50.0, 101.0, 51.0))
+def test_bbox_with_no_tiles_gives_an_empty_frame(table_db, resident):
+    got = rsclip.query(table_db, np.ones(32), k=10, bbox=(100.0, 50.0, 101.0, 51.0), resident=resident)
     assert got.empty and "score" in got.columns
 
 
-def test_bbox_touching_a_tile_edge_counts(table_db):
+def test_bbox_touching_a_tile_edge_counts(table_db, resident):
     frame = store.open_table(table_db).to_pandas().dropna(subset=["lon_min"])
     row = frame.iloc[0]
     box = (row.lon_max, row.lat_max, min(row.lon_max + 0.0, 180.0), min(row.lat_max + 0.0, 90.0))
-    got = rsclip.query(table_db, np.ones(32), k=MAX_K, bbox=box)
+    got = rsclip.query(table_db, np.ones(32), k=MAX_K, bbox=box, resident=resident)
     assert row["id"] in set(got["id"])
 
 
-def test_where_combines_with_bbox(table_db):
+def test_where_combines_with_bbox(table_db, resident):
     vector = np.random.default_rng(5).normal(size=32)
-    got = rsclip.query(table_db, vector, k=20, bbox=(-20, -10, 20, 10), where="uri LIKE '%airport%'")
+    got = rsclip.query(table_db, vector, k=20, bbox=(-20, -10, 20, 10), where="uri LIKE '%airport%'", resident=resident)
     ids, _ = brute_force(table_db, vector, 20, lambda f: intersects((-20, -10, 20, 10))(f) & f.uri.str.contains("airport"))
     assert got["id"].tolist() == ids and len(ids) > 0
 
 
-def test_k_larger_than_table_returns_all(table_db):
-    got = rsclip.query(table_db, np.ones(32), k=MAX_K)
+def test_k_larger_than_table_returns_all(table_db, resident):
+    got = rsclip.query(table_db, np.ones(32), k=MAX_K, resident=resident)
     assert len(got) == N_IMAGES and got["id"].is_unique
 
 

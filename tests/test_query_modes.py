@@ -27,6 +27,12 @@ def image_db(tiny_model, rsicd_files, tmp_path_factory):
     return db, files, vectors
 
 
+@pytest.fixture(params=[False, True], ids=["lance", "resident"])
+def resident(request):
+    """Query-mode tests run through Lance and through the resident copy (``rsclip.resident``)."""
+    return request.param
+
+
 def ranked_ids(db, vector, k, drop=()):
     frame = store.open_table(db).to_pandas()
     frame = frame[~frame["id"].isin(drop)]
@@ -35,27 +41,27 @@ def ranked_ids(db, vector, k, drop=()):
     return frame.iloc[order]["id"].tolist()
 
 
-def test_image_query_by_path_excludes_its_own_tile(image_db):
+def test_image_query_by_path_excludes_its_own_tile(image_db, resident):
     db, files, vectors = image_db
     path = files[7]
     own = store.tile_id(str(path), 0, 0, 150, 150)
-    got = rsclip.query(db, path, k=10)
+    got = rsclip.query(db, path, k=10, resident=resident)
     assert own not in set(got["id"]) and len(got) == 10
     assert got["id"].tolist() == ranked_ids(db, vectors[7], 10, drop={own})
-    with_self = rsclip.query(db, str(path), k=10, exclude_self=False)
+    with_self = rsclip.query(db, str(path), k=10, exclude_self=False, resident=resident)
     assert with_self["id"].iloc[0] == own and with_self["score"].iloc[0] > 0.9999
     assert with_self["id"].tolist()[1:] == got["id"].tolist()[:9]
 
 
-def test_in_memory_image_excludes_the_identical_embedding(image_db):
+def test_in_memory_image_excludes_the_identical_embedding(image_db, resident):
     db, files, vectors = image_db
     array = np.asarray(Image.open(files[3]).convert("RGB"))
     own = store.tile_id(str(files[3]), 0, 0, 150, 150)
     for q in (array, Image.fromarray(array)):
-        got = rsclip.query(db, q, k=5)
+        got = rsclip.query(db, q, k=5, resident=resident)
         assert own not in set(got["id"]) and len(got) == 5
         assert got["id"].tolist() == ranked_ids(db, vectors[3], 5, drop={own})
-    assert rsclip.query(db, array, k=5, exclude_self=False)["id"].iloc[0] == own
+    assert rsclip.query(db, array, k=5, exclude_self=False, resident=resident)["id"].iloc[0] == own
 
 
 def test_image_not_in_table_and_vector_queries_exclude_nothing(image_db, rsicd_files):
@@ -68,9 +74,9 @@ def test_image_not_in_table_and_vector_queries_exclude_nothing(image_db, rsicd_f
     assert rsclip.query(db, vectors[11], k=3)["id"].iloc[0] == store.tile_id(str(files[11]), 0, 0, 150, 150)
 
 
-def test_self_exclusion_keeps_k_results_when_the_table_is_small(image_db):
+def test_self_exclusion_keeps_k_results_when_the_table_is_small(image_db, resident):
     db, files, _ = image_db
-    got = rsclip.query(db, files[0], k=MAX_K)
+    got = rsclip.query(db, files[0], k=MAX_K, resident=resident)
     assert len(got) == N_IMAGES - 1
 
 
@@ -180,9 +186,9 @@ def test_point_inside_or_on_the_edge_is_at_distance_zero():
         ((0.0, 0.0, 25000.0), 700),   # the whole globe
     ],
 )
-def test_near_equals_brute_force(geo_db, near, k):
+def test_near_equals_brute_force(geo_db, near, k, resident):
     vector = np.random.default_rng(int(near[2]) + 3).normal(size=32)
-    got = rsclip.query(geo_db, vector, k=k, near=near)
+    got = rsclip.query(geo_db, vector, k=k, near=near, resident=resident)
     want, scores = brute(geo_db, vector, k, near_mask(*near), with_scores=True)
     assert len(want) > 0
     if len(want) < 100:
@@ -192,9 +198,9 @@ def test_near_equals_brute_force(geo_db, near, k):
         np.testing.assert_allclose(got["score"].to_numpy(), scores, atol=1e-5)
 
 
-def test_named_edge_cases_are_found(geo_db):
+def test_named_edge_cases_are_found(geo_db, resident):
     v = np.ones(32)
-    names = lambda **kw: set(rsclip.query(geo_db, v, k=MAX_K, **kw)["uri"])
+    names = lambda **kw: set(rsclip.query(geo_db, v, k=MAX_K, **kw, resident=resident)["uri"])
     assert {"left_of_point", "right_of_point"} <= names(near=(10.0, 45.5, 0.0))
     assert {"left_of_point", "right_of_point", "corner"} <= names(near=(10.0, 46.0, 0.0))
     assert "west_edge" in names(near=(179.9, 0.0, 30.0)) and "east_edge" in names(near=(179.9, 0.0, 30.0))
@@ -204,37 +210,37 @@ def test_named_edge_cases_are_found(geo_db):
     assert "south_pole" in names(near=(123.0, -89.95, 0.0))
 
 
-def test_near_returns_k_when_k_qualify_after_widening(geo_db):
+def test_near_returns_k_when_k_qualify_after_widening(geo_db, resident):
     # High latitude: most prefilter candidates lie outside the circle, so the first fetch is not enough.
     near = (-60.0, 70.0, 1500.0)
     frame = store.open_table(geo_db).to_pandas()
     qualifying = int(near_mask(*near)(frame).sum())
-    got = rsclip.query(geo_db, np.ones(32), k=qualifying, near=near)
+    got = rsclip.query(geo_db, np.ones(32), k=qualifying, near=near, resident=resident)
     assert len(got) == qualifying > 3
 
 
 @pytest.mark.parametrize("box", [(10.0, 46.0, 10.0, 46.0), (180.0, -1.0, 180.0, 1.0), (-180.0, 89.0, 180.0, 90.0),
                                  (11.0, 40.0, 12.0, 45.0), (-180.0, -90.0, 180.0, 90.0)])
-def test_bbox_edge_cases_equal_brute_force(geo_db, box):
+def test_bbox_edge_cases_equal_brute_force(geo_db, box, resident):
     lon_min, lat_min, lon_max, lat_max = box
     mask = lambda f: (f.lon_min <= lon_max) & (f.lon_max >= lon_min) & (f.lat_min <= lat_max) & (f.lat_max >= lat_min)
     vector = np.random.default_rng(5).normal(size=32)
-    got = rsclip.query(geo_db, vector, k=40, bbox=box)
+    got = rsclip.query(geo_db, vector, k=40, bbox=box, resident=resident)
     assert got["uri"].tolist() == brute(geo_db, vector, 40, mask)
 
 
-def test_near_combines_with_bbox_and_where(geo_db):
+def test_near_combines_with_bbox_and_where(geo_db, resident):
     near, box = (10.0, 45.5, 3000.0), (0.0, 30.0, 40.0, 60.0)
     lon_min, lat_min, lon_max, lat_max = box
     vector = np.random.default_rng(9).normal(size=32)
-    got = rsclip.query(geo_db, vector, k=15, near=near, bbox=box, where="uri LIKE 'random/%'")
+    got = rsclip.query(geo_db, vector, k=15, near=near, bbox=box, where="uri LIKE 'random/%'", resident=resident)
     in_box = lambda f: (f.lon_min <= lon_max) & (f.lon_max >= lon_min) & (f.lat_min <= lat_max) & (f.lat_max >= lat_min)
     want = brute(geo_db, vector, 15, lambda f: near_mask(*near)(f) & in_box(f) & f.uri.str.startswith("random/"))
     assert got["uri"].tolist() == want and len(want) > 3
 
 
-def test_near_far_from_every_tile_is_empty(geo_db):
-    got = rsclip.query(geo_db, np.ones(32), k=5, near=(-150.0, -45.0, 0.0))
+def test_near_far_from_every_tile_is_empty(geo_db, resident):
+    got = rsclip.query(geo_db, np.ones(32), k=5, near=(-150.0, -45.0, 0.0), resident=resident)
     assert isinstance(got, pd.DataFrame) and got.empty
 
 
