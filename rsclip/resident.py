@@ -31,7 +31,6 @@ class ResidentTable:
         n = dataset.count_rows()
         self.dataset = dataset  # the version it holds, for the index searches that go with it
         self.indexed = indexed  # whether the version has an ANN index on its vectors
-        self.version = dataset.version
         self.column_names = tuple(columns)
         row_ids = np.empty(n, dtype=np.uint64)
         vectors: np.ndarray | None = None
