@@ -19,6 +19,7 @@ from rsclip.resident import ROW_ID, resident_table
 MAX_K = 10_000
 RESULT_COLUMNS = (store.ID, store.URI, "score", *store.WINDOW_COLUMNS, *store.BOUNDS_COLUMNS, store.CRS)
 _FETCH_COLUMNS = tuple(c for c in RESULT_COLUMNS if c != "score")
+DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by name (else it warns)
 # ANN search settings used when the table has a vector index (ignored by an exact scan). Chosen on
 # bench/query.py (see BENCHMARKS.md): recall@10 is limited by the PQ codes, not by nprobes, so re-ranking
 # refine_factor * k candidates with the full vectors is what lifts it above 0.95.
@@ -139,9 +140,9 @@ def search_table(
     nearest = _nearest(vector, k, where=where, nprobes=nprobes, exact=exact)
     if refine_factor and not exact:
         nearest["refine_factor"] = refine_factor
-    result = store.dataset_of(table).to_table(columns=list(_FETCH_COLUMNS), nearest=nearest, filter=where or None,
-                                              prefilter=bool(where))
-    distance = result.column("_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+    result = store.dataset_of(table).to_table(columns=[*_FETCH_COLUMNS, DISTANCE], nearest=nearest,
+                                              filter=where or None, prefilter=bool(where))
+    distance = result.column(DISTANCE).to_numpy(zero_copy_only=False).astype(np.float64)
     return _result_frame(result, 1.0 - distance)
 
 
@@ -182,7 +183,7 @@ def _search_resident(table, vector: np.ndarray, k: int, *, where: str | None, bb
     if candidates is None or (len(candidates) > RESIDENT_EXACT_ROWS and rows.indexed and not exact):
         both = _and(bbox_filter(bbox) if bbox is not None else None, where)
         nearest = _nearest(vector, k * max(1, refine_factor or 1), where=both, nprobes=nprobes, exact=False)
-        found = dataset.to_table(columns=[], with_row_id=True, nearest=nearest, filter=both,
+        found = dataset.to_table(columns=[DISTANCE], with_row_id=True, nearest=nearest, filter=both,
                                  prefilter=bool(both))
         candidates = rows.positions(found.column(ROW_ID).to_numpy())
     positions, scores = rows.top(candidates, vector, k)
