@@ -134,9 +134,10 @@ def search_table(
     (:mod:`rsclip.resident`, loaded on first use): the index is asked for candidate row ids only.
     """
     if resident:
-        return _search_resident(table, vector, k, where=where, bbox=bbox, nprobes=nprobes,
-                                refine_factor=refine_factor, exact=exact)
-    where = _and(bbox_filter(bbox) if bbox is not None else None, where)
+        rows = resident_table(table, _FETCH_COLUMNS)
+        return _search_resident(rows, vector, k, candidates=_resident_candidates(rows, where, bbox, exact),
+                                where=where, bbox=bbox, nprobes=nprobes, refine_factor=refine_factor)
+    where = _filter_sql(where, bbox)
     nearest = _nearest(vector, k, where=where, nprobes=nprobes, exact=exact)
     if refine_factor and not exact:
         nearest["refine_factor"] = refine_factor
@@ -159,32 +160,39 @@ def _nearest(vector: np.ndarray, k: int, *, where: str | None, nprobes: int, exa
     return nearest
 
 
-def _and(*filters: str | None) -> str | None:
-    """The SQL conjunction of the given filters (None when there are none)."""
-    present = [f for f in filters if f]
+def _filter_sql(where: str | None, bbox: BBox | None) -> str | None:
+    """One SQL filter for ``where`` and ``bbox`` together (None when there is neither)."""
+    present = [f for f in (bbox_filter(bbox) if bbox is not None else None, where) if f]
     return " AND ".join(f"({f})" for f in present) if len(present) > 1 else (present[0] if present else None)
 
 
-def _search_resident(table, vector: np.ndarray, k: int, *, where: str | None, bbox: BBox | None, nprobes: int,
-                     refine_factor: int | None, exact: bool) -> pd.DataFrame:
-    """:func:`search_table` on the table's resident copy. The box is tested in memory and ``where`` by Lance;
-    when they leave at most ``RESIDENT_EXACT_ROWS`` rows (or the table has no index, or ``exact``) all of
-    them are ranked exactly in memory, otherwise the index proposes ``refine_factor * k`` candidates
-    (prefiltered) and the resident vectors rank those."""
-    rows = resident_table(table, _FETCH_COLUMNS)
-    dataset = rows.dataset
+def _resident_candidates(rows, where: str | None, bbox: BBox | None, exact: bool) -> np.ndarray | None:
+    """Positions in ``rows`` (a resident table) to rank exactly in memory, or None: ask the index.
+
+    The box is tested in memory and ``where`` by Lance; what they leave is ranked exactly when it is at most
+    ``RESIDENT_EXACT_ROWS`` rows, when the table has no index, or with ``exact``.
+    """
     candidates = None if bbox is None else np.flatnonzero(rows.intersecting(bbox))
     if where:
-        matching = rows.positions(dataset.to_table(columns=[], with_row_id=True, filter=where)
+        matching = rows.positions(rows.dataset.to_table(columns=[], with_row_id=True, filter=where)
                                   .column(ROW_ID).to_numpy())
         candidates = matching if candidates is None else np.intersect1d(candidates, matching)
     if candidates is None and (exact or not rows.indexed):
         candidates = np.arange(len(rows))
-    if candidates is None or (len(candidates) > RESIDENT_EXACT_ROWS and rows.indexed and not exact):
-        both = _and(bbox_filter(bbox) if bbox is not None else None, where)
+    if candidates is not None and len(candidates) > RESIDENT_EXACT_ROWS and rows.indexed and not exact:
+        return None
+    return candidates
+
+
+def _search_resident(rows, vector: np.ndarray, k: int, *, candidates: np.ndarray | None, where: str | None,
+                     bbox: BBox | None, nprobes: int, refine_factor: int | None) -> pd.DataFrame:
+    """:func:`search_table` on a resident table: ``candidates`` (:func:`_resident_candidates`) ranked by the
+    resident vectors, or when None the ``refine_factor * k`` the index proposes (prefiltered)."""
+    if candidates is None:
+        both = _filter_sql(where, bbox)
         nearest = _nearest(vector, k * max(1, refine_factor or 1), where=both, nprobes=nprobes, exact=False)
-        found = dataset.to_table(columns=[DISTANCE], with_row_id=True, nearest=nearest, filter=both,
-                                 prefilter=bool(both))
+        found = rows.dataset.to_table(columns=[DISTANCE], with_row_id=True, nearest=nearest, filter=both,
+                                      prefilter=bool(both))
         candidates = rows.positions(found.column(ROW_ID).to_numpy())
     positions, scores = rows.top(candidates, vector, k)
     return _result_frame(rows.rows(positions), scores)
@@ -304,16 +312,25 @@ def search_filtered(
     ``k`` rows come back whenever ``k`` qualify. A prefilter keeping few rows (``EXACT_FILTER_ROWS``) is
     answered by an exact scan of those rows. ``resident``: see :func:`search_table`.
     """
-    exact = False
-    if not resident:  # a resident search decides this itself, in memory
-        where, bbox = _and(bbox_filter(bbox) if bbox is not None else None, where), None
-        if where and store.has_vector_index(table):
-            exact = store.dataset_of(table).count_rows(filter=where) <= EXACT_FILTER_ROWS
+    if resident:  # the filters are evaluated once, not again for each wider fetch
+        rows = resident_table(table, _FETCH_COLUMNS)
+        candidates = _resident_candidates(rows, where, bbox, exact=False)
+
+        def search(n: int) -> pd.DataFrame:
+            return _search_resident(rows, vector, n, candidates=candidates, where=where, bbox=bbox,
+                                    nprobes=DEFAULT_NPROBES, refine_factor=DEFAULT_REFINE_FACTOR)
+    else:
+        where = _filter_sql(where, bbox)
+        exact = bool(where) and store.has_vector_index(table) and (
+            store.dataset_of(table).count_rows(filter=where) <= EXACT_FILTER_ROWS)
+
+        def search(n: int) -> pd.DataFrame:
+            return search_table(table, vector, n, where=where, exact=exact)
     if keep is None:
-        return search_table(table, vector, k, where=where, exact=exact, resident=resident, bbox=bbox)
+        return search(k)
     limit = min(MAX_K * 4, max(2 * k, k + 16))
     while True:
-        frame = search_table(table, vector, limit, where=where, exact=exact, resident=resident, bbox=bbox)
+        frame = search(limit)
         kept = frame[keep(frame)]
         if len(kept) >= k or len(frame) < limit or limit >= table.count_rows():
             return kept.head(k).reset_index(drop=True)
