@@ -69,8 +69,8 @@ def model_only(model_dir: str, threads: int, n_batches: int) -> float:
     import numpy as np
     import torch
 
-    from rsclip.imageio import read_image
-    from rsclip.model import load_model
+    from rsclip.core.images import read_image
+    from rsclip.core.model import load_model
 
     torch.set_num_threads(threads)
     enc = load_model(model_dir, device="cpu")
@@ -86,7 +86,7 @@ def model_only(model_dir: str, threads: int, n_batches: int) -> float:
 
 
 def rsclip_pipeline(archive: str, db: str, model_dir: str, threads: int = 1) -> dict:
-    from rsclip.embed import EmbedConfig, run_embedding
+    from rsclip.ingest.pipeline import EmbedConfig, run_embedding
 
     summary = run_embedding(EmbedConfig(archive=archive, db=db, model=model_dir, batch_size=BATCH,
                                         torch_threads=threads, commit_rows=512, index="never"))

@@ -3,7 +3,7 @@
     python bench/gpu.py --prepare .gpu/inputs.pkl     # here (CPU): real RSICD chips through the decode stage
     python bench/gpu.py --inputs .gpu/inputs.pkl      # on the GPU machine (torch + transformers, no Ray)
 
-The inputs are 64 real RSICD scenes: one read batch as ``archive.read_tiles`` leaves it (planned and decoded
+The inputs are 64 real RSICD scenes: one read batch as ``reading.read_tiles`` leaves it (planned and decoded
 by the library, uint8 at the model's input size), the same scenes' JPEG bytes, and the fine-tuning decode
 stage's images (``data.decode_samples``, no augmentation) with a caption each. Batches of
 ``--batch`` rows repeat them. With a ViT-B/32-sized model of random weights (the default model's cost):
@@ -45,17 +45,18 @@ def prepare(path: Path) -> None:
     """Plan and decode real chips with the library's own stages; keep their JPEG bytes and captions."""
     from dataclasses import asdict
 
-    from rsclip import archive, raster, store
-    from rsclip import data as rdata
-    from rsclip.preprocess import ImagePreprocess
+    from rsclip.core import raster, tiles
+    from rsclip.ingest import batch as B, planning, reading
+    from rsclip.train import data as rdata
+    from rsclip.core.preprocess import ImagePreprocess
 
     samples = rdata.read_samples([str(ROOT.parent / "shared" / "data" / "rsicd-aid")], split="train")[:N_SCENES]
     uris = [str(s[rdata.IMAGE]) for s in samples]
-    files = {store.URI: np.array(uris, dtype=object),
-             archive.SIZE: np.array([Path(u).stat().st_size for u in uris])}
-    planned = archive.plan_files(files, asdict(raster.RasterOptions()))
-    read = archive.read_tiles(planned, asdict(ImagePreprocess()))
-    assert (read[archive.STATUS] == archive.READY).all(), read[archive.MESSAGE]
+    files = {tiles.URI: np.array(uris, dtype=object),
+             B.SIZE: np.array([Path(u).stat().st_size for u in uris])}
+    planned = planning.plan_files(files, asdict(raster.RasterOptions()))
+    read = reading.read_tiles(planned, asdict(ImagePreprocess()))
+    assert (read[B.STATUS] == B.READY).all(), read[B.MESSAGE]
     stage = rdata.StageConfig.from_preprocess(ImagePreprocess(), image_aug=False, text_aug=False)
     train_images, skipped = rdata.decode_samples(samples, stage)
     assert not skipped
@@ -91,8 +92,8 @@ def transfer_ab(args) -> int:
     a stack plus a plain pageable ``.to(device)``, alternated in one process."""
     import torch
 
-    from rsclip import model
-    from rsclip.embed import ImageEmbedder
+    from rsclip.core import model
+    from rsclip.ingest.embedder import ImageEmbedder
     from rsclip.testing import build_vit_b32
 
     pinned = model.uint8_to_device
@@ -146,13 +147,14 @@ def main() -> int:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     from bench.embed import ReferenceEmbedder
-    from rsclip import archive
-    from rsclip import data as rdata
-    from rsclip.embed import ImageEmbedder
-    from rsclip.loss import clamp_logit_scale_
-    from rsclip.model import ClipEncoder, ImagePreprocess, load_model
+    from rsclip.core.model import normalize_pixels
+    from rsclip.ingest import batch as B
+    from rsclip.ingest.embedder import ImageEmbedder
+    from rsclip.train import data as rdata
+    from rsclip.train.loss import clamp_logit_scale_
+    from rsclip.core.model import ClipEncoder, ImagePreprocess, load_model
     from rsclip.testing import build_vit_b32
-    from rsclip.train import TrainConfig, _optimizer_step, autocast_dtype, build_optimizer, build_scheduler, \
+    from rsclip.train.loop import TrainConfig, _optimizer_step, autocast_dtype, build_optimizer, build_scheduler, \
         clip_batch_loss
 
     on_gpu = args.device == "cuda"
@@ -172,9 +174,9 @@ def main() -> int:
         assert embedder.encoder.dtype == (torch.float16 if on_gpu else torch.float32)
         batch = repeat(inputs["read_batch"], args.batch)
         out = embedder(batch)
-        assert (out[archive.STATUS] == archive.EMBEDDED).all(), set(out[archive.MESSAGE])
+        assert (out[B.STATUS] == B.EMBEDDED).all(), set(out[B.MESSAGE])
         figures["embedder_img_s"] = rate(lambda: embedder(batch), args.batch, args.seconds, sync)
-        images = archive.batch_images(batch, range(args.batch))
+        images = B.batch_images(batch, range(args.batch))
         pixels = embedder.encoder.preprocess(images)
         figures["model_img_s"] = rate(lambda: embedder.encoder.encode_pixels(pixels), args.batch, args.seconds,
                                       sync)
@@ -209,8 +211,8 @@ def main() -> int:
         train_batch = repeat({rdata.IMAGE: inputs["train_images"],
                               rdata.CAPTION: np.array(inputs["captions"], dtype=object)}, args.train_batch)
         device = torch.device(args.device)
-        on_device = rdata.normalize_pixels(train_batch[rdata.IMAGE], preprocess, device).cpu()
-        assert torch.allclose(on_device, rdata.normalize_pixels(train_batch[rdata.IMAGE], preprocess), atol=1e-6)
+        on_device = normalize_pixels(train_batch[rdata.IMAGE], preprocess, device, channels_last=True).cpu()
+        assert torch.allclose(on_device, normalize_pixels(train_batch[rdata.IMAGE], preprocess, channels_last=True), atol=1e-6)
         for precision in () if args.no_train else ("bf16", "fp32"):
             cfg = TrainConfig(precision=precision, use_gpu=on_gpu, batch_size=args.train_batch, warmup_steps=10)
             model = CLIPModel.from_pretrained(model_dir, dtype=torch.float32).to(device).train()

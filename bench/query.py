@@ -3,11 +3,11 @@
     python bench/query.py --rows 1000000        # needs ~2 GiB RAM per 250k rows... see --help
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, like embeddings of an
-archive with many scene types) with random WGS84 tile bounds, written through ``store.add_tiles`` and indexed
+archive with many scene types) with random WGS84 tile bounds, written through ``tiles.add_tiles`` and indexed
 by ``rsclip.index.build_index``. Queries are fresh draws from the same mixture. Ground truth is the exact top
 k by numpy. Measured, single query at a time:
 
-- rsclip ANN (``query.search_table`` with the default nprobes/refine): p50/p95 ms, recall@k; plus a sweep of
+- rsclip ANN (``searchers.LanceSearcher`` with the default nprobes/refine): p50/p95 ms, recall@k; plus a sweep of
   nprobes x refine_factor to show where the defaults sit; through Lance alone (``rsclip.query``'s default)
   and on the resident copy (``resident=True``, the web app's path: its load time and memory are printed);
 - FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
@@ -37,12 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import importlib  # noqa: E402
 
-from rsclip import index as rindex  # noqa: E402
-from rsclip import store  # noqa: E402
+from rsclip.core import index as rindex  # noqa: E402
+from rsclip.core import tiles  # noqa: E402
 
-rquery = importlib.import_module("rsclip.query")  # the module; ``rsclip.query`` the attribute is the function
+from rsclip.search import searchers as rquery  # noqa: E402
+from rsclip.search.filters import Filters  # noqa: E402
 
 CHUNK = 100_000
 
@@ -60,7 +60,7 @@ def random_bounds(rng, n: int) -> dict[str, np.ndarray]:
     size = rng.uniform(0.01, 1.0, n)
     lon = rng.uniform(-180.0, 180.0 - 1.0, n)
     lat = rng.uniform(-85.0, 85.0 - 1.0, n)
-    return {store.LON_MIN: lon, store.LAT_MIN: lat, store.LON_MAX: lon + size, store.LAT_MAX: lat + size}
+    return {tiles.LON_MIN: lon, tiles.LAT_MIN: lat, tiles.LON_MAX: lon + size, tiles.LAT_MAX: lat + size}
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     vectors = np.empty((args.rows, args.dim), dtype=np.float32)
-    bounds = {c: np.empty(args.rows) for c in store.BOUNDS_COLUMNS}
+    bounds = {c: np.empty(args.rows) for c in tiles.BOUNDS_COLUMNS}
     for start in range(0, args.rows, CHUNK):
         n = min(CHUNK, args.rows - start)
         vectors[start : start + n] = clustered_vectors(rng, n, args.dim, centers, args.spread)
@@ -148,14 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     if not args.reuse:
         shutil.rmtree(db, ignore_errors=True)
-        table = store.create_table(db, model=model_name, dim=args.dim)
+        table = tiles.create_table(db, model=model_name, dim=args.dim)
         for start in range(0, args.rows, CHUNK):
             sl = slice(start, min(start + CHUNK, args.rows))
             n = sl.stop - sl.start
-            store.add_tiles(table, {
-                store.URI: uris[sl], store.X: xs[sl], store.Y: np.zeros(n, np.int32),
-                store.WIDTH: np.full(n, 224, np.int32), store.HEIGHT: np.full(n, 224, np.int32),
-                store.CRS: ["EPSG:4326"] * n, store.VECTOR: vectors[sl], **{c: bounds[c][sl] for c in bounds},
+            tiles.add_tiles(table, {
+                tiles.URI: uris[sl], tiles.X: xs[sl], tiles.Y: np.zeros(n, np.int32),
+                tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
+                tiles.CRS: ["EPSG:4326"] * n, tiles.VECTOR: vectors[sl], **{c: bounds[c][sl] for c in bounds},
             })
         write_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -163,12 +163,12 @@ def main(argv: list[str] | None = None) -> dict:
         index_s = time.perf_counter() - t0
     else:
         write_s = index_s = float("nan")
-        state = rindex.index_state(store.open_table(db))
-    table = store.open_table(db)
+        state = rindex.index_state(tiles.open_table(db))
+    table = tiles.open_table(db)
     print(f"write {write_s:.1f}s, index {index_s:.1f}s: {state.action}", flush=True)
-    ids = table.to_lance().to_table(columns=[store.ID, store.URI, store.X]).to_pandas()
+    ids = table.to_lance().to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pandas()
     # rows were written in order, but map through uri+x so the check does not rely on it
-    row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224 for i, u, x in zip(ids[store.ID], ids[store.URI], ids[store.X])}
+    row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224 for i, u, x in zip(ids[tiles.ID], ids[tiles.URI], ids[tiles.X])}
     partitions, sub_vectors = rindex.ivf_pq_params(args.rows, args.dim)
 
     t0 = time.perf_counter()
@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ground truth {time.perf_counter() - t0:.1f}s", flush=True)
 
     def rows_of(frame):
-        return np.array([row_of[i] for i in frame[store.ID]])
+        return np.array([row_of[i] for i in frame[tiles.ID]])
 
     # rsclip ANN: the defaults, then a sweep.
     def ann(q, nprobes=rquery.DEFAULT_NPROBES, refine=rquery.DEFAULT_REFINE_FACTOR):
-        return rows_of(rquery.search_table(table, q, args.k, nprobes=nprobes, refine_factor=refine))
+        return rows_of(rquery.search(rquery.LanceSearcher(table, nprobes=nprobes, refine_factor=refine), q, args.k))
 
     found, times = timed(ann, list(queries))
     ann_p50, ann_p95, ann_recall = pct(times, 50), pct(times, 95), recall(found, truth, args.k)
@@ -194,14 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  sweep nprobes={nprobes:3d} refine={refine:3d}: p50 {sweep[-1][2]} ms recall {sweep[-1][3]:.4f}", flush=True)
 
     # The same searches on the resident copy (what the web app uses): loaded once, then index row ids only.
-    from rsclip.resident import resident_table
+    from rsclip.search.resident import resident_table
 
     t0 = time.perf_counter()
-    resident_mb = resident_table(table, rquery._FETCH_COLUMNS).nbytes / 1e6
+    resident_mb = resident_table(table, rquery.FETCH_COLUMNS).nbytes / 1e6
     resident_load_s = time.perf_counter() - t0
 
     def ann_resident(q, nprobes=rquery.DEFAULT_NPROBES, refine=rquery.DEFAULT_REFINE_FACTOR):
-        return rows_of(rquery.search_table(table, q, args.k, nprobes=nprobes, refine_factor=refine, resident=True))
+        return rows_of(rquery.search(rquery.ResidentSearcher(table, nprobes=nprobes, refine_factor=refine), q, args.k))
 
     r_found, r_times = timed(ann_resident, list(queries))
     res_p50, res_p95, res_recall = pct(r_times, 50), pct(r_times, 95), recall(r_found, truth, args.k)
@@ -261,14 +261,14 @@ def main(argv: list[str] | None = None) -> dict:
         lon, lat = rng.uniform(-180, 180 - w), rng.uniform(-90, 90 - h)
         boxes.append((lon, lat, lon + w, lat + h))
     masks = [
-        (bounds[store.LON_MIN] <= b[2]) & (bounds[store.LON_MAX] >= b[0])
-        & (bounds[store.LAT_MIN] <= b[3]) & (bounds[store.LAT_MAX] >= b[1])
+        (bounds[tiles.LON_MIN] <= b[2]) & (bounds[tiles.LON_MAX] >= b[0])
+        & (bounds[tiles.LAT_MIN] <= b[3]) & (bounds[tiles.LAT_MAX] >= b[1])
         for b in boxes
     ]
     b_truth = [exact_topk(vectors, queries[i : i + 1], args.k, masks[i])[0] for i in range(len(boxes))]
     items = list(range(len(boxes)))
     bb_found, bb_times = timed(
-        lambda i: rows_of(rquery.search_filtered(table, queries[i], args.k, where=rquery.bbox_filter(boxes[i]))), items
+        lambda i: rows_of(rquery.search(rquery.LanceSearcher(table), queries[i], args.k, Filters.of(bbox=boxes[i]))), items
     )
     bbox_p50, bbox_recall = pct(bb_times, 50), recall(bb_found, b_truth, args.k)
     sel = np.array([m.mean() for m in masks])
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {name}: p50 {pct(bb_times[m], 50)} ms, recall "
                   f"{recall([bb_found[i] for i in np.flatnonzero(m)], [b_truth[i] for i in np.flatnonzero(m)], args.k):.4f}")
     rb_found, rb_times = timed(
-        lambda i: rows_of(rquery.search_filtered(table, queries[i], args.k, bbox=boxes[i], resident=True)), items)
+        lambda i: rows_of(rquery.search(rquery.ResidentSearcher(table), queries[i], args.k, Filters.of(bbox=boxes[i]))), items)
     rbbox_p50, rbbox_recall = pct(rb_times, 50), recall(rb_found, b_truth, args.k)
     print(f"bbox queries, resident copy: p50 {rbbox_p50} ms, p95 {pct(rb_times, 95)} ms, recall@{args.k} "
           f"{rbbox_recall:.4f}", flush=True)

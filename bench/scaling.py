@@ -7,7 +7,7 @@ Measured on real data from ``../shared/data``, one process:
 - chip decode: RSICD JPEG bytes (150x150) -> ``decode_image`` -> ``resize_shortest_side`` (to 224), the work
   of one CPU decode task per tile, on one thread;
 - chips from S3: the same chips uploaded to a local SeaweedFS and read back by the pipeline's own stages
-  (``archive.plan_files``: GET + header check; ``archive.read_tiles``: decode + resize), in one process;
+  (``planning.plan_files``: GET + header check; ``reading.read_tiles``: decode + resize), in one process;
   reported per CPU-second of this process (the S3 server's own CPU is not counted), which is what a read
   task costs a core;
 - raster window read: 224x224 RGB windows of a NAIP GeoTIFF through rasterio (local file: the S3 latency
@@ -36,8 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rsclip.imageio import decode_image  # noqa: E402
-from rsclip.model import load_model, resize_shortest_side  # noqa: E402
+from rsclip.core.images import decode_image  # noqa: E402
+from rsclip.core.model import load_model  # noqa: E402
+from rsclip.core.preprocess import resize_shortest_side  # noqa: E402
 from rsclip.testing import build_vit_b32  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -60,7 +61,8 @@ def s3_chip_rate(files: list[Path], preprocess) -> float:
     from dataclasses import asdict
 
     from infra.local_stack import SeaweedFS, environment
-    from rsclip import archive, raster, store
+    from rsclip.core import raster, tiles
+    from rsclip.ingest import batch as B, listing, planning, reading
 
     with tempfile.TemporaryDirectory() as tmp:
         s3 = SeaweedFS(Path(tmp) / "seaweedfs", buckets=("scaling",)).start()
@@ -69,14 +71,14 @@ def s3_chip_rate(files: list[Path], preprocess) -> float:
                 client = s3.client()
                 for f in files:
                     client.upload_file(str(f), "scaling", f"chips/{f.name}")
-                listed = archive.list_archive("s3://scaling/chips")
-                batch = {store.URI: np.array([u for u, _ in listed], dtype=object),
-                         archive.SIZE: np.array([n for _, n in listed])}
+                listed = listing.list_archive("s3://scaling/chips")
+                batch = {tiles.URI: np.array([f.uri for f in listed], dtype=object),
+                         B.SIZE: np.array([f.size for f in listed])}
 
                 def one_pass():
-                    planned = archive.plan_files(batch, options=asdict(raster.RasterOptions()))
-                    out = archive.read_tiles(planned, preprocess=asdict(preprocess))
-                    assert (np.asarray(out[archive.STATUS]) == archive.READY).all()
+                    planned = planning.plan_files(batch, options=asdict(raster.RasterOptions()))
+                    out = reading.read_tiles(planned, preprocess=asdict(preprocess))
+                    assert (np.asarray(out[B.STATUS]) == B.READY).all()
 
                 one_pass()
                 start = time.process_time()
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from rsclip.model import ImagePreprocess
+    from rsclip.core.model import ImagePreprocess
 
     preprocess = ImagePreprocess()
     files = sorted((DATA / "rsicd-aid" / "RSICD_images").glob("*.jpg"))[:: max(1, 2100 // args.chips)][: args.chips]

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rsclip import data as rdata  # noqa: E402
-from rsclip.model import ImagePreprocess  # noqa: E402
+from rsclip.train import data as rdata  # noqa: E402
+from rsclip.core.model import ImagePreprocess  # noqa: E402
 from rsclip.testing import build_tiny_clip, build_vit_b32  # noqa: E402
-from rsclip.train import (  # noqa: E402
+from rsclip.train.loop import (  # noqa: E402
     TrainConfig, _optimizer_step, autocast_dtype, build_optimizer, build_scheduler, build_trainer,
     clip_batch_loss, init_ray,
 )

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if Path(model).name == "tiny-clip":
             print("\n(the tiny random model makes these hits random; pass MODEL=<a real CLIP> for real search)")
         try:
-            from rsclip.webapp import open_instructions
+            from rsclip.app.server import open_instructions
 
             print("\n" + open_instructions(db))
         except ImportError:

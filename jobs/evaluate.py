@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rsclip.data import read_samples  # noqa: E402
-from rsclip.metrics import METRIC_KEYS, evaluate_samples, format_markdown  # noqa: E402
-from rsclip.model import load_model  # noqa: E402
+from rsclip.train.data import read_samples  # noqa: E402
+from rsclip.train.metrics import METRIC_KEYS, evaluate_samples, format_markdown  # noqa: E402
+from rsclip.core.model import load_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

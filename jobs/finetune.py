@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rsclip.train import TrainConfig, check_output, init_ray, run  # noqa: E402
+from rsclip.core.cluster import start_ray  # noqa: E402
+from rsclip.train.loop import TrainConfig, check_output, run  # noqa: E402
 
 HELP = {
     "data": "training data: an RSICD folder/JSON or a Parquet/CSV/JSONL manifest, local or s3:// (repeatable)",
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    init_ray(address)
+    start_ray(address)
     try:
         summary = run(cfg)
     except ValueError as exc:

@@ -1,9 +1,12 @@
 """rsclip: text and image search over satellite archives with CLIP.
 
-The flat public API: load a model, write and open tile tables, query them.
+The flat public API: load a model, write and open tile tables, query them. The package is organised in
+rooms (README, Development): ``rsclip.core`` (storage, tables, models, images, rasters), ``rsclip.ingest``
+(the embedding job), ``rsclip.train`` (fine-tuning), ``rsclip.search`` (queries), ``rsclip.app`` (command
+line and web app), and ``rsclip.errors``.
 
 Names are imported on first use, so that a process needing one module (a Ray task that decodes tiles
-imports ``rsclip.archive``) does not pay for torch, transformers and LanceDB at start-up.
+imports ``rsclip.ingest.reading``) does not pay for torch, transformers and LanceDB at start-up.
 """
 
 from __future__ import annotations
@@ -13,30 +16,31 @@ import sys
 import types
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "rsclip.model",
-    "ClipEncoder": "rsclip.model",
-    "load_model": "rsclip.model",
-    "build_index": "rsclip.index",
-    "locate": "rsclip.locate",
-    "render_heatmap": "rsclip.locate",
-    "query": "rsclip.query",
-    "classify": "rsclip.zeroshot",
-    "DEFAULT_TABLE": "rsclip.store",
-    "METRIC": "rsclip.store",
-    "add_tiles": "rsclip.store",
-    "connect": "rsclip.store",
-    "create_table": "rsclip.store",
-    "open_table": "rsclip.store",
-    "tile_id": "rsclip.store",
+    "DEFAULT_MODEL": "rsclip.core.model_source",
+    "ClipEncoder": "rsclip.core.model",
+    "load_model": "rsclip.core.model",
+    "build_index": "rsclip.core.index",
+    "DEFAULT_TABLE": "rsclip.core.tiles",
+    "METRIC": "rsclip.core.tiles",
+    "add_tiles": "rsclip.core.tiles",
+    "connect": "rsclip.core.tiles",
+    "create_table": "rsclip.core.tiles",
+    "open_table": "rsclip.core.tiles",
+    "tile_id": "rsclip.core.tiles",
+    "query": "rsclip.search.query",
+    "query_text": "rsclip.search.query",
+    "similar_tiles": "rsclip.search.query",
+    "locate": "rsclip.search.locate",
+    "render_heatmap": "rsclip.search.locate",
+    "classify": "rsclip.search.zeroshot",
+    "table_info": "rsclip.search.info",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 class _Package(types.ModuleType):
-    """The ``rsclip`` package object: public names resolve lazily, and ``rsclip.query`` / ``rsclip.locate``
-    stay the functions after their modules of the same name are imported (the import system sets a package
-    attribute to each submodule it loads; this keeps the function there instead)."""
+    """The ``rsclip`` package object: public names resolve lazily on first use."""
 
     def __getattr__(self, name: str):
         module = _EXPORTS.get(name)
@@ -45,11 +49,6 @@ class _Package(types.ModuleType):
         value = getattr(importlib.import_module(module), name)
         super().__setattr__(name, value)
         return value
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__ == f"rsclip.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(_EXPORTS))

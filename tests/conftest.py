@@ -77,13 +77,13 @@ def write_scene_table(db: Path, model: Path, files: list[Path], **columns):
     import numpy as np
     from PIL import Image
 
-    from rsclip import store
-    from rsclip.model import load_model
+    from rsclip.core import tiles
+    from rsclip.core.model import load_model
 
     enc = load_model(model)
     vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
     n = len(files)
     rows = dict(uri=[str(f) for f in files], x=[0] * n, y=[0] * n, width=[150] * n, height=[150] * n,
                 vector=vectors, **columns)
-    store.add_tiles(store.create_table(db, model=str(model), dim=enc.dim), rows)
+    tiles.add_tiles(tiles.create_table(db, model=str(model), dim=enc.dim), rows)
     return vectors

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import rsclip
-from rsclip.model import load_model
-from rsclip.prompts import SEED_TEMPLATE, TEMPLATES
+from rsclip.core.model import load_model
+from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES
 
 LABELS = ["airport", "bare_land", "beach", "dense residential"]
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip import store
-from rsclip.cli import main
+from rsclip.core import tiles
+from rsclip.app.cli import main
 from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 40
@@ -54,7 +54,7 @@ def test_query_text_table_and_json(cli_db, capsys):
 
 def test_query_image_excludes_itself_unless_asked(cli_db, capsys):
     db, files = cli_db
-    own = store.tile_id(str(files[4]), 0, 0, 150, 150)
+    own = tiles.tile_id(str(files[4]), 0, 0, 150, 150)
     code, out, _ = run(capsys, "query", db, "--image", files[4], "-k", 3, "--json")
     assert code == 0 and own not in [r["id"] for r in json.loads(out)]
     code, out, _ = run(capsys, "query", db, "--image", files[4], "-k", 3, "--json", "--include-self")
@@ -83,8 +83,8 @@ def test_index_and_info(cli_db, capsys, tmp_path):
     db, _ = cli_db
     code, out, _ = run(capsys, "index", db, "--min-rows", 1000)
     assert code == 0 and "btree id" in out and "exact scan" in out
-    conn = store.connect(db)
-    if "tiles_errors" not in store.table_names(conn):
+    conn = tiles.connect(db)
+    if "tiles_errors" not in tiles.table_names(conn):
         import pyarrow as pa
 
         conn.create_table("tiles_errors", pa.table({"uri": ["s3://x/broken.tif", "s3://x/empty.jpg"],
@@ -92,7 +92,7 @@ def test_index_and_info(cli_db, capsys, tmp_path):
     code, out, _ = run(capsys, "info", db, "--json")
     info = json.loads(out)
     assert code == 0 and info["rows"] == N_IMAGES and info["dim"] == 32 and info["errors"] == 2
-    assert info["model"] == store.table_model(store.open_table(db))[0]
+    assert info["model"] == tiles.table_model(tiles.open_table(db))[0]
     assert set(info["index"]["scalar_indexes"]) == {"id", "lon_min", "lat_min", "lon_max", "lat_max"}
     assert info["versions"] >= 2 and "tiles_errors" in info["tables"]
     code, out, _ = run(capsys, "info", db)

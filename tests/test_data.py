@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rsclip import data, storage
-from rsclip.model import ImagePreprocess, load_model
+from rsclip.core import storage
+from rsclip.train import data
+from rsclip.core.model import ImagePreprocess, load_model, normalize_pixels
 from tests.conftest import RSICD_DIR, RSICD_IMAGES
 
 PRE = ImagePreprocess()
@@ -95,7 +96,8 @@ def test_prepared_pixels_equal_the_encoders_preprocessing(tiny_model, rsicd_file
     enc = load_model(tiny_model)
     cfg = data.StageConfig.from_preprocess(enc.preprocess_config, image_aug=False)
     imgs = [data.load_image({"image": str(f), "image_bytes": b""}) for f in rsicd_files[:3]]
-    ours = data.normalize_pixels(np.stack([data.prepare_image(i, cfg) for i in imgs]), enc.preprocess_config)
+    ours = normalize_pixels(np.stack([data.prepare_image(i, cfg) for i in imgs]), enc.preprocess_config,
+                            channels_last=True)
     torch.testing.assert_close(ours, enc.preprocess(imgs), rtol=0, atol=1e-6)
 
 

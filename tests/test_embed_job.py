@@ -19,7 +19,8 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
 import rsclip
-from rsclip import raster, store
+from rsclip.core.windows import grid_windows
+from rsclip.core import raster, tiles
 from tests.conftest import BUCKET, GEOTIFF_DIR, ROOT
 
 JOB = "jobs/embed_archive.py"
@@ -63,32 +64,32 @@ def test_two_submitted_jobs_on_disjoint_prefixes_both_land(ray_head, s3, s3_pref
     assert "2 files" in results["scenes"].stdout and "1 failed" in results["scenes"].stdout
     assert "10 files, 10 tiles planned: 10 embedded" in results["chips"].stdout
 
-    table = store.open_table(db)
+    table = tiles.open_table(db)
     rows = table.to_arrow().to_pylist()
     with rasterio.open(GEOTIFF_DIR / NAIP) as src:
-        windows = raster.grid_windows(src.width, src.height, 256, 32)
-        naip = [r for r in rows if r[store.URI].endswith(NAIP)]
+        windows = grid_windows(src.width, src.height, 256, 32)
+        naip = [r for r in rows if r[tiles.URI].endswith(NAIP)]
         # 934 x 723 px, 256 px windows every 224 px: ceil((934-256)/224)+1 = 5 by ceil((723-256)/224)+1 = 4
         assert len(naip) == len(windows) == 5 * 4
-        assert {(r[store.X], r[store.Y], r[store.WIDTH], r[store.HEIGHT]) for r in naip} == set(windows)
+        assert {(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]) for r in naip} == set(windows)
         for r in naip:
             want = transform_bounds(src.crs, "EPSG:4326", *window_bounds(
-                Window(r[store.X], r[store.Y], r[store.WIDTH], r[store.HEIGHT]), src.transform))
-            np.testing.assert_allclose([r[c] for c in store.BOUNDS_COLUMNS], want, atol=1e-9)
-            assert r[store.CRS] == "EPSG:26914"
-    chips = [r for r in rows if "/chips/" in r[store.URI]]
-    assert len(chips) == 10 and len(rows) == 30 and len({r[store.ID] for r in rows}) == 30
+                Window(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]), src.transform))
+            np.testing.assert_allclose([r[c] for c in tiles.BOUNDS_COLUMNS], want, atol=1e-9)
+            assert r[tiles.CRS] == "EPSG:26914"
+    chips = [r for r in rows if "/chips/" in r[tiles.URI]]
+    assert len(chips) == 10 and len(rows) == 30 and len({r[tiles.ID] for r in rows}) == 30
 
     hits = rsclip.query(db, "farmland", k=5)
     assert len(hits) == 5 and hits["score"].is_monotonic_decreasing
-    lon, lat = naip[0][store.LON_MIN], naip[0][store.LAT_MIN]
+    lon, lat = naip[0][tiles.LON_MIN], naip[0][tiles.LAT_MIN]
     boxed = rsclip.query(db, "farmland", k=50, bbox=(lon - 1, lat - 1, lon + 1, lat + 1))
-    assert set(boxed[store.URI]) == {naip[0][store.URI]}
+    assert set(boxed[tiles.URI]) == {naip[0][tiles.URI]}
 
 
 def _rows(db) -> int:
     try:
-        return store.open_table(db).count_rows()
+        return tiles.open_table(db).count_rows()
     except ValueError:
         return 0
 
@@ -121,9 +122,9 @@ def test_kill_9_of_the_driver_then_rerun_gives_the_exact_row_set(ray_head, s3, s
 
     res = ray_head.submit(["python", JOB, *args], working_dir=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    table = store.open_table(db)
-    ids = table.to_arrow().column(store.ID).to_pylist()
-    want = {store.tile_id(f"{archive}/{f.name}", 0, 0, 150, 150) for f in files}
+    table = tiles.open_table(db)
+    ids = table.to_arrow().column(tiles.ID).to_pylist()
+    want = {tiles.tile_id(f"{archive}/{f.name}", 0, 0, 150, 150) for f in files}
     assert len(ids) == len(want) and set(ids) == want
     assert f"{len(files) - at_kill} embedded, {at_kill} skipped as present" in res.stdout, res.stdout[-2000:]
 

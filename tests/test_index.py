@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import rsclip
-from rsclip import index as rindex
-from rsclip import resident, store
+from rsclip.core import index as rindex
+from rsclip.core import tiles
+from rsclip.search import resident, searchers
+from rsclip.search.filters import Filters
 
-qmod = importlib.import_module("rsclip.query")  # the module (``rsclip.query`` the attribute is the function)
 
 DIM = 32
 N_ROWS = 3000
@@ -38,13 +37,13 @@ def synthetic_db(tiny_model, tmp_path):
     centers = rng.normal(size=(40, DIM))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     db = tmp_path / "db"
-    table = store.create_table(db, model=str(tiny_model), dim=DIM)
-    store.add_tiles(table, tile_rows(0, clustered(rng, N_ROWS, centers), rng))
+    table = tiles.create_table(db, model=str(tiny_model), dim=DIM)
+    tiles.add_tiles(table, tile_rows(0, clustered(rng, N_ROWS, centers), rng))
     return db, rng, centers
 
 
 def exact_ids(db, q, k, mask=None):
-    frame = store.open_table(db).to_pandas()
+    frame = tiles.open_table(db).to_pandas()
     if mask is not None:
         frame = frame[mask(frame)]
     scores = np.stack(frame["vector"].to_numpy()) @ q
@@ -66,9 +65,9 @@ def test_build_gives_cosine_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
     assert "IVF_PQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
     assert set(state.scalar_indexes) == {"id", "lon_min", "lat_min", "lon_max", "lat_max"}
     assert state.num_sub_vectors == 4
-    table = store.open_table(db)
+    table = tiles.open_table(db)
     vec = [c for c in table.list_indices() if list(c.columns) == ["vector"]][0]
-    assert table.index_stats(vec.name).distance_type == store.METRIC
+    assert table.index_stats(vec.name).distance_type == tiles.METRIC
     queries = clustered(rng, 30, centers)
     hits = [len(set(rsclip.query(db, q, k=10)["id"]) & set(exact_ids(db, q, 10))) for q in queries]
     assert np.mean(hits) / 10 >= 0.95
@@ -78,8 +77,8 @@ def test_appended_rows_are_searchable_before_and_after_refresh(synthetic_db):
     db, rng, centers = synthetic_db
     rindex.build_index(db, min_rows=1000)
     new = clustered(rng, 50, centers, spread=1.5)  # unlike anything indexed
-    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, new, rng))
-    state = rindex.index_state(store.open_table(db))
+    tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, new, rng))
+    state = rindex.index_state(tiles.open_table(db))
     assert state.unindexed_rows == 50 and state.indexed_rows == N_ROWS
     for i in (0, 17, 49):
         got = rsclip.query(db, new[i], k=1)
@@ -92,7 +91,7 @@ def test_appended_rows_are_searchable_before_and_after_refresh(synthetic_db):
 def test_large_growth_retrains_and_rebuild_flag(synthetic_db):
     db, rng, centers = synthetic_db
     rindex.build_index(db, min_rows=1000)
-    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, clustered(rng, N_ROWS + 10, centers), rng))
+    tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, clustered(rng, N_ROWS + 10, centers), rng))
     state = rindex.build_index(db, min_rows=1000)
     assert "built IVF_PQ" in state.action and state.unindexed_rows == 0
     assert rindex.build_index(db, min_rows=1000, rebuild=True).action.startswith("built IVF_PQ")
@@ -107,7 +106,7 @@ def test_small_table_gets_scalar_indexes_only(synthetic_db):
 
 
 def test_empty_and_unknown_tables(tiny_model, tmp_path):
-    store.create_table(tmp_path / "db", model=str(tiny_model), dim=DIM)
+    tiles.create_table(tmp_path / "db", model=str(tiny_model), dim=DIM)
     assert rindex.build_index(tmp_path / "db").action.startswith("empty table")
     with pytest.raises(ValueError, match="unknown table"):
         rindex.build_index(tmp_path / "db", "nope")
@@ -118,15 +117,15 @@ def test_empty_and_unknown_tables(tiny_model, tmp_path):
 def test_filtered_search_with_index_is_exact_or_complete(synthetic_db, monkeypatch):
     db, rng, centers = synthetic_db
     rindex.build_index(db, min_rows=1000)
-    table = store.open_table(db)
+    table = tiles.open_table(db)
     box = (-60.0, -40.0, 60.0, 40.0)
     mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
     q = clustered(rng, 1, centers)[0]
     # a selective filter is answered by an exact scan of the rows it keeps
     assert rsclip.query(db, q, k=20, bbox=box)["id"].tolist() == exact_ids(db, q, 20, mask)
     # through the index (forced): k rows, all inside the box, nearly all of the true ones
-    monkeypatch.setattr(qmod, "EXACT_FILTER_ROWS", 0)
-    got = qmod.search_filtered(table, q, 20, where=qmod.bbox_filter(box))
+    monkeypatch.setattr(searchers, "EXACT_FILTER_ROWS", 0)
+    got = searchers.search(searchers.LanceSearcher(table), q, 20, Filters.of(bbox=box))
     assert len(got) == 20 and mask(got).all()
     assert len(set(got["id"]) & set(exact_ids(db, q, 20, mask))) >= 18
 
@@ -138,7 +137,7 @@ def test_resident_search_through_the_index_ranks_exactly_and_follows_new_version
     hits = [len(set(rsclip.query(db, q, k=10, resident=True)["id"]) & set(exact_ids(db, q, 10))) for q in queries]
     assert np.mean(hits) / 10 >= 0.95
     # same rows and columns as Lance gives; the scores are exact cosines of the full vectors
-    frame = store.open_table(db).to_pandas().set_index("id")
+    frame = tiles.open_table(db).to_pandas().set_index("id")
     got = rsclip.query(db, queries[0], k=10, resident=True)
     lance = rsclip.query(db, queries[0], k=10).set_index("id")
     common = [i for i in got["id"] if i in lance.index]
@@ -149,7 +148,7 @@ def test_resident_search_through_the_index_ranks_exactly_and_follows_new_version
     np.testing.assert_allclose(got["score"].to_numpy(), exact, atol=1e-5)
     # rows appended after indexing are a new version: loaded, and found before re-indexing
     new = clustered(rng, 50, centers, spread=1.5)
-    store.add_tiles(store.open_table(db), tile_rows(N_ROWS, new, rng))
+    tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, new, rng))
     for i in (0, 17, 49):
         assert rsclip.query(db, new[i], k=1, resident=True)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + i}.tif"
     assert len(resident._resident) <= resident.KEEP
@@ -158,7 +157,7 @@ def test_resident_search_through_the_index_ranks_exactly_and_follows_new_version
     mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
     q = queries[1]
     assert rsclip.query(db, q, k=20, bbox=box, resident=True)["id"].tolist() == exact_ids(db, q, 20, mask)
-    monkeypatch.setattr(qmod, "RESIDENT_EXACT_ROWS", 0)
+    monkeypatch.setattr(searchers, "RESIDENT_EXACT_ROWS", 0)
     got = rsclip.query(db, q, k=20, bbox=box, where="uri LIKE '%1.tif'", resident=True)
     want = exact_ids(db, q, 20, lambda f: mask(f) & f.uri.str.endswith("1.tif"))
     assert len(got) == 20 and mask(got).all() and got["uri"].str.endswith("1.tif").all()
@@ -170,7 +169,7 @@ def test_index_on_s3(tiny_model, s3_prefix):
     centers = rng.normal(size=(10, DIM))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     db = s3_prefix + "/db"
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=DIM), tile_rows(0, clustered(rng, 1200, centers), rng))
+    tiles.add_tiles(tiles.create_table(db, model=str(tiny_model), dim=DIM), tile_rows(0, clustered(rng, 1200, centers), rng))
     state = rindex.build_index(db, min_rows=1000)
     assert state.indexed_rows == 1200 and state.vector_index
     q = clustered(rng, 1, centers)[0]
@@ -196,5 +195,5 @@ def test_concurrent_index_builds_on_one_table_both_succeed(synthetic_db):
     for t in threads:
         t.join()
     assert not errors, errors
-    state = rindex.index_state(store.open_table(db))
+    state = rindex.index_state(tiles.open_table(db))
     assert state.vector_index is not None and set(state.scalar_indexes) == set(rindex.SCALAR_COLUMNS)

@@ -24,7 +24,7 @@ import ray
 import yaml
 from packaging.requirements import Requirement
 
-from rsclip.imageio import decode_image
+from rsclip.core.images import decode_image
 from tests.conftest import RSICD_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]

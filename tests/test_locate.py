@@ -10,10 +10,11 @@ import rasterio
 from PIL import Image
 
 import rsclip
-from rsclip import raster
-from rsclip.locate import PatchGrid, heatmap, render_heatmap
-from rsclip.model import load_model
-from rsclip.zeroshot import model_logit_scale
+from rsclip.core.windows import grid_windows
+from rsclip.core import raster
+from rsclip.search.locate import PatchGrid, heatmap, render_heatmap
+from rsclip.core.model import load_model
+from rsclip.search.zeroshot import model_logit_scale
 
 from tests.conftest import GEOTIFF_DIR
 
@@ -81,7 +82,7 @@ def test_geotiff_patches_carry_lon_lat_bounds(encoder):
     frame = rsclip.locate(path, "a river", model=encoder, tile=224)
     with rasterio.open(path) as src:
         width, height = src.width, src.height
-        expected = {w: raster.window_bounds_wgs84(src, w) for w in raster.grid_windows(width, height, 224)}
+        expected = {w: raster.window_bounds_wgs84(src, w) for w in grid_windows(width, height, 224)}
     assert frame.attrs["crs"] == "EPSG:32618" and (frame.attrs["width"], frame.attrs["height"]) == (width, height)
     assert (coverage(frame, width, height) >= 1).all() and len(frame) == len(expected)
     for row in frame.itertuples(index=False):

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from infra.local_stack import free_port
-from rsclip.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, contrastive_loss
+from rsclip.train.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, contrastive_loss
 
 IMAGE_IN, TEXT_IN, DIM = 12, 10, 6
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsclip import metrics
-from rsclip.data import StageConfig, decode_samples, read_samples
-from rsclip.model import load_model
-from rsclip.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
+from rsclip.train import metrics
+from rsclip.train.data import StageConfig, decode_samples, read_samples
+from rsclip.core.model import load_model
+from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
 from tests.conftest import RSICD_DIR
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rsclip import storage
-from rsclip.model import ImagePreprocess, fetch_model_dir, load_model, to_hwc_uint8
+from rsclip.core import storage
+from rsclip.core.images import to_hwc_uint8
+from rsclip.core.model import ImagePreprocess, load_model
+from rsclip.core.model_source import fetch_model_dir
 from tests.conftest import GEOTIFF_DIR
 
 PROMPTS = ["an aerial photograph of airport", "an aerial photograph of beach", "an aerial photograph of farmland"]
@@ -120,7 +122,7 @@ def test_preprocessing_matches_clip_image_processor(tiny_model, rsicd_files):
 
 def test_device_resize_is_close_to_pillow(rsicd_files):
     """The GPU path resizes in torch; Pillow's pass order is its own, so sharp edges may differ a little."""
-    from rsclip.model import _resize_on_device, resize_shortest_side
+    from rsclip.core.model import _resize_on_device, resize_shortest_side
 
     cfg = ImagePreprocess()
     import rasterio

@@ -27,7 +27,7 @@ from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from infra.local_stack import free_port
-from rsclip import storage, store
+from rsclip.core import storage, tiles
 from tests.conftest import BUCKET, RSICD_DIR, RSICD_IMAGES
 
 pytestmark = pytest.mark.slow
@@ -167,8 +167,8 @@ def build_small_clip(path: Path) -> Path:
 
 def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3, s3_prefix, tmp_path,
                                                                     rsicd_files):
-    from rsclip.embed import EmbedConfig, run_embedding
-    from rsclip.writer import errors_table_name
+    from rsclip.ingest.pipeline import EmbedConfig, run_embedding
+    from rsclip.ingest.writer import errors_table_name
 
     ensure_gpu_workers(cluster, 2)
     # more chips than one 1,024-tile planning bundle, so several read tasks and both actors get work
@@ -181,7 +181,7 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
     expected = set()
     for f in files:
         with Image.open(f) as im:
-            expected.add(store.tile_id(f"{archive}/{f.name}", 0, 0, *im.size))
+            expected.add(tiles.tile_id(f"{archive}/{f.name}", 0, 0, *im.size))
     db = f"{s3_prefix}/db"
     config = EmbedConfig(archive=archive, db=db, model=model, batch_size=32, num_actors=2, gpus_per_actor=1,
                          cpus_per_actor=1, commit_rows=64, index="never")
@@ -194,7 +194,7 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
         time.sleep(0.5)
         placements.update(alive_actor_nodes(cluster, "ImageEmbedder"))
         try:
-            rows = store.open_table(db, store.DEFAULT_TABLE).count_rows()
+            rows = tiles.open_table(db, tiles.DEFAULT_TABLE).count_rows()
         except Exception:  # the table is not there yet
             rows = 0
         on_workers = {n for n in placements.values() if n != head}
@@ -207,12 +207,12 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
     assert killed is not None, f"the run ended before a node could be killed mid-run: (rows, actor nodes) {seen}"
     actor_nodes = set(placements.values())
     assert len(actor_nodes) >= 2 and head not in actor_nodes, "embedder actors belong on the GPU nodes"
-    table = store.open_table(db, store.DEFAULT_TABLE)
-    ids = table.to_arrow().column(store.ID).to_pylist()
+    table = tiles.open_table(db, tiles.DEFAULT_TABLE)
+    ids = table.to_arrow().column(tiles.ID).to_pylist()
     assert len(ids) == len(set(ids)), "a tile was written twice"
     assert set(ids) == expected, f"{len(expected - set(ids))} tiles lost, {len(set(ids) - expected)} unexpected"
     assert summary.failed == 0
-    assert store.open_table(db, errors_table_name(store.DEFAULT_TABLE)).count_rows() == 0
+    assert tiles.open_table(db, errors_table_name(tiles.DEFAULT_TABLE)).count_rows() == 0
 
 
 def rsicd_subset(train: int, val: int) -> dict:
@@ -255,8 +255,8 @@ def train_placement_groups() -> list[dict]:
 
 def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_loss(cluster, s3, s3_prefix,
                                                                                   tiny_model):
-    from rsclip.train import TrainConfig
-    from rsclip.train import run as run_training
+    from rsclip.train.loop import TrainConfig
+    from rsclip.train.loop import run as run_training
 
     ensure_gpu_workers(cluster, 2)
     data = f"{s3_prefix}/rsicd"

@@ -20,7 +20,8 @@ def test_decode_stage_modules_import_neither_torch_nor_lancedb():
     add seconds to each worker's start (see BENCHMARKS.md, Embedding)."""
     loaded = _python(
         "import json, sys\n"
-        "import rsclip.archive, rsclip.data, rsclip.preprocess, rsclip.raster, rsclip.imageio\n"
+        "import rsclip.ingest.planning, rsclip.ingest.reading, rsclip.train.data, rsclip.core.preprocess\n"
+        "import rsclip.core.raster, rsclip.core.images\n"
         "print(json.dumps({m: m in sys.modules for m in ('torch', 'transformers', 'lancedb')}))"
     )
     assert loaded == {"torch": False, "transformers": False, "lancedb": False}
@@ -29,9 +30,9 @@ def test_decode_stage_modules_import_neither_torch_nor_lancedb():
 def test_public_names_resolve_and_query_locate_stay_functions_after_their_modules_load():
     kinds = _python(
         "import json, importlib, rsclip\n"
-        "import rsclip.query, rsclip.locate\n"
+        "import rsclip.search.query, rsclip.search.locate\n"
         "from rsclip import classify, build_index\n"
-        "mod = importlib.import_module('rsclip.query')\n"
+        "mod = importlib.import_module('rsclip.search.query')\n"
         "print(json.dumps({'query': type(rsclip.query).__name__, 'locate': type(rsclip.locate).__name__,\n"
         "    'classify': callable(classify), 'build_index': callable(build_index),\n"
         "    'module': type(mod).__name__, 'module_fn': mod.query is rsclip.query,\n"

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip import store
-from rsclip.model import load_model
-from rsclip.query import MAX_K
+from rsclip.core import tiles
+from rsclip.core.model import load_model
+from rsclip.search.query import MAX_K
 from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 240
@@ -41,7 +41,7 @@ def resident(request):
 
 
 def brute_force(db, vector, k, mask=None):
-    frame = store.open_table(db).to_pandas()
+    frame = tiles.open_table(db).to_pandas()
     if mask is not None:
         frame = frame[mask(frame)]
     vectors = np.stack(frame["vector"].to_numpy())
@@ -78,9 +78,9 @@ def test_image_queries_by_path_pil_and_array_agree(table_db, tiny_model, rsicd_f
 
 def test_vector_query_and_connection(table_db, resident):
     rng = np.random.default_rng(3)
-    vector = rng.normal(size=store.table_model(store.open_table(table_db))[1])
+    vector = rng.normal(size=tiles.table_model(tiles.open_table(table_db))[1])
     ids, _ = brute_force(table_db, vector, 25)
-    assert rsclip.query(store.connect(table_db), vector, k=25, resident=resident)["id"].tolist() == ids
+    assert rsclip.query(tiles.connect(table_db), vector, k=25, resident=resident)["id"].tolist() == ids
     assert rsclip.query(table_db, list(vector * 3.0), k=25, resident=resident)["id"].tolist() == ids
 
 
@@ -90,7 +90,7 @@ def test_bbox_equals_brute_force_filtered(table_db, box, resident):
     got = rsclip.query(table_db, vector, k=30, bbox=box, resident=resident)
     ids, _ = brute_force(table_db, vector, 30, intersects(box))
     assert got["id"].tolist() == ids
-    frame = store.open_table(table_db).to_pandas()
+    frame = tiles.open_table(table_db).to_pandas()
     assert len(got) == min(30, int(intersects(box)(frame).sum())) > 0
     lon_min, lat_min, lon_max, lat_max = box
     assert ((got.lon_min <= lon_max) & (got.lon_max >= lon_min) & (got.lat_min <= lat_max) & (got.lat_max >= lat_min)).all()
@@ -102,7 +102,7 @@ def test_bbox_with_no_tiles_gives_an_empty_frame(table_db, resident):
 
 
 def test_bbox_touching_a_tile_edge_counts(table_db, resident):
-    frame = store.open_table(table_db).to_pandas().dropna(subset=["lon_min"])
+    frame = tiles.open_table(table_db).to_pandas().dropna(subset=["lon_min"])
     row = frame.iloc[0]
     box = (row.lon_max, row.lat_max, min(row.lon_max + 0.0, 180.0), min(row.lat_max + 0.0, 90.0))
     got = rsclip.query(table_db, np.ones(32), k=MAX_K, bbox=box, resident=resident)
@@ -170,7 +170,7 @@ def test_query_on_s3_table(tiny_model, s3_prefix, rsicd_files):
     files = rsicd_files[:20]
     vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
     db = s3_prefix + "/db"
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=enc.dim),
+    tiles.add_tiles(tiles.create_table(db, model=str(tiny_model), dim=enc.dim),
                     dict(uri=[str(f) for f in files], x=[0] * 20, y=[0] * 20, width=[150] * 20, height=[150] * 20,
                          vector=vectors))
     got = rsclip.query(db, "storage tanks", k=5)

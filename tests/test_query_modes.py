@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip import geo, store
-from rsclip.model import load_model
-from rsclip.query import MAX_K
+from rsclip.core import tiles
+from rsclip.search import geo
+from rsclip.core.model import load_model
+from rsclip.search.query import MAX_K
 from tests.conftest import spread_files, write_scene_table
 
 N_IMAGES = 60
@@ -34,7 +35,7 @@ def resident(request):
 
 
 def ranked_ids(db, vector, k, drop=()):
-    frame = store.open_table(db).to_pandas()
+    frame = tiles.open_table(db).to_pandas()
     frame = frame[~frame["id"].isin(drop)]
     scores = np.stack(frame["vector"].to_numpy()) @ (vector / np.linalg.norm(vector))
     order = np.argsort(-scores, kind="stable")[:k]
@@ -44,7 +45,7 @@ def ranked_ids(db, vector, k, drop=()):
 def test_image_query_by_path_excludes_its_own_tile(image_db, resident):
     db, files, vectors = image_db
     path = files[7]
-    own = store.tile_id(str(path), 0, 0, 150, 150)
+    own = tiles.tile_id(str(path), 0, 0, 150, 150)
     got = rsclip.query(db, path, k=10, resident=resident)
     assert own not in set(got["id"]) and len(got) == 10
     assert got["id"].tolist() == ranked_ids(db, vectors[7], 10, drop={own})
@@ -56,7 +57,7 @@ def test_image_query_by_path_excludes_its_own_tile(image_db, resident):
 def test_in_memory_image_excludes_the_identical_embedding(image_db, resident):
     db, files, vectors = image_db
     array = np.asarray(Image.open(files[3]).convert("RGB"))
-    own = store.tile_id(str(files[3]), 0, 0, 150, 150)
+    own = tiles.tile_id(str(files[3]), 0, 0, 150, 150)
     for q in (array, Image.fromarray(array)):
         got = rsclip.query(db, q, k=5, resident=resident)
         assert own not in set(got["id"]) and len(got) == 5
@@ -67,11 +68,11 @@ def test_in_memory_image_excludes_the_identical_embedding(image_db, resident):
 def test_image_not_in_table_and_vector_queries_exclude_nothing(image_db, rsicd_files):
     db, files, vectors = image_db
     outsider = next(f for f in rsicd_files if f not in set(files))
-    enc = load_model(store.table_model(store.open_table(db))[0])
+    enc = load_model(tiles.table_model(tiles.open_table(db))[0])
     v = enc.encode_images([np.asarray(Image.open(outsider).convert("RGB"))])[0]
     assert rsclip.query(db, outsider, k=8)["id"].tolist() == ranked_ids(db, v, 8)
     # a vector query is not an image: the row equal to it stays first
-    assert rsclip.query(db, vectors[11], k=3)["id"].iloc[0] == store.tile_id(str(files[11]), 0, 0, 150, 150)
+    assert rsclip.query(db, vectors[11], k=3)["id"].iloc[0] == tiles.tile_id(str(files[11]), 0, 0, 150, 150)
 
 
 def test_self_exclusion_keeps_k_results_when_the_table_is_small(image_db, resident):
@@ -110,16 +111,16 @@ def geo_db(tiny_model, tmp_path_factory):
     boxes += list(EDGE_TILES.values())
     vectors = rng.normal(size=(len(names), 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    cols = {c: [b[i] if j >= n or j % 20 != 5 else None for j, b in enumerate(boxes)] for i, c in enumerate(store.BOUNDS_COLUMNS)}
+    cols = {c: [b[i] if j >= n or j % 20 != 5 else None for j, b in enumerate(boxes)] for i, c in enumerate(tiles.BOUNDS_COLUMNS)}
     db = tmp_path_factory.mktemp("geo") / "db"
-    store.add_tiles(store.create_table(db, model=str(tiny_model), dim=32),
+    tiles.add_tiles(tiles.create_table(db, model=str(tiny_model), dim=32),
                     dict(uri=names, x=[0] * len(names), y=[0] * len(names), width=[1] * len(names),
                          height=[1] * len(names), vector=vectors, **cols))
     return db
 
 
 def brute(db, vector, k, mask, with_scores=False):
-    frame = store.open_table(db).to_pandas()
+    frame = tiles.open_table(db).to_pandas()
     frame = frame[mask(frame)]
     scores = np.stack(frame["vector"].to_numpy()) @ (vector / np.linalg.norm(vector))
     order = np.argsort(-scores, kind="stable")[:k]
@@ -213,7 +214,7 @@ def test_named_edge_cases_are_found(geo_db, resident):
 def test_near_returns_k_when_k_qualify_after_widening(geo_db, resident):
     # High latitude: most prefilter candidates lie outside the circle, so the first fetch is not enough.
     near = (-60.0, 70.0, 1500.0)
-    frame = store.open_table(geo_db).to_pandas()
+    frame = tiles.open_table(geo_db).to_pandas()
     qualifying = int(near_mask(*near)(frame).sum())
     got = rsclip.query(geo_db, np.ones(32), k=qualifying, near=near, resident=resident)
     assert len(got) == qualifying > 3

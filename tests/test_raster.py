@@ -1,4 +1,4 @@
-"""rsclip.raster and the raster half of rsclip.archive: grids, bands, scaling, nodata, bounds, over real S3."""
+"""rsclip.core.raster and the raster half of rsclip.ingest: grids, bands, scaling, nodata, bounds, over real S3."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
-from rsclip import archive, raster, store
+from rsclip.core import raster, storage, tiles, windows
+from rsclip.ingest import batch as B, planning, reading
 from tests.conftest import GEOTIFF_DIR
 
 NAIP = "m_4709963_se_14_1_20200831.tif"
@@ -34,7 +35,7 @@ def expected_count(length: int, tile: int, overlap: int) -> int:
 @pytest.mark.parametrize("length,tile,overlap", [(791, 224, 0), (718, 224, 32), (224, 224, 0), (100, 224, 0),
                                                  (448, 224, 0), (449, 224, 0), (1000, 256, 128)])
 def test_grid_offsets_follow_the_arithmetic_and_stay_inside(length, tile, overlap):
-    offsets = raster.grid_offsets(length, tile, overlap)
+    offsets = windows.grid_offsets(length, tile, overlap)
     assert len(offsets) == expected_count(length, tile, overlap)
     assert offsets[0] == 0
     size = min(tile, length)
@@ -45,11 +46,11 @@ def test_grid_offsets_follow_the_arithmetic_and_stay_inside(length, tile, overla
 
 
 def test_grid_windows_cover_the_raster_row_major():
-    windows = raster.grid_windows(500, 300, 224, 0)
-    assert windows[:3] == [(0, 0, 224, 224), (224, 0, 224, 224), (276, 0, 224, 224)]
-    assert len(windows) == 3 * 2 and windows[-1] == (276, 76, 224, 224)
+    cells = windows.grid_windows(500, 300, 224, 0)
+    assert cells[:3] == [(0, 0, 224, 224), (224, 0, 224, 224), (276, 0, 224, 224)]
+    assert len(cells) == 3 * 2 and cells[-1] == (276, 76, 224, 224)
     covered = np.zeros((300, 500), bool)
-    for x, y, w, h in windows:
+    for x, y, w, h in cells:
         covered[y : y + h, x : x + w] = True
     assert covered.all()
 
@@ -67,14 +68,14 @@ def test_gdal_options_follow_the_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9999")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    opts = raster.gdal_options()
+    opts = storage.gdal_options()
     assert opts["AWS_S3_ENDPOINT"] == "127.0.0.1:9999"
     assert opts["AWS_HTTPS"] == "NO" and opts["AWS_VIRTUAL_HOSTING"] == "FALSE"
     assert opts["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert "AWS_SECRET_ACCESS_KEY" not in opts  # credentials travel in the rasterio session
-    creds = raster.aws_session().get_credential_options()
+    creds = storage.gdal_session().get_credential_options()
     assert creds["AWS_ACCESS_KEY_ID"] == "k" and creds["AWS_S3_ENDPOINT"] == "127.0.0.1:9999"
-    assert raster.gdal_path("s3://b/k/x.tif") == "/vsis3/b/k/x.tif"
+    assert storage.gdal_path("s3://b/k/x.tif") == "/vsis3/b/k/x.tif"
 
 
 @pytest.fixture(scope="module")
@@ -92,36 +93,36 @@ def scenes_on_s3(s3, tmp_path_factory):
 @pytest.mark.parametrize("name", list(SCENES))
 def test_grid_plan_over_s3_matches_arithmetic_and_rasterio_bounds(scenes_on_s3, name):
     options = raster.RasterOptions(tile_size=160, overlap=16, max_chip=150)
-    rows = archive.plan_raster(scenes_on_s3[name], options)
+    rows = planning.plan_raster(scenes_on_s3[name], options)
     with rasterio.open(GEOTIFF_DIR / name) as src:
         w, h, crs, transform = src.width, src.height, src.crs, src.transform
     assert len(rows) == expected_count(w, 160, 16) * expected_count(h, 160, 16)
-    assert {r[store.CRS] for r in rows} == {SCENES[name]}
+    assert {r[tiles.CRS] for r in rows} == {SCENES[name]}
     for r in rows:
-        x, y, tw, th = (r[c] for c in store.WINDOW_COLUMNS)
+        x, y, tw, th = (r[c] for c in tiles.WINDOW_COLUMNS)
         assert tw == min(160, w) and th == min(160, h) and x + tw <= w and y + th <= h
         expected = transform_bounds(crs, "EPSG:4326", *window_bounds(Window(x, y, tw, th), transform))
-        got = [r[c] for c in store.BOUNDS_COLUMNS]
+        got = [r[c] for c in tiles.BOUNDS_COLUMNS]
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
-        assert r[store.ID] == store.tile_id(scenes_on_s3[name], x, y, tw, th)
+        assert r[tiles.ID] == tiles.tile_id(scenes_on_s3[name], x, y, tw, th)
 
 
 def test_small_scene_is_one_tile_and_reads_its_pixels(scenes_on_s3):
     uri = scenes_on_s3["RGB.byte.tif"]
-    rows = archive.plan_raster(uri, raster.RasterOptions())
-    assert [(r[store.X], r[store.Y], r[store.WIDTH], r[store.HEIGHT]) for r in rows] == [(0, 0, 791, 718)]
-    batch = archive.read_tiles(archive.rows_to_batch(rows, archive.PLAN_COLUMNS),
+    rows = planning.plan_raster(uri, raster.RasterOptions())
+    assert [(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]) for r in rows] == [(0, 0, 791, 718)]
+    batch = reading.read_tiles(B.rows_to_batch(rows, B.PLAN_COLUMNS),
                                preprocess={"shortest_edge": 718, "crop_height": 224, "crop_width": 224,
                                            "mean": [0.5] * 3, "std": [0.5] * 3})
-    assert batch[archive.STATUS][0] == archive.READY
-    image = archive.batch_images(batch, [0])[0]
+    assert batch[B.STATUS][0] == B.READY
+    image = B.batch_images(batch, [0])[0]
     with rasterio.open(GEOTIFF_DIR / "RGB.byte.tif") as src:
         np.testing.assert_array_equal(image, src.read([1, 2, 3]).transpose(1, 2, 0))
 
 
 def test_band_choice_reads_those_bands(scenes_on_s3):
     scene_uri = scenes_on_s3[NAIP]
-    with raster.gdal_env(), rasterio.open(raster.gdal_path(scene_uri)) as src:
+    with raster.gdal_env(), rasterio.open(storage.gdal_path(scene_uri)) as src:
         scene = raster.describe_scene(src, raster.RasterOptions(bands=(4, 1, 2)))
         assert scene.bands == (4, 1, 2) and scene.scale_lo is None
         got = raster.read_window(src, (100, 50, 64, 64), scene)
@@ -142,7 +143,7 @@ def test_float_scene_is_stretched_by_percentiles_or_fixed_scale(scenes_on_s3):
         data = local.read([1, 2, 3]).astype(np.float64)
     lo = np.percentile(data.reshape(3, -1), 2, axis=1)
     hi = np.percentile(data.reshape(3, -1), 98, axis=1)
-    with raster.gdal_env(), rasterio.open(raster.gdal_path(scenes_on_s3["cog.tif"])) as src:
+    with raster.gdal_env(), rasterio.open(storage.gdal_path(scenes_on_s3["cog.tif"])) as src:
         scene = raster.describe_scene(src, raster.RasterOptions())
         np.testing.assert_allclose(scene.scale_lo, lo)
         np.testing.assert_allclose(scene.scale_hi, hi)
@@ -161,19 +162,19 @@ def test_float_scene_is_stretched_by_percentiles_or_fixed_scale(scenes_on_s3):
 def test_nodata_windows_are_detected(scenes_on_s3):
     """RGB.byte.tif is a rotated scene with nodata (0) corners: windows there are skipped."""
     uri = scenes_on_s3["RGB.byte.tif"]
-    rows = archive.plan_raster(uri, raster.RasterOptions(tile_size=64, max_chip=32))
+    rows = planning.plan_raster(uri, raster.RasterOptions(tile_size=64, max_chip=32))
     with rasterio.open(GEOTIFF_DIR / "RGB.byte.tif") as src:
         mask = src.dataset_mask()
-    empty = {(r[store.X], r[store.Y]) for r in rows
-             if not mask[r[store.Y] : r[store.Y] + 64, r[store.X] : r[store.X] + 64].any()}
+    empty = {(r[tiles.X], r[tiles.Y]) for r in rows
+             if not mask[r[tiles.Y] : r[tiles.Y] + 64, r[tiles.X] : r[tiles.X] + 64].any()}
     assert empty  # the test needs some all-nodata windows
-    batch = archive.read_tiles(archive.rows_to_batch(rows, archive.PLAN_COLUMNS),
+    batch = reading.read_tiles(B.rows_to_batch(rows, B.PLAN_COLUMNS),
                                preprocess={"shortest_edge": 64, "crop_height": 64, "crop_width": 64,
                                            "mean": [0.5] * 3, "std": [0.5] * 3})
-    nodata = {(int(x), int(y)) for x, y, s in zip(batch[store.X], batch[store.Y], batch[archive.STATUS])
-              if s == archive.NODATA}
+    nodata = {(int(x), int(y)) for x, y, s in zip(batch[tiles.X], batch[tiles.Y], batch[B.STATUS])
+              if s == B.NODATA}
     assert nodata == empty
-    assert set(batch[archive.STATUS]) == {archive.NODATA, archive.READY}
+    assert set(batch[B.STATUS]) == {B.NODATA, B.READY}
 
 
 def _write(path, data, **profile):
@@ -196,9 +197,9 @@ def test_bad_rasters_become_plan_errors(tmp_path):
     expect = {nodata: "all pixels are nodata", nan: "all pixels are nodata", cplx: "unsupported data type complex64",
               broken: "not a readable raster"}
     for path, message in expect.items():
-        [row] = archive.plan_file(str(path), path.stat().st_size, opts)
-        assert row[archive.STATUS] == archive.ERROR and row[archive.STAGE] == archive.STAGE_PLAN
-        assert message in row[archive.MESSAGE] and str(path) in row[archive.MESSAGE]
+        [row] = planning.plan_file(str(path), path.stat().st_size, opts)
+        assert row[B.STATUS] == B.ERROR and row[B.STAGE] == B.STAGE_PLAN
+        assert message in row[B.MESSAGE] and str(path) in row[B.MESSAGE]
     ok = _write(tmp_path / "ok.tif", np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50))
-    [row] = archive.plan_file(str(ok), ok.stat().st_size, opts)
-    assert row[archive.STATUS] == archive.TODO and json.loads(row[archive.SCENE])["dtype"] == "uint16"
+    [row] = planning.plan_file(str(ok), ok.stat().st_size, opts)
+    assert row[B.STATUS] == B.TODO and json.loads(row[B.SCENE])["dtype"] == "uint16"

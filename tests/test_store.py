@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from rsclip import store
+from rsclip.core import tiles
 
 
 def _rows(uris, dim=8, seed=0, bounds=True):
@@ -24,88 +24,88 @@ def _rows(uris, dim=8, seed=0, bounds=True):
 
 
 def test_tile_id_is_a_pure_function_of_uri_and_window():
-    a = store.tile_id("s3://b/scene.tif", 0, 224, 224, 224)
-    assert a == store.tile_id("s3://b/scene.tif", 0, 224, 224, 224)
+    a = tiles.tile_id("s3://b/scene.tif", 0, 224, 224, 224)
+    assert a == tiles.tile_id("s3://b/scene.tif", 0, 224, 224, 224)
     assert len(a) == 32 and int(a, 16) >= 0
     others = {
-        store.tile_id("s3://b/scene.tif", 224, 0, 224, 224),
-        store.tile_id("s3://b/scene.tif", 0, 224, 224, 223),
-        store.tile_id("s3://b/scene2.tif", 0, 224, 224, 224),
-        store.tile_id("s3://b/scene.tif0", 224, 224, 224, 224),
+        tiles.tile_id("s3://b/scene.tif", 224, 0, 224, 224),
+        tiles.tile_id("s3://b/scene.tif", 0, 224, 224, 223),
+        tiles.tile_id("s3://b/scene2.tif", 0, 224, 224, 224),
+        tiles.tile_id("s3://b/scene.tif0", 224, 224, 224, 224),
     }
     assert a not in others and len(others) == 4
 
 
 def test_schema_and_metadata(tmp_path):
-    table = store.create_table(tmp_path / "db", model="some/model", dim=8)
-    assert store.table_model(table) == ("some/model", 8)
-    reopened = store.open_table(tmp_path / "db")
-    assert store.table_model(reopened) == ("some/model", 8)
-    assert list(reopened.schema.names) == list(store.COLUMNS)
-    assert str(reopened.schema.field(store.VECTOR).type) == "fixed_size_list<item: float>[8]"
+    table = tiles.create_table(tmp_path / "db", model="some/model", dim=8)
+    assert tiles.table_model(table) == ("some/model", 8)
+    reopened = tiles.open_table(tmp_path / "db")
+    assert tiles.table_model(reopened) == ("some/model", 8)
+    assert list(reopened.schema.names) == list(tiles.COLUMNS)
+    assert str(reopened.schema.field(tiles.VECTOR).type) == "fixed_size_list<item: float>[8]"
     # reopening with the same model is fine; another model or size is refused
-    store.create_table(tmp_path / "db", model="some/model", dim=8)
+    tiles.create_table(tmp_path / "db", model="some/model", dim=8)
     with pytest.raises(ValueError, match="refusing"):
-        store.create_table(tmp_path / "db", model="other/model", dim=8)
+        tiles.create_table(tmp_path / "db", model="other/model", dim=8)
     with pytest.raises(ValueError, match="refusing"):
-        store.create_table(tmp_path / "db", model="some/model", dim=16)
+        tiles.create_table(tmp_path / "db", model="some/model", dim=16)
     with pytest.raises(ValueError, match="unknown table 'nope'"):
-        store.open_table(tmp_path / "db", "nope")
+        tiles.open_table(tmp_path / "db", "nope")
 
 
 def test_round_trip_and_rewrites_add_nothing(tmp_path):
-    table = store.create_table(tmp_path / "db", model="m", dim=8)
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8)
     rows = _rows([f"s3://b/{i}.jpg" for i in range(20)])
-    assert store.add_tiles(table, rows) == 20
-    assert store.add_tiles(table, rows) == 0
+    assert tiles.add_tiles(table, rows) == 20
+    assert tiles.add_tiles(table, rows) == 0
     assert table.count_rows() == 20
     # a batch overlapping the table and repeating itself adds only its new ids, once
     more = _rows([f"s3://b/{i}.jpg" for i in range(15, 30)] * 2, seed=1)
     more["y"] = [i - 15 if i < 30 else 0 for i in range(15, 30)] * 2
-    added = store.add_tiles(table, more)
+    added = tiles.add_tiles(table, more)
     frame = table.to_pandas()
     assert frame["id"].is_unique and len(frame) == 20 + added
-    got = frame.set_index("id").loc[store.tile_id("s3://b/3.jpg", 0, 3, 224, 224)]
+    got = frame.set_index("id").loc[tiles.tile_id("s3://b/3.jpg", 0, 3, 224, 224)]
     assert got["uri"] == "s3://b/3.jpg" and got["crs"] == "EPSG:32618"
     np.testing.assert_allclose(got["vector"], rows["vector"][3])
     assert got["lon_min"] == pytest.approx(rows["lon_min"][3])
-    assert store.existing_ids(table, [store.tile_id("s3://b/3.jpg", 0, 3, 224, 224), "nope"]) == {
-        store.tile_id("s3://b/3.jpg", 0, 3, 224, 224)
+    assert tiles.existing_ids(table, [tiles.tile_id("s3://b/3.jpg", 0, 3, 224, 224), "nope"]) == {
+        tiles.tile_id("s3://b/3.jpg", 0, 3, 224, 224)
     }
 
 
 def test_chips_without_georeference_have_null_bounds(tmp_path):
-    table = store.create_table(tmp_path / "db", model="m", dim=8)
-    store.add_tiles(table, _rows(["a.jpg", "b.jpg"], bounds=False))
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8)
+    tiles.add_tiles(table, _rows(["a.jpg", "b.jpg"], bounds=False))
     frame = table.to_pandas()
-    assert frame[list(store.BOUNDS_COLUMNS)].isna().all().all() and frame["crs"].isna().all()
+    assert frame[list(tiles.BOUNDS_COLUMNS)].isna().all().all() and frame["crs"].isna().all()
 
 
 def test_bad_rows_are_refused(tmp_path):
-    table = store.create_table(tmp_path / "db", model="m", dim=8)
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8)
     rows = _rows(["a.jpg"])
     with pytest.raises(ValueError, match=r"shape \(N, 8\)"):
-        store.add_tiles(table, {**rows, "vector": np.ones((1, 4), dtype=np.float32) / 2})
+        tiles.add_tiles(table, {**rows, "vector": np.ones((1, 4), dtype=np.float32) / 2})
     with pytest.raises(ValueError, match="normalised"):
-        store.add_tiles(table, {**rows, "vector": np.ones((1, 8), dtype=np.float32)})
+        tiles.add_tiles(table, {**rows, "vector": np.ones((1, 8), dtype=np.float32)})
     with pytest.raises(ValueError, match="NaN"):
-        store.add_tiles(table, {**rows, "vector": np.full((1, 8), np.nan, dtype=np.float32)})
+        tiles.add_tiles(table, {**rows, "vector": np.full((1, 8), np.nan, dtype=np.float32)})
     with pytest.raises(ValueError, match="lack columns: uri"):
-        store.add_tiles(table, {k: v for k, v in rows.items() if k != "uri"})
+        tiles.add_tiles(table, {k: v for k, v in rows.items() if k != "uri"})
     assert table.count_rows() == 0
 
 
 def test_s3_table_and_concurrent_writers(s3_prefix):
     db = s3_prefix + "/db"
-    table = store.create_table(db, model="m", dim=8)
+    table = tiles.create_table(db, model="m", dim=8)
     batches = [_rows([f"s3://b/w{w}/{i}.jpg" for i in range(25)], seed=w) for w in range(2)]
     errors = []
 
     def write(rows):
         try:
-            t = store.open_table(db)
+            t = tiles.open_table(db)
             for i in range(0, 25, 5):
-                store.add_tiles(t, {k: v[i : i + 5] for k, v in rows.items()})
+                tiles.add_tiles(t, {k: v[i : i + 5] for k, v in rows.items()})
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -116,6 +116,6 @@ def test_s3_table_and_concurrent_writers(s3_prefix):
         t.join()
     assert not errors
     table.checkout_latest()
-    frame = store.open_table(db).to_pandas()
+    frame = tiles.open_table(db).to_pandas()
     assert len(frame) == 50 and frame["id"].is_unique
-    assert store.table_model(store.open_table(db)) == ("m", 8)
+    assert tiles.table_model(tiles.open_table(db)) == ("m", 8)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from rsclip import data as rdata
-from rsclip import metrics as rmetrics
-from rsclip import storage
-from rsclip.model import load_model
+from rsclip.train import data as rdata
+from rsclip.train import metrics as rmetrics
+from rsclip.core import storage
+from rsclip.core.model import load_model
 from rsclip.testing import _text_config, build_tokenizer
-from rsclip.train import TrainConfig, lr_factor, steps_per_epoch
+from rsclip.train.loop import TrainConfig, lr_factor, steps_per_epoch
 from tests.conftest import RSICD_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,12 +23,14 @@ from PIL import Image
 from rasterio.warp import transform_bounds
 
 from infra.local_stack import free_port
-from rsclip import raster, store
-from rsclip.imageio import read_image
-from rsclip.model import load_model
-from rsclip.preview import Window, decode_upload, read_preview
-from rsclip.query import query
-from rsclip.webapp import (
+from rsclip.core.windows import grid_windows
+from rsclip.core import raster, tiles
+from rsclip.core.images import read_image
+from rsclip.core.model import load_model
+from rsclip.app.preview import decode_upload, read_preview
+from rsclip.core.windows import Window
+from rsclip.search.query import query, similar_tiles, tile_vector
+from rsclip.app.server import (
     APP_SCRIPT,
     DEFAULT_K,
     KEY_BBOX,
@@ -48,10 +50,8 @@ from rsclip.webapp import (
     parse_bbox,
     readable_error,
     serve,
-    similar_tiles,
     source_name,
     streamlit_command,
-    tile_vector,
     WebConfig,
 )
 from tests.conftest import BUCKET, GEOTIFF_DIR
@@ -87,13 +87,13 @@ def ensure_chromium() -> Path:
 
 
 def _add(rows: dict, uri: str, window, vector, bounds=None, crs=None) -> None:
-    for column, value in zip(store.WINDOW_COLUMNS, window):
+    for column, value in zip(tiles.WINDOW_COLUMNS, window):
         rows[column].append(int(value))
-    rows[store.URI].append(uri)
-    rows[store.VECTOR].append(vector)
-    for column, value in zip(store.BOUNDS_COLUMNS, bounds or (None,) * 4):
+    rows[tiles.URI].append(uri)
+    rows[tiles.VECTOR].append(vector)
+    for column, value in zip(tiles.BOUNDS_COLUMNS, bounds or (None,) * 4):
         rows[column].append(value)
-    rows[store.CRS].append(crs)
+    rows[tiles.CRS].append(crs)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
     client = s3.client()
     key_of = lambda uri: uri.split(f"s3://{BUCKET}/", 1)[1]
     encoder = load_model(tiny_model)
-    rows = {c: [] for c in (store.URI, *store.WINDOW_COLUMNS, *store.BOUNDS_COLUMNS, store.CRS, store.VECTOR)}
+    rows = {c: [] for c in (tiles.URI, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS, tiles.VECTOR)}
 
     chips = rsicd_files[:: len(rsicd_files) // 30][:N_CHIPS]  # one scene of each of 16 classes
     chip_uris = []
@@ -122,7 +122,7 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
     windows = []
     with raster.gdal_env(), rasterio.open(raster.gdal_path(landsat_uri)) as src:
         scene = raster.describe_scene(src, raster.RasterOptions())
-        for window in raster.grid_windows(src.width, src.height, 224):
+        for window in grid_windows(src.width, src.height, 224):
             pixels = raster.read_window(src, window, scene)
             if pixels is None:
                 continue
@@ -137,12 +137,12 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
              raster.window_bounds_wgs84(src, whole), scene.crs)
 
     db = f"{prefix}/db"
-    table = store.create_table(db, store.DEFAULT_TABLE, model=str(tiny_model), dim=encoder.dim)
-    assert store.add_tiles(table, rows) == len(rows[store.URI])
+    table = tiles.create_table(db, tiles.DEFAULT_TABLE, model=str(tiny_model), dim=encoder.dim)
+    assert tiles.add_tiles(table, rows) == len(rows[tiles.URI])
     return {
         "db": db, "chips": chip_uris, "local_chips": [u for u in chip_uris if not u.startswith("s3://")],
         "landsat": landsat_uri, "landsat_windows": windows, "landsat_bbox": tuple(landsat_bbox),
-        "rows": len(rows[store.URI]),
+        "rows": len(rows[tiles.URI]),
     }
 
 
@@ -208,7 +208,7 @@ def hit_captions(pg, results_key: str) -> list[str]:
 
 
 def expected_captions(hits) -> list[str]:
-    return [f"{source_name(r[store.URI])} · {describe_window(r)}" for r in hits.to_dict("records")]
+    return [f"{source_name(r[tiles.URI])} · {describe_window(r)}" for r in hits.to_dict("records")]
 
 
 def open_app(pg, url: str) -> None:
@@ -285,11 +285,11 @@ def test_parse_bbox_accepts_four_numbers_and_nothing_else():
 def test_similar_tiles_by_stored_vector_leave_the_tile_out(demo):
     everything = query(demo["db"], "a harbour", k=demo["rows"])
     first = everything.iloc[0]
-    hits = similar_tiles(demo["db"], first[store.ID], DEFAULT_K, table=store.DEFAULT_TABLE)
-    assert len(hits) == DEFAULT_K and first[store.ID] not in set(hits[store.ID])
+    hits = similar_tiles(demo["db"], first[tiles.ID], DEFAULT_K, table=tiles.DEFAULT_TABLE)
+    assert len(hits) == DEFAULT_K and first[tiles.ID] not in set(hits[tiles.ID])
     assert hits["score"].is_monotonic_decreasing
-    table = store.open_table(demo["db"])
-    for bad in ("' OR '1'='1", first[store.ID][:-1], first[store.ID].upper()):
+    table = tiles.open_table(demo["db"])
+    for bad in ("' OR '1'='1", first[tiles.ID][:-1], first[tiles.ID].upper()):
         with pytest.raises(ValueError, match="not a tile id"):
             tile_vector(table, bad)
 
@@ -299,12 +299,12 @@ def test_find_feature_cuts_square_patches_and_draws_the_overlay(tiny_model, rsic
     match = find_feature(data, rsicd_files[0].name, "runway", model=str(tiny_model), tile=64)
     patches = match.patches
     assert len(patches) == 9 and abs(patches["probability"].sum() - 1.0) < 1e-6
-    assert set(patches[store.X]) == {0, 64, 86} and set(patches[store.WIDTH]) == {64}  # last one moved back
+    assert set(patches[tiles.X]) == {0, 64, 86} and set(patches[tiles.WIDTH]) == {64}  # last one moved back
     assert match.probability_grid().shape == (3, 3)
     with Image.open(io.BytesIO(match.overlay_png)) as overlay:
         assert overlay.size == (150, 150)
     best = patches.iloc[0]
-    x, y = int(best[store.X]), int(best[store.Y])
+    x, y = int(best[tiles.X]), int(best[tiles.Y])
     np.testing.assert_array_equal(match.patch_pixels(best), read_image(rsicd_files[0])[y : y + 64, x : x + 64])
     with pytest.raises(ValueError, match="non-empty text"):
         find_feature(data, rsicd_files[0].name, "  ", model=str(tiny_model), grid=(2, 2))
@@ -428,15 +428,15 @@ def test_click_a_result_to_find_similar_tiles(server, demo, page, tmp_path):
     assert page.get_by_role("tab", name=VIEW_IMAGE).get_attribute("aria-selected") == "true"
     wait_images_loaded(page, f".st-key-{KEY_IMAGE_RESULTS}", DEFAULT_K)
     page.screenshot(path=str(tmp_path / "image_search_similar.png"), full_page=True)
-    expected = similar_tiles(demo["db"], chosen[store.ID], DEFAULT_K, table=store.DEFAULT_TABLE)
+    expected = similar_tiles(demo["db"], chosen[tiles.ID], DEFAULT_K, table=tiles.DEFAULT_TABLE)
     captions = hit_captions(page, KEY_IMAGE_RESULTS)
     assert captions == expected_captions(expected)
-    assert f"{source_name(chosen[store.URI])} · {describe_window(chosen)}" not in captions
+    assert f"{source_name(chosen[tiles.URI])} · {describe_window(chosen)}" not in captions
     assert_no_traceback(page)
 
 
 def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp_path, tiny_model):
-    from rsclip.locate import locate
+    from rsclip.search.locate import locate
 
     open_app(page, server.url)
     page.get_by_role("tab", name=VIEW_FEATURE).click()
@@ -474,7 +474,7 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     assert_no_traceback(page)
 
 
-def run_page(monkeypatch, db: str, table: str = store.DEFAULT_TABLE):
+def run_page(monkeypatch, db: str, table: str = tiles.DEFAULT_TABLE):
     """Run the page script once in-process (Streamlit's AppTest: the real script runner, no browser)."""
     from streamlit.testing.v1 import AppTest
 

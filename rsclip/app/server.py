@@ -1,0 +1,334 @@
+"""The web demo: text search, image search and a feature finder over one tile table, in Streamlit.
+
+:func:`serve` runs ``streamlit run`` on :data:`APP_SCRIPT` (the page, ``rsclip/app/page.py``) with
+settings that keep the demo local and offline: bound to 127.0.0.1 unless told otherwise, usage statistics
+off, no file watcher, no developer toolbar, and error details hidden from the browser (Streamlit serves
+its own fonts and scripts; nothing is fetched from a CDN).
+
+The three views:
+
+1. **Text search**: a text query ranks the table's tiles; each hit shows a preview cut from its source
+   object by the tile window (chips, ``s3://`` objects and large GeoTIFFs read window-only), its score,
+   window and WGS84 bounds. An optional bounding box (sidebar) restricts every search.
+2. **Image search**: an uploaded image, or the "Similar tiles" button of any hit, ranks tiles by image
+   similarity (a clicked tile is searched by its stored embedding and left out of its own results).
+3. **Feature finder**: an uploaded image is cut into a patch grid and each patch scored against a typed
+   feature (``rsclip.locate``); the grid of probabilities and a heatmap overlay are shown.
+
+Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
+server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
+query from memory plus the index's candidate row ids.
+
+User text reaches the table only as a query to embed; the bounding box is parsed into four floats and
+checked by :func:`rsclip.query.validate_bbox`; the one SQL filter built here (a tile id) takes ids that the
+table itself returned and that match :data:`TILE_ID_PATTERN`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from rsclip import errors
+from rsclip.core import tiles
+from rsclip.search.filters import BBox, validate_bbox
+
+APP_SCRIPT = Path(__file__).with_name("page.py")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8501
+DEFAULT_K = 12
+MAX_K = 100
+PREVIEW_SIZE = 256
+GRID_COLUMNS = 4
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp")
+MAX_UPLOAD_MB = 200
+MAX_MESSAGE_CHARS = 300
+# Seconds serve(block=False) waits for the server to answer its health check.
+START_TIMEOUT_S = 60.0
+
+VIEW_TEXT, VIEW_IMAGE, VIEW_FEATURE = "Text search", "Image search", "Feature finder"
+VIEWS = (VIEW_TEXT, VIEW_IMAGE, VIEW_FEATURE)
+# Feature finder: how the uploaded image is cut.
+PATCHES_GRID, PATCHES_TILE = "Grid", "Square patches"
+DEFAULT_GRID = (3, 3)
+MAX_GRID = 16
+MAX_PATCH_THUMBNAILS = 48
+
+# Session-state keys.
+STATE_VIEW = "view"
+STATE_IMAGE_SOURCE = "image_source"  # SOURCE_UPLOAD or SOURCE_TILE: which query the image view shows
+STATE_QUERY_TILE = "query_tile"  # dict of the clicked hit (id, uri, window)
+SOURCE_UPLOAD, SOURCE_TILE = "upload", "tile"
+# Widget keys (also CSS classes "st-key-<key>" that the browser tests select on).
+KEY_TEXT = "text_query"
+KEY_BBOX = "bbox"
+KEY_K = "k"
+KEY_IMAGE_UPLOAD = "image_upload"
+KEY_FEATURE_UPLOAD = "feature_upload"
+KEY_FEATURE_TEXT = "feature_text"
+KEY_FEATURE_TILE = "feature_tile"
+KEY_FEATURE_MODE = "feature_mode"
+KEY_FEATURE_ROWS = "feature_rows"
+KEY_FEATURE_COLS = "feature_cols"
+KEY_FEATURE_OVERLAY = "feature_overlay"
+KEY_FEATURE_GRID = "feature_grid"
+KEY_TEXT_RESULTS = "text_results"
+KEY_IMAGE_RESULTS = "image_results"
+KEY_FEATURE_RESULTS = "feature_results"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What the demo serves: the table ``table`` of the LanceDB database ``db`` (local path or ``s3://``)."""
+
+    db: str
+    table: str = tiles.DEFAULT_TABLE
+
+
+@dataclass
+class WebServer:
+    """A demo server started with ``serve(..., block=False)``: its URL and process; :meth:`stop` ends it."""
+
+    url: str
+    process: subprocess.Popen
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server (its whole process group) and wait for it."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+
+
+def app_url(host: str, port: int) -> str:
+    """The URL a browser on this machine opens for a server bound to ``host:port``."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"http://{shown}:{port}/"
+
+
+def streamlit_command(config: WebConfig, host: str, port: int) -> list[str]:
+    """The ``python -m streamlit run`` command line serving ``config`` on ``host:port``."""
+    flags = {
+        "server.address": host,
+        "server.port": str(port),
+        "server.headless": "true",
+        "server.fileWatcherType": "none",
+        "server.runOnSave": "false",
+        "server.maxUploadSize": str(MAX_UPLOAD_MB),
+        "browser.gatherUsageStats": "false",
+        "browser.serverAddress": host if host not in ("0.0.0.0", "::", "") else "127.0.0.1",
+        "client.showErrorDetails": "none",
+        "client.toolbarMode": "minimal",
+        "global.developmentMode": "false",
+        "theme.base": "light",
+    }
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
+    for name, value in flags.items():
+        cmd.append(f"--{name}={value}")
+    return [*cmd, "--", "--db", str(config.db), "--table", config.table]
+
+
+def open_instructions(
+    db,
+    *,
+    table: str = tiles.DEFAULT_TABLE,
+    port: int = DEFAULT_PORT,
+    env: Mapping[str, str] | None = None,
+    program: str = "rsclip",
+) -> str:
+    """What to tell a user (``make demo``'s last words): the shell command that serves ``table`` of ``db``
+    and the URL to open. ``env`` (e.g. a local S3 server's AWS variables) is prefixed to the command."""
+    words = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    words += [program, "serve", shlex.quote(str(db))]
+    if table != tiles.DEFAULT_TABLE:
+        words += ["--table", shlex.quote(table)]
+    if port != DEFAULT_PORT:
+        words += ["--port", str(port)]
+    return f"Web demo: run\n  {' '.join(words)}\nthen open {app_url(DEFAULT_HOST, port)} in a browser."
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "_stcore/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def serve(
+    db,
+    *,
+    table: str = tiles.DEFAULT_TABLE,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    block: bool = True,
+) -> int | WebServer:
+    """Serve the web demo for ``table`` in ``db`` (local path or ``s3://`` URI) on ``http://host:port/``.
+
+    Binds 127.0.0.1 unless another ``host`` is given. With ``block`` (the CLI) runs until the server exits
+    and returns its exit code; otherwise returns a :class:`WebServer` once the server answers its health
+    check. Raises ``ValueError`` for a port outside [1, 65535] and ``RuntimeError`` when the server exits or
+    does not come up within :data:`START_TIMEOUT_S`. The table is opened by the app: an unknown or
+    unreachable table is reported on the page.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an integer in [1, 65535], got {port!r}")
+    if not str(table).strip():
+        raise ValueError("table name is empty")
+    cmd = streamlit_command(WebConfig(db=str(db), table=table), host, port)
+    url = app_url(host, port)
+    if block:
+        print(f"rsclip web demo for table {table!r} in {db}: open {url}", flush=True)
+        proc = subprocess.Popen(cmd)
+        # `kill <pid>` of this process must not leave the server running: pass SIGTERM on.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = WebServer(url=url, process=proc)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"the web demo exited with code {proc.returncode}:\n{output[-3000:]}")
+        if _healthy(url):
+            return server
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"the web demo did not answer at {url} within {START_TIMEOUT_S:.0f}s")
+
+
+def parse_bbox(text: str | None) -> BBox | None:
+    """A bounding box typed as ``lon_min, lat_min, lon_max, lat_max`` (commas and/or spaces); None when blank.
+
+    Raises ``ValueError`` with a readable message for anything else (see ``rsclip.query.validate_bbox``).
+    """
+    if text is None or not text.strip():
+        return None
+    parts = [p for p in re.split(r"[,\s;]+", text.strip()) if p]
+    if len(parts) != 4:
+        raise ValueError(
+            f"bounding box needs four numbers lon_min, lat_min, lon_max, lat_max; got {len(parts)} value(s)"
+        )
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"bounding box values must be numbers, got {text.strip()!r}") from None
+    return validate_bbox(numbers)
+
+
+@dataclass
+class FeatureMatch:
+    """What the feature finder shows for one uploaded image and one text.
+
+    ``patches``: ``rsclip.locate`` output (best first; lon/lat bounds when the upload is a georeferenced
+    raster); ``overlay_png``: the heatmap of patch probabilities over the image; ``pixels``: the image as
+    RGB uint8, from which patch thumbnails are cut.
+    """
+
+    patches: pd.DataFrame
+    overlay_png: bytes
+    pixels: np.ndarray
+
+    def patch_pixels(self, row) -> np.ndarray:
+        """The pixels of one patch (a row of :attr:`patches`)."""
+        x, y, w, h = (int(row[c]) for c in tiles.WINDOW_COLUMNS)
+        return self.pixels[y : y + h, x : x + w]
+
+    def probability_grid(self) -> pd.DataFrame:
+        """Patch probabilities laid out as the patch grid: one row per patch row, one column per patch column."""
+        grid = self.patches.pivot_table(index="row", columns="col", values="probability", aggfunc="max")
+        grid.index.name, grid.columns.name = "row", "col"
+        return grid
+
+
+def find_feature(
+    data: bytes,
+    name: str,
+    text: str,
+    *,
+    model: str,
+    grid: tuple[int, int] | None = None,
+    tile: int | None = None,
+) -> FeatureMatch:
+    """Score the patches of an uploaded image (``data`` named ``name``) against ``text`` with ``model``.
+
+    Patches are a ``grid=(rows, cols)`` of equal parts or ``tile``-pixel squares (see ``rsclip.locate``). A
+    GeoTIFF upload is located from a temporary file so patches carry lon/lat bounds. Raises ``ValueError``
+    for unreadable uploads, blank text and impossible grids.
+    """
+    import tempfile
+
+    from rsclip.app.preview import decode_upload
+    from rsclip.core.raster import is_raster
+    from rsclip.search.locate import locate, render_heatmap
+
+    pixels = decode_upload(data, name)
+    if not is_raster(name):
+        patches = locate(pixels, text, model=model, grid=grid, tile=tile)
+        return FeatureMatch(patches, render_heatmap(pixels, patches), pixels)
+    with tempfile.TemporaryDirectory(prefix="rsclip-upload-") as folder:
+        path = Path(folder) / ("upload" + Path(name).suffix.lower())
+        path.write_bytes(data)
+        patches = locate(str(path), text, model=model, grid=grid, tile=tile)
+        overlay = render_heatmap(str(path), patches)
+    return FeatureMatch(patches, overlay, pixels)
+
+
+def describe_bounds(row) -> str:
+    """``lon/lat`` bounds of a hit as text, or a note that the tile has no georeference."""
+    values = [row[c] for c in tiles.BOUNDS_COLUMNS]
+    if any(v is None or not np.isfinite(v) for v in values):
+        return "no georeference"
+    lon_min, lat_min, lon_max, lat_max = values
+    return f"lon {lon_min:.4f} to {lon_max:.4f}, lat {lat_min:.4f} to {lat_max:.4f}"
+
+
+def describe_window(row) -> str:
+    """The tile window of a hit as text."""
+    return f"x={int(row[tiles.X])} y={int(row[tiles.Y])} {int(row[tiles.WIDTH])}x{int(row[tiles.HEIGHT])} px"
+
+
+def source_name(uri: str) -> str:
+    """The last path component of a source URI (full URI in the tooltip)."""
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def readable_error(exc: BaseException) -> str:
+    """A one-line message for the page.
+
+    Object-store faults (which LanceDB reports as long debug dumps) become a short sentence naming the
+    cause; other errors keep their first line, cut to :data:`MAX_MESSAGE_CHARS` (ValueError text as is,
+    anything else prefixed with its type name).
+    """
+    fault = errors.store_fault(exc)
+    if fault is not None and not isinstance(exc, errors.RsclipError):
+        return fault.advice
+    first = errors.one_line(exc, MAX_MESSAGE_CHARS)
+    return first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"

@@ -1,0 +1,141 @@
+"""Images: decoding chips, reading any image or raster into RGB uint8, and the checks both go through.
+
+Chips (JPEG, PNG, TIFF without georeference, BMP, WebP) are decoded by Pillow restricted to
+:data:`CHIP_FORMATS`: formats that can run programs (EPS through Ghostscript) or reference other files
+are never tried. Rasters go through :mod:`rsclip.core.raster` (one GDAL driver per suffix). Every decoded
+image passes the same header checks first (:func:`image_size`): not empty, not a decompression bomb, at
+least 2x2 pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from rsclip.core import raster, storage
+from rsclip.errors import InvalidInput, LimitExceeded
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2")
+# The Pillow decoders a chip may be opened with, whatever its name says.
+CHIP_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+# What the API accepts as an image: a path or URI, a PIL image or an HWC uint8 array.
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+# Larger images are refused rather than decoded (decompression bombs); big scenes go through rasterio.
+MAX_IMAGE_PIXELS = 16_384 * 16_384
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` ends with a suffix rsclip reads as an image or raster."""
+    return str(name).lower().endswith(IMAGE_SUFFIXES)
+
+
+@contextmanager
+def _opened(data: bytes, name: str, max_pixels: int):
+    """The PIL image in ``data`` once its header passed the checks; errors in the block become InvalidInput.
+
+    Refuses empty data, decompression bombs (by Pillow's limit or ``max_pixels``), images smaller than
+    2x2 pixels and anything outside :data:`CHIP_FORMATS`, each with a message naming ``name``.
+    """
+    if not data:
+        raise InvalidInput(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=CHIP_FORMATS) as im:
+                if im.width * im.height > max_pixels:
+                    raise LimitExceeded(f"{name}: {im.width}x{im.height} pixels exceeds the decode limit of "
+                                        f"{max_pixels} pixels (decompression bomb refused)")
+                if im.width < 2 or im.height < 2:
+                    raise InvalidInput(f"{name}: image is too small ({im.width}x{im.height} pixels)")
+                yield im
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise LimitExceeded(f"{name}: decompression bomb refused ({exc})") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error... for broken files
+        raise InvalidInput(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the header of encoded chip bytes, without decoding the pixels.
+
+    Raises ``InvalidInput``/``LimitExceeded`` as :func:`decode_image` does.
+    """
+    with _opened(data, name, max_pixels) as im:
+        return im.width, im.height
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode encoded chip bytes to an RGB ``(H, W, 3)`` uint8 array.
+
+    Raises ``InvalidInput`` naming ``name`` for empty, truncated, non-image or disallowed-format data and
+    images smaller than 2x2 pixels; ``LimitExceeded`` above ``max_pixels``.
+    """
+    with _opened(data, name, max_pixels) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_raster(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Raster bytes (GeoTIFF of any band type, JPEG 2000) as RGB uint8 with the embedding job's default bands
+    and stretch. Raises ``InvalidInput``/``UnsafeInput``/``LimitExceeded`` naming ``name``."""
+    with raster.open_raster_bytes(data, name) as src:
+        if src.width * src.height > max_pixels:
+            raise LimitExceeded(f"{name}: {src.width}x{src.height} pixels exceeds the limit of {max_pixels}")
+        try:
+            scene = raster.describe_scene(src, raster.RasterOptions())
+        except InvalidInput as exc:
+            raise InvalidInput(f"{name}: {exc}") from None
+        pixels = raster.read_scaled(src, scene, (src.height, src.width))
+    if pixels.shape[0] < 2 or pixels.shape[1] < 2:
+        raise InvalidInput(f"{name}: image is too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
+    return pixels
+
+
+def decode_any(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes named ``name`` (an upload, an object) as RGB uint8: rasters by their GDAL driver, the rest as
+    chips. Raises ``InvalidInput`` (and its subclasses) naming ``name``."""
+    if raster.is_raster(name):
+        return decode_raster(data, name, max_pixels)
+    return decode_image(data, name, max_pixels)
+
+
+def read_image(uri: str | os.PathLike, max_bytes: int = storage.MAX_READ_BYTES,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` array from an image or raster file or object (read whole).
+
+    Raises ``InvalidInput`` (``NotFound``, ``UnsafeInput``, ``LimitExceeded``) naming ``uri``.
+    """
+    return decode_any(storage.read_bytes(uri, max_bytes=max_bytes), str(uri), max_pixels)
+
+
+def to_hwc_uint8(image: Any) -> np.ndarray:
+    """An RGB ``(H, W, 3)`` uint8 array from a PIL image, a tensor or an array (HW grey, HWC with 1, 3 or 4
+    bands). Raises ``InvalidInput`` for other shapes, non-uint8 arrays and images smaller than 2x2."""
+    if isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
+    elif hasattr(image, "detach") and hasattr(image, "cpu"):  # a torch tensor, without importing torch
+        array = image.detach().cpu().numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise InvalidInput(f"expected an image array or PIL image, got {type(image).__name__}")
+    if array.dtype != np.uint8:
+        raise InvalidInput(f"image arrays must be uint8 HWC, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InvalidInput(f"image arrays must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {array.shape}")
+    if array.shape[0] < 2 or array.shape[1] < 2:
+        raise InvalidInput(f"image is too small to embed: {array.shape[1]}x{array.shape[0]} pixels")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return array

@@ -1,0 +1,176 @@
+"""Where a model comes from: hub ids, local ``save_pretrained`` folders, ``s3://`` prefixes, and which weights
+exactly a source resolves to.
+
+:func:`resolve_model_source` turns what a user wrote into something ``from_pretrained`` opens (an ``s3://``
+model is copied once into the local cache); :func:`model_identity` names the weights behind a source (an
+absolute location and the sha256 of its safetensors), which a tile table records so that a query encoding
+with other weights is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from rsclip.core import storage
+from rsclip.errors import InvalidInput, NotFound, UnsafeInput
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+CACHE_DIR = Path(os.environ.get("RSCLIP_MODEL_CACHE", Path.home() / ".cache" / "rsclip" / "models"))
+# Files a save_pretrained CLIP directory needs; weights only as safetensors (no pickle is ever loaded).
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model")
+WEIGHT_SUFFIX = ".safetensors"
+# Files of a model fetched from S3: more or larger than this is not a CLIP export.
+MAX_MODEL_FILES = 64
+
+
+def _relative_key(root: str, path: str) -> str:
+    """The name of ``path`` below ``root``; raises :class:`UnsafeInput` for keys that would leave the folder."""
+    rel = path[len(root):].lstrip("/")
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or any(p in ("..", ".", "") for p in parts) or "\\" in rel:
+        raise UnsafeInput(f"model file {path!r} has an unsafe name (it would be written outside the model folder)")
+    return rel
+
+
+def _staged_path(staging: Path, rel: str) -> Path:
+    dest = (staging / rel).resolve()
+    if staging.resolve() not in dest.parents:
+        raise UnsafeInput(f"model file {rel!r} resolves outside the model folder")
+    return dest
+
+
+def _model_listing(uri: str) -> tuple:
+    """``(fs, root, {path: info})`` of the model files under an ``s3://`` prefix (checked, not fetched)."""
+    fs, root = storage.filesystem(uri)
+    try:
+        listing = fs.find(root, detail=True)
+    except FileNotFoundError:
+        listing = {}
+    files = {path: info for path, info in listing.items()
+             if info.get("type", "file") == "file" and path.endswith(MODEL_FILE_SUFFIXES)}
+    names = {_relative_key(root, p) for p in files}
+    if "config.json" not in names:
+        raise NotFound(f"no CLIP model at {uri}: config.json not found")
+    if not any(n.endswith(WEIGHT_SUFFIX) for n in names):
+        raise InvalidInput(f"no safetensors weights at {uri} (only safetensors are loaded; "
+                           "convert other checkpoints with `rsclip convert-model`)")
+    if len(files) > MAX_MODEL_FILES:
+        raise InvalidInput(f"{uri} holds {len(files)} model files: not a CLIP export")
+    return fs, root, files
+
+
+def fetch_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Copy the model files under an ``s3://`` prefix into the local cache, once, and return the folder.
+
+    The cache key covers the URI and the listing (names, sizes, ETags), so a model overwritten in place is
+    fetched again. Files land in a temporary folder that is renamed into place when complete, so a cache
+    folder is never partial. Raises ``NotFound``/``InvalidInput`` when the prefix holds no ``config.json``
+    or no safetensors, and ``UnsafeInput`` for object keys that would be written outside the folder.
+    """
+    fs, root, files = _model_listing(uri)
+    key = hashlib.sha256(uri.encode())
+    for path in sorted(files):
+        info = files[path]
+        key.update(f"{path}|{info.get('size')}|{info.get('ETag') or info.get('etag')}".encode())
+    target = Path(cache_dir or CACHE_DIR) / key.hexdigest()[:24]
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
+    try:
+        for path in files:
+            dest = _staged_path(staging, _relative_key(root, path))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(dest))
+        try:
+            staging.rename(target)  # atomic: a folder at ``target`` is always complete
+        except OSError:
+            if not target.is_dir():  # lost a race to another process fetching the same model
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def is_hub_id(text: str) -> bool:
+    """True for names that can only be hub ids (``org/name``), not local paths."""
+    return not text.startswith((".", "/", "~")) and text.count("/") <= 1 and not storage.is_remote(text)
+
+
+def resolve_model_source(source: str | os.PathLike) -> str:
+    """A local folder or hub id that ``from_pretrained`` accepts, fetching ``s3://`` models first.
+
+    Raises ``NotFound`` for a missing folder and ``InvalidInput`` for a folder that is not a CLIP export.
+    """
+    text = str(source)
+    if storage.is_remote(text):
+        return str(fetch_model_dir(text))
+    path = storage.local_path(text)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InvalidInput(f"{text} is not a save_pretrained CLIP directory (no config.json)")
+        return str(path)
+    if not is_hub_id(text):
+        raise NotFound(f"model directory not found: {text}")
+    return text  # a hub id such as openai/clip-vit-base-patch32
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights a model source resolves to: ``location`` (absolute folder, ``s3://`` prefix or
+    ``hub-id@revision``) and ``weights_sha256`` (of its safetensors files, in name order)."""
+
+    location: str
+    weights_sha256: str
+
+
+_identities: dict[tuple, ModelIdentity] = {}
+_identity_lock = threading.Lock()
+
+
+def _hash_weights(folder: Path) -> str:
+    digest = hashlib.sha256()
+    weights = sorted(folder.glob(f"*{WEIGHT_SUFFIX}"))
+    if not weights:
+        raise InvalidInput(f"{folder}: no safetensors weights")
+    for path in weights:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as exc:  # offline, unknown repo, gated: the hub says why
+        raise NotFound(f"cannot resolve hub model {repo_id}: {type(exc).__name__}: {exc}") from None
+
+
+def model_identity(source: str | os.PathLike) -> ModelIdentity:
+    """The :class:`ModelIdentity` of a model source (resolved as :func:`resolve_model_source` does).
+
+    Hashing reads the weights once per process and file state (size, modification time).
+    """
+    text = str(source)
+    resolved = resolve_model_source(text)
+    folder = Path(resolved) if Path(resolved).is_dir() else _hub_snapshot(resolved)
+    if Path(resolved).is_dir():
+        location = text if storage.is_remote(text) else str(Path(resolved).resolve())
+    else:
+        location = f"{resolved}@{folder.name}"  # the hub's snapshot folder is named by its commit
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(f"*{WEIGHT_SUFFIX}")))
+    key = (str(folder.resolve()), stats)
+    with _identity_lock:
+        if key not in _identities:
+            _identities[key] = ModelIdentity(location, _hash_weights(folder))
+        return _identities[key]

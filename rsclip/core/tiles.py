@@ -1,0 +1,278 @@
+"""The tile table: one LanceDB table per archive, one row per embedded tile.
+
+Schema (column names are the constants below):
+
+=========================  =============================  ===============================================
+column                     type                           meaning
+=========================  =============================  ===============================================
+``id``                     string                         :func:`tile_id` of (uri, window): deterministic
+``uri``                    string                         source object (``s3://...`` or a local path)
+``x, y, width, height``    int32                          pixel window in the source; whole image = 0,0,W,H
+``lon_min, lat_min,``      float64, null when the source  WGS84 bounds of the window
+``lon_max, lat_max``       has no georeference
+``crs``                    string, nullable               native CRS of the source (e.g. ``EPSG:32618``)
+``vector``                 fixed_size_list<float32>[D]    L2-normalised CLIP embedding
+=========================  =============================  ===============================================
+
+The schema metadata records the model (hub id, path or ``s3://`` prefix) and the embedding size, so a query
+encodes with the same model that embedded the tiles. Writes go through ``merge_insert`` on ``id``: each batch
+is one atomic commit, and rows whose id is already present are not added again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from rsclip.core import storage
+from rsclip.errors import InvalidInput, ModelMismatch, NotFound
+
+if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
+    import lancedb
+
+DEFAULT_TABLE = "tiles"
+# The one distance type: the ANN index is built with it and every search asks for it. A mismatch makes
+# LanceDB search the index with the wrong metric and silently return wrong neighbours.
+METRIC = "cosine"
+
+ID, URI, X, Y, WIDTH, HEIGHT = "id", "uri", "x", "y", "width", "height"
+LON_MIN, LAT_MIN, LON_MAX, LAT_MAX, CRS, VECTOR = "lon_min", "lat_min", "lon_max", "lat_max", "crs", "vector"
+WINDOW_COLUMNS = (X, Y, WIDTH, HEIGHT)
+BOUNDS_COLUMNS = (LON_MIN, LAT_MIN, LON_MAX, LAT_MAX)
+COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR)
+
+# Companion tables of a tile table ``<table>``: write errors of the embedding job.
+ERRORS_SUFFIX = "_errors"
+
+META_MODEL = b"rsclip.model"
+META_DIM = b"rsclip.dim"
+
+# Lance datasets kept open per process (see dataset_of): one per (location, version), the newest few.
+OPEN_DATASETS = 8
+
+# Concurrent writers (two jobs on one table) can collide on a commit; such a batch is retried.
+WRITE_RETRIES = 10
+T = TypeVar("T")
+
+
+def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
+    """The id of the tile ``(x, y, width, height)`` of ``uri``: a pure function, 32 hex characters."""
+    key = f"{uri}\x00{int(x)}\x00{int(y)}\x00{int(width)}\x00{int(height)}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def tile_schema(dim: int, model: str) -> pa.Schema:
+    """The Arrow schema of a tile table for ``dim``-sized embeddings of ``model``."""
+    if dim < 1:
+        raise InvalidInput(f"embedding size must be positive, got {dim}")
+    return pa.schema(
+        [
+            pa.field(ID, pa.string(), nullable=False),
+            pa.field(URI, pa.string(), nullable=False),
+            *(pa.field(c, pa.int32(), nullable=False) for c in WINDOW_COLUMNS),
+            *(pa.field(c, pa.float64()) for c in BOUNDS_COLUMNS),
+            pa.field(CRS, pa.string()),
+            pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
+        ],
+        metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode()},
+    )
+
+
+def errors_table_name(table: str) -> str:
+    """The name of the errors table that goes with tile table ``table`` (written by the embedding job)."""
+    return f"{table}{ERRORS_SUFFIX}"
+
+
+def connect(db: str | os.PathLike | lancedb.DBConnection) -> lancedb.DBConnection:
+    """A LanceDB connection for a local folder or an ``s3://`` URI (AWS variables honoured).
+
+    An existing connection is returned as is.
+    """
+    import lancedb
+
+    if isinstance(db, lancedb.DBConnection):
+        return db
+    text = str(db)
+    if storage.is_remote(text):
+        return lancedb.connect(text, storage_options=storage.lance_storage_options())
+    return lancedb.connect(str(storage.local_path(text)))
+
+
+def table_names(conn: lancedb.DBConnection) -> list[str]:
+    """Names of the tables in ``conn``."""
+    result = conn.list_tables()
+    return list(getattr(result, "tables", result))
+
+
+def open_table(db, name: str = DEFAULT_TABLE):
+    """Open the tile table ``name``. Raises :class:`~rsclip.errors.NotFound` when it does not exist."""
+    conn = connect(db)
+    if name not in table_names(conn):
+        raise NotFound(f"unknown table {name!r} in {db!s} (tables: {', '.join(table_names(conn)) or 'none'})")
+    return conn.open_table(name)
+
+
+_datasets: "OrderedDict[tuple, object]" = OrderedDict()
+_datasets_lock = threading.Lock()
+
+
+def dataset_of(table):
+    """The Lance dataset behind ``table`` at its version, opened once per process.
+
+    ``table.to_lance()`` opens a new dataset object each call, and the index cache lives in that object: a
+    search on a fresh one reloads the index pieces it touches (~12 ms of a 1M-row query, BENCHMARKS.md).
+    A version never changes once written, so the dataset is kept per (location, version, storage options);
+    a table that has grown since is a new version and gets its own.
+    """
+    options = getattr(getattr(table, "_conn", None), "storage_options", None) or {}
+    key = (table.uri, table.version, tuple(sorted(options.items())))
+    with _datasets_lock:
+        if key in _datasets:
+            _datasets.move_to_end(key)
+            return _datasets[key]
+    ds = table.to_lance()
+    with _datasets_lock:
+        ds = _datasets.setdefault(key, ds)
+        while len(_datasets) > OPEN_DATASETS:
+            _datasets.popitem(last=False)
+    return ds
+
+
+def has_vector_index(table) -> bool:
+    """Whether ``table`` has an ANN index on its vector column."""
+    return any(list(cfg.columns) == [VECTOR] for cfg in table.list_indices())
+
+
+def table_model(table) -> tuple[str, int]:
+    """``(model, dim)`` recorded in the table. Raises ``InvalidInput`` for a table without rsclip metadata."""
+    meta = table.schema.metadata or {}
+    if META_MODEL not in meta or META_DIM not in meta:
+        raise InvalidInput(f"table {table.name!r} has no model metadata: it was not written by rsclip")
+    return meta[META_MODEL].decode(), int(meta[META_DIM])
+
+
+def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int):
+    """Open the tile table ``name``, creating it empty when missing.
+
+    Raises :class:`~rsclip.errors.ModelMismatch` when the table exists with another model or embedding
+    size: vectors of two models in one table cannot be compared.
+    """
+    conn = connect(db)
+    if name not in table_names(conn):
+        try:
+            return conn.create_table(name, schema=tile_schema(dim, model))
+        except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
+            if name not in table_names(conn):
+                raise
+    table = conn.open_table(name)
+    have_model, have_dim = table_model(table)
+    if (have_model, have_dim) != (str(model), dim):
+        raise ModelMismatch(
+            f"table {name!r} holds embeddings of model {have_model!r} ({have_dim}-d); "
+            f"refusing to add embeddings of {model!s} ({dim}-d). Use another table or the same model."
+        )
+    return table
+
+
+def tiles_to_arrow(rows: Mapping[str, Sequence] | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns (dict of sequences or an Arrow table) as an Arrow table of the tile ``schema``.
+
+    ``id`` is filled from uri and window when absent. Raises ``ValueError`` for missing columns, vectors of
+    the wrong size, and vectors that are not finite (as ``InvalidInput``).
+    """
+    data = dict(rows) if not isinstance(rows, pa.Table) else {c: rows.column(c) for c in rows.column_names}
+    missing = [c for c in (URI, *WINDOW_COLUMNS, VECTOR) if c not in data]
+    if missing:
+        raise InvalidInput(f"tile rows lack columns: {', '.join(missing)}")
+    dim = schema.field(VECTOR).type.list_size
+    vectors = data[VECTOR]
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    if isinstance(vectors, pa.FixedSizeListArray):
+        vectors = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1)
+    elif isinstance(vectors, pa.Array):
+        vectors = vectors.to_pylist()
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InvalidInput(f"vectors must have shape (N, {dim}), got {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise InvalidInput("vectors contain NaN or infinity")
+    if len(vectors) and np.abs(np.linalg.norm(vectors, axis=1) - 1.0).max() > 1e-3:
+        raise InvalidInput("vectors must be L2-normalised (unit length)")
+    n = len(vectors)
+    as_list = lambda col: col.to_pylist() if isinstance(col, (pa.Array, pa.ChunkedArray)) else list(col)
+    if ID not in data:
+        data[ID] = [
+            tile_id(u, x, y, w, h)
+            for u, x, y, w, h in zip(*(as_list(data[c]) for c in (URI, *WINDOW_COLUMNS)))
+        ]
+    arrays = {}
+    for field in schema:
+        if field.name == VECTOR:
+            arrays[VECTOR] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+        elif field.name in data:
+            arrays[field.name] = pa.array(as_list(data[field.name]), type=field.type)
+        elif field.nullable:
+            arrays[field.name] = pa.nulls(n, type=field.type)
+        else:
+            raise InvalidInput(f"tile rows lack column {field.name!r}")
+        if len(arrays[field.name]) != n:
+            raise InvalidInput(f"column {field.name!r} has {len(arrays[field.name])} rows, vectors have {n}")
+    return pa.Table.from_pydict(arrays, schema=schema)
+
+
+def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
+    """Insert tiles whose id is not in the table yet, as one atomic commit; returns how many were added.
+
+    Duplicate ids inside ``rows`` are written once. Safe against concurrent writers to the same table.
+    """
+    batch = tiles_to_arrow(rows, table.schema)
+    if batch.num_rows == 0:
+        return 0
+    ids = batch.column(ID).to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) != batch.num_rows:
+        batch = batch.take(np.sort(first))
+    def write():
+        return table.merge_insert(ID).when_not_matched_insert_all().execute(batch)
+
+    result = retry_on_conflict(write, table)
+    return int(getattr(result, "num_inserted_rows", batch.num_rows))
+
+
+def retry_on_conflict(write: Callable[[], T], table=None) -> T:
+    """``write()``, retried with backoff when Lance reports a commit conflict with a concurrent writer.
+
+    ``table`` (when given) is moved to its latest version before each retry.
+    """
+    for attempt in range(WRITE_RETRIES):
+        try:
+            return write()
+        except Exception as exc:  # lance reports commit conflicts as generic errors
+            text = str(exc).lower()
+            if ("conflict" not in text and "retry" not in text) or attempt == WRITE_RETRIES - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * (1.0 + random.random()))
+            if table is not None:
+                table.checkout_latest()
+    raise AssertionError("unreachable")
+
+
+def existing_ids(table, ids: Iterable[str]) -> set[str]:
+    """The subset of ``ids`` already present in ``table``."""
+    wanted = list(dict.fromkeys(ids))
+    found: set[str] = set()
+    for i in range(0, len(wanted), 1000):
+        chunk = wanted[i : i + 1000]
+        quoted = ", ".join("'" + s.replace("'", "''") + "'" for s in chunk)
+        res = table.search().where(f"{ID} IN ({quoted})").select([ID]).limit(len(chunk)).to_arrow()
+        found.update(res.column(ID).to_pylist())
+    return found

@@ -1,0 +1,101 @@
+"""The batches that flow through the embedding pipeline: their keys, row states and helpers, written once.
+
+A batch is a dict of equal-length numpy columns (Ray Data's ``numpy`` batch format). Planning produces
+:data:`PLAN_COLUMNS`, reading :data:`READ_COLUMNS`, the embedder adds ``vector``; the tile columns reuse
+the table's names (:mod:`rsclip.core.tiles`). Every row carries a :data:`STATUS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from rsclip.core import tiles
+
+# Batch keys added by the reader (tile columns reuse the table's names).
+SIZE = "size"  # file size in bytes
+VERSION = "version"  # the object's version tag (ETag, or size and mtime): part of its tiles' identity
+KIND = "kind"  # CHIP (Pillow) or RASTER (rasterio)
+SCENE = "scene"  # JSON of raster.SceneInfo for RASTER rows
+DATA = "data"  # encoded bytes of a small chip, else b""
+STATUS = "status"
+STAGE = "stage"
+MESSAGE = "message"
+PIXELS = "pixels"  # resized uint8 HWC bytes
+PIXELS_HEIGHT = "pixels_height"
+PIXELS_WIDTH = "pixels_width"
+
+CHIP, RASTER = "chip", "raster"
+# Row states through the pipeline.
+TODO, PRESENT, NODATA, ERROR, READY, EMBEDDED = "todo", "present", "nodata", "error", "ready", "embedded"
+# Stages named in the errors table.
+STAGE_PLAN, STAGE_READ, STAGE_EMBED = "plan", "read", "embed"
+MAX_MESSAGE_CHARS = 2000
+
+PLAN_COLUMNS = (tiles.ID, tiles.URI, VERSION, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS,
+                KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
+READ_COLUMNS = tuple(c for c in PLAN_COLUMNS if c not in (DATA, SCENE)) + (PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH)
+_FLOAT_COLUMNS = set(tiles.BOUNDS_COLUMNS)
+_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, PIXELS_HEIGHT, PIXELS_WIDTH}
+
+
+def empty_row(uri: str, version: str = "") -> dict[str, Any]:
+    """A plan row for ``uri`` with every column at its neutral value."""
+    return {
+        tiles.ID: "", tiles.URI: uri, VERSION: version, tiles.X: 0, tiles.Y: 0, tiles.WIDTH: 0, tiles.HEIGHT: 0,
+        **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, tiles.CRS: "", KIND: CHIP, SCENE: "", DATA: b"",
+        STATUS: TODO, STAGE: "", MESSAGE: "",
+    }
+
+
+def error_row(uri: str, stage: str, message: str, window: Sequence[int] = (0, 0, 0, 0),
+              version: str = "") -> dict[str, Any]:
+    """A plan row recording that ``uri`` (or one window of it) failed at ``stage``."""
+    row = empty_row(uri, version)
+    row.update(dict(zip(tiles.WINDOW_COLUMNS, window)))
+    row.update({STATUS: ERROR, STAGE: stage, MESSAGE: message[:MAX_MESSAGE_CHARS]})
+    return row
+
+
+def tile_row(uri: str, version: str, window: Sequence[int], kind: str, *, bounds=None, crs=None, scene: str = "",
+             data: bytes = b"") -> dict[str, Any]:
+    """A plan row for one tile of ``uri`` (its id from uri and window)."""
+    row = empty_row(uri, version)
+    row.update({tiles.ID: tiles.tile_id(uri, *window), **dict(zip(tiles.WINDOW_COLUMNS, window)),
+                KIND: kind, SCENE: scene, DATA: data, tiles.CRS: crs or ""})
+    if bounds is not None:
+        row.update(dict(zip(tiles.BOUNDS_COLUMNS, bounds)))
+    return row
+
+
+def failure_text(exc: BaseException, uri: str) -> str:
+    """The message recorded for a file or tile that failed: our own errors as they are, others with their
+    type, always naming ``uri``."""
+    text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return text if uri in text else f"{uri}: {text}"
+
+
+def rows_to_batch(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Row dicts as a column batch with the given ``columns`` (object arrays for text and bytes)."""
+    batch: dict[str, np.ndarray] = {}
+    for c in columns:
+        values = [r[c] for r in rows]
+        if c in _FLOAT_COLUMNS:
+            batch[c] = np.asarray(values, dtype=np.float64)
+        elif c in _INT_COLUMNS:
+            batch[c] = np.asarray(values, dtype=np.int64)
+        else:
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+            batch[c] = arr
+    return batch
+
+
+def batch_images(batch: dict[str, np.ndarray], rows) -> list[np.ndarray]:
+    """The ``(h, w, 3)`` uint8 images of ``rows`` of a read batch."""
+    return [
+        np.frombuffer(batch[PIXELS][i], dtype=np.uint8).reshape(
+            int(batch[PIXELS_HEIGHT][i]), int(batch[PIXELS_WIDTH][i]), 3)
+        for i in rows
+    ]

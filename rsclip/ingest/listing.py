@@ -1,0 +1,87 @@
+"""The driver's first step: list an archive (``s3://`` prefix or local folder) and probe its store.
+
+Listing is also the job's probe of the store: a missing bucket, rejected credentials or an unreachable
+endpoint raise :class:`~rsclip.errors.StoreUnavailable` within seconds (the storage layer's timeouts),
+before any cluster work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import NamedTuple
+
+from rsclip import errors
+from rsclip.core import storage
+from rsclip.core.images import IMAGE_SUFFIXES
+from rsclip.errors import NotFound, StoreUnavailable
+
+
+class ArchiveFile(NamedTuple):
+    """One file of an archive: its uri, size in bytes and version tag (ETag on S3, size and mtime locally)."""
+
+    uri: str
+    size: int
+    version: str = ""
+
+
+def store_error(exc: BaseException, uri: str) -> StoreUnavailable:
+    """A :class:`StoreUnavailable` naming ``uri`` and the classified cause of ``exc``."""
+    fault = errors.store_fault(exc)
+    cause = fault.advice if fault is not None else "the object store failed"
+    return StoreUnavailable(f"{uri}: {cause}: {errors.one_line(exc)}")
+
+
+def check_bucket(uri: str) -> None:
+    """Raise unless the bucket of an ``s3://`` ``uri`` exists and the store lets us in (one request)."""
+    if not storage.is_remote(uri):
+        return
+    fs, path = storage.filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError as exc:
+        raise StoreUnavailable(f"bucket {bucket!r} of {uri} does not exist ({errors.one_line(exc)})") from None
+    except Exception as exc:
+        raise store_error(exc, uri) from None
+
+
+def _version(info: dict) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+    return f"{info.get('size')}-{mtime}"
+
+
+def _is_hidden(path: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(path).parts)
+
+
+def list_archive(uri: str) -> list[ArchiveFile]:
+    """Every image file under ``uri`` (``s3://`` prefix, local folder, or one local file), sorted by uri.
+
+    Hidden files and folders are skipped. A prefix or folder without images gives ``[]``. Raises
+    :class:`~rsclip.errors.NotFound` for a missing local folder and
+    :class:`~rsclip.errors.StoreUnavailable` for a missing bucket, refused credentials and an
+    unreachable endpoint.
+    """
+    remote = storage.is_remote(uri)
+    if not remote and not storage.local_path(uri).is_dir():
+        if not storage.local_path(uri).is_file():
+            raise NotFound(f"archive folder not found: {uri}")
+        fs, path = storage.filesystem(uri)
+        return [ArchiveFile(path, int(fs.size(path)), _version(fs.info(path)))]
+    check_bucket(uri)
+    fs, root = storage.filesystem(uri)
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    except Exception as exc:
+        raise store_error(exc, uri) from None
+    files = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.lower().endswith(IMAGE_SUFFIXES) or _is_hidden(path):
+            continue
+        files.append(ArchiveFile(f"s3://{path}" if remote else path, int(info.get("size") or 0), _version(info)))
+    return sorted(files)

@@ -1,0 +1,246 @@
+"""The embedding job: an archive through Ray Data into the tile table, exactly once, in bounded memory.
+
+Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distributor):
+
+- reader: :mod:`~rsclip.ingest.listing` (the driver), :mod:`~rsclip.ingest.planning` and
+  :mod:`~rsclip.ingest.reading` (CPU tasks: plan tiles, skip those already in the table, decode the rest);
+- mapper: :class:`~rsclip.ingest.embedder.ImageEmbedder`, a callable class on a batch dict (actors);
+- writer: :mod:`~rsclip.ingest.writer`, the driver commits the pipeline's output batches.
+
+:func:`run_embedding` wires them, then builds or refreshes the indexes (:mod:`rsclip.core.index`) and
+returns an :class:`EmbedSummary`. Ray Data streams: the driver never holds the dataset, only one output batch
+at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from rsclip.core import cluster, config as flags, raster, tiles
+from rsclip.core.model_source import DEFAULT_MODEL
+from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable
+from rsclip.ingest import listing, planning, reading
+from rsclip.ingest.batch import SIZE, VERSION
+from rsclip.ingest.embedder import ImageEmbedder, model_spec
+from rsclip.ingest.writer import TileWriter, open_errors_table
+
+log = logging.getLogger(__name__)
+
+INDEX_MODES = ("auto", "always", "never")
+DEFAULT_BATCH_SIZE = 64  # images per embedder call on CPU
+GPU_BATCH_SIZE = 256  # with GPUs: ViT-B/32 fp16 on an H200 embeds 1.9x more images/s than at 64 (BENCHMARKS.md)
+# Memory a planning/decoding task may use (a batch of decoded tiles plus one open scene).
+READ_TASK_MEMORY = 512 * 1024 * 1024
+setting = flags.setting
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything the embedding job needs; built once by the job script, passed down typed.
+
+    ``num_actors`` embedder actors each reserve ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs;
+    planning/decoding tasks reserve ``read_cpus`` each; tiles are committed every ``commit_rows`` rows.
+    """
+
+    archive: str = setting(help="s3://bucket/prefix or a local folder (walked recursively)", group="input and output")
+    db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
+    table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
+    model: str = setting(DEFAULT_MODEL, help="hub id, save_pretrained folder or s3:// prefix",
+                         group="input and output")
+    raster: raster.RasterOptions = field(default_factory=raster.RasterOptions)
+    batch_size: int | None = setting(None, group="resources",
+                                     help="images per embedder call (default 64, or 256 with --gpus-per-actor)")
+    num_actors: int = setting(1, help="embedder actors", group="resources")
+    cpus_per_actor: float = setting(1.0, help="CPUs reserved per embedder actor", group="resources")
+    gpus_per_actor: float = setting(0.0, help="GPUs per embedder actor", group="resources")
+    torch_threads: int | None = setting(None, group="resources",
+                                        help="intra-op threads per actor on CPU (default: the CPUs it reserves)")
+    read_cpus: float = setting(1.0, help="CPUs per planning/decoding task", group="resources")
+    read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
+    files_per_task: int = setting(16, help="files planned per task", group="resources")
+    commit_rows: int = setting(512, help="tiles per table commit", group="resources")
+    index: str = setting("auto", choices=INDEX_MODES,
+                         help="build/refresh the ANN index after writing: auto (from 10,000 rows), always, never")
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_MODES:
+            raise InvalidInput(f"index must be one of {INDEX_MODES}, got {self.index!r}")
+        if self.batch_size is None:
+            default = GPU_BATCH_SIZE if self.gpus_per_actor > 0 else DEFAULT_BATCH_SIZE
+            object.__setattr__(self, "batch_size", default)
+        if self.batch_size < 1 or self.num_actors < 1 or self.files_per_task < 1 or self.commit_rows < 1:
+            raise InvalidInput("batch size, actors, files per task and commit rows must be positive")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0 or self.read_cpus <= 0:
+            raise InvalidInput("CPU and GPU reservations must not be negative")
+
+    def to_dict(self) -> dict:
+        """Plain data for crossing into Ray workers (rebuild with :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EmbedConfig":
+        return flags.build(cls, data)
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did. ``images_per_s`` counts embedded tiles over the pipeline's wall time."""
+
+    files: int = 0
+    tiles_planned: int = 0
+    embedded: int = 0
+    skipped_present: int = 0
+    nodata: int = 0
+    failed: int = 0
+    failed_files: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    table_rows: int = 0
+    index: str = ""
+
+    def to_text(self) -> str:
+        """The human summary line printed by the job."""
+        if self.files == 0:
+            return "0 files found in the archive: nothing to embed"
+        return (
+            f"{self.files} files, {self.tiles_planned} tiles planned: {self.embedded} embedded, "
+            f"{self.skipped_present} skipped as present, {self.nodata} nodata, {self.failed} failed "
+            f"({self.failed_files} unreadable files); {self.images_per_s:.1f} images/s over "
+            f"{self.seconds:.1f} s; table has {self.table_rows} rows; index: {self.index or 'untouched'}"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def check_db(db: str) -> None:
+    """Raise :class:`StoreUnavailable` when an ``s3://`` db's bucket is missing or the store refuses us."""
+    try:
+        listing.check_bucket(db)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"table store {db}: {exc}") from None
+
+
+def _actor_cpus(config: EmbedConfig) -> float:
+    """CPUs each embedder actor reserves, leaving at least one CPU (or a share) for the read tasks: an
+    actor pool holding every CPU starves the readers and the pipeline stalls."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    want = config.cpus_per_actor * config.num_actors
+    spare = max(total - config.read_cpus, total / 2)
+    if want <= spare:
+        return config.cpus_per_actor
+    cpus = spare / config.num_actors
+    log.warning("reserving %.2f CPUs per embedder actor (asked %.2f): %d actors on %.0f CPUs must leave "
+                "room for the read tasks", cpus, config.cpus_per_actor, config.num_actors, total)
+    return cpus
+
+
+def build_index_after(config: EmbedConfig) -> str:
+    """Create or refresh the table's indexes according to ``config.index``; a text saying what was done."""
+    if config.index == "never":
+        return "not touched (--index never)"
+    from rsclip.core import index
+
+    min_rows = index.MIN_ANN_ROWS if config.index == "auto" else 256
+    state = index.build_index(config.db, config.table, min_rows=min_rows)
+    return state.action
+
+
+def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], int, object]:
+    """Files, embedding size and preprocessing, found before any cluster work (store and model faults raise)."""
+    files = listing.list_archive(config.archive)
+    check_db(config.db)
+    dim, preprocess = model_spec(config.model)
+    return files, dim, preprocess
+
+
+def _open_tables(config: EmbedConfig, dim: int):
+    try:
+        table = tiles.create_table(config.db, config.table, model=config.model, dim=dim)
+    except OSError as exc:
+        raise StoreUnavailable(f"table store {config.db}: {exc}") from None
+    return table, open_errors_table(config.db, config.table)
+
+
+def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, preprocess):
+    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors."""
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    items = [{tiles.URI: f.uri, SIZE: f.size, VERSION: f.version} for f in files]
+    # Read stages state their memory need; the differing resources also keep Ray Data from fusing them into
+    # the embedder actors, where decoding would run serially with the model instead of beside it.
+    read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
+                 "compute": TaskPoolStrategy(size=config.read_tasks)}
+    blocks = max(1, min(len(items) // config.files_per_task + 1, 1000))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": asdict(config.raster)},
+                        batch_size=config.files_per_task, **read_args)
+    ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
+                                                         "version": table_version},
+                        batch_size=None, **read_args)  # per block: coalescing would serialise small archives
+    ds = ds.map_batches(reading.read_tiles, fn_kwargs={"preprocess": asdict(preprocess)},
+                        batch_size=config.batch_size, **read_args)
+    actor_cpus = _actor_cpus(config)
+    threads = config.torch_threads
+    if threads is None and not config.gpus_per_actor:
+        # as many intra-op threads as CPUs reserved: more threads than cores left to the actor fight the
+        # decode tasks and other tenants for the same cores (OpenMP barriers spin), measured 2.5x slower
+        threads = max(1, round(actor_cpus))
+    return ds.map_batches(
+        ImageEmbedder, fn_constructor_kwargs={"model": config.model, "torch_threads": threads},
+        batch_size=config.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
+        num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
+    )
+
+
+def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int) -> None:
+    """Drain the pipeline into the writer (one commit-sized batch in memory at a time) and count."""
+    started = time.monotonic()
+    for batch in ds.iter_batches(batch_size=commit_rows, batch_format="numpy", prefetch_batches=1):
+        summary.tiles_planned += len(batch[tiles.ID])
+        writer.write(batch)
+    counts = writer.close()
+    elapsed = time.monotonic() - started
+    summary.embedded, summary.skipped_present = counts.embedded, counts.present
+    summary.nodata, summary.failed, summary.failed_files = counts.nodata, counts.failed, counts.failed_files
+    summary.tiles_planned -= counts.failed_files  # a file that failed planning is one error row, not a tile
+    summary.images_per_s = counts.embedded / elapsed if elapsed > 0 else 0.0
+
+
+def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: str | None = cluster.LOCAL,
+                  runtime_env: dict | None = None) -> EmbedSummary:
+    """Embed every tile of ``config.archive`` into ``config.table`` of ``config.db``; see the module doc.
+
+    Uses the connected Ray cluster; when none is, :func:`rsclip.core.cluster.start_ray` joins
+    ``ray_address`` (``"local"``, the default, starts a private local cluster) after the probes, so a bad
+    store fails before any cluster starts. Raises :class:`~rsclip.errors.RsclipError` subclasses for
+    faults found before the pipeline starts (store unreachable, credentials, missing bucket or folder,
+    unknown model, table of another model) and when embedding keeps failing.
+    """
+    started = time.monotonic()
+    files, dim, preprocess = _probe(config)
+    if files:  # before LanceDB starts its runtime threads: Ray forks its local daemons
+        cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
+    table, errors_table = _open_tables(config, dim)
+    summary = EmbedSummary(files=len(files))
+    if files:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+        ds = build_dataset(config, files, table.version, preprocess)
+        _write(ds, TileWriter(table, errors_table, commit_rows=config.commit_rows), summary, config.commit_rows)
+        summary.index = build_index_after(config)
+        table.checkout_latest()
+    summary.table_rows = table.count_rows()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+__all__ = ["EmbedConfig", "EmbedSummary", "ImageEmbedder", "RsclipError", "run_embedding"]

@@ -1,0 +1,107 @@
+"""Planning (a Ray Data stage): files into tile rows.
+
+A chip (JPEG, PNG, ...) no larger than ``max_chip`` pixels a side is one tile (the whole image); a larger
+image or any raster (GeoTIFF/COG, JPEG 2000) is cut into the tile grid. Tile ids are
+``tiles.tile_id`` of the window, so a rerun plans the same ids. Small chips carry their encoded bytes forward
+(one GET per chip). A file that cannot be planned becomes one error row; faults of the whole store raise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from rsclip import errors
+from rsclip.core import raster, storage, tiles
+from rsclip.core.images import image_size
+from rsclip.core.windows import Window, grid_windows
+from rsclip.errors import InvalidInput
+from rsclip.ingest.batch import (CHIP, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION, error_row, failure_text,
+                                 rows_to_batch, tile_row)
+
+# Chips up to this size are fetched whole during planning and carried to the decode step.
+SMALL_FILE_BYTES = 512 * 1024
+HEADER_BYTES = 64 * 1024
+# A chip larger than this is not fetched: it is not a chip (big scenes belong in a raster format).
+MAX_CHIP_BYTES = 256 * 1024 * 1024
+
+
+def fetch(uri: str, size: int, end: int | None = None) -> bytes:
+    """The first ``end`` bytes of ``uri`` (all of them when None) whose listed size is ``size``: one GET.
+
+    Raises ``LimitExceeded`` for a whole chip above :data:`MAX_CHIP_BYTES`.
+    """
+    if end is None and size > MAX_CHIP_BYTES:
+        raise errors.LimitExceeded(f"{uri}: {size} bytes is more than a chip may have ({MAX_CHIP_BYTES})")
+    fs, path = storage.filesystem(uri)
+    return fs.cat_file(path, start=0 if end is not None else None, end=end)
+
+
+def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
+    """Tile rows of a JPEG/PNG/... image: one whole-image tile, or a grid when larger than ``max_chip``.
+
+    Raises ``InvalidInput`` for empty, unreadable, too small and oversized (bomb) images.
+    """
+    if size == 0:
+        raise InvalidInput(f"{uri}: empty file")
+    small = size <= SMALL_FILE_BYTES
+    data = fetch(uri, size) if small else fetch(uri, size, HEADER_BYTES)
+    try:
+        width, height = image_size(data, uri)
+    except errors.LimitExceeded:
+        raise
+    except InvalidInput:
+        if small:
+            raise
+        data = fetch(uri, size)
+        width, height = image_size(data, uri)
+    carried = data if small else b""
+    if max(width, height) <= options.max_chip:
+        windows = [Window(0, 0, width, height)]
+    else:
+        windows = grid_windows(width, height, options.tile_size, options.overlap)
+    return [tile_row(uri, version, w, CHIP, data=carried) for w in windows]
+
+
+def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
+    """Tile rows of a raster opened with its own driver (see ``raster.plan_scene``), with WGS84 bounds.
+
+    Raises ``InvalidInput`` for unreadable or disguised rasters, unsupported data types and all-nodata scenes.
+    """
+    with raster.open_raster(uri) as src:
+        try:
+            scene, windows = raster.plan_scene(src, options)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{uri}: {exc}") from None
+        text = json.dumps(scene.to_dict())
+        return [tile_row(uri, version, w, RASTER, bounds=raster.window_bounds_wgs84(src, w), crs=scene.crs,
+                         scene=text) for w in windows]
+
+
+def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
+    """Tile rows for one file, or one error row when it cannot be planned (faults of the whole store raise)."""
+    try:
+        if raster.is_raster(uri):
+            if size == 0:
+                raise InvalidInput(f"{uri}: empty file")
+            return plan_raster(uri, options, version)
+        return plan_chip(uri, size, options, version)
+    except Exception as exc:
+        if errors.is_store_wide(exc):
+            raise
+        return [error_row(uri, STAGE_PLAN, failure_text(exc, uri), version=version)]
+
+
+def plan_files(batch: dict[str, np.ndarray], options: dict) -> dict[str, np.ndarray]:
+    """Ray Data stage: file rows (``uri``, ``size``, ``version``) to tile rows (:data:`PLAN_COLUMNS`).
+
+    ``options`` is ``asdict(RasterOptions)`` (plain data crosses into workers; rebuilt typed here).
+    """
+    opts = raster.RasterOptions.from_dict(options)
+    versions = batch.get(VERSION, [""] * len(batch[tiles.URI]))
+    rows: list[dict[str, Any]] = []
+    for uri, size, version in zip(batch[tiles.URI], batch[SIZE], versions):
+        rows.extend(plan_file(str(uri), int(size), opts, str(version)))
+    return rows_to_batch(rows, PLAN_COLUMNS)

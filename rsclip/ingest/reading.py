@@ -1,0 +1,130 @@
+"""Reading (Ray Data stages): skip tiles already in the table, decode the rest to small uint8 arrays.
+
+:func:`read_tiles` decodes each planned tile (Pillow for chips, window reads through
+:mod:`rsclip.core.raster` for rasters) and resizes it to the model's shortest-side size, so only ~150 KB of
+uint8 per tile crosses the object store. A tile that cannot be read becomes ``status = error`` (stage and
+message kept) and the job goes on; faults of the whole store raise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from contextlib import ExitStack
+
+import numpy as np
+
+from rsclip import errors
+from rsclip.core import raster, storage, tiles
+from rsclip.core.images import decode_image
+from rsclip.core.preprocess import ImagePreprocess, resize_shortest_side
+from rsclip.core.windows import Window
+from rsclip.ingest.batch import (DATA, ERROR, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH, PRESENT,
+                                 RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
+                                 failure_text)
+from rsclip.ingest.planning import MAX_CHIP_BYTES
+
+
+@functools.lru_cache(maxsize=4)
+def _table_at(db: str, table: str, version: int):
+    tbl = tiles.open_table(db, table)
+    tbl.checkout(version)
+    return tbl
+
+
+def mark_present(batch: dict[str, np.ndarray], db: str, table: str, version: int) -> dict[str, np.ndarray]:
+    """Ray Data stage: status ``present`` for ``todo`` rows whose id is in the table (as of ``version``, the
+    table when the job started); their encoded bytes are dropped."""
+    status = np.asarray(batch[STATUS]).astype(object)
+    todo = np.flatnonzero(status == TODO)
+    if len(todo) and version > 0:
+        ids = [str(batch[tiles.ID][i]) for i in todo]
+        found = tiles.existing_ids(_table_at(db, table, version), ids)
+        for i, tile in zip(todo, ids):
+            if tile in found:
+                status[i] = PRESENT
+    out = dict(batch)
+    out[STATUS] = status
+    data = np.asarray(batch[DATA]).astype(object)
+    data[status == PRESENT] = b""
+    out[DATA] = data
+    return out
+
+
+class _Sources:
+    """The image (chip) or open raster that the current rows come from: tiles of one file arrive together,
+    so one decoded chip and one open raster are kept at a time."""
+
+    def __init__(self):
+        self._chip: tuple[str, np.ndarray] | None = None
+        self._raster: tuple[str, object, ExitStack] | None = None
+
+    def chip(self, uri: str, data: bytes) -> np.ndarray:
+        if self._chip is None or self._chip[0] != uri:
+            self._chip = None  # a large chip is not carried from planning: read it here
+            self._chip = (uri, decode_image(data or storage.read_bytes(uri, max_bytes=MAX_CHIP_BYTES), uri))
+        return self._chip[1]
+
+    def raster(self, uri: str):
+        if self._raster is None or self._raster[0] != uri:
+            self.close_raster()
+            scope = ExitStack()
+            self._raster = (uri, scope.enter_context(raster.open_raster(uri)), scope)
+        return self._raster[1]
+
+    def close_raster(self) -> None:
+        if self._raster is not None:
+            self._raster[2].close()
+            self._raster = None
+
+
+def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int) -> np.ndarray | None:
+    """The pixels of row ``i`` at full window size, or None when a raster window is all nodata."""
+    uri = str(batch[tiles.URI][i])
+    window = Window(*(int(batch[c][i]) for c in tiles.WINDOW_COLUMNS))
+    if batch[KIND][i] == RASTER:
+        scene = raster.SceneInfo.from_dict(json.loads(str(batch[SCENE][i])))
+        return raster.read_window(sources.raster(uri), window, scene)
+    whole = sources.chip(uri, batch[DATA][i])
+    image = window.crop(whole)
+    if image.shape[:2] != (window.height, window.width):
+        raise errors.InvalidInput(f"{uri}: decoded size {whole.shape[1]}x{whole.shape[0]} does not hold window "
+                                  f"{tuple(window)}")
+    return image
+
+
+def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.ndarray]:
+    """Ray Data stage: decode rows with status ``todo`` and resize them for the model (status ``ready``);
+    all-nodata windows become ``nodata``, unreadable ones ``error``. Output columns: :data:`READ_COLUMNS`.
+
+    ``preprocess`` is ``asdict(ImagePreprocess)`` of the model.
+    """
+    prep = ImagePreprocess.from_dict(preprocess)
+    n = len(batch[tiles.URI])
+    pixels = np.empty(n, dtype=object)
+    pixels[:] = [b""] * n
+    heights, widths = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    status, stage, message = batch[STATUS].copy(), batch[STAGE].copy(), batch[MESSAGE].copy()
+    with ExitStack() as stack:
+        sources = _Sources()
+        stack.callback(sources.close_raster)
+        for i in np.flatnonzero(status == TODO):
+            try:
+                image = _read_one(sources, batch, i)
+                if image is None:
+                    status[i] = NODATA
+                    continue
+                image = np.ascontiguousarray(resize_shortest_side(image, prep))
+            except Exception as exc:
+                if errors.is_store_wide(exc):
+                    raise
+                status[i], stage[i] = ERROR, STAGE_READ
+                message[i] = failure_text(exc, str(batch[tiles.URI][i]))
+                continue
+            pixels[i] = image.tobytes()
+            heights[i], widths[i] = image.shape[:2]
+            status[i] = READY
+    out = {c: batch[c] for c in READ_COLUMNS if c in batch}
+    out.update({STATUS: status, STAGE: stage, MESSAGE: message, PIXELS: pixels,
+                PIXELS_HEIGHT: heights, PIXELS_WIDTH: widths})
+    return {c: out[c] for c in READ_COLUMNS}

@@ -1,0 +1,129 @@
+"""Where to search: the filters every query mode shares, validated once, as SQL and as an exact row test.
+
+A :class:`Filters` holds what a caller asked for (a bounding box, a great-circle radius, an SQL ``where``).
+Each filter gives a *prefilter* (SQL on the table's columns, applied before the vector search so ``k`` rows
+come back whenever ``k`` qualify) and, where SQL on the bound columns is only an approximation, an exact
+test on the candidate rows (:meth:`Filters.keep`). Searchers (:mod:`rsclip.search.searchers`) take a
+:class:`Filters` and never see raw user text: the box and the radius are numbers, ``where`` is the caller's
+own SQL and is never built from values a web visitor typed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from rsclip.core import tiles
+from rsclip.errors import InvalidInput, LimitExceeded
+from rsclip.search import geo
+
+BBox = tuple[float, float, float, float]
+# The longest SQL filter accepted (a generated polygon or id list is far shorter).
+MAX_WHERE_CHARS = 10_000
+
+
+def validate_bbox(bbox: Sequence[float]) -> BBox:
+    """``bbox`` as ``(lon_min, lat_min, lon_max, lat_max)`` floats.
+
+    Raises ``InvalidInput`` unless it has four finite numbers, longitudes in [-180, 180], latitudes in
+    [-90, 90] and min <= max on both axes.
+    """
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"bbox must be four numbers (lon_min, lat_min, lon_max, lat_max), got {bbox!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"bbox must be four finite numbers (lon_min, lat_min, lon_max, lat_max), got {bbox!r}")
+    lon_min, lat_min, lon_max, lat_max = values
+    for lon in (lon_min, lon_max):
+        if not -180.0 <= lon <= 180.0:
+            raise InvalidInput(f"bbox longitude {lon} is outside [-180, 180]")
+    for lat in (lat_min, lat_max):
+        if not -90.0 <= lat <= 90.0:
+            raise InvalidInput(f"bbox latitude {lat} is outside [-90, 90]")
+    if lon_min > lon_max or lat_min > lat_max:
+        raise InvalidInput(f"bbox is inverted: min must not exceed max, got {values}")
+    return values
+
+
+def bbox_sql(bbox: BBox) -> str:
+    """SQL keeping tiles whose WGS84 bounds intersect ``bbox`` (touching counts; null bounds never match)."""
+    lon_min, lat_min, lon_max, lat_max = bbox
+    return (
+        f"({tiles.LON_MIN} <= {lon_max!r} AND {tiles.LON_MAX} >= {lon_min!r} "
+        f"AND {tiles.LAT_MIN} <= {lat_max!r} AND {tiles.LAT_MAX} >= {lat_min!r})"
+    )
+
+
+def bbox_mask(bounds: dict[str, np.ndarray], bbox: BBox) -> np.ndarray:
+    """Boolean mask of rows whose bounds (arrays by column, null as NaN) intersect ``bbox``, as :func:`bbox_sql`."""
+    lon_min, lat_min, lon_max, lat_max = bbox
+    with np.errstate(invalid="ignore"):
+        return ((bounds[tiles.LON_MIN] <= lon_max) & (bounds[tiles.LON_MAX] >= lon_min)
+                & (bounds[tiles.LAT_MIN] <= lat_max) & (bounds[tiles.LAT_MAX] >= lat_min))
+
+
+def validate_where(where: str | None) -> str | None:
+    """A caller's SQL filter, checked for shape (non-empty text of bounded length); None stays None."""
+    if where is None:
+        return None
+    if not isinstance(where, str) or not where.strip():
+        raise InvalidInput("where must be a non-empty SQL expression")
+    if len(where) > MAX_WHERE_CHARS:
+        raise LimitExceeded(f"where is {len(where)} characters long, more than {MAX_WHERE_CHARS}")
+    return where
+
+
+def join_sql(*parts: str | None) -> str | None:
+    """The SQL conjunction of the non-empty ``parts`` (None when there is none)."""
+    present = [p for p in parts if p]
+    if len(present) <= 1:
+        return present[0] if present else None
+    return " AND ".join(f"({p})" for p in present)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Validated filters of a search: ``bbox``, ``near`` = (lon, lat, radius_km), ``where`` (SQL)."""
+
+    bbox: BBox | None = None
+    near: geo.Near | None = None
+    where: str | None = None
+
+    @classmethod
+    def of(cls, *, bbox=None, near=None, where=None) -> "Filters":
+        """Validate raw arguments (as a user gives them) into :class:`Filters`."""
+        return cls(bbox=validate_bbox(bbox) if bbox is not None else None,
+                   near=geo.validate_near(near) if near is not None else None,
+                   where=validate_where(where))
+
+    @property
+    def empty(self) -> bool:
+        return self.bbox is None and self.near is None and self.where is None
+
+    def row_sql(self) -> str | None:
+        """The SQL of the filters other than the box (which a resident table tests in memory)."""
+        near = None
+        if self.near is not None:
+            near = geo.near_filter(self.near) or f"({tiles.LON_MIN} IS NOT NULL)"
+        return join_sql(near, self.where)
+
+    def sql(self) -> str | None:
+        """One SQL prefilter for all the filters (a superset where :meth:`keep` decides exactly)."""
+        return join_sql(bbox_sql(self.bbox) if self.bbox is not None else None, self.row_sql())
+
+    @property
+    def exact_in_sql(self) -> bool:
+        """True when :meth:`sql` alone decides (no row needs the exact test of :meth:`keep`)."""
+        return self.near is None
+
+    def keep(self, frame: pd.DataFrame) -> np.ndarray:
+        """Boolean mask of the rows of ``frame`` (with bound columns) that pass the exact tests."""
+        mask = np.ones(len(frame), dtype=bool)
+        if self.near is not None:
+            mask &= geo.within(self.near, frame)
+        return mask

@@ -1,0 +1,203 @@
+"""Searchers: the k rows of a tile table nearest to a vector under :class:`~rsclip.search.filters.Filters`.
+
+Two implementations of one interface (:class:`Searcher`):
+
+- :class:`LanceSearcher` searches the table's Lance dataset directly (the index when there is one, an exact
+  scan of the filtered rows when the filter keeps few) and builds the frame from Arrow columns: LanceDB's
+  query builder and ``to_pandas`` cost more than the search itself on a 10-row answer (BENCHMARKS.md, Query).
+- :class:`ResidentSearcher` answers from an in-memory copy of the table version (:mod:`rsclip.search.resident`,
+  for long-lived processes such as the web app): the index is asked for candidate row ids only, re-ranking,
+  the answer's columns and the box test run in memory.
+
+:func:`search` adds what neither does alone: the exact row tests of the filters and the rows a caller
+leaves out, fetching more candidates when needed so that ``k`` rows come back whenever ``k`` qualify.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from rsclip.core import tiles
+from rsclip.errors import InvalidInput
+from rsclip.search.filters import Filters
+from rsclip.search.resident import ROW_ID, resident_table
+
+MAX_K = 10_000
+SCORE = "score"
+RESULT_COLUMNS = (tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS)
+FETCH_COLUMNS = tuple(c for c in RESULT_COLUMNS if c != SCORE)
+DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by name (else it warns)
+# ANN search settings used when the table has a vector index (ignored by an exact scan). Chosen on
+# bench/query.py (see BENCHMARKS.md): recall@10 is limited by the PQ codes, not by nprobes, so re-ranking
+# refine_factor * k candidates with the full vectors is what lifts it above 0.95.
+DEFAULT_NPROBES = 20
+DEFAULT_REFINE_FACTOR = 40  # 20 gave recall@10 1.0 at 200k rows but 0.937 at 1M; 40 gives 0.99 at 1M
+# A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
+# index: exact and, at this size, as fast as the ANN path.
+EXACT_FILTER_ROWS = 20_000
+# A resident search whose filters keep at most this many rows ranks them all in memory: at 1M rows that is
+# at most one pass over the vectors (~110 ms), against ~300 ms for the prefiltered index (BENCHMARKS.md).
+RESIDENT_EXACT_ROWS = 1_000_000
+# Lance/DataFusion texts that mean the caller's SQL filter is wrong, not that the table is broken.
+_SQL_ERROR_MARKERS = ("parse", "Parse", "SQL", "sql", "No field named", "Schema error", "Invalid user input",
+                      "Error during planning", "not found in schema", "Invalid argument")
+
+Ranker = Callable[[int], pd.DataFrame]
+
+
+class Searcher(Protocol):
+    """What a search needs of a table: how many rows it has, and a ranker for a vector under filters."""
+
+    table: object
+
+    def row_count(self) -> int: ...
+
+    def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
+        """A function ``n -> frame`` of the ``n`` best rows passing ``filters.sql()`` (best first, columns
+        :data:`RESULT_COLUMNS`); the filters are evaluated once, whatever ``n`` is asked later."""
+        ...
+
+
+def checked_sql(run: Callable, where: str | None):
+    """``run()``, turning Lance's complaints about an SQL filter into ``InvalidInput`` naming the filter."""
+    try:
+        return run()
+    except Exception as exc:
+        if where and any(marker in str(exc) for marker in _SQL_ERROR_MARKERS):
+            first = str(exc).strip().splitlines()[0][:300]
+            raise InvalidInput(f"the filter {where[:200]!r} is not valid SQL on the table's columns: {first}") from None
+        raise
+
+
+def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int = DEFAULT_NPROBES,
+                 exact: bool = False, refine_factor: int | None = None) -> dict:
+    """Lance's ``nearest`` argument for a search of ``k`` rows."""
+    nearest: dict = {"column": tiles.VECTOR, "q": np.asarray(vector, dtype=np.float32), "k": int(k),
+                     "metric": tiles.METRIC}
+    if exact:
+        nearest["use_index"] = False
+        return nearest
+    nearest["minimum_nprobes"] = nprobes
+    if not where:
+        nearest["maximum_nprobes"] = nprobes
+    if refine_factor:
+        nearest["refine_factor"] = refine_factor
+    return nearest
+
+
+def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
+    """:data:`RESULT_COLUMNS`, best score first, from Arrow ``columns`` (the fetched columns) and their scores."""
+    order = np.argsort(-score, kind="stable")
+    frame = {c: columns.column(c).to_numpy(zero_copy_only=False)[order] for c in FETCH_COLUMNS}
+    frame[SCORE] = np.asarray(score, dtype=np.float64)[order]
+    return pd.DataFrame({c: frame[c] for c in RESULT_COLUMNS})
+
+
+class LanceSearcher:
+    """Searches the table's Lance dataset (the current version, kept open per process); ``nprobes`` and
+    ``refine_factor`` tune the ANN index's search."""
+
+    def __init__(self, table, *, nprobes: int = DEFAULT_NPROBES, refine_factor: int | None = DEFAULT_REFINE_FACTOR):
+        self.table = table
+        self.dataset = tiles.dataset_of(table)
+        self.nprobes, self.refine_factor = nprobes, refine_factor
+
+    def row_count(self) -> int:
+        return self.dataset.count_rows()
+
+    def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
+        where = filters.sql()
+        if where and not exact and tiles.has_vector_index(self.table):
+            count = checked_sql(lambda: self.dataset.count_rows(filter=where), where)
+            exact = count <= EXACT_FILTER_ROWS
+
+        def rank(n: int) -> pd.DataFrame:
+            nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=self.nprobes,
+                                   refine_factor=self.refine_factor)
+            result = checked_sql(lambda: self.dataset.to_table(
+                columns=[*FETCH_COLUMNS, DISTANCE], nearest=nearest, filter=where, prefilter=bool(where)), where)
+            distance = result.column(DISTANCE).to_numpy(zero_copy_only=False).astype(np.float64)
+            return result_frame(result, 1.0 - distance)
+        return rank
+
+
+class ResidentSearcher:
+    """Searches an in-memory copy of the table's current version (loaded on first use, kept per process);
+    the index proposes ``refine_factor * k`` candidates from ``nprobes`` lists."""
+
+    def __init__(self, table, *, nprobes: int = DEFAULT_NPROBES, refine_factor: int | None = DEFAULT_REFINE_FACTOR):
+        self.table = table
+        self.rows = resident_table(table, FETCH_COLUMNS)
+        self.nprobes, self.refine_factor = nprobes, refine_factor
+
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def candidates(self, filters: Filters, exact: bool) -> np.ndarray | None:
+        """Row positions to rank exactly in memory, or None: ask the index.
+
+        The box is tested in memory and the other filters by Lance; what they leave is ranked exactly when
+        it is at most ``RESIDENT_EXACT_ROWS`` rows, when the table has no index, or with ``exact``.
+        """
+        rows = self.rows
+        found = None if filters.bbox is None else np.flatnonzero(rows.intersecting(filters.bbox))
+        where = filters.row_sql()
+        if where:
+            ids = checked_sql(lambda: rows.dataset.to_table(columns=[], with_row_id=True, filter=where), where)
+            matching = rows.positions(ids.column(ROW_ID).to_numpy())
+            found = matching if found is None else np.intersect1d(found, matching)
+        if found is None and (exact or not rows.indexed):
+            found = np.arange(len(rows))
+        if found is not None and len(found) > RESIDENT_EXACT_ROWS and rows.indexed and not exact:
+            return None
+        return found
+
+    def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
+        rows, candidates = self.rows, self.candidates(filters, exact)
+
+        def rank(n: int) -> pd.DataFrame:
+            positions = candidates
+            if positions is None:  # the index proposes refine_factor * n candidates (prefiltered)
+                where = filters.sql()
+                nearest = nearest_args(vector, n * max(1, self.refine_factor or 1), where=where,
+                                       nprobes=self.nprobes)
+                found = checked_sql(lambda: rows.dataset.to_table(
+                    columns=[DISTANCE], with_row_id=True, nearest=nearest, filter=where, prefilter=bool(where)),
+                    where)
+                positions = rows.positions(found.column(ROW_ID).to_numpy())
+            best, scores = rows.top(positions, vector, n)
+            return result_frame(rows.rows(best), scores)
+        return rank
+
+
+def searcher_for(table, *, resident: bool = False) -> Searcher:
+    """The searcher for ``table``: the resident copy when ``resident``, else Lance."""
+    return ResidentSearcher(table) if resident else LanceSearcher(table)
+
+
+def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Filters(), *,
+           drop: Callable[[pd.DataFrame], np.ndarray] | None = None, extra: int = 0,
+           exact: bool = False) -> pd.DataFrame:
+    """The ``k`` best rows under ``filters``, less the rows ``drop(frame)`` marks (at most ``extra`` of them).
+
+    Candidates are fetched best first; when the filters' exact tests (``near=``) drop rows, the fetch grows
+    until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify.
+    """
+    rank = searcher.ranker(vector, filters, exact=exact)
+    if filters.exact_in_sql and drop is None:
+        return rank(k)
+    limit = k + extra if filters.exact_in_sql else min(MAX_K * 4, max(2 * k, k + 16) + extra)
+    total = searcher.row_count()
+    while True:
+        frame = rank(limit)
+        mask = filters.keep(frame)
+        if drop is not None:
+            mask &= ~drop(frame)
+        kept = frame[mask]
+        if len(kept) >= k or len(frame) < limit or limit >= total:
+            return kept.head(k).reset_index(drop=True)
+        limit *= 4
+
