@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the tests that need no Ray, no S3 server and no browser (a few minutes): for iterating
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/python infra/demo.py

@@ -1,4 +1,6 @@
-"""Shared fixtures: real services (SeaweedFS, a Ray head), tiny CLIP exports, the shared real data."""
+"""Shared fixtures: real services (SeaweedFS, a Ray head), tiny CLIP exports, the shared real data.
+
+Tests that use a service fixture (or are marked ``slow``) are left out of ``make test-fast``."""
 
 from __future__ import annotations
 
@@ -10,21 +12,13 @@ import pytest
 
 from infra.local_stack import RayHead, SeaweedFS, environment
 from rsclip.testing import build_tiny_clip
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-RSICD_DIR = SHARED_DATA / "rsicd-aid"
-RSICD_IMAGES = RSICD_DIR / "RSICD_images"
-GEOTIFF_DIR = SHARED_DATA / "geotiff"
-BUCKET = "rsclip-test"
+from tests.helpers import BUCKET, RSICD_IMAGES, require_shared_data
 
 
 def pytest_configure(config):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not RSICD_IMAGES.is_dir():
-        raise pytest.UsageError(f"the shared real data is missing: {RSICD_IMAGES} (set RSCLIP_SHARED_DATA)")
 
 
 @pytest.fixture(scope="session")
@@ -62,28 +56,17 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rsicd_files() -> list[Path]:
-    """All real RSICD/AID scene JPEGs, sorted."""
+    """All real RSICD/AID scene JPEGs, sorted (the test fails when the shared data is missing)."""
+    require_shared_data()
     return sorted(RSICD_IMAGES.glob("*.jpg"))
 
 
-def spread_files(files: list[Path], n: int) -> list[Path]:
-    """``n`` files spread evenly over ``files`` (scenes of many classes, not the first class only)."""
-    return files[:: len(files) // n][:n]
+# Fixtures that start a real service (S3 server, Ray head, multi-node cluster, web server, Chromium): a test
+# using one is marked ``slow`` and left out of ``make test-fast``.
+SERVICE_FIXTURES = frozenset({"s3", "s3_prefix", "ray_head", "ray_driver", "cluster", "server", "browser", "page"})
 
 
-def write_scene_table(db: Path, model: Path, files: list[Path], **columns):
-    """A table at ``db`` holding ``files`` as whole-image tiles (150 x 150 RSICD scenes) embedded with
-    ``model``; ``columns`` (bounds, crs) are added to the rows. Returns the vectors written."""
-    import numpy as np
-    from PIL import Image
-
-    from rsclip.core import tiles
-    from rsclip.core.model import load_model
-
-    enc = load_model(model)
-    vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    n = len(files)
-    rows = dict(uri=[str(f) for f in files], x=[0] * n, y=[0] * n, width=[150] * n, height=[150] * n,
-                vector=vectors, **columns)
-    tiles.add_tiles(tiles.create_table(db, model=str(model), dim=enc.dim), rows)
-    return vectors
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -15,7 +15,7 @@ from PIL import Image
 import rsclip
 from rsclip.core import tiles
 from rsclip.app.cli import main
-from tests.conftest import spread_files, write_scene_table
+from tests.helpers import spread_files, write_scene_table
 
 N_IMAGES = 40
 

@@ -12,7 +12,7 @@ import torch
 from rsclip.core import storage
 from rsclip.train import data
 from rsclip.core.model import ImagePreprocess, load_model, normalize_pixels
-from tests.conftest import RSICD_DIR, RSICD_IMAGES
+from tests.helpers import RSICD_DIR, RSICD_IMAGES
 
 PRE = ImagePreprocess()
 
@@ -101,6 +101,7 @@ def test_prepared_pixels_equal_the_encoders_preprocessing(tiny_model, rsicd_file
     torch.testing.assert_close(ours, enc.preprocess(imgs), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ray_dataset_decodes_and_augments(tmp_path):
     import ray
 

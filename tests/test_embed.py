@@ -20,7 +20,7 @@ from rsclip.ingest.pipeline import EmbedConfig, run_embedding
 from rsclip.core.images import read_image
 from rsclip.core.model import load_model
 from rsclip.testing import build_tiny_clip
-from tests.conftest import BUCKET, GEOTIFF_DIR, ROOT
+from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT
 
 CHIPS = 12
 

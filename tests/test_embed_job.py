@@ -21,7 +21,7 @@ from rasterio.windows import Window, bounds as window_bounds
 import rsclip
 from rsclip.core.windows import grid_windows
 from rsclip.core import raster, tiles
-from tests.conftest import BUCKET, GEOTIFF_DIR, ROOT
+from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT
 
 JOB = "jobs/embed_archive.py"
 NAIP = "m_4709963_se_14_1_20200831.tif"

@@ -25,7 +25,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from rsclip.core.images import decode_image
-from tests.conftest import RSICD_IMAGES
+from tests.helpers import RSICD_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

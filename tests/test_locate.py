@@ -16,7 +16,7 @@ from rsclip.search.locate import PatchGrid, heatmap, render_heatmap
 from rsclip.core.model import load_model
 from rsclip.search.zeroshot import model_logit_scale
 
-from tests.conftest import GEOTIFF_DIR
+from tests.helpers import GEOTIFF_DIR
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from rsclip.train import metrics
 from rsclip.train.data import StageConfig, decode_samples, read_samples
 from rsclip.core.model import load_model
 from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
-from tests.conftest import RSICD_DIR
+from tests.helpers import RSICD_DIR
 
 
 def test_topk_by_hand():

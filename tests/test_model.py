@@ -14,7 +14,7 @@ from rsclip.core import storage
 from rsclip.core.images import to_hwc_uint8
 from rsclip.core.model import ImagePreprocess, load_model
 from rsclip.core.model_source import fetch_model_dir
-from tests.conftest import GEOTIFF_DIR
+from tests.helpers import GEOTIFF_DIR
 
 PROMPTS = ["an aerial photograph of airport", "an aerial photograph of beach", "an aerial photograph of farmland"]
 

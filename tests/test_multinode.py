@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from infra.local_stack import free_port
 from rsclip.core import storage, tiles
-from tests.conftest import BUCKET, RSICD_DIR, RSICD_IMAGES
+from tests.helpers import BUCKET, RSICD_DIR, RSICD_IMAGES
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import rsclip
 from rsclip.core import tiles
 from rsclip.core.model import load_model
 from rsclip.search.query import MAX_K
-from tests.conftest import spread_files, write_scene_table
+from tests.helpers import spread_files, write_scene_table
 
 N_IMAGES = 240
 

@@ -14,7 +14,7 @@ from rasterio.windows import Window, bounds as window_bounds
 
 from rsclip.core import raster, storage, tiles, windows
 from rsclip.ingest import batch as B, planning, reading
-from tests.conftest import GEOTIFF_DIR
+from tests.helpers import GEOTIFF_DIR
 
 NAIP = "m_4709963_se_14_1_20200831.tif"
 SCENES = {  # file: (expected CRS, bands)

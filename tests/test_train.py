@@ -23,7 +23,7 @@ from rsclip.core import storage
 from rsclip.core.model import load_model
 from rsclip.testing import _text_config, build_tokenizer
 from rsclip.train.loop import TrainConfig, lr_factor, steps_per_epoch
-from tests.conftest import RSICD_DIR
+from tests.helpers import RSICD_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_ENV = {
@@ -88,6 +88,7 @@ def test_config_file_flags_and_schedule(tmp_path):
     assert [round(lr_factor(s, 2, 10), 3) for s in (0, 1, 2, 6, 10, 12)] == [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_learns_stops_resumes_and_exports(small_model, tmp_path):
     """Train from scratch on the real scenes; stop after a few steps; --resume continues at the same step and
     data position; the val zero-shot top-1 ends clearly above chance; the export loads everywhere."""

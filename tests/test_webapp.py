@@ -54,7 +54,7 @@ from rsclip.app.server import (
     streamlit_command,
     WebConfig,
 )
-from tests.conftest import BUCKET, GEOTIFF_DIR
+from tests.helpers import BUCKET, GEOTIFF_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
