@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     resident_load_s = time.perf_counter() - t0
 
     def ann_resident(q, nprobes=rquery.DEFAULT_NPROBES, refine=rquery.DEFAULT_REFINE_FACTOR):
-        return rows_of(rquery.search(rquery.ResidentSearcher(table, nprobes=nprobes, refine_factor=refine), q, args.k))
+        return rows_of(rquery.search(rquery.ResidentSearcher(table, resident_table(table, rquery.FETCH_COLUMNS), nprobes=nprobes, refine_factor=refine), q, args.k))
 
     r_found, r_times = timed(ann_resident, list(queries))
     res_p50, res_p95, res_recall = pct(r_times, 50), pct(r_times, 95), recall(r_found, truth, args.k)
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {name}: p50 {pct(bb_times[m], 50)} ms, recall "
                   f"{recall([bb_found[i] for i in np.flatnonzero(m)], [b_truth[i] for i in np.flatnonzero(m)], args.k):.4f}")
     rb_found, rb_times = timed(
-        lambda i: rows_of(rquery.search(rquery.ResidentSearcher(table), queries[i], args.k, Filters.of(bbox=boxes[i]))), items)
+        lambda i: rows_of(rquery.search(rquery.searcher_for(table, resident=True), queries[i], args.k, Filters.of(bbox=boxes[i]))), items)
     rbbox_p50, rbbox_recall = pct(rb_times, 50), recall(rb_found, b_truth, args.k)
     print(f"bbox queries, resident copy: p50 {rbbox_p50} ms, p95 {pct(rb_times, 95)} ms, recall@{args.k} "
           f"{rbbox_recall:.4f}", flush=True)

@@ -151,7 +151,7 @@ def test_resident_search_through_the_index_ranks_exactly_and_follows_new_version
     tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, new, rng))
     for i in (0, 17, 49):
         assert rsclip.query(db, new[i], k=1, resident=True)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + i}.tif"
-    assert len(resident._resident) <= resident.KEEP
+    assert len(resident.cache) <= resident.KEEP
     # a box: ranked in memory when it keeps few rows, through the prefiltered index when it keeps many
     box = (-60.0, -40.0, 60.0, 40.0)
     mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])

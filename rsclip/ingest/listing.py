@@ -28,6 +28,9 @@ def store_error(exc: BaseException, uri: str) -> StoreUnavailable:
     """A :class:`StoreUnavailable` naming ``uri`` and the classified cause of ``exc``."""
     fault = errors.store_fault(exc)
     cause = fault.advice if fault is not None else "the object store failed"
+    if fault is not None and fault.kind == errors.UNREACHABLE:
+        endpoint = storage.aws_settings().get("endpoint", "the S3 endpoint")
+        cause = f"cannot reach {endpoint} (check AWS_ENDPOINT_URL and that the server is up)"
     return StoreUnavailable(f"{uri}: {cause}: {errors.one_line(exc)}")
 
 

@@ -21,8 +21,15 @@ from rsclip.search.filters import bbox_mask
 
 ROW_ID = "_rowid"
 SCAN_ROWS = 65_536
-# Resident tables kept per process: the newest versions searched, each a full copy of its table.
+# Resident copies kept per process, the one being loaded included: each is a full copy of its table, so at
+# most two exist at once (the version serving searches and the next one loading).
 KEEP = 2
+# The largest resident copy (bytes) by default; larger tables are searched through Lance (`cache.max_bytes`,
+# `rsclip serve --resident-max-gb`).
+MAX_BYTES = 8 * 1024**3
+ROW_OVERHEAD_BYTES = 160
+# Seconds a search waits for another thread's first load of a table before searching without it.
+LOAD_WAIT_S = 300.0
 
 
 class ResidentTable:
@@ -109,24 +116,95 @@ class ResidentTable:
         return self.columns.take(pa.array(positions, type=pa.int64()))
 
 
-_resident: "OrderedDict[tuple, ResidentTable]" = OrderedDict()
-_lock = threading.Lock()
+def estimated_bytes(dataset) -> int:
+    """Memory a resident copy of ``dataset`` would take: its vectors plus ~160 bytes of columns per row."""
+    dim = dataset.schema.field(tiles.VECTOR).type.list_size
+    return int(dataset.count_rows() * (dim * 4 + ROW_OVERHEAD_BYTES))
 
 
-def resident_table(table, columns: tuple[str, ...]) -> ResidentTable:
-    """The :class:`ResidentTable` of ``table``'s current version, loaded on first use and kept per process.
+class ResidentCache:
+    """Resident copies of table versions, at most ``keep`` in memory (the one being loaded included) and
+    never more than ``max_bytes`` each.
 
-    Loading reads the whole table once (seconds per million rows); later calls on the same version cost
-    nothing. Only the ``KEEP`` most recently used versions stay in memory.
+    A version is loaded outside the cache's lock, once, by the first thread that asks for it; while it loads,
+    other threads asking for it get the newest version of that table already in memory (their searches run
+    on that snapshot) or, when none is, wait for the load. A table too large for ``max_bytes`` is not loaded:
+    :meth:`get` returns None and searches go through Lance.
     """
-    dataset = tiles.dataset_of(table)
-    key = (dataset.uri, dataset.version, tuple(columns))
-    with _lock:  # one load at a time: two threads must not each build a copy of a large table
-        if key in _resident:
-            _resident.move_to_end(key)
-            return _resident[key]
-        loaded = ResidentTable(dataset, columns, indexed=tiles.has_vector_index(table))
-        _resident[key] = loaded
-        while len(_resident) > KEEP:
-            _resident.popitem(last=False)
-        return loaded
+
+    def __init__(self, keep: int = KEEP, max_bytes: int = MAX_BYTES, loader=None):
+        self.keep, self.max_bytes = max(1, keep), max_bytes
+        self._loader = loader or ResidentTable  # (dataset, columns, indexed=) -> ResidentTable
+        self._loaded: "OrderedDict[tuple, ResidentTable]" = OrderedDict()
+        self._loading: dict[tuple, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Copies in memory, the ones being loaded included."""
+        with self._lock:
+            return len(self._loaded) + len(self._loading)
+
+    def versions(self) -> tuple[list[int], list[int]]:
+        """``(loaded, loading)`` table versions, oldest first."""
+        with self._lock:
+            return [k[1] for k in self._loaded], [k[1] for k in self._loading]
+
+    def _newest_of(self, uri: str, columns: tuple) -> ResidentTable | None:
+        versions = [(k[1], v) for k, v in self._loaded.items() if k[0] == uri and k[2] == columns]
+        return max(versions, key=lambda kv: kv[0])[1] if versions else None
+
+    def _make_room(self, uri: str, columns: tuple) -> None:
+        """Evict so that the loaded copies plus the loads under way stay within ``keep`` after one more load,
+        the newest copy of ``uri`` staying as long as possible (it serves searches meanwhile)."""
+        keeper = self._newest_of(uri, columns)
+        while self._loaded and len(self._loaded) + len(self._loading) >= self.keep:
+            victim = next((k for k, v in self._loaded.items() if v is not keeper), None)
+            if victim is None:
+                victim = next(iter(self._loaded))
+            del self._loaded[victim]
+
+    def get(self, table, columns: tuple[str, ...]) -> ResidentTable | None:
+        """The resident copy of ``table``'s current version, or of its newest version in memory while the
+        current one loads; None when the table is too large to keep (search through Lance instead)."""
+        dataset = tiles.dataset_of(table)
+        key, columns = (dataset.uri, dataset.version, tuple(columns)), tuple(columns)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            loading = self._loading.get(key)
+            older = self._newest_of(dataset.uri, columns)
+            if loading is not None and older is not None:
+                return older
+            if loading is None:
+                if estimated_bytes(dataset) > self.max_bytes:
+                    return None
+                self._make_room(dataset.uri, columns)
+                loading = self._loading[key] = threading.Event()
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            loading.wait(LOAD_WAIT_S)
+            with self._lock:
+                return self._loaded.get(key) or self._newest_of(dataset.uri, columns)
+        return self._load(key, dataset, table, columns, loading)
+
+    def _load(self, key, dataset, table, columns, done: threading.Event) -> ResidentTable:
+        try:
+            loaded = self._loader(dataset, columns, indexed=tiles.has_vector_index(table))
+            with self._lock:
+                self._loaded[key] = loaded
+            return loaded
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+            done.set()
+
+
+cache = ResidentCache()
+
+
+def resident_table(table, columns: tuple[str, ...]) -> ResidentTable | None:
+    """The process's resident copy of ``table`` (:meth:`ResidentCache.get` of :data:`cache`)."""
+    return cache.get(table, columns)

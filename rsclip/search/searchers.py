@@ -15,6 +15,7 @@ leaves out, fetching more candidates when needed so that ``k`` rows come back wh
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Protocol
 
 import numpy as np
@@ -24,6 +25,8 @@ from rsclip.core import tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.resident import ROW_ID, resident_table
+
+log = logging.getLogger(__name__)
 
 MAX_K = 10_000
 SCORE = "score"
@@ -49,9 +52,11 @@ Ranker = Callable[[int], pd.DataFrame]
 
 
 class Searcher(Protocol):
-    """What a search needs of a table: how many rows it has, and a ranker for a vector under filters."""
+    """What a search needs of a table: how many rows it has, and a ranker for a vector under filters.
+    ``note`` says, for people, anything unusual about how the search runs (empty when nothing is)."""
 
     table: object
+    note: str
 
     def row_count(self) -> int: ...
 
@@ -104,6 +109,7 @@ class LanceSearcher:
         self.table = table
         self.dataset = tiles.dataset_of(table)
         self.nprobes, self.refine_factor = nprobes, refine_factor
+        self.note = ""
 
     def row_count(self) -> int:
         return self.dataset.count_rows()
@@ -128,10 +134,13 @@ class ResidentSearcher:
     """Searches an in-memory copy of the table's current version (loaded on first use, kept per process);
     the index proposes ``refine_factor * k`` candidates from ``nprobes`` lists."""
 
-    def __init__(self, table, *, nprobes: int = DEFAULT_NPROBES, refine_factor: int | None = DEFAULT_REFINE_FACTOR):
-        self.table = table
-        self.rows = resident_table(table, FETCH_COLUMNS)
+    def __init__(self, table, rows, *, nprobes: int = DEFAULT_NPROBES,
+                 refine_factor: int | None = DEFAULT_REFINE_FACTOR):
+        self.table, self.rows = table, rows
         self.nprobes, self.refine_factor = nprobes, refine_factor
+        current = tiles.dataset_of(table).version
+        self.note = "" if rows.dataset.version == current else (
+            f"searching table version {rows.dataset.version} while version {current} loads into memory")
 
     def row_count(self) -> int:
         return len(self.rows)
@@ -174,8 +183,17 @@ class ResidentSearcher:
 
 
 def searcher_for(table, *, resident: bool = False) -> Searcher:
-    """The searcher for ``table``: the resident copy when ``resident``, else Lance."""
-    return ResidentSearcher(table) if resident else LanceSearcher(table)
+    """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory (see
+    :class:`~rsclip.search.resident.ResidentCache`), else Lance (its ``note`` then says why)."""
+    if resident:
+        rows = resident_table(table, FETCH_COLUMNS)
+        if rows is not None:
+            return ResidentSearcher(table, rows)
+    searcher = LanceSearcher(table)
+    if resident:
+        searcher.note = "the table is larger than the in-memory limit: searching through Lance (slower)"
+        log.warning("%s: %s", table.name, searcher.note)
+    return searcher
 
 
 def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Filters(), *,

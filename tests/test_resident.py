@@ -1,0 +1,91 @@
+"""The resident cache (rsclip.search.resident): loads outside its lock, serves the previous version while the
+next loads, at most two copies, a memory cap beyond which searches go through Lance and say so."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from rsclip.core import tiles
+from rsclip.search import resident, searchers
+from rsclip.search.searchers import FETCH_COLUMNS
+
+DIM = 16
+
+
+def add_rows(table, start: int, n: int, seed: int) -> None:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tiles.add_tiles(table, dict(uri=[f"scene-{i}.tif" for i in range(start, start + n)], x=[0] * n, y=[0] * n,
+                                width=[8] * n, height=[8] * n, vector=vectors))
+
+
+@pytest.fixture
+def table(tmp_path):
+    tbl = tiles.create_table(tmp_path / "db", model="m", dim=DIM)
+    add_rows(tbl, 0, 100, seed=0)
+    return tbl
+
+
+class GatedLoader:
+    """Real ResidentTable loads that wait for the test's go-ahead before finishing (timing, not behaviour)."""
+
+    def __init__(self):
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def __call__(self, dataset, columns, indexed):
+        self.started.set()
+        assert self.go.wait(60)
+        return resident.ResidentTable(dataset, columns, indexed=indexed)
+
+
+def test_next_version_loads_while_the_previous_one_serves(table):
+    loader = GatedLoader()
+    cache = resident.ResidentCache(keep=2, loader=loader)
+    loader.go.set()
+    first = cache.get(table, FETCH_COLUMNS)
+    assert len(first) == 100
+    add_rows(table, 100, 20, seed=1)  # a new version, as an embedding job's commit makes one
+    loader.started.clear()
+    loader.go.clear()
+    results = {}
+    loading = threading.Thread(target=lambda: results.update(new=cache.get(table, FETCH_COLUMNS)))
+    loading.start()
+    assert loader.started.wait(60)
+    # while the new version loads, another search gets the previous version at once
+    during = cache.get(table, FETCH_COLUMNS)
+    assert during is first and cache.versions() == ([first.dataset.version], [table.version])
+    assert len(cache) == 2
+    note = searchers.ResidentSearcher(table, during).note
+    assert f"version {first.dataset.version}" in note and f"version {table.version}" in note
+    loader.go.set()
+    loading.join(60)
+    assert len(results["new"]) == 120 and cache.get(table, FETCH_COLUMNS) is results["new"]
+
+
+def test_never_more_than_two_copies(table):
+    loader = GatedLoader()
+    loader.go.set()
+    cache = resident.ResidentCache(keep=2, loader=loader)
+    for i in range(4):
+        copy = cache.get(table, FETCH_COLUMNS)
+        assert len(copy) == 100 + 10 * i and len(cache) <= 2
+        add_rows(table, 100 + 10 * i, 10, seed=10 + i)
+    # a load under way counts: with one copy serving and one loading, a third version evicts first
+    loaded, loading = cache.versions()
+    assert len(loaded) + len(loading) <= 2
+
+
+def test_a_table_over_the_memory_cap_is_searched_through_lance_and_says_so(table, monkeypatch):
+    small = resident.ResidentCache(max_bytes=resident.estimated_bytes(tiles.dataset_of(table)) - 1)
+    assert small.get(table, FETCH_COLUMNS) is None and len(small) == 0
+    monkeypatch.setattr(resident, "cache", small)
+    monkeypatch.setattr(searchers, "resident_table", small.get)
+    searcher = searchers.searcher_for(table, resident=True)
+    assert isinstance(searcher, searchers.LanceSearcher) and "in-memory limit" in searcher.note
+    query = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    got = searchers.search(searcher, query, 5)
+    want = searchers.search(searchers.LanceSearcher(table), query, 5)
+    assert got["id"].tolist() == want["id"].tolist()
