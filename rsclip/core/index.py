@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from lancedb.index import BTree, IvfPq
 
 from rsclip.core import tiles
+from rsclip.errors import InvalidInput
 
 VECTOR_INDEX = f"{tiles.VECTOR}_idx"
 SCALAR_COLUMNS = (tiles.ID, *tiles.BOUNDS_COLUMNS)
@@ -67,7 +68,7 @@ def ivf_pq_params(rows: int, dim: int) -> tuple[int, int]:
     above ``dim / 8`` (at least 1), so each PQ code covers about 8 dimensions.
     """
     if rows < 1 or dim < 1:
-        raise ValueError(f"need rows >= 1 and dim >= 1, got rows={rows}, dim={dim}")
+        raise InvalidInput(f"need rows >= 1 and dim >= 1, got rows={rows}, dim={dim}")
     partitions = max(1, min(MAX_PARTITIONS, round(math.sqrt(rows))))
     target = max(1, dim // DIMS_PER_SUBVECTOR)
     sub_vectors = max(d for d in range(1, target + 1) if dim % d == 0)
@@ -126,11 +127,11 @@ def build_index(
       update), or retrain it when ``rebuild`` is set or the unindexed rows exceed half of the table.
     - BTREE indexes on ``id`` and the four bound columns are created when missing and refreshed with the rest.
 
-    Returns the resulting :class:`IndexState` (``action`` says what was done). Raises ``ValueError`` for an
-    unknown table or a table without rsclip metadata.
+    Returns the resulting :class:`IndexState` (``action`` says what was done). Raises ``NotFound`` for an
+    unknown table and ``InvalidInput`` for a table without rsclip metadata.
     """
     if min_rows < 1:
-        raise ValueError(f"min_rows must be >= 1, got {min_rows}")
+        raise InvalidInput(f"min_rows must be >= 1, got {min_rows}")
     # two jobs finishing on one table index it at the same time: the loser re-reads the state and goes on
     return tiles.retry_on_conflict(lambda: _build_index_once(db, table, rebuild=rebuild, min_rows=min_rows))
 

@@ -185,7 +185,7 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int):
 def tiles_to_arrow(rows: Mapping[str, Sequence] | pa.Table, schema: pa.Schema) -> pa.Table:
     """Columns (dict of sequences or an Arrow table) as an Arrow table of the tile ``schema``.
 
-    ``id`` is filled from uri and window when absent. Raises ``ValueError`` for missing columns, vectors of
+    ``id`` is filled from uri and window when absent. Raises ``InvalidInput`` for missing columns, vectors of
     the wrong size, and vectors that are not finite (as ``InvalidInput``).
     """
     data = dict(rows) if not isinstance(rows, pa.Table) else {c: rows.column(c) for c in rows.column_names}
