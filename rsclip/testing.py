@@ -64,37 +64,22 @@ def _text_config(tokenizer, **sizes) -> dict:
     )
 
 
-def build_tiny_clip(path: str | os.PathLike, *, seed: int = 0, embed_dim: int = TINY_EMBED_DIM) -> Path:
-    """Write a randomly initialised tiny CLIP (2 layers, width 32, 224 px input) to ``path``."""
+def _clip_config(text: dict, vision: dict, projection_dim: int):
+    """A ``CLIPConfig`` with the character tokenizer's text settings and 224 px, 32 px-patch vision input."""
     from transformers import CLIPConfig
 
-    tok = build_tokenizer()
-    config = CLIPConfig(
-        text_config=_text_config(
-            tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=224, patch_size=32,
-        ),
-        projection_dim=embed_dim,
-    )
-    return _export(path, config, seed)
+    return CLIPConfig(text_config=_text_config(build_tokenizer(), **text),
+                      vision_config=dict(image_size=224, patch_size=32, **vision), projection_dim=projection_dim)
+
+
+def build_tiny_clip(path: str | os.PathLike, *, seed: int = 0, embed_dim: int = TINY_EMBED_DIM) -> Path:
+    """Write a randomly initialised tiny CLIP (2 layers, width 32, 224 px input) to ``path``."""
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    return _export(path, _clip_config(sizes, sizes, embed_dim), seed)
 
 
 def build_vit_b32(path: str | os.PathLike, *, seed: int = 0) -> Path:
     """Write a randomly initialised CLIP ViT-B/32 (the default model's architecture and compute cost)."""
-    from transformers import CLIPConfig
-
-    tok = build_tokenizer()
-    config = CLIPConfig(
-        text_config=_text_config(
-            tok, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8
-        ),
-        vision_config=dict(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            image_size=224, patch_size=32,
-        ),
-        projection_dim=512,
-    )
-    return _export(path, config, seed)
+    text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    return _export(path, _clip_config(text, vision, 512), seed)

@@ -1,6 +1,7 @@
 """Where to search: the filters every query mode shares, validated once, as SQL and as an exact row test.
 
-A :class:`Filters` holds what a caller asked for (a bounding box, a great-circle radius, an SQL ``where``).
+A :class:`Filters` holds what a caller asked for (a bounding box, a great-circle radius, a polygon
+(:mod:`rsclip.search.polygons`), an SQL ``where``).
 Each filter gives a *prefilter* (SQL on the table's columns, applied before the vector search so ``k`` rows
 come back whenever ``k`` qualify) and, where SQL on the bound columns is only an approximation, an exact
 test on the candidate rows (:meth:`Filters.keep`). Searchers (:mod:`rsclip.search.searchers`) take a
@@ -10,16 +11,16 @@ own SQL and is never built from values a web visitor typed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from rsclip.core import tiles
+from rsclip.core import footprints, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search import geo
+from rsclip.search.polygons import Region, parse_polygon
 
 BBox = tuple[float, float, float, float]
 # The longest SQL filter accepted (a generated polygon or id list is far shorter).
@@ -32,12 +33,7 @@ def validate_bbox(bbox: Sequence[float]) -> BBox:
     Raises ``InvalidInput`` unless it has four finite numbers, longitudes in [-180, 180], latitudes in
     [-90, 90] and min <= max on both axes.
     """
-    try:
-        values = tuple(float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"bbox must be four numbers (lon_min, lat_min, lon_max, lat_max), got {bbox!r}") from None
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise InvalidInput(f"bbox must be four finite numbers (lon_min, lat_min, lon_max, lat_max), got {bbox!r}")
+    values = geo.finite_numbers(bbox, 4, "bbox", "lon_min, lat_min, lon_max, lat_max")
     lon_min, lat_min, lon_max, lat_max = values
     for lon in (lon_min, lon_max):
         if not -180.0 <= lon <= 180.0:
@@ -78,6 +74,16 @@ def validate_where(where: str | None) -> str | None:
     return where
 
 
+def region_sql(region: Region) -> str:
+    """SQL keeping tiles whose bounds intersect one of ``region``'s boxes, or wrap across the antimeridian
+    (``lon_min > lon_max``) within its latitudes: a superset that the footprint test then decides."""
+    boxes = region.boxes()
+    lat_min, lat_max = min(b[1] for b in boxes), max(b[3] for b in boxes)
+    wrapped = (f"({tiles.LON_MIN} > {tiles.LON_MAX} AND {tiles.LAT_MIN} <= {lat_max!r} "
+               f"AND {tiles.LAT_MAX} >= {lat_min!r})")
+    return "(" + " OR ".join([*(bbox_sql(b) for b in boxes), wrapped]) + ")"
+
+
 def join_sql(*parts: str | None) -> str | None:
     """The SQL conjunction of the non-empty ``parts`` (None when there is none)."""
     present = [p for p in parts if p]
@@ -88,29 +94,32 @@ def join_sql(*parts: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Filters:
-    """Validated filters of a search: ``bbox``, ``near`` = (lon, lat, radius_km), ``where`` (SQL)."""
+    """Validated filters of a search: ``bbox``, ``near`` = (lon, lat, radius_km), ``polygon`` (a
+    :class:`~rsclip.search.polygons.Region`), ``where`` (SQL)."""
 
     bbox: BBox | None = None
     near: geo.Near | None = None
     where: str | None = None
+    polygon: Region | None = None
 
     @classmethod
-    def of(cls, *, bbox=None, near=None, where=None) -> "Filters":
+    def of(cls, *, bbox=None, near=None, where=None, polygon=None) -> "Filters":
         """Validate raw arguments (as a user gives them) into :class:`Filters`."""
         return cls(bbox=validate_bbox(bbox) if bbox is not None else None,
                    near=geo.validate_near(near) if near is not None else None,
-                   where=validate_where(where))
+                   where=validate_where(where),
+                   polygon=parse_polygon(polygon) if polygon is not None else None)
 
     @property
     def empty(self) -> bool:
-        return self.bbox is None and self.near is None and self.where is None
+        return self.bbox is None and self.near is None and self.where is None and self.polygon is None
 
     def row_sql(self) -> str | None:
         """The SQL of the filters other than the box (which a resident table tests in memory)."""
         near = None
         if self.near is not None:
             near = geo.near_filter(self.near) or f"({tiles.LON_MIN} IS NOT NULL)"
-        return join_sql(near, self.where)
+        return join_sql(near, region_sql(self.polygon) if self.polygon is not None else None, self.where)
 
     def sql(self) -> str | None:
         """One SQL prefilter for all the filters (a superset where :meth:`keep` decides exactly)."""
@@ -119,11 +128,14 @@ class Filters:
     @property
     def exact_in_sql(self) -> bool:
         """True when :meth:`sql` alone decides (no row needs the exact test of :meth:`keep`)."""
-        return self.near is None
+        return self.near is None and self.polygon is None
 
-    def keep(self, frame: pd.DataFrame) -> np.ndarray:
-        """Boolean mask of the rows of ``frame`` (with bound columns) that pass the exact tests."""
+    def keep(self, frame: pd.DataFrame, table=None) -> np.ndarray:
+        """Boolean mask of the rows of ``frame`` (with bound columns) that pass the exact tests. A polygon
+        tests the tiles' footprints (looked up by id in ``table``, the bound box where none is stored)."""
         mask = np.ones(len(frame), dtype=bool)
         if self.near is not None:
             mask &= geo.within(self.near, frame)
+        if self.polygon is not None and mask.any():
+            mask[mask] = self.polygon.intersects(footprints.tile_footprints(frame[mask], table))
         return mask

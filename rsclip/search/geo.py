@@ -24,18 +24,25 @@ PREFILTER_MARGIN_DEG = 1e-7
 Near = tuple[float, float, float]
 
 
+def finite_numbers(values, count: int, what: str, names: str) -> tuple[float, ...]:
+    """``count`` finite floats from ``values``; raises ``InvalidInput`` naming ``what`` and ``names`` otherwise."""
+    words = {2: "two", 3: "three", 4: "four"}.get(count, str(count))
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be {words} numbers ({names}), got {values!r}") from None
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise InvalidInput(f"{what} must be {words} finite numbers ({names}), got {values!r}")
+    return numbers
+
+
 def validate_near(near: Sequence[float]) -> Near:
     """``near`` as ``(lon, lat, radius_km)`` floats.
 
     Raises ``InvalidInput`` unless it has three finite numbers, lon in [-180, 180], lat in [-90, 90] and a
     radius >= 0 (0 keeps tiles containing the point).
     """
-    try:
-        values = tuple(float(v) for v in near)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"near must be three numbers (lon, lat, radius_km), got {near!r}") from None
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise InvalidInput(f"near must be three finite numbers (lon, lat, radius_km), got {near!r}")
+    values = finite_numbers(near, 3, "near", "lon, lat, radius_km")
     lon, lat, radius = values
     if not -180.0 <= lon <= 180.0:
         raise InvalidInput(f"near longitude {lon} is outside [-180, 180]")
