@@ -1,17 +1,25 @@
 """Embedding throughput and memory: rsclip's pipeline vs. the model alone vs. a reference Ray Data pipeline.
 
-    .venv/bin/python bench/embed.py                 # N=2000 real JPEG chips in a local SeaweedFS, CPU
-    .venv/bin/python bench/embed.py --n 256 --quick # a smoke run
+    .venv/bin/python bench/embed.py                                  # N=1500 real JPEG chips, 3 rounds, CPU
+    .venv/bin/python bench/embed.py --n 128 --rss-n 64 --model-batches 1 --repeats 2    # a smoke run
 
-Measures, on one machine with a local Ray:
-- ``e2e_img_s``: ``rsclip.embed.run_embedding`` (S3 listing, plan, decode+resize tasks, one embedder actor,
-  LanceDB writes), embedded tiles over the pipeline's wall time, ViT-B/32-sized random model;
-- ``model_img_s``: the same model, batch size and torch threads on pre-decoded, preprocessed tensors;
-- ``reference_img_s``: the way Ray's multimodal (doggos) example embeds: ``read_images`` + a callable class
-  running ``CLIPProcessor`` and ``CLIPModel`` inside ``map_batches``, its default settings (one actor, one CPU);
-- ``rss_ratio_4x``: peak RSS (driver plus all Ray processes, summed) of the pipeline at 4N images over N
-  (a fresh local Ray each; the tiny model, so the figure is the pipeline's memory, not the weights').
-The last line is one JSON object.
+The archive (real 150x150 RSICD/AID chips in a local SeaweedFS) and the models are made once; every pipeline
+runs on a fresh local Ray (so none inherits another's warm worker processes) and writes a fresh table. The
+arms, once per round (rounds interleaved, see bench/common.py):
+
+- ``e2e``: ``rsclip.ingest.pipeline.run_embedding`` (S3 listing, plan, decode+resize tasks, one embedder
+  actor, LanceDB writes): embedded tiles over the pipeline's wall time, ViT-B/32-sized random model;
+- ``model``: the same model, batch size and torch threads on pre-decoded, preprocessed tensors (loaded once;
+  one untimed batch first in every round);
+- ``reference``: the way Ray's multimodal (doggos) example embeds: ``read_images`` + a callable class running
+  ``CLIPProcessor`` and ``CLIPModel`` inside ``map_batches``, its default settings (one actor, one CPU);
+- ``rss_n`` / ``rss_4n``: peak RSS (driver plus all Ray processes, summed) of the pipeline at ``--rss-n`` and
+  4x as many images (a child process and a fresh local Ray each; the tiny model, so the figure is the
+  pipeline's memory, not the weights'); memory needs no warm-up.
+
+Ratios, taken round by round: ``ratio`` = e2e / model, ``reference_ratio`` = e2e / reference,
+``rss_ratio_4x`` = peak RSS at 4x over 1x. The warm-up runs the pipelines on 64 chips. The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -30,21 +38,30 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import Arm, Bench, Target  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 BUCKET = "rsclip-bench"
-RSICD = Path(os.environ.get("RSCLIP_SHARED_DATA", ROOT.parent / "shared" / "data")) / "rsicd-aid" / "RSICD_images"
 BATCH = 64
+WARM_CHIPS = 64
+MIB = 2**20
+TARGETS = [
+    Target("ratio", ">=", 0.90, "end to end / model only"),
+    Target("reference_ratio", ">=", 1.0, "rsclip not slower than the reference pipeline"),
+    Target("rss_ratio_4x", "<=", 1.3, "peak RSS at 4N / N"),
+]
 
 
-def ray_init(attempts: int = 3):
+def ray_init(attempts: int = 3) -> None:
     """A private local Ray (retried: on a loaded machine the node can time out while starting)."""
     import ray
 
     for attempt in range(attempts):
         try:
-            ray.init(address="local", num_cpus=os.cpu_count() or 2, object_store_memory=1_000_000_000,
+            ray.init(address="local", num_cpus=common.cpus(), object_store_memory=1_000_000_000,
                      include_dashboard=False, log_to_driver=False,
                      runtime_env={"py_modules": [str(ROOT / "rsclip")]})
             return
@@ -54,35 +71,42 @@ def ray_init(attempts: int = 3):
                 raise
 
 
-def upload(s3, n: int, prefix: str) -> str:
-    """``n`` real chips under ``s3://BUCKET/prefix`` (the 2,100 scenes repeated under new names past 2,100)."""
-    chips = sorted(RSICD.glob("*.jpg"))
-    client = s3.client()
-    for i in range(n):
-        f = chips[i % len(chips)]
-        client.upload_file(str(f), BUCKET, f"{prefix}/{i // len(chips)}/{f.name}")
-    return f"s3://{BUCKET}/{prefix}"
+def on_fresh_ray(work):
+    """``work()`` on a fresh local Ray, shut down afterwards."""
+    import ray
+
+    ray_init()
+    try:
+        return work()
+    finally:
+        ray.shutdown()
 
 
-def model_only(model_dir: str, threads: int, n_batches: int) -> float:
+class ModelOnly:
     """img/s of the encoder on preprocessed tensors: same model, batch size and threads as the actor."""
-    import numpy as np
-    import torch
 
-    from rsclip.core.images import read_image
-    from rsclip.core.model import load_model
+    def __init__(self, model_dir: str, threads: int, n_batches: int):
+        self.model_dir, self.threads, self.n_batches = model_dir, threads, n_batches
+        self.encoder = self.pixels = None
 
-    torch.set_num_threads(threads)
-    enc = load_model(model_dir, device="cpu")
-    chips = sorted(RSICD.glob("*.jpg"))[:BATCH]
-    pixels = enc.preprocess([read_image(f) for f in chips])
-    enc.encode_pixels(pixels)  # warm-up
-    start = time.perf_counter()
-    for _ in range(n_batches):
-        out = enc.encode_pixels(pixels)
-    elapsed = time.perf_counter() - start
-    assert np.isfinite(out).all()
-    return n_batches * BATCH / elapsed
+    def __call__(self) -> float:
+        import numpy as np
+        import torch
+
+        from rsclip.core.images import read_image
+        from rsclip.core.model import load_model
+
+        torch.set_num_threads(self.threads)
+        if self.encoder is None:  # loaded once: the weights need not be fresh
+            self.encoder = load_model(self.model_dir, device="cpu")
+            self.pixels = self.encoder.preprocess([read_image(f) for f in common.chips(BATCH)])
+        self.encoder.encode_pixels(self.pixels)  # untimed: the other arms ran in between
+        start = time.perf_counter()
+        for _ in range(self.n_batches):
+            out = self.encoder.encode_pixels(self.pixels)
+        elapsed = time.perf_counter() - start
+        assert np.isfinite(out).all()
+        return self.n_batches * BATCH / elapsed
 
 
 def rsclip_pipeline(archive: str, db: str, model_dir: str, threads: int = 1) -> dict:
@@ -117,6 +141,7 @@ class ReferenceEmbedder:
 
 
 def reference_pipeline(archive: str, model_dir: str, env: dict) -> float:
+    """img/s of the reference pipeline over ``archive`` (timed from the first pull, as Ray runs lazily)."""
     import pyarrow.fs as pafs
     import ray
 
@@ -124,8 +149,8 @@ def reference_pipeline(archive: str, model_dir: str, env: dict) -> float:
                            endpoint_override=env["AWS_ENDPOINT_URL"].split("://")[1], scheme="http",
                            region=env["AWS_REGION"])
     ds = ray.data.read_images(archive.replace("s3://", ""), filesystem=fs, mode="RGB", include_paths=True)
-    ds = ds.map_batches(ReferenceEmbedder, fn_constructor_kwargs={"model_dir": model_dir}, concurrency=1,
-                        batch_size=BATCH)
+    ds = ds.map_batches(ReferenceEmbedder, fn_constructor_kwargs={"model_dir": model_dir},
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=BATCH)
     start = time.monotonic()
     n = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -171,8 +196,7 @@ def rss_run(archive: str, db: str, model_dir: str) -> None:
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    ray_init()
-    result = rsclip_pipeline(archive, db, model_dir)
+    result = on_fresh_ray(lambda: rsclip_pipeline(archive, db, model_dir))
     done.set()
     t.join()
     print(json.dumps({"peak_rss": peak[0], **result}), flush=True)
@@ -186,63 +210,82 @@ def peak_rss(archive: str, db: str, model_dir: str, env: dict) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+class Archives:
+    """Chip archives in the S3 server, uploaded once per size and shared by every run; fresh table locations."""
+
+    def __init__(self, s3):
+        self.s3, self.uploaded, self.tables = s3, {}, 0
+
+    def of(self, n: int) -> str:
+        if n not in self.uploaded:
+            self.uploaded[n] = common.upload_chips(self.s3.client(), BUCKET, f"n{n}", common.chips(n))
+        return self.uploaded[n]
+
+    def fresh_db(self, name: str) -> str:
+        """A new table location: a pipeline run into an existing table would skip the tiles already there."""
+        self.tables += 1
+        return f"s3://{BUCKET}/db-{name}-{self.tables}"
+
+
+def arms(args, archives: Archives, vit: str, tiny: str, env: dict) -> list[Arm]:
+    """The arms compared in every round (see the module doc)."""
+    def e2e(n: int) -> float:
+        return on_fresh_ray(lambda: rsclip_pipeline(archives.of(n), archives.fresh_db("e2e"), vit,
+                                                    args.threads))["img_s"]
+
+    def reference(n: int) -> float:
+        return on_fresh_ray(lambda: reference_pipeline(archives.of(n), vit, env))
+
+    def rss(n: int) -> float:
+        return peak_rss(archives.of(n), archives.fresh_db("rss"), tiny, env)["peak_rss"] / MIB
+
+    return [
+        Arm("model_img_s", ModelOnly(vit, args.threads, args.model_batches)),
+        Arm("e2e_img_s", lambda: e2e(args.n), warm=lambda: e2e(WARM_CHIPS)),
+        Arm("reference_img_s", lambda: reference(args.n), warm=lambda: reference(WARM_CHIPS)),
+        Arm("peak_rss_n_mib", lambda: rss(args.rss_n), warm=common.NO_WARMUP),
+        Arm("peak_rss_4n_mib", lambda: rss(4 * args.rss_n), warm=common.NO_WARMUP),
+    ]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="images for the throughput runs (default 2000)")
-    parser.add_argument("--model-batches", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the embedder actor and of the model-only run (default 1: the "
-                             "actor reserves 1 of the 2 CPUs, the decode tasks the other)")
-    parser.add_argument("--rss-run", nargs=3, metavar=("ARCHIVE", "DB", "MODEL"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    p = common.parser(__doc__)
+    p.add_argument("--n", type=int, default=1500,
+                   help="images for the throughput runs (default 1500: make bench's, for its time budget; the "
+                        "fixed start-up weighs less the larger N is)")
+    p.add_argument("--rss-n", type=int, default=500,
+                   help="images of the smaller memory run; the larger has 4x as many (default 500)")
+    p.add_argument("--model-batches", type=int, default=4,
+                   help=f"timed batches of {BATCH} per model-only run (default 4)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the embedder actor and of the model-only run (default 1: the "
+                        "actor reserves 1 of the 2 CPUs, the decode tasks the other)")
+    p.add_argument("--rss-run", nargs=3, metavar=("ARCHIVE", "DB", "MODEL"), help=argparse.SUPPRESS)
+    args = p.parse_args()
     if args.rss_run:
         rss_run(*args.rss_run)
         return 0
+    bench = Bench("embed", args, needs=[common.path_need(common.RSICD_IMAGES), common.binary_need("weed")]).start()
 
     from infra.local_stack import SeaweedFS
     from rsclip.testing import build_tiny_clip, build_vit_b32
 
-    work = Path(tempfile.mkdtemp(prefix="rsclip-bench-"))
-    vit = str(build_vit_b32(work / "vit-b32"))
-    tiny = str(build_tiny_clip(work / "tiny"))
-    s3 = SeaweedFS(work / "seaweedfs", buckets=(BUCKET,)).start()
-    os.environ.update(s3.env)
-    try:
-        n = args.n
-        archive_n = upload(s3, n, "n")
-        archive_4n = upload(s3, 4 * n, "n4")
-        print(f"archive: {n} and {4 * n} real JPEG chips (150x150) in SeaweedFS", flush=True)
-        threads = args.threads
-        model_img_s = model_only(vit, threads, args.model_batches)
-        print(f"model only (ViT-B/32 random init, batch {BATCH}, {threads} threads): {model_img_s:.2f} img/s",
-              flush=True)
-        import ray
-
-        # each pipeline on a fresh local Ray, so neither inherits the other's warm worker processes
-        ray_init()
-        e2e = rsclip_pipeline(archive_n, f"s3://{BUCKET}/db-e2e", vit, threads)
-        ray.shutdown()
-        print(f"rsclip end to end: {e2e['embedded']} tiles, {e2e['img_s']:.2f} img/s", flush=True)
-        ray_init()
-        reference = reference_pipeline(archive_n, vit, s3.env)
-        ray.shutdown()
-        print(f"reference (read_images + CLIPProcessor in map_batches): {reference:.2f} img/s", flush=True)
-        rss_n = peak_rss(archive_n, f"s3://{BUCKET}/db-rss-n", tiny, s3.env)
-        rss_4n = peak_rss(archive_4n, f"s3://{BUCKET}/db-rss-4n", tiny, s3.env)
-        print(f"peak RSS (tiny model): {rss_n['peak_rss'] / 2**20:.0f} MiB at {n}, "
-              f"{rss_4n['peak_rss'] / 2**20:.0f} MiB at {4 * n}", flush=True)
-        result = {
-            "e2e_img_s": round(e2e["img_s"], 3),
-            "model_img_s": round(model_img_s, 3),
-            "ratio": round(e2e["img_s"] / model_img_s, 3),
-            "reference_img_s": round(reference, 3),
-            "rss_ratio_4x": round(rss_4n["peak_rss"] / rss_n["peak_rss"], 3),
-            "n_images": n,
-            "model": "ViT-B/32 (random init, rsclip.testing.build_vit_b32), CPU",
-        }
-        print(json.dumps(result), flush=True)
-    finally:
-        s3.stop()
+    with tempfile.TemporaryDirectory(prefix="rsclip-bench-") as tmp:
+        work = Path(tmp)
+        vit, tiny = str(build_vit_b32(work / "vit-b32")), str(build_tiny_clip(work / "tiny"))
+        with SeaweedFS(work / "seaweedfs", buckets=(BUCKET,)) as s3:
+            os.environ.update(s3.env)
+            archives = Archives(s3)
+            for n in sorted({WARM_CHIPS, args.n, args.rss_n, 4 * args.rss_n}):
+                archives.of(n)
+            print(f"archives: {sorted(archives.uploaded)} real JPEG chips (150x150) in SeaweedFS", flush=True)
+            figures = bench.rounds(arms(args, archives, vit, tiny, s3.env))
+    bench.finish(figures, ratios={"ratio": ("e2e_img_s", "model_img_s"),
+                                  "reference_ratio": ("e2e_img_s", "reference_img_s"),
+                                  "rss_ratio_4x": ("peak_rss_4n_mib", "peak_rss_n_mib")},
+                 constants={"n_images": args.n, "rss_n_images": args.rss_n,
+                            "model": "ViT-B/32 (random init, rsclip.testing.build_vit_b32), CPU"},
+                 targets=TARGETS)
     return 0
 
 

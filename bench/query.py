@@ -1,129 +1,100 @@
 """Query latency and recall on a large synthetic tile table: rsclip (LanceDB IVF_PQ) vs FAISS vs brute force.
 
-    python bench/query.py --rows 1000000        # needs ~2 GiB RAM per 250k rows... see --help
+    python bench/query.py                         # 1M rows, 3 rounds (needs FAISS: pip install -e '.[bench]')
+    python bench/query.py --rows 20000 --queries 50 --repeats 2 --no-text    # a smoke run
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, like embeddings of an
 archive with many scene types) with random WGS84 tile bounds, written through ``tiles.add_tiles`` and indexed
-by ``rsclip.index.build_index``. Queries are fresh draws from the same mixture. Ground truth is the exact top
-k by numpy. Measured, single query at a time:
+by ``rsclip.core.index.build_index``, once per run (or reused from ``--db`` with ``--reuse``). Queries are
+fresh draws from the same mixture; ground truth is the exact top k by numpy. Single queries, one at a time.
+The arms, one pass over the queries each per round (rounds interleaved, see bench/common.py; the first 5
+queries of every pass are untimed):
 
-- rsclip ANN (``searchers.LanceSearcher`` with the default nprobes/refine): p50/p95 ms, recall@k; plus a sweep of
-  nprobes x refine_factor to show where the defaults sit; through Lance alone (``rsclip.query``'s default)
-  and on the resident copy (``resident=True``, the web app's path: its load time and memory are printed);
-- FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
-  ``IndexRefineFlat`` (same re-ranking depth), same nprobes;
-- numpy brute force (one matrix-vector product + argpartition);
-- text query end to end (``rsclip.query``: open table, encode with a ViT-B/32-sized text tower on this
-  machine's device, search);
-- bbox-filtered queries (random boxes 10 to 90 degrees a side), latency and recall vs brute force filtered,
-  both paths.
+- ``resident``: rsclip's ANN on the resident copy (``searcher_for(table, resident=True)``, the web app's
+  path; loaded once, its load time and memory printed): p50/p95 ms, recall@k;
+- ``lance``: the same search through Lance alone (``LanceSearcher``, ``rsclip.query``'s default);
+- ``faiss``: FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
+  ``IndexRefineFlat`` (same re-ranking depth), same nprobes; built once;
+- ``brute``: numpy brute force (one matrix-vector product + argpartition);
+- ``text``: a text query end to end (``rsclip.search.query.query``: open table, encode with a ViT-B/32-sized
+  text tower on this machine's device, search the resident copy);
+- ``bbox_resident`` / ``bbox_lance``: bbox-filtered queries (random boxes 10 to 90 degrees a side), latency
+  and recall vs brute force filtered, on both paths.
 
-The last line of output is one JSON object with the headline numbers: the ``ann_*``, ``recall10`` and
-``bbox_*`` keys are the resident path's, the ``lance_*`` keys the same measures through Lance alone.
+``faiss_ratio`` = resident p50 / FAISS p50, taken round by round. A sweep of nprobes x refine_factor (one pass,
+after the rounds) shows where the defaults sit. The last line of output is one JSON object: the ``ann_*``,
+``recall10`` and ``bbox_*`` keys are the resident path's, the ``lance_*`` keys the same measures through Lance.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # imported where used: --help and the prerequisite check stay instant
+    import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-from rsclip.core import index as rindex  # noqa: E402
-from rsclip.core import tiles  # noqa: E402
-
-from rsclip.search import searchers as rquery  # noqa: E402
-from rsclip.search.filters import Filters  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import Arm, Bench, Target  # noqa: E402
 
 CHUNK = 100_000
+WARM_QUERIES = 5  # untimed queries at the start of every pass: caches warm after the other arms ran
+TEXTS = ("airport", "storage tanks", "a river crossing farmland", "dense residential area", "harbour with boats",
+         "golf course", "bare land", "stadium", "railway station", "forest")
+TARGETS = [
+    Target("recall10", ">=", 0.95, "recall@10 with the default nprobes and refine_factor"),
+    Target("ann_p50_ms", "<=", 10.0, "single-query ANN latency, resident path"),
+    Target("faiss_ratio", "<=", 2.0, "within 2x of FAISS (compare recall10 with faiss_recall10)"),
+    Target("bbox_recall10", ">=", 0.95, "bbox-filtered recall vs brute force filtered, the same bar"),
+]
 
 
-def clustered_vectors(rng, n: int, dim: int, centers: np.ndarray, spread: float) -> np.ndarray:
+@dataclass
+class Data:
+    """The synthetic table's vectors and bounds (in row order), the queries and the bbox queries' boxes."""
+
+    vectors: np.ndarray
+    bounds: dict
+    queries: np.ndarray
+    boxes: list
+
+
+def clustered_vectors(rng, n: int, dim: int, centers, spread: float):
     """``n`` unit vectors: a random center plus isotropic noise of norm ~``spread``, renormalised."""
+    import numpy as np
+
     idx = rng.integers(0, len(centers), n)
     out = centers[idx] + rng.standard_normal((n, dim), dtype=np.float32) * (spread / np.sqrt(dim))
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out.astype(np.float32)
 
 
-def random_bounds(rng, n: int) -> dict[str, np.ndarray]:
+def random_bounds(rng, n: int) -> dict:
     """Random tile boxes: sides 0.01 to 1 degree, anywhere between 85S and 85N."""
+    from rsclip.core import tiles
+
     size = rng.uniform(0.01, 1.0, n)
     lon = rng.uniform(-180.0, 180.0 - 1.0, n)
     lat = rng.uniform(-85.0, 85.0 - 1.0, n)
     return {tiles.LON_MIN: lon, tiles.LAT_MIN: lat, tiles.LON_MAX: lon + size, tiles.LAT_MAX: lat + size}
 
 
-def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Row indices of the exact top ``k`` (cosine) for each query, optionally among ``mask`` rows."""
-    out = []
-    rows = np.flatnonzero(mask) if mask is not None else None
-    for q in queries:
-        scores = (vectors[rows] if rows is not None else vectors) @ q
-        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k] if len(scores) > k else np.arange(len(scores))
-        top = top[np.argsort(-scores[top])]
-        out.append(rows[top] if rows is not None else top)
-    return out
+def make_data(args) -> Data:
+    """The same data for the same ``--seed``, so that ``--reuse`` finds the table it would write."""
+    import numpy as np
 
-
-def recall(found: list[np.ndarray], truth: list[np.ndarray], k: int) -> float:
-    """Mean |found ∩ truth| / min(k, |truth|)."""
-    vals = [len(set(f.tolist()) & set(t.tolist())) / max(1, min(k, len(t))) for f, t in zip(found, truth)]
-    return float(np.mean(vals))
-
-
-def timed(fn, items, warmup: int = 5):
-    """``(results, latencies_ms)`` of ``fn`` over ``items`` one at a time, after ``warmup`` untimed calls."""
-    for item in items[:warmup]:
-        fn(item)
-    results, times = [], []
-    for item in items:
-        t0 = time.perf_counter()
-        results.append(fn(item))
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return results, np.asarray(times)
-
-
-def pct(times: np.ndarray, q: float) -> float:
-    return round(float(np.percentile(times, q)), 3)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--clusters", type=int, default=1000)
-    p.add_argument("--spread", type=float, default=0.8, help="noise norm relative to the unit cluster center")
-    p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--db", default=None, help="table folder (default: a temporary folder, removed at the end)")
-    p.add_argument("--reuse", action="store_true", help="reuse an existing table and index at --db")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep", default="10:1,10:10,20:1,20:10,40:10,80:10", help="nprobes:refine pairs")
-    p.add_argument("--no-text", action="store_true", help="skip the ViT-B/32 text query")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 avoids OpenMP thrashing on an oversubscribed host")
-    args = p.parse_args(argv)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    from rsclip.core import tiles
 
     rng = np.random.default_rng(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="rsclip-bench-query-"))
-    db = Path(args.db) if args.db else tmp / "db"
-    print(f"rows={args.rows} dim={args.dim} clusters={args.clusters} queries={args.queries} cpus={os.cpu_count()} "
-          f"load={os.getloadavg()[0]:.1f}", flush=True)
-
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     vectors = np.empty((args.rows, args.dim), dtype=np.float32)
@@ -134,171 +105,261 @@ def main(argv: list[str] | None = None) -> dict:
         for c, v in random_bounds(rng, n).items():
             bounds[c][start : start + n] = v
     queries = clustered_vectors(rng, args.queries, args.dim, centers, args.spread)
-    uris = np.array([f"s3://bench/scene-{i // 64:06d}.tif" for i in range(args.rows)])
-    xs = (np.arange(args.rows) % 64).astype(np.int32) * 224
-
-    # ViT-B/32-sized random CLIP: its text tower is what a text query costs; its metadata names the model.
-    model_dir = tmp / "vit-b32"
-    if not args.no_text:
-        from rsclip.testing import build_vit_b32
-
-        build_vit_b32(model_dir)
-    model_name = str(model_dir)
-
-    t0 = time.perf_counter()
-    if not args.reuse:
-        shutil.rmtree(db, ignore_errors=True)
-        table = tiles.create_table(db, model=model_name, dim=args.dim)
-        for start in range(0, args.rows, CHUNK):
-            sl = slice(start, min(start + CHUNK, args.rows))
-            n = sl.stop - sl.start
-            tiles.add_tiles(table, {
-                tiles.URI: uris[sl], tiles.X: xs[sl], tiles.Y: np.zeros(n, np.int32),
-                tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
-                tiles.CRS: ["EPSG:4326"] * n, tiles.VECTOR: vectors[sl], **{c: bounds[c][sl] for c in bounds},
-            })
-        write_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        state = rindex.build_index(db, min_rows=1)
-        index_s = time.perf_counter() - t0
-    else:
-        write_s = index_s = float("nan")
-        state = rindex.index_state(tiles.open_table(db))
-    table = tiles.open_table(db)
-    print(f"write {write_s:.1f}s, index {index_s:.1f}s: {state.action}", flush=True)
-    ids = table.to_lance().to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pandas()
-    # rows were written in order, but map through uri+x so the check does not rely on it
-    row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224 for i, u, x in zip(ids[tiles.ID], ids[tiles.URI], ids[tiles.X])}
-    partitions, sub_vectors = rindex.ivf_pq_params(args.rows, args.dim)
-
-    t0 = time.perf_counter()
-    truth = exact_topk(vectors, queries, args.k)
-    print(f"ground truth {time.perf_counter() - t0:.1f}s", flush=True)
-
-    def rows_of(frame):
-        return np.array([row_of[i] for i in frame[tiles.ID]])
-
-    # rsclip ANN: the defaults, then a sweep.
-    def ann(q, nprobes=rquery.DEFAULT_NPROBES, refine=rquery.DEFAULT_REFINE_FACTOR):
-        return rows_of(rquery.search(rquery.LanceSearcher(table, nprobes=nprobes, refine_factor=refine), q, args.k))
-
-    found, times = timed(ann, list(queries))
-    ann_p50, ann_p95, ann_recall = pct(times, 50), pct(times, 95), recall(found, truth, args.k)
-    print(f"rsclip ANN nprobes={rquery.DEFAULT_NPROBES} refine={rquery.DEFAULT_REFINE_FACTOR}: "
-          f"p50 {ann_p50} ms, p95 {ann_p95} ms, recall@{args.k} {ann_recall:.4f}", flush=True)
-    sweep = []
-    for pair in args.sweep.split(","):
-        nprobes, refine = (int(v) for v in pair.split(":"))
-        f, t = timed(lambda q: ann(q, nprobes, refine if refine > 1 else None), list(queries[:100]))
-        sweep.append((nprobes, refine, pct(t, 50), recall(f, truth[:100], args.k)))
-        print(f"  sweep nprobes={nprobes:3d} refine={refine:3d}: p50 {sweep[-1][2]} ms recall {sweep[-1][3]:.4f}", flush=True)
-
-    # The same searches on the resident copy (what the web app uses): loaded once, then index row ids only.
-    from rsclip.search.resident import resident_table
-
-    t0 = time.perf_counter()
-    resident_mb = resident_table(table, rquery.FETCH_COLUMNS).nbytes / 1e6
-    resident_load_s = time.perf_counter() - t0
-
-    def ann_resident(q, nprobes=rquery.DEFAULT_NPROBES, refine=rquery.DEFAULT_REFINE_FACTOR):
-        return rows_of(rquery.search(rquery.ResidentSearcher(table, resident_table(table, rquery.FETCH_COLUMNS), nprobes=nprobes, refine_factor=refine), q, args.k))
-
-    r_found, r_times = timed(ann_resident, list(queries))
-    res_p50, res_p95, res_recall = pct(r_times, 50), pct(r_times, 95), recall(r_found, truth, args.k)
-    print(f"resident copy: loaded in {resident_load_s:.1f}s, {resident_mb:.0f} MB; ANN p50 {res_p50} ms, p95 {res_p95} ms, "
-          f"recall@{args.k} {res_recall:.4f}", flush=True)
-    for pair in args.sweep.split(","):
-        nprobes, refine = (int(v) for v in pair.split(":"))
-        f, t = timed(lambda q: ann_resident(q, nprobes, refine), list(queries[:100]))
-        print(f"  resident sweep nprobes={nprobes:3d} refine={refine:3d}: p50 {pct(t, 50)} ms "
-              f"recall {recall(f, truth[:100], args.k):.4f}", flush=True)
-
-    # FAISS with the same lists, code size and re-ranking.
-    import faiss
-
-    t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(args.dim)
-    ivfpq = faiss.IndexIVFPQ(quantizer, args.dim, partitions, sub_vectors, 8, faiss.METRIC_INNER_PRODUCT)
-    sample = vectors[rng.choice(args.rows, min(args.rows, 256 * partitions), replace=False)]
-    ivfpq.train(sample)
-    ivfpq.nprobe = rquery.DEFAULT_NPROBES
-    faiss_index = faiss.IndexRefineFlat(ivfpq)  # adds to both the PQ lists and the exact re-ranking store
-    faiss_index.add(vectors)
-    faiss_index.k_factor = float(rquery.DEFAULT_REFINE_FACTOR)
-    print(f"faiss build {time.perf_counter() - t0:.1f}s ({partitions} lists, {sub_vectors} x 8-bit codes)", flush=True)
-    f_found, f_times = timed(lambda q: faiss_index.search(q[None, :], args.k)[1][0], list(queries))
-    faiss_p50, faiss_recall = pct(f_times, 50), recall(f_found, truth, args.k)
-    print(f"faiss IVFPQ+refine nprobe={ivfpq.nprobe}: p50 {faiss_p50} ms, p95 {pct(f_times, 95)} ms, "
-          f"recall@{args.k} {faiss_recall:.4f}", flush=True)
-
-    def brute(q):
-        scores = vectors @ q
-        top = np.argpartition(-scores, args.k)[: args.k]
-        return top[np.argsort(-scores[top])]
-
-    b_found, b_times = timed(brute, list(queries[:50]))
-    brute_p50 = pct(b_times, 50)
-    print(f"numpy brute force: p50 {brute_p50} ms, recall {recall(b_found, truth[:50], args.k):.4f}", flush=True)
-
-    # Text query end to end through rsclip.query (table metadata names the ViT-B/32 model).
-    text_p50 = None
-    if not args.no_text:
-        texts = ["airport", "storage tanks", "a river crossing farmland", "dense residential area", "harbour with boats",
-                 "golf course", "bare land", "stadium", "railway station", "forest"]
-        cpu0 = time.process_time()
-        _, t_times = timed(lambda s: rquery.query(db, s, k=args.k, resident=True), texts * 2, warmup=2)
-        cpu_ms = (time.process_time() - cpu0) * 1000.0 / (len(texts) * 2 + 2)
-        text_p50 = pct(t_times, 50)
-        import torch
-
-        print(f"text query end to end (ViT-B/32 text tower, CPU, {torch.get_num_threads()} torch threads): "
-              f"p50 {text_p50} ms, p95 {pct(t_times, 95)} ms, {cpu_ms:.0f} ms CPU time per query", flush=True)
-
-    # bbox-filtered queries.
     boxes = []
     for _ in range(min(args.queries, 100)):
         w, h = rng.uniform(10, 90), rng.uniform(10, 90)
         lon, lat = rng.uniform(-180, 180 - w), rng.uniform(-90, 90 - h)
         boxes.append((lon, lat, lon + w, lat + h))
-    masks = [
-        (bounds[tiles.LON_MIN] <= b[2]) & (bounds[tiles.LON_MAX] >= b[0])
-        & (bounds[tiles.LAT_MIN] <= b[3]) & (bounds[tiles.LAT_MAX] >= b[1])
-        for b in boxes
-    ]
-    b_truth = [exact_topk(vectors, queries[i : i + 1], args.k, masks[i])[0] for i in range(len(boxes))]
-    items = list(range(len(boxes)))
-    bb_found, bb_times = timed(
-        lambda i: rows_of(rquery.search(rquery.LanceSearcher(table), queries[i], args.k, Filters.of(bbox=boxes[i]))), items
-    )
-    bbox_p50, bbox_recall = pct(bb_times, 50), recall(bb_found, b_truth, args.k)
-    sel = np.array([m.mean() for m in masks])
-    exact = np.array([m.sum() <= rquery.EXACT_FILTER_ROWS for m in masks])
-    print(f"bbox queries: p50 {bbox_p50} ms, p95 {pct(bb_times, 95)} ms, recall@{args.k} {bbox_recall:.4f} "
-          f"(boxes keep {sel.min():.2%}..{sel.max():.2%} of rows; {exact.sum()} of {len(boxes)} answered by exact scan)",
-          flush=True)
-    for name, m in (("exact-scan boxes", exact), ("ANN-prefilter boxes", ~exact)):
-        if m.any():
-            print(f"  {name}: p50 {pct(bb_times[m], 50)} ms, recall "
-                  f"{recall([bb_found[i] for i in np.flatnonzero(m)], [b_truth[i] for i in np.flatnonzero(m)], args.k):.4f}")
-    rb_found, rb_times = timed(
-        lambda i: rows_of(rquery.search(rquery.searcher_for(table, resident=True), queries[i], args.k, Filters.of(bbox=boxes[i]))), items)
-    rbbox_p50, rbbox_recall = pct(rb_times, 50), recall(rb_found, b_truth, args.k)
-    print(f"bbox queries, resident copy: p50 {rbbox_p50} ms, p95 {pct(rb_times, 95)} ms, recall@{args.k} "
-          f"{rbbox_recall:.4f}", flush=True)
+    return Data(vectors, bounds, queries, boxes)
 
-    # Headline: the resident path (the web app's); the Lance-only path (rsclip.query's default) beside it.
-    result = {
-        "rows": args.rows, "ann_p50_ms": res_p50, "ann_p95_ms": res_p95, "recall10": round(res_recall, 4),
-        "faiss_p50_ms": faiss_p50, "faiss_recall10": round(faiss_recall, 4), "brute_p50_ms": brute_p50,
-        "text_e2e_p50_ms": text_p50, "bbox_p50_ms": rbbox_p50, "bbox_recall10": round(rbbox_recall, 4),
-        "lance_ann_p50_ms": ann_p50, "lance_ann_p95_ms": ann_p95, "lance_recall10": round(ann_recall, 4),
-        "lance_bbox_p50_ms": bbox_p50, "lance_bbox_recall10": round(bbox_recall, 4),
-        "resident_load_s": round(resident_load_s, 2), "resident_mb": round(resident_mb),
-    }
-    if not args.db:
+
+def write_table(db: Path, data: Data, model: str) -> tuple[float, float]:
+    """Write ``data`` as a fresh tile table at ``db`` and index it; returns (write s, index s)."""
+    import numpy as np
+
+    from rsclip.core import index as rindex
+    from rsclip.core import tiles
+
+    rows, dim = data.vectors.shape
+    t0 = time.perf_counter()
+    shutil.rmtree(db, ignore_errors=True)
+    table = tiles.create_table(db, model=model, dim=dim)
+    for start in range(0, rows, CHUNK):
+        sl = slice(start, min(start + CHUNK, rows))
+        n = sl.stop - sl.start
+        i = np.arange(sl.start, sl.stop)
+        tiles.add_tiles(table, {
+            tiles.URI: np.array([f"s3://bench/scene-{j // 64:06d}.tif" for j in i]),
+            tiles.X: (i % 64).astype(np.int32) * 224, tiles.Y: np.zeros(n, np.int32),
+            tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
+            tiles.CRS: ["EPSG:4326"] * n, tiles.VECTOR: data.vectors[sl],
+            **{c: data.bounds[c][sl] for c in data.bounds},
+        })
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rindex.build_index(db, min_rows=1)
+    return write_s, time.perf_counter() - t0
+
+
+def row_numbers(table):
+    """``rows_of(frame)``: the data's row numbers of a result frame (through uri + x, not write order)."""
+    import numpy as np
+
+    from rsclip.core import tiles
+
+    ids = tiles.dataset_of(table).to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pydict()
+    row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224
+              for i, u, x in zip(ids[tiles.ID], ids[tiles.URI], ids[tiles.X])}
+    return lambda frame: np.array([row_of[i] for i in frame[tiles.ID]])
+
+
+def exact_topk(vectors, queries, k: int, mask=None) -> list:
+    """Row indices of the exact top ``k`` (cosine) for each query, optionally among ``mask`` rows."""
+    import numpy as np
+
+    out = []
+    rows = np.flatnonzero(mask) if mask is not None else None
+    for q in queries:
+        scores = (vectors[rows] if rows is not None else vectors) @ q
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k] if len(scores) > k else np.arange(len(scores))
+        top = top[np.argsort(-scores[top])]
+        out.append(rows[top] if rows is not None else top)
+    return out
+
+
+def recall(found: list, truth: list, k: int) -> float:
+    """Mean |found ∩ truth| / min(k, |truth|)."""
+    vals = [len(set(f.tolist()) & set(t.tolist())) / max(1, min(k, len(t))) for f, t in zip(found, truth)]
+    return float(sum(vals) / len(vals))
+
+
+def timed(fn, items, warm: int = WARM_QUERIES):
+    """``(results, latencies_ms)`` of ``fn`` over ``items`` one at a time, after ``warm`` untimed calls."""
+    import numpy as np
+
+    for item in items[:warm]:
+        fn(item)
+    results, times = [], []
+    for item in items:
+        t0 = time.perf_counter()
+        results.append(fn(item))
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return results, np.asarray(times)
+
+
+def pct(times, q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(times, q))
+
+
+def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str = "") -> Arm:
+    """An arm timing ``fn`` over ``items``: ``<prefix>p50_ms``, ``<prefix>p95_ms`` and, with ``truth``, the
+    recall@k of its answers as ``recall_key``."""
+    def run() -> dict:
+        found, times = timed(fn, items)
+        out = {f"{prefix}p50_ms": pct(times, 50), f"{prefix}p95_ms": pct(times, 95)}
+        if truth is not None:
+            out[recall_key] = recall(found, truth, len(truth[0]))
+        return out
+    return Arm(name, run, warm=lambda: timed(fn, items[:WARM_QUERIES], warm=0))
+
+
+def build_faiss(vectors, partitions: int, sub_vectors: int, seed: int):
+    """FAISS with the same lists, code size, nprobes and re-ranking depth as rsclip's defaults."""
+    import faiss
+    import numpy as np
+
+    from rsclip.search import searchers
+
+    rows, dim = vectors.shape
+    quantizer = faiss.IndexFlatIP(dim)
+    ivfpq = faiss.IndexIVFPQ(quantizer, dim, partitions, sub_vectors, 8, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors[np.random.default_rng(seed).choice(rows, min(rows, 256 * partitions), replace=False)]
+    ivfpq.train(sample)
+    ivfpq.nprobe = searchers.DEFAULT_NPROBES
+    index = faiss.IndexRefineFlat(ivfpq)  # adds to both the PQ lists and the exact re-ranking store
+    index.add(vectors)
+    index.k_factor = float(searchers.DEFAULT_REFINE_FACTOR)
+    return index
+
+
+def arms(args, db: Path, table, data: Data, truth: list, faiss_index) -> list[Arm]:
+    """The arms compared in every round (see the module doc)."""
+    import numpy as np
+
+    from rsclip.core import tiles
+    from rsclip.search import searchers as S
+    from rsclip.search.filters import Filters
+    from rsclip.search.query import query
+
+    rows_of, k, queries = row_numbers(table), args.k, list(data.queries)
+    lon_min, lat_min, lon_max, lat_max = (data.bounds[c] for c in tiles.BOUNDS_COLUMNS)
+    masks = [(lon_min <= b[2]) & (lon_max >= b[0]) & (lat_min <= b[3]) & (lat_max >= b[1]) for b in data.boxes]
+    b_truth = [exact_topk(data.vectors, data.queries[i : i + 1], k, masks[i])[0] for i in range(len(data.boxes))]
+    box_items = list(range(len(data.boxes)))
+
+    def brute(q):
+        top = np.argpartition(-(data.vectors @ q), k)[:k]
+        return top[np.argsort(-(data.vectors[top] @ q))]
+
+    def boxed(resident: bool):
+        return lambda i: rows_of(S.search(S.searcher_for(table, resident=resident), data.queries[i], k,
+                                          Filters.of(bbox=data.boxes[i])))
+
+    out = [
+        latency_arm("resident", "ann_", lambda q: rows_of(S.search(S.searcher_for(table, resident=True), q, k)),
+                    queries, truth, f"recall{k}"),
+        latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(S.LanceSearcher(table), q, k)),
+                    queries, truth, f"lance_recall{k}"),
+        latency_arm("faiss", "faiss_", lambda q: faiss_index.search(q[None, :], k)[1][0], queries, truth,
+                    f"faiss_recall{k}"),
+        latency_arm("brute", "brute_", brute, queries[:50]),
+        latency_arm("bbox_resident", "bbox_", boxed(True), box_items, b_truth, f"bbox_recall{k}"),
+        latency_arm("bbox_lance", "lance_bbox_", boxed(False), box_items, b_truth, f"lance_bbox_recall{k}"),
+    ]
+    if not args.no_text:
+        out.append(latency_arm("text", "text_e2e_", lambda s: query(db, s, k=k, resident=True), list(TEXTS) * 2))
+    return out
+
+
+def sweep(args, table, data: Data, truth: list) -> None:
+    """One pass per nprobes:refine pair on both paths (printed, not in the JSON line)."""
+    from rsclip.search import searchers as S
+    from rsclip.search.resident import resident_table
+
+    rows_of, queries = row_numbers(table), list(data.queries[:100])
+    for pair in filter(None, args.sweep.split(",")):
+        nprobes, refine = (int(v) for v in pair.split(":"))
+        lance_refine = refine if refine > 1 else None  # Lance re-ranks nothing without a factor
+        for name, make in (("lance", lambda: S.LanceSearcher(table, nprobes=nprobes, refine_factor=lance_refine)),
+                           ("resident", lambda: S.ResidentSearcher(table, resident_table(table, S.FETCH_COLUMNS),
+                                                                   nprobes=nprobes, refine_factor=refine))):
+            found, times = timed(lambda q: rows_of(S.search(make(), q, args.k)), queries)
+            print(f"  sweep {name:8s} nprobes={nprobes:3d} refine={refine:3d}: p50 {pct(times, 50):.3f} ms "
+                  f"recall {recall(found, truth[:100], args.k):.4f}", flush=True)
+
+
+def open_or_write(args, db: Path, data: Data) -> tuple:
+    """The indexed table (written now, or reused with ``--reuse``) and the set-up times measured once."""
+    from rsclip.core import tiles
+    from rsclip.testing import build_vit_b32
+
+    # the ViT-B/32-sized model sits beside the table (its metadata names it), so a reused table keeps it
+    model_dir = Path(f"{db}-vit-b32")
+    once = {}
+    if args.reuse:
+        table = tiles.open_table(db)
+        if table.count_rows() != args.rows:
+            raise SystemExit(f"bench/query.py: --reuse: {db} holds {table.count_rows()} rows, not --rows "
+                             f"{args.rows}; drop --reuse to write it again")
+    else:
+        once["table_write_s"], once["index_build_s"] = write_table(db, data, str(model_dir))
+        table = tiles.open_table(db)
+    if not args.no_text and not (model_dir / "config.json").is_file():
+        build_vit_b32(model_dir)
+    return table, once
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=0.8, help="noise norm relative to the unit cluster center")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--db", default=None, help="table folder (default: a temporary folder, removed at the end)")
+    p.add_argument("--reuse", action="store_true", help="reuse the table and index at --db (same --rows/--seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", default="10:1,10:10,20:1,20:10,40:10,80:10",
+                   help="nprobes:refine pairs for the one-pass sweep after the rounds ('' to skip)")
+    p.add_argument("--no-text", action="store_true", help="skip the ViT-B/32 text query")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 avoids OpenMP thrashing on an oversubscribed host")
+    args = p.parse_args(argv)
+    if args.reuse and not args.db:
+        p.error("--reuse needs --db")
+    bench = Bench("query", args, needs=[common.module_need("faiss")]).start()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    tmp = Path(tempfile.mkdtemp(prefix="rsclip-bench-query-"))
+    try:
+        return measure(args, bench, Path(args.db) if args.db else tmp / "db")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(result), flush=True)
-    return result
+
+
+def measure(args, bench: Bench, db: Path) -> dict:
+    """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds."""
+    from rsclip.core import index as rindex
+    from rsclip.search import searchers as S
+    from rsclip.search.resident import resident_table
+
+    print(f"rows={args.rows} dim={args.dim} clusters={args.clusters} queries={args.queries}", flush=True)
+    data = make_data(args)
+    table, once = open_or_write(args, db, data)
+    print(f"table: {rindex.index_state(table)}", flush=True)
+    t0 = time.perf_counter()
+    truth = exact_topk(data.vectors, data.queries, args.k)
+    print(f"ground truth {time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    resident = resident_table(table, S.FETCH_COLUMNS)
+    if resident is None:
+        raise SystemExit("bench/query.py: the resident copy does not fit the in-memory limit; use fewer --rows")
+    once["resident_load_s"], once["resident_mb"] = time.perf_counter() - t0, resident.nbytes / 1e6
+    t0 = time.perf_counter()
+    partitions, sub_vectors = rindex.ivf_pq_params(args.rows, args.dim)
+    faiss_index = build_faiss(data.vectors, partitions, sub_vectors, args.seed)
+    once["faiss_build_s"] = time.perf_counter() - t0
+    print(f"resident copy {once['resident_mb']:.0f} MB in {once['resident_load_s']:.1f}s; faiss build "
+          f"{once['faiss_build_s']:.1f}s ({partitions} lists, {sub_vectors} x 8-bit codes)", flush=True)
+    figures = bench.rounds(arms(args, db, table, data, truth, faiss_index))
+    sweep(args, table, data, truth)
+    return bench.finish(figures, ratios={"faiss_ratio": ("ann_p50_ms", "faiss_p50_ms")}, once=once,
+                        constants={"rows": args.rows}, targets=TARGETS)
 
 
 if __name__ == "__main__":
