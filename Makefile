@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo clean bench
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,24 @@ test-fast: install
 
 demo: install
 	$(BIN)/python infra/demo.py
+
+# The CPU benchmarks (BENCHMARKS.md) with the [bench] extra (FAISS), each figure the median of 3 interleaved
+# rounds with its spread; ~45 minutes on a quiet 2-core machine (estimated: scaling ~2, query ~11, embed ~26,
+# train ~8 with one Ray worker: two workers on two cores have no target and would add ~6).
+# Each script prints the load average at its start and end: run it on a quiet machine. The JSON lines are
+# appended to BENCH_RESULTS; BENCH_ARGS reach every script (e.g. BENCH_ARGS='--repeats 5').
+BENCH_RESULTS ?= bench/results/$(shell date +%Y-%m-%d).jsonl
+BENCH_ARGS ?=
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/scaling.py --results $(BENCH_RESULTS) $(BENCH_ARGS)
+	$(BIN)/python bench/query.py --torch-threads 1 --results $(BENCH_RESULTS) $(BENCH_ARGS)
+	$(BIN)/python bench/embed.py --results $(BENCH_RESULTS) $(BENCH_ARGS)
+	$(BIN)/python bench/train.py --workers 1 --results $(BENCH_RESULTS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo
