@@ -4,8 +4,10 @@
         --output s3://bucket/runs/r1 --num-workers 4 --use-gpu --epochs 10 --batch-size 128
     python jobs/finetune.py --config finetune.yaml --output runs/r2 --resume     # local Ray
 
-Every setting of ``rsclip.train.TrainConfig`` is a flag (``--batch-size``, ``--no-image-aug``, ...) and may
-also come from a YAML/JSON file (``--config``); flags win over the file. Prints the run summary as JSON.
+Every field of ``rsclip.train.config.TrainConfig`` is a flag (``--batch-size``, ``--no-image-aug``, ...) and
+may also come from a YAML/JSON file (``--config``); flags win over the file. Prints the run summary as JSON.
+Exit status: 0 when the run finished, 2 with one line for an expected failure (bad settings, missing data,
+an output that already holds a run without ``--resume``).
 """
 
 from __future__ import annotations
@@ -13,71 +15,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
+    sys.path.insert(0, ROOT)
 
-from rsclip.core.cluster import start_ray  # noqa: E402
-from rsclip.train.loop import TrainConfig, check_output, run  # noqa: E402
+from rsclip.core import cluster, config  # noqa: E402
+from rsclip.errors import run_reporting  # noqa: E402
+from rsclip.train.config import TrainConfig  # noqa: E402
+from rsclip.train.driver import check_output, run  # noqa: E402
 
-HELP = {
-    "data": "training data: an RSICD folder/JSON or a Parquet/CSV/JSONL manifest, local or s3:// (repeatable)",
-    "val_data": "validation data (default: the val split of --data) (repeatable)",
-    "output": "where checkpoints, metrics and the exported model go (local or s3://)",
-    "model": "starting model: hub id, save_pretrained folder or s3:// prefix",
-    "batch_size": "per-worker batch; the global batch (all workers) gives the negatives",
-    "checkpoint_every_steps": "also checkpoint every N optimiser steps (0: only each epoch)",
-    "max_steps": "stop after N optimiser steps (with a checkpoint; continue later with --resume)",
-    "precision": "auto (bf16/fp16 autocast on GPU, fp32 on CPU), bf16, fp16 or fp32",
-    "resume": "continue the run in --output from its latest checkpoint",
-    "best_metric": "validation metric that picks the best checkpoint (exported as OUTPUT/model)",
-}
+# ``--betas B1 B2``: two numbers after one flag, as this job has always taken them (the generated form of a
+# tuple field would be ``B1,B2``)
+BETAS = "betas"
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """The run's settings (defaults, then ``--config FILE``, then the flags given) and the Ray address.
+
+    Raises ``InvalidInput`` for settings that do not fit (unknown keys in the file, wrong types)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use (default: RAY_ADDRESS, set by `ray job submit`; "
                              "without either a private local Ray is started)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = HELP.get(f.name, "") + f" (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif isinstance(default, list):
-            parser.add_argument(flag, action="append", default=None, help=text)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=float, nargs=len(default), default=None, help=text)
-        else:
-            parser.add_argument(flag, type=type(default), default=None, help=text)
-    args = vars(parser.parse_args(argv))
-    config_file, address = args.pop("config"), args.pop("address")
-    given = {k: v for k, v in args.items() if v is not None}
-    cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given)
-    return cfg, address or os.environ.get("RAY_ADDRESS") or None
+    config.add_arguments(parser, TrainConfig, exclude=(BETAS,))
+    betas = next(f for f in dataclasses.fields(TrainConfig) if f.name == BETAS)
+    parser.add_argument("--betas", dest=BETAS, type=float, nargs=2, metavar=("BETA1", "BETA2"), default=None,
+                        help=f"{betas.metadata['help']} (default: {' '.join(map(str, betas.default))})")
+    args = parser.parse_args(argv)
+    given = config.given_arguments(args, TrainConfig)
+    cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given)
+    return cfg, args.address or cluster.job_address()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
+    def work() -> None:
         cfg, address = parse_args(argv)
-        check_output(cfg.validate())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    start_ray(address)
-    try:
-        summary = run(cfg)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, default=str))
-    return 0
+        check_output(cfg.validate())  # before Ray starts: a bad setting costs no cluster start-up
+        cluster.start_ray(address)
+        print(json.dumps(run(cfg), default=str), flush=True)
+
+    return run_reporting("finetune", work)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""rsclip.loss: the gathered loss over 2 real gloo workers equals the single-process loss and gradients."""
+"""rsclip.train.loss: the gathered loss over 2 real gloo workers equals the single-process loss and gradients."""
 
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
-"""rsclip.metrics: zero-shot top-k and retrieval recall on hand-made cases, and evaluate() on a real model."""
+"""rsclip.train.metrics: zero-shot top-k and retrieval recall on hand-made cases, and evaluate() on a real model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rsclip.train import metrics
-from rsclip.train.data import StageConfig, decode_samples, read_samples
 from rsclip.core.model import load_model
 from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
+from rsclip.train import metrics
+from rsclip.train.data import read_samples
+from rsclip.train.transforms import StageConfig, decode_samples
 from tests.helpers import RSICD_DIR
 
 

@@ -4,9 +4,10 @@ cluster.yaml's head and ``gpu_worker`` nodes (the GPU is a scheduling resource h
 
 - every node reaches S3 through the same AWS variables;
 - the embedding job puts its actors (one GPU each) on different nodes and, when a worker node is killed
-  mid-run, still leaves exactly the archive's tile set in the table: no tile lost, none twice;
-- fine-tuning runs 2 Ray Train workers on 2 nodes and, when one of those nodes is killed after the first
-  checkpoint, restarts from that checkpoint and finishes.
+  mid-run (as the job commits its first tiles), still leaves exactly the archive's tile set in the table:
+  no tile lost, none twice;
+- fine-tuning runs 2 Ray Train workers on 2 nodes and, when one of those nodes is killed as soon as the job
+  reports the first epoch's checkpoint registered, restarts from that checkpoint and finishes.
 
 A killed node is replaced by a fresh one, as the autoscaler replaces a reclaimed spot node. Nodes are kept
 small (1-2 CPUs, 300 MB object stores); the cluster is started once for the module.
@@ -15,8 +16,11 @@ small (1-2 CPUs, 300 MB object stores); the cluster is started once for the modu
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +32,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from infra.local_stack import free_port
 from rsclip.core import storage, tiles
-from tests.helpers import BUCKET, RSICD_DIR, RSICD_IMAGES
+from rsclip.core.model import load_model
+from rsclip.train.driver import REGISTERED
+from tests.helpers import BUCKET, ROOT, RSICD_DIR, RSICD_IMAGES
+from tests.job_logs import run_streaming
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +175,6 @@ def build_small_clip(path: Path) -> Path:
 def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3, s3_prefix, tmp_path,
                                                                     rsicd_files):
     from rsclip.ingest.pipeline import EmbedConfig, run_embedding
-    from rsclip.ingest.writer import errors_table_name
 
     ensure_gpu_workers(cluster, 2)
     # more chips than one 1,024-tile planning bundle, so several read tasks and both actors get work
@@ -186,25 +192,43 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
     config = EmbedConfig(archive=archive, db=db, model=model, batch_size=32, num_actors=2, gpus_per_actor=1,
                          cpus_per_actor=1, commit_rows=64, index="never")
 
-    thread, out = run_in_thread(run_embedding, config)
     placements: dict[str, str] = {}
-    killed, seen = None, []
+    killed, seen = [], []
     head = cluster.head_node.node_id
-    while thread.is_alive() and killed is None:
-        time.sleep(0.5)
-        placements.update(alive_actor_nodes(cluster, "ImageEmbedder"))
-        try:
-            rows = tiles.open_table(db, tiles.DEFAULT_TABLE).count_rows()
-        except Exception:  # the table is not there yet
-            rows = 0
-        on_workers = {n for n in placements.values() if n != head}
-        seen.append((rows, len(on_workers)))
-        if 0 < rows < len(expected) and len(on_workers) == 2:
-            killed = sorted(on_workers)[0]
-            kill_and_replace(cluster, killed)
-    summary = finish(thread, out)
+    commit, replaced = threading.Event(), threading.Event()
 
-    assert killed is not None, f"the run ended before a node could be killed mid-run: (rows, actor nodes) {seen}"
+    def hold_a_commit(record: logging.LogRecord) -> bool:
+        """In the job's thread, as it logs a commit: choose a node and wait until the test has killed it (Ray
+        adds nodes from the main thread only), so the run cannot finish first."""
+        if killed or not record.getMessage().startswith("committed"):
+            return True
+        placements.update(alive_actor_nodes(cluster, "ImageEmbedder"))
+        on_workers = {n for n in placements.values() if n != head}
+        seen.append((record.args[1], len(on_workers)))
+        if record.args[1] < len(expected) and len(on_workers) == 2:
+            killed.append(sorted(on_workers)[0])
+            commit.set()
+            replaced.wait(JOB_TIMEOUT_S)
+        return True
+
+    writer_log = logging.getLogger("rsclip.ingest.writer")
+    level = writer_log.level
+    writer_log.setLevel(logging.INFO)
+    writer_log.addFilter(hold_a_commit)
+    try:
+        thread, out = run_in_thread(run_embedding, config)
+        while not commit.wait(1) and thread.is_alive():  # woken by the commit; the 1 s only notices an end
+            pass
+        if killed:
+            kill_and_replace(cluster, killed[0])
+        replaced.set()
+        summary = finish(thread, out)
+    finally:
+        replaced.set()
+        writer_log.removeFilter(hold_a_commit)
+        writer_log.setLevel(level)
+
+    assert killed, f"no commit with embedders on both worker nodes: (tiles committed, actor nodes) {seen}"
     actor_nodes = set(placements.values())
     assert len(actor_nodes) >= 2 and head not in actor_nodes, "embedder actors belong on the GPU nodes"
     table = tiles.open_table(db, tiles.DEFAULT_TABLE)
@@ -212,7 +236,7 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
     assert len(ids) == len(set(ids)), "a tile was written twice"
     assert set(ids) == expected, f"{len(expected - set(ids))} tiles lost, {len(set(ids) - expected)} unexpected"
     assert summary.failed == 0
-    assert tiles.open_table(db, errors_table_name(tiles.DEFAULT_TABLE)).count_rows() == 0
+    assert tiles.open_table(db, tiles.errors_table_name(tiles.DEFAULT_TABLE)).count_rows() == 0
 
 
 def rsicd_subset(train: int, val: int) -> dict:
@@ -231,22 +255,6 @@ def read_history(output: str) -> list[dict]:
     return [json.loads(line) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
 
 
-def registered_checkpoint(output: str) -> str:
-    """Name of the latest checkpoint Ray Train has registered (its snapshot in storage), or "".
-
-    A checkpoint folder appears in storage before the controller registers it; a worker lost in between
-    restarts the run without it. The snapshot is written after registration, so it is the safe signal.
-    """
-    fs, path = storage.filesystem(f"{output}/ray/run/checkpoint_manager_snapshot.json")
-    fs.invalidate_cache()
-    try:
-        snapshot = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return ""
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    return str(latest.get("checkpoint_dir_name") or "")
-
-
 def train_placement_groups() -> list[dict]:
     """Ray Train's worker-group placement groups (two bundles each), oldest first."""
     table = ray.util.placement_group_table()
@@ -255,9 +263,8 @@ def train_placement_groups() -> list[dict]:
 
 def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_loss(cluster, s3, s3_prefix,
                                                                                   tiny_model):
-    from rsclip.train.loop import TrainConfig
-    from rsclip.train.loop import run as run_training
-
+    """The job joins the cluster as its own driver; one of the two worker nodes is killed as soon as the job
+    reports epoch 1's checkpoint registered (an event of the run, not a timer), and the run resumes there."""
     ensure_gpu_workers(cluster, 2)
     data = f"{s3_prefix}/rsicd"
     subset = rsicd_subset(train=16, val=6)
@@ -266,39 +273,41 @@ def test_finetune_two_workers_on_two_nodes_resumes_from_checkpoint_after_node_lo
     fs.pipe_file(path, json.dumps(subset).encode())
     output = f"{s3_prefix}/run"
     # 2 CPUs per worker: each worker fills one worker node, so the two land on two nodes
-    config = TrainConfig(data=[data], output=output, model=str(tiny_model), num_workers=2, cpus_per_worker=2,
-                         data_cpus=0.5, epochs=2, batch_size=4, warmup_steps=1, shuffle_buffer=0,
-                         max_failures=3, seed=0)
+    args = ["--data", data, "--output", output, "--model", str(tiny_model), "--num-workers", "2",
+            "--cpus-per-worker", "2", "--data-cpus", "0.5", "--epochs", "3", "--batch-size", "4",
+            "--warmup-steps", "1", "--shuffle-buffer", "0", "--max-failures", "3", "--seed", "0",
+            "--address", cluster.address]
+    env = {**os.environ, **s3.env, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     groups_before = {pg["placement_group_id"] for pg in train_placement_groups()}
+    registered = re.compile(REGISTERED.format(name=r"(epoch0001-\S+)"))
+    seen: dict = {}
 
-    thread, out = run_in_thread(run_training, config)
-    first_epoch, killed, nodes_used = None, None, set()
-    while thread.is_alive() and killed is None:
-        time.sleep(0.3)
-        latest = registered_checkpoint(output)
-        if not (latest.startswith("epoch0001-") and "partial" not in latest):
-            continue
-        history = read_history(output)
+    def kill_a_node_after_epoch_one(line: str) -> None:
+        if "killed" in seen or not registered.search(line) or "partial" in line:
+            return
         live = [pg for pg in train_placement_groups()
                 if pg["placement_group_id"] not in groups_before and pg["state"] == "CREATED"]
         assert len(live) == 1, f"expected the one live worker group of the run, found {live}"
-        nodes_used = set(live[0]["bundles_to_node_id"].values())
-        first_epoch = history[0]
-        killed = sorted(nodes_used)[0]
-        kill_and_replace(cluster, killed)
-    summary = finish(thread, out)
+        seen["nodes"] = set(live[0]["bundles_to_node_id"].values())
+        seen["first_epoch"] = read_history(output)[0]
+        seen["killed"] = sorted(seen["nodes"])[0]
+        kill_and_replace(cluster, seen["killed"])
 
-    assert killed is not None, "training ended before a node could be killed"
-    assert len(nodes_used) == 2 and cluster.head_node.node_id not in nodes_used, "2 workers on 2 worker nodes"
+    status, lines = run_streaming([sys.executable, "jobs/finetune.py", *args], env=env, cwd=ROOT,
+                                  timeout=JOB_TIMEOUT_S, on_line=kill_a_node_after_epoch_one)
+    assert status == 0, "".join(lines[-60:])
+    assert "killed" in seen, "the job reported no registered epoch-1 checkpoint: " + "".join(lines[-60:])
+    assert len(seen["nodes"]) == 2 and cluster.head_node.node_id not in seen["nodes"], "2 workers on 2 worker nodes"
     # the failure was real: Ray Train built a new worker group after losing the node
     groups = [pg for pg in train_placement_groups() if pg["placement_group_id"] not in groups_before]
     assert len(groups) >= 2
     history = read_history(output)
-    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
     # resumed, not restarted: epoch 1's record (its wall-clock throughput included) came back from the
     # checkpoint unchanged; a run started over would have trained and timed epoch 1 again
-    assert history[0] == first_epoch
+    assert history[0] == seen["first_epoch"]
+    assert any("resumed at epoch 1" in line for line in lines), "".join(lines[-60:])
+    summary = json.loads(lines[-1])
     assert summary["final_metrics"]["step"] == summary["total_steps_planned"]
     assert summary["model"] == f"{output}/model"
-    fs, path = storage.filesystem(f"{output}/model/config.json")
-    assert fs.exists(path), "the best checkpoint's model was exported"
+    load_model(f"{output}/model", device="cpu")  # the best checkpoint's model was exported, and loads

@@ -9,21 +9,24 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rsclip.train import data as rdata
-from rsclip.train import metrics as rmetrics
 from rsclip.core import storage
 from rsclip.core.model import load_model
+from rsclip.errors import InvalidInput
 from rsclip.testing import _text_config, build_tokenizer
-from rsclip.train.loop import TrainConfig, lr_factor, steps_per_epoch
+from rsclip.train import data as rdata
+from rsclip.train import metrics as rmetrics
+from rsclip.train import transforms
+from rsclip.train.config import TrainConfig
+from rsclip.train.driver import REGISTERED
+from rsclip.train.loop import lr_factor, steps_per_epoch
 from tests.helpers import RSICD_DIR
+from tests.job_logs import run_streaming
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_ENV = {
@@ -80,10 +83,20 @@ def test_config_file_flags_and_schedule(tmp_path):
     (tmp_path / "c.yaml").write_text("data: [a]\noutput: o\nepochs: 7\nlr: 0.001\nimage_aug: false\n")
     cfg, _ = parse_args(["--config", str(tmp_path / "c.yaml"), "--epochs", "3", "--data", "b", "--text-aug"])
     assert (cfg.epochs, cfg.lr, cfg.image_aug, cfg.text_aug, cfg.data) == (3, 0.001, False, True, ["b"])
-    with pytest.raises(ValueError, match="unknown"):
+    cfg, _ = parse_args(["--data", "a", "--output", "o", "--betas", "0.8", "0.95", "--no-resume"])
+    assert (cfg.betas, cfg.resume) == ((0.8, 0.95), False)
+    with pytest.raises(InvalidInput, match="unknown"):
         TrainConfig.from_dict({"data": ["a"], "output": "o", "learning_rate": 1})
-    with pytest.raises(ValueError, match="both towers"):
+    with pytest.raises(InvalidInput, match="epochs"):
+        TrainConfig.from_dict({"data": ["a"], "output": "o", "epochs": "ten"})
+    with pytest.raises(InvalidInput, match="both towers"):
         TrainConfig(data=["a"], output="o", freeze_image=True, freeze_text=True).validate()
+    (tmp_path / "bad.yaml").write_text("data: [a\n")
+    with pytest.raises(InvalidInput, match="bad.yaml"):
+        parse_args(["--config", str(tmp_path / "bad.yaml")])
+    # the job reports a bad setting in one line and exit status 2, before any Ray start-up
+    res = _finetune(["--data", "a", "--output", str(tmp_path / "o"), "--batch-size", "0"], timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == "finetune: error: batch_size must be at least 1"
     assert steps_per_epoch(1800, TrainConfig(batch_size=64, num_workers=2)) == 15
     assert [round(lr_factor(s, 2, 10), 3) for s in (0, 1, 2, 6, 10, 12)] == [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
 
@@ -131,7 +144,8 @@ def test_learns_stops_resumes_and_exports(small_model, tmp_path):
     plain = CLIPModel.from_pretrained(model_dir)
     enc = load_model(model_dir, device="cpu")
     val = rdata.read_samples([str(RSICD_DIR)], split="val")[:8]
-    images, _ = rdata.decode_samples(val, rdata.StageConfig.from_preprocess(enc.preprocess_config, image_aug=False))
+    images, _ = transforms.decode_samples(val, transforms.StageConfig.from_preprocess(enc.preprocess_config,
+                                                                                     image_aug=False))
     with torch.no_grad():
         ref = plain.get_image_features(pixel_values=enc.preprocess(images)).pooler_output
     np.testing.assert_allclose(enc.encode_images(images), torch.nn.functional.normalize(ref, dim=-1).numpy(),
@@ -167,45 +181,41 @@ def _train_workers(address: str) -> list[int]:
 
 def test_submitted_job_survives_a_killed_worker(ray_head, small_model, s3_prefix):
     """``ray job submit`` to a real head: 2 DDP workers, data and output on S3; one training worker is
-    SIGKILLed after the first checkpoint and the run still completes from that checkpoint."""
+    SIGKILLed as soon as the job reports its first registered checkpoint, and the run still completes from
+    that checkpoint."""
     samples = rdata.read_samples([str(RSICD_DIR)])
     pick = [s for s in samples if s["split"] == "train"][::9] + [s for s in samples if s["split"] == "val"][::10]
     _write_manifest(f"{s3_prefix}/data/manifest.jsonl", pick)  # 200 train + 30 val rows
     out = f"{s3_prefix}/run"
     fs, _ = storage.filesystem(out)
-    done: dict = {}
-    job = threading.Thread(target=lambda: done.update(res=ray_head.submit(
-        ["python", "jobs/finetune.py", "--data", f"{s3_prefix}/data/manifest.jsonl", "--output", out,
-         "--model", str(small_model), "--num-workers", "2", "--cpus-per-worker", "0.5", "--data-cpus", "0.25",
-         "--epochs", "2", "--batch-size", "10", "--lr", "1e-3", "--warmup-steps", "2",
-         "--checkpoint-every-steps", "3", "--max-failures", "2"],
-        working_dir=ROOT, timeout=500)))
-    job.start()
-    ckpt_root = out.split("://", 1)[1] + "/ray/run"
-    deadline = time.monotonic() + 400
-    killed = None
-    while job.is_alive() and time.monotonic() < deadline and killed is None:
-        # kill only once Ray Train has registered a checkpoint (its snapshot is written on registration);
-        # a folder that has appeared may still be uploading and would not be resumed from
-        fs.invalidate_cache()  # s3fs may answer from a listing cached before the snapshot existed
-        if fs.exists(f"{ckpt_root}/checkpoint_manager_snapshot.json"):
-            pids = _train_workers(ray_head.dashboard_url)
-            if pids:
-                os.kill(pids[-1], signal.SIGKILL)
-                killed = pids[-1]
-        time.sleep(0.5)
-    job.join(timeout=500)
-    res = done.get("res")
-    assert killed is not None, ("the run ended before a worker could be killed",
-                                res and (res.stdout[-3000:], res.stderr[-3000:]))
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    registered = re.compile(REGISTERED.format(name=r"(\S+)"))
+    killed: list[tuple[str, int]] = []
+
+    def kill_on_first_registered_checkpoint(line: str) -> None:
+        found = registered.search(line)
+        if found and not killed:  # Ray Train resumes from a registered checkpoint, never from a later one
+            pid = _train_workers(ray_head.dashboard_url)[-1]
+            os.kill(pid, signal.SIGKILL)
+            killed.append((found.group(1), pid))
+
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard_url,
+              "--working-dir", str(ROOT), "--"]
+    status, lines = run_streaming([
+        *submit, "python", "jobs/finetune.py", "--data", f"{s3_prefix}/data/manifest.jsonl", "--output", out,
+        "--model", str(small_model), "--num-workers", "2", "--cpus-per-worker", "0.5", "--data-cpus", "0.25",
+        "--epochs", "2", "--batch-size", "10", "--lr", "1e-3", "--warmup-steps", "2",
+        "--checkpoint-every-steps", "3", "--max-failures", "2"],
+        env={**ray_head.process_env(), **FAST_ENV}, cwd=ROOT, timeout=500, on_line=kill_on_first_registered_checkpoint)
+    logs = "".join(lines)
+    assert killed, ("the job reported no registered checkpoint", logs[-3000:])
+    assert killed[0][0] == "epoch0000-step0000003-partial"
+    assert status == 0, logs[-3000:]
     history = _history(out)
     spe = steps_per_epoch(200, TrainConfig(batch_size=10, num_workers=2))
     assert [r["epoch"] for r in history] == [1, 2] and history[-1]["step"] == 2 * spe
     summary = json.loads(fs.cat(out.split("://", 1)[1] + "/summary.json"))
     assert summary["model"] == f"{out}/model"
     load_model(f"{out}/model", device="cpu")  # the S3 export works as a --model
-    logs = res.stdout + res.stderr
     resumed = [int(m) for m in re.findall(r"resumed at epoch \d+, step (\d+)", logs)]
     assert resumed and min(resumed) >= 3, logs[-3000:]  # restarted from a checkpoint, not from scratch
-    assert killed not in _train_workers(ray_head.dashboard_url)
+    assert killed[0][1] not in _train_workers(ray_head.dashboard_url)

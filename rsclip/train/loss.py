@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rsclip.errors import InvalidInput
+
 # CLIP's cap on the learnable inverse temperature: exp(logit_scale) <= 100.
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -80,10 +82,10 @@ def contrastive_loss(
     ``image_features`` and ``text_features`` are this rank's ``(B, D)`` rows (pair i is image i with text
     i); they are normalised here. With ``gather`` and an initialised process group, rows from all ranks
     are gathered with gradient first, so the loss (identical on every rank) is the single-process loss of
-    the concatenated global batch. Raises ``ValueError`` when the two batches differ in size.
+    the concatenated global batch. Raises :class:`InvalidInput` when the two batches differ in size.
     """
     if image_features.shape != text_features.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"image and text features must pair up: {tuple(image_features.shape)} vs {tuple(text_features.shape)}"
         )
     image_features = F.normalize(image_features.float(), dim=-1)  # (B, D)

@@ -20,6 +20,7 @@ import numpy as np
 from rsclip.core import storage
 from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, class_embeddings
 from rsclip.core.vectors import softmax, unit
+from rsclip.errors import InvalidInput
 
 TOPK = (1, 3, 5, 10)
 RECALL_K = (1, 5, 10)
@@ -76,12 +77,12 @@ def evaluate(encoder, images: Sequence[np.ndarray], captions: Sequence[Sequence[
 
     ``images`` are uint8 HWC arrays, ``captions[i]`` the captions of image i, ``labels[i]`` its class
     (``""`` when unknown: such images count for retrieval only). ``classes`` defaults to the distinct
-    labels. Zero-shot keys are ``None`` when no image has a label. Raises ``ValueError`` on no images.
+    labels. Zero-shot keys are ``None`` when no image has a label. Raises :class:`InvalidInput` on no images.
     """
     if not images:
-        raise ValueError("no images to evaluate")
+        raise InvalidInput("no images to evaluate")
     if not (len(images) == len(captions) == len(labels)):
-        raise ValueError("images, captions and labels must have the same length")
+        raise InvalidInput("images, captions and labels must have the same length")
     image_emb = encoder.encode_images(list(images))
     texts = [c for caps in captions for c in caps]
     text_image = np.array([i for i, caps in enumerate(captions) for _ in caps])
@@ -161,12 +162,13 @@ def plot_history(uri: str, history: Sequence[dict[str, Any]]) -> None:
 
 
 def evaluate_samples(encoder, samples: Sequence[dict[str, Any]], *, threads: int = 4) -> dict[str, Any]:
-    """:func:`evaluate` on :mod:`rsclip.data` samples, decoded with the encoder's own preprocessing.
+    """:func:`evaluate` on :mod:`rsclip.train.data` samples, decoded with the encoder's own preprocessing.
 
-    Unreadable images are skipped and counted under ``skipped_images``. Raises ``ValueError`` when no
+    Unreadable images are skipped and counted under ``skipped_images``. Raises :class:`InvalidInput` when no
     image is readable.
     """
-    from rsclip.train.data import CAPTIONS, LABEL, StageConfig, decode_samples
+    from rsclip.train.data import CAPTIONS, LABEL
+    from rsclip.train.transforms import StageConfig, decode_samples
 
     stage = StageConfig.from_preprocess(encoder.preprocess_config, image_aug=False, text_aug=False)
     images, skipped = decode_samples(samples, stage, threads=threads)
