@@ -21,7 +21,7 @@ def test_decode_stage_modules_import_neither_torch_nor_lancedb():
     loaded = _python(
         "import json, sys\n"
         "import rsclip.ingest.planning, rsclip.ingest.reading, rsclip.train.data, rsclip.core.preprocess\n"
-        "import rsclip.core.raster, rsclip.core.images\n"
+        "import rsclip.core.raster, rsclip.core.images, rsclip.train.transforms, rsclip.train.seeds\n"
         "print(json.dumps({m: m in sys.modules for m in ('torch', 'transformers', 'lancedb')}))"
     )
     assert loaded == {"torch": False, "transformers": False, "lancedb": False}
