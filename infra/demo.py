@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from infra.local_stack import RayHead, SeaweedFS  # noqa: E402
+from infra.local_stack import RayHead, SeaweedFS, new_token  # noqa: E402
 
 DEMO_DIR = ROOT / ".demo"
 BUCKET = "rsclip-demo"
@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         s3 = SeaweedFS(DEMO_DIR / "seaweedfs", buckets=(BUCKET,)).start()
         print(f"  S3 endpoint {s3.endpoint}", flush=True)
         print("starting a Ray head on 127.0.0.1 ...", flush=True)
-        head = RayHead(num_cpus=os.cpu_count() or 2, env=s3.env).start()
-        print(f"  Ray dashboard {head.dashboard_url}", flush=True)
+        # Ray listens on every interface: the token keeps the network from running code on this machine
+        head = RayHead(num_cpus=os.cpu_count() or 2, env=s3.env, token=new_token()).start()
+        print(f"  Ray dashboard {head.dashboard_url} (token in {head.auth_env['RAY_AUTH_TOKEN_PATH']})", flush=True)
 
         print(f"uploading {origin} to s3://{BUCKET}/archive ...", flush=True)
         client = s3.client()

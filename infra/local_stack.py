@@ -5,7 +5,8 @@ Both run as child processes in their own session, so they are stopped by process
 people's Ray. Used as a library (``with SeaweedFS(dir) as s3: ...``) or from the shell:
 
     python infra/local_stack.py seaweedfs --dir D    # runs until interrupted, prints the env to use
-    python infra/local_stack.py ray-head             # a Ray head for `ray job submit`, until interrupted
+    python infra/local_stack.py ray-head             # a Ray head for `ray job submit` (token auth), until
+                                                     # interrupted; prints the env its clients need
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -137,12 +139,18 @@ def weed_binary() -> str:
 
 @dataclass
 class SeaweedFS:
-    """A one-process SeaweedFS (``weed mini``) with an S3 endpoint on 127.0.0.1 and fixed credentials."""
+    """A one-process SeaweedFS (``weed mini``) with an S3 endpoint on 127.0.0.1 and fixed credentials.
+
+    ``identities``: more users besides the admin, as SeaweedFS's ``-s3.config`` entries, e.g. a role that
+    may list a bucket but read only under one prefix: ``{"name": "reader", "credentials": [{"accessKey":
+    "k", "secretKey": "s"}], "actions": ["List:bucket", "Read:bucket/prefix/*"]}``.
+    """
 
     data_dir: Path
     buckets: tuple[str, ...] = ()
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
+    identities: tuple[dict, ...] = ()
     s3_port: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -173,7 +181,7 @@ class SeaweedFS:
             "name": "rsclip",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        }, *self.identities]}))
         (s3, master, volume, filer, admin, s3g, masterg, volumeg, filerg, admin_g, metrics) = free_ports(11)
         self.s3_port = s3
         cmd = [
@@ -223,15 +231,31 @@ class SeaweedFS:
         self.stop()
 
 
+def new_token() -> str:
+    """A fresh random token for Ray's token authentication."""
+    return secrets.token_hex(32)
+
+
 @dataclass
 class RayHead:
-    """A ``ray start --head --block`` on 127.0.0.1 with its dashboard (for ``ray job submit``)."""
+    """A ``ray start --head --block`` with its dashboard on 127.0.0.1 (for ``ray job submit``).
+
+    127.0.0.1 is not enough to keep the network out: Ray's GCS, raylet and agents listen on every interface
+    whatever ``--node-ip-address`` says (measured with Ray 2.60). With a ``token`` (``new_token()``; the
+    ``ray-head`` command and ``make demo`` pass one) every Ray endpoint of this head demands it
+    (``RAY_AUTH_MODE=token``, the token in a file only this user can read); :attr:`auth_env` is what a client
+    needs. Without one (the test fixture, whose in-process clients run with ``RAY_AUTH_MODE=disabled``)
+    anyone who can reach this machine can run code on it while the head runs. ``inherit_aws=False`` starts
+    the head without this process's AWS variables (a node without credentials); ``env`` is added either way.
+    """
 
     num_cpus: int = 2
     env: dict[str, str] = field(default_factory=dict)
     # a small object store: tests and the demo move uint8 tiles, and the machine has other tenants
     object_store_memory: int = 1_000_000_000
     temp_dir: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    inherit_aws: bool = True
     gcs_port: int = 0
     dashboard_port: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
@@ -246,8 +270,20 @@ class RayHead:
         """The address for ``ray job submit --address``."""
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """The variables a client of this head needs: ``RAY_AUTH_MODE`` and, with a token, its file."""
+        if not self.token:
+            return {"RAY_AUTH_MODE": "disabled"}
+        if self.temp_dir is None:
+            raise RuntimeError("start the Ray head first: its token file lives in its folder")
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.temp_dir / "auth_token")}
+
     def process_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {k: v for k, v in os.environ.items() if self.inherit_aws or not k.startswith("AWS_")}
+        env.update(self.env)
+        env.pop("RAY_AUTH_TOKEN", None)  # it would win over this head's token file
+        env.update(self.auth_env, RAY_USAGE_STATS_ENABLED="0")
         # job entrypoints say ``python``: it must be this environment's interpreter
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.pop("RAY_ADDRESS", None)
@@ -256,6 +292,10 @@ class RayHead:
     def start(self, timeout: float = 120.0) -> "RayHead":
         # Ray's socket paths must stay short, so the folder lives directly under /tmp.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rsray-", dir="/tmp"))
+        if self.token:
+            fd = os.open(self.temp_dir / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
         (self.gcs_port, self.dashboard_port, client_port, mport, nm_port, om_port, agent_port,
          agent_grpc, rt_port) = free_ports(9)
         cmd = [
@@ -278,8 +318,14 @@ class RayHead:
         return self
 
     def _ready(self) -> bool:
-        with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as r:
+        request = urllib.request.Request(f"{self.dashboard_url}/api/version", headers=self.auth_headers)
+        with urllib.request.urlopen(request, timeout=2) as r:
             return r.status == 200
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """HTTP headers for this head's dashboard and job API (empty without a token)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def submit(self, entrypoint: list[str], *, working_dir: str | Path, timeout: float = 600.0,
                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -319,12 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                         "its processes inherit this shell's AWS_* variables")
     rh.add_argument("--num-cpus", type=int, default=2)
     rh.add_argument("--object-store-memory", type=int, default=RayHead.object_store_memory)
+    rh.add_argument("--no-token", action="store_true",
+                    help="no token authentication: anyone who can reach this machine can then run code on it")
     args = parser.parse_args(argv)
     if args.what == "ray-head":
         aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-        head = RayHead(num_cpus=args.num_cpus, env=aws, object_store_memory=args.object_store_memory).start()
-        print(f"export RAY_ADDRESS={head.dashboard_url}  # ray job submit; ray.init(address='{head.address}')",
-              flush=True)
+        head = RayHead(num_cpus=args.num_cpus, env=aws, object_store_memory=args.object_store_memory,
+                       token=None if args.no_token else new_token()).start()
+        client = " ".join(f"{k}={v}" for k, v in head.auth_env.items())
+        print(f"export RAY_ADDRESS={head.dashboard_url} {client}  # ray job submit; "
+              f"ray.init(address='{head.address}')", flush=True)
         try:
             wait_for_stop_signal()
         finally:

@@ -129,3 +129,93 @@ def test_every_key_is_commented():
 def test_comment_check_can_fail():
     assert uncommented_keys("# the name\nname: x\nplain: 1\nnested:  # a map\n  inner: 2\n") == [
         "plain (line 3)", "nested.inner (line 5)"]
+
+
+# ---------------------------------------------------------------- security: token auth, IMDSv2, two roles
+
+AWS_POLICIES = ROOT / "infra" / "aws"
+DOCKERFILE = ROOT / "infra" / "Dockerfile"
+TOKEN_MODE = "RAY_AUTH_MODE=token"
+# Ray's default token file, relative to the home of the user Ray runs as.
+RAY_TOKEN_FILE = ".ray/auth_token"
+LAUNCH_ACTIONS = {"ec2:runinstances", "ec2:terminateinstances", "iam:passrole"}
+
+
+def image_home() -> str:
+    """The HOME the image's processes run with (infra/Dockerfile's ENV)."""
+    match = re.search(r"^ENV HOME=(\S+)", DOCKERFILE.read_text(), re.M)
+    assert match, "infra/Dockerfile sets HOME"
+    return match.group(1)
+
+
+def auth_problems(config: dict) -> list[str]:
+    """What keeps the cluster's Ray endpoints from demanding the token (empty when nothing does)."""
+    problems = []
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        if not starts or not all(TOKEN_MODE in c.split("ray start")[0] for c in starts):
+            problems.append(f"{key}: ray start without {TOKEN_MODE}")
+    mounts = config.get("file_mounts") or {}
+    if mounts.get(f"{image_home()}/{RAY_TOKEN_FILE}") != f"~/{RAY_TOKEN_FILE}":
+        problems.append(f"file_mounts: no ~/{RAY_TOKEN_FILE} at Ray's default path in the image")
+    return problems
+
+
+def imds_problems(config: dict) -> list[str]:
+    """Node types whose instances would answer IMDSv1 (or pass the token beyond the instance)."""
+    problems = []
+    for name, node_type in config["available_node_types"].items():
+        options = node_type["node_config"].get("MetadataOptions") or {}
+        if options.get("HttpTokens") != "required" or options.get("HttpPutResponseHopLimit") != 1:
+            problems.append(name)
+    return problems
+
+
+def policy_actions(name: str) -> list[tuple[str, object, dict]]:
+    """(action, resource, condition) of every Allow statement of infra/aws/NAME."""
+    doc = json.loads((AWS_POLICIES / name).read_text())
+    rows = []
+    for statement in doc["Statement"]:
+        assert statement["Effect"] == "Allow", "no Deny trickery: the roles are allow-lists"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        rows += [(a.lower(), statement["Resource"], statement.get("Condition") or {}) for a in actions]
+    return rows
+
+
+def test_every_ray_endpoint_demands_the_token(config):
+    assert auth_problems(config) == []
+    # the image is token-mode by default too: a node without the token does not start an open cluster
+    assert re.search(rf"^\s*{TOKEN_MODE}\b", DOCKERFILE.read_text(), re.M)
+
+
+def test_token_check_can_fail(config):
+    broken = copy.deepcopy(config)
+    broken["worker_start_ray_commands"] = [c.replace("export RAY_AUTH_MODE=token; ", "")
+                                           for c in broken["worker_start_ray_commands"]]
+    broken["file_mounts"] = {}
+    assert len(auth_problems(broken)) == 2
+
+
+def test_every_instance_requires_imdsv2(config):
+    assert imds_problems(config) == []
+    broken = copy.deepcopy(config)
+    del broken["available_node_types"]["gpu_worker"]["node_config"]["MetadataOptions"]
+    assert imds_problems(broken) == ["gpu_worker"]
+
+
+def test_workers_get_an_s3_role_and_only_the_head_may_launch(config):
+    roles = node_types_by_role(config)
+    head = roles["head"]["node_config"]["IamInstanceProfile"]["Name"]
+    workers = {roles[r]["node_config"]["IamInstanceProfile"]["Name"] for r in ("gpu", "cpu")}
+    assert len(workers) == 1 and head not in workers, "the workers share one role, not the head's"
+    [worker] = workers
+    node = policy_actions("rsclip-node-policy.json")
+    assert {a.split(":")[0] for a, _, _ in node} == {"s3", "ecr"}, "every node: S3 and the image pull only"
+    assert not any("*" in a for a, _, _ in node) and not LAUNCH_ACTIONS & {a for a, _, _ in node}
+    assert all(r != "*" for a, r, _ in node if a.startswith("s3:")), "S3 on named buckets only"
+    launcher = policy_actions("rsclip-launcher-policy.json")
+    assert {"ec2:runinstances", "ec2:terminateinstances"} <= {a for a, _, _ in launcher}
+    passes = [(r, c) for a, r, c in launcher if a == "iam:passrole"]
+    assert passes == [(f"arn:aws:iam::123456789012:role/{worker}",
+                       {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}})], \
+        "the head passes the worker role, to EC2, and nothing else"

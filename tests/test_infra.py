@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,7 +39,12 @@ IMAGE_APP_DIR = "/app"
 # Fields of the ray.io/v1 types (kuberay ray-operator/apis/ray/v1).
 RAYCLUSTER_SPEC_FIELDS = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
                           "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
-                          "gcsFaultToleranceOptions"}
+                          "gcsFaultToleranceOptions", "authOptions", "upgradeStrategy", "historyServerOptions",
+                          "networkPolicy", "tlsOptions"}
+AUTH_OPTIONS_FIELDS = {"mode", "secretName", "enableK8sTokenAuth"}
+# The Secret every manifest takes Ray's token from (created by hand, never committed).
+TOKEN_SECRET = "rsclip-ray-token"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HEAD_GROUP_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
 WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams",
                        "template", "scaleStrategy", "suspend", "idleTimeoutSeconds"}
@@ -107,6 +113,7 @@ def check_raycluster_spec(spec: dict, where: str) -> list[dict]:
         assert spec["autoscalerOptions"].get("upscalingMode", "Default") in UPSCALING_MODES, where
     head = spec["headGroupSpec"]
     assert not set(head) - HEAD_GROUP_FIELDS, f"{where}: unknown head fields {set(head) - HEAD_GROUP_FIELDS}"
+    assert not auth_problems(spec), f"{where}: {auth_problems(spec)}"
     for params in [head["rayStartParams"]]:
         assert all(isinstance(v, str) for v in params.values()), f"{where}: rayStartParams values must be strings"
     head_container = check_pod_template(head["template"], f"{where} head", ray_container="ray-head")
@@ -132,6 +139,21 @@ def check_raycluster_spec(spec: dict, where: str) -> list[dict]:
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/dev/shm" in mounts, f"{gw}: the object store needs a real /dev/shm"
     return groups
+
+
+def auth_problems(spec: dict) -> list[str]:
+    """What leaves a RayClusterSpec's Ray endpoints open: no token mode from the Secret, or a head service
+    reachable from outside the Kubernetes cluster."""
+    problems = []
+    auth = spec.get("authOptions") or {}
+    if set(auth) - AUTH_OPTIONS_FIELDS:
+        problems.append(f"unknown authOptions fields {set(auth) - AUTH_OPTIONS_FIELDS}")
+    if auth.get("mode") != "token" or auth.get("secretName") != TOKEN_SECRET:
+        problems.append(f"authOptions must be mode token with secretName {TOKEN_SECRET}")
+    head = spec["headGroupSpec"]
+    if head.get("serviceType", "ClusterIP") != "ClusterIP" or head.get("enableIngress"):
+        problems.append("the head service must stay ClusterIP, without ingress (use kubectl port-forward)")
+    return problems
 
 
 def gpu_groups(groups: list[dict]) -> list[dict]:
@@ -253,17 +275,42 @@ def test_every_pod_runs_the_project_image_as_the_cluster_launcher_does():
     assert images == {cluster_image}
 
 
-def test_pods_use_the_service_account_with_the_s3_role():
-    [(_, account)] = docs_of("ServiceAccount")
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
-    text = "\n".join(p.read_text() for p in MANIFESTS)
-    assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+def test_auth_check_can_fail():
+    [(_, cluster)] = docs_of("RayCluster")
+    spec = dict(cluster["spec"])
+    del spec["authOptions"]
+    spec["headGroupSpec"] = {**spec["headGroupSpec"], "serviceType": "LoadBalancer"}
+    assert len(auth_problems(spec)) == 2
+
+
+def test_no_token_or_secret_is_committed():
+    for path in [*INFRA.rglob("*.yaml"), ROOT / "cluster.yaml"]:
+        for doc in load_docs(path):
+            assert doc.get("kind") != "Secret", f"{path}: create Secrets by hand, never commit them"
+        text = path.read_text()
+        assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text, path
+        assert not re.search(r"RAY_AUTH_TOKEN\s*[:=]\s*\S", text), f"{path}: a token value"
+
+
+def test_head_and_workers_use_their_own_service_accounts_with_the_s3_role():
+    """The head's account gets the autoscaler's Kubernetes rights (KubeRay binds them to it); the workers',
+    which run whatever a job sends, gets no API token; both reach S3 through the S3-only IAM role that the
+    cluster launcher's workers use (cluster.yaml)."""
+    accounts = {d["metadata"]["name"]: d for _, d in docs_of("ServiceAccount")}
+    assert set(accounts) == {"rsclip-head", "rsclip-worker"}
+    launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    worker_role = launcher["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]["Name"]
+    for account in accounts.values():
+        arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert arn == f"arn:aws:iam::123456789012:role/{worker_role}", "no pod needs more than S3"
+    assert accounts["rsclip-worker"].get("automountServiceAccountToken") is False
     for path, doc in all_docs():
         if doc["kind"] == "ServiceAccount":
             continue
         spec = doc["spec"].get("rayClusterSpec", doc["spec"])
-        for template in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
-            assert template["spec"]["serviceAccountName"] == account["metadata"]["name"], path.name
+        assert spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == "rsclip-head", path.name
+        for group in spec["workerGroupSpecs"]:
+            assert group["template"]["spec"]["serviceAccountName"] == "rsclip-worker", path.name
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -293,27 +340,33 @@ def test_dockerfile_builds_the_package_with_a_cuda_torch():
     runs = " ".join(rest for op, rest in instructions if op == "RUN")
     assert "pip install" in runs and "wget" in runs, "KubeRay's probes use wget"
     assert (INFRA / "Dockerfile.dockerignore").read_text().count(".venv")
+    env = " ".join(rest for op, rest in instructions if op == "ENV")
+    assert "RAY_AUTH_MODE=token" in env, "every process of the image demands and sends the cluster's token"
 
 
 def test_local_stack_ray_head_command(s3):
-    """``python infra/local_stack.py ray-head`` serves ``ray job submit`` with this shell's AWS variables and
-    stops everything it started on SIGTERM."""
+    """``python infra/local_stack.py ray-head`` serves ``ray job submit`` with this shell's AWS variables, only
+    to clients with its token (it prints their env), and stops everything it started on SIGTERM."""
     proc = subprocess.Popen([sys.executable, str(INFRA / "local_stack.py"), "ray-head", "--num-cpus", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True)
     try:
         line = proc.stdout.readline()
-        match = re.search(r"RAY_ADDRESS=(http://127\.0\.0\.1:\d+)", line)
+        match = re.search(r"RAY_ADDRESS=(http://127\.0\.0\.1:\d+) RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=(\S+)",
+                          line)
         assert match, line + proc.stdout.read() if proc.poll() is not None else line
-        dashboard = match.group(1)
-        with urllib.request.urlopen(f"{dashboard}/api/version", timeout=5) as r:
-            assert r.status == 200
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--",
-             "python", "-c", "import os; print('endpoint=' + os.environ['AWS_ENDPOINT_URL'])"],
-            capture_output=True, text=True, timeout=180, cwd=ROOT,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""},
-        )
+        dashboard, token_file = match.groups()
+        assert os.stat(token_file).st_mode & 0o077 == 0, "the token file is for this user only"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{dashboard}/api/version", timeout=5)
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--",
+                  "python", "-c", "import os; print('endpoint=' + os.environ['AWS_ENDPOINT_URL'])"]
+        anonymous = subprocess.run(submit, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                                   env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""})
+        assert anonymous.returncode != 0 and "endpoint=" not in anonymous.stdout
+        client = {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
+        result = subprocess.run(submit, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                                env={**os.environ, **client})
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"endpoint={s3.endpoint}" in result.stdout
     finally:
@@ -323,7 +376,7 @@ def test_local_stack_ray_head_command(s3):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{dashboard}/api/version", timeout=1)
+            urllib.request.urlopen(f"{dashboard}/api/healthz", timeout=1)  # open to all: answers while up
         except OSError:
             break
         time.sleep(0.5)
