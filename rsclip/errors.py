@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
+from urllib.parse import quote
 
 
 class RsclipError(Exception):
@@ -65,6 +66,8 @@ STORE_WIDE = frozenset({UNREACHABLE, CREDENTIALS, NO_BUCKET})
 
 # Markers in exception type names and texts (s3fs/botocore, object_store in LanceDB, pyarrow, GDAL/curl), in
 # the order they are tested: credential errors are also reported as "access denied", so they come first.
+# s3fs turns every 403 into a PermissionError carrying only the server's message (no error code), so the
+# credential faults are also recognised by the messages S3 (and SeaweedFS/MinIO) send with them.
 _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (UNREACHABLE, ("EndpointConnectionError", "Could not connect to the endpoint", "ConnectTimeoutError",
                    "Connection refused", "ConnectionRefused", "tcp connect error", "dns error",
@@ -73,10 +76,13 @@ _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (CREDENTIALS, ("NoCredentialsError", "Unable to locate credentials", "InvalidAccessKeyId",
                    "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidClientTokenId",
                    "The AWS Access Key Id you provided does not exist", "InvalidSecurity",
-                   "no valid credentials", "Failed to get credentials")),
+                   "no valid credentials", "Failed to get credentials",
+                   "you provided does not exist in our records", "signature we calculated does not match",
+                   "token has expired", "token is malformed", "security token included in the request is invalid")),
     (NO_BUCKET, ("NoSuchBucket", "bucket does not exist", "The specified bucket does not exist")),
-    (DENIED, ("AccessDenied", "Access Denied", "Forbidden", "KMS.", "KMSAccessDenied", "status: 403",
-              "HTTP 403", "(403)", "HTTP response code: 403")),
+    # one object: no permission on it or on the KMS key that encrypts it, or a local file the process may not read
+    (DENIED, ("AccessDenied", "Access Denied", "Forbidden", "KMS.", "KMSAccessDenied", "kms:", "status: 403",
+              "HTTP 403", "(403)", "HTTP response code: 403", "Permission denied")),
 )
 
 _ADVICE = {
@@ -102,9 +108,19 @@ class StoreFault:
         return self.kind in STORE_WIDE
 
 
-def store_fault(exc: BaseException) -> StoreFault | None:
-    """The :class:`StoreFault` an exception reports, or None when it is not an object-store fault."""
+def store_fault(exc: BaseException, ignore: Iterable[str] = ()) -> StoreFault | None:
+    """The :class:`StoreFault` an exception reports, or None when it is not an object-store fault.
+
+    ``ignore``: names that messages quote but that are no evidence, such as the failing object's uri (an
+    object named ``NoSuchBucket.jpg`` or ``Connection refused.tif`` is not a fault of the store). Each is
+    also left out as ``bucket/key`` (how s3fs and GDAL's ``/vsis3/`` quote it) and percent-encoded (curl).
+    """
     text = f"{type(exc).__name__} {exc}"
+    for name in ignore:
+        bare = str(name).split("://", 1)[-1]
+        for spelling in sorted({str(name), bare, quote(bare)}, key=len, reverse=True):
+            if spelling:
+                text = text.replace(spelling, "<name>")
     for kind, markers in _MARKERS:
         if any(marker in text for marker in markers):
             return StoreFault(kind, _ADVICE[kind])
@@ -115,9 +131,10 @@ def store_fault(exc: BaseException) -> StoreFault | None:
     return None
 
 
-def is_store_wide(exc: BaseException) -> bool:
-    """True for faults of the whole store (stop the job), False for anything else (record and skip)."""
-    fault = store_fault(exc)
+def is_store_wide(exc: BaseException, ignore: Iterable[str] = ()) -> bool:
+    """True for faults of the whole store (stop the job), False for anything else (record and skip);
+    ``ignore`` as for :func:`store_fault`."""
+    fault = store_fault(exc, ignore)
     return fault is not None and fault.store_wide
 
 

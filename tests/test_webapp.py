@@ -8,6 +8,9 @@ off the network, and every request the page makes must go to the app itself.
 
 from __future__ import annotations
 
+import base64
+import errno
+import http.client
 import io
 import os
 import re
@@ -27,9 +30,10 @@ from rsclip.core.windows import grid_windows
 from rsclip.core import raster, tiles
 from rsclip.core.images import read_image
 from rsclip.core.model import load_model
-from rsclip.app.preview import decode_upload, read_preview
+from rsclip.app.finder import find_feature
+from rsclip.app.preview import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, decode_upload, read_preview
 from rsclip.core.windows import Window
-from rsclip.search.query import query, similar_tiles, tile_vector
+from rsclip.search.query import query, query_text, similar_tiles, tile_vector
 from rsclip.app.server import (
     APP_SCRIPT,
     DEFAULT_K,
@@ -45,7 +49,6 @@ from rsclip.app.server import (
     VIEW_IMAGE,
     app_url,
     describe_window,
-    find_feature,
     open_instructions,
     parse_bbox,
     readable_error,
@@ -55,6 +58,8 @@ from rsclip.app.server import (
     WebConfig,
 )
 from tests.helpers import BUCKET, GEOTIFF_DIR
+from tests.test_security_formats import RAW_PASSWD, SECRET_MARKERS
+from tests.test_security_limits import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -64,6 +69,11 @@ CHROMIUM_ARGS = [
 LANDSAT = GEOTIFF_DIR / "RGB.byte.tif"  # 791x718, 3 x uint8, UTM 18N, nodata 0
 FLOAT_SCENE = GEOTIFF_DIR / "cog.tif"  # 343x206, 4 x float64, EPSG:4326
 N_CHIPS = 16
+# Objects whose names are markdown or HTML (issue 13, item 5): real local chips under these relative paths,
+# the only tiles inside HOSTILE_BBOX.
+HOSTILE_BBOX = (100.0, 10.0, 101.0, 11.0)
+HOSTILE_NAMES = ("![x](https:/host.invalid/p.png).jpg", '<img src="https:/host.invalid/q.png">.jpg',
+                 ":red[**bold**]_it_`code`$x^2$[l](https:x).jpg")
 UI_TIMEOUT_MS = 180_000  # generous: a loaded CI machine imports torch slowly on the first page load
 
 
@@ -120,7 +130,7 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
     landsat_uri = f"{prefix}/scenes/{LANDSAT.name}"
     client.upload_file(str(LANDSAT), BUCKET, key_of(landsat_uri))
     windows = []
-    with raster.gdal_env(), rasterio.open(raster.gdal_path(landsat_uri)) as src:
+    with raster.gdal_env(), rasterio.open(raster.raster_path(landsat_uri)) as src:
         scene = raster.describe_scene(src, raster.RasterOptions())
         for window in grid_windows(src.width, src.height, 224):
             pixels = raster.read_window(src, window, scene)
@@ -136,13 +146,23 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
         _add(rows, str(FLOAT_SCENE), whole, encoder.encode_images([raster.read_window(src, whole, scene)])[0],
              raster.window_bounds_wgs84(src, whole), scene.crs)
 
+    hostile_dir, hostile = tmp_path_factory.mktemp("hostile"), []
+    for i, name in enumerate(HOSTILE_NAMES):
+        path = hostile_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rsicd_files[1 + i], path)  # scenes that are not among the chips above
+        hostile.append(str(path))
+        lon = HOSTILE_BBOX[0] + 0.2 * i
+        _add(rows, str(path), (0, 0, 150, 150), encoder.encode_images([read_image(path)])[0],
+             (lon, HOSTILE_BBOX[1], lon + 0.1, HOSTILE_BBOX[1] + 0.1), "EPSG:4326")
+
     db = f"{prefix}/db"
     table = tiles.create_table(db, tiles.DEFAULT_TABLE, model=str(tiny_model), dim=encoder.dim)
     assert tiles.add_tiles(table, rows) == len(rows[tiles.URI])
     return {
         "db": db, "chips": chip_uris, "local_chips": [u for u in chip_uris if not u.startswith("s3://")],
         "landsat": landsat_uri, "landsat_windows": windows, "landsat_bbox": tuple(landsat_bbox),
-        "rows": len(rows[tiles.URI]),
+        "rows": len(rows[tiles.URI]), "hostile": hostile,
     }
 
 
@@ -474,6 +494,124 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     assert_no_traceback(page)
 
 
+# ------------------------------------------------------------------------------------------ issue 13 in the browser
+
+
+def test_object_names_are_shown_as_plain_text(server, demo, page, tmp_path):
+    """Names that are markdown or HTML render as the characters they are: no image fetched (the page fixture
+    records every request), no link, no markup, in the hit cards and in the "Tiles similar to" caption."""
+    open_app(page, server.url)
+    bbox_box = page.locator(f".st-key-{KEY_BBOX} input")
+    bbox_box.fill(", ".join(str(v) for v in HOSTILE_BBOX))
+    bbox_box.press("Enter")
+    page.get_by_text("searching inside").wait_for(timeout=UI_TIMEOUT_MS)
+    search_text(page, "anything at all")
+    results, n = f".st-key-{KEY_TEXT_RESULTS}", len(HOSTILE_NAMES)
+    wait_images_loaded(page, results, n)
+    expected = query(demo["db"], "anything at all", k=DEFAULT_K, bbox=HOSTILE_BBOX)
+    assert sorted(expected[tiles.URI]) == sorted(demo["hostile"])
+    assert hit_captions(page, KEY_TEXT_RESULTS) == expected_captions(expected)
+    text = page.locator(results).inner_text()
+    for uri in demo["hostile"]:
+        assert source_name(uri) in text
+    assert page.locator(f"{results} a").count() == 0  # no link made of a name
+    assert page.locator(f"{results} img").count() == n  # the previews, nothing else
+    assert page.locator("img[src*='host.invalid'], img[alt='x'], .katex").count() == 0
+
+    page.locator(f"{results}-hit-1").get_by_role("button", name="Similar tiles").click()
+    page.get_by_text("Tiles similar to").wait_for(timeout=UI_TIMEOUT_MS)
+    wait_images_loaded(page, f".st-key-{KEY_IMAGE_RESULTS}", n - 1)
+    page.get_by_text(expected[tiles.URI].iloc[0], exact=False).first.wait_for(timeout=UI_TIMEOUT_MS)
+    page.screenshot(path=str(tmp_path / "hostile_names.png"), full_page=True)
+    assert page.locator("img[src*='host.invalid'], img[alt='x']").count() == 0
+    assert_no_traceback(page)
+
+
+def test_typed_text_is_text_and_nothing_is_read(server, demo, page, tmp_path, rsicd_files):
+    """What a visitor types is encoded as text: the hits are the text query's; a FIFO, an image on disk and an
+    object on S3 named in the box are never opened (an opened FIFO would hang the search)."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    probe = tmp_path / "probe.jpg"
+    shutil.copyfile(rsicd_files[3], probe)
+    typed = ["file:///dev/zero", "file:///root/.aws/credentials", "/etc/passwd", "../../x.png",
+             demo["chips"][0], f"file://{fifo}", str(probe)]
+    for text in typed:
+        open_app(page, server.url)
+        search_text(page, text)
+        wait_images_loaded(page, f".st-key-{KEY_TEXT_RESULTS}", DEFAULT_K)
+        assert hit_captions(page, KEY_TEXT_RESULTS) == expected_captions(query_text(demo["db"], text, DEFAULT_K))
+        assert_no_traceback(page)
+    as_image = query(demo["db"], str(probe), k=DEFAULT_K)  # what reading the typed path would have given
+    assert expected_captions(as_image) != expected_captions(query_text(demo["db"], str(probe), DEFAULT_K))
+    with pytest.raises(OSError) as info:  # no reader ever opened the FIFO
+        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    assert info.value.errno == errno.ENXIO
+
+
+def upload(page, key: str, name: str, data: bytes, mime: str = "image/png") -> None:
+    page.locator(f".st-key-{key} input[type=file]").set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def test_disguised_and_oversized_uploads_are_refused_and_others_still_served(server, demo, page, browser):
+    """A VRT named .tif (its raw band is /etc/passwd), a 9,400 x 9,400 PNG of ~300 KB and a file over the
+    upload cap are each refused with a message naming the problem, in both upload views; another visitor's
+    session is served meanwhile."""
+    bomb = png_bytes(9400, 9400)
+    open_app(page, server.url)
+    page.get_by_role("tab", name=VIEW_IMAGE).click()
+    upload(page, KEY_IMAGE_UPLOAD, "x.tif", RAW_PASSWD, "image/tiff")
+    page.get_by_text("x.tif: not a readable raster").wait_for(timeout=UI_TIMEOUT_MS)
+    upload(page, KEY_IMAGE_UPLOAD, "bomb.png", bomb)
+    page.get_by_text(f"bomb.png: 9400x9400 pixels exceeds the decode limit of {MAX_UPLOAD_PIXELS}").wait_for(
+        timeout=UI_TIMEOUT_MS)
+    upload(page, KEY_IMAGE_UPLOAD, "huge.png", b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))
+    too_large = page.get_by_text("File must be").first  # Streamlit's own check of server.maxUploadSize
+    too_large.wait_for(timeout=UI_TIMEOUT_MS)
+    assert str(MAX_UPLOAD_MB) in too_large.inner_text()
+
+    page.get_by_role("tab", name=VIEW_FEATURE).click()
+    feature = page.get_by_label("Feature to find")
+    feature.fill("storage tanks")
+    feature.press("Enter")
+    upload(page, KEY_FEATURE_UPLOAD, "y.tif", RAW_PASSWD, "image/tiff")
+    page.get_by_text("y.tif: not a readable raster").wait_for(timeout=UI_TIMEOUT_MS)
+    upload(page, KEY_FEATURE_UPLOAD, "bomb2.png", bomb)
+    page.get_by_text("bomb2.png: 9400x9400 pixels exceeds the decode limit").wait_for(timeout=UI_TIMEOUT_MS)
+    body = page.locator("body").inner_text()
+    assert not any(marker in body for marker in SECRET_MARKERS)
+    assert_no_traceback(page)
+
+    other = browser.new_context().new_page()
+    try:
+        open_app(other, server.url)
+        search_text(other, "a river")
+        wait_images_loaded(other, f".st-key-{KEY_TEXT_RESULTS}", DEFAULT_K)
+    finally:
+        other.context.close()
+
+
+def _websocket_status(url: str, host: str) -> int:
+    """The HTTP status of a WebSocket upgrade to the app's stream sent with ``Host: host``."""
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/_stcore/stream", headers={
+            "Host": host, "Origin": f"http://{host}", "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_rebound_host_name_cannot_open_the_app_stream(server):
+    """DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 is refused the WebSocket."""
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    assert _websocket_status(server.url, f"127.0.0.1:{port}") == 101
+    assert _websocket_status(server.url, f"rebound.example:{port}") != 101
+
+
 def run_page(monkeypatch, db: str, table: str = tiles.DEFAULT_TABLE):
     """Run the page script once in-process (Streamlit's AppTest: the real script runner, no browser)."""
     from streamlit.testing.v1 import AppTest
@@ -485,9 +623,14 @@ def run_page(monkeypatch, db: str, table: str = tiles.DEFAULT_TABLE):
     return app
 
 
+def shown(markdown: str) -> str:
+    """What a browser shows of markdown whose punctuation is all escaped (server.escape_markdown)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def test_unknown_table_is_a_readable_message(demo, monkeypatch):
     app = run_page(monkeypatch, demo["db"], "no_such_table")
-    assert [e.value for e in app.error] == [
+    assert [shown(e.value) for e in app.error] == [
         f"Cannot open table 'no_such_table' in {demo['db']}: unknown table 'no_such_table' in {demo['db']} "
         "(tables: tiles)"
     ]
@@ -498,7 +641,7 @@ def test_unreachable_store_is_a_readable_message(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     db = f"s3://{BUCKET}/unreachable-{uuid.uuid4().hex[:8]}/db"
     app = run_page(monkeypatch, db)
-    assert [e.value for e in app.error] == [
+    assert [shown(e.value) for e in app.error] == [
         f"Cannot open table 'tiles' in {db}: cannot reach the object store (check AWS_ENDPOINT_URL and that "
         "the server is up)"
     ]

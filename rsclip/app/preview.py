@@ -9,6 +9,7 @@ the source and nodata pixels are black. Uploads are decoded under the app's limi
 from __future__ import annotations
 
 import os
+from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -16,12 +17,20 @@ from PIL import Image
 from rsclip.core import raster
 from rsclip.core.images import decode_any, read_image
 from rsclip.core.windows import Window
-from rsclip.errors import InvalidInput, LimitExceeded
+from rsclip.errors import InvalidInput, LimitExceeded, UnsafeInput
 
 DEFAULT_PREVIEW_SIZE = 256
-# Uploads: bytes and decoded pixels a query image may have (a query, not a scene to tile).
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-MAX_UPLOAD_PIXELS = 8192 * 8192
+# Uploads (a query image, or one scene for the feature finder; archives are embedded by the job). The one
+# size limit: Streamlit's server.maxUploadSize is set from MAX_UPLOAD_MB, decode_upload checks the bytes.
+MAX_UPLOAD_MB = 32
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+# Decoded pixels, checked from the header before any pixel is decoded (~108 MB as RGB at the limit): a
+# 9,400 x 9,400 PNG of ~300 KB is refused, not decoded.
+MAX_UPLOAD_PIXELS = 6000 * 6000
+# Raster uploads are read decimated to at most this many pixels a side (GDAL overviews when present).
+UPLOAD_RASTER_SIDE = 2048
+# What an upload may be, by its name's suffix (the uploader's filter, and decode_upload's refusal).
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp")
 # A chip read whole to cut one preview from it: larger sources are refused.
 MAX_CHIP_BYTES = 64 * 1024 * 1024
 
@@ -64,12 +73,22 @@ def read_preview(uri: str | os.PathLike, window: Window, size: int = DEFAULT_PRE
     return read_chip_window(uri, window, size)
 
 
-def decode_upload(data: bytes, name: str) -> np.ndarray:
-    """An uploaded file (an ordinary image, or a GeoTIFF/JPEG 2000 of any band type) as RGB uint8.
-
-    Opened only as the format its name claims; at most :data:`MAX_UPLOAD_BYTES` and
-    :data:`MAX_UPLOAD_PIXELS`. Raises ``InvalidInput`` (``UnsafeInput``, ``LimitExceeded``) naming ``name``.
-    """
+def check_upload(data: bytes, name: str) -> None:
+    """Refuse an upload by its name and size: a suffix outside :data:`UPLOAD_TYPES` (``UnsafeInput``) or more
+    than :data:`MAX_UPLOAD_BYTES` (``LimitExceeded``), each naming ``name`` and the rule."""
+    suffix = PurePosixPath(name).suffix.lower().lstrip(".")
+    if suffix not in UPLOAD_TYPES:
+        raise UnsafeInput(f"{name}: not an image type the app opens (allowed: {', '.join(UPLOAD_TYPES)})")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise LimitExceeded(f"{name}: {len(data)} bytes is more than the upload limit of {MAX_UPLOAD_BYTES}")
-    return decode_any(data, name, max_pixels=MAX_UPLOAD_PIXELS)
+        raise LimitExceeded(f"{name}: {len(data):,} bytes is more than the upload limit of {MAX_UPLOAD_MB} MB")
+
+
+def decode_upload(data: bytes, name: str) -> np.ndarray:
+    """An uploaded file (an ordinary image, or a GeoTIFF of any band type) as RGB uint8.
+
+    Opened only as the format its name claims (:func:`check_upload`); at most :data:`MAX_UPLOAD_PIXELS`,
+    checked before decoding; rasters read decimated to :data:`UPLOAD_RASTER_SIDE`. Raises ``InvalidInput``
+    (``UnsafeInput``, ``LimitExceeded``) naming ``name``.
+    """
+    check_upload(data, name)
+    return decode_any(data, name, max_pixels=MAX_UPLOAD_PIXELS, max_side=UPLOAD_RASTER_SIDE)

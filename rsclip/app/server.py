@@ -13,15 +13,19 @@ The three views:
 2. **Image search**: an uploaded image, or the "Similar tiles" button of any hit, ranks tiles by image
    similarity (a clicked tile is searched by its stored embedding and left out of its own results).
 3. **Feature finder**: an uploaded image is cut into a patch grid and each patch scored against a typed
-   feature (``rsclip.locate``); the grid of probabilities and a heatmap overlay are shown.
+   feature (:mod:`rsclip.app.finder`); the grid of probabilities and a heatmap overlay are shown.
 
 Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
 server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
 query from memory plus the index's candidate row ids.
 
-User text reaches the table only as a query to embed; the bounding box is parsed into four floats and
-checked by :func:`rsclip.query.validate_bbox`; the one SQL filter built here (a tile id) takes ids that the
-table itself returned and that match :data:`TILE_ID_PATTERN`.
+What a visitor sends is bounded and never read as a path: typed text is encoded as text
+(``rsclip.search.query.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
+``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
+:mod:`rsclip.app.preview`; the bounding box is parsed into four floats and checked by
+:func:`rsclip.query.validate_bbox`; the one SQL filter built here (a tile id) takes ids that the table
+itself returned and that match :data:`TILE_ID_PATTERN`. Object names, table values, upload names and
+messages are shown as plain text (:func:`escape_markdown`): nothing in them makes a browser fetch or render.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from rsclip import errors
+from rsclip.app.preview import MAX_UPLOAD_MB, UPLOAD_TYPES
 from rsclip.core import tiles
 from rsclip.search.filters import BBox, validate_bbox
 
@@ -53,9 +57,15 @@ DEFAULT_K = 12
 MAX_K = 100
 PREVIEW_SIZE = 256
 GRID_COLUMNS = 4
-UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp")
-MAX_UPLOAD_MB = 200
 MAX_MESSAGE_CHARS = 300
+# Longest bounding box text accepted (four numbers need a few dozen characters).
+MAX_BBOX_CHARS = 200
+# Largest WebSocket message either side may send (widget values in, page elements out; images and uploads go
+# over HTTP): Streamlit's default of 200 MB would let one visitor send 200 MB of "typed text".
+MAX_MESSAGE_MB = 16
+# Host names a browser may reach a loopback-bound server by: a page from elsewhere whose name resolves to
+# 127.0.0.1 (DNS rebinding) is refused. A proxy passing its own Host header needs `--allowed-host NAME`.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # Seconds serve(block=False) waits for the server to answer its health check.
 START_TIMEOUT_S = 60.0
 
@@ -65,7 +75,6 @@ VIEWS = (VIEW_TEXT, VIEW_IMAGE, VIEW_FEATURE)
 PATCHES_GRID, PATCHES_TILE = "Grid", "Square patches"
 DEFAULT_GRID = (3, 3)
 MAX_GRID = 16
-MAX_PATCH_THUMBNAILS = 48
 
 # Session-state keys.
 STATE_VIEW = "view"
@@ -124,8 +133,20 @@ def app_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def streamlit_command(config: WebConfig, host: str, port: int) -> list[str]:
-    """The ``python -m streamlit run`` command line serving ``config`` on ``host:port``."""
+def allowed_hosts(host: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host names the server accepts: the loopback names (and ``extra``) for a loopback-bound server;
+    for one bound elsewhere ``extra`` alone, where empty means any (the operator chose to expose it)."""
+    loopback = host in LOOPBACK_NAMES or host.startswith("127.")
+    return tuple(dict.fromkeys([*(LOOPBACK_NAMES if loopback else ()), *extra]))
+
+
+def streamlit_command(config: WebConfig, host: str, port: int, hosts: Sequence[str] = ()) -> list[str]:
+    """The ``python -m streamlit run`` command line serving ``config`` on ``host:port``.
+
+    Hardening kept explicit rather than left to Streamlit's defaults: XSRF protection and CORS on, the
+    upload cap of :data:`rsclip.app.preview.MAX_UPLOAD_MB`, no agent API, error details hidden, and the
+    Host names of :func:`allowed_hosts` (``hosts`` added).
+    """
     flags = {
         "server.address": host,
         "server.port": str(port),
@@ -133,6 +154,11 @@ def streamlit_command(config: WebConfig, host: str, port: int) -> list[str]:
         "server.fileWatcherType": "none",
         "server.runOnSave": "false",
         "server.maxUploadSize": str(MAX_UPLOAD_MB),
+        "server.maxMessageSize": str(MAX_MESSAGE_MB),
+        "server.enableXsrfProtection": "true",
+        "server.enableCORS": "true",
+        "server.enableAgentApi": "false",
+        "server.allowedHosts": allowed_hosts(host, hosts),
         "browser.gatherUsageStats": "false",
         "browser.serverAddress": host if host not in ("0.0.0.0", "::", "") else "127.0.0.1",
         "client.showErrorDetails": "none",
@@ -142,7 +168,7 @@ def streamlit_command(config: WebConfig, host: str, port: int) -> list[str]:
     }
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
     for name, value in flags.items():
-        cmd.append(f"--{name}={value}")
+        cmd += [f"--{name}={v}" for v in value] if isinstance(value, tuple) else [f"--{name}={value}"]
     return [*cmd, "--", "--db", str(config.db), "--table", config.table]
 
 
@@ -180,10 +206,12 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     block: bool = True,
+    hosts: Sequence[str] = (),
 ) -> int | WebServer:
     """Serve the web demo for ``table`` in ``db`` (local path or ``s3://`` URI) on ``http://host:port/``.
 
-    Binds 127.0.0.1 unless another ``host`` is given. With ``block`` (the CLI) runs until the server exits
+    Binds 127.0.0.1 unless another ``host`` is given; ``hosts`` are further Host names browsers may use
+    (a proxy's public name, see :func:`allowed_hosts`). With ``block`` (the CLI) runs until the server exits
     and returns its exit code; otherwise returns a :class:`WebServer` once the server answers its health
     check. Raises ``ValueError`` for a port outside [1, 65535] and ``RuntimeError`` when the server exits or
     does not come up within :data:`START_TIMEOUT_S`. The table is opened by the app: an unknown or
@@ -193,7 +221,7 @@ def serve(
         raise ValueError(f"port must be an integer in [1, 65535], got {port!r}")
     if not str(table).strip():
         raise ValueError("table name is empty")
-    cmd = streamlit_command(WebConfig(db=str(db), table=table), host, port)
+    cmd = streamlit_command(WebConfig(db=str(db), table=table), host, port, hosts)
     url = app_url(host, port)
     if block:
         print(f"rsclip web demo for table {table!r} in {db}: open {url}", flush=True)
@@ -231,6 +259,9 @@ def parse_bbox(text: str | None) -> BBox | None:
     """
     if text is None or not text.strip():
         return None
+    if len(text) > MAX_BBOX_CHARS:
+        raise errors.LimitExceeded(f"bounding box text is {len(text):,} characters long, more than the limit of "
+                                   f"{MAX_BBOX_CHARS}")
     parts = [p for p in re.split(r"[,\s;]+", text.strip()) if p]
     if len(parts) != 4:
         raise ValueError(
@@ -241,64 +272,6 @@ def parse_bbox(text: str | None) -> BBox | None:
     except ValueError:
         raise ValueError(f"bounding box values must be numbers, got {text.strip()!r}") from None
     return validate_bbox(numbers)
-
-
-@dataclass
-class FeatureMatch:
-    """What the feature finder shows for one uploaded image and one text.
-
-    ``patches``: ``rsclip.locate`` output (best first; lon/lat bounds when the upload is a georeferenced
-    raster); ``overlay_png``: the heatmap of patch probabilities over the image; ``pixels``: the image as
-    RGB uint8, from which patch thumbnails are cut.
-    """
-
-    patches: pd.DataFrame
-    overlay_png: bytes
-    pixels: np.ndarray
-
-    def patch_pixels(self, row) -> np.ndarray:
-        """The pixels of one patch (a row of :attr:`patches`)."""
-        x, y, w, h = (int(row[c]) for c in tiles.WINDOW_COLUMNS)
-        return self.pixels[y : y + h, x : x + w]
-
-    def probability_grid(self) -> pd.DataFrame:
-        """Patch probabilities laid out as the patch grid: one row per patch row, one column per patch column."""
-        grid = self.patches.pivot_table(index="row", columns="col", values="probability", aggfunc="max")
-        grid.index.name, grid.columns.name = "row", "col"
-        return grid
-
-
-def find_feature(
-    data: bytes,
-    name: str,
-    text: str,
-    *,
-    model: str,
-    grid: tuple[int, int] | None = None,
-    tile: int | None = None,
-) -> FeatureMatch:
-    """Score the patches of an uploaded image (``data`` named ``name``) against ``text`` with ``model``.
-
-    Patches are a ``grid=(rows, cols)`` of equal parts or ``tile``-pixel squares (see ``rsclip.locate``). A
-    GeoTIFF upload is located from a temporary file so patches carry lon/lat bounds. Raises ``ValueError``
-    for unreadable uploads, blank text and impossible grids.
-    """
-    import tempfile
-
-    from rsclip.app.preview import decode_upload
-    from rsclip.core.raster import is_raster
-    from rsclip.search.locate import locate, render_heatmap
-
-    pixels = decode_upload(data, name)
-    if not is_raster(name):
-        patches = locate(pixels, text, model=model, grid=grid, tile=tile)
-        return FeatureMatch(patches, render_heatmap(pixels, patches), pixels)
-    with tempfile.TemporaryDirectory(prefix="rsclip-upload-") as folder:
-        path = Path(folder) / ("upload" + Path(name).suffix.lower())
-        path.write_bytes(data)
-        patches = locate(str(path), text, model=model, grid=grid, tile=tile)
-        overlay = render_heatmap(str(path), patches)
-    return FeatureMatch(patches, overlay, pixels)
 
 
 def describe_bounds(row) -> str:
@@ -318,6 +291,18 @@ def describe_window(row) -> str:
 def source_name(uri: str) -> str:
     """The last path component of a source URI (full URI in the tooltip)."""
     return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+# ASCII punctuation: each can start markdown (links, images, HTML, emphasis, colour and icon directives, math).
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def escape_markdown(text) -> str:
+    """``text`` as Streamlit markdown that shows it as is: every ASCII punctuation mark backslash-escaped and
+    line breaks made spaces, so an object name, a table value or an upload name renders no image, link,
+    HTML, directive or formula. Every such value goes through here before ``st.markdown``/``caption``/
+    ``error``/``help``."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 def readable_error(exc: BaseException) -> str:

@@ -58,6 +58,8 @@ def _opened(data: bytes, name: str, max_pixels: int):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise LimitExceeded(f"{name}: decompression bomb refused ({exc})") from None
+    except Image.UnidentifiedImageError:  # its message names a BytesIO object, nothing of use
+        raise InvalidInput(f"{name}: not a readable image (none of {', '.join(CHIP_FORMATS)})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error... for broken files
         raise InvalidInput(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
 
@@ -82,27 +84,34 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE
         return np.asarray(im.convert("RGB"))
 
 
-def decode_raster(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_raster(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                  max_side: int | None = None) -> np.ndarray:
     """Raster bytes (GeoTIFF of any band type, JPEG 2000) as RGB uint8 with the embedding job's default bands
-    and stretch. Raises ``InvalidInput``/``UnsafeInput``/``LimitExceeded`` naming ``name``."""
+    and stretch; with ``max_side``, read decimated to at most that many pixels a side.
+
+    The size is checked against ``max_pixels`` from the header, before any pixel is read. Raises
+    ``InvalidInput``/``UnsafeInput``/``LimitExceeded`` naming ``name``.
+    """
     with raster.open_raster_bytes(data, name) as src:
         if src.width * src.height > max_pixels:
-            raise LimitExceeded(f"{name}: {src.width}x{src.height} pixels exceeds the limit of {max_pixels}")
+            raise LimitExceeded(f"{name}: {src.width}x{src.height} pixels exceeds the decode limit of "
+                                f"{max_pixels} pixels")
         try:
             scene = raster.describe_scene(src, raster.RasterOptions())
         except InvalidInput as exc:
             raise InvalidInput(f"{name}: {exc}") from None
-        pixels = raster.read_scaled(src, scene, (src.height, src.width))
+        shape = raster.fit_shape(src.width, src.height, max_side) if max_side else (src.height, src.width)
+        pixels = raster.read_scaled(src, scene, shape)
     if pixels.shape[0] < 2 or pixels.shape[1] < 2:
         raise InvalidInput(f"{name}: image is too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
     return pixels
 
 
-def decode_any(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Bytes named ``name`` (an upload, an object) as RGB uint8: rasters by their GDAL driver, the rest as
-    chips. Raises ``InvalidInput`` (and its subclasses) naming ``name``."""
+def decode_any(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int | None = None) -> np.ndarray:
+    """Bytes named ``name`` (an upload, an object) as RGB uint8: rasters by their GDAL driver (decimated to
+    ``max_side`` when given), the rest as chips. Raises ``InvalidInput`` (and its subclasses) naming ``name``."""
     if raster.is_raster(name):
-        return decode_raster(data, name, max_pixels)
+        return decode_raster(data, name, max_pixels, max_side)
     return decode_image(data, name, max_pixels)
 
 

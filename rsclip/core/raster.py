@@ -14,6 +14,8 @@ repeated to grey.
 from __future__ import annotations
 
 import math
+import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,12 +27,17 @@ import numpy as np
 from rsclip.core import storage
 from rsclip.core.config import setting
 from rsclip.core.windows import DEFAULT_TILE_SIZE, Window, grid_windows
-from rsclip.errors import InvalidInput, UnsafeInput
+from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line, store_fault
 
 DEFAULT_MAX_CHIP = 1024
 # The one list of what is read as a raster, and the only GDAL driver each may be opened with.
 DRIVER_BY_SUFFIX = {".tif": "GTiff", ".tiff": "GTiff", ".jp2": "JP2OpenJPEG"}
 RASTER_SUFFIXES = tuple(DRIVER_BY_SUFFIX)
+ALLOWED_DRIVERS = frozenset(DRIVER_BY_SUFFIX.values())
+# URI schemes a raster is opened from; rasterio would turn any other (http, zip, gs...) into a GDAL
+# virtual file system (/vsicurl/, /vsizip/...) and fetch or unpack what the name points at.
+RASTER_SCHEMES = ("", "file", *storage.S3_SCHEMES)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 # Per-scene percentile stretch for data that is not uint8 (robust to hot pixels and deep shadows).
 DEFAULT_PERCENTILES = (2.0, 98.0)
 # Percentiles are estimated on a decimated read whose longer side is at most this many pixels (an overview
@@ -123,32 +130,56 @@ def gdal_env() -> Iterator[None]:
         yield
 
 
-def _refuse_vsi(uri: str) -> None:
-    """GDAL reads ``/vsi*`` prefixes in a path as protocols (curl, zip, memory...): never from user input."""
-    text = str(uri).replace("\\", "/")
-    if not storage.is_remote(text) and "/vsi" in text.lower():
+def raster_path(uri: str) -> str:
+    """The GDAL path to open for a local path, ``file://`` or ``s3://`` raster named by someone else.
+
+    Raises :class:`UnsafeInput` for any other URI scheme (``https://``, ``zip://``...) and for local paths
+    holding ``/vsi`` (GDAL reads such prefixes as protocols: curl, zip, memory...). Local paths are made
+    absolute, so no GDAL ``DRIVER:`` prefix syntax can lead them.
+    """
+    text = str(uri)
+    found = _SCHEME.match(text)
+    scheme = found.group(1).lower() if found else ""
+    if scheme not in RASTER_SCHEMES:
+        raise UnsafeInput(f"{uri}: rasters are opened from local paths and s3:// URIs only, not {scheme}://")
+    if storage.is_remote(text):
+        return storage.gdal_path(text)
+    path = os.path.abspath(storage.local_path(text))
+    if "/vsi" in path.replace("\\", "/").lower():
         raise UnsafeInput(f"{uri}: GDAL virtual file system paths (/vsi...) are not opened")
+    return path
+
+
+def _open_error(exc: Exception, name: str, driver: str, path: str) -> Exception:
+    """The rsclip error for a failed GDAL open of ``path`` (shown as ``name``): the whole store down, or this
+    file not what it claims."""
+    fault = store_fault(exc, ignore=(name, path))  # a name quoted in the message is no evidence
+    if fault is not None and fault.store_wide:
+        return StoreUnavailable(f"{name}: {fault.advice}: {one_line(exc)}")
+    reason = one_line(exc).replace(f"'{path}' ", "")
+    return InvalidInput(f"{name}: not a readable raster (opened as {driver}: {reason})")
 
 
 @contextmanager
 def open_raster(uri: str) -> Iterator:
     """An open rasterio dataset of a local path or ``s3://`` raster, inside :func:`gdal_env`.
 
-    Opened only with the driver its suffix claims (:func:`driver_for`). Raises :class:`UnsafeInput` for
-    other suffixes and ``/vsi`` paths, and :class:`InvalidInput` naming ``uri`` when the file is not what it
-    claims or cannot be read.
+    Opened only with the driver its suffix claims (:func:`driver_for`), from :func:`raster_path`. Raises
+    :class:`UnsafeInput` for other suffixes, schemes and ``/vsi`` paths, :class:`InvalidInput` naming
+    ``uri`` when the file is not what it claims or cannot be read, and :class:`StoreUnavailable` when the
+    object store cannot be reached or refuses the credentials.
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     driver = driver_for(uri)
-    _refuse_vsi(uri)
+    path = raster_path(uri)
     with gdal_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            src = rasterio.open(storage.gdal_path(str(uri)), driver=driver)
+            src = rasterio.open(path, driver=driver)
         except RasterioError as exc:
-            raise InvalidInput(f"{uri}: not a readable raster (opened as {driver}: {exc})") from None
+            raise _open_error(exc, str(uri), driver, path) from None
         with src:
             yield src
 
@@ -167,7 +198,7 @@ def open_raster_bytes(data: bytes, name: str) -> Iterator:
         try:
             src = memfile.open(driver=driver)
         except RasterioError as exc:
-            raise InvalidInput(f"{name}: not a readable raster (opened as {driver}: {exc})") from None
+            raise _open_error(exc, name, driver, memfile.name) from None
         with src:
             yield src
 
@@ -289,12 +320,20 @@ def masked_to_rgb(data: np.ma.MaskedArray, scene: SceneInfo) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
-def read_window(src, window: Sequence[int], scene: SceneInfo) -> np.ndarray | None:
-    """The RGB ``(h, w, 3)`` uint8 pixels of ``window``, or None when every pixel is nodata."""
+def read_window(src, window: Sequence[int], scene: SceneInfo, max_side: int | None = None) -> np.ndarray | None:
+    """The RGB ``(h, w, 3)`` uint8 pixels of ``window``, or None when every pixel is nodata.
+
+    With ``max_side``, a window longer than that is read decimated by GDAL (overviews when the file has
+    them) to at most ``max_side`` pixels a side, so memory stays bounded whatever the window's size.
+    """
+    from rasterio.enums import Resampling
     from rasterio.windows import Window as RioWindow
 
     x, y, w, h = window
-    data = src.read(list(scene.bands), window=RioWindow(x, y, w, h), masked=True)
+    scaled = {}
+    if max_side is not None and max(w, h) > max_side:
+        scaled = {"out_shape": (len(scene.bands), *fit_shape(w, h, max_side)), "resampling": Resampling.bilinear}
+    data = src.read(list(scene.bands), window=RioWindow(x, y, w, h), masked=True, **scaled)
     if valid_mask(data).all():
         return None
     return masked_to_rgb(data, scene)

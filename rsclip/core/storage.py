@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import fsspec
 
-from rsclip.errors import LimitExceeded, NotFound, UnsafeInput
+from rsclip.errors import (InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable, UnsafeInput,
+                           one_line, store_fault)
 
 S3_SCHEMES = ("s3", "s3a")
 # Seconds before a connection attempt / a silent read gives up: faults surface quickly, nothing waits forever.
@@ -30,6 +34,9 @@ READ_TIMEOUT_S = 30
 RETRIES = 3
 # The most bytes read_bytes returns unless told otherwise (a chip, a caption file, a manifest).
 MAX_READ_BYTES = 256 * 1024 * 1024
+# What a local path may be (POSIX NAME_MAX / PATH_MAX): longer ones are refused before the OS sees them.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -39,9 +46,44 @@ def is_remote(uri: str | os.PathLike) -> bool:
 
 
 def local_path(uri: str | os.PathLike) -> Path:
-    """The local path for a local ``uri`` (strips ``file://``)."""
+    """The local path for a local ``uri`` (strips ``file://``).
+
+    Raises :class:`InvalidInput` for a path no file system accepts (a NUL character, a name longer than
+    :data:`MAX_NAME_BYTES` or a path longer than :data:`MAX_PATH_BYTES`), naming its start.
+    """
     text = str(uri)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
+    text = text[len("file://"):] if text.startswith("file://") else text
+    encoded = os.fsencode(text) if "\0" not in text else None
+    if encoded is None or len(encoded) > MAX_PATH_BYTES or any(len(p) > MAX_NAME_BYTES for p in encoded.split(b"/")):
+        shown = text[:60].replace("\0", "\\0") + ("..." if len(text) > 60 else "")
+        raise InvalidInput(f"not a usable path: {shown!r} ({len(text):,} characters; names at most "
+                           f"{MAX_NAME_BYTES} bytes, paths at most {MAX_PATH_BYTES}, no NUL)")
+    return Path(text)
+
+
+@contextmanager
+def failures(uri: str | os.PathLike) -> Iterator[None]:
+    """Failures of the store or the OS on ``uri`` inside the block, as rsclip errors naming ``uri``.
+
+    A fault of the whole store (:func:`rsclip.errors.store_fault`) becomes :class:`StoreUnavailable`;
+    a missing file :class:`NotFound`; any other ``OSError`` (no permission, a symlink loop, an I/O error,
+    one object denied) :class:`InvalidInput`. The original first line is kept, so faults stay classifiable.
+    Anything else propagates unchanged.
+    """
+    try:
+        yield
+    except RsclipError:
+        raise
+    except Exception as exc:
+        fault = store_fault(exc, ignore=(str(uri),))  # a name quoted in the message is no evidence
+        if fault is not None and fault.store_wide:
+            raise StoreUnavailable(f"{uri!s}: {fault.advice}: {one_line(exc)}") from None
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise NotFound(f"{uri!s} not found ({one_line(exc)})") from None
+        if isinstance(exc, OSError):
+            reason = exc.strerror or one_line(exc)
+            raise InvalidInput(f"{uri!s}: {fault.advice if fault else reason} ({one_line(exc)})") from None
+        raise
 
 
 def join(base: str, name: str) -> str:
@@ -237,21 +279,18 @@ def read_bytes(uri: str | os.PathLike, max_bytes: int = MAX_READ_BYTES) -> bytes
     device such as ``/dev/zero``, a FIFO, a folder) and :class:`LimitExceeded` above ``max_bytes``; the
     size is checked before reading and again while reading (files that grow, ``/proc``).
     """
-    fs, path = filesystem(uri)
-    try:
-        if not is_remote(uri):
-            mode = os.stat(path).st_mode
-            if not stat.S_ISREG(mode):
-                raise UnsafeInput(f"{uri!s} is not a regular file")
+    with failures(uri):
+        fs, path = filesystem(uri)
+        if not is_remote(uri) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnsafeInput(f"{uri!s} is not a regular file (a device, a pipe or a folder is never read)")
         size = fs.size(path)
         if size is not None and size > max_bytes:
-            raise LimitExceeded(f"{uri!s} is {size} bytes, more than the limit of {max_bytes}")
-        with fs.open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotFound(f"{uri!s} not found ({exc})") from None
-    except IsADirectoryError:
-        raise UnsafeInput(f"{uri!s} is a folder, not a file") from None
+            raise LimitExceeded(f"{uri!s} is {size:,} bytes, more than the limit of {max_bytes:,}")
+        try:
+            with (fs.open(path, "rb") if is_remote(uri) else open(path, "rb")) as f:
+                data = f.read(max_bytes + 1)
+        except IsADirectoryError:
+            raise UnsafeInput(f"{uri!s} is a folder, not a file") from None
     if len(data) > max_bytes:
         raise LimitExceeded(f"{uri!s} is more than the limit of {max_bytes} bytes")
     return data
@@ -261,20 +300,22 @@ def write_bytes(uri: str, data: bytes | str) -> None:
     """Write (replace) a local file or an ``s3://`` object; a reader never sees a half-written file.
 
     Local files are written beside the target and renamed into place (folders created); an S3 PUT is atomic.
+    Failures are rsclip errors naming ``uri`` (:func:`failures`).
     """
     payload = data.encode() if isinstance(data, str) else data
-    fs, path = filesystem(uri)
-    if is_remote(uri):
-        with fs.open(path, "wb") as f:
-            f.write(payload)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with failures(uri):
+        fs, path = filesystem(uri)
+        if is_remote(uri):
+            with fs.open(path, "wb") as f:
+                f.write(payload)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -29,7 +29,7 @@ from rsclip.core.model import ClipEncoder
 from rsclip.core.vectors import softmax
 from rsclip.core.windows import DEFAULT_TILE_SIZE, Window, grid_cells, grid_offsets, split_cells
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.search.query import looks_like_image_path
+from rsclip.search.query import checked_text, looks_like_image_path
 from rsclip.search.zeroshot import ModelLike, model_logit_scale, resolve_encoder
 
 PATCH_COLUMNS = ("row", "col", tiles.X, tiles.Y, tiles.WIDTH, tiles.HEIGHT, *tiles.BOUNDS_COLUMNS, "score",
@@ -39,6 +39,9 @@ ENCODE_BATCH = 64
 MAX_PATCHES = 4096
 # Longest side of the picture under a heatmap (big rasters are read decimated, an overview on a COG).
 PREVIEW_MAX_SIDE = 2048
+# Longest side a raster patch is read at: larger patches are read decimated (the model sees 224 pixels),
+# so a 2 x 2 grid over a 40,000 px scene reads four 1,024 px images, not four 20,000 px ones.
+PATCH_MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class PatchSource:
         """RGB uint8 pixels of ``window``; None when a raster window is entirely nodata."""
         if self.src is None:
             return window.crop(self.pixels)
-        return raster.read_window(self.src, window, self.scene)
+        return raster.read_window(self.src, window, self.scene, max_side=PATCH_MAX_SIDE)
 
     def bounds(self, window: Window) -> tuple[float, float, float, float] | None:
         """WGS84 ``(lon_min, lat_min, lon_max, lat_max)`` of ``window``; None without georeference."""
@@ -135,11 +138,10 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def query_embedding(encoder: ClipEncoder, text) -> np.ndarray:
-    """The unit ``(D,)`` embedding of what to look for: a text, or an example image (path, PIL, array)."""
+    """The unit ``(D,)`` embedding of what to look for: a text (always text when a :class:`Text`), or an
+    example image (path, PIL, array)."""
     if isinstance(text, str) and not looks_like_image_path(text):
-        if not text.strip():
-            raise InvalidInput("locate needs a non-empty text to look for")
-        return encoder.encode_texts([text])[0]
+        return encoder.encode_texts([checked_text(text, "the text to look for")])[0]
     if isinstance(text, (str, os.PathLike)):
         return encoder.encode_images([read_image(text)])[0]
     if isinstance(text, (Image.Image, np.ndarray)):
@@ -187,8 +189,8 @@ def locate(
     Raises ``InvalidInput`` (and subclasses) for blank text, both or neither usable tile/grid, unreadable
     images, too many patches and an image with no valid patch.
     """
-    if isinstance(text, str) and not text.strip():
-        raise InvalidInput("locate needs a non-empty text to look for")
+    if isinstance(text, str) and not looks_like_image_path(text):
+        checked_text(text, "the text to look for")
     if tile is not None and grid is not None:
         raise InvalidInput("give either tile or grid, not both")
     plan = PatchGrid(tile=tile if tile is not None else DEFAULT_TILE_SIZE, grid=grid, overlap=overlap)
@@ -225,6 +227,24 @@ def heatmap(patches: pd.DataFrame, width: int, height: int, column: str = "proba
     return out
 
 
+def blend(base: np.ndarray, norm: np.ndarray, cmap, alpha: float, band_rows: int = 64) -> np.ndarray:
+    """RGB uint8 ``base`` with the colours of ``norm`` (values in [0, 1], NaN = no colour) through the
+    matplotlib colormap ``cmap`` laid over it at opacity ``alpha``.
+
+    Colours come from the colormap's own table (what ``cmap(norm)`` gives) and the picture is blended
+    ``band_rows`` rows at a time, so the float working arrays stay a few MB whatever the picture's size.
+    """
+    table = cmap(np.arange(cmap.N))[:, :3] * 255.0  # (N, 3): the colours cmap(norm) picks from
+    out = np.empty_like(base)
+    for top in range(0, base.shape[0], band_rows):
+        part = norm[top : top + band_rows]
+        index = np.minimum((np.nan_to_num(part, nan=0.0) * cmap.N).astype(np.int64), cmap.N - 1)
+        weight = np.where(np.isnan(part), 0.0, alpha)[..., None]
+        pixels = base[top : top + band_rows].astype(np.float64)
+        out[top : top + band_rows] = (pixels * (1.0 - weight) + table[index] * weight).round().astype(np.uint8)
+    return out
+
+
 def render_heatmap(
     image: ImageInput,
     patches: pd.DataFrame,
@@ -253,12 +273,13 @@ def render_heatmap(
         width, height = source.width, source.height
     values = heatmap(patches, width, height, column, shape=base.shape[:2])
     lo, hi = np.nanmin(values), np.nanmax(values)
-    norm = (values - lo) / (hi - lo) if hi > lo else np.where(np.isnan(values), np.nan, 1.0)
-    colours = colormaps[colormap](np.nan_to_num(norm, nan=0.0))[..., :3] * 255.0  # (H, W, 3)
-    weight = np.where(np.isnan(norm), 0.0, alpha)[..., None]
-    blended = (base.astype(np.float64) * (1.0 - weight) + colours * weight).round().astype(np.uint8)
+    if hi > lo:  # min-max normalised in place: one preview-sized float array, not three
+        values -= lo
+        values /= hi - lo
+    else:
+        values[~np.isnan(values)] = 1.0
     buf = io.BytesIO()
-    Image.fromarray(blended).save(buf, format="PNG")
+    Image.fromarray(blend(base, values, colormaps[colormap], alpha)).save(buf, format="PNG")
     data = buf.getvalue()
     if out is not None:
         storage.write_bytes(str(out), data)
