@@ -19,6 +19,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "rsclip.core.model_source",
     "ClipEncoder": "rsclip.core.model",
     "load_model": "rsclip.core.model",
+    "convert_model": "rsclip.core.model_conversion",
     "build_index": "rsclip.core.index",
     "DEFAULT_TABLE": "rsclip.core.tiles",
     "METRIC": "rsclip.core.tiles",
@@ -34,6 +35,16 @@ _EXPORTS = {
     "render_heatmap": "rsclip.search.locate",
     "classify": "rsclip.search.zeroshot",
     "table_info": "rsclip.search.info",
+    "query_examples": "rsclip.search.examples",
+    "add_labels": "rsclip.core.labels",
+    "remove_labels": "rsclip.core.labels",
+    "read_labels": "rsclip.core.labels",
+    "label_sets": "rsclip.core.labels",
+    "review_detections": "rsclip.search.review",
+    "export": "rsclip.search.export",
+    "export_frame": "rsclip.search.export",
+    "export_labels": "rsclip.search.export",
+    "window_footprint": "rsclip.core.footprints",
 }
 
 __all__ = sorted(_EXPORTS)

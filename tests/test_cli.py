@@ -140,8 +140,8 @@ BAD_INPUTS = [
     (["query", "{db}", "airport", "--near", "10", "45", "-5"], "radius"),
     (["query", "{db}", "airport", "--table", "nope"], "unknown table 'nope'"),
     (["query", "{tmp}/no-such-db", "airport"], "unknown table"),
-    (["query", "{db}"], "either a text or --image"),
-    (["query", "{db}", "airport", "--image", "{img}"], "either a text or --image"),
+    (["query", "{db}"], "give either a text"),
+    (["query", "{db}", "airport", "--image", "{img}"], "give either a text"),
     (["query", "{db}", "  "], "empty"),
     (["query", "{db}", "--image", "{tmp}/missing.jpg"], "missing.jpg"),
     (["query", "{db}", "--image", "{tmp}/garbage.jpg"], "garbage.jpg"),
@@ -154,6 +154,37 @@ BAD_INPUTS = [
     (["index", "{db}", "--table", "nope"], "unknown table"),
     (["info", "{tmp}/no-such-db"], "unknown table"),
     (["serve", "{db}", "--table", "nope"], "unknown table"),
+    # an over-long path (the OS would answer ENAMETOOLONG), wherever a path is taken
+    (["query", "{db}", "--image", "{long}.jpg"], "not a usable path"),
+    (["query", "{long}", "airport"], "not a usable path"),
+    (["info", "{long}"], "not a usable path"),
+    (["locate", "{long}.jpg", "x", "--model", "{model}"], "not a usable path"),
+    (["locate", "{long}.tif", "x", "--model", "{model}"], "not a usable path"),
+    (["locate", "{img}", "x", "--model", "{long}"], "not a usable path"),
+    (["classify", "{long}.jpg", "{img}", "--labels", "a", "b", "--model", "{model}"], "not a usable path"),
+    (["locate", "{img}", "x", "--model", "{model}", "--grid", "1", "1", "--out", "{long}.png"], "not a usable path"),
+    # raster errors: a broken file, a disguised one, names GDAL would follow
+    (["locate", "{tmp}/broken.tif", "x", "--model", "{model}"], "broken.tif: not a readable raster"),
+    (["locate", "{tmp}/vrt.tif", "x", "--model", "{model}"], "vrt.tif: not a readable raster"),
+    (["locate", "{tmp}/vrt.jp2", "x", "--model", "{model}"], "vrt.jp2: not a readable raster"),
+    (["query", "{db}", "--image", "{tmp}/vrt.tif"], "vrt.tif: not a readable raster"),
+    (["locate", "https://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "s3:// URIs only"),
+    (["locate", "/vsicurl/http://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "(/vsi...) are not opened"),
+    # Lance errors: the SQL filter, at parse, plan and evaluation time
+    (["query", "{db}", "airport", "--where", "uri LIKE"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "uri = 'open"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "uri > 1"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "uri"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "nosuchfn(uri)"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "width / 0 > 1"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "cast(uri as int) > 1"], "not valid SQL"),
+    (["query", "{db}", "airport", "--where", "x = 'a'; DROP TABLE tiles"], "not valid SQL"),
+    # unreadable images and refused formats
+    (["query", "{db}", "--image", "/dev/zero"], "not a regular file"),
+    (["query", "{db}", "--image", "{tmp}"], "not a regular file"),
+    (["locate", "{tmp}/svg.png", "x", "--model", "{model}"], "svg.png: not a readable image"),
+    (["classify", "{tmp}/eps.png", "{img}", "--labels", "a", "b", "--model", "{model}"], "eps.png: not a readable"),
+    (["locate", "{img}", "{tmp}/garbage.jpg", "--model", "{model}"], "garbage.jpg: not a readable image"),
 ]
 
 
@@ -161,11 +192,44 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_and_exit_2(cli_db, tiny_model, tmp_path, capsys, argv, message):
     db, files = cli_db
     (tmp_path / "garbage.jpg").write_bytes(b"not a jpeg")
-    fill = dict(db=db, img=files[0], tmp=tmp_path, model=tiny_model)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
+    vrt = ('<VRTDataset rasterXSize="64" rasterYSize="16"><VRTRasterBand dataType="Byte" band="1" '
+           'subClass="VRTRawRasterBand"><SourceFilename>/etc/passwd</SourceFilename></VRTRasterBand></VRTDataset>')
+    for name in ("vrt.tif", "vrt.jp2"):
+        (tmp_path / name).write_text(vrt)
+    (tmp_path / "svg.png").write_text('<svg xmlns="http://www.w3.org/2000/svg"><image href="file:///etc/passwd"/></svg>')
+    (tmp_path / "eps.png").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    fill = dict(db=db, img=files[0], tmp=tmp_path, model=tiny_model, long="/tmp/" + "a" * 5000)
     code, out, err = run(capsys, *[a.format(**fill) for a in argv])
     assert code == 2 and not out
     assert len(err.strip().splitlines()) == 1 and err.startswith("rsclip: error: ")
     assert message in err
+
+
+UNREACHABLE = [
+    ["query", "s3://{bucket}/db", "airport"],
+    ["info", "s3://{bucket}/db"],
+    ["query", "{db}", "--image", "s3://{bucket}/x.jpg"],
+    ["locate", "s3://{bucket}/x.jpg", "x", "--model", "{model}"],
+    ["locate", "s3://{bucket}/x.tif", "x", "--model", "{model}"],
+    ["locate", "{img}", "x", "--model", "s3://{bucket}/model"],
+    ["locate", "{img}", "x", "--model", "{model}", "--grid", "1", "1", "--out", "s3://{bucket}/heat.png"],
+]
+
+
+@pytest.mark.parametrize("argv", UNREACHABLE, ids=[" ".join(a[:2]) for a in UNREACHABLE])
+def test_unreachable_store_is_one_line_and_exit_2(cli_db, tiny_model, capsys, monkeypatch, argv):
+    from infra.local_stack import free_port
+
+    db, files = cli_db
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for name, value in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"), ("AWS_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    fill = dict(db=db, img=files[0], model=tiny_model, bucket="rsclip-nowhere")
+    code, out, err = run(capsys, *[a.format(**fill) for a in argv])
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("rsclip: error: s3://rsclip-nowhere/") and "cannot reach the object store" in err
+    assert "Traceback" not in err
 
 
 def test_usage_errors_exit_2(capsys):

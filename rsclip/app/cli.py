@@ -1,12 +1,16 @@
 """The ``rsclip`` command line: query a tile table, locate a feature in an image, classify, index, inspect, serve.
 
     rsclip query DB "airport" -k 10 [--bbox LON_MIN LAT_MIN LON_MAX LAT_MAX] [--near LON LAT KM] [--json]
-    rsclip query DB --image PATH [--include-self]
+    rsclip query DB --image PATH [--include-self] [--allow-model-mismatch]
+    rsclip query DB --positive ID... [--negative ID...] [--polygon WKT|GEOJSON|FILE]
+    rsclip label add|remove|list|export DB LABEL ...     (rsclip.app.commands_geo)
+    rsclip export DB (--query TEXT | --positive ID... | --detections LABEL --min-score S) --out PATH
     rsclip locate IMAGE "storage tanks" [--tile 224 | --grid ROWS COLS] [--out heatmap.png]
     rsclip classify IMAGE... --labels airport beach forest
     rsclip index DB [--rebuild]
     rsclip info DB
-    rsclip serve DB [--host 127.0.0.1] [--port N]
+    rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME]
+    rsclip convert-model RemoteCLIP-ViT-B-32.pt models/remoteclip-b32 --arch ViT-B-32-quickgelu
 
 Human-readable tables by default, ``--json`` for scripts. Expected failures (bad input, unknown tables,
 unreadable or refused images, unreachable stores) end with exit status 2 and one line ``rsclip: error: ...``
@@ -26,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from rsclip.app import commands_geo
 from rsclip.core import storage, tiles
 from rsclip.errors import InvalidInput, run_reporting
 
@@ -82,19 +87,21 @@ def _quiet_model_loading() -> None:
 
 
 def cmd_query(args) -> None:
-    from rsclip.search.query import query
+    from rsclip.search.query import Text, query
 
     _quiet_model_loading()
 
-    if (args.text is None) == (args.image is None):
-        raise CliError("give either a text or --image PATH (one of them)")
-    bbox = _numbers(args.bbox, 4, "--bbox (lon_min lat_min lon_max lat_max)") if args.bbox else None
-    near = _numbers(args.near, 3, "--near (lon lat radius_km)") if args.near else None
-    what = args.text
+    from rsclip.app.commands_geo import area
+
+    examples = bool(args.positive or args.negative)
+    if [args.text is not None, args.image is not None, examples].count(True) != 1:
+        raise CliError("give either a text, --image PATH or --positive/--negative examples (one of them)")
+    what = Text(args.text) if args.text is not None else None  # the positional text is text, never a path
     if args.image is not None:  # a path here is always an image, so a missing file is an error, not text
         what = args.image if storage.is_remote(args.image) else Path(args.image)
-    frame = query(args.db, what, k=args.k, table=args.table,
-                  bbox=bbox, near=near, where=args.where, exclude_self=not args.include_self)
+    frame = query(args.db, what, k=args.k, table=args.table, exclude_self=not args.include_self,
+                  allow_model_mismatch=args.allow_model_mismatch, positive=args.positive if examples else None,
+                  negative=args.negative, **area(args))
     if args.json:
         _print_json(_records(frame))
         return
@@ -186,7 +193,36 @@ def cmd_serve(args) -> int:
 
     tiles.open_table(args.db, args.table)  # fail fast, one line, on a wrong DB or table
     options = {"port": args.port} if args.port is not None else {}
-    return server.serve(args.db, table=args.table, host=args.host, **options)
+    return server.serve(args.db, table=args.table, host=args.host, hosts=tuple(args.allowed_host), **options)
+
+
+def cmd_convert_model(args) -> None:
+    from rsclip.core.model_conversion import convert_model
+
+    _quiet_model_loading()
+    record = convert_model(args.source, args.destination, arch=args.arch)
+    if args.json:
+        _print_json(record)
+        return
+    arch = record["architecture"]
+    name = arch["name"] if isinstance(arch, dict) else arch
+    print(f"{args.destination}: converted {record['source']} ({record['format']}, {name})")
+    for entry in record["source_files"]:
+        print(f"  {entry['name']}  sha256 {entry['sha256']}")
+
+
+def add_convert_parser(sub) -> None:
+    """The ``convert-model`` sub-command."""
+    cv = sub.add_parser("convert-model", help="convert an open_clip/OpenAI checkpoint or a Hugging Face .bin CLIP "
+                                              "into a safetensors save_pretrained folder")
+    cv.add_argument("source", metavar="SRC",
+                    help="checkpoint file (.pt/.bin, local or s3://) with --arch, open_clip:ARCH:URI, or a "
+                         "Hugging Face CLIP folder, s3:// prefix or hub id (hf-bin:SRC)")
+    cv.add_argument("destination", metavar="DST", help="new folder or s3:// prefix for the converted model")
+    cv.add_argument("--arch", help="open_clip architecture of a checkpoint file: ViT-B-32, ViT-L-14-336, "
+                                   "ViT-B-32-quickgelu, ... or an open_clip model-config .json")
+    cv.add_argument("--json", action="store_true", help="print the conversion record as JSON")
+    cv.set_defaults(run=cmd_convert_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
     q.add_argument("--where", help="extra SQL filter on the table's columns")
     q.add_argument("--include-self", action="store_true", help="keep the query image's own tile")
-    q.set_defaults(run=cmd_query)
+    q.add_argument("--allow-model-mismatch", action="store_true", help="search even if the weights changed")
+    q.set_defaults(run=cmd_query)  # --positive/--negative/--polygon: commands_geo.register
 
     lo = sub.add_parser("locate", help="find a text feature inside one image (patch heatmap)")
     lo.add_argument("image", metavar="IMAGE", help="image or raster: local path or s3:// URI")
@@ -242,13 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     info = with_table(sub.add_parser("info", help="rows, model, indexes, versions, errors of a table"))
     info.set_defaults(run=cmd_info)
 
+    _add_serve(sub)
+    add_convert_parser(sub)
+    commands_geo.register(sub, with_table)
+    return parser
+
+
+def _add_serve(sub) -> None:
+    """The ``serve`` sub-command and its arguments."""
     sv = sub.add_parser("serve", help="the web search page for a table")
     sv.add_argument("db", metavar="DB")
     sv.add_argument("--table", default=tiles.DEFAULT_TABLE)
-    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, help="port (default: the web app's)")
+    sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="a Host name browsers may use besides 127.0.0.1/localhost, e.g. the public name of an "
+                         "authenticating proxy in front (repeatable)")
     sv.set_defaults(run=cmd_serve)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

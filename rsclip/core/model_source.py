@@ -9,6 +9,7 @@ with other weights is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -17,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rsclip.core import storage
+from rsclip.core import model_versions, storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -46,14 +47,16 @@ def _staged_path(staging: Path, rel: str) -> Path:
 
 
 def _model_listing(uri: str) -> tuple:
-    """``(fs, root, {path: info})`` of the model files under an ``s3://`` prefix (checked, not fetched)."""
-    fs, root = storage.filesystem(uri)
-    try:
-        listing = fs.find(root, detail=True)
-    except FileNotFoundError:
-        listing = {}
-    files = {path: info for path, info in listing.items()
-             if info.get("type", "file") == "file" and path.endswith(MODEL_FILE_SUFFIXES)}
+    """``(fs, root, {path: info})`` of the model files under an ``s3://`` prefix (checked, not fetched); a
+    prefix with a version pointer gives the files of its current version (:mod:`rsclip.core.model_versions`)."""
+    with storage.failures(uri):  # an unreachable store is one line, not a botocore traceback
+        fs, root = storage.filesystem(model_versions.current_prefix(uri))
+        try:
+            listing = fs.find(root, detail=True)
+        except FileNotFoundError:
+            listing = {}
+    files = {path: info for path, info in listing.items() if info.get("type", "file") == "file"
+             and path.endswith(MODEL_FILE_SUFFIXES) and not model_versions.unpublished(root, path)}
     names = {_relative_key(root, p) for p in files}
     if "config.json" not in names:
         raise NotFound(f"no CLIP model at {uri}: config.json not found")
@@ -107,14 +110,23 @@ def resolve_model_source(source: str | os.PathLike) -> str:
     """A local folder or hub id that ``from_pretrained`` accepts, fetching ``s3://`` models first.
 
     Raises ``NotFound`` for a missing folder and ``InvalidInput`` for a folder that is not a CLIP export.
+    ``open_clip:ARCH:URI`` and ``hf-bin:SRC`` are converted once into the cache
+    (:mod:`rsclip.core.model_conversion`) and resolve to the converted folder.
     """
     text = str(source)
+    from rsclip.core import model_conversion  # imports this module
+
+    if model_conversion.is_conversion_spec(text):
+        return str(model_conversion.converted_model_dir(text))
     if storage.is_remote(text):
         return str(fetch_model_dir(text))
     path = storage.local_path(text)
     if path.exists():
         if not (path / "config.json").is_file():
             raise InvalidInput(f"{text} is not a save_pretrained CLIP directory (no config.json)")
+        if not any(path.glob(f"*{WEIGHT_SUFFIX}")) and any(path.glob("pytorch_model*.bin")):
+            raise InvalidInput(f"cannot load {text} as it is: its weights are pytorch_model.bin, and only "
+                               f"safetensors load directly; name it hf-bin:{text} or run `rsclip convert-model`")
         return str(path)
     if not is_hub_id(text):
         raise NotFound(f"model directory not found: {text}")
@@ -147,6 +159,7 @@ def _hash_weights(folder: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=16)  # a hub lookup per query would make every query wait on the network
 def _hub_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -164,7 +177,11 @@ def model_identity(source: str | os.PathLike) -> ModelIdentity:
     text = str(source)
     resolved = resolve_model_source(text)
     folder = Path(resolved) if Path(resolved).is_dir() else _hub_snapshot(resolved)
-    if Path(resolved).is_dir():
+    from rsclip.core import model_conversion
+
+    if model_conversion.is_conversion_spec(text):  # the source converted, not this host's cache folder
+        location = model_conversion.canonical_spec(text)
+    elif Path(resolved).is_dir():
         location = text if storage.is_remote(text) else str(Path(resolved).resolve())
     else:
         location = f"{resolved}@{folder.name}"  # the hub's snapshot folder is named by its commit

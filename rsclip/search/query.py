@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -19,7 +18,9 @@ from PIL import Image
 from rsclip.core import storage, tiles
 from rsclip.core.images import is_image_name, read_image
 from rsclip.core.model import cached_model
-from rsclip.errors import InvalidInput, LimitExceeded, NotFound
+from rsclip.core.model_source import model_identity
+from rsclip.core.rows import TILE_ID_PATTERN
+from rsclip.errors import InvalidInput, LimitExceeded, ModelMismatch, NotFound
 from rsclip.search.filters import BBox, Filters
 from rsclip.search.searchers import MAX_K, SCORE, search, searcher_for
 
@@ -28,13 +29,23 @@ from rsclip.search.searchers import MAX_K, SCORE, search, searcher_for
 SELF_MATCH_DISTANCE = 1e-5
 # Longest text query encoded (a CLIP tokenizer keeps 77 tokens; longer text only costs tokenising time).
 MAX_TEXT_CHARS = 2_000
-TILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 QueryLike = Union[str, os.PathLike, Image.Image, np.ndarray, Sequence[float]]
 
 
+class Text(str):
+    """A string that is always a text query, never read as a path or URI: what a web visitor types.
+
+    ``query(db, Text("file:///etc/passwd"))`` embeds those characters as text; a plain ``str`` naming an
+    existing image file or an ``s3://``/``file://`` URI is read as an image (the Python API's path queries).
+    """
+
+
 def looks_like_image_path(text: str) -> bool:
-    """True when a string query names an image: an ``s3://``/``file://`` URI, or an existing image file."""
+    """True when a string query names an image: an ``s3://``/``file://`` URI, or an existing image file.
+    Never for :class:`Text`."""
+    if isinstance(text, Text):
+        return False
     if text.startswith(("s3://", "file://")):
         return True
     return is_image_name(text) and Path(text).is_file()
@@ -49,13 +60,21 @@ def is_image_query(query) -> bool:
     return isinstance(query, np.ndarray) and query.ndim in (2, 3) and query.dtype == np.uint8
 
 
+def checked_text(text: str, what: str = "text query") -> str:
+    """``text`` once it may be encoded: a string, not blank, at most :data:`MAX_TEXT_CHARS` characters.
+    Raises ``InvalidInput`` (``LimitExceeded`` for long text) naming ``what``."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInput(f"{what} is empty (a non-empty text is needed)")
+    if len(text) > MAX_TEXT_CHARS:
+        raise LimitExceeded(f"{what} is {len(text):,} characters long, more than the limit of {MAX_TEXT_CHARS:,}")
+    return str(text)
+
+
 def text_vector(text: str, model: str) -> np.ndarray:
     """The unit vector of a text query. Raises ``InvalidInput`` for blank and ``LimitExceeded`` for long text."""
-    if not text.strip():
-        raise InvalidInput("text query is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise LimitExceeded(f"text query is {len(text)} characters long, more than {MAX_TEXT_CHARS}")
-    return cached_model(model).encode_texts([text])[0]
+    return cached_model(model).encode_texts([checked_text(text)])[0]
 
 
 def unit_vector(values, dim: int) -> np.ndarray:
@@ -122,7 +141,7 @@ def validate_k(k) -> int:
 
 def query(
     db,
-    query: QueryLike,
+    query: QueryLike | None = None,
     k: int = 10,
     *,
     table: str = tiles.DEFAULT_TABLE,
@@ -131,8 +150,13 @@ def query(
     near: Sequence[float] | None = None,
     exclude_self: bool = True,
     resident: bool = False,
+    allow_model_mismatch: bool = False,
+    polygon=None,
+    positive: Sequence | None = None,
+    negative: Sequence | None = None,
 ) -> pd.DataFrame:
-    """Rank the tiles of ``table`` in ``db`` against ``query``.
+    """Rank the tiles of ``table`` in ``db`` against ``query``, or against ``positive``/``negative`` examples
+    (tile ids, images or texts: :func:`rsclip.search.examples.query_examples`, the examples left out).
 
     ``db`` is a local path, an ``s3://`` URI or a LanceDB connection. ``query`` is a string (text search), an
     image (path, PIL image, HWC uint8 array) or a vector of the table's dimension. ``bbox`` =
@@ -140,20 +164,31 @@ def query(
     results come back when ``k`` exist; ``where`` is an extra SQL filter on the table's columns.
     ``near`` = ``(lon, lat, radius_km)`` keeps tiles whose bounds lie within ``radius_km`` great-circle
     kilometres of the point (0: tiles containing it); exact, combinable with ``bbox`` and ``where``.
+    ``polygon`` (GeoJSON, WKT or shapely, WGS84) keeps tiles whose footprint intersects it.
     An image query leaves out the query tile itself (the row with the image's uri and whole-image window,
     or else the one row whose embedding equals the query's) unless ``exclude_self`` is False. ``resident``
     answers from an in-memory copy of the table's current version (:class:`ResidentSearcher`, for long-lived
     searchers such as the web app: the first call loads the table, ~2.2 KB per 512-d row).
+    A text or image is encoded with the table's model; when that now resolves to other weights than the
+    table records, :class:`~rsclip.errors.ModelMismatch` is raised unless ``allow_model_mismatch``.
 
     Returns a DataFrame with columns id, uri, score (cosine similarity, descending), x, y, width, height,
     lon_min, lat_min, lon_max, lat_max, crs. Raises ``InvalidInput`` for bad input (empty text, k outside
-    [1, 10000], malformed bbox or near, wrong vector size, a table without model metadata) and
-    ``NotFound`` for an unknown table.
+    [1, 10000], malformed bbox or near, wrong vector size, a table without model metadata),
+    ``ModelMismatch`` as said and ``NotFound`` for an unknown table.
     """
+    if positive is not None or negative is not None:
+        from rsclip.search.examples import query_examples  # built on this module
+        if query is not None:
+            raise InvalidInput("give either a query or positive/negative examples, not both")
+        return query_examples(db, positive, negative, k, table=table, bbox=bbox, near=near, polygon=polygon,
+                              where=where, resident=resident, allow_model_mismatch=allow_model_mismatch)
     k = validate_k(k)
-    filters = Filters.of(bbox=bbox, near=near, where=where)
+    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon)
     tbl = tiles.open_table(db, table)
     model, dim = tiles.table_model(tbl)
+    if isinstance(query, str) or is_image_query(query):  # encoded with the model; a vector is not
+        check_model_weights(tbl, model, allow_model_mismatch)
     drop = None
     if is_image_query(query) and isinstance(query, (str, os.PathLike)):
         image = read_image(query)
@@ -167,16 +202,25 @@ def query(
 
 
 def query_text(db, text: str, k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None, where=None,
-               near=None, resident: bool = False) -> pd.DataFrame:
+               near=None, resident: bool = False, allow_model_mismatch: bool = False,
+               polygon=None) -> pd.DataFrame:
     """:func:`query` for a string that is always text, never a path or URI (what a web visitor types)."""
-    if not isinstance(text, str):
-        raise InvalidInput(f"text query must be a string, got {type(text).__name__}")
-    k = validate_k(k)
-    filters = Filters.of(bbox=bbox, near=near, where=where)
-    tbl = tiles.open_table(db, table)
-    model, dim = tiles.table_model(tbl)
-    vector = text_vector(text, model)
-    return search(searcher_for(tbl, resident=resident), _checked_dim(vector, model, dim), k, filters)
+    return query(db, Text(checked_text(text)), k, table=table, bbox=bbox, where=where, near=near,
+                 resident=resident, allow_model_mismatch=allow_model_mismatch, polygon=polygon)
+
+
+def check_model_weights(table, model: str, allow_mismatch: bool = False) -> None:
+    """Raise :class:`~rsclip.errors.ModelMismatch` when ``model`` now resolves to other weights than those
+    recorded in ``table`` (a folder re-exported in place, another hub revision), unless ``allow_mismatch``.
+    A table that records no weights (written by an older rsclip) passes. The weights' hash is computed
+    once per process and file state (:func:`~rsclip.core.model_source.model_identity`)."""
+    if allow_mismatch or tiles.table_weights(table) is None:
+        return
+    mismatch = tiles.weights_mismatch(table, model, model_identity(model))
+    if mismatch:
+        raise ModelMismatch(f"{mismatch}: a query encoded with them would not be comparable with the table. "
+                            "Restore those weights or embed the table again; to search anyway, pass "
+                            "allow_model_mismatch=True (rsclip query --allow-model-mismatch)")
 
 
 def _checked_dim(vector: np.ndarray, model: str, dim: int) -> np.ndarray:
@@ -197,11 +241,14 @@ def tile_vector(table, tile_id: str) -> np.ndarray:
 
 
 def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE, bbox: BBox | None = None,
-                  resident: bool = False) -> pd.DataFrame:
-    """The ``k`` tiles most similar to the stored tile ``tile_id`` (its own embedding), the tile left out."""
+                  resident: bool = False, allow_model_mismatch: bool = False, polygon=None) -> pd.DataFrame:
+    """The ``k`` tiles most similar to the stored tile ``tile_id`` (its own embedding), the tile left out.
+
+    Only stored vectors are compared, never the model: ``allow_model_mismatch`` is accepted so that callers
+    pass the same options to every query function, and has nothing to allow here."""
     k = validate_k(k)
     tbl = tiles.open_table(db, table)
     vector = tile_vector(tbl, tile_id)
-    filters = Filters.of(bbox=bbox)
+    filters = Filters.of(bbox=bbox, polygon=polygon)
     drop = lambda frame: (frame[tiles.ID] == tile_id).to_numpy()  # noqa: E731
     return search(searcher_for(tbl, resident=resident), vector, k, filters, drop=drop, extra=1)

@@ -45,8 +45,11 @@ EXACT_FILTER_ROWS = 20_000
 # at most one pass over the vectors (~110 ms), against ~300 ms for the prefiltered index (BENCHMARKS.md).
 RESIDENT_EXACT_ROWS = 1_000_000
 # Lance/DataFusion texts that mean the caller's SQL filter is wrong, not that the table is broken.
+# Evaluating the filter on the rows can fail too (a cast of a text to a number, a division by zero): that is
+# the filter's fault as well.
 _SQL_ERROR_MARKERS = ("parse", "Parse", "SQL", "sql", "No field named", "Schema error", "Invalid user input",
-                      "Error during planning", "not found in schema", "Invalid argument")
+                      "Error during planning", "not found in schema", "Invalid argument",
+                      "Error applying filter expression", "Error resolving filter expression")
 
 Ranker = Callable[[int], pd.DataFrame]
 
@@ -211,7 +214,7 @@ def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Fi
     total = searcher.row_count()
     while True:
         frame = rank(limit)
-        mask = filters.keep(frame)
+        mask = filters.keep(frame, searcher.table)
         if drop is not None:
             mask &= ~drop(frame)
         kept = frame[mask]

@@ -1,0 +1,79 @@
+"""Rows of a table looked up by tile id: what labels, example searches, polygon filters and exports need
+of the few tiles they name (the tile table's ``id`` carries a BTREE index, :mod:`rsclip.core.index`); and
+the companion tables kept beside a tile table (labels, detections), opened or created by name."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from rsclip.core import tiles
+from rsclip.errors import NotFound
+
+# Ids per lookup: one ``id IN (...)`` filter of at most this many literals.
+LOOKUP_CHUNK = 1000
+# What :func:`rsclip.core.tiles.tile_id` returns: 32 lower-case hex characters.
+TILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def is_tile_id(value) -> bool:
+    """Whether ``value`` has the form of a tile id (32 lower-case hex characters)."""
+    return isinstance(value, str) and TILE_ID_PATTERN.fullmatch(value) is not None
+
+
+def has_column(table, name: str) -> bool:
+    """Whether ``table`` (LanceDB table) has a column ``name`` (older tables lack newer optional columns)."""
+    return name in table.schema.names
+
+
+def rows_by_id(table, ids: Iterable[str], columns: Sequence[str], *, key: str = tiles.ID,
+               where: str | None = None) -> pa.Table:
+    """The ``columns`` of the rows of ``table`` whose ``key`` column is one of ``ids`` (and that pass the
+    SQL ``where`` when given), in no set order.
+
+    Columns the table lacks are left out; ``key`` is always included. Ids are looked up in chunks of
+    :data:`LOOKUP_CHUNK`, so the filter stays small whatever the number of ids.
+    """
+    wanted = list(dict.fromkeys(str(i) for i in ids))
+    present = [c for c in dict.fromkeys([key, *columns]) if has_column(table, c)]
+    dataset = tiles.dataset_of(table)
+    parts = []
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        chunk = wanted[start : start + LOOKUP_CHUNK]
+        wanted_sql = f"{key} IN ({', '.join(tiles.sql_text(i) for i in chunk)})"
+        parts.append(dataset.to_table(columns=present, filter=f"({wanted_sql}) AND ({where})" if where else wanted_sql))
+    if not parts:
+        return pa.table({c: pa.array([], dataset.schema.field(c).type) for c in present})
+    return pa.concat_tables(parts)
+
+
+def vectors_by_id(table, ids: Sequence[str]) -> np.ndarray:
+    """The stored embeddings of tile ``ids`` in that order, ``(n, D)`` float32. Raises ``NotFound`` naming
+    the ids that are not in the table."""
+    found = rows_by_id(table, ids, [tiles.VECTOR])
+    at = dict(zip(found.column(tiles.ID).to_pylist(), range(found.num_rows)))
+    missing = [i for i in ids if i not in at]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise NotFound(f"{len(missing)} tile id(s) not in table {table.name!r}: {shown}")
+    dim = table.schema.field(tiles.VECTOR).type.list_size
+    flat = found.column(tiles.VECTOR).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = flat.reshape(found.num_rows, dim).astype(np.float32)
+    return vectors[[at[i] for i in ids]]
+
+
+def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
+    """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None."""
+    conn = tiles.connect(db)
+    if name not in tiles.table_names(conn):
+        if not create:
+            return None
+        try:
+            return conn.create_table(name, schema=schema)
+        except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
+            if name not in tiles.table_names(conn):
+                raise
+    return conn.open_table(name)

@@ -1,0 +1,180 @@
+"""The detection job: a label set -> a linear probe -> a score for every tile -> ``<table>_detections``.
+
+:func:`run_detection` reads the label set (:mod:`rsclip.core.labels`), trains and cross-validates the probe
+(:mod:`rsclip.detect.probe`, in the driver: a few thousand vectors at most), plans the table version's parts
+(:func:`rsclip.detect.scoring.plan_parts`) and scores them in Ray Data tasks reading Lance fragments in
+parallel; the driver upserts each block of detections as it streams out (one block in memory at a time) and
+records each part once its rows are committed (:mod:`rsclip.core.detections`). Killed at any moment and
+rerun, it trains the same probe (same labels and settings: same model version), skips the parts already
+committed and leaves exactly one row per tile and label. When every part is in, rows of older model
+versions of the label (tiles gone from the table since) are removed.
+
+Bad input fails before anything is written or any cluster starts: an unknown label set, a set without
+positives, or without negatives and without ``--background``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.compute as pc
+
+from rsclip.core import cluster, config as flags, detections, labels, tiles
+from rsclip.detect import scoring
+from rsclip.detect.probe import Probe, train_probe
+from rsclip.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+setting = flags.setting
+# Memory a scoring task may use: one part's vectors (65,536 x 512 float32 = 128 MiB) and its output.
+SCORE_TASK_MEMORY = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Everything the detection job needs; built once by the job script, passed down typed."""
+
+    db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
+    label: str = setting(help="the label set to train on (rsclip label add ...)", group="input and output")
+    table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
+    background: int = setting(0, group="probe",
+                              help="random tiles of the table added as negatives (0: the labelled negatives only)")
+    c: float = setting(1.0, help="inverse regularisation strength of the logistic regression", group="probe")
+    seed: int = setting(0, help="seed of the background draw and the cross-validation folds", group="probe")
+    report_k: int = setting(10, help="k of the cross-validated precision@k", group="probe")
+    rows_per_task: int = setting(scoring.ROWS_PER_PART, help="tiles scored per Ray task (one part)",
+                                 group="resources")
+    read_cpus: float = setting(1.0, help="CPUs reserved per scoring task", group="resources")
+    read_tasks: int | None = setting(None, help="most scoring tasks at once (default: as the cluster allows)",
+                                     group="resources")
+
+    def __post_init__(self) -> None:
+        labels.validate_label(self.label)
+        if self.background < 0 or self.report_k < 1 or self.rows_per_task < 1 or self.read_cpus <= 0:
+            raise InvalidInput("background must be >= 0; report k, rows per task and read CPUs positive")
+        if self.read_tasks is not None and self.read_tasks < 1:
+            raise InvalidInput(f"read tasks must be positive, got {self.read_tasks}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DetectSummary:
+    """What a run did: the probe's quality, the parts and rows scored, the rate."""
+
+    label: str = ""
+    model_version: str = ""
+    metrics: dict = field(default_factory=dict)
+    table_rows: int = 0
+    parts: int = 0
+    parts_skipped: int = 0
+    rows_scored: int = 0
+    removed_stale: int = 0
+    scoring_seconds: float = 0.0
+    rows_per_s: float = 0.0
+    seconds: float = 0.0
+
+    def to_text(self) -> str:
+        m = self.metrics
+        quality = (f"cv AP {m['cv_ap']:.3f}, precision@{m['k']} {m['precision_at_k']:.3f} ({m['folds']} folds)"
+                   if m.get("cv_ap") is not None else "too few examples to cross-validate")
+        return (f"label {self.label!r}, model {self.model_version}: {m.get('positives', 0)} positives, "
+                f"{m.get('negatives', 0)} negatives, {m.get('background', 0)} background; {quality}; "
+                f"{self.rows_scored} of {self.table_rows} tiles scored in {self.parts - self.parts_skipped} "
+                f"parts ({self.parts_skipped} already done), {self.rows_per_s:.0f} rows/s; "
+                f"{self.removed_stale} stale detections removed")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe):
+    """The Ray Dataset of the job: one block per part -> :func:`rsclip.detect.scoring.score_parts` tasks."""
+    import ray
+
+    ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
+    return ds.map_batches(
+        scoring.score_parts, batch_size=1, batch_format="numpy", num_cpus=config.read_cpus,
+        memory=SCORE_TASK_MEMORY, concurrency=config.read_tasks,
+        fn_kwargs={"uri": dataset.uri, "version": dataset.version, "weights": probe.weights,
+                   "bias": probe.bias, "label": probe.label, "model_version": probe.model_version})
+
+
+def write_blocks(blocks, config: DetectConfig, probe: Probe, parts: list[dict]) -> int:
+    """Upsert each block of detection rows (one commit each) and record the parts it completes; returns the
+    rows written."""
+    target = detections.open_detections(config.db, config.table, create=True)
+    progress = detections.open_progress(config.db, config.table, create=True)
+    expected = {p[detections.PART]: int(p[detections.ROWS]) for p in parts}
+    got: dict[str, int] = defaultdict(int)
+    written = 0
+    for block in blocks:
+        if block.num_rows == 0:
+            continue
+        detections.upsert(target, block.drop_columns([detections.PART]))
+        written += block.num_rows
+        log.info("committed %d detections (%d this run)", block.num_rows, written)
+        counts = pc.value_counts(block.column(detections.PART)).to_pylist()
+        for item in counts:
+            part = item["values"]
+            got[part] += int(item["counts"])
+            if got[part] == expected.get(part):
+                detections.record_part(progress, probe.label, probe.model_version, part, got[part])
+                log.info("recorded part %s (%d rows)", part, got[part])
+    return written
+
+
+def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: str | None = cluster.LOCAL,
+                  runtime_env: dict | None = None, local: bool = False) -> DetectSummary:
+    """Score every tile of ``config.table`` for ``config.label``; see the module doc.
+
+    ``local`` scores in this process without Ray (small tables, tests). Raises
+    :class:`~rsclip.errors.NotFound` for an unknown table or label set and ``InvalidInput`` for a label set
+    that cannot train a probe, before anything is written.
+    """
+    started = time.monotonic()
+    table = tiles.open_table(config.db, config.table)
+    frame = labels.read_labels(config.db, config.label, table=config.table)
+    probe = train_probe(table, config.label, frame, background=config.background, c=config.c,
+                        seed=config.seed, k=config.report_k)
+    dataset = tiles.dataset_of(table)
+    parts = scoring.plan_parts(dataset, config.rows_per_task)
+    done = detections.done_parts(detections.open_progress(config.db, config.table), probe.label,
+                                 probe.model_version)
+    todo = [p for p in parts if p[detections.PART] not in done]
+    summary = DetectSummary(label=probe.label, model_version=probe.model_version, metrics=probe.metrics,
+                            table_rows=dataset.count_rows(), parts=len(parts), parts_skipped=len(parts) - len(todo))
+    log.info("probe %s of %r: %s; %d parts to score, %d done before", probe.model_version, probe.label,
+             probe.metrics, len(todo), len(parts) - len(todo))
+    if todo and not local:  # before the clock: scoring is what is timed
+        cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
+    scoring_started = time.monotonic()
+    if todo:
+        summary.rows_scored = write_blocks(_blocks(config, todo, dataset, probe, progress, local), config,
+                                           probe, todo)
+    summary.scoring_seconds = time.monotonic() - scoring_started
+    summary.rows_per_s = summary.rows_scored / summary.scoring_seconds if summary.scoring_seconds > 0 else 0.0
+    summary.removed_stale = detections.drop_other_versions(config.db, config.table, probe.label,
+                                                           probe.model_version)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _blocks(config, todo, dataset, probe, progress, local):
+    """The stream of detection blocks: from Ray Data (one block per part), or computed here when ``local``."""
+    if local:
+        return scoring.score_locally(dataset, todo, probe.weights, probe.bias, probe.label, probe.model_version)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+    ds = build_dataset(config, todo, dataset, probe)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
+
+
+__all__ = ["DetectConfig", "DetectSummary", "run_detection"]

@@ -1,0 +1,120 @@
+"""Scoring: every row of the tile table through the probe, in parts read straight from Lance fragments.
+
+The driver plans *parts* from the table version's fragment metadata only (:func:`plan_parts`: slices of
+fragments of about ``rows_per_part`` rows, small fragments grouped, large ones cut), so what it holds grows
+with the number of parts (tens per million rows), never with the rows. Each part is scored by
+:func:`score_parts`, a Ray Data stage: it opens the same table version, reads its slices' ids, bounds and
+vectors fragment by fragment, and returns detection rows (:data:`rsclip.core.detections.DETECTIONS_SCHEMA`
+plus the part's key). No vector index is used or needed.
+
+A part's key is a hash of its slices, so a rerun on the same table version plans the same keys and can skip
+the parts already committed (:func:`rsclip.core.detections.done_parts`); after a compaction the fragments,
+and so the keys, change, and every tile is scored again (still once per tile in the table: rows are upserted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rsclip.core import detections, storage, tiles
+from rsclip.detect.probe import sigmoid
+
+ROWS_PER_PART = 65_536
+READ_BATCH_ROWS = 16_384
+SLICES = "slices"  # JSON list of [fragment id, offset, rows] of a part
+READ_COLUMNS = (tiles.ID, *tiles.BOUNDS_COLUMNS, tiles.VECTOR)
+OUTPUT_SCHEMA = detections.DETECTIONS_SCHEMA.append(pa.field(detections.PART, pa.string(), nullable=False))
+
+
+def plan_parts(dataset, rows_per_part: int = ROWS_PER_PART) -> list[dict]:
+    """The parts of a Lance dataset version: dicts with ``part`` (key), ``slices`` (JSON) and ``rows``.
+
+    Fragments are taken in id order; one longer than ``rows_per_part`` is cut, shorter ones share a part.
+    Empty fragments are left out. Reads fragment metadata only.
+    """
+    parts: list[dict] = []
+    slices: list[list[int]] = []
+    filled = 0
+
+    def close() -> None:
+        nonlocal slices, filled
+        if slices:
+            text = json.dumps(slices, separators=(",", ":"))
+            key = hashlib.sha256(text.encode()).hexdigest()[:20]
+            parts.append({detections.PART: key, SLICES: text, detections.ROWS: filled})
+        slices, filled = [], 0
+
+    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.fragment_id):
+        count, offset = int(fragment.metadata.num_rows), 0
+        while offset < count:
+            take = min(count - offset, rows_per_part - filled)
+            slices.append([int(fragment.fragment_id), offset, take])
+            filled += take
+            offset += take
+            if filled >= rows_per_part:
+                close()
+    close()
+    return parts
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(uri: str, version: int, options: tuple):
+    import lance
+
+    return lance.dataset(uri, version=version, storage_options=dict(options) or None)
+
+
+def open_version(uri: str, version: int):
+    """The Lance dataset at ``uri``, ``version``, opened once per process (the store's settings from this
+    process's environment, as every rsclip client reads them)."""
+    options = storage.lance_storage_options() if storage.is_remote(uri) else {}
+    return _dataset(uri, int(version), tuple(sorted(options.items())))
+
+
+def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, label: str, model_version: str,
+                   part: str, now: dt.datetime) -> pa.Table:
+    """The detection rows (:data:`OUTPUT_SCHEMA`) of one read batch of tiles."""
+    n = batch.num_rows
+    vectors = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+    scores = sigmoid(vectors @ weights + np.float32(bias))
+    ids = batch.column(tiles.ID)
+    constant = lambda value, kind: pa.repeat(pa.scalar(value, kind), n)  # noqa: E731  (no Python lists)
+    columns = {
+        detections.KEY: pc.binary_join_element_wise(pa.scalar(label), ids, ":"), tiles.ID: ids,
+        detections.LABEL: constant(label, pa.string()), detections.MODEL_VERSION: constant(model_version, pa.string()),
+        detections.SCORE: pa.array(scores, pa.float32()),
+        **{c: batch.column(c) for c in tiles.BOUNDS_COLUMNS},
+        detections.TIME: constant(now, pa.timestamp("us", tz="UTC")), detections.PART: constant(part, pa.string()),
+    }
+    return pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+
+
+def score_parts(batch: dict[str, np.ndarray], uri: str, version: int, weights: np.ndarray, bias: float,
+                label: str, model_version: str) -> pa.Table:
+    """Ray Data stage: the detection rows of every tile in the parts of ``batch`` (``part``, ``slices``)."""
+    dataset = open_version(uri, version)
+    weights = np.asarray(weights, dtype=np.float32)
+    now = dt.datetime.now(dt.timezone.utc)
+    out = []
+    for part, text in zip(batch[detections.PART], batch[SLICES]):
+        for fragment_id, offset, count in json.loads(str(text)):
+            fragment = dataset.get_fragment(int(fragment_id))
+            for rb in fragment.to_batches(columns=list(READ_COLUMNS), offset=int(offset), limit=int(count),
+                                          batch_size=READ_BATCH_ROWS):
+                out.append(detection_rows(rb, weights, bias, label, model_version, str(part), now))
+    return pa.concat_tables(out) if out else OUTPUT_SCHEMA.empty_table()
+
+
+def score_locally(dataset, parts: list[dict], weights: np.ndarray, bias: float, label: str, model_version: str):
+    """Yield the detection tables of ``parts`` one part at a time in this process (no Ray): what the Ray
+    stage computes, for tests and small tables."""
+    for part in parts:
+        yield score_parts({detections.PART: [part[detections.PART]], SLICES: [part[SLICES]]}, dataset.uri,
+                          dataset.version, weights, bias, label, model_version)

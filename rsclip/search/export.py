@@ -1,0 +1,185 @@
+"""Export: search results, detections and labels as features a GIS opens (GeoJSON, GeoParquet 1.1, CSV).
+
+Each feature is one tile: its geometry is the tile's true WGS84 footprint (the stored WKB of
+:mod:`rsclip.core.footprints`; the box of its bounds for tables written before footprints were stored; none
+for tiles without georeference), its properties are ``id``, ``uri``, ``window`` (``"x,y,width,height"``
+in source pixels), ``score``, ``crs``, ``datetime`` when the table has it, and what the source adds
+(``label`` and ``model_version`` for detections, ``label``, ``value``, ``note`` for labels).
+:func:`dissolve` merges touching or overlapping footprints into one polygon each, with the ``score_max``,
+``score_mean`` and number of ``tiles`` they hold.
+
+One writer (:func:`write_features`) for every format, local or ``s3://``, atomic (a reader never sees half a
+file, a failed export leaves nothing): GeoJSON (RFC 7946, lon/lat), GeoParquet 1.1 (WKB geometry, ``geo``
+metadata with the CRS and a ``bbox`` covering column, as written by geopandas) and CSV (the geometry as
+``WKT``, OGR's default geometry column).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from rsclip.core import detections as detection_table, footprints, labels, storage, tiles
+from rsclip.errors import InvalidInput
+from rsclip.search.review import DATETIME, review_detections
+from rsclip.search.searchers import SCORE
+
+FORMATS = ("geojson", "geoparquet", "csv")
+SUFFIXES = {".geojson": "geojson", ".json": "geojson", ".parquet": "geoparquet", ".geoparquet": "geoparquet",
+            ".csv": "csv"}
+WINDOW, GEOMETRY, WKT = "window", "geometry", "WKT"
+CRS84 = "OGC:CRS84"  # WGS84 in lon/lat axis order: what GeoJSON and GeoParquet mean by default
+GEOPARQUET_VERSION = "1.1.0"
+PROPERTIES = (tiles.ID, tiles.URI, WINDOW, SCORE, tiles.CRS, DATETIME, labels.LABEL,
+              detection_table.MODEL_VERSION, labels.VALUE, labels.NOTE)
+DISSOLVED = ("score_max", "score_mean", "tiles")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: ``rows`` features in ``format`` at ``path``."""
+
+    path: str
+    format: str
+    rows: int
+
+
+def export_format(out: str, format: str | None = None) -> str:
+    """The format of an export to ``out``: ``format`` when given, else from the suffix. Raises
+    ``InvalidInput`` for an unknown format or suffix."""
+    if format is None:
+        suffix = PurePosixPath(str(out)).suffix.lower()
+        if suffix not in SUFFIXES:
+            raise InvalidInput(f"cannot tell the format of {out!r} from its suffix: pass format= one of {FORMATS}")
+        return SUFFIXES[suffix]
+    if format not in FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    return format
+
+
+def features(frame: pd.DataFrame, table=None):
+    """A GeoDataFrame (CRS84) of result rows: footprints as geometry, the export properties as columns.
+    ``table`` is the tile table the rows come from (where footprints are looked up)."""
+    import geopandas as gpd
+
+    out = pd.DataFrame(index=range(len(frame)))
+    for column in PROPERTIES:
+        if column == WINDOW:
+            out[WINDOW] = [f"{x},{y},{w},{h}" for x, y, w, h in frame[list(tiles.WINDOW_COLUMNS)].itertuples(
+                index=False)] if len(frame) else []
+        elif column in frame.columns:
+            out[column] = frame[column].to_numpy()
+    geometry = footprints.tile_footprints(frame.reset_index(drop=True), table)
+    return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(list(geometry), crs=CRS84), crs=CRS84)
+
+
+def dissolve(gdf):
+    """Touching or overlapping footprints merged: one feature per connected group, with ``score_max``,
+    ``score_mean``, ``tiles`` (and ``label`` when every feature has the same). Features without geometry
+    are left out."""
+    import geopandas as gpd
+    import shapely
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    gdf = gdf[~gdf.geometry.isna()].reset_index(drop=True)
+    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    n = len(geoms)
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects") if n else (np.zeros(0, int),) * 2
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+    count, group = connected_components(graph, directed=False) if n else (0, np.zeros(0, int))
+    scores = gdf[SCORE].to_numpy(dtype=np.float64) if SCORE in gdf.columns else np.full(n, np.nan)
+    out = pd.DataFrame({
+        "score_max": [float(np.max(scores[group == g])) for g in range(count)],
+        "score_mean": [float(np.mean(scores[group == g])) for g in range(count)],
+        "tiles": [int((group == g).sum()) for g in range(count)],
+    })
+    if labels.LABEL in gdf.columns and gdf[labels.LABEL].nunique() == 1:
+        out.insert(0, labels.LABEL, gdf[labels.LABEL].iloc[0])
+    merged = [shapely.union_all(geoms[group == g]) for g in range(count)]
+    result = gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(merged, crs=CRS84), crs=CRS84)
+    return result.sort_values("score_max", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def encode(gdf, format: str) -> bytes:
+    """The bytes of ``gdf`` in ``format`` (:data:`FORMATS`)."""
+    if format == "geojson":
+        collection = gdf.to_geo_dict(na="null", drop_id=True)
+        collection.pop("crs", None)  # RFC 7946: lon/lat WGS84 always, no crs member
+        return json.dumps(collection, default=str).encode("utf-8")
+    if format == "geoparquet":
+        buffer = io.BytesIO()
+        gdf.to_parquet(buffer, index=False, geometry_encoding="WKB", write_covering_bbox=True,
+                       schema_version=GEOPARQUET_VERSION)
+        return buffer.getvalue()
+    frame = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
+    frame[WKT] = [g.wkt if g is not None else "" for g in gdf.geometry.values]
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def write_features(gdf, out: str, format: str | None = None) -> ExportResult:
+    """Write ``gdf`` to ``out`` (local path or ``s3://``) in ``format`` (default: from the suffix), atomically.
+
+    Raises ``InvalidInput`` for an empty ``gdf`` (nothing is written), an unknown format and a path that
+    cannot be written (``storage.write_bytes``: nothing is left behind).
+    """
+    format = export_format(out, format)
+    if len(gdf) == 0:
+        raise InvalidInput(f"nothing to export to {out}: no tile matched")
+    storage.write_bytes(str(out), encode(gdf, format))
+    return ExportResult(str(out), format, len(gdf))
+
+
+def select(db, *, query=None, positive=None, negative=None, detections: str | None = None,
+           min_score: float | None = None, k: int = 100, table: str = tiles.DEFAULT_TABLE, bbox=None, near=None,
+           polygon=None, where=None) -> pd.DataFrame:
+    """The rows an export writes: a query (text, image or vector), an example search (``positive`` /
+    ``negative``) or the ``detections`` of a label set at ``min_score``, under the filters.
+    Raises ``InvalidInput`` unless exactly one source is given."""
+    from rsclip.search.query import query as run_query
+
+    given = [query is not None, positive is not None or negative is not None, detections is not None]
+    if sum(given) != 1:
+        raise InvalidInput("export one of: a query, positive/negative examples, or the detections of a label")
+    filters = dict(table=table, bbox=bbox, near=near, polygon=polygon, where=where)
+    if detections is not None:
+        return review_detections(db, detections, min_score=min_score, **filters)
+    if min_score is not None:
+        raise InvalidInput("min score applies to detections only")
+    return run_query(db, query, k, positive=positive, negative=negative, **filters)
+
+
+def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABLE, **selection):
+    """The GeoDataFrame an :func:`export` writes (``selection``: the keywords of :func:`select`)."""
+    frame = select(db, table=table, **selection)
+    gdf = features(frame, tiles.open_table(db, table))
+    return dissolve(gdf) if dissolved else gdf
+
+
+def export(db, out: str, *, format: str | None = None, dissolved: bool = False,
+           table: str = tiles.DEFAULT_TABLE, **selection) -> ExportResult:
+    """Export the tiles of a query, an example search or a label's detections (see :func:`select`) to
+    ``out`` as GeoJSON, GeoParquet or CSV (``format``, default from the suffix); ``dissolved`` merges
+    touching footprints (:func:`dissolve`). Raises ``InvalidInput`` for bad input, an empty result or an
+    unwritable ``out`` (nothing is written then)."""
+    format = export_format(out, format)
+    return write_features(export_frame(db, dissolved=dissolved, table=table, **selection), out, format)
+
+
+def export_labels(db, label: str, out: str, *, format: str | None = None,
+                  table: str = tiles.DEFAULT_TABLE) -> ExportResult:
+    """Export the tiles of label set ``label`` with their ``value`` (+1/-1) and ``note``. Raises
+    ``NotFound`` for an unknown label set."""
+    from rsclip.core import rows
+
+    format = export_format(out, format)
+    frame = labels.read_labels(db, label, table=table)
+    tile_table = tiles.open_table(db, table)
+    columns = (tiles.URI, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS, DATETIME)
+    found = rows.rows_by_id(tile_table, frame[tiles.ID], columns).to_pandas()
+    return write_features(features(frame.merge(found, on=tiles.ID, how="inner"), tile_table), out, format)

@@ -1,0 +1,95 @@
+"""Detection review: the detections of a label set above a score, under the shared filters, best first.
+
+The spatial filters (``bbox``, ``near``, ``polygon``) prefilter ``<table>_detections`` on its bound columns
+and then test each detection's tile exactly, as a query does; ``where`` is SQL on the *tile table's*
+columns (``uri``, ``crs``, ...) and applies to the tiles the detections name. Rows carry the tile's uri,
+window and CRS (looked up by id), so they export as they are (:mod:`rsclip.search.export`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from rsclip.core import detections, labels, rows, tiles
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound
+from rsclip.search.filters import Filters
+from rsclip.search.searchers import SCORE, checked_sql
+
+# Most detections one review returns (an export of more wants a higher --min-score or a smaller area).
+MAX_REVIEW_ROWS = 1_000_000
+# Optional tile columns carried along when the table has them.
+DATETIME = "datetime"
+TILE_COLUMNS = (tiles.URI, *tiles.WINDOW_COLUMNS, tiles.CRS, DATETIME, tiles.FOOTPRINT)
+# Above this many detections their tiles are read by one filtered scan of the tile table rather than by id.
+SCAN_ABOVE = 20_000
+
+
+def detections_sql(label: str, min_score: float | None, filters: Filters) -> str:
+    """SQL on the detections table: the label, the score threshold and the spatial prefilters."""
+    spatial = dataclasses.replace(filters, where=None).sql()
+    parts = [f"{detections.LABEL} = {tiles.sql_text(label)}"]
+    if min_score is not None:
+        parts.append(f"{detections.SCORE} >= {float(min_score)!r}")
+    if spatial:
+        parts.append(f"({spatial})")
+    return " AND ".join(parts)
+
+
+def validate_min_score(min_score) -> float | None:
+    """``min_score`` as a float in [0, 1] (detection scores are probabilities), or None."""
+    if min_score is None:
+        return None
+    try:
+        value = float(min_score)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"min score must be a number in [0, 1], got {min_score!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidInput(f"min score must be a number in [0, 1], got {min_score!r}")
+    return value
+
+
+def review_detections(db, label: str, *, min_score: float | None = None, table: str = tiles.DEFAULT_TABLE,
+                      bbox=None, near=None, polygon=None, where=None,
+                      limit: int = MAX_REVIEW_ROWS) -> pd.DataFrame:
+    """Detections of ``label`` scoring at least ``min_score`` under the filters, best first.
+
+    Columns: id, uri, score, x, y, width, height, the bound columns, crs (and datetime and footprint when
+    the tile table has them), label, model_version. Raises ``NotFound`` when the table has no detections of
+    ``label``, ``LimitExceeded`` when more than ``limit`` qualify, ``InvalidInput`` for bad filters.
+    """
+    label = labels.validate_label(label)
+    min_score = validate_min_score(min_score)
+    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon)
+    tile_table = tiles.open_table(db, table)
+    found = detections.open_detections(db, table)
+    if found is None or found.count_rows(f"{detections.LABEL} = {tiles.sql_text(label)}") == 0:
+        raise NotFound(f"no detections of {label!r} for table {table!r}: run jobs/detect.py --label {label} first")
+    sql = detections_sql(label, min_score, filters)
+    dataset = tiles.dataset_of(found)
+    count = checked_sql(lambda: dataset.count_rows(filter=sql), sql)
+    if count > limit:
+        raise LimitExceeded(f"{count:,} detections qualify, more than {limit:,}: raise the minimum score or "
+                            "narrow the area")
+    columns = [tiles.ID, detections.SCORE, *tiles.BOUNDS_COLUMNS, detections.LABEL, detections.MODEL_VERSION]
+    frame = dataset.to_table(columns=columns, filter=sql).to_pandas()
+    frame = frame.merge(tile_columns(tile_table, frame[tiles.ID], filters), on=tiles.ID, how="inner")
+    frame = frame[filters.keep(frame, tile_table)]
+    frame[SCORE] = frame[detections.SCORE].astype("float64")
+    order = [tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS]
+    order += [c for c in (DATETIME, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION) if c in frame.columns]
+    return frame.sort_values([SCORE, tiles.ID], ascending=[False, True], kind="stable")[order].reset_index(drop=True)
+
+
+def tile_columns(tile_table, ids: pd.Series, filters: Filters) -> pd.DataFrame:
+    """:data:`TILE_COLUMNS` of the tiles ``ids`` that pass ``filters.where``: looked up by id, or for many
+    ids read by one scan under the filters' SQL (the spatial prefilter bounds it) and joined later."""
+    if len(ids) <= SCAN_ABOVE:
+        found = checked_sql(lambda: rows.rows_by_id(tile_table, ids, TILE_COLUMNS, where=filters.where),
+                            filters.where)
+        return found.to_pandas()
+    columns = [c for c in (tiles.ID, *TILE_COLUMNS) if rows.has_column(tile_table, c)]
+    sql = filters.sql()
+    return checked_sql(lambda: tiles.dataset_of(tile_table).to_table(columns=columns, filter=sql), sql).to_pandas()
