@@ -5,7 +5,8 @@
 
 Every field of ``rsclip.ingest.pipeline.EmbedConfig`` is a flag. Exit status: 0 when the job finished (bad
 files are recorded in <table>_errors), 2 with one line for an expected failure (store unreachable, wrong
-credentials, missing bucket, unknown model, table of another model, a cluster too small for the request).
+credentials, missing bucket, unknown model, table of another model or of other weights, a cluster too small
+for the request, a model whose every tile fails for --max-failed-batches batches in a row).
 """
 
 from __future__ import annotations

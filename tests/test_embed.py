@@ -20,7 +20,7 @@ from rsclip.ingest.pipeline import EmbedConfig, run_embedding
 from rsclip.core.images import read_image
 from rsclip.core.model import load_model
 from rsclip.testing import build_tiny_clip
-from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT
+from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT, spread_files
 
 CHIPS = 12
 
@@ -107,6 +107,35 @@ def test_bad_inputs_fail_at_the_right_stage_without_ray(tmp_path, rsicd_files, t
         assert part in seen[name][1] and name in seen[name][1], (name, seen[name])
 
 
+def nan_clip(path: Path) -> Path:
+    """A tiny CLIP export that loads fine but whose image projection is NaN: a model broken for real."""
+    from safetensors.numpy import load_file, save_file
+
+    build_tiny_clip(path)
+    weights = load_file(path / "model.safetensors")
+    weights["visual_projection.weight"][:] = np.nan
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_an_embedder_that_cannot_embed_marks_its_rows_instead_of_dying(tmp_path, tiny_model, rsicd_files):
+    """Weights changed since the job recorded them, or a model giving NaN: every ready row is an embed error."""
+    from rsclip.core.model_source import model_identity
+
+    rows = [r for f in rsicd_files[:3] for r in planning.plan_file(str(f), f.stat().st_size, raster.RasterOptions())]
+    _, preprocess = model_spec(str(tiny_model))
+    batch = reading.read_tiles(B.rows_to_batch(rows, B.PLAN_COLUMNS), vars(preprocess))
+    recorded = model_identity(tiny_model).weights_sha256
+    assert list(ImageEmbedder(str(tiny_model), dim=32, weights_sha256=recorded)(batch)[B.STATUS]) == [B.EMBEDDED] * 3
+    cases = {"changed since the job started": ImageEmbedder(str(tiny_model), dim=32, weights_sha256="0" * 64),
+             "non-finite embedding": ImageEmbedder(str(nan_clip(tmp_path / "nan")), dim=32)}
+    for part, embedder in cases.items():
+        out = embedder(batch)
+        assert list(out[B.STATUS]) == [B.ERROR] * 3 and set(out[B.STAGE]) == {B.STAGE_EMBED}
+        assert all(part in m and str(f) in m for m, f in zip(out[B.MESSAGE], rsicd_files)), out[B.MESSAGE]
+        assert not out[tiles.VECTOR].any()
+
+
 def test_batch_size_defaults_by_device_and_an_explicit_one_wins():
     cpu = EmbedConfig(archive="a", db="d")
     gpu = EmbedConfig(archive="a", db="d", gpus_per_actor=0.5)
@@ -115,6 +144,8 @@ def test_batch_size_defaults_by_device_and_an_explicit_one_wins():
     assert EmbedConfig.from_dict(gpu.to_dict()) == gpu
     with pytest.raises(ValueError, match="batch size"):
         EmbedConfig(archive="a", db="d", batch_size=0)
+    with pytest.raises(ValueError, match="max failed batches"):
+        EmbedConfig(archive="a", db="d", max_failed_batches=0)
 
 
 # ---- the pipeline on the session Ray head (this process is the driver) ------------------------------
@@ -198,7 +229,118 @@ def test_other_model_is_refused_and_empty_archive_says_zero_files(ray_driver, s3
     other = build_tiny_clip(tmp_path / "other-clip", seed=1)
     with pytest.raises(RsclipError, match="refusing to add embeddings"):
         run_embedding(EmbedConfig(archive=f"{s3_prefix}/one", model=str(other), **base))
+    # the same folder re-exported in place (same model string, other weights) is refused as well
+    folder = build_tiny_clip(tmp_path / "clip", seed=2)
+    again = dict(base, db=f"{s3_prefix}/db2")
+    assert run_embedding(EmbedConfig(archive=f"{s3_prefix}/one", model=str(folder), **again)).embedded == 1
+    build_tiny_clip(folder, seed=3)
+    with pytest.raises(RsclipError, match="refusing to add embeddings of other weights"):
+        run_embedding(EmbedConfig(archive=f"{s3_prefix}/one", model=str(folder), **again))
     empty = run_embedding(EmbedConfig(archive=f"{s3_prefix}/nothing-here", model=str(tiny_model), **base))
     assert empty.files == 0 and "0 files" in empty.to_text()
     with pytest.raises(RsclipError, match="archive folder not found"):
         run_embedding(EmbedConfig(archive=str(tmp_path / "missing"), model=str(tiny_model), **base))
+
+
+def test_a_broken_model_stops_the_job_with_one_clear_error(ray_driver, s3, s3_prefix, tmp_path, rsicd_files):
+    """A model that loads but embeds NaN: the job stops after --max-failed-batches batches instead of
+    recording the rest of the archive as errors and reporting success."""
+    files = spread_files(rsicd_files, 24)
+    key = s3_prefix.split("/", 3)[3]
+    client = s3.client()
+    for f in files:
+        client.upload_file(str(f), BUCKET, f"{key}/chips/{f.name}")
+    db = f"{s3_prefix}/db"
+    config = EmbedConfig(archive=f"{s3_prefix}/chips", db=db, model=str(nan_clip(tmp_path / "nan")), batch_size=4,
+                         commit_rows=4, max_failed_batches=2, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1,
+                         index="never")
+    with pytest.raises(writer.EmbeddingBroken, match="every tile of 2 consecutive batches.*non-finite embedding"):
+        run_embedding(config)
+    errors = tiles.connect(db).open_table(tiles.errors_table_name(tiles.DEFAULT_TABLE)).count_rows()
+    assert 0 < errors < len(files) and tiles.open_table(db).count_rows() == 0
+
+
+def _raster_part(path: Path, width: int) -> bytes:
+    """The first ``width`` columns of a GeoTIFF, georeferenced as in the original."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    with rasterio.open(path) as src, rasterio.MemoryFile() as mem:
+        part = RioWindow(0, 0, width, src.height)
+        profile = dict(src.profile, width=width, transform=src.window_transform(part))
+        with mem.open(**profile) as dst:
+            dst.write(src.read(window=part))
+        return mem.read()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_objects_rewritten_in_place_are_embedded_again_and_their_stale_tiles_removed(
+        ray_driver, s3, s3_prefix, tiny_model, rsicd_files):
+    key = s3_prefix.split("/", 3)[3]
+    client = s3.client()
+    put = lambda name, body: client.put_object(Bucket=BUCKET, Key=f"{key}/arch/{name}", Body=body)  # noqa: E731
+    put("a.jpg", rsicd_files[0].read_bytes())
+    put("b.jpg", rsicd_files[1].read_bytes())
+    put("c.jpg", b"not an image yet")
+    put("scene.tif", (GEOTIFF_DIR / "2020.tif").read_bytes())
+    archive, db = f"{s3_prefix}/arch", f"{s3_prefix}/db"
+    config = EmbedConfig(archive=archive, db=db, model=str(tiny_model), raster=raster.RasterOptions(max_chip=300),
+                         batch_size=8, commit_rows=8, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1, index="never")
+    old_grid, new_grid = set(grid_windows(697, 377, 224)), set(grid_windows(450, 377, 224))
+    first = run_embedding(config)
+    assert (first.embedded, first.failed) == (2 + len(old_grid), 1)
+    table = tiles.open_table(db)
+    before = {r[tiles.ID]: r for r in table.to_arrow().to_pylist()}
+
+    # rewritten in place: a (same size, other scene), b (smaller), c (now an image), the scene (narrower)
+    put("a.jpg", rsicd_files[500].read_bytes())
+    put("b.jpg", _jpeg(Image.open(rsicd_files[1]).crop((0, 0, 120, 100))))
+    put("c.jpg", rsicd_files[2].read_bytes())
+    put("scene.tif", _raster_part(GEOTIFF_DIR / "2020.tif", 450))
+    second = run_embedding(config)
+    assert second.embedded == 3 + len(new_grid) and second.failed == 0, second.to_text()
+    assert second.stale_removed == 1 + len(old_grid - new_grid), second.to_text()
+    table.checkout_latest()
+    rows = table.to_arrow().to_pylist()
+    listed = {f.uri: f.version for f in listing.list_archive(archive)}
+    assert len(rows) == len({r[tiles.ID] for r in rows}) == 3 + len(new_grid)
+    assert all(r[tiles.SOURCE_VERSION] == listed[r[tiles.URI]] for r in rows)
+    windows = {r[tiles.URI].rsplit("/", 1)[1]: set() for r in rows}
+    for r in rows:
+        windows[r[tiles.URI].rsplit("/", 1)[1]].add(tuple(r[c] for c in tiles.WINDOW_COLUMNS))
+    assert windows == {"a.jpg": {(0, 0, 150, 150)}, "b.jpg": {(0, 0, 120, 100)}, "c.jpg": {(0, 0, 150, 150)},
+                       "scene.tif": new_grid}
+    a_id = tiles.tile_id(f"{archive}/a.jpg", 0, 0, 150, 150)  # the id stays: labels naming it stay valid
+    a_row = next(r for r in rows if r[tiles.ID] == a_id)
+    want = load_model(str(tiny_model)).encode_images([read_image(rsicd_files[500])])[0]
+    np.testing.assert_allclose(a_row[tiles.VECTOR], want, atol=1e-4)
+    assert not np.allclose(a_row[tiles.VECTOR], before[a_id][tiles.VECTOR], atol=1e-3)
+    errors = tiles.connect(db).open_table(tiles.errors_table_name(tiles.DEFAULT_TABLE))
+    assert errors.count_rows() == 0  # c.jpg embeds now: its error row is gone
+
+    third = run_embedding(config)
+    assert (third.embedded, third.skipped_present, third.stale_removed) == (0, 3 + len(new_grid), 0)
+
+    # a table of an older rsclip (no version column, no weights) is upgraded in place, nothing re-embedded
+    _make_legacy(db)
+    put("b.jpg", rsicd_files[3].read_bytes())  # rewritten before the first run that records versions
+    fourth = run_embedding(config)
+    assert (fourth.embedded, fourth.skipped_present, fourth.stale_removed) == (1, 2 + len(new_grid), 1)
+    table = tiles.open_table(db)
+    assert list(table.schema.names) == list(tiles.COLUMNS) and tiles.table_weights(table) is not None
+    assert None not in set(table.to_arrow().column(tiles.SOURCE_VERSION).to_pylist())
+
+
+def _make_legacy(db: str) -> None:
+    """Rewrite the tile table at ``db`` as rsclip 0.1 wrote it: no source versions, footprints, weights."""
+    conn = tiles.connect(db)
+    data = conn.open_table(tiles.DEFAULT_TABLE).to_arrow()
+    data = data.select([c for c in data.column_names if c not in (tiles.SOURCE_VERSION, tiles.FOOTPRINT)])
+    meta = {k: v for k, v in data.schema.metadata.items() if k in (tiles.META_MODEL, tiles.META_DIM)}
+    conn.drop_table(tiles.DEFAULT_TABLE)
+    conn.create_table(tiles.DEFAULT_TABLE, data.replace_schema_metadata(meta))

@@ -136,7 +136,7 @@ def test_systemic_faults_stop_the_job_fast_with_a_clear_message(s3, s3_prefix, t
     env.pop("RAY_ADDRESS")
     if fault == "credentials":
         env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
-        expect = "denied"
+        expect = "rejected the credentials"
     elif fault == "archive bucket":
         archive = "s3://no-such-bucket-rsclip/x"
         expect = "bucket 'no-such-bucket-rsclip' of s3://no-such-bucket-rsclip/x does not exist"

@@ -10,6 +10,10 @@ import pytest
 from rsclip.core import tiles
 
 
+# the columns of the first tile tables (rsclip 0.1), which later versions upgrade in place
+LEGACY_COLUMNS = ("id", "uri", "x", "y", "width", "height", "lon_min", "lat_min", "lon_max", "lat_max", "crs", "vector")
+
+
 def _rows(uris, dim=8, seed=0, bounds=True):
     rng = np.random.default_rng(seed)
     vec = rng.normal(size=(len(uris), dim)).astype(np.float32)
@@ -119,3 +123,79 @@ def test_s3_table_and_concurrent_writers(s3_prefix):
     frame = tiles.open_table(db).to_pandas()
     assert len(frame) == 50 and frame["id"].is_unique
     assert tiles.table_model(tiles.open_table(db)) == ("m", 8)
+
+
+def test_a_new_source_version_replaces_the_tile_and_stale_tiles_of_the_object_go(tmp_path):
+    from rsclip.core import source_versions
+
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8)
+    uris = ["s3://b/a.jpg", "s3://b/o'dd\\name.jpg", "s3://b/c.jpg"]
+    rows = {**_rows(uris), tiles.SOURCE_VERSION: ["v1"] * 3}
+    assert tiles.add_tiles(table, rows) == 3
+    assert tiles.add_tiles(table, rows) == 0  # same ids, same versions: nothing written
+    ids = [tiles.tile_id(u, 0, i, 224, 224) for i, u in enumerate(uris)]
+    assert tiles.existing_versions(table, [*ids, "nope"]) == dict.fromkeys(ids, "v1")
+
+    # a.jpg rewritten in place: same window, new version, new vector; a row without a version replaces nothing
+    new = {**_rows(uris[:1], seed=7), tiles.SOURCE_VERSION: ["v2"]}
+    assert tiles.add_tiles(table, new) == 1
+    assert tiles.add_tiles(table, {**_rows(uris[1:2], seed=8), "y": [1], tiles.SOURCE_VERSION: [None]}) == 0
+    frame = table.to_pandas().set_index("id")
+    assert len(frame) == 3 and frame.loc[ids[0], tiles.SOURCE_VERSION] == "v2"
+    np.testing.assert_allclose(frame.loc[ids[0], "vector"], new["vector"][0])
+    np.testing.assert_allclose(frame.loc[ids[1], "vector"], rows["vector"][1])
+
+    # the odd name got smaller: its new window is written, the old one is stale
+    smaller = {**_rows(uris[1:2], seed=9), "width": [100], tiles.SOURCE_VERSION: ["v3"]}
+    tiles.add_tiles(table, smaller)
+    listed = {uris[0]: "v2", uris[1]: "v3", uris[2]: "v1"}
+    stored = source_versions.stored_versions(table, listed)
+    assert stored.other == {uris[1]: [ids[1]]} and not stored.unversioned and stored.uris == {uris[1]}
+    assert source_versions.remove_tiles(table, stored.other[uris[1]]) == 1
+    left = table.to_pandas()
+    assert sorted(left[tiles.URI]) == sorted(uris) and set(left[tiles.SOURCE_VERSION]) == {"v1", "v2", "v3"}
+    assert source_versions.stored_versions(table, listed).uris == set()
+
+
+def test_an_old_table_is_upgraded_in_place_and_its_weights_are_recorded_then_enforced(tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    from rsclip.core import source_versions
+    from rsclip.core.model_source import ModelIdentity
+
+    new = tiles.tile_schema(8, "m")  # a table of rsclip 0.1: no source versions, footprints, weights
+    old = pa.schema([f for f in new if f.name in LEGACY_COLUMNS], metadata=new.metadata)
+    legacy = lancedb.connect(tmp_path / "db").create_table("tiles", schema=old)
+    rows = _rows(["a.jpg", "b.jpg"])
+    legacy.add(tiles.tiles_to_arrow(rows, old))
+    # reading it needs no upgrade
+    reader = tiles.open_table(tmp_path / "db")
+    assert tiles.table_weights(reader) is None and set(tiles.existing_versions(reader, [])) == set()
+    assert source_versions.stored_versions(reader, {"a.jpg": "v1"}).unversioned == {"a.jpg": 1}
+
+    weights = ModelIdentity("/models/m", "ab" * 32)
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8, identity=weights)
+    assert list(table.schema.names) == list(tiles.COLUMNS)
+    assert tiles.table_weights(tiles.open_table(tmp_path / "db")) == weights
+    frame = table.to_pandas()
+    assert len(frame) == 2 and frame[tiles.SOURCE_VERSION].isna().all()
+    np.testing.assert_allclose(np.stack(frame["vector"]), rows["vector"])
+    version = table.version
+    tiles.create_table(tmp_path / "db", model="m", dim=8, identity=weights)  # up to date: no new version
+    assert tiles.open_table(tmp_path / "db").version == version
+
+    # versions recorded for the tiles taken as they are (no re-embedding): only that column changes; the
+    # unversioned tiles left over of a file whose grid changed go
+    ids = list(frame["id"])
+    assert source_versions.record_versions(table, {ids[0]: "v1"}) == 1
+    assert tiles.existing_versions(table, ids) == {ids[0]: "v1", ids[1]: None}
+    after = table.to_pandas().set_index(tiles.URI).loc[rows["uri"]]  # an update moves the row: compare by uri
+    np.testing.assert_allclose(np.stack(after["vector"]), rows["vector"])
+    assert source_versions.remove_unversioned(table, ["a.jpg", "b.jpg"]) == 1
+    assert tiles.existing_versions(table, ids) == {ids[0]: "v1"}
+
+    # the same model name resolving to other weights (a folder re-exported in place) is refused
+    with pytest.raises(ValueError, match="other weights"):
+        tiles.create_table(tmp_path / "db", model="m", dim=8, identity=ModelIdentity("/models/m", "cd" * 32))
+    assert tiles.create_table(tmp_path / "db", model="m", dim=8).count_rows() == 1  # no identity given: API use

@@ -12,11 +12,22 @@ column                     type                           meaning
 ``lon_max, lat_max``       has no georeference
 ``crs``                    string, nullable               native CRS of the source (e.g. ``EPSG:32618``)
 ``vector``                 fixed_size_list<float32>[D]    L2-normalised CLIP embedding
+``source_version``         string, nullable               version tag of the source when embedded (ETag,
+                                                          or size and mtime); null: not recorded (older
+                                                          tables, tiles added without one)
+``footprint``              binary (WKB), nullable         the window's true WGS84 outline
+                                                          (:mod:`rsclip.core.footprints`); null without
+                                                          georeference; absent from older tables, whose
+                                                          readers use the box of the bound columns
 =========================  =============================  ===============================================
 
-The schema metadata records the model (hub id, path or ``s3://`` prefix) and the embedding size, so a query
-encodes with the same model that embedded the tiles. Writes go through ``merge_insert`` on ``id``: each batch
-is one atomic commit, and rows whose id is already present are not added again.
+The schema metadata records the model (hub id, path or ``s3://`` prefix), the embedding size and the exact
+weights (:class:`~rsclip.core.model_source.ModelIdentity`: absolute location and sha256 of the
+safetensors), so a query encodes with the weights that embedded the tiles and refuses others. Writes go
+through ``merge_insert`` on ``id``: each batch is one atomic commit; a row whose id is already present is
+not added again, and is replaced only when the new row comes from another version of its source.
+Tables written by an older rsclip are upgraded in place by :func:`create_table` (missing nullable columns
+added with nulls, the weights recorded); reading them needs no upgrade.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from rsclip.core import storage
+from rsclip.core.model_source import ModelIdentity
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
 
 if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
@@ -47,13 +59,23 @@ ID, URI, X, Y, WIDTH, HEIGHT = "id", "uri", "x", "y", "width", "height"
 LON_MIN, LAT_MIN, LON_MAX, LAT_MAX, CRS, VECTOR = "lon_min", "lat_min", "lon_max", "lat_max", "crs", "vector"
 WINDOW_COLUMNS = (X, Y, WIDTH, HEIGHT)
 BOUNDS_COLUMNS = (LON_MIN, LAT_MIN, LON_MAX, LAT_MAX)
-COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR)
+SOURCE_VERSION = "source_version"
+FOOTPRINT = "footprint"  # WKB polygon in WGS84; tables written before it lack the column
+# last, so that a table upgraded in place (the column appended) has the same column order as a new one
+COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR, SOURCE_VERSION, FOOTPRINT)
 
 # Companion tables of a tile table ``<table>``: write errors of the embedding job.
 ERRORS_SUFFIX = "_errors"
 
 META_MODEL = b"rsclip.model"
 META_DIM = b"rsclip.dim"
+META_MODEL_LOCATION = b"rsclip.model_location"  # absolute folder, s3:// prefix or hub-id@revision
+META_WEIGHTS_SHA256 = b"rsclip.weights_sha256"
+
+# merge_insert replaces a stored tile only for a row of another source version (the object was rewritten);
+# a row without a version never replaces one (Lance's SQL has no IS DISTINCT FROM)
+REPLACE_IF = (f"(target.{SOURCE_VERSION} IS NULL AND source.{SOURCE_VERSION} IS NOT NULL) "
+              f"OR target.{SOURCE_VERSION} <> source.{SOURCE_VERSION}")
 
 # Lance datasets kept open per process (see dataset_of): one per (location, version), the newest few.
 OPEN_DATASETS = 8
@@ -69,8 +91,9 @@ def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
-def tile_schema(dim: int, model: str) -> pa.Schema:
-    """The Arrow schema of a tile table for ``dim``-sized embeddings of ``model``."""
+def tile_schema(dim: int, model: str, identity: ModelIdentity | None = None) -> pa.Schema:
+    """The Arrow schema of a tile table for ``dim``-sized embeddings of ``model`` (whose weights are
+    ``identity``, recorded when given)."""
     if dim < 1:
         raise InvalidInput(f"embedding size must be positive, got {dim}")
     return pa.schema(
@@ -81,9 +104,17 @@ def tile_schema(dim: int, model: str) -> pa.Schema:
             *(pa.field(c, pa.float64()) for c in BOUNDS_COLUMNS),
             pa.field(CRS, pa.string()),
             pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
+            pa.field(SOURCE_VERSION, pa.string()),
+            pa.field(FOOTPRINT, pa.binary()),
         ],
-        metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode()},
+        metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode(), **_weights_metadata(identity)},
     )
+
+
+def _weights_metadata(identity: ModelIdentity | None) -> dict[bytes, bytes]:
+    if identity is None:
+        return {}
+    return {META_MODEL_LOCATION: identity.location.encode(), META_WEIGHTS_SHA256: identity.weights_sha256.encode()}
 
 
 def errors_table_name(table: str) -> str:
@@ -113,11 +144,14 @@ def table_names(conn: lancedb.DBConnection) -> list[str]:
 
 
 def open_table(db, name: str = DEFAULT_TABLE):
-    """Open the tile table ``name``. Raises :class:`~rsclip.errors.NotFound` when it does not exist."""
-    conn = connect(db)
-    if name not in table_names(conn):
-        raise NotFound(f"unknown table {name!r} in {db!s} (tables: {', '.join(table_names(conn)) or 'none'})")
-    return conn.open_table(name)
+    """Open the tile table ``name``. Raises :class:`~rsclip.errors.NotFound` when it does not exist and
+    :class:`~rsclip.errors.StoreUnavailable` when its store cannot be reached (``storage.failures``)."""
+    with storage.failures(db):
+        conn = connect(db)
+        names = table_names(conn)
+        if name not in names:
+            raise NotFound(f"unknown table {name!r} in {db!s} (tables: {', '.join(names) or 'none'})")
+        return conn.open_table(name)
 
 
 _datasets: "OrderedDict[tuple, object]" = OrderedDict()
@@ -159,16 +193,39 @@ def table_model(table) -> tuple[str, int]:
     return meta[META_MODEL].decode(), int(meta[META_DIM])
 
 
-def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int):
-    """Open the tile table ``name``, creating it empty when missing.
+def table_weights(table) -> ModelIdentity | None:
+    """The weights recorded in the table's metadata; None for a table written before rsclip recorded them."""
+    meta = table.schema.metadata or {}
+    if META_WEIGHTS_SHA256 not in meta:
+        return None
+    return ModelIdentity(meta.get(META_MODEL_LOCATION, b"").decode(), meta[META_WEIGHTS_SHA256].decode())
+
+
+def weights_mismatch(table, model: str, identity: ModelIdentity) -> str | None:
+    """A sentence saying how the weights ``model`` resolves to (``identity``) differ from those recorded in
+    ``table``; None when they are the same or the table records none."""
+    have = table_weights(table)
+    if have is None or have.weights_sha256 == identity.weights_sha256:
+        return None
+    recorded = f"table {table.name!r} was embedded with the weights at {have.location}"
+    old, new = have.weights_sha256[:16], identity.weights_sha256[:16]
+    if have.location == identity.location:
+        return f"{recorded} (sha256 {old}), which now hold other weights (sha256 {new}: re-exported in place?)"
+    return f"{recorded} (sha256 {old}), but {model} now resolves to other weights at {identity.location} (sha256 {new})"
+
+
+def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identity: ModelIdentity | None = None):
+    """Open the tile table ``name`` for writing, creating it empty when missing; a table of an older rsclip
+    is upgraded in place (:func:`upgrade_table`). ``identity``: the weights about to be added.
 
     Raises :class:`~rsclip.errors.ModelMismatch` when the table exists with another model or embedding
-    size: vectors of two models in one table cannot be compared.
+    size, or records other weights than ``identity`` (the same folder re-exported): vectors of two models
+    in one table cannot be compared.
     """
     conn = connect(db)
     if name not in table_names(conn):
         try:
-            return conn.create_table(name, schema=tile_schema(dim, model))
+            return conn.create_table(name, schema=tile_schema(dim, model, identity))
         except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
             if name not in table_names(conn):
                 raise
@@ -179,7 +236,33 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int):
             f"table {name!r} holds embeddings of model {have_model!r} ({have_dim}-d); "
             f"refusing to add embeddings of {model!s} ({dim}-d). Use another table or the same model."
         )
+    mismatch = identity and weights_mismatch(table, str(model), identity)
+    if mismatch:
+        raise ModelMismatch(f"{mismatch}: refusing to add embeddings of other weights to it. Use another "
+                            "table, or restore the weights that embedded it.")
+    upgrade_table(table, identity)
     return table
+
+
+def upgrade_table(table, identity: ModelIdentity | None = None) -> None:
+    """Upgrade a tile table written by an older rsclip in place: add the nullable columns it lacks, all
+    null (``source_version``: not recorded, nothing is re-embedded for it; ``footprint``: none stored), and
+    record ``identity`` as its weights when it records none. A table up to date is not touched (no new
+    version)."""
+    def missing() -> list[pa.Field]:
+        current = tile_schema(table_model(table)[1], "-")
+        return [f for f in current if f.nullable and f.name not in table.schema.names]
+
+    def upgrade():
+        if missing():
+            table.add_columns(missing())
+        if identity is not None and table_weights(table) is None:
+            table.to_lance().update_schema_metadata(
+                {k.decode(): v.decode() for k, v in _weights_metadata(identity).items()})
+            table.checkout_latest()
+
+    if missing() or (identity is not None and table_weights(table) is None):
+        retry_on_conflict(upgrade, table)
 
 
 def tiles_to_arrow(rows: Mapping[str, Sequence] | pa.Table, schema: pa.Schema) -> pa.Table:
@@ -230,7 +313,8 @@ def tiles_to_arrow(rows: Mapping[str, Sequence] | pa.Table, schema: pa.Schema) -
 
 
 def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
-    """Insert tiles whose id is not in the table yet, as one atomic commit; returns how many were added.
+    """Insert tiles whose id is not in the table yet, and replace those stored from another version of their
+    source (``source_version``), as one atomic commit; returns how many rows were written.
 
     Duplicate ids inside ``rows`` are written once. Safe against concurrent writers to the same table.
     """
@@ -242,10 +326,13 @@ def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
     if len(first) != batch.num_rows:
         batch = batch.take(np.sort(first))
     def write():
-        return table.merge_insert(ID).when_not_matched_insert_all().execute(batch)
+        merge = table.merge_insert(ID)
+        if SOURCE_VERSION in batch.column_names:
+            merge = merge.when_matched_update_all(where=REPLACE_IF)
+        return merge.when_not_matched_insert_all().execute(batch)
 
     result = retry_on_conflict(write, table)
-    return int(getattr(result, "num_inserted_rows", batch.num_rows))
+    return int(getattr(result, "num_inserted_rows", batch.num_rows)) + int(getattr(result, "num_updated_rows", 0))
 
 
 def retry_on_conflict(write: Callable[[], T], table=None) -> T:
@@ -266,13 +353,26 @@ def retry_on_conflict(write: Callable[[], T], table=None) -> T:
     raise AssertionError("unreachable")
 
 
-def existing_ids(table, ids: Iterable[str]) -> set[str]:
-    """The subset of ``ids`` already present in ``table``."""
+def sql_text(value: str) -> str:
+    """``value`` as a quoted SQL string literal for a LanceDB filter."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def existing_versions(table, ids: Iterable[str]) -> dict[str, str | None]:
+    """``{id: source_version}`` for those of ``ids`` present in ``table`` (None: no version recorded)."""
     wanted = list(dict.fromkeys(ids))
-    found: set[str] = set()
+    has_version = SOURCE_VERSION in table.schema.names
+    columns = [ID, SOURCE_VERSION] if has_version else [ID]
+    found: dict[str, str | None] = {}
     for i in range(0, len(wanted), 1000):
         chunk = wanted[i : i + 1000]
-        quoted = ", ".join("'" + s.replace("'", "''") + "'" for s in chunk)
-        res = table.search().where(f"{ID} IN ({quoted})").select([ID]).limit(len(chunk)).to_arrow()
-        found.update(res.column(ID).to_pylist())
+        where = f"{ID} IN ({', '.join(sql_text(s) for s in chunk)})"
+        res = table.search().where(where).select(columns).limit(len(chunk)).to_arrow()
+        versions = res.column(SOURCE_VERSION).to_pylist() if has_version else [None] * res.num_rows
+        found.update(zip(res.column(ID).to_pylist(), versions))
     return found
+
+
+def existing_ids(table, ids: Iterable[str]) -> set[str]:
+    """The subset of ``ids`` already present in ``table``."""
+    return set(existing_versions(table, ids))

@@ -11,11 +11,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rsclip import errors
 from rsclip.core import tiles
 
 # Batch keys added by the reader (tile columns reuse the table's names).
 SIZE = "size"  # file size in bytes
-VERSION = "version"  # the object's version tag (ETag, or size and mtime): part of its tiles' identity
+VERSION = "version"  # the object's version tag (ETag, or size and mtime), written with its tiles
+FILE_TILES = "file_tiles"  # rows planned for the row's file (1 for a file that failed planning)
 KIND = "kind"  # CHIP (Pillow) or RASTER (rasterio)
 SCENE = "scene"  # JSON of raster.SceneInfo for RASTER rows
 DATA = "data"  # encoded bytes of a small chip, else b""
@@ -27,24 +29,28 @@ PIXELS_HEIGHT = "pixels_height"
 PIXELS_WIDTH = "pixels_width"
 
 CHIP, RASTER = "chip", "raster"
-# Row states through the pipeline.
+# Row states through the pipeline. ADOPTED: in the table without a version (written before versions were
+# recorded), kept as it is; the writer records the version listed now.
 TODO, PRESENT, NODATA, ERROR, READY, EMBEDDED = "todo", "present", "nodata", "error", "ready", "embedded"
+ADOPTED = "adopted"
 # Stages named in the errors table.
 STAGE_PLAN, STAGE_READ, STAGE_EMBED = "plan", "read", "embed"
 MAX_MESSAGE_CHARS = 2000
 
-PLAN_COLUMNS = (tiles.ID, tiles.URI, VERSION, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS,
-                KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
+PLAN_COLUMNS = (tiles.ID, tiles.URI, VERSION, FILE_TILES, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS,
+                tiles.FOOTPRINT, KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
 READ_COLUMNS = tuple(c for c in PLAN_COLUMNS if c not in (DATA, SCENE)) + (PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH)
 _FLOAT_COLUMNS = set(tiles.BOUNDS_COLUMNS)
-_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, PIXELS_HEIGHT, PIXELS_WIDTH}
+_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, FILE_TILES, PIXELS_HEIGHT, PIXELS_WIDTH}
 
 
 def empty_row(uri: str, version: str = "") -> dict[str, Any]:
     """A plan row for ``uri`` with every column at its neutral value."""
     return {
-        tiles.ID: "", tiles.URI: uri, VERSION: version, tiles.X: 0, tiles.Y: 0, tiles.WIDTH: 0, tiles.HEIGHT: 0,
-        **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, tiles.CRS: "", KIND: CHIP, SCENE: "", DATA: b"",
+        tiles.ID: "", tiles.URI: uri, VERSION: version, FILE_TILES: 1,
+        tiles.X: 0, tiles.Y: 0, tiles.WIDTH: 0, tiles.HEIGHT: 0,
+        **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, tiles.CRS: "", tiles.FOOTPRINT: b"",
+        KIND: CHIP, SCENE: "", DATA: b"",
         STATUS: TODO, STAGE: "", MESSAGE: "",
     }
 
@@ -70,10 +76,16 @@ def tile_row(uri: str, version: str, window: Sequence[int], kind: str, *, bounds
 
 
 def failure_text(exc: BaseException, uri: str) -> str:
-    """The message recorded for a file or tile that failed: our own errors as they are, others with their
-    type, always naming ``uri``."""
+    """The message recorded for a file or tile that failed, ``"<uri>: ..."``: our own errors as they are,
+    others with their type; a fault of this one object (access denied) says so first. (A store-wide fault
+    that the store's probe did not confirm is not named: it came from the object's name or content.)"""
+    fault = errors.store_fault(exc, ignore=(uri,))
     text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-    return text if uri in text else f"{uri}: {text}"
+    if text.startswith(f"{uri}: "):
+        text = text[len(uri) + 2:]
+    if fault is not None and not fault.store_wide and fault.advice not in text.lower():
+        text = f"{fault.advice}: {text}"
+    return f"{uri}: {text}"
 
 
 def rows_to_batch(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, np.ndarray]:

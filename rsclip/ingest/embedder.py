@@ -2,6 +2,11 @@
 
 It loads the model once per actor (fp16 on GPU), works with or without Ray, and adds ``vector`` to the
 batch: rows whose status is ``ready`` are embedded, the rest get zeros and keep their status.
+
+A model that cannot embed (weights other than those the job recorded, weights that do not load, a batch
+that raises, embeddings that are not finite) makes its rows ``error`` at stage ``embed`` instead of
+killing the actor: the writer stops the job with one clear line after a few such batches
+(:class:`~rsclip.ingest.writer.EmbeddingBroken`).
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ import numpy as np
 
 from rsclip.core import tiles
 from rsclip.core.model import load_model
-from rsclip.core.model_source import resolve_model_source
+from rsclip.core.model_source import model_identity, resolve_model_source
 from rsclip.core.preprocess import ImagePreprocess
-from rsclip.errors import NotFound
-from rsclip.ingest.batch import EMBEDDED, ERROR, MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED, STATUS, batch_images
+from rsclip.errors import ModelMismatch, NotFound
+from rsclip.ingest.batch import (EMBEDDED, ERROR, MAX_MESSAGE_CHARS, MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED,
+                                 STATUS, batch_images)
 
 
 def model_spec(source: str) -> tuple[int, ImagePreprocess]:
@@ -38,32 +44,60 @@ class ImageEmbedder:
 
     Callable on a plain batch dict (``batch.READ_COLUMNS``), with or without Ray. The model is loaded once
     in ``__init__``; on CUDA it runs in half precision. ``pixels`` is dropped from the output.
+    ``weights_sha256`` (the job's record of the weights, :func:`~rsclip.core.model_source.model_identity`)
+    is checked before loading: a folder re-exported since the job started, or another copy on this node,
+    embeds nothing. ``dim`` is the embedding size the table holds (default: the model's; then a model that
+    does not load raises here).
     """
 
-    def __init__(self, model: str, *, device: str | None = None, torch_threads: int | None = None):
+    def __init__(self, model: str, *, dim: int | None = None, device: str | None = None,
+                 torch_threads: int | None = None, weights_sha256: str | None = None):
         import torch
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        self.encoder = load_model(model, device=device)
-        self.dim = self.encoder.dim
+        self.dim = int(dim or 0)
+        self.encoder = None
+        self.failure = ""
+        try:
+            have = model_identity(model) if weights_sha256 else None
+            if have is not None and have.weights_sha256 != weights_sha256:
+                raise ModelMismatch(f"the weights of {model} at {have.location} changed since the job started "
+                                    f"(sha256 {have.weights_sha256[:12]}, the job recorded {weights_sha256[:12]})")
+            self.encoder = load_model(model, device=device)
+            self.dim = self.dim or self.encoder.dim
+            if self.encoder.dim != self.dim:
+                raise ModelMismatch(f"{model} gives {self.encoder.dim}-d embeddings, the job expects {self.dim}-d")
+        except Exception as exc:  # reported on every batch: the writer stops the job with this line
+            if not self.dim:
+                raise
+            self.encoder, self.failure = None, f"cannot embed with {model}: {type(exc).__name__}: {exc}"
+
+    def _embed(self, batch: dict[str, np.ndarray], ready: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """Vectors of rows ``ready``, which of them are usable (finite), and the failure message for the rest."""
+        if self.encoder is None:
+            return np.zeros((len(ready), self.dim), np.float32), np.zeros(len(ready), bool), self.failure
+        try:
+            vectors = self.encoder.encode_images(batch_images(batch, ready), batch_size=len(ready))
+        except Exception as exc:  # a whole batch failed to embed: record it, keep the job going
+            return np.zeros((len(ready), self.dim), np.float32), np.zeros(len(ready), bool), \
+                f"{type(exc).__name__}: {exc}"
+        finite = np.isfinite(vectors).all(axis=1)
+        return np.where(finite[:, None], vectors, 0.0), finite, "the model gave a non-finite embedding (NaN or inf)"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         status = np.asarray(batch[STATUS]).astype(object)
         n = len(status)
         vectors = np.zeros((n, self.dim), dtype=np.float32)
         ready = np.flatnonzero(status == READY)
-        stage, message = np.asarray(batch[STAGE]).copy(), np.asarray(batch[MESSAGE]).copy()
+        stage, message = np.asarray(batch[STAGE]).astype(object), np.asarray(batch[MESSAGE]).astype(object)
         if len(ready):
-            try:
-                vectors[ready] = self.encoder.encode_images(batch_images(batch, ready),
-                                                            batch_size=len(ready))
-                status[ready] = EMBEDDED
-            except Exception as exc:  # a whole batch failed to embed: record it, keep the job going
-                status[ready] = ERROR
-                stage[ready] = STAGE_EMBED
-                message[ready] = f"{type(exc).__name__}: {exc}"
+            got, ok, failure = self._embed(batch, ready)
+            vectors[ready] = got
+            status[ready[ok]] = EMBEDDED
+            bad = ready[~ok]
+            status[bad], stage[bad] = ERROR, STAGE_EMBED
+            message[bad] = [f"{batch[tiles.URI][i]}: {failure}"[:MAX_MESSAGE_CHARS] for i in bad]
         out = {k: v for k, v in batch.items() if k != PIXELS}
-        out.update({STATUS: status, STAGE: stage, MESSAGE: message,
-                    tiles.VECTOR: vectors})
+        out.update({STATUS: status, STAGE: stage, MESSAGE: message, tiles.VECTOR: vectors})
         return out

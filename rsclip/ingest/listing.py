@@ -35,17 +35,46 @@ def store_error(exc: BaseException, uri: str) -> StoreUnavailable:
 
 
 def check_bucket(uri: str) -> None:
-    """Raise unless the bucket of an ``s3://`` ``uri`` exists and the store lets us in (one request)."""
+    """Raise :class:`StoreUnavailable` unless the bucket of an ``s3://`` ``uri`` exists and the store lets us
+    in (one or two requests; nothing for local paths).
+
+    HeadBucket needs list permission on the whole bucket, which a role limited to a prefix lacks: when it is
+    denied, one LIST of ``uri``'s own prefix decides instead (wrong credentials fail there too).
+    """
     if not storage.is_remote(uri):
         return
     fs, path = storage.filesystem(uri)
-    bucket = path.split("/", 1)[0]
+    bucket, _, key = path.partition("/")
+    for call, kwargs in (("head_bucket", {}), ("list_objects_v2", {"Prefix": key, "MaxKeys": 1})):
+        try:
+            fs.call_s3(call, Bucket=bucket, **kwargs)
+            return
+        except FileNotFoundError as exc:
+            raise StoreUnavailable(f"bucket {bucket!r} of {uri} does not exist ({errors.one_line(exc)})") from None
+        except Exception as exc:
+            fault = errors.store_fault(exc)
+            if call != "head_bucket" or fault is None or fault.kind != errors.DENIED:
+                raise store_error(exc, uri) from None
+
+
+def store_down(exc: BaseException, uri: str) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` to stop a job with when ``exc``, raised while reading ``uri``, is a fault
+    of the whole store; None when it concerns that object only (record it and go on).
+
+    A fault that reads as store-wide is confirmed by probing ``uri``'s bucket again: an object whose name
+    holds "NoSuchBucket" or "Connection refused", or one slow answer, must not stop the job. Local files
+    are never a fault of the whole store.
+    """
+    fault = errors.store_fault(exc, ignore=(uri,))
+    if not isinstance(exc, StoreUnavailable) and (fault is None or not fault.store_wide):
+        return None
+    if not storage.is_remote(uri):
+        return None
     try:
-        fs.call_s3("head_bucket", Bucket=bucket)
-    except FileNotFoundError as exc:
-        raise StoreUnavailable(f"bucket {bucket!r} of {uri} does not exist ({errors.one_line(exc)})") from None
-    except Exception as exc:
-        raise store_error(exc, uri) from None
+        check_bucket(uri)
+    except StoreUnavailable as down:
+        return down
+    return None
 
 
 def _version(info: dict) -> str:

@@ -14,18 +14,20 @@ at a time.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from rsclip.core import cluster, config as flags, raster, tiles
-from rsclip.core.model_source import DEFAULT_MODEL
+from rsclip.core import cluster, config as flags, raster, source_versions, tiles
+from rsclip.core.model_source import DEFAULT_MODEL, ModelIdentity, model_identity
+from rsclip.core.watchdog import Watchdog
 from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable
-from rsclip.ingest import listing, planning, reading
+from rsclip.ingest import listing, planning, preflight, reading
 from rsclip.ingest.batch import SIZE, VERSION
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
-from rsclip.ingest.writer import TileWriter, open_errors_table
+from rsclip.ingest.writer import MAX_FAILED_EMBED_BATCHES, TileWriter, errored_uris, open_errors_table
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,16 @@ class EmbedConfig:
     read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
     files_per_task: int = setting(16, help="files planned per task", group="resources")
     commit_rows: int = setting(512, help="tiles per table commit", group="resources")
+    max_failed_batches: int = setting(MAX_FAILED_EMBED_BATCHES, group="resources",
+                                      help="stop the job after this many consecutive batches in which every tile "
+                                           "failed to embed (a broken model or device) instead of recording the "
+                                           "rest of the archive as errors")
+    stall_timeout: float = setting(300.0, group="resources",
+                                   help="seconds without progress before the job says on the console which stage "
+                                        "is stuck, and again every as many seconds (0: never)")
+    stall_abort: float = setting(3600.0, group="resources",
+                                 help="seconds without progress after which the job stops with an error naming "
+                                      "the stuck stage (0: never)")
     index: str = setting("auto", choices=INDEX_MODES,
                          help="build/refresh the ANN index after writing: auto (from 10,000 rows), always, never")
 
@@ -71,10 +83,13 @@ class EmbedConfig:
         if self.batch_size is None:
             default = GPU_BATCH_SIZE if self.gpus_per_actor > 0 else DEFAULT_BATCH_SIZE
             object.__setattr__(self, "batch_size", default)
-        if self.batch_size < 1 or self.num_actors < 1 or self.files_per_task < 1 or self.commit_rows < 1:
-            raise InvalidInput("batch size, actors, files per task and commit rows must be positive")
+        if min(self.batch_size, self.num_actors, self.files_per_task, self.commit_rows, self.max_failed_batches) < 1:
+            raise InvalidInput("batch size, actors, files per task, commit rows and max failed batches must be "
+                               "positive")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0 or self.read_cpus <= 0:
             raise InvalidInput("CPU and GPU reservations must not be negative")
+        if self.stall_timeout < 0 or self.stall_abort < 0:
+            raise InvalidInput("stall timeouts must not be negative (0 turns them off)")
 
     def to_dict(self) -> dict:
         """Plain data for crossing into Ray workers (rebuild with :meth:`from_dict`)."""
@@ -96,6 +111,7 @@ class EmbedSummary:
     nodata: int = 0
     failed: int = 0
     failed_files: int = 0
+    stale_removed: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
     table_rows: int = 0
@@ -108,7 +124,8 @@ class EmbedSummary:
         return (
             f"{self.files} files, {self.tiles_planned} tiles planned: {self.embedded} embedded, "
             f"{self.skipped_present} skipped as present, {self.nodata} nodata, {self.failed} failed "
-            f"({self.failed_files} unreadable files); {self.images_per_s:.1f} images/s over "
+            f"({self.failed_files} unreadable files), {self.stale_removed} stale removed; "
+            f"{self.images_per_s:.1f} images/s over "
             f"{self.seconds:.1f} s; table has {self.table_rows} rows; index: {self.index or 'untouched'}"
         )
 
@@ -151,23 +168,46 @@ def build_index_after(config: EmbedConfig) -> str:
     return state.action
 
 
-def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], int, object]:
-    """Files, embedding size and preprocessing, found before any cluster work (store and model faults raise)."""
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver learns about the model before any cluster work: embedding size, preprocessing and
+    the exact weights (recorded in the table; every embedder actor checks its own copy against them)."""
+
+    dim: int
+    preprocess: object
+    identity: ModelIdentity
+
+
+def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], ModelFacts]:
+    """Files and model facts, found before any cluster work (store and model faults raise)."""
     files = listing.list_archive(config.archive)
     check_db(config.db)
     dim, preprocess = model_spec(config.model)
-    return files, dim, preprocess
+    return files, ModelFacts(dim, preprocess, model_identity(config.model))
 
 
-def _open_tables(config: EmbedConfig, dim: int):
+def _open_tables(config: EmbedConfig, model: ModelFacts):
+    """The tile table (created, or upgraded in place; other weights refused) and its errors table."""
     try:
-        table = tiles.create_table(config.db, config.table, model=config.model, dim=dim)
+        table = tiles.create_table(config.db, config.table, model=config.model, dim=model.dim,
+                                   identity=model.identity)
     except OSError as exc:
         raise StoreUnavailable(f"table store {config.db}: {exc}") from None
     return table, open_errors_table(config.db, config.table)
 
 
-def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, preprocess):
+def _writer(config: EmbedConfig, table, errors_table, files: list[listing.ArchiveFile]) -> TileWriter:
+    """The writer of this run, told which files need tidying up once written: those the table holds other
+    versions of, and those with recorded errors (found by one scan of each table as the run starts)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    listed = {f.uri: f.version for f in files}
+    return TileWriter(table, errors_table, commit_rows=config.commit_rows,
+                      max_failed_batches=config.max_failed_batches, started=started,
+                      stored=source_versions.stored_versions(table, listed),
+                      errored=errored_uris(errors_table, listed))
+
+
+def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts):
     """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -184,31 +224,36 @@ def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_v
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
                         batch_size=None, **read_args)  # per block: coalescing would serialise small archives
-    ds = ds.map_batches(reading.read_tiles, fn_kwargs={"preprocess": asdict(preprocess)},
+    ds = ds.map_batches(reading.read_tiles, fn_kwargs={"preprocess": asdict(model.preprocess)},
                         batch_size=config.batch_size, **read_args)
     actor_cpus = _actor_cpus(config)
+    cluster.check_fit(preflight.embed_demand(config, actor_cpus, READ_TASK_MEMORY))
     threads = config.torch_threads
     if threads is None and not config.gpus_per_actor:
         # as many intra-op threads as CPUs reserved: more threads than cores left to the actor fight the
         # decode tasks and other tenants for the same cores (OpenMP barriers spin), measured 2.5x slower
         threads = max(1, round(actor_cpus))
     return ds.map_batches(
-        ImageEmbedder, fn_constructor_kwargs={"model": config.model, "torch_threads": threads},
+        ImageEmbedder, fn_constructor_kwargs={"model": config.model, "torch_threads": threads, "dim": model.dim,
+                                              "weights_sha256": model.identity.weights_sha256},
         batch_size=config.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
         num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
     )
 
 
-def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int) -> None:
+def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int, watchdog: Watchdog) -> None:
     """Drain the pipeline into the writer (one commit-sized batch in memory at a time) and count."""
     started = time.monotonic()
+    watchdog.progress("waiting for the pipeline's first batch")
     for batch in ds.iter_batches(batch_size=commit_rows, batch_format="numpy", prefetch_batches=1):
         summary.tiles_planned += len(batch[tiles.ID])
         writer.write(batch)
+        watchdog.progress(f"waiting for the next batch ({summary.tiles_planned} tiles written)")
     counts = writer.close()
     elapsed = time.monotonic() - started
     summary.embedded, summary.skipped_present = counts.embedded, counts.present
     summary.nodata, summary.failed, summary.failed_files = counts.nodata, counts.failed, counts.failed_files
+    summary.stale_removed = counts.stale_removed
     summary.tiles_planned -= counts.failed_files  # a file that failed planning is one error row, not a tile
     summary.images_per_s = counts.embedded / elapsed if elapsed > 0 else 0.0
 
@@ -221,21 +266,26 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     ``ray_address`` (``"local"``, the default, starts a private local cluster) after the probes, so a bad
     store fails before any cluster starts. Raises :class:`~rsclip.errors.RsclipError` subclasses for
     faults found before the pipeline starts (store unreachable, credentials, missing bucket or folder,
-    unknown model, table of another model) and when embedding keeps failing.
+    unknown model, table of another model or of other weights, a cluster that can never hold the pipeline,
+    a node that cannot reach the store the driver reaches: :mod:`~rsclip.ingest.preflight`), when
+    embedding keeps failing, and when the run makes no progress for ``stall_abort`` seconds.
     """
     started = time.monotonic()
-    files, dim, preprocess = _probe(config)
+    files, model = _probe(config)
     if files:  # before LanceDB starts its runtime threads: Ray forks its local daemons
         cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
-    table, errors_table = _open_tables(config, dim)
+        preflight.check_workers(config)
+    table, errors_table = _open_tables(config, model)
     summary = EmbedSummary(files=len(files))
     if files:
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-        ds = build_dataset(config, files, table.version, preprocess)
-        _write(ds, TileWriter(table, errors_table, commit_rows=config.commit_rows), summary, config.commit_rows)
+        ds = build_dataset(config, files, table.version, model)
+        writer = _writer(config, table, errors_table, files)  # scans the tables: before the watchdog starts
+        with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog:
+            _write(ds, writer, summary, config.commit_rows, dog)
         summary.index = build_index_after(config)
         table.checkout_latest()
     summary.table_rows = table.count_rows()

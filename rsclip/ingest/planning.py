@@ -2,24 +2,28 @@
 
 A chip (JPEG, PNG, ...) no larger than ``max_chip`` pixels a side is one tile (the whole image); a larger
 image or any raster (GeoTIFF/COG, JPEG 2000) is cut into the tile grid. Tile ids are
-``tiles.tile_id`` of the window, so a rerun plans the same ids. Small chips carry their encoded bytes forward
-(one GET per chip). A file that cannot be planned becomes one error row; faults of the whole store raise.
+``tiles.tile_id`` of the window, so a rerun plans the same ids; every row carries the file's version tag
+and its number of rows, so the writer knows when a file is complete. Small chips carry their encoded bytes
+forward (one GET per chip). A file that cannot be planned becomes one error row; faults of the whole store
+(confirmed by a probe, :func:`~rsclip.ingest.listing.store_down`) raise.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import raster, storage, tiles
+from rsclip.core import footprints, raster, storage, tiles
 from rsclip.core.images import image_size
 from rsclip.core.windows import Window, grid_windows
 from rsclip.errors import InvalidInput
-from rsclip.ingest.batch import (CHIP, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION, error_row, failure_text,
-                                 rows_to_batch, tile_row)
+from rsclip.ingest import listing
+from rsclip.ingest.batch import (CHIP, FILE_TILES, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION, error_row,
+                                 failure_text, rows_to_batch, tile_row)
 
 # Chips up to this size are fetched whole during planning and carried to the decode step.
 SMALL_FILE_BYTES = 512 * 1024
@@ -65,33 +69,51 @@ def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str =
     return [tile_row(uri, version, w, CHIP, data=carried) for w in windows]
 
 
+@contextmanager
+def open_current_raster(uri: str) -> Iterator:
+    """:func:`rsclip.core.raster.open_raster` of the object as it is now: GDAL keeps what it read of a remote
+    file per process (size, header, blocks) and would serve a Ray worker's second run the old content of an
+    object rewritten in place; this open's cache is dropped when it closes."""
+    import rasterio
+
+    with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=storage.gdal_path(uri)), raster.open_raster(uri) as src:
+        yield src
+
+
 def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
     """Tile rows of a raster opened with its own driver (see ``raster.plan_scene``), with WGS84 bounds.
 
     Raises ``InvalidInput`` for unreadable or disguised rasters, unsupported data types and all-nodata scenes.
     """
-    with raster.open_raster(uri) as src:
+    with open_current_raster(uri) as src:
         try:
             scene, windows = raster.plan_scene(src, options)
         except InvalidInput as exc:
             raise InvalidInput(f"{uri}: {exc}") from None
         text = json.dumps(scene.to_dict())
-        return [tile_row(uri, version, w, RASTER, bounds=raster.window_bounds_wgs84(src, w), crs=scene.crs,
-                         scene=text) for w in windows]
+        return [{**tile_row(uri, version, w, RASTER, bounds=raster.window_bounds_wgs84(src, w), crs=scene.crs,
+                            scene=text), tiles.FOOTPRINT: footprints.raster_footprint_wkb(src, w) or b""}
+                for w in windows]
 
 
 def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
-    """Tile rows for one file, or one error row when it cannot be planned (faults of the whole store raise)."""
+    """Tile rows for one file, each counting the file's rows (``file_tiles``), or one error row when it
+    cannot be planned. Raises :class:`~rsclip.errors.StoreUnavailable` for faults of the whole store."""
     try:
         if raster.is_raster(uri):
             if size == 0:
                 raise InvalidInput(f"{uri}: empty file")
-            return plan_raster(uri, options, version)
-        return plan_chip(uri, size, options, version)
+            rows = plan_raster(uri, options, version)
+        else:
+            rows = plan_chip(uri, size, options, version)
     except Exception as exc:
-        if errors.is_store_wide(exc):
-            raise
+        down = listing.store_down(exc, uri)
+        if down is not None:
+            raise down from None
         return [error_row(uri, STAGE_PLAN, failure_text(exc, uri), version=version)]
+    for row in rows:
+        row[FILE_TILES] = len(rows)
+    return rows
 
 
 def plan_files(batch: dict[str, np.ndarray], options: dict) -> dict[str, np.ndarray]:

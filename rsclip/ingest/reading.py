@@ -3,7 +3,7 @@
 :func:`read_tiles` decodes each planned tile (Pillow for chips, window reads through
 :mod:`rsclip.core.raster` for rasters) and resizes it to the model's shortest-side size, so only ~150 KB of
 uint8 per tile crosses the object store. A tile that cannot be read becomes ``status = error`` (stage and
-message kept) and the job goes on; faults of the whole store raise.
+message kept) and the job goes on; faults of the whole store (confirmed by a probe) raise.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from rsclip.core import raster, storage, tiles
 from rsclip.core.images import decode_image
 from rsclip.core.preprocess import ImagePreprocess, resize_shortest_side
 from rsclip.core.windows import Window
-from rsclip.ingest.batch import (DATA, ERROR, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH, PRESENT,
-                                 RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
-                                 failure_text)
-from rsclip.ingest.planning import MAX_CHIP_BYTES
+from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH,
+                                 PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
+                                 VERSION, failure_text)
+from rsclip.ingest.listing import store_down
+from rsclip.ingest.planning import MAX_CHIP_BYTES, open_current_raster
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,20 +34,26 @@ def _table_at(db: str, table: str, version: int):
 
 
 def mark_present(batch: dict[str, np.ndarray], db: str, table: str, version: int) -> dict[str, np.ndarray]:
-    """Ray Data stage: status ``present`` for ``todo`` rows whose id is in the table (as of ``version``, the
-    table when the job started); their encoded bytes are dropped."""
+    """Ray Data stage: ``todo`` rows whose tile is in the table (as of ``version``, the table when the job
+    started) with the version of the object listed now become ``present``, those stored without a version
+    (before versions were recorded) ``adopted``; their encoded bytes are dropped. A tile stored with another
+    version stays ``todo``: the object was rewritten, the tile is embedded again and replaces the old row."""
     status = np.asarray(batch[STATUS]).astype(object)
     todo = np.flatnonzero(status == TODO)
     if len(todo) and version > 0:
         ids = [str(batch[tiles.ID][i]) for i in todo]
-        found = tiles.existing_ids(_table_at(db, table, version), ids)
+        stored = tiles.existing_versions(_table_at(db, table, version), ids)
         for i, tile in zip(todo, ids):
-            if tile in found:
+            if tile not in stored:
+                continue
+            if stored[tile] is None:
+                status[i] = ADOPTED
+            elif stored[tile] == str(batch[VERSION][i]):
                 status[i] = PRESENT
     out = dict(batch)
     out[STATUS] = status
     data = np.asarray(batch[DATA]).astype(object)
-    data[status == PRESENT] = b""
+    data[(status == PRESENT) | (status == ADOPTED)] = b""
     out[DATA] = data
     return out
 
@@ -69,7 +76,7 @@ class _Sources:
         if self._raster is None or self._raster[0] != uri:
             self.close_raster()
             scope = ExitStack()
-            self._raster = (uri, scope.enter_context(raster.open_raster(uri)), scope)
+            self._raster = (uri, scope.enter_context(open_current_raster(uri)), scope)
         return self._raster[1]
 
     def close_raster(self) -> None:
@@ -116,8 +123,9 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
                     continue
                 image = np.ascontiguousarray(resize_shortest_side(image, prep))
             except Exception as exc:
-                if errors.is_store_wide(exc):
-                    raise
+                down = store_down(exc, str(batch[tiles.URI][i]))
+                if down is not None:
+                    raise down from None
                 status[i], stage[i] = ERROR, STAGE_READ
                 message[i] = failure_text(exc, str(batch[tiles.URI][i]))
                 continue

@@ -1,9 +1,17 @@
 """The writer of the embedding job: embedded batches into the tile table, failures into ``<table>_errors``.
 
 It runs in the driver on the batches the pipeline streams out (one batch in memory at a time). Tiles are
-written with ``tiles.add_tiles`` (merge_insert on id: atomic per commit, never a duplicate), so a job killed
-at any moment loses at most the tiles not yet committed and a rerun fills exactly those. Error rows are
-keyed by (uri, stage, window) and upserted, so a rerun refreshes them instead of adding copies.
+written with ``tiles.add_tiles`` (merge_insert on id: atomic per commit, never a duplicate; a tile of a
+rewritten object replaces its old row), so a job killed at any moment loses at most the tiles not yet
+committed and a rerun fills exactly those. Error rows are keyed by (uri, stage, window) and upserted, so a
+rerun refreshes them instead of adding copies.
+
+Tiles stored without a version (tables of an older rsclip) that are planned again get the current one.
+Once every row of a file has passed (rows carry the file's row count) and its tiles are committed, the
+writer tidies up after it: its tiles of other versions that this run did not replace are removed
+(:mod:`rsclip.core.source_versions`), and error rows of the file that this run did not record again are
+deleted (it reads now, or fails otherwise). Only files that the table held in other versions, or that had
+error rows, when the run started are tracked.
 """
 
 from __future__ import annotations
@@ -11,14 +19,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import tiles
+from rsclip.core import source_versions, tiles
 from rsclip.errors import RsclipError
-from rsclip.ingest.batch import EMBEDDED, ERROR, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED, STAGE_PLAN, STATUS
+from rsclip.ingest.batch import (ADOPTED, EMBEDDED, ERROR, FILE_TILES, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED,
+                                 STAGE_PLAN, STATUS, VERSION)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,7 @@ MAX_FAILED_EMBED_BATCHES = 3
 
 class EmbeddingBroken(RsclipError):
     """Embedding failed for every tile of several consecutive batches: the model or device is broken."""
+
 
 ERROR_TIME = "time"
 ERROR_COLUMNS = (tiles.ID, tiles.URI, STAGE, MESSAGE, *tiles.WINDOW_COLUMNS, ERROR_TIME)
@@ -85,9 +95,27 @@ def record_errors(errors_table, rows: list[dict]) -> None:
     )
 
 
+def errored_uris(errors_table, uris) -> set[str]:
+    """Those of ``uris`` that have rows in ``errors_table`` (one scan of its uri column)."""
+    wanted, found = set(uris), set()
+    for batch in errors_table.to_lance().to_batches(columns=[tiles.URI]):
+        found.update(u for u in batch.column(0).to_pylist() if u in wanted)
+    return found
+
+
+def clear_errors(errors_table, uris, before: dt.datetime) -> None:
+    """Delete the error rows of ``uris`` recorded before ``before`` (not by the run that started then)."""
+    if not uris:
+        return
+    stamp = before.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    where = f"{tiles.URI} IN ({', '.join(tiles.sql_text(u) for u in uris)}) AND {ERROR_TIME} < timestamp '{stamp}'"
+    tiles.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
+
+
 @dataclass
 class WriteCounts:
-    """What the writer saw: tiles written, already present, nodata, failed; error rows by stage."""
+    """What the writer saw: tiles written, already present, nodata, failed; error rows by stage; stale
+    tiles of rewritten objects removed."""
 
     embedded: int = 0
     present: int = 0
@@ -95,14 +123,69 @@ class WriteCounts:
     failed: int = 0
     failed_files: int = 0
     planned_files: int = 0
+    stale_removed: int = 0
+
+
+@dataclass
+class FileDone:
+    """A tracked file all of whose rows have passed the writer: its version, whether it failed planning,
+    the ids embedded for it in this run and how many of its tiles were adopted (kept, version recorded)."""
+
+    uri: str
+    version: str
+    unplanned: bool = False
+    written: set = field(default_factory=set)
+    adopted: int = 0
+
+
+class FileProgress:
+    """Which of the ``tracked`` files have had all their rows through the writer (each row carries its
+    file's row count); ids embedded are kept only for the files in ``keep_ids``."""
+
+    def __init__(self, tracked, keep_ids=()):
+        self.tracked, self.keep_ids = frozenset(tracked), frozenset(keep_ids)
+        self._open: dict[str, tuple[int, FileDone]] = {}
+        self.done: list[FileDone] = []  # complete since the last take()
+
+    def see(self, batch: dict[str, np.ndarray]) -> None:
+        """Count the rows of ``batch`` (keys id, uri, version, file_tiles, status, stage)."""
+        if not self.tracked:
+            return
+        for i, uri in enumerate(batch[tiles.URI]):
+            uri = str(uri)
+            if uri not in self.tracked:
+                continue
+            seen, file = self._open.get(uri) or (0, FileDone(uri, str(batch[VERSION][i])))
+            status = batch[STATUS][i]
+            file.unplanned |= bool(status == ERROR and batch[STAGE][i] == STAGE_PLAN)
+            file.adopted += int(status == ADOPTED)
+            if status == EMBEDDED and uri in self.keep_ids:
+                file.written.add(str(batch[tiles.ID][i]))
+            if seen + 1 < int(batch[FILE_TILES][i]):
+                self._open[uri] = (seen + 1, file)
+            else:
+                self._open.pop(uri, None)
+                self.done.append(file)
+
+    def take(self) -> list[FileDone]:
+        """The files completed since the last call."""
+        done, self.done = self.done, []
+        return done
 
 
 class TileWriter:
     """Consumes embedded batches: buffers tiles and commits them with ``tiles.add_tiles`` every
-    ``commit_rows`` rows (and at :meth:`close`), records error rows, counts everything."""
+    ``commit_rows`` rows (and at :meth:`close`), records error rows, counts everything.
+
+    ``stored``: what the table held of the listed files in other versions when the run started
+    (:func:`~rsclip.core.source_versions.stored_versions`); ``errored``: uris with rows in the errors table
+    then; ``started``: when the run started. Those files are tidied up once complete (module doc).
+    """
 
     def __init__(self, table, errors_table, *, commit_rows: int = 512,
-                 max_failed_batches: int = MAX_FAILED_EMBED_BATCHES):
+                 max_failed_batches: int = MAX_FAILED_EMBED_BATCHES,
+                 stored: source_versions.StoredVersions | None = None, errored=(),
+                 started: dt.datetime | None = None):
         self.table = table
         self.errors_table = errors_table
         self.commit_rows = max(1, int(commit_rows))
@@ -111,12 +194,18 @@ class TileWriter:
         self._failed_batches = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._stored, self._errored = stored or source_versions.StoredVersions(), frozenset(errored)
+        self._started = started or dt.datetime.now(dt.timezone.utc)
+        self._files = FileProgress(self._stored.uris | self._errored, keep_ids=self._stored.other)
+        self._adopted: dict[str, str] = {}  # tile id -> version to record
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Take one pipeline batch (``status``, tile columns, ``vector`` for embedded rows)."""
         status = np.asarray(batch[STATUS]).astype(str)
-        self.counts.present += int((status == PRESENT).sum())
+        adopted = np.flatnonzero(status == ADOPTED)
+        self.counts.present += int((status == PRESENT).sum()) + len(adopted)
         self.counts.nodata += int((status == NODATA).sum())
+        self._adopted.update((str(batch[tiles.ID][i]), str(batch[VERSION][i])) for i in adopted)
         failed = np.flatnonzero(status == ERROR)
         if len(failed):
             rows = [{c: _scalar(batch[c][i]) for c in (tiles.URI, STAGE, MESSAGE,
@@ -129,8 +218,9 @@ class TileWriter:
         if len(done):
             self._pending.append(tiles_table(batch, done, self.table.schema))
             self._pending_rows += len(done)
-            if self._pending_rows >= self.commit_rows:
-                self.flush()
+        self._files.see(batch)
+        if max(self._pending_rows, len(self._adopted), len(self._files.done)) >= self.commit_rows:
+            self.flush()
 
     def _check_embedding(self, batch: dict[str, np.ndarray], status: np.ndarray, done: np.ndarray) -> None:
         """Count batches in which every tile that reached the model failed there; raise after too many."""
@@ -146,14 +236,28 @@ class TileWriter:
                                       f"batches; stopping (the model or device is broken): {first[:300]}")
 
     def flush(self) -> None:
-        """Commit the buffered tiles (one atomic commit)."""
-        if not self._pending:
-            return
-        rows = pa.concat_tables(self._pending)
-        self._pending, self._pending_rows = [], 0
-        tiles.add_tiles(self.table, rows)
-        self.counts.embedded += rows.num_rows
-        log.info("committed %d tiles (%d this run)", rows.num_rows, self.counts.embedded)
+        """Commit the buffered tiles (one atomic commit), then record the versions of adopted tiles and tidy
+        up after the files completed so far."""
+        if self._pending:
+            rows = pa.concat_tables(self._pending)
+            self._pending, self._pending_rows = [], 0
+            tiles.add_tiles(self.table, rows)
+            self.counts.embedded += rows.num_rows
+            log.info("committed %d tiles (%d this run)", rows.num_rows, self.counts.embedded)
+        if self._adopted:
+            source_versions.record_versions(self.table, self._adopted)
+            self._adopted = {}
+        self._tidy(self._files.take())
+
+    def _tidy(self, done: list[FileDone]) -> None:
+        """After the tiles of ``done`` files are committed: remove their tiles of other versions that this
+        run did not replace, their unversioned tiles when the grid changed (fewer adopted than stored; kept
+        for a file that failed planning: nothing says they are stale), and their older error rows."""
+        stale = [t for f in done for t in self._stored.other.get(f.uri, ()) if t not in f.written]
+        leftovers = [f.uri for f in done if not f.unplanned and f.adopted < self._stored.unversioned[f.uri]]
+        self.counts.stale_removed += (source_versions.remove_tiles(self.table, stale)
+                                      + source_versions.remove_unversioned(self.table, leftovers))
+        clear_errors(self.errors_table, [f.uri for f in done if f.uri in self._errored], self._started)
 
     def close(self) -> WriteCounts:
         """Flush and return the counts."""
@@ -178,5 +282,8 @@ def tiles_table(batch: dict[str, np.ndarray], rows: np.ndarray, schema: pa.Schem
         **{c: pa.array(take(c).astype(np.float64), mask=~geo) for c in tiles.BOUNDS_COLUMNS},
         tiles.CRS: [v if v else None for v in take(tiles.CRS).astype(str).tolist()],
         tiles.VECTOR: np.stack(list(take(tiles.VECTOR))).astype(np.float32),
+        tiles.SOURCE_VERSION: [v if v else None for v in take(VERSION).astype(str).tolist()],
     }
+    if tiles.FOOTPRINT in batch:  # WKB of georeferenced tiles, b"" for the others
+        data[tiles.FOOTPRINT] = [bytes(v) if v else None for v in take(tiles.FOOTPRINT).tolist()]
     return tiles.tiles_to_arrow(data, schema)

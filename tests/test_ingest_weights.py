@@ -1,0 +1,63 @@
+"""The tile table records exactly which weights embedded it; queries refuse other weights (issue 13, item 11).
+
+The model folder is re-exported in place (same path, other weights): the model string in the table still
+matches, only the recorded sha256 tells the difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rsclip
+from rsclip.app.cli import main
+from rsclip.core import tiles
+from rsclip.core.model_source import model_identity
+from rsclip.errors import ModelMismatch
+from rsclip.search.query import similar_tiles
+from rsclip.testing import build_tiny_clip
+from tests.helpers import spread_files, write_scene_table
+
+
+@pytest.fixture
+def recorded(tmp_path, rsicd_files):
+    """``(db, model folder, scene files)``: a table embedded by a tiny CLIP whose weights it records."""
+    folder = build_tiny_clip(tmp_path / "clip", seed=0)
+    db = tmp_path / "db"
+    identity = model_identity(folder)
+    table = tiles.create_table(db, model=str(folder), dim=32, identity=identity)
+    assert tiles.table_weights(table) == identity and identity.location == str(folder.resolve())
+    files = spread_files(rsicd_files, 12)
+    write_scene_table(db, folder, files)
+    return db, folder, files
+
+
+def test_queries_refuse_weights_other_than_recorded_unless_allowed(recorded, capsys):
+    db, folder, files = recorded
+    assert len(rsclip.query(db, "an airport", k=3)) == 3  # the same weights: no complaint
+    build_tiny_clip(folder, seed=1)  # re-exported in place: same model string, other weights
+    for ask in (lambda **kw: rsclip.query(db, "an airport", k=3, **kw),
+                lambda **kw: rsclip.query_text(db, "an airport", k=3, **kw),
+                lambda **kw: rsclip.query(db, files[0], k=3, **kw)):
+        with pytest.raises(ModelMismatch, match=r"now hold other weights.*allow_model_mismatch=True"):
+            ask()
+        assert len(ask(allow_model_mismatch=True)) == 3
+    # stored vectors only: nothing to check
+    vector = np.asarray(tiles.open_table(db).to_arrow().column(tiles.VECTOR)[0].as_py())
+    assert len(rsclip.query(db, vector, k=3)) == 3
+    tile = tiles.open_table(db).to_arrow().column(tiles.ID)[0].as_py()
+    assert len(similar_tiles(db, tile, 3)) == 3
+
+    capsys.readouterr()
+    assert main(["query", str(db), "an airport", "-k", "2"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "rsclip: error:" in line]
+    assert "now hold other weights" in line and "--allow-model-mismatch" in line, line
+    assert main(["query", str(db), "an airport", "-k", "2", "--json", "--allow-model-mismatch"]) == 0
+
+
+def test_a_table_without_a_record_keeps_working(tmp_path, rsicd_files):
+    folder = build_tiny_clip(tmp_path / "clip", seed=0)
+    write_scene_table(tmp_path / "db", folder, spread_files(rsicd_files, 6))  # no identity given
+    assert tiles.table_weights(tiles.open_table(tmp_path / "db")) is None
+    build_tiny_clip(folder, seed=1)
+    assert len(rsclip.query(tmp_path / "db", "a beach", k=2)) == 2
