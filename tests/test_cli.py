@@ -93,7 +93,7 @@ def test_index_and_info(cli_db, capsys, tmp_path):
     info = json.loads(out)
     assert code == 0 and info["rows"] == N_IMAGES and info["dim"] == 32 and info["errors"] == 2
     assert info["model"] == tiles.table_model(tiles.open_table(db))[0]
-    assert set(info["index"]["scalar_indexes"]) == {"id", "lon_min", "lat_min", "lon_max", "lat_max"}
+    assert set(info["index"]["scalar_indexes"]) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max"}
     assert info["versions"] >= 2 and "tiles_errors" in info["tables"]
     code, out, _ = run(capsys, "info", db)
     assert code == 0 and "32-d" in out and "errors          2" in out and "none (exact scan)" in out

@@ -20,7 +20,7 @@ from rasterio.windows import Window, bounds as window_bounds
 
 import rsclip
 from rsclip.core.windows import grid_windows
-from rsclip.core import raster, tiles
+from rsclip.core import tiles
 from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT
 
 JOB = "jobs/embed_archive.py"

@@ -178,6 +178,8 @@ def cmd_info(args) -> None:
         return
     print(f"{info['db']} / {info['table']}")
     print(f"  model           {info['model']} ({info['dim']}-d)")
+    if info["weights_sha256"]:
+        print(f"  weights         {info['model_location']} (sha256 {info['weights_sha256'][:16]}...)")
     print(f"  version         {info['version']} of {info['versions']} (last write {info['last_write']})")
     errors = info["errors"]
     print(f"  errors          {errors if errors is not None else 'none recorded'}"

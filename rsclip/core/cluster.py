@@ -19,9 +19,7 @@ import logging
 import math
 import os
 import re
-import signal
 import socket
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass

@@ -222,6 +222,10 @@ def gdal_options() -> dict[str, str | int]:
         "VSI_CACHE": "TRUE",
         "VSI_CACHE_SIZE": str(32 * 1024 * 1024),
         "GDAL_CACHEMAX": 256,  # MB; rasterio wants an int here
+        # GDAL keeps what it read of a remote file per process (size, header, blocks) and would serve a later
+        # open the old content of an object rewritten in place (a Ray worker's second job, a long-lived app):
+        # S3 objects are not cached across opens (one open still caches its own blocks: GDAL_CACHEMAX)
+        "CPL_VSIL_CURL_NON_CACHED": "/vsis3/",
         "PROJ_NETWORK": "OFF",  # no CRS grid fetched from the network because a file names it
         "GDAL_PAM_ENABLED": "NO",  # never read or write .aux.xml side files next to untrusted data
         # defence in depth: drivers that read other files are never opened (raster.ALLOWED_DRIVERS)

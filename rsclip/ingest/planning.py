@@ -11,8 +11,7 @@ forward (one GET per chip). A file that cannot be planned becomes one error row;
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -69,23 +68,12 @@ def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str =
     return [tile_row(uri, version, w, CHIP, data=carried) for w in windows]
 
 
-@contextmanager
-def open_current_raster(uri: str) -> Iterator:
-    """:func:`rsclip.core.raster.open_raster` of the object as it is now: GDAL keeps what it read of a remote
-    file per process (size, header, blocks) and would serve a Ray worker's second run the old content of an
-    object rewritten in place; this open's cache is dropped when it closes."""
-    import rasterio
-
-    with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=storage.gdal_path(uri)), raster.open_raster(uri) as src:
-        yield src
-
-
 def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
     """Tile rows of a raster opened with its own driver (see ``raster.plan_scene``), with WGS84 bounds.
 
     Raises ``InvalidInput`` for unreadable or disguised rasters, unsupported data types and all-nodata scenes.
     """
-    with open_current_raster(uri) as src:
+    with raster.open_raster(uri) as src:
         try:
             scene, windows = raster.plan_scene(src, options)
         except InvalidInput as exc:

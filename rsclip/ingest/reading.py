@@ -23,7 +23,7 @@ from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, KIND, MESSAGE, NODATA, PI
                                  PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
                                  VERSION, failure_text)
 from rsclip.ingest.listing import store_down
-from rsclip.ingest.planning import MAX_CHIP_BYTES, open_current_raster
+from rsclip.ingest.planning import MAX_CHIP_BYTES
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,7 +76,7 @@ class _Sources:
         if self._raster is None or self._raster[0] != uri:
             self.close_raster()
             scope = ExitStack()
-            self._raster = (uri, scope.enter_context(open_current_raster(uri)), scope)
+            self._raster = (uri, scope.enter_context(raster.open_raster(uri)), scope)
         return self._raster[1]
 
     def close_raster(self) -> None:
