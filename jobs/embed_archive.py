@@ -1,7 +1,9 @@
-"""Embed an archive (s3:// prefix or local folder) into a LanceDB tile table with Ray Data.
+"""Embed an archive (s3:// prefix or local folder) or the items of a STAC catalog/API into a LanceDB tile table.
 
     ray job submit --working-dir . -- python jobs/embed_archive.py --archive s3://bucket/naip --db s3://bucket/tables
     python jobs/embed_archive.py --archive ./images --db ./tables          # local Ray
+    python jobs/embed_archive.py --stac https://earth-search.aws.element84.com/v1 --collections sentinel-2-l2a \
+        --bbox -97.6,47.0,-97.4,47.2 --datetime 2023-06-01/2023-09-30 --max-cloud 10 --assets visual --db ./tables
 
 Every field of ``rsclip.ingest.pipeline.EmbedConfig`` is a flag. Exit status: 0 when the job finished (bad
 files are recorded in <table>_errors), 2 with one line for an expected failure (store unreachable, wrong
@@ -27,7 +29,7 @@ from rsclip.ingest.pipeline import EmbedConfig, run_embedding  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> tuple[EmbedConfig, bool]:
     """The job's config and whether to show progress bars, from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    config.add_arguments(parser, EmbedConfig, required=("archive", "db"))
+    config.add_arguments(parser, EmbedConfig, required=("db",))
     parser.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
     args = parser.parse_args(argv)
     try:

@@ -45,6 +45,9 @@ _EXPORTS = {
     "export_frame": "rsclip.search.export",
     "export_labels": "rsclip.search.export",
     "window_footprint": "rsclip.core.footprints",
+    "upgrade_table": "rsclip.core.tiles",
+    "timeline": "rsclip.search.timeline",
+    "changes": "rsclip.search.timeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ import pytest
 
 from infra.local_stack import RayHead, SeaweedFS, environment
 from rsclip.testing import build_tiny_clip
-from tests.helpers import BUCKET, RSICD_IMAGES, require_shared_data
+from tests.helpers import BUCKET, ROOT, RSICD_IMAGES, require_shared_data
 
 
 def pytest_configure(config):
@@ -46,6 +46,18 @@ def ray_head(s3):
         yield head
     finally:
         head.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_driver(ray_head):
+    """This process as a driver of the session's Ray head (rsclip shipped to the workers), for one module."""
+    import ray
+
+    ray.init(address=ray_head.address, runtime_env={"py_modules": [str(ROOT / "rsclip")]}, log_to_driver=False)
+    try:
+        yield ray_head
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -45,3 +45,16 @@ def write_scene_table(db: Path, model: Path, files: list[Path], **columns):
                 vector=vectors, **columns)
     tiles.add_tiles(tiles.create_table(db, model=str(model), dim=enc.dim), rows)
     return vectors
+
+
+def job_windows(path: Path, tile: int, overlap: int = 0, width: int | None = None):
+    """The grid windows the embedding job cuts from the GeoTIFF ``path`` (anchored to its CRS's grid), or from
+    its first ``width`` columns."""
+    import rasterio
+
+    from rsclip.core.raster import grid_origin
+    from rsclip.core.windows import grid_windows
+
+    with rasterio.open(path) as src:
+        return grid_windows(width or src.width, src.height, tile, overlap, origin=grid_origin(src))
+

@@ -32,3 +32,25 @@ def run_streaming(cmd: list[str], *, env: dict[str, str], cwd: str | Path, timeo
             proc.kill()
             proc.wait(30)
         proc.stdout.close()
+
+
+def kill_at(cmd: list[str], *, env: dict[str, str], cwd: str | Path, event: bytes) -> int:
+    """Run ``cmd`` and SIGKILL it (only the process started here) right after it prints a line holding
+    ``event``; returns its exit status (``-SIGKILL`` when the event came)."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if event in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        return proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        proc.stdout.close()
+

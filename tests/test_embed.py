@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsclip.core.windows import grid_windows
 from rsclip.core import raster, tiles
+from rsclip.core.windows import grid_windows
 from rsclip.errors import RsclipError
 from rsclip.ingest import batch as B, listing, planning, reading, writer
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
@@ -20,7 +20,7 @@ from rsclip.ingest.pipeline import EmbedConfig, run_embedding
 from rsclip.core.images import read_image
 from rsclip.core.model import load_model
 from rsclip.testing import build_tiny_clip
-from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT, spread_files
+from tests.helpers import BUCKET, GEOTIFF_DIR, job_windows, spread_files
 
 CHIPS = 12
 
@@ -152,18 +152,6 @@ def test_batch_size_defaults_by_device_and_an_explicit_one_wins():
 
 
 @pytest.fixture(scope="module")
-def ray_driver(ray_head):
-    import ray
-
-    ray.init(address=ray_head.address, runtime_env={"py_modules": [str(ROOT / "rsclip")]},
-             log_to_driver=False)
-    try:
-        yield ray_head
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def mixed_archive(s3, rsicd_files, tmp_path_factory):
     """Real chips, one real GeoTIFF (gridded), and the bad-input catalogue, in SeaweedFS."""
     prefix = "mixed-" + tmp_path_factory.mktemp("m").name
@@ -183,7 +171,7 @@ def test_pipeline_writes_tiles_records_errors_and_reruns_exactly_once(ray_driver
     opts = raster.RasterOptions(tile_size=224, max_chip=300)
     config = EmbedConfig(archive=mixed_archive, db=db, model=str(tiny_model), raster=opts, batch_size=8,
                          commit_rows=8, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1, index="always")
-    scene_tiles = len(grid_windows(697, 377, 224))  # 2020.tif, 697 x 377 px
+    scene_tiles = len(job_windows(GEOTIFF_DIR / "2020.tif", 224))  # 697 x 377 px, windows on the CRS's grid
     catalogue = bad_files(rsicd_files)
 
     first = run_embedding(config)
@@ -289,7 +277,9 @@ def test_objects_rewritten_in_place_are_embedded_again_and_their_stale_tiles_rem
     put("c.jpg", b"not an image yet")
     put("scene.tif", (GEOTIFF_DIR / "2020.tif").read_bytes())
     archive, db = f"{s3_prefix}/arch", f"{s3_prefix}/db"
-    config = EmbedConfig(archive=archive, db=db, model=str(tiny_model), raster=raster.RasterOptions(max_chip=300),
+    # cut on the scene-corner grid, as rsclip 0.1 cut, so that the legacy table made below is one it could write
+    options = raster.RasterOptions(max_chip=300, grid="scene")
+    config = EmbedConfig(archive=archive, db=db, model=str(tiny_model), raster=options,
                          batch_size=8, commit_rows=8, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1, index="never")
     old_grid, new_grid = set(grid_windows(697, 377, 224)), set(grid_windows(450, 377, 224))
     first = run_embedding(config)
@@ -337,10 +327,12 @@ def test_objects_rewritten_in_place_are_embedded_again_and_their_stale_tiles_rem
 
 
 def _make_legacy(db: str) -> None:
-    """Rewrite the tile table at ``db`` as rsclip 0.1 wrote it: no source versions, footprints, weights."""
+    """Rewrite the tile table at ``db`` as rsclip 0.1 wrote it: no source versions, footprints, times, weights,
+    grid."""
     conn = tiles.connect(db)
     data = conn.open_table(tiles.DEFAULT_TABLE).to_arrow()
-    data = data.select([c for c in data.column_names if c not in (tiles.SOURCE_VERSION, tiles.FOOTPRINT)])
+    data = data.select([c for c in data.column_names
+                        if c not in (tiles.SOURCE_VERSION, tiles.FOOTPRINT, *tiles.TIME_COLUMNS)])
     meta = {k: v for k, v in data.schema.metadata.items() if k in (tiles.META_MODEL, tiles.META_DIM)}
     conn.drop_table(tiles.DEFAULT_TABLE)
     conn.create_table(tiles.DEFAULT_TABLE, data.replace_schema_metadata(meta))

@@ -19,9 +19,8 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
 import rsclip
-from rsclip.core.windows import grid_windows
 from rsclip.core import tiles
-from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT
+from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT, job_windows
 
 JOB = "jobs/embed_archive.py"
 NAIP = "m_4709963_se_14_1_20200831.tif"
@@ -67,9 +66,10 @@ def test_two_submitted_jobs_on_disjoint_prefixes_both_land(ray_head, s3, s3_pref
     table = tiles.open_table(db)
     rows = table.to_arrow().to_pylist()
     with rasterio.open(GEOTIFF_DIR / NAIP) as src:
-        windows = grid_windows(src.width, src.height, 256, 32)
+        windows = job_windows(GEOTIFF_DIR / NAIP, 256, 32)
         naip = [r for r in rows if r[tiles.URI].endswith(NAIP)]
-        # 934 x 723 px, 256 px windows every 224 px: ceil((934-256)/224)+1 = 5 by ceil((723-256)/224)+1 = 4
+        # 934 x 723 px, 256 px windows every 224 px on the CRS's grid (5 m pixels: 97180 columns and 1041849 rows
+        # from its origin: columns 36, 260, 484 and rows 25, 249), plus windows moved inward at the edges: 5 by 4
         assert len(naip) == len(windows) == 5 * 4
         assert {(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]) for r in naip} == set(windows)
         for r in naip:

@@ -17,7 +17,7 @@ from rsclip.core.windows import grid_windows
 from rsclip.errors import InvalidInput
 from rsclip.ingest import planning
 from tests.geo_helpers import LANDSAT, NAIP
-from tests.helpers import GEOTIFF_DIR, ROOT, require_shared_data
+from tests.helpers import GEOTIFF_DIR, ROOT, job_windows, require_shared_data
 
 
 def corners_wgs84(src, window) -> np.ndarray:
@@ -118,7 +118,7 @@ def test_the_embedding_job_stores_footprints_through_ray(ray_head, tmp_path, tin
     rows = tiles.open_table(db).to_arrow().to_pylist()
     with rasterio.open(GEOTIFF_DIR / NAIP) as src:
         scene = [r for r in rows if r[tiles.URI].endswith(NAIP)]
-        assert len(scene) == len(grid_windows(src.width, src.height, 256))
+        assert len(scene) == len(job_windows(GEOTIFF_DIR / NAIP, 256))
         for r in scene:
             want = footprints.window_footprint(src.transform, src.crs, [r[c] for c in tiles.WINDOW_COLUMNS])
             assert shapely.from_wkb(r[tiles.FOOTPRINT]).equals_exact(want, 0.0)

@@ -63,7 +63,7 @@ def test_build_gives_cosine_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
     db, rng, centers = synthetic_db
     state = rsclip.build_index(db, min_rows=1000)
     assert "IVF_PQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
-    assert set(state.scalar_indexes) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max"}
+    assert set(state.scalar_indexes) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max", "datetime"}
     assert state.num_sub_vectors == 4
     table = tiles.open_table(db)
     vec = [c for c in table.list_indices() if list(c.columns) == ["vector"]][0]

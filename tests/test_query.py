@@ -63,7 +63,8 @@ def test_text_queries_equal_brute_force(table_db, tiny_model, resident):
         assert got["id"].tolist() == ids
         np.testing.assert_allclose(got["score"].to_numpy(), scores, atol=1e-5)
         assert list(got.columns) == ["id", "uri", "score", "x", "y", "width", "height",
-                                     "lon_min", "lat_min", "lon_max", "lat_max", "crs"]
+                                     "lon_min", "lat_min", "lon_max", "lat_max", "crs",
+                                     "datetime", "item_id", "cloud_cover", "nodata_fraction"]
         assert got["score"].is_monotonic_decreasing
 
 

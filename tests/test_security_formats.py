@@ -176,7 +176,9 @@ def test_locate_refuses_names_gdal_would_follow(encoder, name):
     with pytest.raises(InvalidInput) as info:
         rsclip.locate(name, "storage tanks", model=encoder, grid=(2, 2))
     text = str(info.value)
-    assert name in text and ("/vsi" in text and "not opened" in text or "s3:// URIs only" in text), text
+    # http(s) rasters are read through /vsicurl/ (issue 17), never from metadata, loopback or private hosts
+    assert name in text and ("/vsi" in text and "not opened" in text or "URIs only" in text
+                             or "addresses are never read" in text), text
 
 
 @pytest.mark.parametrize("name", ["vrt-raw.tif", "vrt-raw.jp2", "ehdr.tif", "svg.png", "vrt.jpg"])
@@ -230,3 +232,20 @@ def test_a_vrt_named_tif_opened_by_gdal_itself_would_leak(tmp_path):
         with raster.open_raster(str(path)):
             pass
 
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8080/x.tif", "http://127.0.0.1/x.tif", "https://10.1.2.3/x.tif",
+                                 "http://[::1]/x.tif", "http://169.254.169.254/x.tif", "http://0.0.0.0/x.tif",
+                                 "http://metadata.google.internal/x.tif"])
+def test_http_rasters_never_come_from_metadata_loopback_or_private_hosts(url, monkeypatch):
+    """A table's or catalog's uri is hostile: names that resolve to such addresses are refused before GDAL
+    sees them; an operator may allow loopback and private networks, never link-local or metadata hosts."""
+    monkeypatch.delenv(rsclip.core.storage.ALLOW_PRIVATE_HTTP, raising=False)
+    with pytest.raises(InvalidInput, match="addresses are never read"):
+        rsclip.core.storage.gdal_path(url)
+    monkeypatch.setenv(rsclip.core.storage.ALLOW_PRIVATE_HTTP, "1")
+    if any(h in url for h in ("169.254", "0.0.0.0", "metadata")):
+        with pytest.raises(InvalidInput, match="addresses are never read"):
+            rsclip.core.storage.gdal_path(url)
+    else:
+        assert rsclip.core.storage.gdal_path(url) == f"/vsicurl/{url}"

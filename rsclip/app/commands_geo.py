@@ -38,12 +38,15 @@ def polygon_option(value: str | None) -> str | None:
 
 
 def area(args) -> dict:
-    """The shared filters of a command's arguments: ``bbox``, ``near``, ``polygon``, ``where``."""
+    """The shared filters of a command's arguments: ``bbox``, ``near``, ``polygon``, ``where`` and the time
+    filters (:func:`rsclip.app.commands_time.time_filters`)."""
     from rsclip.app.cli import _numbers
+    from rsclip.app.commands_time import time_filters
 
     bbox = _numbers(args.bbox, 4, "--bbox (lon_min lat_min lon_max lat_max)") if args.bbox else None
     near = _numbers(args.near, 3, "--near (lon lat radius_km)") if args.near else None
-    return {"bbox": bbox, "near": near, "polygon": polygon_option(args.polygon), "where": args.where}
+    return {"bbox": bbox, "near": near, "polygon": polygon_option(args.polygon), "where": getattr(args, "where", None),
+            **time_filters(args)}
 
 
 def add_polygon_argument(parser) -> None:

@@ -1,4 +1,4 @@
-"""Index upkeep for a tile table: the IVF_PQ vector index and BTREE scalar indexes on id, uri and bounds.
+"""Index upkeep for a tile table: the IVF_PQ vector index and BTREE scalar indexes on id, uri, bounds, datetime.
 
 Build once after a large write, refresh after appends. LanceDB answers a query from the index for the rows
 it covers and by an exact flat scan for rows appended since, so new tiles are searchable immediately; a
@@ -22,7 +22,7 @@ from rsclip.core import tiles
 from rsclip.errors import InvalidInput
 
 VECTOR_INDEX = f"{tiles.VECTOR}_idx"
-SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS)
+SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS, tiles.DATETIME)
 # Below this many rows an exact scan is fast (a few ms) and exact, and PQ training has too few samples
 # (256 centroids per sub-vector); the vector index is not built.
 MIN_ANN_ROWS = 10_000
@@ -125,7 +125,8 @@ def build_index(
       :func:`ivf_pq_params`).
     - A vector index exists: fold appended rows into it (``optimize``: compaction plus incremental index
       update), or retrain it when ``rebuild`` is set or the unindexed rows exceed half of the table.
-    - BTREE indexes on ``id``, ``uri`` and the four bound columns are created when missing and refreshed with the rest.
+    - BTREE indexes on ``id``, ``uri``, the four bound columns and ``datetime`` are created when missing (and
+      the table has the column) and refreshed with the rest.
 
     Returns the resulting :class:`IndexState` (``action`` says what was done). Raises ``NotFound`` for an
     unknown table and ``InvalidInput`` for a table without rsclip metadata.
@@ -164,7 +165,7 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
     elif vector_cfg is None:
         actions.append(f"no vector index: {rows} rows < {min_rows}, exact scan is used")
     for column in SCALAR_COLUMNS:
-        if column not in existing:
+        if column not in existing and column in tbl.schema.names:  # older tables lack newer columns
             tbl.create_index(column, config=BTree(), replace=True, name=f"{column}_idx")
             actions.append(f"btree {column}")
     if "refreshed" not in actions and existing:

@@ -1,10 +1,10 @@
 """Rasters: opening them safely, describing scenes, reading windows as RGB uint8, WGS84 bounds.
 
-Scenes (GeoTIFF, COG, JPEG 2000) are opened with rasterio straight from object storage (``/vsis3/`` range
-reads) and read window by window, never downloaded whole. A raster is opened only by the driver its name
-claims (:data:`DRIVER_BY_SUFFIX`): a file called ``x.tif`` that is really a VRT, an ENVI header or anything
-else that names other files or URLs is refused, never followed. GDAL settings (COG reads, S3 endpoints,
-hardening) come from :mod:`rsclip.core.storage`.
+Scenes (GeoTIFF, COG, JPEG 2000) are opened with rasterio straight from object storage or HTTP(S) (``/vsis3/``,
+``/vsicurl/`` range reads) and read window by window, never downloaded whole; stacks of single-band assets
+(:mod:`rsclip.core.stacked`) as one raster. A raster is opened only by the driver its name claims
+(:data:`DRIVER_BY_SUFFIX`): a ``x.tif`` that is really a VRT, an ENVI header or anything else that names other
+files or URLs is refused, never followed. GDAL settings (COG reads, S3 endpoints, hardening): :mod:`~.storage`.
 
 Every reader here turns bands into pixels the same way (:func:`masked_to_rgb`): the chosen bands, scaled to
 uint8 (per-scene percentiles or a fixed range for non-uint8 data), nodata/mask/NaN pixels black, one band
@@ -17,16 +17,16 @@ import math
 import os
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from rsclip.core import storage
+from rsclip.core import stacked, storage
 from rsclip.core.config import setting
-from rsclip.core.windows import DEFAULT_TILE_SIZE, Window, grid_windows
+from rsclip.core.windows import DEFAULT_TILE_SIZE, GRID_SCENE, GRIDS, Window, grid_windows
 from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line, store_fault
 
 DEFAULT_MAX_CHIP = 1024
@@ -36,7 +36,7 @@ RASTER_SUFFIXES = tuple(DRIVER_BY_SUFFIX)
 ALLOWED_DRIVERS = frozenset(DRIVER_BY_SUFFIX.values())
 # URI schemes a raster is opened from; rasterio would turn any other (http, zip, gs...) into a GDAL
 # virtual file system (/vsicurl/, /vsizip/...) and fetch or unpack what the name points at.
-RASTER_SCHEMES = ("", "file", *storage.S3_SCHEMES)
+RASTER_SCHEMES = ("", "file", *storage.S3_SCHEMES, *storage.HTTP_SCHEMES)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 # Per-scene percentile stretch for data that is not uint8 (robust to hot pixels and deep shadows).
 DEFAULT_PERCENTILES = (2.0, 98.0)
@@ -77,6 +77,10 @@ class RasterOptions:
         None, group="tiling", help="lo,hi stretch for non-uint8 data (default: per-scene 2-98 percentiles)")
     max_chip: int = setting(DEFAULT_MAX_CHIP, group="tiling",
                             help="images up to this many pixels a side are one tile")
+    grid: str | None = setting(None, group="tiling", choices=GRIDS,
+                               help="anchor windows to the CRS (multiples of the tile size in map units: scenes "
+                                    "of one grid line up across dates) or to each scene's corner (default: what "
+                                    "the table records; crs for a new table)")
 
     def __post_init__(self) -> None:
         if self.tile_size < 2:
@@ -91,6 +95,8 @@ class RasterOptions:
             raise InvalidInput(f"scale must be two finite numbers lo < hi, got {self.scale}")
         if self.max_chip < 2:
             raise InvalidInput(f"max chip size must be at least 2 pixels, got {self.max_chip}")
+        if self.grid is not None and self.grid not in GRIDS:
+            raise InvalidInput(f"grid must be one of {GRIDS}, got {self.grid!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "RasterOptions":
@@ -131,9 +137,10 @@ def gdal_env() -> Iterator[None]:
 
 
 def raster_path(uri: str) -> str:
-    """The GDAL path to open for a local path, ``file://`` or ``s3://`` raster named by someone else.
+    """The GDAL path (:func:`rsclip.core.storage.gdal_path`) of a local, ``file://``, ``s3://`` or
+    ``http(s)://`` raster named by someone else.
 
-    Raises :class:`UnsafeInput` for any other URI scheme (``https://``, ``zip://``...) and for local paths
+    Raises :class:`UnsafeInput` for any other URI scheme (``zip://``, ``ftp://``...) and for local paths
     holding ``/vsi`` (GDAL reads such prefixes as protocols: curl, zip, memory...). Local paths are made
     absolute, so no GDAL ``DRIVER:`` prefix syntax can lead them.
     """
@@ -141,8 +148,9 @@ def raster_path(uri: str) -> str:
     found = _SCHEME.match(text)
     scheme = found.group(1).lower() if found else ""
     if scheme not in RASTER_SCHEMES:
-        raise UnsafeInput(f"{uri}: rasters are opened from local paths and s3:// URIs only, not {scheme}://")
-    if storage.is_remote(text):
+        raise UnsafeInput(f"{uri}: rasters are opened from local paths, s3:// and http(s):// URIs only, "
+                          f"not {scheme}://")
+    if storage.is_remote(text) or storage.is_http(text):
         return storage.gdal_path(text)
     path = os.path.abspath(storage.local_path(text))
     if "/vsi" in path.replace("\\", "/").lower():
@@ -154,7 +162,7 @@ def _open_error(exc: Exception, name: str, driver: str, path: str) -> Exception:
     """The rsclip error for a failed GDAL open of ``path`` (shown as ``name``): the whole store down, or this
     file not what it claims."""
     fault = store_fault(exc, ignore=(name, path))  # a name quoted in the message is no evidence
-    if fault is not None and fault.store_wide:
+    if fault is not None and fault.store_wide and not storage.is_http(name):  # an HTTP server is not the store
         return StoreUnavailable(f"{name}: {fault.advice}: {one_line(exc)}")
     reason = one_line(exc).replace(f"'{path}' ", "")
     return InvalidInput(f"{name}: not a readable raster (opened as {driver}: {reason})")
@@ -172,6 +180,12 @@ def open_raster(uri: str) -> Iterator:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+    if stacked.is_stack(uri):  # each part opened as any raster, then read as one
+        with ExitStack() as parts:
+            stack = stacked.StackedRaster([parts.enter_context(open_raster(p)) for p in stacked.stack_parts(uri)])
+            parts.callback(stack.close)
+            yield stack  # read inside the parts' GDAL environments
+        return
     driver = driver_for(uri)
     path = raster_path(uri)
     with gdal_env(), warnings.catch_warnings():
@@ -321,11 +335,15 @@ def masked_to_rgb(data: np.ma.MaskedArray, scene: SceneInfo) -> np.ndarray:
 
 
 def read_window(src, window: Sequence[int], scene: SceneInfo, max_side: int | None = None) -> np.ndarray | None:
-    """The RGB ``(h, w, 3)`` uint8 pixels of ``window``, or None when every pixel is nodata.
+    """The RGB ``(h, w, 3)`` uint8 pixels of ``window``, or None when every pixel is nodata (:func:`read_tile`)."""
+    return read_tile(src, window, scene, max_side)[0]
 
-    With ``max_side``, a window longer than that is read decimated by GDAL (overviews when the file has
-    them) to at most ``max_side`` pixels a side, so memory stays bounded whatever the window's size.
-    """
+
+def read_tile(src, window: Sequence[int], scene: SceneInfo,
+              max_side: int | None = None) -> tuple[np.ndarray | None, float]:
+    """``(pixels, nodata_fraction)`` of ``window``: RGB ``(h, w, 3)`` uint8 (None when every pixel is nodata)
+    and the share of its pixels that are nodata in any band read. With ``max_side``, a longer window is read
+    decimated by GDAL (overviews when the file has them) to at most ``max_side`` pixels a side."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window as RioWindow
 
@@ -334,9 +352,10 @@ def read_window(src, window: Sequence[int], scene: SceneInfo, max_side: int | No
     if max_side is not None and max(w, h) > max_side:
         scaled = {"out_shape": (len(scene.bands), *fit_shape(w, h, max_side)), "resampling": Resampling.bilinear}
     data = src.read(list(scene.bands), window=RioWindow(x, y, w, h), masked=True, **scaled)
-    if valid_mask(data).all():
-        return None
-    return masked_to_rgb(data, scene)
+    nodata = valid_mask(data)
+    if nodata.all():
+        return None, 1.0
+    return masked_to_rgb(data, scene), float(nodata.any(axis=0).mean())
 
 
 def read_scaled(src, scene: SceneInfo, shape: tuple[int, int], window: Sequence[int] | None = None) -> np.ndarray:
@@ -360,10 +379,20 @@ def fit_shape(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def grid_origin(src) -> tuple[int, int] | None:
+    """The ``(column, row)`` of the raster's first pixel from its CRS's origin, in its pixels (rounded): the
+    grid's anchor; None without CRS or for rotated/sheared pixels (windows then start at the corner)."""
+    a, b, c, d, e, f = tuple(src.transform)[:6]
+    if src.crs is None or b or d or not a or not e:
+        return None
+    return round(c / a), round(f / e)
+
+
 def plan_scene(src, options: RasterOptions) -> tuple[SceneInfo, list[Window]]:
     """The scene description and the windows to cut from it: the whole raster when no side exceeds
-    ``options.max_chip``, else the ``tile_size``/``overlap`` grid."""
+    ``options.max_chip``, else the ``tile_size``/``overlap`` grid, anchored as ``options.grid`` says."""
     scene = describe_scene(src, options)
     if max(scene.width, scene.height) <= options.max_chip:
         return scene, [Window(0, 0, scene.width, scene.height)]
-    return scene, grid_windows(scene.width, scene.height, options.tile_size, options.overlap)
+    origin = grid_origin(src) if options.grid != GRID_SCENE else None
+    return scene, grid_windows(scene.width, scene.height, options.tile_size, options.overlap, origin)

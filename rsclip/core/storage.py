@@ -28,6 +28,12 @@ from rsclip.errors import (InvalidInput, LimitExceeded, NotFound, RsclipError, S
                            one_line, store_fault)
 
 S3_SCHEMES = ("s3", "s3a")
+# Rasters (COGs) named by a STAC catalog are also read over plain HTTP(S), by GDAL only (/vsicurl/ range reads).
+HTTP_SCHEMES = ("http", "https")
+METADATA_HOSTS = ("metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal")
+# Set to 1 by an operator whose COGs live on a private network (or a test's local server): http(s) rasters on
+# loopback and private addresses may then be read. Link-local and metadata addresses never are.
+ALLOW_PRIVATE_HTTP = "RSCLIP_ALLOW_PRIVATE_HTTP"
 # Seconds before a connection attempt / a silent read gives up: faults surface quickly, nothing waits forever.
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
@@ -224,8 +230,10 @@ def gdal_options() -> dict[str, str | int]:
         "GDAL_CACHEMAX": 256,  # MB; rasterio wants an int here
         # GDAL keeps what it read of a remote file per process (size, header, blocks) and would serve a later
         # open the old content of an object rewritten in place (a Ray worker's second job, a long-lived app):
-        # S3 objects are not cached across opens (one open still caches its own blocks: GDAL_CACHEMAX)
-        "CPL_VSIL_CURL_NON_CACHED": "/vsis3/",
+        # remote files, S3 objects and HTTP(S) COGs alike, are not cached across opens (one open still caches
+        # its own blocks: GDAL_CACHEMAX)
+        "CPL_VSIL_CURL_NON_CACHED": "/vsis3/:/vsicurl/",
+        "GDAL_HTTP_NETRC": "NO",  # never send ~/.netrc credentials to a host a catalog names
         "PROJ_NETWORK": "OFF",  # no CRS grid fetched from the network because a file names it
         "GDAL_PAM_ENABLED": "NO",  # never read or write .aux.xml side files next to untrusted data
         # defence in depth: drivers that read other files are never opened (raster.ALLOWED_DRIVERS)
@@ -256,11 +264,56 @@ def gdal_session():
     )
 
 
+def is_http(uri: str | os.PathLike) -> bool:
+    """True for ``http://`` and ``https://`` URLs (read by GDAL only)."""
+    return urlparse(str(uri)).scheme.lower() in HTTP_SCHEMES
+
+
+def _forbidden_address(address) -> bool:
+    """Addresses a catalog or table must never make rsclip fetch from: link-local (cloud metadata services),
+    unspecified, multicast, reserved; loopback and private networks too unless
+    :data:`ALLOW_PRIVATE_HTTP` names them as allowed (a local test server, an on-premises COG store)."""
+    if address.is_link_local or address.is_unspecified or address.is_multicast:
+        return True
+    if address.is_loopback or address.is_private:
+        return os.environ.get(ALLOW_PRIVATE_HTTP, "") != "1"
+    return address.is_reserved
+
+
+def _forbidden_host(host: str) -> bool:
+    """Whether ``host`` is a metadata service name or resolves to a forbidden address (every address it
+    resolves to is checked; an unresolvable name is left to fail in GDAL with its own error)."""
+    import ipaddress
+    import socket
+
+    name = host.strip("[]").lower()
+    if name in METADATA_HOSTS:
+        return True
+    try:
+        infos = socket.getaddrinfo(name, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return any(_forbidden_address(ipaddress.ip_address(info[4][0].split("%", 1)[0])) for info in infos)
+
+
 def gdal_path(uri: str) -> str:
-    """The GDAL path of a local path or ``s3://bucket/key`` (``/vsis3/bucket/key``)."""
+    """The GDAL path of a local path, ``s3://bucket/key`` (``/vsis3/bucket/key``) or ``http(s)://`` URL
+    (``/vsicurl/URL``: range reads under :func:`gdal_options`'s timeouts and suffix allow-list; curl follows
+    redirects to HTTP(S) only). Raises :class:`UnsafeInput` for a URL without a host, with characters no URL
+    has (spaces, controls), or whose host is a metadata service or resolves to a forbidden address
+    (:func:`_forbidden_address`)."""
     if is_remote(uri):
         parsed = urlparse(uri)
         return f"/vsis3/{parsed.netloc}{parsed.path}"
+    if is_http(uri):
+        text = str(uri)
+        host = urlparse(text).hostname or ""
+        if not host or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+            raise UnsafeInput(f"{text[:200]!r}: not a URL GDAL may read (no host, or spaces/control characters)")
+        if _forbidden_host(host):
+            raise UnsafeInput(f"{text[:200]}: cloud metadata, link-local and (unless {ALLOW_PRIVATE_HTTP}=1) "
+                              "loopback and private-network addresses are never read")
+        return f"/vsicurl/{text}"
     return str(local_path(uri))
 
 

@@ -19,6 +19,14 @@ column                     type                           meaning
                                                           (:mod:`rsclip.core.footprints`); null without
                                                           georeference; absent from older tables, whose
                                                           readers use the box of the bound columns
+``datetime``               timestamp[us, UTC], nullable   when the source was acquired: the STAC item's
+                                                          time, the GeoTIFF's acquisition tag or a date
+                                                          in its name (:mod:`rsclip.core.dates`); null:
+                                                          unknown
+``item_id``                string, nullable               the STAC item the tile comes from
+``cloud_cover``            float64, nullable              the item's ``eo:cloud_cover`` (percent)
+``nodata_fraction``        float64, nullable              share of the window's pixels that are nodata
+                                                          (measured when read; 0 for chips)
 =========================  =============================  ===============================================
 
 The schema metadata records the model (hub id, path or ``s3://`` prefix), the embedding size and the exact
@@ -27,7 +35,8 @@ safetensors), so a query encodes with the weights that embedded the tiles and re
 through ``merge_insert`` on ``id``: each batch is one atomic commit; a row whose id is already present is
 not added again, and is replaced only when the new row comes from another version of its source.
 Tables written by an older rsclip are upgraded in place by :func:`create_table` (missing nullable columns
-added with nulls, the weights recorded); reading them needs no upgrade.
+added with nulls, the weights recorded); reading them needs no upgrade (searches treat a missing time column
+as all null: ``rsclip.search.filters.Filters.on``).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import pyarrow as pa
 
 from rsclip.core import storage
 from rsclip.core.model_source import ModelIdentity
+from rsclip.core.windows import GRID_CRS
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
 
 if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
@@ -61,8 +71,11 @@ WINDOW_COLUMNS = (X, Y, WIDTH, HEIGHT)
 BOUNDS_COLUMNS = (LON_MIN, LAT_MIN, LON_MAX, LAT_MAX)
 SOURCE_VERSION = "source_version"
 FOOTPRINT = "footprint"  # WKB polygon in WGS84; tables written before it lack the column
-# last, so that a table upgraded in place (the column appended) has the same column order as a new one
-COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR, SOURCE_VERSION, FOOTPRINT)
+# When and how well a tile was seen (tables written before them lack these columns: read as all null).
+DATETIME, ITEM_ID, CLOUD_COVER, NODATA_FRACTION = "datetime", "item_id", "cloud_cover", "nodata_fraction"
+TIME_COLUMNS = (DATETIME, ITEM_ID, CLOUD_COVER, NODATA_FRACTION)
+# last, so that a table upgraded in place (the columns appended) has the same column order as a new one
+COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR, SOURCE_VERSION, FOOTPRINT, *TIME_COLUMNS)
 
 # Companion tables of a tile table ``<table>``: write errors of the embedding job.
 ERRORS_SUFFIX = "_errors"
@@ -71,6 +84,7 @@ META_MODEL = b"rsclip.model"
 META_DIM = b"rsclip.dim"
 META_MODEL_LOCATION = b"rsclip.model_location"  # absolute folder, s3:// prefix or hub-id@revision
 META_WEIGHTS_SHA256 = b"rsclip.weights_sha256"
+META_GRID = b"rsclip.grid"  # how its windows are anchored (rsclip.core.anchors); new tables: to the CRS
 
 # merge_insert replaces a stored tile only for a row of another source version (the object was rewritten);
 # a row without a version never replaces one (Lance's SQL has no IS DISTINCT FROM)
@@ -106,8 +120,13 @@ def tile_schema(dim: int, model: str, identity: ModelIdentity | None = None) -> 
             pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
             pa.field(SOURCE_VERSION, pa.string()),
             pa.field(FOOTPRINT, pa.binary()),
+            pa.field(DATETIME, pa.timestamp("us", tz="UTC")),
+            pa.field(ITEM_ID, pa.string()),
+            pa.field(CLOUD_COVER, pa.float64()),
+            pa.field(NODATA_FRACTION, pa.float64()),
         ],
-        metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode(), **_weights_metadata(identity)},
+        metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode(), META_GRID: GRID_CRS.encode(),
+                  **_weights_metadata(identity)},
     )
 
 
@@ -246,7 +265,8 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
 
 def upgrade_table(table, identity: ModelIdentity | None = None) -> None:
     """Upgrade a tile table written by an older rsclip in place: add the nullable columns it lacks, all
-    null (``source_version``: not recorded, nothing is re-embedded for it; ``footprint``: none stored), and
+    null (``source_version``: not recorded, nothing is re-embedded for it; ``footprint``: none stored; the
+    :data:`TIME_COLUMNS`: unknown), keeping every row and vector, and
     record ``identity`` as its weights when it records none. A table up to date is not touched (no new
     version)."""
     def missing() -> list[pa.Field]:

@@ -12,6 +12,8 @@ from typing import NamedTuple
 from rsclip.errors import InvalidInput
 
 DEFAULT_TILE_SIZE = 224
+# Grid windows anchored to the CRS's origin (scenes of one grid line up across dates) or each scene's corner.
+GRIDS = (GRID_CRS, GRID_SCENE) = ("crs", "scene")
 
 
 class _WindowFields(NamedTuple):
@@ -42,26 +44,36 @@ class Window(_WindowFields):
         return image[self.y : self.y + self.height, self.x : self.x + self.width]
 
 
-def grid_offsets(length: int, tile: int, overlap: int = 0) -> list[int]:
+def grid_offsets(length: int, tile: int, overlap: int = 0, origin: int | None = None) -> list[int]:
     """Start offsets of ``tile``-long windows with ``overlap`` along an axis of ``length`` pixels.
 
-    Windows step by ``tile - overlap``; the last one is moved back so it ends at the edge (kept inside the
-    raster, full size). An axis shorter than ``tile`` gets one window at 0.
+    Windows step by ``tile - overlap`` from the raster's first pixel, or, with ``origin`` (how many pixels
+    the raster's first pixel lies from its CRS's origin), from wherever ``origin + offset`` is a multiple of
+    the step: the grid is anchored to the CRS, so scenes of one pixel grid get the same windows wherever
+    their corners are. Windows cut by the raster's edges are moved inward to stay inside it, full size (the
+    first one to 0, the last one to end at the edge). An axis shorter than ``tile`` gets one window at 0.
     """
     if length <= tile:
         return [0]
     stride = tile - overlap
-    offsets = list(range(0, length - tile + 1, stride))
+    first = 0 if origin is None else (-int(origin)) % stride
+    offsets = list(range(first, length - tile + 1, stride))
+    if not offsets or offsets[0] > 0:
+        offsets.insert(0, 0)
     if offsets[-1] + tile < length:
         offsets.append(length - tile)
     return offsets
 
 
-def grid_windows(width: int, height: int, tile: int, overlap: int = 0) -> list[Window]:
-    """Row-major grid windows covering a ``width`` x ``height`` raster (see :func:`grid_offsets`); windows
-    are ``min(tile, side)`` pixels a side."""
+def grid_windows(width: int, height: int, tile: int, overlap: int = 0,
+                 origin: tuple[int, int] | None = None) -> list[Window]:
+    """Row-major grid windows covering a ``width`` x ``height`` raster (see :func:`grid_offsets`; ``origin``
+    = the ``(column, row)`` of the raster's first pixel counted from its CRS's origin); windows are
+    ``min(tile, side)`` pixels a side."""
     w, h = min(tile, width), min(tile, height)
-    return [Window(x, y, w, h) for y in grid_offsets(height, tile, overlap) for x in grid_offsets(width, tile, overlap)]
+    xs = grid_offsets(width, tile, overlap, None if origin is None else origin[0])
+    ys = grid_offsets(height, tile, overlap, None if origin is None else origin[1])
+    return [Window(x, y, w, h) for y in ys for x in xs]
 
 
 def grid_cells(width: int, height: int, tile: int, overlap: int = 0) -> list[tuple[int, int, Window]]:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import tiles
+from rsclip.core import dates, tiles
 
 # Batch keys added by the reader (tile columns reuse the table's names).
 SIZE = "size"  # file size in bytes
@@ -37,11 +37,14 @@ ADOPTED = "adopted"
 STAGE_PLAN, STAGE_READ, STAGE_EMBED = "plan", "read", "embed"
 MAX_MESSAGE_CHARS = 2000
 
+# When and how well each tile was seen (the table's columns): the datetime as int64 microseconds since the
+# epoch (dates.NULL_MICROS: unknown), item id "" and NaN fractions for null.
+TIME_COLUMNS = tiles.TIME_COLUMNS
 PLAN_COLUMNS = (tiles.ID, tiles.URI, VERSION, FILE_TILES, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS,
-                tiles.FOOTPRINT, KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
+                tiles.FOOTPRINT, *TIME_COLUMNS, KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
 READ_COLUMNS = tuple(c for c in PLAN_COLUMNS if c not in (DATA, SCENE)) + (PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH)
-_FLOAT_COLUMNS = set(tiles.BOUNDS_COLUMNS)
-_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, FILE_TILES, PIXELS_HEIGHT, PIXELS_WIDTH}
+_FLOAT_COLUMNS = {*tiles.BOUNDS_COLUMNS, tiles.CLOUD_COVER, tiles.NODATA_FRACTION}
+_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, FILE_TILES, PIXELS_HEIGHT, PIXELS_WIDTH, tiles.DATETIME}
 
 
 def empty_row(uri: str, version: str = "") -> dict[str, Any]:
@@ -50,6 +53,7 @@ def empty_row(uri: str, version: str = "") -> dict[str, Any]:
         tiles.ID: "", tiles.URI: uri, VERSION: version, FILE_TILES: 1,
         tiles.X: 0, tiles.Y: 0, tiles.WIDTH: 0, tiles.HEIGHT: 0,
         **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, tiles.CRS: "", tiles.FOOTPRINT: b"",
+        tiles.DATETIME: dates.NULL_MICROS, tiles.ITEM_ID: "", tiles.CLOUD_COVER: np.nan, tiles.NODATA_FRACTION: np.nan,
         KIND: CHIP, SCENE: "", DATA: b"",
         STATUS: TODO, STAGE: "", MESSAGE: "",
     }

@@ -17,11 +17,20 @@ from rsclip.errors import NotFound, StoreUnavailable
 
 
 class ArchiveFile(NamedTuple):
-    """One file of an archive: its uri, size in bytes and version tag (ETag on S3, size and mtime locally)."""
+    """One file of an archive: its uri, size in bytes and version tag (ETag on S3, size and mtime locally).
+
+    A source listed from a STAC catalog (:mod:`rsclip.ingest.stac`) also carries its item's ``datetime``
+    (microseconds since the epoch, None: unknown), ``item_id`` and ``cloud_cover``, its size is -1
+    (unknown), and ``problem`` says why it cannot be read (an item without the asset asked for): it becomes
+    one error row."""
 
     uri: str
     size: int
     version: str = ""
+    datetime: int | None = None
+    item_id: str = ""
+    cloud_cover: float | None = None
+    problem: str = ""
 
 
 def store_error(exc: BaseException, uri: str) -> StoreUnavailable:

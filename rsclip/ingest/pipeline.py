@@ -2,7 +2,7 @@
 
 Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distributor):
 
-- reader: :mod:`~rsclip.ingest.listing` (the driver), :mod:`~rsclip.ingest.planning` and
+- reader: :mod:`~rsclip.ingest.listing` or :mod:`~rsclip.ingest.stac` (the driver), :mod:`~rsclip.ingest.planning` and
   :mod:`~rsclip.ingest.reading` (CPU tasks: plan tiles, skip those already in the table, decode the rest);
 - mapper: :class:`~rsclip.ingest.embedder.ImageEmbedder`, a callable class on a batch dict (actors);
 - writer: :mod:`~rsclip.ingest.writer`, the driver commits the pipeline's output batches.
@@ -18,14 +18,14 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from rsclip.core import cluster, config as flags, raster, source_versions, tiles
+from rsclip.core import anchors, cluster, config as flags, dates, raster, source_versions, tiles
 from rsclip.core.model_source import DEFAULT_MODEL, ModelIdentity, model_identity
 from rsclip.core.watchdog import Watchdog
 from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable
-from rsclip.ingest import listing, planning, preflight, reading
-from rsclip.ingest.batch import SIZE, VERSION
+from rsclip.ingest import listing, planning, preflight, reading, stac
+from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.writer import MAX_FAILED_EMBED_BATCHES, TileWriter, errored_uris, open_errors_table
 
@@ -47,8 +47,14 @@ class EmbedConfig:
     planning/decoding tasks reserve ``read_cpus`` each; tiles are committed every ``commit_rows`` rows.
     """
 
-    archive: str = setting(help="s3://bucket/prefix or a local folder (walked recursively)", group="input and output")
     db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
+    archive: str | None = setting(None, group="input and output",
+                                  help="s3://bucket/prefix or a local folder (walked recursively); or --stac")
+    catalog: stac.StacOptions = field(default_factory=stac.StacOptions)
+    datetime_from_name: str | None = setting(None, group="input and output",
+                                             help="regular expression whose named group (?P<datetime>...) finds "
+                                                  "the acquisition date in a file's uri, e.g. "
+                                                  r"'_(?P<datetime>\d{8})\.tif$' (default: the GeoTIFF's tags)")
     table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
     model: str = setting(DEFAULT_MODEL, help="hub id, save_pretrained folder or s3:// prefix",
                          group="input and output")
@@ -78,6 +84,9 @@ class EmbedConfig:
                          help="build/refresh the ANN index after writing: auto (from 10,000 rows), always, never")
 
     def __post_init__(self) -> None:
+        if (self.archive is None) == (self.catalog.stac is None):
+            raise InvalidInput("give the images to embed: either --archive or --stac (one of them)")
+        dates.name_pattern(self.datetime_from_name)
         if self.index not in INDEX_MODES:
             raise InvalidInput(f"index must be one of {INDEX_MODES}, got {self.index!r}")
         if self.batch_size is None:
@@ -120,7 +129,7 @@ class EmbedSummary:
     def to_text(self) -> str:
         """The human summary line printed by the job."""
         if self.files == 0:
-            return "0 files found in the archive: nothing to embed"
+            return "0 files found in the archive (or items in the STAC source): nothing to embed"
         return (
             f"{self.files} files, {self.tiles_planned} tiles planned: {self.embedded} embedded, "
             f"{self.skipped_present} skipped as present, {self.nodata} nodata, {self.failed} failed "
@@ -180,20 +189,22 @@ class ModelFacts:
 
 def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], ModelFacts]:
     """Files and model facts, found before any cluster work (store and model faults raise)."""
-    files = listing.list_archive(config.archive)
+    files = stac.list_items(config.catalog) if config.catalog.stac else listing.list_archive(config.archive)
     check_db(config.db)
     dim, preprocess = model_spec(config.model)
     return files, ModelFacts(dim, preprocess, model_identity(config.model))
 
 
 def _open_tables(config: EmbedConfig, model: ModelFacts):
-    """The tile table (created, or upgraded in place; other weights refused) and its errors table."""
+    """The tile table (created, or upgraded in place; other weights and grids refused), its errors table and
+    the grid its windows are cut on."""
     try:
         table = tiles.create_table(config.db, config.table, model=config.model, dim=model.dim,
                                    identity=model.identity)
+        grid = anchors.settle_grid(table, config.raster.grid)
     except OSError as exc:
         raise StoreUnavailable(f"table store {config.db}: {exc}") from None
-    return table, open_errors_table(config.db, config.table)
+    return table, open_errors_table(config.db, config.table), grid
 
 
 def _writer(config: EmbedConfig, table, errors_table, files: list[listing.ArchiveFile]) -> TileWriter:
@@ -207,19 +218,31 @@ def _writer(config: EmbedConfig, table, errors_table, files: list[listing.Archiv
                       errored=errored_uris(errors_table, listed))
 
 
-def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts):
-    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors."""
+def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
+    """The rows of the pipeline's first dataset: each listed source as plain data (:func:`planning.listed_sources`
+    reads them back)."""
+    return [{tiles.URI: f.uri, SIZE: f.size, VERSION: f.version, MESSAGE: f.problem, tiles.ITEM_ID: f.item_id,
+             tiles.DATETIME: dates.NULL_MICROS if f.datetime is None else f.datetime,
+             tiles.CLOUD_COVER: float("nan") if f.cloud_cover is None else f.cloud_cover} for f in files]
+
+
+def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
+                  grid: str | None = None):
+    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors. ``grid``:
+    the table's (:func:`rsclip.core.anchors.settle_grid`)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    items = [{tiles.URI: f.uri, SIZE: f.size, VERSION: f.version} for f in files]
+    items = listed_rows(files)
     # Read stages state their memory need; the differing resources also keep Ray Data from fusing them into
     # the embedder actors, where decoding would run serially with the model instead of beside it.
     read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
                  "compute": TaskPoolStrategy(size=config.read_tasks)}
     blocks = max(1, min(len(items) // config.files_per_task + 1, 1000))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": asdict(config.raster)},
+    options = asdict(replace(config.raster, grid=grid or config.raster.grid))
+    ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": options,
+                                                        "datetime_pattern": config.datetime_from_name},
                         batch_size=config.files_per_task, **read_args)
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
@@ -274,15 +297,15 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     files, model = _probe(config)
     if files:  # before LanceDB starts its runtime threads: Ray forks its local daemons
         cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
-        preflight.check_workers(config)
-    table, errors_table = _open_tables(config, model)
+        preflight.check_workers(config, files)
+    table, errors_table, grid = _open_tables(config, model)
     summary = EmbedSummary(files=len(files))
     if files:
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-        ds = build_dataset(config, files, table.version, model)
+        ds = build_dataset(config, files, table.version, model, grid)
         writer = _writer(config, table, errors_table, files)  # scans the tables: before the watchdog starts
         with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog:
             _write(ds, writer, summary, config.commit_rows, dog)

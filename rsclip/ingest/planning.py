@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import footprints, raster, storage, tiles
+from rsclip.core import dates, footprints, raster, storage, tiles
 from rsclip.core.images import image_size
 from rsclip.core.windows import Window, grid_windows
 from rsclip.errors import InvalidInput
 from rsclip.ingest import listing
-from rsclip.ingest.batch import (CHIP, FILE_TILES, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION, error_row,
-                                 failure_text, rows_to_batch, tile_row)
+from rsclip.ingest.batch import (CHIP, FILE_TILES, MESSAGE, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION,
+                                 error_row, failure_text, rows_to_batch, tile_row)
 
 # Chips up to this size are fetched whole during planning and carried to the decode step.
 SMALL_FILE_BYTES = 512 * 1024
@@ -79,15 +79,34 @@ def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> l
         except InvalidInput as exc:
             raise InvalidInput(f"{uri}: {exc}") from None
         text = json.dumps(scene.to_dict())
+        tagged = dates.from_tags({**src.tags(), **src.tags(ns="IMAGERY")})
         return [{**tile_row(uri, version, w, RASTER, bounds=raster.window_bounds_wgs84(src, w), crs=scene.crs,
-                            scene=text), tiles.FOOTPRINT: footprints.raster_footprint_wkb(src, w) or b""}
+                            scene=text), tiles.FOOTPRINT: footprints.raster_footprint_wkb(src, w) or b"",
+                 tiles.DATETIME: dates.NULL_MICROS if tagged is None else tagged}
                 for w in windows]
 
 
-def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
-    """Tile rows for one file, each counting the file's rows (``file_tiles``), or one error row when it
-    cannot be planned. Raises :class:`~rsclip.errors.StoreUnavailable` for faults of the whole store."""
+def stamp(rows: list[dict[str, Any]], uri: str, source: listing.ArchiveFile, pattern) -> None:
+    """Set the time columns of ``rows`` of ``source``: its datetime is the STAC item's, else a date in its
+    name (``pattern``, :func:`rsclip.core.dates.name_pattern`), else what its raster's tags record (set
+    while planning), else unknown; item id and cloud cover come from the item."""
+    when = source.datetime if source.datetime is not None else dates.from_name(uri, pattern)
+    for row in rows:
+        if when is not None:
+            row[tiles.DATETIME] = when
+        row[tiles.ITEM_ID] = source.item_id
+        row[tiles.CLOUD_COVER] = np.nan if source.cloud_cover is None else float(source.cloud_cover)
+
+
+def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "",
+              source: listing.ArchiveFile | None = None, pattern=None) -> list[dict[str, Any]]:
+    """Tile rows for one file (``source``: what the listing said of it), each counting the file's rows
+    (``file_tiles``) and stamped with its time (:func:`stamp`), or one error row when it cannot be planned.
+    Raises :class:`~rsclip.errors.StoreUnavailable` for faults of the whole store."""
+    source = source or listing.ArchiveFile(uri, size, version)
     try:
+        if source.problem:
+            raise InvalidInput(source.problem)
         if raster.is_raster(uri):
             if size == 0:
                 raise InvalidInput(f"{uri}: empty file")
@@ -99,19 +118,37 @@ def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str =
         if down is not None:
             raise down from None
         return [error_row(uri, STAGE_PLAN, failure_text(exc, uri), version=version)]
+    stamp(rows, uri, source, pattern)
     for row in rows:
         row[FILE_TILES] = len(rows)
     return rows
 
 
-def plan_files(batch: dict[str, np.ndarray], options: dict) -> dict[str, np.ndarray]:
-    """Ray Data stage: file rows (``uri``, ``size``, ``version``) to tile rows (:data:`PLAN_COLUMNS`).
+def listed_sources(batch: dict[str, np.ndarray]) -> list[listing.ArchiveFile]:
+    """The :class:`~rsclip.ingest.listing.ArchiveFile` of each row of a batch of listed files (keys uri,
+    size and, when present, version, the time columns and ``message``: the source's problem)."""
+    n = len(batch[tiles.URI])
+    column = lambda key, default: batch[key] if key in batch else [default] * n  # noqa: E731
+    sources = []
+    for uri, size, version, when, item, cloud, problem in zip(
+            batch[tiles.URI], batch[SIZE], column(VERSION, ""), column(tiles.DATETIME, dates.NULL_MICROS),
+            column(tiles.ITEM_ID, ""), column(tiles.CLOUD_COVER, np.nan), column(MESSAGE, "")):
+        sources.append(listing.ArchiveFile(
+            str(uri), int(size), str(version), None if int(when) == dates.NULL_MICROS else int(when), str(item),
+            None if not np.isfinite(float(cloud)) else float(cloud), str(problem)))
+    return sources
 
-    ``options`` is ``asdict(RasterOptions)`` (plain data crosses into workers; rebuilt typed here).
+
+def plan_files(batch: dict[str, np.ndarray], options: dict, datetime_pattern: str | None = None
+               ) -> dict[str, np.ndarray]:
+    """Ray Data stage: file rows (:func:`listed_sources`) to tile rows (:data:`PLAN_COLUMNS`).
+
+    ``options`` is ``asdict(RasterOptions)`` (plain data crosses into workers; rebuilt typed here);
+    ``datetime_pattern``: the job's ``--datetime-from-name``.
     """
     opts = raster.RasterOptions.from_dict(options)
-    versions = batch.get(VERSION, [""] * len(batch[tiles.URI]))
+    pattern = dates.name_pattern(datetime_pattern)
     rows: list[dict[str, Any]] = []
-    for uri, size, version in zip(batch[tiles.URI], batch[SIZE], versions):
-        rows.extend(plan_file(str(uri), int(size), opts, str(version)))
+    for source in listed_sources(batch):
+        rows.extend(plan_file(source.uri, source.size, opts, source.version, source, pattern))
     return rows_to_batch(rows, PLAN_COLUMNS)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rsclip.core import cluster, storage
+from rsclip.core import cluster, stacked, storage
 from rsclip.errors import NotFound
 from rsclip.ingest import listing
 
 if TYPE_CHECKING:
     from rsclip.ingest.pipeline import EmbedConfig
 
+# Stores of a STAC run's sources probed from every node (the first ones found).
+MAX_STORES = 8
 # The flags that size what the embedding job asks of the cluster.
 RESOURCE_FLAGS = "--num-actors, --cpus-per-actor, --gpus-per-actor or --read-cpus"
 WORKER_STORE_HINT = ("the driver can: start every Ray node with the driver's AWS variables or give the nodes a "
@@ -41,9 +43,27 @@ def reach_stores(uris: list[str]) -> None:
             raise NotFound(f"{uri} does not exist on this node")
 
 
-def check_workers(config: "EmbedConfig") -> None:
-    """Raise the first store fault a node of the cluster meets on the archive or the table store, naming the
-    node and the fix (:func:`rsclip.core.cluster.check_nodes`). A local table store is checked only on the
-    driver: it may not exist before the run creates it."""
-    uris = [config.archive] + ([config.db] if storage.is_remote(config.db) else [])
+def source_stores(files, most: int = MAX_STORES) -> list[str]:
+    """Where the sources of a STAC run lie, one uri per store: ``s3://`` buckets and local folders (at most
+    ``most``; HTTP(S) servers are not probed)."""
+    found: dict[str, str] = {}
+    for f in files:
+        if f.problem:
+            continue
+        for uri in stacked.stack_parts(f.uri) if stacked.is_stack(f.uri) else [f.uri]:
+            if storage.is_remote(uri):
+                found.setdefault(uri.split("/", 3)[2], uri)
+            elif not storage.is_http(uri):
+                found.setdefault(storage.parent(uri), storage.parent(uri))
+        if len(found) >= most:
+            break
+    return list(found.values())[:most]
+
+
+def check_workers(config: "EmbedConfig", files=()) -> None:
+    """Raise the first store fault a node of the cluster meets on the archive (or the stores of the listed
+    STAC ``files``) or the table store, naming the node and the fix (:func:`rsclip.core.cluster.check_nodes`).
+    A local table store is checked only on the driver: it may not exist before the run creates it."""
+    sources = [config.archive] if config.archive is not None else source_stores(files)
+    uris = sources + ([config.db] if storage.is_remote(config.db) else [])
     cluster.check_nodes(reach_stores, uris, hint=WORKER_STORE_HINT)

@@ -85,19 +85,20 @@ class _Sources:
             self._raster = None
 
 
-def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int) -> np.ndarray | None:
-    """The pixels of row ``i`` at full window size, or None when a raster window is all nodata."""
+def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int) -> tuple[np.ndarray | None, float]:
+    """The pixels of row ``i`` at full window size (None when a raster window is all nodata) and the share
+    of them that is nodata (none in a chip)."""
     uri = str(batch[tiles.URI][i])
     window = Window(*(int(batch[c][i]) for c in tiles.WINDOW_COLUMNS))
     if batch[KIND][i] == RASTER:
         scene = raster.SceneInfo.from_dict(json.loads(str(batch[SCENE][i])))
-        return raster.read_window(sources.raster(uri), window, scene)
+        return raster.read_tile(sources.raster(uri), window, scene)
     whole = sources.chip(uri, batch[DATA][i])
     image = window.crop(whole)
     if image.shape[:2] != (window.height, window.width):
         raise errors.InvalidInput(f"{uri}: decoded size {whole.shape[1]}x{whole.shape[0]} does not hold window "
                                   f"{tuple(window)}")
-    return image
+    return image, 0.0
 
 
 def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.ndarray]:
@@ -111,13 +112,14 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
     pixels = np.empty(n, dtype=object)
     pixels[:] = [b""] * n
     heights, widths = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    nodata = np.asarray(batch[tiles.NODATA_FRACTION], dtype=np.float64).copy()
     status, stage, message = batch[STATUS].copy(), batch[STAGE].copy(), batch[MESSAGE].copy()
     with ExitStack() as stack:
         sources = _Sources()
         stack.callback(sources.close_raster)
         for i in np.flatnonzero(status == TODO):
             try:
-                image = _read_one(sources, batch, i)
+                image, nodata[i] = _read_one(sources, batch, i)
                 if image is None:
                     status[i] = NODATA
                     continue
@@ -134,5 +136,5 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
             status[i] = READY
     out = {c: batch[c] for c in READ_COLUMNS if c in batch}
     out.update({STATUS: status, STAGE: stage, MESSAGE: message, PIXELS: pixels,
-                PIXELS_HEIGHT: heights, PIXELS_WIDTH: widths})
+                PIXELS_HEIGHT: heights, PIXELS_WIDTH: widths, tiles.NODATA_FRACTION: nodata})
     return {c: out[c] for c in READ_COLUMNS}

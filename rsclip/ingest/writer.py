@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import source_versions, tiles
+from rsclip.core import dates, source_versions, tiles
 from rsclip.errors import RsclipError
 from rsclip.ingest.batch import (ADOPTED, EMBEDDED, ERROR, FILE_TILES, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED,
                                  STAGE_PLAN, STATUS, VERSION)
@@ -286,4 +286,14 @@ def tiles_table(batch: dict[str, np.ndarray], rows: np.ndarray, schema: pa.Schem
     }
     if tiles.FOOTPRINT in batch:  # WKB of georeferenced tiles, b"" for the others
         data[tiles.FOOTPRINT] = [bytes(v) if v else None for v in take(tiles.FOOTPRINT).tolist()]
+    if tiles.DATETIME in batch:  # microseconds since the epoch, dates.NULL_MICROS for unknown
+        when = take(tiles.DATETIME).astype(np.int64)
+        data[tiles.DATETIME] = pa.array(when, type=pa.int64(), mask=when == dates.NULL_MICROS).cast(
+            pa.timestamp("us", tz="UTC"))
+    if tiles.ITEM_ID in batch:
+        data[tiles.ITEM_ID] = [v if v else None for v in take(tiles.ITEM_ID).astype(str).tolist()]
+    for column in (tiles.CLOUD_COVER, tiles.NODATA_FRACTION):  # NaN: unknown
+        if column in batch:
+            values = take(column).astype(np.float64)
+            data[column] = pa.array(values, mask=~np.isfinite(values))
     return tiles.tiles_to_arrow(data, schema)

@@ -104,7 +104,8 @@ def example_query(table, positive, negative=(), *, allow_model_mismatch: bool = 
 
 def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None,
                    near=None, polygon=None, where=None, resident: bool = False,
-                   allow_model_mismatch: bool = False) -> pd.DataFrame:
+                   allow_model_mismatch: bool = False, date=None, max_cloud=None,
+                   max_nodata=None) -> pd.DataFrame:
     """The ``k`` tiles nearest the query vector of ``positive`` and ``negative`` examples (module doc),
     under the shared filters, the examples left out. Columns as :func:`rsclip.query`.
 
@@ -112,7 +113,8 @@ def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles
     table or tile id; ``LimitExceeded`` for more than :data:`MAX_EXAMPLES` examples.
     """
     k = validate_k(k)
-    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon)
+    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
+                         max_nodata=max_nodata)
     tbl = tiles.open_table(db, table)
     vector, leave_out = example_query(tbl, positive, negative, allow_model_mismatch=allow_model_mismatch)
     drop = lambda frame: frame[tiles.ID].isin(leave_out).to_numpy()  # noqa: E731

@@ -3,7 +3,8 @@
 Each feature is one tile: its geometry is the tile's true WGS84 footprint (the stored WKB of
 :mod:`rsclip.core.footprints`; the box of its bounds for tables written before footprints were stored; none
 for tiles without georeference), its properties are ``id``, ``uri``, ``window`` (``"x,y,width,height"``
-in source pixels), ``score``, ``crs``, ``datetime`` when the table has it, and what the source adds
+in source pixels), ``score``, ``crs``, ``datetime`` (ISO 8601, UTC), ``item_id``, ``cloud_cover`` and
+``nodata_fraction`` when the table has them, and what the source adds
 (``label`` and ``model_version`` for detections, ``label``, ``value``, ``note`` for labels).
 :func:`dissolve` merges touching or overlapping footprints into one polygon each, with the ``score_max``,
 ``score_mean`` and number of ``tiles`` they hold.
@@ -35,8 +36,8 @@ SUFFIXES = {".geojson": "geojson", ".json": "geojson", ".parquet": "geoparquet",
 WINDOW, GEOMETRY, WKT = "window", "geometry", "WKT"
 CRS84 = "OGC:CRS84"  # WGS84 in lon/lat axis order: what GeoJSON and GeoParquet mean by default
 GEOPARQUET_VERSION = "1.1.0"
-PROPERTIES = (tiles.ID, tiles.URI, WINDOW, SCORE, tiles.CRS, DATETIME, labels.LABEL,
-              detection_table.MODEL_VERSION, labels.VALUE, labels.NOTE)
+PROPERTIES = (tiles.ID, tiles.URI, WINDOW, SCORE, tiles.CRS, DATETIME, tiles.ITEM_ID, tiles.CLOUD_COVER,
+              tiles.NODATA_FRACTION, labels.LABEL, detection_table.MODEL_VERSION, labels.VALUE, labels.NOTE)
 DISSOLVED = ("score_max", "score_mean", "tiles")
 
 
@@ -72,6 +73,9 @@ def features(frame: pd.DataFrame, table=None):
         if column == WINDOW:
             out[WINDOW] = [f"{x},{y},{w},{h}" for x, y, w, h in frame[list(tiles.WINDOW_COLUMNS)].itertuples(
                 index=False)] if len(frame) else []
+        elif column == DATETIME and column in frame.columns:  # ISO 8601 text: every format and reader agrees
+            when = pd.to_datetime(frame[column], utc=True)
+            out[column] = [None if pd.isna(t) else t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for t in when]
         elif column in frame.columns:
             out[column] = frame[column].to_numpy()
     geometry = footprints.tile_footprints(frame.reset_index(drop=True), table)
@@ -137,7 +141,7 @@ def write_features(gdf, out: str, format: str | None = None) -> ExportResult:
 
 def select(db, *, query=None, positive=None, negative=None, detections: str | None = None,
            min_score: float | None = None, k: int = 100, table: str = tiles.DEFAULT_TABLE, bbox=None, near=None,
-           polygon=None, where=None) -> pd.DataFrame:
+           polygon=None, where=None, date=None, max_cloud=None, max_nodata=None) -> pd.DataFrame:
     """The rows an export writes: a query (text, image or vector), an example search (``positive`` /
     ``negative``) or the ``detections`` of a label set at ``min_score``, under the filters.
     Raises ``InvalidInput`` unless exactly one source is given."""
@@ -146,7 +150,8 @@ def select(db, *, query=None, positive=None, negative=None, detections: str | No
     given = [query is not None, positive is not None or negative is not None, detections is not None]
     if sum(given) != 1:
         raise InvalidInput("export one of: a query, positive/negative examples, or the detections of a label")
-    filters = dict(table=table, bbox=bbox, near=near, polygon=polygon, where=where)
+    filters = dict(table=table, bbox=bbox, near=near, polygon=polygon, where=where, date=date, max_cloud=max_cloud,
+                   max_nodata=max_nodata)
     if detections is not None:
         return review_detections(db, detections, min_score=min_score, **filters)
     if min_score is not None:
@@ -180,6 +185,6 @@ def export_labels(db, label: str, out: str, *, format: str | None = None,
     format = export_format(out, format)
     frame = labels.read_labels(db, label, table=table)
     tile_table = tiles.open_table(db, table)
-    columns = (tiles.URI, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS, DATETIME)
+    columns = (tiles.URI, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS, *tiles.TIME_COLUMNS)
     found = rows.rows_by_id(tile_table, frame[tiles.ID], columns).to_pandas()
     return write_features(features(frame.merge(found, on=tiles.ID, how="inner"), tile_table), out, format)

@@ -139,22 +139,11 @@ def validate_k(k) -> int:
     return int(k)
 
 
-def query(
-    db,
-    query: QueryLike | None = None,
-    k: int = 10,
-    *,
-    table: str = tiles.DEFAULT_TABLE,
-    bbox: Sequence[float] | None = None,
-    where: str | None = None,
-    near: Sequence[float] | None = None,
-    exclude_self: bool = True,
-    resident: bool = False,
-    allow_model_mismatch: bool = False,
-    polygon=None,
-    positive: Sequence | None = None,
-    negative: Sequence | None = None,
-) -> pd.DataFrame:
+def query(db, query: QueryLike | None = None, k: int = 10, *, table: str = tiles.DEFAULT_TABLE,
+          bbox: Sequence[float] | None = None, where: str | None = None, near: Sequence[float] | None = None,
+          exclude_self: bool = True, resident: bool = False, allow_model_mismatch: bool = False, polygon=None,
+          positive: Sequence | None = None, negative: Sequence | None = None, date=None,
+          max_cloud: float | None = None, max_nodata: float | None = None) -> pd.DataFrame:
     """Rank the tiles of ``table`` in ``db`` against ``query``, or against ``positive``/``negative`` examples
     (tile ids, images or texts: :func:`rsclip.search.examples.query_examples`, the examples left out).
 
@@ -165,6 +154,9 @@ def query(
     ``near`` = ``(lon, lat, radius_km)`` keeps tiles whose bounds lie within ``radius_km`` great-circle
     kilometres of the point (0: tiles containing it); exact, combinable with ``bbox`` and ``where``.
     ``polygon`` (GeoJSON, WKT or shapely, WGS84) keeps tiles whose footprint intersects it.
+    ``date`` = ``(start, end)`` (either None: open), ``"START/END"`` or one day/month/year keeps tiles
+    acquired then (an end given as a day includes it); ``max_cloud`` (percent) and ``max_nodata`` (fraction
+    of the window) keep clear tiles; tiles whose time or quality is unknown never pass these.
     An image query leaves out the query tile itself (the row with the image's uri and whole-image window,
     or else the one row whose embedding equals the query's) unless ``exclude_self`` is False. ``resident``
     answers from an in-memory copy of the table's current version (:class:`ResidentSearcher`, for long-lived
@@ -173,7 +165,8 @@ def query(
     table records, :class:`~rsclip.errors.ModelMismatch` is raised unless ``allow_model_mismatch``.
 
     Returns a DataFrame with columns id, uri, score (cosine similarity, descending), x, y, width, height,
-    lon_min, lat_min, lon_max, lat_max, crs. Raises ``InvalidInput`` for bad input (empty text, k outside
+    lon_min, lat_min, lon_max, lat_max, crs (and datetime, item_id, cloud_cover, nodata_fraction when the
+    table has them). Raises ``InvalidInput`` for bad input (empty text, k outside
     [1, 10000], malformed bbox or near, wrong vector size, a table without model metadata),
     ``ModelMismatch`` as said and ``NotFound`` for an unknown table.
     """
@@ -182,9 +175,11 @@ def query(
         if query is not None:
             raise InvalidInput("give either a query or positive/negative examples, not both")
         return query_examples(db, positive, negative, k, table=table, bbox=bbox, near=near, polygon=polygon,
-                              where=where, resident=resident, allow_model_mismatch=allow_model_mismatch)
+                              where=where, resident=resident, allow_model_mismatch=allow_model_mismatch,
+                              date=date, max_cloud=max_cloud, max_nodata=max_nodata)
     k = validate_k(k)
-    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon)
+    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
+                         max_nodata=max_nodata)
     tbl = tiles.open_table(db, table)
     model, dim = tiles.table_model(tbl)
     if isinstance(query, str) or is_image_query(query):  # encoded with the model; a vector is not
@@ -203,10 +198,11 @@ def query(
 
 def query_text(db, text: str, k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None, where=None,
                near=None, resident: bool = False, allow_model_mismatch: bool = False,
-               polygon=None) -> pd.DataFrame:
+               polygon=None, date=None, max_cloud=None, max_nodata=None) -> pd.DataFrame:
     """:func:`query` for a string that is always text, never a path or URI (what a web visitor types)."""
     return query(db, Text(checked_text(text)), k, table=table, bbox=bbox, where=where, near=near,
-                 resident=resident, allow_model_mismatch=allow_model_mismatch, polygon=polygon)
+                 resident=resident, allow_model_mismatch=allow_model_mismatch, polygon=polygon, date=date,
+                 max_cloud=max_cloud, max_nodata=max_nodata)
 
 
 def check_model_weights(table, model: str, allow_mismatch: bool = False) -> None:
@@ -241,7 +237,8 @@ def tile_vector(table, tile_id: str) -> np.ndarray:
 
 
 def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE, bbox: BBox | None = None,
-                  resident: bool = False, allow_model_mismatch: bool = False, polygon=None) -> pd.DataFrame:
+                  resident: bool = False, allow_model_mismatch: bool = False, polygon=None, date=None,
+                  max_cloud=None, max_nodata=None) -> pd.DataFrame:
     """The ``k`` tiles most similar to the stored tile ``tile_id`` (its own embedding), the tile left out.
 
     Only stored vectors are compared, never the model: ``allow_model_mismatch`` is accepted so that callers
@@ -249,6 +246,6 @@ def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE,
     k = validate_k(k)
     tbl = tiles.open_table(db, table)
     vector = tile_vector(tbl, tile_id)
-    filters = Filters.of(bbox=bbox, polygon=polygon)
+    filters = Filters.of(bbox=bbox, polygon=polygon, date=date, max_cloud=max_cloud, max_nodata=max_nodata)
     drop = lambda frame: (frame[tiles.ID] == tile_id).to_numpy()  # noqa: E731
     return search(searcher_for(tbl, resident=resident), vector, k, filters, drop=drop, extra=1)

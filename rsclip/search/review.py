@@ -8,28 +8,26 @@ window and CRS (looked up by id), so they export as they are (:mod:`rsclip.searc
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import pandas as pd
 
 from rsclip.core import detections, labels, rows, tiles
-from rsclip.errors import InvalidInput, LimitExceeded, NotFound
-from rsclip.search.filters import Filters
+from rsclip.errors import LimitExceeded, NotFound
+from rsclip.search.filters import Filters, validate_share
 from rsclip.search.searchers import SCORE, checked_sql
 
 # Most detections one review returns (an export of more wants a higher --min-score or a smaller area).
 MAX_REVIEW_ROWS = 1_000_000
 # Optional tile columns carried along when the table has them.
-DATETIME = "datetime"
-TILE_COLUMNS = (tiles.URI, *tiles.WINDOW_COLUMNS, tiles.CRS, DATETIME, tiles.FOOTPRINT)
+DATETIME = tiles.DATETIME
+TILE_COLUMNS = (tiles.URI, *tiles.WINDOW_COLUMNS, tiles.CRS, *tiles.TIME_COLUMNS, tiles.FOOTPRINT)
 # Above this many detections their tiles are read by one filtered scan of the tile table rather than by id.
 SCAN_ABOVE = 20_000
 
 
 def detections_sql(label: str, min_score: float | None, filters: Filters) -> str:
     """SQL on the detections table: the label, the score threshold and the spatial prefilters."""
-    spatial = dataclasses.replace(filters, where=None).sql()
+    spatial = filters.spatial().sql()
     parts = [f"{detections.LABEL} = {tiles.sql_text(label)}"]
     if min_score is not None:
         parts.append(f"{detections.SCORE} >= {float(min_score)!r}")
@@ -40,20 +38,12 @@ def detections_sql(label: str, min_score: float | None, filters: Filters) -> str
 
 def validate_min_score(min_score) -> float | None:
     """``min_score`` as a float in [0, 1] (detection scores are probabilities), or None."""
-    if min_score is None:
-        return None
-    try:
-        value = float(min_score)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"min score must be a number in [0, 1], got {min_score!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise InvalidInput(f"min score must be a number in [0, 1], got {min_score!r}")
-    return value
+    return validate_share(min_score, "min score", 1.0)
 
 
 def review_detections(db, label: str, *, min_score: float | None = None, table: str = tiles.DEFAULT_TABLE,
-                      bbox=None, near=None, polygon=None, where=None,
-                      limit: int = MAX_REVIEW_ROWS) -> pd.DataFrame:
+                      bbox=None, near=None, polygon=None, where=None, date=None, max_cloud=None,
+                      max_nodata=None, limit: int = MAX_REVIEW_ROWS) -> pd.DataFrame:
     """Detections of ``label`` scoring at least ``min_score`` under the filters, best first.
 
     Columns: id, uri, score, x, y, width, height, the bound columns, crs (and datetime and footprint when
@@ -62,8 +52,9 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
     """
     label = labels.validate_label(label)
     min_score = validate_min_score(min_score)
-    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon)
     tile_table = tiles.open_table(db, table)
+    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
+                         max_nodata=max_nodata).on(tile_table)
     found = detections.open_detections(db, table)
     if found is None or found.count_rows(f"{detections.LABEL} = {tiles.sql_text(label)}") == 0:
         raise NotFound(f"no detections of {label!r} for table {table!r}: run jobs/detect.py --label {label} first")
@@ -79,16 +70,18 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
     frame = frame[filters.keep(frame, tile_table)]
     frame[SCORE] = frame[detections.SCORE].astype("float64")
     order = [tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS]
-    order += [c for c in (DATETIME, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION) if c in frame.columns]
+    order += [c for c in (*tiles.TIME_COLUMNS, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION)
+              if c in frame.columns]
     return frame.sort_values([SCORE, tiles.ID], ascending=[False, True], kind="stable")[order].reset_index(drop=True)
 
 
 def tile_columns(tile_table, ids: pd.Series, filters: Filters) -> pd.DataFrame:
-    """:data:`TILE_COLUMNS` of the tiles ``ids`` that pass ``filters.where``: looked up by id, or for many
-    ids read by one scan under the filters' SQL (the spatial prefilter bounds it) and joined later."""
+    """:data:`TILE_COLUMNS` of the tiles ``ids`` that pass the filters on their attributes (``where``, time):
+    looked up by id, or for many ids read by one scan under the filters' SQL (the spatial prefilter bounds
+    it) and joined later."""
     if len(ids) <= SCAN_ABOVE:
-        found = checked_sql(lambda: rows.rows_by_id(tile_table, ids, TILE_COLUMNS, where=filters.where),
-                            filters.where)
+        where = filters.attribute_sql()
+        found = checked_sql(lambda: rows.rows_by_id(tile_table, ids, TILE_COLUMNS, where=where), where)
         return found.to_pandas()
     columns = [c for c in (tiles.ID, *TILE_COLUMNS) if rows.has_column(tile_table, c)]
     sql = filters.sql()

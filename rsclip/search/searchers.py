@@ -32,6 +32,8 @@ MAX_K = 10_000
 SCORE = "score"
 RESULT_COLUMNS = (tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS)
 FETCH_COLUMNS = tuple(c for c in RESULT_COLUMNS if c != SCORE)
+# Columns results carry after RESULT_COLUMNS when the table has them (older tables lack them).
+OPTIONAL_COLUMNS = tiles.TIME_COLUMNS
 DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by name (else it warns)
 # ANN search settings used when the table has a vector index (ignored by an exact scan). Chosen on
 # bench/query.py (see BENCHMARKS.md): recall@10 is limited by the PQ codes, not by nprobes, so re-ranking
@@ -96,12 +98,23 @@ def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int 
     return nearest
 
 
+def fetch_columns(table) -> tuple[str, ...]:
+    """The columns a search of ``table`` fetches: :data:`FETCH_COLUMNS` and the optional ones it has."""
+    names = set(table.schema.names)
+    return FETCH_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in names)
+
+
 def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
-    """:data:`RESULT_COLUMNS`, best score first, from Arrow ``columns`` (the fetched columns) and their scores."""
+    """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first, from Arrow
+    ``columns`` (the fetched columns) and their scores; times as UTC timestamps."""
     order = np.argsort(-score, kind="stable")
     frame = {c: columns.column(c).to_numpy(zero_copy_only=False)[order] for c in FETCH_COLUMNS}
     frame[SCORE] = np.asarray(score, dtype=np.float64)[order]
-    return pd.DataFrame({c: frame[c] for c in RESULT_COLUMNS})
+    out = pd.DataFrame({c: frame[c] for c in RESULT_COLUMNS})
+    for c in OPTIONAL_COLUMNS:
+        if c in columns.column_names:
+            out[c] = columns.column(c).to_pandas().iloc[order].reset_index(drop=True)
+    return out
 
 
 class LanceSearcher:
@@ -127,7 +140,8 @@ class LanceSearcher:
             nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=self.nprobes,
                                    refine_factor=self.refine_factor)
             result = checked_sql(lambda: self.dataset.to_table(
-                columns=[*FETCH_COLUMNS, DISTANCE], nearest=nearest, filter=where, prefilter=bool(where)), where)
+                columns=[*fetch_columns(self.table), DISTANCE], nearest=nearest, filter=where,
+                prefilter=bool(where)), where)
             distance = result.column(DISTANCE).to_numpy(zero_copy_only=False).astype(np.float64)
             return result_frame(result, 1.0 - distance)
         return rank
@@ -189,7 +203,7 @@ def searcher_for(table, *, resident: bool = False) -> Searcher:
     """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory (see
     :class:`~rsclip.search.resident.ResidentCache`), else Lance (its ``note`` then says why)."""
     if resident:
-        rows = resident_table(table, FETCH_COLUMNS)
+        rows = resident_table(table, fetch_columns(table))
         if rows is not None:
             return ResidentSearcher(table, rows)
     searcher = LanceSearcher(table)
@@ -207,6 +221,7 @@ def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Fi
     Candidates are fetched best first; when the filters' exact tests (``near=``) drop rows, the fetch grows
     until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify.
     """
+    filters = filters.on(searcher.table)
     rank = searcher.ranker(vector, filters, exact=exact)
     if filters.exact_in_sql and drop is None:
         return rank(k)
