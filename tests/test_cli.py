@@ -93,7 +93,7 @@ def test_index_and_info(cli_db, capsys, tmp_path):
     info = json.loads(out)
     assert code == 0 and info["rows"] == N_IMAGES and info["dim"] == 32 and info["errors"] == 2
     assert info["model"] == tiles.table_model(tiles.open_table(db))[0]
-    assert set(info["index"]["scalar_indexes"]) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max"}
+    assert set(info["index"]["scalar_indexes"]) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max", "datetime"}
     assert info["versions"] >= 2 and "tiles_errors" in info["tables"]
     code, out, _ = run(capsys, "info", db)
     assert code == 0 and "32-d" in out and "errors          2" in out and "none (exact scan)" in out
@@ -168,7 +168,9 @@ BAD_INPUTS = [
     (["locate", "{tmp}/vrt.tif", "x", "--model", "{model}"], "vrt.tif: not a readable raster"),
     (["locate", "{tmp}/vrt.jp2", "x", "--model", "{model}"], "vrt.jp2: not a readable raster"),
     (["query", "{db}", "--image", "{tmp}/vrt.tif"], "vrt.tif: not a readable raster"),
-    (["locate", "https://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "s3:// URIs only"),
+    (["locate", "ftp://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "URIs only"),
+    (["locate", "https://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "addresses are never read"),
+    (["locate", "http://169.254.169.254/x.tif", "x", "--model", "{model}"], "addresses are never read"),
     (["locate", "/vsicurl/http://127.0.0.1:9/x.tif", "x", "--model", "{model}"], "(/vsi...) are not opened"),
     # Lance errors: the SQL filter, at parse, plan and evaluation time
     (["query", "{db}", "airport", "--where", "uri LIKE"], "not valid SQL"),

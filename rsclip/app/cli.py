@@ -5,11 +5,13 @@
     rsclip query DB --positive ID... [--negative ID...] [--polygon WKT|GEOJSON|FILE]
     rsclip label add|remove|list|export DB LABEL ...     (rsclip.app.commands_geo)
     rsclip export DB (--query TEXT | --positive ID... | --detections LABEL --min-score S) --out PATH
+    rsclip query DB "farmland" --date 2020-01-01/2021-06-30 [--max-cloud 10] [--max-nodata 0.2]
+    rsclip timeline DB (TILE_ID | --at LON LAT) | changes DB DATE_A DATE_B | upgrade DB   (rsclip.app.commands_time)
     rsclip locate IMAGE "storage tanks" [--tile 224 | --grid ROWS COLS] [--out heatmap.png]
     rsclip classify IMAGE... --labels airport beach forest
     rsclip index DB [--rebuild]
     rsclip info DB
-    rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME]
+    rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME] [--basemap URL_TEMPLATE]
     rsclip convert-model RemoteCLIP-ViT-B-32.pt models/remoteclip-b32 --arch ViT-B-32-quickgelu
 
 Human-readable tables by default, ``--json`` for scripts. Expected failures (bad input, unknown tables,
@@ -30,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rsclip.app import commands_geo
+from rsclip.app import commands_geo, commands_time
 from rsclip.core import storage, tiles
 from rsclip.errors import InvalidInput, run_reporting
 
@@ -193,9 +195,11 @@ def cmd_info(args) -> None:
 def cmd_serve(args) -> int:
     from rsclip.app import server
 
-    tiles.open_table(args.db, args.table)  # fail fast, one line, on a wrong DB or table
+    server.validate_basemap(args.basemap)  # fail fast, one line, on a bad template, a wrong DB or table
+    tiles.open_table(args.db, args.table)
     options = {"port": args.port} if args.port is not None else {}
-    return server.serve(args.db, table=args.table, host=args.host, hosts=tuple(args.allowed_host), **options)
+    return server.serve(args.db, table=args.table, host=args.host, hosts=tuple(args.allowed_host),
+                        basemap=args.basemap, ray_address=args.ray_address, **options)
 
 
 def cmd_convert_model(args) -> None:
@@ -284,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     add_convert_parser(sub)
     commands_geo.register(sub, with_table)
+    commands_time.register(sub, with_table)
     return parser
 
 
@@ -297,6 +302,11 @@ def _add_serve(sub) -> None:
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                     help="a Host name browsers may use besides 127.0.0.1/localhost, e.g. the public name of an "
                          "authenticating proxy in front (repeatable)")
+    sv.add_argument("--basemap", metavar="URL_TEMPLATE",
+                    help="XYZ tiles drawn under the map, e.g. https://tile.example.org/{z}/{x}/{y}.png (default: "
+                         "none; the page then fetches nothing but the app itself)")
+    sv.add_argument("--ray-address", metavar="ADDRESS",
+                    help="Ray cluster that detection runs use (default: RAY_ADDRESS, else a private local Ray)")
     sv.set_defaults(run=cmd_serve)
 
 

@@ -73,6 +73,26 @@ def read_preview(uri: str | os.PathLike, window: Window, size: int = DEFAULT_PRE
     return read_chip_window(uri, window, size)
 
 
+def window_corners(uri: str | os.PathLike, window: Window) -> list[list[float]] | None:
+    """The WGS84 ``[lon, lat]`` of the top-left, top-right and bottom-left pixel corners of ``window`` of a
+    georeferenced raster (where the map draws the tile's preview, rotation included); None for a chip or a
+    raster without CRS. Reads the header only. Raises ``InvalidInput`` naming ``uri``."""
+    if not raster.is_raster(str(uri)):
+        return None
+    from rasterio.warp import transform
+
+    x, y, w, h = Window(*window)
+    with raster.open_raster(str(uri)) as src:
+        if src.crs is None:
+            return None
+        a, b, c, d, e, f = tuple(src.transform)[:6]
+        cols, rows = (x, x + w, x), (y, y, y + h)
+        lons, lats = transform(src.crs, "EPSG:4326", [a * i + b * j + c for i, j in zip(cols, rows)],
+                               [d * i + e * j + f for i, j in zip(cols, rows)])
+    corners = [[float(lon), float(lat)] for lon, lat in zip(lons, lats)]
+    return corners if np.isfinite(corners).all() else None
+
+
 def check_upload(data: bytes, name: str) -> None:
     """Refuse an upload by its name and size: a suffix outside :data:`UPLOAD_TYPES` (``UnsafeInput``) or more
     than :data:`MAX_UPLOAD_BYTES` (``LimitExceeded``), each naming ``name`` and the rule."""

@@ -1,19 +1,30 @@
-"""The web demo: text search, image search and a feature finder over one tile table, in Streamlit.
+"""The web app: search a tile table by text, image or examples, see the hits on a map, label them, run and
+review detections, download GeoJSON/GeoParquet; in Streamlit.
 
 :func:`serve` runs ``streamlit run`` on :data:`APP_SCRIPT` (the page, ``rsclip/app/page.py``) with
-settings that keep the demo local and offline: bound to 127.0.0.1 unless told otherwise, usage statistics
+settings that keep the app local and offline: bound to 127.0.0.1 unless told otherwise, usage statistics
 off, no file watcher, no developer toolbar, and error details hidden from the browser (Streamlit serves
-its own fonts and scripts; nothing is fetched from a CDN).
+its own fonts and scripts, the map's Leaflet is served from the package: nothing is fetched from a CDN, and
+no basemap unless ``--basemap`` names one).
 
-The three views:
+The views (their modules say more):
 
-1. **Text search**: a text query ranks the table's tiles; each hit shows a preview cut from its source
-   object by the tile window (chips, ``s3://`` objects and large GeoTIFFs read window-only), its score,
-   window and WGS84 bounds. An optional bounding box (sidebar) restricts every search.
+1. **Text search** (:mod:`rsclip.app.search_views`): a text query ranks the table's tiles. The hits' true
+   WGS84 footprints are drawn on a map coloured by score, with thumbnails when zoomed in; a click opens a
+   tile's panel (large preview, bounds, "Similar tiles", label buttons) (:mod:`rsclip.app.mapview`,
+   :mod:`rsclip.app.results`). Below, a card per hit: its preview cut from the source object by the tile
+   window, score, window, bounds, "Similar tiles", "+" and "-". Tables without bounds get the cards alone.
 2. **Image search**: an uploaded image, or the "Similar tiles" button of any hit, ranks tiles by image
    similarity (a clicked tile is searched by its stored embedding and left out of its own results).
-3. **Feature finder**: an uploaded image is cut into a patch grid and each patch scored against a typed
-   feature (:mod:`rsclip.app.finder`); the grid of probabilities and a heatmap overlay are shown.
+3. **Labels**: the label set chosen or named in the sidebar (:mod:`rsclip.app.labelling`), its tiles, and
+   "Find more like these" (the example search of its positives and negatives).
+4. **Detections** (:mod:`rsclip.app.detect_view`): run the detector for the label set in the background
+   (:mod:`rsclip.app.detection_runs`) and review its detections above a threshold, best first.
+5. **Feature finder** (:mod:`rsclip.app.feature_view`): an uploaded image is cut into a patch grid and each
+   patch scored against a typed feature; the grid of probabilities and a heatmap overlay are shown.
+
+Where to search (sidebar, every view): a typed bounding box and/or an area drawn on any map. Results,
+labels and detections download as GeoJSON or GeoParquet (:mod:`rsclip.app.downloads`).
 
 Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
 server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
@@ -23,9 +34,12 @@ What a visitor sends is bounded and never read as a path: typed text is encoded 
 (``rsclip.search.query.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
 ``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
 :mod:`rsclip.app.preview`; the bounding box is parsed into four floats and checked by
-:func:`rsclip.query.validate_bbox`; the one SQL filter built here (a tile id) takes ids that the table
-itself returned and that match :data:`TILE_ID_PATTERN`. Object names, table values, upload names and
-messages are shown as plain text (:func:`escape_markdown`): nothing in them makes a browser fetch or render.
+:func:`rsclip.query.validate_bbox`; an area drawn on the map is bounded and validated as a WGS84 polygon
+(:mod:`rsclip.app.mapdata`); a typed label-set name must match the labels module's pattern; detection runs
+and downloads are bounded. No SQL is built here from anything a visitor sends: searches take validated
+filters, tile ids are checked against :data:`TILE_ID_PATTERN`. Object names, table values, upload names and
+messages are shown as plain text (:func:`escape_markdown`; on the map, ``textContent``): nothing in them
+makes a browser fetch or render.
 """
 
 from __future__ import annotations
@@ -36,16 +50,23 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import IO, Mapping, Sequence
 
 import numpy as np
 
 from rsclip import errors
+from rsclip.app.keys import (  # noqa: F401  re-exported: scripts and tests written before the map find them here
+    KEY_BBOX, KEY_FEATURE_COLS, KEY_FEATURE_GRID, KEY_FEATURE_MODE, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS,
+    KEY_FEATURE_ROWS, KEY_FEATURE_TEXT, KEY_FEATURE_TILE, KEY_FEATURE_UPLOAD, KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD,
+    KEY_K, KEY_TEXT, KEY_TEXT_RESULTS, PATCHES_GRID, PATCHES_TILE, SOURCE_TILE, SOURCE_UPLOAD,
+    STATE_IMAGE_SOURCE, STATE_QUERY_TILE, STATE_VIEW, VIEW_FEATURE, VIEW_IMAGE, VIEW_TEXT, VIEWS,
+)
 from rsclip.app.preview import MAX_UPLOAD_MB, UPLOAD_TYPES
 from rsclip.core import tiles
 from rsclip.search.filters import BBox, validate_bbox
@@ -66,45 +87,37 @@ MAX_MESSAGE_MB = 16
 # Host names a browser may reach a loopback-bound server by: a page from elsewhere whose name resolves to
 # 127.0.0.1 (DNS rebinding) is refused. A proxy passing its own Host header needs `--allowed-host NAME`.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# An XYZ basemap template (`rsclip serve --basemap`): http(s), the {z}, {x} and {y} placeholders, nothing that
+# could leave the URL (quotes, spaces, angle brackets), of bounded length.
+MAX_BASEMAP_CHARS = 500
+BASEMAP_PATTERN = re.compile(r"https?://[^\s\"'<>`\\]+")
 # Seconds serve(block=False) waits for the server to answer its health check.
 START_TIMEOUT_S = 60.0
 
-VIEW_TEXT, VIEW_IMAGE, VIEW_FEATURE = "Text search", "Image search", "Feature finder"
-VIEWS = (VIEW_TEXT, VIEW_IMAGE, VIEW_FEATURE)
-# Feature finder: how the uploaded image is cut.
-PATCHES_GRID, PATCHES_TILE = "Grid", "Square patches"
+# Feature finder: the default and largest patch grid.
 DEFAULT_GRID = (3, 3)
 MAX_GRID = 16
-
-# Session-state keys.
-STATE_VIEW = "view"
-STATE_IMAGE_SOURCE = "image_source"  # SOURCE_UPLOAD or SOURCE_TILE: which query the image view shows
-STATE_QUERY_TILE = "query_tile"  # dict of the clicked hit (id, uri, window)
-SOURCE_UPLOAD, SOURCE_TILE = "upload", "tile"
-# Widget keys (also CSS classes "st-key-<key>" that the browser tests select on).
-KEY_TEXT = "text_query"
-KEY_BBOX = "bbox"
-KEY_K = "k"
-KEY_IMAGE_UPLOAD = "image_upload"
-KEY_FEATURE_UPLOAD = "feature_upload"
-KEY_FEATURE_TEXT = "feature_text"
-KEY_FEATURE_TILE = "feature_tile"
-KEY_FEATURE_MODE = "feature_mode"
-KEY_FEATURE_ROWS = "feature_rows"
-KEY_FEATURE_COLS = "feature_cols"
-KEY_FEATURE_OVERLAY = "feature_overlay"
-KEY_FEATURE_GRID = "feature_grid"
-KEY_TEXT_RESULTS = "text_results"
-KEY_IMAGE_RESULTS = "image_results"
-KEY_FEATURE_RESULTS = "feature_results"
 
 
 @dataclass(frozen=True)
 class WebConfig:
-    """What the demo serves: the table ``table`` of the LanceDB database ``db`` (local path or ``s3://``)."""
+    """What the app serves: the table ``table`` of the LanceDB database ``db`` (local path or ``s3://``);
+    ``basemap``: an XYZ tile URL template under the map (None: no basemap, nothing fetched); ``ray_address``:
+    the Ray cluster detection runs use (None: a private local instance per run)."""
 
     db: str
     table: str = tiles.DEFAULT_TABLE
+    basemap: str | None = None
+    ray_address: str | None = None
+
+    def arguments(self) -> list[str]:
+        """The page's command-line arguments (after ``--``) for this configuration."""
+        words = ["--db", str(self.db), "--table", self.table]
+        if self.basemap:
+            words += ["--basemap", self.basemap]
+        if self.ray_address:
+            words += ["--ray-address", self.ray_address]
+        return words
 
 
 @dataclass
@@ -113,6 +126,14 @@ class WebServer:
 
     url: str
     process: subprocess.Popen
+    log: IO[bytes] | None = None
+
+    def output(self) -> str:
+        """What the server has printed so far (its log)."""
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (its whole process group) and wait for it."""
@@ -169,7 +190,7 @@ def streamlit_command(config: WebConfig, host: str, port: int, hosts: Sequence[s
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
     for name, value in flags.items():
         cmd += [f"--{name}={v}" for v in value] if isinstance(value, tuple) else [f"--{name}={value}"]
-    return [*cmd, "--", "--db", str(config.db), "--table", config.table]
+    return [*cmd, "--", *config.arguments()]
 
 
 def open_instructions(
@@ -207,21 +228,27 @@ def serve(
     port: int = DEFAULT_PORT,
     block: bool = True,
     hosts: Sequence[str] = (),
+    basemap: str | None = None,
+    ray_address: str | None = None,
 ) -> int | WebServer:
     """Serve the web demo for ``table`` in ``db`` (local path or ``s3://`` URI) on ``http://host:port/``.
 
     Binds 127.0.0.1 unless another ``host`` is given; ``hosts`` are further Host names browsers may use
-    (a proxy's public name, see :func:`allowed_hosts`). With ``block`` (the CLI) runs until the server exits
+    (a proxy's public name, see :func:`allowed_hosts`). ``basemap`` is an XYZ URL template
+    (``https://host/{z}/{x}/{y}.png``) drawn under the map; without it the page fetches nothing but the app
+    itself. ``ray_address`` is the cluster detection runs use (default: a private local Ray per run).
+    With ``block`` (the CLI) runs until the server exits
     and returns its exit code; otherwise returns a :class:`WebServer` once the server answers its health
     check. Raises ``ValueError`` for a port outside [1, 65535] and ``RuntimeError`` when the server exits or
-    does not come up within :data:`START_TIMEOUT_S`. The table is opened by the app: an unknown or
-    unreachable table is reported on the page.
+    does not come up within :data:`START_TIMEOUT_S`, ``InvalidInput`` for a malformed ``basemap``. The
+    table is opened by the app: an unknown or unreachable table is reported on the page.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port must be an integer in [1, 65535], got {port!r}")
     if not str(table).strip():
         raise ValueError("table name is empty")
-    cmd = streamlit_command(WebConfig(db=str(db), table=table), host, port, hosts)
+    config = WebConfig(db=str(db), table=table, basemap=validate_basemap(basemap), ray_address=ray_address)
+    cmd = streamlit_command(config, host, port, hosts)
     url = app_url(host, port)
     if block:
         print(f"rsclip web demo for table {table!r} in {db}: open {url}", flush=True)
@@ -238,18 +265,36 @@ def serve(
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    server = WebServer(url=url, process=proc)
+    # the server's output goes to a file, not a pipe: a pipe nobody reads would stop the server once full
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = WebServer(url=url, process=proc, log=log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"the web demo exited with code {proc.returncode}:\n{output[-3000:]}")
+            raise RuntimeError(f"the web demo exited with code {proc.returncode}:\n{server.output()[-3000:]}")
         if _healthy(url):
             return server
         time.sleep(0.25)
     server.stop()
     raise RuntimeError(f"the web demo did not answer at {url} within {START_TIMEOUT_S:.0f}s")
+
+
+def validate_basemap(template: str | None) -> str | None:
+    """``template`` as an XYZ tile URL template (``https://host/{z}/{x}/{y}.png``, optionally ``{s}``), or
+    None when not given. Raises ``InvalidInput`` naming what is wrong otherwise."""
+    if template is None or not str(template).strip():
+        return None
+    text = str(template).strip()
+    if len(text) > MAX_BASEMAP_CHARS:
+        raise errors.InvalidInput(f"basemap URL template is longer than {MAX_BASEMAP_CHARS} characters")
+    if not BASEMAP_PATTERN.fullmatch(text):
+        raise errors.InvalidInput(f"basemap must be an http(s) URL template without spaces or quotes, got {text!r}")
+    missing = [p for p in ("{z}", "{x}", "{y}") if p not in text]
+    if missing:
+        raise errors.InvalidInput(f"basemap URL template lacks {', '.join(missing)}: e.g. "
+                                  "https://tiles.example.org/{z}/{x}/{y}.png")
+    return text
 
 
 def parse_bbox(text: str | None) -> BBox | None:

@@ -1,0 +1,142 @@
+"""Ranked tiles on the page: a map of their footprints with the opened tile's panel, downloads, and a grid of
+cards (preview, score, window, bounds, "Similar tiles", "+" / "-").
+
+Every value from the table (uris, names) is drawn as plain text (``escape_markdown``); on the map it is
+text too (``map.js`` sets ``textContent``). Tables without bounds get the grid alone, as before the map.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from rsclip.app import caches, mapdata
+from rsclip.app.context import PageContext
+from rsclip.app.downloads import download_buttons, file_stem, rows_file
+from rsclip.app.keys import (KEY_TILE_PANEL, RESULT_KEYS, SOURCE_TILE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE,
+                             STATE_VIEW, VIEW_IMAGE, view_key)
+from rsclip.app.labelling import label_buttons
+from rsclip.app.mapview import selected_tile, show_map
+from rsclip.app.server import (GRID_COLUMNS, describe_bounds, describe_window, escape_markdown, readable_error,
+                               source_name)
+from rsclip.core import tiles
+from rsclip.search.searchers import SCORE
+
+
+def choose_tile(row: dict) -> None:
+    """Button callback: search for tiles similar to ``row`` in the image view."""
+    st.session_state[STATE_QUERY_TILE] = row
+    st.session_state[STATE_IMAGE_SOURCE] = SOURCE_TILE
+    st.session_state[STATE_VIEW] = VIEW_IMAGE
+
+
+def tile_of(row) -> dict:
+    """The id, uri and window of a result row, as plain values (what "Similar tiles" remembers)."""
+    return {tiles.ID: str(row[tiles.ID]), tiles.URI: str(row[tiles.URI]),
+            **{c: int(row[c]) for c in tiles.WINDOW_COLUMNS}}
+
+
+def show_image(read, row, what: str = "preview") -> None:
+    """The preview ``read(uri, x, y, w, h)`` of ``row``, or a one-line warning when it cannot be read."""
+    try:
+        window = [int(row[c]) for c in tiles.WINDOW_COLUMNS]
+        st.image(read(str(row[tiles.URI]), *window), width="stretch", output_format="JPEG")
+    except Exception as exc:  # a moved or unreadable source must not hide the other hits
+        st.warning(f"{what} unavailable: {escape_markdown(readable_error(exc))}")
+
+
+def show_results(ctx: PageContext, hits: pd.DataFrame, view: str, *, cards: int | None = None,
+                 what: str = "tiles", empty: str = "No tiles match (is the search area outside the archive?).") -> None:
+    """Draw ranked ``hits`` (best first, with a score column) for ``view``: the map (when the table and the
+    hits are georeferenced), downloads of all hits, and cards for the first ``cards`` (all by default)."""
+    key = RESULT_KEYS[view]
+    if hits.empty:
+        with st.container(key=key):
+            st.info(empty)
+        return
+    if ctx.extent is not None and mapdata.georeferenced(hits).any():
+        try:
+            map_section(ctx, hits, view)
+        except Exception as exc:  # the footprints could not be read: the cards still show the hits
+            st.warning(f"map unavailable: {escape_markdown(readable_error(exc))}")
+    config = ctx.config
+    download_buttons(view, what, file_stem(config.table, what), len(hits),
+                     lambda fmt: rows_file(config.db, config.table, hits, fmt))
+    shown = hits.head(cards) if cards else hits
+    with st.container(key=key):
+        more = f" (the best {len(shown)} of {len(hits)})" if len(shown) < len(hits) else ""
+        st.caption(f"{len(hits)} tile(s), best first{more}")
+        card_grid(ctx, shown, view, key)
+
+
+def map_features(ctx: PageContext, hits: pd.DataFrame) -> dict:
+    """The feature collection of ``hits`` for the map: footprints (cached per result list) and, for the best
+    :data:`~rsclip.app.mapdata.MAX_MAP_THUMBNAILS`, thumbnails (cached per tile)."""
+    import shapely
+
+    head = hits.head(mapdata.MAX_MAP_FEATURES).reset_index(drop=True)
+    records = head.to_dict("records")
+    bounds = tuple(caches.tile_bounds(r) for r in records)
+    wkb = caches.footprint_wkb(ctx.config.db, ctx.config.table, tuple(str(r[tiles.ID]) for r in records), bounds)
+    shapes = [shapely.from_wkb(w) if w else None for w in wkb]
+    thumbnails = {}
+    for row, box in zip(records[: mapdata.MAX_MAP_THUMBNAILS], bounds):
+        window = tuple(int(row[c]) for c in tiles.WINDOW_COLUMNS)
+        found = caches.map_thumbnail(str(row[tiles.URI]), window, box)
+        if found is not None:
+            thumbnails[str(row[tiles.ID])] = found
+    return mapdata.tile_features(head, shapes, thumbnails)
+
+
+def map_section(ctx: PageContext, hits: pd.DataFrame, view: str) -> None:
+    """The map of ``hits`` and, under it, the panel of the tile opened on it."""
+    features = map_features(ctx, hits)
+    selected = selected_tile(view)
+    show_map(view, features, extent=ctx.extent, basemap=ctx.config.basemap, selected=selected,
+             legend=mapdata.legend(hits[SCORE].head(mapdata.MAX_MAP_FEATURES).to_numpy()))
+    st.caption(f"{len(features['features'])} footprint(s) on the map, coloured by score: hover for score, source and "
+               "window, click to open a tile, zoom in for thumbnails; draw a rectangle or polygon to search there.")
+    ids = hits[tiles.ID].astype(str).tolist()
+    if selected in ids:
+        rank = ids.index(selected) + 1
+        tile_panel(ctx, hits.iloc[rank - 1].to_dict(), rank, view)
+
+
+def tile_panel(ctx: PageContext, row: dict, rank: int, view: str) -> None:
+    """The opened tile: a large preview, its score, source, window and bounds, "Similar tiles", "+" / "-"."""
+    tile = tile_of(row)
+    with st.container(border=True, key=view_key(KEY_TILE_PANEL, view)):
+        left, right = st.columns([1, 2])
+        with left:
+            show_image(caches.panel_preview, row)
+        with right:
+            st.markdown(f"**#{rank}** · score **{row[SCORE]:.3f}**")
+            st.caption(f"{escape_markdown(row[tiles.URI])}  \n{describe_window(row)}  \n{describe_bounds(row)}")
+            with st.container(horizontal=True):
+                st.button("Similar tiles", key=view_key("panel-similar", view, tile[tiles.ID]), on_click=choose_tile,
+                          args=(tile,))
+                label_buttons(ctx, tile[tiles.ID], view_key("panel-label", view, tile[tiles.ID]))
+
+
+def card_grid(ctx: PageContext, hits: pd.DataFrame, view: str, key: str) -> None:
+    """One card per hit, :data:`GRID_COLUMNS` a row (container keys ``<key>-hit-<rank>``)."""
+    records = hits.to_dict("records")
+    for start in range(0, len(records), GRID_COLUMNS):
+        columns = st.columns(GRID_COLUMNS)
+        for offset, (column, row) in enumerate(zip(columns, records[start : start + GRID_COLUMNS])):
+            rank = start + offset + 1
+            with column, st.container(border=True, key=f"{key}-hit-{rank}"):
+                card(ctx, row, rank, view)
+
+
+def card(ctx: PageContext, row: dict, rank: int, view: str) -> None:
+    """One result card (see :func:`card_grid`)."""
+    show_image(caches.preview, row)
+    st.markdown(f"**#{rank}** · score **{row[SCORE]:.3f}**")
+    st.caption(f"{escape_markdown(source_name(row[tiles.URI]))} · {describe_window(row)}  \n{describe_bounds(row)}",
+               help=escape_markdown(row[tiles.URI]))
+    tile = tile_of(row)
+    with st.container(horizontal=True):
+        st.button("Similar tiles", key=view_key("similar", view, rank, tile[tiles.ID]), on_click=choose_tile,
+                  args=(tile,))
+        label_buttons(ctx, tile[tiles.ID], view_key("label", view, rank, tile[tiles.ID]))

@@ -1,0 +1,81 @@
+"""The sidebar of the web app: the table, the number of results, where to search (a typed bounding box and
+the area drawn on a map, shown as GeoJSON to copy), the place of the date range, and the label set."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from rsclip.app.context import PageContext
+from rsclip.app.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_DATE, KEY_K, STATE_AREA
+from rsclip.app.labelling import label_choice, labelled_tiles, show_counts
+from rsclip.app.mapdata import area_text
+from rsclip.app.mapview import current_area
+from rsclip.app.server import DEFAULT_K, MAX_BBOX_CHARS, MAX_K, WebConfig, escape_markdown, parse_bbox, readable_error
+
+
+def clear_area() -> None:
+    """Button callback: forget the drawn search area."""
+    st.session_state.pop(STATE_AREA, None)
+
+
+def area_panel():
+    """The drawn search area as a GeoJSON snippet (for ``rsclip query --polygon`` or ``polygon=``) with a
+    "Clear area" button; returns the area (a validated Region) or None."""
+    try:
+        area = current_area()
+    except ValueError as exc:  # cannot happen for areas the map handler accepted; never trust it anyway
+        st.session_state.pop(STATE_AREA, None)
+        st.error(f"Search area: {escape_markdown(readable_error(exc))}")
+        return None
+    with st.container(key=KEY_AREA):
+        if area is None:
+            st.caption("Draw a rectangle or polygon on a map to search only there.")
+            return None
+        st.caption("Searching inside the area drawn on the map (GeoJSON, WGS84; copy it for "
+                   "`rsclip query --polygon` or `rsclip.query(..., polygon=...)`):")
+        with st.container(key=KEY_AREA_GEOJSON):
+            st.code(area_text(area), language="json", wrap_lines=True)
+        st.button("Clear area", key=KEY_AREA_CLEAR, on_click=clear_area)
+    return area
+
+
+def date_filter() -> None:
+    """The sidebar's place for a date range (issue 17: a control here whose value reaches ``Filters.date``
+    through :meth:`rsclip.app.context.PageContext.filters`). Tables carry no acquisition dates yet."""
+    st.container(key=KEY_DATE)
+
+
+def bbox_input():
+    """The typed bounding box: ``(bbox or None, error message or None)``."""
+    text = st.text_input(
+        "Bounding box (optional)", key=KEY_BBOX, placeholder="lon_min, lat_min, lon_max, lat_max",
+        max_chars=MAX_BBOX_CHARS,
+        help="WGS84 degrees. Only tiles intersecting the box are searched; tiles without georeference are then "
+             "left out.",
+    )
+    try:
+        bbox = parse_bbox(text)
+    except ValueError as exc:
+        return None, escape_markdown(readable_error(exc))
+    if bbox is not None:
+        st.caption(f"searching inside lon {bbox[0]}..{bbox[2]}, lat {bbox[1]}..{bbox[3]}")
+    return bbox, None
+
+
+def sidebar(config: WebConfig, summary: dict, conn) -> tuple[PageContext, str | None]:
+    """Draw the sidebar; returns the page's :class:`PageContext` and the bounding box's error (or None)."""
+    with st.sidebar:
+        st.header("rsclip")
+        st.caption(f"table **{escape_markdown(config.table)}** in {escape_markdown(config.db)}")
+        st.caption(f"{summary['rows']:,} tiles · model {escape_markdown(summary['model'])} ({summary['dim']}-d)")
+        k = st.slider("Results", min_value=1, max_value=MAX_K, value=DEFAULT_K, key=KEY_K)
+        st.subheader("Where")
+        bbox, bbox_error = bbox_input()
+        area = area_panel() if summary.get("extent") is not None else None
+        date_filter()
+        st.subheader("Labels")
+        label = label_choice(config)
+        ctx = PageContext(config=config, conn=conn, summary=summary, k=k, bbox=bbox, area=area, label=label,
+                          labelled=labelled_tiles(config, label))
+        show_counts(ctx)
+    return ctx, bbox_error
