@@ -196,10 +196,17 @@ class SeaweedFS:
         if self.buckets:
             cmd.append("-bucket=" + ",".join(self.buckets))
         log = self.data_dir / "weed.log"
+        # weed reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as an identity of its own: a caller pointed at
+        # another server (a test session's) must not leak its keys into this one's identities
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.proc = subprocess.Popen(
-            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir, env=env
         )
-        wait_until(self._ready, timeout, "SeaweedFS", self.proc, log)
+        try:
+            wait_until(self._ready, timeout, "SeaweedFS", self.proc, log)
+        except BaseException:
+            self.stop()  # a server that never came up is not left running
+            raise
         return self
 
     def _ready(self) -> bool:

@@ -14,7 +14,7 @@ from rasterio.windows import Window, bounds as window_bounds
 
 from rsclip.core import raster, storage, tiles, windows
 from rsclip.ingest import batch as B, planning, reading
-from tests.helpers import GEOTIFF_DIR
+from tests.helpers import job_windows, GEOTIFF_DIR
 
 NAIP = "m_4709963_se_14_1_20200831.tif"
 SCENES = {  # file: (expected CRS, bands)
@@ -96,7 +96,12 @@ def test_grid_plan_over_s3_matches_arithmetic_and_rasterio_bounds(scenes_on_s3, 
     rows = planning.plan_raster(scenes_on_s3[name], options)
     with rasterio.open(GEOTIFF_DIR / name) as src:
         w, h, crs, transform = src.width, src.height, src.crs, src.transform
-    assert len(rows) == expected_count(w, 160, 16) * expected_count(h, 160, 16)
+    # windows are anchored to the CRS's grid (issue 17): the job's own windows, in the arithmetic's number or
+    # one more per axis where the anchor cuts a partial window at the scene's edge
+    want = job_windows(GEOTIFF_DIR / name, 160, 16)
+    assert sorted((r[tiles.X], r[tiles.Y]) for r in rows) == sorted((wi.x, wi.y) for wi in want)
+    assert expected_count(w, 160, 16) * expected_count(h, 160, 16) <= len(rows) <= (
+        (expected_count(w, 160, 16) + 1) * (expected_count(h, 160, 16) + 1))
     assert {r[tiles.CRS] for r in rows} == {SCENES[name]}
     for r in rows:
         x, y, tw, th = (r[c] for c in tiles.WINDOW_COLUMNS)

@@ -18,6 +18,7 @@ largest local batch for the gather and the padding is removed afterwards.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -52,7 +53,9 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     n_max = max(sizes_list)
     if features.shape[0] < n_max:  # (B_r, D) -> (n_max, D); zero rows carry no gradient back
         features = F.pad(features, (0, 0, 0, n_max - features.shape[0]))
-    parts = all_gather(features)  # W x (n_max, D), differentiable
+    with warnings.catch_warnings():  # its replacement is private and not autograd-aware: keep it, quietly
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        parts = all_gather(features)  # W x (n_max, D), differentiable
     return torch.cat([p[:n] for p, n in zip(parts, sizes_list)], dim=0)
 
 
