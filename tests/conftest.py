@@ -12,6 +12,7 @@ import pytest
 
 from infra.local_stack import RayHead, SeaweedFS, environment
 from rsclip.testing import build_tiny_clip
+from tests.browser_helpers import CHROMIUM_ARGS, ensure_chromium
 from tests.helpers import BUCKET, ROOT, RSICD_IMAGES, require_shared_data
 
 
@@ -82,3 +83,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (installed when missing), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

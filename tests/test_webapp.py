@@ -15,7 +15,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -34,38 +33,16 @@ from rsclip.app.finder import find_feature
 from rsclip.app.preview import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, decode_upload, read_preview
 from rsclip.core.windows import Window
 from rsclip.search.query import query, query_text, similar_tiles, tile_vector
-from rsclip.app.server import (
-    APP_SCRIPT,
-    DEFAULT_K,
-    KEY_BBOX,
-    KEY_FEATURE_GRID,
-    KEY_FEATURE_OVERLAY,
-    KEY_FEATURE_RESULTS,
-    KEY_FEATURE_UPLOAD,
-    KEY_IMAGE_RESULTS,
-    KEY_IMAGE_UPLOAD,
-    KEY_TEXT_RESULTS,
-    VIEW_FEATURE,
-    VIEW_IMAGE,
-    app_url,
-    describe_window,
-    open_instructions,
-    parse_bbox,
-    readable_error,
-    serve,
-    source_name,
-    streamlit_command,
-    WebConfig,
-)
+from rsclip.app.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS, KEY_FEATURE_UPLOAD,
+                             KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD, KEY_TEXT_RESULTS, VIEW_FEATURE, VIEW_IMAGE)
+from rsclip.app.server import (APP_SCRIPT, DEFAULT_K, WebConfig, app_url, describe_window, open_instructions, parse_bbox,
+                               readable_error, serve, source_name, streamlit_command)
+from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, expected_captions, hit_captions, open_app,
+                                   search_text, wait_images_loaded)
 from tests.helpers import BUCKET, GEOTIFF_DIR
 from tests.test_security_formats import RAW_PASSWD, SECRET_MARKERS
 from tests.test_security_limits import png_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 LANDSAT = GEOTIFF_DIR / "RGB.byte.tif"  # 791x718, 3 x uint8, UTM 18N, nodata 0
 FLOAT_SCENE = GEOTIFF_DIR / "cog.tif"  # 343x206, 4 x float64, EPSG:4326
 N_CHIPS = 16
@@ -74,26 +51,9 @@ N_CHIPS = 16
 HOSTILE_BBOX = (100.0, 10.0, 101.0, 11.0)
 HOSTILE_NAMES = ("![x](https:/host.invalid/p.png).jpg", '<img src="https:/host.invalid/q.png">.jpg',
                  ":red[**bold**]_it_`code`$x^2$[l](https:x).jpg")
-UI_TIMEOUT_MS = 180_000  # generous: a loaded CI machine imports torch slowly on the first page load
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-def ensure_chromium() -> Path:
-    """Debian's chromium, installed with apt-get when missing (CI starts from a fresh machine)."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    if prefix and not shutil.which("sudo"):
-        pytest.fail("chromium is missing and apt-get needs root: install it with `apt-get install chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        done = subprocess.run([*prefix, *cmd], env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    assert CHROMIUM.exists(), "apt-get installed chromium but /usr/bin/chromium is missing"
-    return CHROMIUM
 
 
 def _add(rows: dict, uri: str, window, vector, bounds=None, crs=None) -> None:
@@ -176,19 +136,6 @@ def server(demo):
         web.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @pytest.fixture
 def page(browser):
     """A fresh browser context; after the test, every request it made must have gone to 127.0.0.1."""
@@ -206,45 +153,6 @@ def page(browser):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def wait_images_loaded(pg, selector: str, count: int) -> None:
-    """Wait until ``selector`` holds ``count`` images, all decoded (naturalWidth > 0)."""
-    pg.wait_for_function(
-        """([sel, n]) => {
-            const imgs = Array.from(document.querySelectorAll(sel + ' img'));
-            return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0);
-        }""",
-        arg=[selector, count],
-        timeout=UI_TIMEOUT_MS,
-    )
-
-
-def hit_captions(pg, results_key: str) -> list[str]:
-    """``name · window`` of every hit card under ``results_key``, in rank order."""
-    cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
-    texts = [cards.nth(i).inner_text() for i in range(cards.count())]
-    return [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t).group(1) for t in texts]
-
-
-def expected_captions(hits) -> list[str]:
-    return [f"{source_name(r[tiles.URI])} · {describe_window(r)}" for r in hits.to_dict("records")]
-
-
-def open_app(pg, url: str) -> None:
-    pg.goto(url)
-    pg.get_by_label("Describe what to find").wait_for(timeout=UI_TIMEOUT_MS)
-
-
-def search_text(pg, text: str) -> None:
-    box = pg.get_by_label("Describe what to find")
-    box.fill(text)
-    box.press("Enter")
-
-
-def assert_no_traceback(pg) -> None:
-    body = pg.locator("body").inner_text()
-    assert "Traceback" not in body and 'File "' not in body, body[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ building blocks

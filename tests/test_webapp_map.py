@@ -15,7 +15,6 @@ import io
 import json
 import re
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -24,20 +23,19 @@ import pytest
 from infra.local_stack import free_port
 from rsclip.app import detection_runs, mapdata
 from rsclip.app.keys import (KEY_AREA, KEY_AREA_GEOJSON, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS,
-                             KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_COUNTS, KEY_LABEL_RESULTS,
+                             KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
                              KEY_TEXT_RESULTS, VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
-from rsclip.app.mapview import COMPONENT_NAME
 from rsclip.app.server import DEFAULT_K, serve, source_name, validate_basemap
 from rsclip.core import footprints, labels, tiles
 from rsclip.search import export
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.geo_helpers import scene_grid_table
-from tests.test_webapp import (UI_TIMEOUT_MS, assert_no_traceback, browser,  # noqa: F401  (browser: the fixture)
-                               expected_captions, hit_captions, open_app, search_text, wait_images_loaded)
+from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, assert_no_traceback, assert_only, click_map_tile, counts,
+                                   download, expected_captions, geojson_rows, hit_captions, label_set_named, map_frame,
+                                   open_app, press, recorded_page, search_text, wait_captions, wait_images_loaded)
 
 QUERY = "a lake beside fields"
-MAP_FRAME = f"iframe[title*='{COMPONENT_NAME}']"
 DETECTION_TIMEOUT_MS = 600_000  # a private Ray starts on a loaded 2-core machine
 
 
@@ -58,23 +56,8 @@ def map_server(geo_db):
         web.stop()
 
 
-def recorded_page(browser):  # noqa: F811 - the fixture imported above
-    """A fresh page and the list of every URL it (and its frames) requested."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    requests: list[str] = []
-    pg.on("request", lambda request: requests.append(request.url))
-    return pg, requests
-
-
-def assert_only(requests: list[str], origins: set[str]) -> None:
-    """Every request went to one of ``origins`` (scheme://host:port); data: and blob: URLs are the page's own."""
-    seen = {re.sub(r"^([a-z]+://[^/]+).*$", r"\1", u) for u in requests if not u.startswith(("data:", "blob:"))}
-    assert requests and seen <= origins, f"the page reached beyond {origins}: {sorted(seen - origins)}"
-
-
 @pytest.fixture
-def page(browser, map_server):  # noqa: F811
+def page(browser, map_server):
     """A fresh page; afterwards, every request it made must have gone to the app's own origin."""
     pg, requests = recorded_page(browser)
     try:
@@ -85,16 +68,6 @@ def page(browser, map_server):  # noqa: F811
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def map_frame(pg, count: int | None = None):
-    """The visible map's frame, once Leaflet is up (and, with ``count``, draws that many footprints)."""
-    pg.locator(MAP_FRAME).first.wait_for(timeout=UI_TIMEOUT_MS)
-    frame = pg.locator(MAP_FRAME).first.element_handle().content_frame()
-    frame.wait_for_function("() => window.rsclipMap !== undefined", timeout=UI_TIMEOUT_MS)
-    if count is not None:
-        frame.wait_for_function("n => window.rsclipMap.byId.size === n", arg=count, timeout=UI_TIMEOUT_MS)
-    return frame
 
 
 # For each tile id: zoom the map to the tile, then read its SVG path back into lon/lat through Leaflet's
@@ -138,62 +111,8 @@ def assert_drawn_at(drawn: dict, geometry) -> None:
         assert (np.abs(got - vertex) <= tolerance).all(axis=1).any(), (vertex, got, tolerance)
 
 
-def wait_captions(pg, results_key: str, hits: pd.DataFrame) -> None:
-    """Wait until the cards under ``results_key`` are ``hits``, in order, their previews loaded (the page
-    shows the previous run's cards until the new run replaces them)."""
-    def shown() -> list[str] | None:
-        try:
-            return hit_captions(pg, results_key)
-        except AttributeError:  # a card in the middle of being redrawn
-            return None
-
-    want = expected_captions(hits)
-    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-    while shown() != want and time.monotonic() < deadline:
-        pg.wait_for_timeout(250)
-    assert hit_captions(pg, results_key) == want
-    wait_images_loaded(pg, f".st-key-{results_key}", len(hits))
-
-
 def text_hits(db: str, text: str, **filters) -> pd.DataFrame:
     return query_text(db, text, DEFAULT_K, **filters)
-
-
-def click_map_tile(pg, frame, tile_id: str) -> None:
-    """Hover over a tile's footprint and click it, zoomed to it and brought above its overlapping neighbours."""
-    frame.evaluate("id => { const g = rsclipMap.byId.get(id); rsclipMap.map.fitBounds(g.getBounds(), {animate: false});"
-                   " g.bringToFront(); }", tile_id)
-    path = frame.locator(f"path.rsclip-tile[data-tile-id='{tile_id}']")
-    path.hover(force=True)
-    path.click(force=True)
-
-
-def label_set_named(pg, name: str) -> None:
-    box = pg.get_by_label("Name of a new label set")
-    box.fill(name)
-    box.press("Enter")
-    counts(pg, f"{name}: 0 positive, 0 negative")
-
-
-def counts(pg, text: str) -> None:
-    pg.locator(f".st-key-{KEY_LABEL_COUNTS}").get_by_text(text).wait_for(timeout=UI_TIMEOUT_MS)
-
-
-def press(pg, container: str, name: str) -> None:
-    pg.locator(container).get_by_role("button", name=name, exact=True).click()
-
-
-def download(pg, view: str, what: str, format: str) -> bytes:
-    """The bytes of the file a view's download button gives."""
-    with pg.expect_download(timeout=UI_TIMEOUT_MS) as info:
-        pg.locator(f".st-key-{view_key('downloads', view, what, format)} button").click()
-    return open(info.value.path(), "rb").read()
-
-
-def geojson_rows(data: bytes) -> list[dict]:
-    collection = json.loads(data)
-    assert collection["type"] == "FeatureCollection"
-    return collection["features"]
 
 
 # ------------------------------------------------------------------------------------------ in the browser
@@ -461,7 +380,7 @@ class TileServer(http.server.ThreadingHTTPServer):
         self.asked = asked
 
 
-def test_a_basemap_is_fetched_only_from_the_server_given(geo_db, browser):  # noqa: F811
+def test_a_basemap_is_fetched_only_from_the_server_given(geo_db, browser):
     tiles_server = TileServer()
     threading.Thread(target=tiles_server.serve_forever, daemon=True).start()
     template = f"http://127.0.0.1:{tiles_server.server_port}/{{z}}/{{x}}/{{y}}.png"

@@ -3,7 +3,8 @@
 Every cache is bounded in entries and holds small values, so it is bounded in bytes too: a preview is at most
 ``PREVIEW_SIZE``^2 RGB (~200 KB: <= ~50 MB in all), a panel preview ``PANEL_PREVIEW_SIZE``^2 (~800 KB, 16 of
 them), a map thumbnail a ~5 KB JPEG data URI, the footprints of one result list at most
-``MAX_MAP_FEATURES`` WKB polygons, a feature match a few MB (:mod:`rsclip.app.finder`).
+``MAX_MAP_FEATURES`` WKB polygons, a feature match a few MB (:mod:`rsclip.app.finder`), a timeline or a
+comparison of dates the rows of one place or of at most ``MAX_K`` places, without vectors.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from rsclip.app import mapdata
+from rsclip.app import mapdata, timedata
 from rsclip.app.finder import FeatureMatch, find_feature
 from rsclip.app.preview import read_preview, window_corners
 from rsclip.app.server import PREVIEW_SIZE
 from rsclip.core import tiles
 from rsclip.core.windows import Window
+from rsclip.search import timeline as timelines
 
 PREVIEW_CACHE_ENTRIES = 256
 PANEL_PREVIEW_SIZE = 512
@@ -25,6 +27,8 @@ PANEL_CACHE_ENTRIES = 16
 THUMBNAIL_CACHE_ENTRIES = 1024
 FOOTPRINT_CACHE_ENTRIES = 64
 FEATURE_CACHE_ENTRIES = 8
+TIMELINE_CACHE_ENTRIES = 32
+CHANGES_CACHE_ENTRIES = 8
 CACHE_TTL_S = 3600
 
 
@@ -36,16 +40,40 @@ def connection(db: str):
 
 @st.cache_data(ttl=60, max_entries=2, show_spinner=False)
 def table_summary(db: str, table: str) -> dict:
-    """``{"model", "dim", "rows", "extent"}`` of the tile table (extent: see :func:`mapdata.table_extent`)."""
+    """``{"model", "dim", "rows", "version", "extent", "times"}`` of the tile table (extent: see
+    :func:`mapdata.table_extent`; times: :func:`timedata.table_times`)."""
     tbl = tiles.open_table(db, table)
     model, dim = tiles.table_model(tbl)
-    return {"model": model, "dim": dim, "rows": tbl.count_rows(), "extent": table_extent(db, table, tbl.version)}
+    return {"model": model, "dim": dim, "rows": tbl.count_rows(), "version": tbl.version,
+            "extent": table_extent(db, table, tbl.version), "times": table_times(db, table, tbl.version)}
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=4, show_spinner=False)
 def table_extent(db: str, table: str, version: int):
     """:func:`mapdata.table_extent` of a table version (a scan of its bound columns: once per version)."""
     return mapdata.table_extent(tiles.open_table(db, table))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=4, show_spinner=False)
+def table_times(db: str, table: str, version: int) -> timedata.TableTimes:
+    """:func:`timedata.table_times` of a table version (a scan of its time columns: once per version)."""
+    return timedata.table_times(tiles.open_table(db, table))
+
+
+@st.cache_data(max_entries=TIMELINE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def timeline(db: str, table: str, version: int, tile_id: str, reference: str | None, max_cloud: float | None,
+             max_nodata: float | None) -> pd.DataFrame:
+    """:func:`rsclip.search.timeline.timeline` of a tile of a table version, cached."""
+    return timelines.timeline(db, tile_id, table=table, reference=reference, max_cloud=max_cloud,
+                              max_nodata=max_nodata)
+
+
+@st.cache_data(max_entries=CHANGES_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def changes(db: str, table: str, version: int, date_a: str, date_b: str, k: int, bbox, polygon: str | None,
+            max_cloud: float | None, max_nodata: float | None) -> pd.DataFrame:
+    """:func:`rsclip.search.timeline.changes` of a table version (``polygon``: GeoJSON text), cached."""
+    return timelines.changes(db, date_a, date_b, table=table, k=k, bbox=bbox, polygon=polygon, max_cloud=max_cloud,
+                             max_nodata=max_nodata)
 
 
 @st.cache_data(max_entries=FEATURE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)

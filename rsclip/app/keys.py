@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
-VIEW_TEXT, VIEW_IMAGE, VIEW_LABELS, VIEW_DETECT, VIEW_FEATURE = (
-    "Text search", "Image search", "Labels", "Detections", "Feature finder")
-VIEWS = (VIEW_TEXT, VIEW_IMAGE, VIEW_LABELS, VIEW_DETECT, VIEW_FEATURE)
+VIEW_TEXT, VIEW_IMAGE, VIEW_LABELS, VIEW_DETECT, VIEW_CHANGES, VIEW_FEATURE = (
+    "Text search", "Image search", "Labels", "Detections", "Changes", "Feature finder")
+VIEWS = (VIEW_TEXT, VIEW_IMAGE, VIEW_LABELS, VIEW_DETECT, VIEW_CHANGES, VIEW_FEATURE)
 # Feature finder: how the uploaded image is cut.
 PATCHES_GRID, PATCHES_TILE = "Grid", "Square patches"
 
@@ -24,6 +24,7 @@ STATE_SELECTED = "selected"  # prefix: the tile opened on a view's map (view_key
 STATE_LABEL = "label_set"  # the label set that "+" / "-" write to
 STATE_FIND_MORE = "find_more"  # True once "Find more like these" was pressed
 STATE_MESSAGE = "message"  # a one-line message a button callback left for the page (kind, text)
+STATE_OPENED = "opened"  # prefix: the tile of another date opened from a view's timeline ({"anchor", "row"})
 
 # Widgets and containers.
 KEY_TEXT = "text_query"
@@ -58,14 +59,26 @@ KEY_DETECT_THRESHOLD = "detect_threshold"
 KEY_MAP = "map"  # prefix: view_key(KEY_MAP, view)
 KEY_TILE_PANEL = "tile_panel"  # prefix: the opened tile's panel under a view's map
 KEY_DOWNLOADS = "downloads"  # prefix: a view's download buttons
-KEY_DATE = "date_filter"  # the sidebar's place for a date range (issue 17)
+KEY_DATE = "date_filter"  # the sidebar's date range and quality limits
+KEY_DATE_START = "date_start"
+KEY_DATE_END = "date_end"
+KEY_MAX_CLOUD = "max_cloud"
+KEY_MAX_NODATA = "max_nodata"
+KEY_DATE_SUMMARY = "date_summary"  # the limits in words and as CLI flags
+KEY_TIMELINE = "timeline"  # prefix: a view's timeline of the opened tile (entries: view_key(..., "entry", i))
+KEY_TIMELINE_REFERENCE = "timeline_reference"  # prefix: its "similarity to" chooser, per place
+KEY_CHANGES_A = "changes_a"
+KEY_CHANGES_B = "changes_b"
+KEY_CHANGES_RESULTS = "changes_results"
 
 # Widgets whose values outlive a switch to another tab (Streamlit forgets the state of widgets a run does not
 # draw, and a closed tab draws nothing). Uploads cannot be kept this way (nor should they: bytes).
 KEPT_KEYS = (KEY_TEXT, KEY_FEATURE_TEXT, KEY_FEATURE_MODE, KEY_FEATURE_ROWS, KEY_FEATURE_COLS, KEY_FEATURE_TILE,
-             KEY_DETECT_BACKGROUND, KEY_DETECT_THRESHOLD)
+             KEY_DETECT_BACKGROUND, KEY_DETECT_THRESHOLD, KEY_CHANGES_A, KEY_CHANGES_B)
 RESULT_KEYS = {VIEW_TEXT: KEY_TEXT_RESULTS, VIEW_IMAGE: KEY_IMAGE_RESULTS, VIEW_LABELS: KEY_LABEL_RESULTS,
-               VIEW_DETECT: KEY_DETECT_RESULTS}
+               VIEW_DETECT: KEY_DETECT_RESULTS, VIEW_CHANGES: KEY_CHANGES_RESULTS}
+# What a view's ranking score is called on its cards and tile panel ("score" elsewhere).
+SCORE_NAMES = {VIEW_CHANGES: "change"}
 
 
 def view_key(prefix: str, view: str, *parts) -> str:

@@ -1,11 +1,12 @@
-"""The Streamlit page of the web app (``rsclip serve``): five views over one tile table.
+"""The Streamlit page of the web app (``rsclip serve``): six views over one tile table.
 
 Streamlit runs this file as a script (``streamlit run page.py -- --db DB --table NAME [--basemap URL]``,
 started by :func:`rsclip.app.server.serve`) and reruns it on every interaction; the ``__main__`` block is the
 only place the app reads argv. The views live in their modules: text and image search and the label set's
-"Find more like these" (:mod:`rsclip.app.search_views`), detections (:mod:`rsclip.app.detect_view`), the
-feature finder (:mod:`rsclip.app.feature_view`); ranked tiles are drawn by :mod:`rsclip.app.results` (map,
-tile panel, downloads, cards), the sidebar by :mod:`rsclip.app.sidebar`. Every value that comes from outside
+"Find more like these" (:mod:`rsclip.app.search_views`), detections (:mod:`rsclip.app.detect_view`), changes
+between two dates (:mod:`rsclip.app.changes_view`), the feature finder (:mod:`rsclip.app.feature_view`);
+ranked tiles are drawn by :mod:`rsclip.app.results` (map, tile panel with its timeline, downloads, cards),
+the sidebar (where and when to search, labels) by :mod:`rsclip.app.sidebar`. Every value that comes from outside
 (object names, table values, upload names, typed text, error messages naming them) goes through
 ``escape_markdown`` before it is drawn, and every cache is bounded (:mod:`rsclip.app.caches`).
 """
@@ -18,22 +19,15 @@ import sys
 import streamlit as st
 
 from rsclip.app import caches
+from rsclip.app.changes_view import changes_view
 from rsclip.app.detect_view import detect_view
 from rsclip.app.feature_view import feature_view
-from rsclip.app.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIEW_DETECT, VIEW_FEATURE, VIEW_IMAGE,
-                             VIEW_LABELS, VIEW_TEXT, VIEWS)
-from rsclip.app.mapview import show_map
-from rsclip.app.search_views import failed, image_view, labels_view, text_view
+from rsclip.app.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIEW_CHANGES, VIEW_DETECT, VIEW_FEATURE,
+                             VIEW_IMAGE, VIEW_LABELS, VIEW_TEXT, VIEWS)
+from rsclip.app.search_views import empty_map, failed, image_view, labels_view, text_view
 from rsclip.app.server import WebConfig, escape_markdown
 from rsclip.app.sidebar import sidebar
 from rsclip.core import tiles
-
-
-def empty_map(ctx) -> None:
-    """The text view's map before a search: the table's extent, to draw an area on."""
-    if ctx.extent is not None:
-        show_map(VIEW_TEXT, {"type": "FeatureCollection", "features": []}, extent=ctx.extent,
-                 basemap=ctx.config.basemap)
 
 
 def show_view(view: str, ctx) -> None:
@@ -41,13 +35,15 @@ def show_view(view: str, ctx) -> None:
     if view == VIEW_TEXT:
         text_view(ctx)
         if not st.session_state.get(KEY_TEXT, "").strip():
-            empty_map(ctx)
+            empty_map(ctx, VIEW_TEXT)
     elif view == VIEW_IMAGE:
         image_view(ctx)
     elif view == VIEW_LABELS:
         labels_view(ctx)
     elif view == VIEW_DETECT:
         detect_view(ctx)
+    elif view == VIEW_CHANGES:
+        changes_view(ctx)
     else:
         feature_view(ctx.summary)
 
@@ -65,7 +61,7 @@ def render_app(config: WebConfig) -> None:
     for key in KEPT_KEYS:  # a widget of a closed tab keeps its value (see keys.KEPT_KEYS)
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
-    ctx, bbox_error = sidebar(config, summary, conn)
+    ctx, problems = sidebar(config, summary, conn)
     message = st.session_state.pop(STATE_MESSAGE, None)
     with st.container():  # always there, so a message does not move (and remount) the map below it
         if message:
@@ -76,8 +72,9 @@ def render_app(config: WebConfig) -> None:
         if not tab.open:
             continue
         with tab:
-            if bbox_error and view != VIEW_FEATURE:
-                st.error(f"Bounding box: {bbox_error}")
+            if problems and view != VIEW_FEATURE:  # a bad box or date: one line each, nothing searched
+                for problem in problems:
+                    st.error(problem)
                 continue
             show_view(view, ctx)
 

@@ -1,5 +1,6 @@
-"""Ranked tiles on the page: a map of their footprints with the opened tile's panel, downloads, and a grid of
-cards (preview, score, window, bounds, "Similar tiles", "+" / "-").
+"""Ranked tiles on the page: a map of their footprints with the opened tile's panel (and its timeline:
+:mod:`rsclip.app.timeline_view`), downloads, and a grid of cards (preview, score, window, bounds, date,
+"Similar tiles", "+" / "-", "Timeline").
 
 Every value from the table (uris, names) is drawn as plain text (``escape_markdown``); on the map it is
 text too (``map.js`` sets ``textContent``). Tables without bounds get the grid alone, as before the map.
@@ -13,12 +14,15 @@ import streamlit as st
 from rsclip.app import caches, mapdata
 from rsclip.app.context import PageContext
 from rsclip.app.downloads import download_buttons, file_stem, rows_file
-from rsclip.app.keys import (KEY_TILE_PANEL, RESULT_KEYS, SOURCE_TILE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE,
-                             STATE_VIEW, VIEW_IMAGE, view_key)
+from rsclip.app.keys import (KEY_TILE_PANEL, RESULT_KEYS, SCORE_NAMES, SOURCE_TILE, STATE_IMAGE_SOURCE,
+                             STATE_QUERY_TILE, STATE_VIEW, VIEW_IMAGE, view_key)
 from rsclip.app.labelling import label_buttons
 from rsclip.app.mapview import selected_tile, show_map
+from rsclip.app.pictures import show_image
 from rsclip.app.server import (GRID_COLUMNS, describe_bounds, describe_window, escape_markdown, readable_error,
                                source_name)
+from rsclip.app.timedata import seen_text
+from rsclip.app.timeline_view import open_timeline, opened_row, timeline_section
 from rsclip.core import tiles
 from rsclip.search.searchers import SCORE
 
@@ -36,13 +40,22 @@ def tile_of(row) -> dict:
             **{c: int(row[c]) for c in tiles.WINDOW_COLUMNS}}
 
 
-def show_image(read, row, what: str = "preview") -> None:
-    """The preview ``read(uri, x, y, w, h)`` of ``row``, or a one-line warning when it cannot be read."""
-    try:
-        window = [int(row[c]) for c in tiles.WINDOW_COLUMNS]
-        st.image(read(str(row[tiles.URI]), *window), width="stretch", output_format="JPEG")
-    except Exception as exc:  # a moved or unreadable source must not hide the other hits
-        st.warning(f"{what} unavailable: {escape_markdown(readable_error(exc))}")
+def located(row) -> bool:
+    """True when a row has all four bound columns (a place on the map, and a timeline)."""
+    return all(row.get(c) is not None and pd.notna(row.get(c)) for c in tiles.BOUNDS_COLUMNS)
+
+
+def details(row, name: str) -> str:
+    """A tile as caption markdown: ``name`` (already escaped), window, bounds and, when known, when it was
+    seen."""
+    seen = seen_text(row)
+    return (f"{name} · {describe_window(row)}  \n{describe_bounds(row)}"
+            + (f"  \n{escape_markdown(seen)}" if seen else ""))
+
+
+def ranked(view: str, row, rank: int) -> str:
+    """``#rank · score`` (or the view's name for its score) as markdown."""
+    return f"**#{rank}** · {SCORE_NAMES.get(view, 'score')} **{row[SCORE]:.3f}**"
 
 
 def show_results(ctx: PageContext, hits: pd.DataFrame, view: str, *, cards: int | None = None,
@@ -103,19 +116,24 @@ def map_section(ctx: PageContext, hits: pd.DataFrame, view: str) -> None:
 
 
 def tile_panel(ctx: PageContext, row: dict, rank: int, view: str) -> None:
-    """The opened tile: a large preview, its score, source, window and bounds, "Similar tiles", "+" / "-"."""
-    tile = tile_of(row)
+    """The opened tile: a large preview, its score, source, window, bounds and date, "Similar tiles",
+    "+" / "-", and its timeline, from which another date of its place can be shown here instead."""
+    shown = opened_row(view, row)
+    tile = tile_of(shown)
     with st.container(border=True, key=view_key(KEY_TILE_PANEL, view)):
         left, right = st.columns([1, 2])
         with left:
-            show_image(caches.panel_preview, row)
+            show_image(caches.panel_preview, shown)
         with right:
-            st.markdown(f"**#{rank}** · score **{row[SCORE]:.3f}**")
-            st.caption(f"{escape_markdown(row[tiles.URI])}  \n{describe_window(row)}  \n{describe_bounds(row)}")
+            st.markdown(ranked(view, row, rank))
+            if shown is not row:
+                st.caption("Showing another date of this place (opened from its timeline below):")
+            st.caption(details(shown, escape_markdown(shown[tiles.URI])))
             with st.container(horizontal=True):
                 st.button("Similar tiles", key=view_key("panel-similar", view, tile[tiles.ID]), on_click=choose_tile,
                           args=(tile,))
                 label_buttons(ctx, tile[tiles.ID], view_key("panel-label", view, tile[tiles.ID]))
+        timeline_section(ctx, row, view, tile[tiles.ID])
 
 
 def card_grid(ctx: PageContext, hits: pd.DataFrame, view: str, key: str) -> None:
@@ -132,11 +150,13 @@ def card_grid(ctx: PageContext, hits: pd.DataFrame, view: str, key: str) -> None
 def card(ctx: PageContext, row: dict, rank: int, view: str) -> None:
     """One result card (see :func:`card_grid`)."""
     show_image(caches.preview, row)
-    st.markdown(f"**#{rank}** · score **{row[SCORE]:.3f}**")
-    st.caption(f"{escape_markdown(source_name(row[tiles.URI]))} · {describe_window(row)}  \n{describe_bounds(row)}",
-               help=escape_markdown(row[tiles.URI]))
+    st.markdown(ranked(view, row, rank))
+    st.caption(details(row, escape_markdown(source_name(row[tiles.URI]))), help=escape_markdown(row[tiles.URI]))
     tile = tile_of(row)
     with st.container(horizontal=True):
         st.button("Similar tiles", key=view_key("similar", view, rank, tile[tiles.ID]), on_click=choose_tile,
                   args=(tile,))
         label_buttons(ctx, tile[tiles.ID], view_key("label", view, rank, tile[tiles.ID]))
+        if ctx.times.has_dates and ctx.extent is not None and located(row):
+            st.button("Timeline", key=view_key("timeline-card", view, rank, tile[tiles.ID]), on_click=open_timeline,
+                      args=(view, tile[tiles.ID]), help="open this tile under the map, with the other dates of its place")

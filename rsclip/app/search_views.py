@@ -1,6 +1,7 @@
 """The search views of the web app: text search, image search, and the label set's "Find more like these".
 
-Each view runs one search under the page's area filters (:meth:`rsclip.app.context.PageContext.filters`)
+Each view runs one search under the page's filters (:meth:`rsclip.app.context.PageContext.filters`: area,
+dates, cloud and nodata limits)
 on the server's resident copy of the table and hands the hits to :func:`rsclip.app.results.show_results`.
 Typed text is text (``query_text``); an upload is decoded under :mod:`rsclip.app.preview`'s limits.
 """
@@ -18,8 +19,10 @@ from rsclip.app.keys import (KEY_FIND_MORE, KEY_IMAGE_UPLOAD, KEY_LABELLED, KEY_
                              STATE_FIND_MORE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE, VIEW_IMAGE, VIEW_LABELS,
                              VIEW_TEXT)
 from rsclip.app.labelling import counts_text, label_buttons
+from rsclip.app.mapview import show_map
+from rsclip.app.pictures import show_image
 from rsclip.app.preview import UPLOAD_TYPES, decode_upload
-from rsclip.app.results import show_image, show_results
+from rsclip.app.results import show_results
 from rsclip.app.server import GRID_COLUMNS, PREVIEW_SIZE, describe_window, escape_markdown, readable_error, source_name
 from rsclip.core import labels, rows, tiles
 from rsclip.search.query import MAX_TEXT_CHARS, query, query_text, similar_tiles
@@ -31,6 +34,12 @@ MAX_LABELLED_SHOWN = 48
 def failed(what: str, exc: BaseException) -> None:
     """One error line for the visitor; the message (which may name objects or uploads) as plain text."""
     st.error(f"{what}: {escape_markdown(readable_error(exc))}")
+
+
+def empty_map(ctx: PageContext, view: str) -> None:
+    """A view's map before its search: the table's extent, to draw an area on."""
+    if ctx.extent is not None:
+        show_map(view, {"type": "FeatureCollection", "features": []}, extent=ctx.extent, basemap=ctx.config.basemap)
 
 
 def search_and_show(ctx: PageContext, view: str, search) -> None:

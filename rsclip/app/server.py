@@ -20,11 +20,16 @@ The views (their modules say more):
    "Find more like these" (the example search of its positives and negatives).
 4. **Detections** (:mod:`rsclip.app.detect_view`): run the detector for the label set in the background
    (:mod:`rsclip.app.detection_runs`) and review its detections above a threshold, best first.
-5. **Feature finder** (:mod:`rsclip.app.feature_view`): an uploaded image is cut into a patch grid and each
+5. **Changes** (:mod:`rsclip.app.changes_view`): two dates; the places whose embedding moved most between
+   them, on the map coloured by change (``rsclip.changes``).
+6. **Feature finder** (:mod:`rsclip.app.feature_view`): an uploaded image is cut into a patch grid and each
    patch scored against a typed feature; the grid of probabilities and a heatmap overlay are shown.
 
-Where to search (sidebar, every view): a typed bounding box and/or an area drawn on any map. Results,
-labels and detections download as GeoJSON or GeoParquet (:mod:`rsclip.app.downloads`).
+Where and when to search (sidebar, every view): a typed bounding box and/or an area drawn on any map; a
+date range and, where the table records them, cloud cover and nodata limits (:mod:`rsclip.app.date_filter`).
+A tile opened on a map shows its timeline: the tiles of its place by date with their similarity
+(:mod:`rsclip.app.timeline_view`). Results, labels, detections and changes download as GeoJSON or
+GeoParquet (:mod:`rsclip.app.downloads`).
 
 Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
 server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
@@ -35,7 +40,8 @@ What a visitor sends is bounded and never read as a path: typed text is encoded 
 ``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
 :mod:`rsclip.app.preview`; the bounding box is parsed into four floats and checked by
 :func:`rsclip.query.validate_bbox`; an area drawn on the map is bounded and validated as a WGS84 polygon
-(:mod:`rsclip.app.mapdata`); a typed label-set name must match the labels module's pattern; detection runs
+(:mod:`rsclip.app.mapdata`); typed dates are ISO dates of at most ten characters, checked before use
+(:mod:`rsclip.app.timedata`); a typed label-set name must match the labels module's pattern; detection runs
 and downloads are bounded. No SQL is built here from anything a visitor sends: searches take validated
 filters, tile ids are checked against :data:`TILE_ID_PATTERN`. Object names, table values, upload names and
 messages are shown as plain text (:func:`escape_markdown`; on the map, ``textContent``): nothing in them
@@ -61,13 +67,7 @@ from typing import IO, Mapping, Sequence
 import numpy as np
 
 from rsclip import errors
-from rsclip.app.keys import (  # noqa: F401  re-exported: scripts and tests written before the map find them here
-    KEY_BBOX, KEY_FEATURE_COLS, KEY_FEATURE_GRID, KEY_FEATURE_MODE, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS,
-    KEY_FEATURE_ROWS, KEY_FEATURE_TEXT, KEY_FEATURE_TILE, KEY_FEATURE_UPLOAD, KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD,
-    KEY_K, KEY_TEXT, KEY_TEXT_RESULTS, PATCHES_GRID, PATCHES_TILE, SOURCE_TILE, SOURCE_UPLOAD,
-    STATE_IMAGE_SOURCE, STATE_QUERY_TILE, STATE_VIEW, VIEW_FEATURE, VIEW_IMAGE, VIEW_TEXT, VIEWS,
-)
-from rsclip.app.preview import MAX_UPLOAD_MB, UPLOAD_TYPES
+from rsclip.app.preview import MAX_UPLOAD_MB
 from rsclip.core import tiles
 from rsclip.search.filters import BBox, validate_bbox
 

@@ -1,12 +1,14 @@
 """The sidebar of the web app: the table, the number of results, where to search (a typed bounding box and
-the area drawn on a map, shown as GeoJSON to copy), the place of the date range, and the label set."""
+the area drawn on a map, shown as GeoJSON to copy), when (a date range and quality limits:
+:mod:`rsclip.app.date_filter`), and the label set."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from rsclip.app.context import PageContext
-from rsclip.app.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_DATE, KEY_K, STATE_AREA
+from rsclip.app.date_filter import date_filter
+from rsclip.app.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_K, STATE_AREA
 from rsclip.app.labelling import label_choice, labelled_tiles, show_counts
 from rsclip.app.mapdata import area_text
 from rsclip.app.mapview import current_area
@@ -39,14 +41,8 @@ def area_panel():
     return area
 
 
-def date_filter() -> None:
-    """The sidebar's place for a date range (issue 17: a control here whose value reaches ``Filters.date``
-    through :meth:`rsclip.app.context.PageContext.filters`). Tables carry no acquisition dates yet."""
-    st.container(key=KEY_DATE)
-
-
 def bbox_input():
-    """The typed bounding box: ``(bbox or None, error message or None)``."""
+    """The typed bounding box: ``(bbox or None, one-line error message or None)``."""
     text = st.text_input(
         "Bounding box (optional)", key=KEY_BBOX, placeholder="lon_min, lat_min, lon_max, lat_max",
         max_chars=MAX_BBOX_CHARS,
@@ -56,14 +52,15 @@ def bbox_input():
     try:
         bbox = parse_bbox(text)
     except ValueError as exc:
-        return None, escape_markdown(readable_error(exc))
+        return None, f"Bounding box: {escape_markdown(readable_error(exc))}"
     if bbox is not None:
         st.caption(f"searching inside lon {bbox[0]}..{bbox[2]}, lat {bbox[1]}..{bbox[3]}")
     return bbox, None
 
 
-def sidebar(config: WebConfig, summary: dict, conn) -> tuple[PageContext, str | None]:
-    """Draw the sidebar; returns the page's :class:`PageContext` and the bounding box's error (or None)."""
+def sidebar(config: WebConfig, summary: dict, conn) -> tuple[PageContext, list[str]]:
+    """Draw the sidebar; returns the page's :class:`PageContext` and the one-line errors of the visitor's
+    filters (a bad bounding box or date; the views then search nothing)."""
     with st.sidebar:
         st.header("rsclip")
         st.caption(f"table **{escape_markdown(config.table)}** in {escape_markdown(config.db)}")
@@ -72,10 +69,11 @@ def sidebar(config: WebConfig, summary: dict, conn) -> tuple[PageContext, str | 
         st.subheader("Where")
         bbox, bbox_error = bbox_input()
         area = area_panel() if summary.get("extent") is not None else None
-        date_filter()
+        st.subheader("When")
+        when, date_error = date_filter(summary["times"])
         st.subheader("Labels")
         label = label_choice(config)
         ctx = PageContext(config=config, conn=conn, summary=summary, k=k, bbox=bbox, area=area, label=label,
-                          labelled=labelled_tiles(config, label))
+                          labelled=labelled_tiles(config, label), when=when)
         show_counts(ctx)
-    return ctx, bbox_error
+    return ctx, [e for e in (bbox_error, date_error) if e]

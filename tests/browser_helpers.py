@@ -1,0 +1,170 @@
+"""Driving the web app in headless Chromium: the browser (Debian's chromium, installed when missing), pages
+that record every request they make, and the steps and waits the browser tests share
+(tests/test_webapp.py, tests/test_webapp_map.py, tests/test_webapp_time.py; the ``browser`` fixture is in
+conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rsclip.app.keys import KEY_LABEL_COUNTS, view_key
+from rsclip.app.mapview import COMPONENT_NAME
+from rsclip.app.server import describe_window, source_name
+from rsclip.core import tiles
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+UI_TIMEOUT_MS = 180_000  # generous: a loaded CI machine imports torch slowly on the first page load
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium, installed with apt-get when missing (CI starts from a fresh machine)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if prefix and not shutil.which("sudo"):
+        pytest.fail("chromium is missing and apt-get needs root: install it with `apt-get install chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        done = subprocess.run([*prefix, *cmd], env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    assert CHROMIUM.exists(), "apt-get installed chromium but /usr/bin/chromium is missing"
+    return CHROMIUM
+
+
+def wait_images_loaded(pg, selector: str, count: int) -> None:
+    """Wait until ``selector`` holds ``count`` images, all decoded (naturalWidth > 0)."""
+    pg.wait_for_function(
+        """([sel, n]) => {
+            const imgs = Array.from(document.querySelectorAll(sel + ' img'));
+            return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        arg=[selector, count],
+        timeout=UI_TIMEOUT_MS,
+    )
+
+
+def hit_captions(pg, results_key: str) -> list[str]:
+    """``name · window`` of every hit card under ``results_key``, in rank order."""
+    cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
+    texts = [cards.nth(i).inner_text() for i in range(cards.count())]
+    return [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t).group(1) for t in texts]
+
+
+def expected_captions(hits) -> list[str]:
+    return [f"{source_name(r[tiles.URI])} · {describe_window(r)}" for r in hits.to_dict("records")]
+
+
+def open_app(pg, url: str) -> None:
+    pg.goto(url)
+    pg.get_by_label("Describe what to find").wait_for(timeout=UI_TIMEOUT_MS)
+
+
+def search_text(pg, text: str) -> None:
+    box = pg.get_by_label("Describe what to find")
+    box.fill(text)
+    box.press("Enter")
+
+
+def assert_no_traceback(pg) -> None:
+    body = pg.locator("body").inner_text()
+    assert "Traceback" not in body and 'File "' not in body, body[-2000:]
+
+
+MAP_FRAME = f"iframe[title*='{COMPONENT_NAME}']"
+
+
+def recorded_page(browser):  # noqa: F811 - the fixture imported above
+    """A fresh page and the list of every URL it (and its frames) requested."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    requests: list[str] = []
+    pg.on("request", lambda request: requests.append(request.url))
+    return pg, requests
+
+
+def assert_only(requests: list[str], origins: set[str]) -> None:
+    """Every request went to one of ``origins`` (scheme://host:port); data: and blob: URLs are the page's own."""
+    seen = {re.sub(r"^([a-z]+://[^/]+).*$", r"\1", u) for u in requests if not u.startswith(("data:", "blob:"))}
+    assert requests and seen <= origins, f"the page reached beyond {origins}: {sorted(seen - origins)}"
+
+
+def map_frame(pg, count: int | None = None):
+    """The visible map's frame, once Leaflet is up (and, with ``count``, draws that many footprints)."""
+    pg.locator(MAP_FRAME).first.wait_for(timeout=UI_TIMEOUT_MS)
+    frame = pg.locator(MAP_FRAME).first.element_handle().content_frame()
+    frame.wait_for_function("() => window.rsclipMap !== undefined", timeout=UI_TIMEOUT_MS)
+    if count is not None:
+        frame.wait_for_function("n => window.rsclipMap.byId.size === n", arg=count, timeout=UI_TIMEOUT_MS)
+    return frame
+
+
+def wait_captions(pg, results_key: str, hits: pd.DataFrame) -> None:
+    """Wait until the cards under ``results_key`` are ``hits``, in order, their previews loaded (the page
+    shows the previous run's cards until the new run replaces them)."""
+    def shown() -> list[str] | None:
+        try:
+            return hit_captions(pg, results_key)
+        except AttributeError:  # a card in the middle of being redrawn
+            return None
+
+    want = expected_captions(hits)
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while shown() != want and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
+    assert hit_captions(pg, results_key) == want
+    wait_images_loaded(pg, f".st-key-{results_key}", len(hits))
+
+
+def click_map_tile(pg, frame, tile_id: str) -> None:
+    """Hover over a tile's footprint and click it, zoomed to it and brought above its overlapping neighbours."""
+    frame.evaluate("id => { const g = rsclipMap.byId.get(id); rsclipMap.map.fitBounds(g.getBounds(), {animate: false});"
+                   " g.bringToFront(); }", tile_id)
+    path = frame.locator(f"path.rsclip-tile[data-tile-id='{tile_id}']")
+    path.hover(force=True)
+    path.click(force=True)
+
+
+def label_set_named(pg, name: str) -> None:
+    box = pg.get_by_label("Name of a new label set")
+    box.fill(name)
+    box.press("Enter")
+    counts(pg, f"{name}: 0 positive, 0 negative")
+
+
+def counts(pg, text: str) -> None:
+    pg.locator(f".st-key-{KEY_LABEL_COUNTS}").get_by_text(text).wait_for(timeout=UI_TIMEOUT_MS)
+
+
+def press(pg, container: str, name: str) -> None:
+    pg.locator(container).get_by_role("button", name=name, exact=True).click()
+
+
+def download(pg, view: str, what: str, format: str) -> bytes:
+    """The bytes of the file a view's download button gives."""
+    with pg.expect_download(timeout=UI_TIMEOUT_MS) as info:
+        pg.locator(f".st-key-{view_key('downloads', view, what, format)} button").click()
+    return open(info.value.path(), "rb").read()
+
+
+def geojson_rows(data: bytes) -> list[dict]:
+    collection = json.loads(data)
+    assert collection["type"] == "FeatureCollection"
+    return collection["features"]
