@@ -113,6 +113,18 @@ def upload_chips(client, bucket: str, prefix: str, files: Sequence[Path]) -> str
 
 # --- the machine ---------------------------------------------------------------------------------------------
 
+def in_table_folder(name: str, db: str | None, measure: Callable[[Path], dict]) -> dict:
+    """``measure(db / ...)``: the tables in ``db`` when given (kept), else in a temporary folder removed
+    afterwards."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"rsclip-bench-{name}-"))
+    try:
+        return measure(Path(db) if db else tmp / "db")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cpus() -> int:
     """Cores this process may run on."""
     try:

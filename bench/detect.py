@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -157,11 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     bench = Bench("detect", args, needs=[common.module_need("sklearn", common.INSTALL_TEST)]).start()
-    tmp = Path(tempfile.mkdtemp(prefix="rsclip-bench-detect-"))
-    try:
-        return measure(args, bench, Path(args.db) if args.db else tmp / "db")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return common.in_table_folder("detect", args.db, lambda db: measure(args, bench, db))
 
 
 def measure(args, bench: Bench, db: Path) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,11 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    tmp = Path(tempfile.mkdtemp(prefix="rsclip-bench-query-"))
-    try:
-        return measure(args, bench, Path(args.db) if args.db else tmp / "db")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return common.in_table_folder("query", args.db, lambda db: measure(args, bench, db))
 
 
 def measure(args, bench: Bench, db: Path) -> dict:

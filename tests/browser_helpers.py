@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,8 @@ import pytest
 
 from rsclip.app.keys import KEY_LABEL_COUNTS, view_key
 from rsclip.app.mapview import COMPONENT_NAME
-from rsclip.app.server import describe_window, source_name
+from infra.local_stack import free_port
+from rsclip.app.server import describe_window, serve, source_name
 from rsclip.core import tiles
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -104,6 +106,28 @@ def assert_only(requests: list[str], origins: set[str]) -> None:
     """Every request went to one of ``origins`` (scheme://host:port); data: and blob: URLs are the page's own."""
     seen = {re.sub(r"^([a-z]+://[^/]+).*$", r"\1", u) for u in requests if not u.startswith(("data:", "blob:"))}
     assert requests and seen <= origins, f"the page reached beyond {origins}: {sorted(seen - origins)}"
+
+
+@contextmanager
+def served(db: str):
+    """``rsclip serve`` of ``db`` on a free port of 127.0.0.1 (AWS variables through the environment), stopped
+    afterwards."""
+    web = serve(db, port=free_port(), block=False)
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+@contextmanager
+def app_page(browser, server):
+    """A fresh page; afterwards, every request it made must have gone to ``server``'s own origin."""
+    pg, requests = recorded_page(browser)
+    try:
+        yield pg
+    finally:
+        pg.context.close()
+    assert_only(requests, {server.url.rstrip("/")})
 
 
 def map_frame(pg, count: int | None = None):

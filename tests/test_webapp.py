@@ -38,7 +38,7 @@ from rsclip.app.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KE
 from rsclip.app.server import (APP_SCRIPT, DEFAULT_K, WebConfig, app_url, describe_window, open_instructions, parse_bbox,
                                readable_error, serve, source_name, streamlit_command)
 from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, expected_captions, hit_captions, open_app,
-                                   search_text, wait_images_loaded)
+                                   search_text, served, wait_images_loaded)
 from tests.helpers import BUCKET, GEOTIFF_DIR
 from tests.test_security_formats import RAW_PASSWD, SECRET_MARKERS
 from tests.test_security_limits import png_bytes
@@ -129,11 +129,8 @@ def demo(s3, tiny_model, rsicd_files, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(demo):
     """``rsclip serve`` on a free port of 127.0.0.1 (the S3 variables reach it through the environment)."""
-    web = serve(demo["db"], port=free_port(), block=False)
-    try:
+    with served(demo["db"]) as web:
         yield web
-    finally:
-        web.stop()
 
 
 @pytest.fixture

@@ -30,10 +30,11 @@ from rsclip.core import footprints, labels, tiles
 from rsclip.search import export
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
+from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, app_page, assert_no_traceback, assert_only, click_map_tile,
+                                   counts, download, expected_captions, geojson_rows, hit_captions, label_set_named,
+                                   map_frame, open_app, press, recorded_page, search_text, served, wait_captions,
+                                   wait_images_loaded)
 from tests.geo_helpers import scene_grid_table
-from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, assert_no_traceback, assert_only, click_map_tile, counts,
-                                   download, expected_captions, geojson_rows, hit_captions, label_set_named, map_frame,
-                                   open_app, press, recorded_page, search_text, wait_captions, wait_images_loaded)
 
 QUERY = "a lake beside fields"
 DETECTION_TIMEOUT_MS = 600_000  # a private Ray starts on a loaded 2-core machine
@@ -49,22 +50,15 @@ def geo_db(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def map_server(geo_db):
-    web = serve(geo_db["db"], port=free_port(), block=False)
-    try:
+    with served(geo_db["db"]) as web:
         yield web
-    finally:
-        web.stop()
 
 
 @pytest.fixture
 def page(browser, map_server):
     """A fresh page; afterwards, every request it made must have gone to the app's own origin."""
-    pg, requests = recorded_page(browser)
-    try:
+    with app_page(browser, map_server) as pg:
         yield pg
-    finally:
-        pg.context.close()
-    assert_only(requests, {map_server.url.rstrip("/")})
 
 
 # ------------------------------------------------------------------------------------------ helpers

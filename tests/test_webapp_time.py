@@ -21,25 +21,24 @@ import pyarrow as pa
 import pytest
 
 import rsclip
-from infra.local_stack import free_port
 from rsclip.app import timedata
 from rsclip.app.date_filter import NO_COLUMNS
 from rsclip.app.keys import (KEY_CHANGES_RESULTS, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY,
                              KEY_DETECT_RESULTS, KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
                              KEY_MAX_CLOUD, KEY_MAX_NODATA, KEY_TEXT, KEY_TEXT_RESULTS, STATE_SELECTED, VIEW_CHANGES, VIEW_DETECT, VIEW_LABELS,
                              VIEW_TEXT, view_key)
-from rsclip.app.server import DEFAULT_K, serve
+from rsclip.app.server import DEFAULT_K
 from rsclip.app.timeline_view import NO_DATES
 from rsclip.core import dates, detections, raster, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.ingest import listing
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
+from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
+                                   geojson_rows, label_set_named, map_frame, open_app, press, search_text, served,
+                                   wait_captions)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
-from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, assert_only, click_map_tile, counts, download,
-                                   geojson_rows, label_set_named, map_frame, open_app, press, recorded_page,
-                                   search_text, wait_captions)
 
 QUERY = "a lake beside fields"
 NAME_PATTERN = r"_(?P<datetime>\d{8})\.tif$"
@@ -78,22 +77,15 @@ def time_db(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def time_server(time_db):
-    web = serve(time_db["db"], port=free_port(), block=False)
-    try:
+    with served(time_db["db"]) as web:
         yield web
-    finally:
-        web.stop()
 
 
 @pytest.fixture
 def page(browser, time_server):
     """A fresh page; afterwards, every request it made must have gone to the app's own origin."""
-    pg, requests = recorded_page(browser)
-    try:
+    with app_page(browser, time_server) as pg:
         yield pg
-    finally:
-        pg.context.close()
-    assert_only(requests, {time_server.url.rstrip("/")})
 
 
 # ------------------------------------------------------------------------------------------ helpers
