@@ -46,6 +46,7 @@ DEFAULT_REPEATS = 3
 DEFAULT_WARMUP = 1
 ORDERS = ("abba", "abab")
 EXIT_PREREQUISITE = 2  # what rsclip's commands return for a clear one-line error
+SETTLE_S = 90.0  # the longest a script waits at its start for the load of what ran before it to decay
 
 MET, MEDIAN_ONLY, MISSED = "met", "median only", "missed"
 
@@ -133,15 +134,26 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def load_report(when: str) -> tuple[float, list[str]]:
-    """The 1-minute load average and the lines that report it (a warning when it is above the core count)."""
+def load_report(when: str, *, warn: bool = True) -> tuple[float, list[str]]:
+    """The 1-minute load average and the lines that report it (with ``warn``, a warning when it is above the
+    core count; at the end the load includes the benchmark's own work, so it is reported without one)."""
     one, five, fifteen = os.getloadavg()
     cores = cpus()
     lines = [f"load average at the {when}: {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min) on {cores} cores"]
-    if one > cores:
+    if warn and one > cores:
         lines.append(f"WARNING: the machine is busy (1-minute load {one:.1f} > {cores} cores): the figures "
                      f"will be noisy and may not say whether a target is met; rerun on a quiet machine")
     return one, lines
+
+
+def settle(say: Callable[[str], None], limit_s: float = SETTLE_S, poll_s: float = 5.0) -> None:
+    """Wait up to ``limit_s`` for the 1-minute load to fall to the core count: a script started right after
+    another (``make bench``) would otherwise report that one's work as a busy machine. Sleeps only."""
+    deadline = time.monotonic() + limit_s
+    if os.getloadavg()[0] > cpus():
+        say(f"waiting up to {limit_s:.0f} s for the 1-minute load ({os.getloadavg()[0]:.2f}) to settle")
+    while os.getloadavg()[0] > cpus() and time.monotonic() < deadline:
+        time.sleep(poll_s)
 
 
 # --- interleaving, median and spread -------------------------------------------------------------------------
@@ -281,6 +293,7 @@ class Bench:
             print(f"bench/{self.name}.py: missing " + "; ".join(f"{n.what} ({n.fix})" for n in absent),
                   file=sys.stderr, flush=True)
             raise SystemExit(EXIT_PREREQUISITE)
+        settle(self.say)
         self.load_start, lines = load_report("start")
         for line in lines:
             self.say(line)
@@ -323,7 +336,7 @@ class Bench:
         measured = {**figures, **per_round_ratios(figures, ratios or {})}
         self._print_table(measured, once or {})
         verdicts = self._print_verdicts(measured, targets)
-        load_end, lines = load_report("end")
+        load_end, lines = load_report("end", warn=False)
         for line in lines:
             self.say(line)
         line = {**summary(measured), **{k: round(v, 4) for k, v in (once or {}).items()},

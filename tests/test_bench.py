@@ -137,8 +137,23 @@ def test_the_load_average_is_reported_and_a_busy_machine_warned_about(monkeypatc
     load, lines = common.load_report("start")
     assert load == 0.5 and len(lines) == 1 and "0.50 0.40 0.30" in lines[0]
     monkeypatch.setattr(os, "getloadavg", lambda: (common.cpus() + 3.0, 1.0, 1.0))
-    _, lines = common.load_report("end")
+    _, lines = common.load_report("start")
     assert len(lines) == 2 and lines[1].startswith("WARNING: the machine is busy")
+    _, lines = common.load_report("end", warn=False)  # the end's load is the benchmark's own work
+    assert len(lines) == 1
+
+
+def test_a_script_waits_for_the_load_of_the_one_before_to_decay(monkeypatch):
+    loads = iter([5.0, 5.0, 3.0, 0.5, 0.5])
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 1.0, 1.0))
+    monkeypatch.setattr(common, "cpus", lambda: 2)
+    said = []
+    common.settle(said.append, limit_s=60, poll_s=0.01)
+    assert len(said) == 1 and "(5.00) to settle" in said[0]
+    assert next(loads) == 0.5  # polled until the load fell below the cores, then stopped
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    common.settle(said.append, limit_s=0.05, poll_s=0.01)  # never settles: gives up at the limit
+    assert len(said) == 2
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
