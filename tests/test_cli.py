@@ -82,7 +82,7 @@ def test_query_bbox_and_near(cli_db, capsys):
 def test_index_and_info(cli_db, capsys, tmp_path):
     db, _ = cli_db
     code, out, _ = run(capsys, "index", db, "--min-rows", 1000)
-    assert code == 0 and "btree id" in out and "exact scan" in out
+    assert code == 0 and "btree uri" in out and "exact scan" in out  # id: indexed by the writes
     conn = tiles.connect(db)
     if "tiles_errors" not in tiles.table_names(conn):
         import pyarrow as pa

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from rsclip.core import tiles
@@ -76,6 +78,38 @@ def test_round_trip_and_rewrites_add_nothing(tmp_path):
     assert tiles.existing_ids(table, [tiles.tile_id("s3://b/3.jpg", 0, 3, 224, 224), "nope"]) == {
         tiles.tile_id("s3://b/3.jpg", 0, 3, 224, 224)
     }
+
+
+def test_keyed_writes_index_their_key_so_the_merge_does_not_hold_every_key(tmp_path):
+    """Every keyed write goes through merges.merge_on, which gives the key column a BTREE index once the table
+    has rows (the driver's memory stays flat as tables grow: BENCHMARKS.md "Detection"); the merge stays
+    exact for rows written after the index."""
+    from rsclip.core import detections
+
+    def indexed(table, column):
+        return [c.index_type for c in table.list_indices() if list(c.columns) == [column]]
+
+    table = tiles.create_table(tmp_path / "db", model="m", dim=8)
+    assert indexed(table, tiles.ID) == []  # an empty table: nothing to index yet
+    rows = _rows([f"s3://b/{i}.jpg" for i in range(15)])
+    assert tiles.add_tiles(table, {c: v[:10] for c, v in rows.items()}) == 10
+    assert indexed(table, tiles.ID) == ["BTree"]
+    assert tiles.add_tiles(table, rows) == 5  # found through the index (first 10) or the new rows' scan
+    assert tiles.add_tiles(table, rows) == 0
+    assert table.count_rows() == 15 and table.to_pandas()[tiles.ID].is_unique
+
+    frame = table.to_pandas()
+    target = detections.open_detections(tmp_path / "db", create=True)
+    for scores in (0.2, 0.7):  # the second write replaces the first, row for row
+        batch = pa.Table.from_pydict({
+            detections.KEY: [detections.detection_key("x", i) for i in frame[tiles.ID]], tiles.ID: list(frame[tiles.ID]),
+            detections.LABEL: ["x"] * 15, detections.MODEL_VERSION: ["v"] * 15,
+            detections.SCORE: np.full(15, scores, np.float32), **{c: frame[c].to_numpy() for c in tiles.BOUNDS_COLUMNS},
+            detections.TIME: [dt.datetime.now(dt.timezone.utc)] * 15}, schema=detections.DETECTIONS_SCHEMA)
+        detections.upsert(target, batch)
+        assert indexed(target, detections.KEY) == ["BTree"]
+    written = target.to_pandas()
+    assert len(written) == 15 and np.allclose(written[detections.SCORE], 0.7)
 
 
 def test_chips_without_georeference_have_null_bounds(tmp_path):

@@ -11,7 +11,7 @@ before the grid was recorded) and is new otherwise.
 
 from __future__ import annotations
 
-from rsclip.core import tiles
+from rsclip.core import merges
 from rsclip.core.tiles import META_GRID
 from rsclip.core.windows import GRID_CRS, GRID_SCENE, GRIDS
 from rsclip.errors import InvalidInput
@@ -36,7 +36,7 @@ def settle_grid(table, wanted: str | None = None) -> str:
             table.to_lance().update_schema_metadata({META_GRID.decode(): grid})
             table.checkout_latest()
 
-        tiles.retry_on_conflict(record, table)
+        merges.retry_on_conflict(record, table)
     if wanted is not None and wanted != grid:
         raise InvalidInput(f"table {table.name!r} is cut on the {grid!r} grid; a run on the {wanted!r} grid would "
                            "add offset copies of its tiles. Use another table, or --grid " + grid)

@@ -28,7 +28,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from rsclip.core import rows, tiles
+from rsclip.core import merges, rows, tiles
 
 DETECTIONS_SUFFIX = "_detections"
 PROGRESS_SUFFIX = "_detections_progress"
@@ -81,9 +81,7 @@ def open_progress(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False)
 
 def upsert(target, batch: pa.Table) -> None:
     """Write ``batch`` into ``target`` keyed on ``key`` (replace or insert) as one atomic commit."""
-    tiles.retry_on_conflict(
-        lambda: target.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all().execute(batch),
-        target)
+    merges.merge_on(target, KEY, batch)
 
 
 def done_parts(progress, label: str, model_version: str) -> set[str]:
@@ -113,7 +111,7 @@ def drop_other_versions(db, table: str, label: str, model_version: str) -> int:
             continue
         count = target.count_rows(where)
         if count:
-            tiles.retry_on_conflict(lambda t=target: t.delete(where), target)
+            merges.retry_on_conflict(lambda t=target: t.delete(where), target)
         if target.name == detections_table_name(table):
             removed = count
     return removed

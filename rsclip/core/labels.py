@@ -28,7 +28,7 @@ from typing import Iterable
 import pandas as pd
 import pyarrow as pa
 
-from rsclip.core import rows, tiles
+from rsclip.core import merges, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 LABELS_SUFFIX = "_labels"
@@ -106,9 +106,7 @@ def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[
         VALUE: [POSITIVE] * len(pos) + [NEGATIVE] * len(neg), TIME: [now] * len(ids), NOTE: [note] * len(ids),
     }, schema=LABELS_SCHEMA)
     target = open_labels(db, table, create=True)
-    tiles.retry_on_conflict(
-        lambda: target.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all().execute(batch),
-        target)
+    merges.merge_on(target, KEY, batch)
     return len(ids)
 
 
@@ -125,7 +123,7 @@ def remove_labels(db, label: str, ids: Iterable[str] | None = None, *, table: st
         where += f" AND {KEY} IN ({', '.join(tiles.sql_text(f'{label}:{i}') for i in wanted)})"
     count = target.count_rows(where)
     if count:
-        tiles.retry_on_conflict(lambda: target.delete(where), target)
+        merges.retry_on_conflict(lambda: target.delete(where), target)
     return count
 
 

@@ -43,16 +43,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import threading
-import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from rsclip.core import storage
+from rsclip.core.merges import merge_on, retry_on_conflict
 from rsclip.core.model_source import ModelIdentity
 from rsclip.core.windows import GRID_CRS
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
@@ -95,8 +94,6 @@ REPLACE_IF = (f"(target.{SOURCE_VERSION} IS NULL AND source.{SOURCE_VERSION} IS 
 OPEN_DATASETS = 8
 
 # Concurrent writers (two jobs on one table) can collide on a commit; such a batch is retried.
-WRITE_RETRIES = 10
-T = TypeVar("T")
 
 
 def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
@@ -345,32 +342,8 @@ def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
     _, first = np.unique(ids, return_index=True)
     if len(first) != batch.num_rows:
         batch = batch.take(np.sort(first))
-    def write():
-        merge = table.merge_insert(ID)
-        if SOURCE_VERSION in batch.column_names:
-            merge = merge.when_matched_update_all(where=REPLACE_IF)
-        return merge.when_not_matched_insert_all().execute(batch)
-
-    result = retry_on_conflict(write, table)
+    result = merge_on(table, ID, batch, update_where=REPLACE_IF if SOURCE_VERSION in batch.column_names else None)
     return int(getattr(result, "num_inserted_rows", batch.num_rows)) + int(getattr(result, "num_updated_rows", 0))
-
-
-def retry_on_conflict(write: Callable[[], T], table=None) -> T:
-    """``write()``, retried with backoff when Lance reports a commit conflict with a concurrent writer.
-
-    ``table`` (when given) is moved to its latest version before each retry.
-    """
-    for attempt in range(WRITE_RETRIES):
-        try:
-            return write()
-        except Exception as exc:  # lance reports commit conflicts as generic errors
-            text = str(exc).lower()
-            if ("conflict" not in text and "retry" not in text) or attempt == WRITE_RETRIES - 1:
-                raise
-            time.sleep(0.05 * 2**attempt * (1.0 + random.random()))
-            if table is not None:
-                table.checkout_latest()
-    raise AssertionError("unreachable")
 
 
 def sql_text(value: str) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import dates, source_versions, tiles
+from rsclip.core import dates, merges, source_versions, tiles
 from rsclip.errors import RsclipError
 from rsclip.ingest.batch import (ADOPTED, EMBEDDED, ERROR, FILE_TILES, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED,
                                  STAGE_PLAN, STATUS, VERSION)
@@ -88,11 +88,7 @@ def record_errors(errors_table, rows: list[dict]) -> None:
             data[c].append(r[c])
         data[ERROR_TIME].append(now)
     batch = pa.Table.from_pydict(data, schema=ERRORS_SCHEMA)
-    tiles.retry_on_conflict(
-        lambda: errors_table.merge_insert(tiles.ID).when_matched_update_all().when_not_matched_insert_all()
-        .execute(batch),
-        errors_table,
-    )
+    merges.merge_on(errors_table, tiles.ID, batch)
 
 
 def errored_uris(errors_table, uris) -> set[str]:
@@ -109,7 +105,7 @@ def clear_errors(errors_table, uris, before: dt.datetime) -> None:
         return
     stamp = before.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     where = f"{tiles.URI} IN ({', '.join(tiles.sql_text(u) for u in uris)}) AND {ERROR_TIME} < timestamp '{stamp}'"
-    tiles.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
+    merges.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
 
 
 @dataclass
