@@ -30,8 +30,8 @@ demo: install
 	$(BIN)/python infra/demo.py
 
 # The CPU benchmarks (BENCHMARKS.md) with the [bench] extra (FAISS), each figure the median of 3 interleaved
-# rounds with its spread; ~45 minutes on a quiet 2-core machine (estimated: scaling ~2, query ~11, embed ~26,
-# train ~8 with one Ray worker: two workers on two cores have no target and would add ~6).
+# rounds with its spread; ~40 minutes on a quiet 2-core machine (measured 2026-12-02: scaling 1.5, query 7,
+# embed 21, train 10 with one Ray worker: two workers on two cores have no target and would add ~6).
 # Each script prints the load average at its start and end: run it on a quiet machine. The JSON lines are
 # appended to BENCH_RESULTS; BENCH_ARGS reach every script (e.g. BENCH_ARGS='--repeats 5').
 BENCH_RESULTS ?= bench/results/$(shell date +%Y-%m-%d).jsonl

@@ -334,5 +334,6 @@ def _make_legacy(db: str) -> None:
     data = data.select([c for c in data.column_names
                         if c not in (tiles.SOURCE_VERSION, tiles.FOOTPRINT, *tiles.TIME_COLUMNS)])
     meta = {k: v for k, v in data.schema.metadata.items() if k in (tiles.META_MODEL, tiles.META_DIM)}
-    conn.drop_table(tiles.DEFAULT_TABLE)
-    conn.create_table(tiles.DEFAULT_TABLE, data.replace_schema_metadata(meta))
+    # overwritten as a new version of the same table: Lance caches manifests by (location, version), so a
+    # table dropped and created again under its name in this process (and its Ray workers) would meet them
+    conn.create_table(tiles.DEFAULT_TABLE, data.replace_schema_metadata(meta), mode="overwrite")

@@ -196,6 +196,16 @@ def dataset_of(table):
     return ds
 
 
+def forget_datasets(uri: str) -> None:
+    """Drop the datasets :func:`dataset_of` keeps for the table at ``uri``: a table dropped and created again
+    starts its versions over, so (location, version) no longer names the same data. Called where rsclip
+    creates a table; a process that outlives a table recreated elsewhere under the same name (a long-running
+    ``rsclip serve``) must be restarted."""
+    with _datasets_lock:
+        for key in [k for k in _datasets if k[0] == uri]:
+            del _datasets[key]
+
+
 def has_vector_index(table) -> bool:
     """Whether ``table`` has an ANN index on its vector column."""
     return any(list(cfg.columns) == [VECTOR] for cfg in table.list_indices())
@@ -241,7 +251,9 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
     conn = connect(db)
     if name not in table_names(conn):
         try:
-            return conn.create_table(name, schema=tile_schema(dim, model, identity))
+            created = conn.create_table(name, schema=tile_schema(dim, model, identity))
+            forget_datasets(created.uri)  # a table of this name dropped before: its versions are gone
+            return created
         except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
             if name not in table_names(conn):
                 raise
