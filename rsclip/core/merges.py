@@ -16,6 +16,7 @@ import pyarrow as pa
 
 WRITE_RETRIES = 10
 T = TypeVar("T")
+_indexed_keys: set[tuple[str, str]] = set()  # (table location, key) known to have the index
 
 
 def merge_on(table, key: str, batch: pa.Table, *, update_where: str | None = None, insert: bool = True):
@@ -39,13 +40,20 @@ def merge_on(table, key: str, batch: pa.Table, *, update_where: str | None = Non
 
 def ensure_key_index(table, key: str) -> None:
     """A BTREE index named ``<key>_idx`` on ``key`` once ``table`` has rows (see :func:`merge_on`); rows
-    written after it are folded in by ``rsclip index`` / ``optimize``, and the merge scans only those."""
+    written after it are folded in by ``rsclip index`` / ``optimize``, and the merge scans only those.
+    Once seen, an index is remembered for the process: the writer's later commits do not list indexes again
+    (one metadata read per commit on S3)."""
     from lancedb.index import BTree
 
-    if any(key in cfg.columns for cfg in table.list_indices()) or table.count_rows() == 0:
+    seen = (table.uri, key)
+    if seen in _indexed_keys:
         return
-    # replace=True: a concurrent writer creating the same index is not an error
-    retry_on_conflict(lambda: table.create_index(key, config=BTree(), replace=True, name=f"{key}_idx"), table)
+    if not any(key in cfg.columns for cfg in table.list_indices()):
+        if table.count_rows() == 0:
+            return
+        # replace=True: a concurrent writer creating the same index is not an error
+        retry_on_conflict(lambda: table.create_index(key, config=BTree(), replace=True, name=f"{key}_idx"), table)
+    _indexed_keys.add(seen)
 
 
 def retry_on_conflict(write: Callable[[], T], table=None) -> T:
