@@ -63,6 +63,23 @@ def wait_images_loaded(pg, selector: str, count: int) -> None:
     )
 
 
+APP_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def wait_idle(pg, start_ms: int = 1_500) -> None:
+    """Wait until no script run is in progress: one the last action started (given ``start_ms`` to begin;
+    Streamlit marks its root with ``data-test-script-state``) and one still going from before. Typing into a
+    widget that a running script is about to redraw can lose the typed text."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    if start_ms:
+        try:
+            pg.wait_for_function("s => !document.querySelector(s)", arg=APP_IDLE, timeout=start_ms, polling=50)
+        except PlaywrightTimeout:
+            pass  # no run started within start_ms, or it ended between two polls
+    pg.locator(APP_IDLE).wait_for(state="attached", timeout=UI_TIMEOUT_MS)
+
+
 def hit_captions(pg, results_key: str) -> list[str]:
     """``name · window`` of every hit card under ``results_key``, in rank order."""
     cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
@@ -79,10 +96,17 @@ def open_app(pg, url: str) -> None:
     pg.get_by_label("Describe what to find").wait_for(timeout=UI_TIMEOUT_MS)
 
 
-def search_text(pg, text: str) -> None:
-    box = pg.get_by_label("Describe what to find")
+def enter_text(pg, box, text: str) -> None:
+    """Type ``text`` into the text input ``box`` and press Enter, once no run can redraw the box under the
+    typing, then wait for the run that the entry starts."""
+    wait_idle(pg, start_ms=0)
     box.fill(text)
     box.press("Enter")
+    wait_idle(pg)
+
+
+def search_text(pg, text: str) -> None:
+    enter_text(pg, pg.get_by_label("Describe what to find"), text)
 
 
 def assert_no_traceback(pg) -> None:
@@ -167,9 +191,7 @@ def click_map_tile(pg, frame, tile_id: str) -> None:
 
 
 def label_set_named(pg, name: str) -> None:
-    box = pg.get_by_label("Name of a new label set")
-    box.fill(name)
-    box.press("Enter")
+    enter_text(pg, pg.get_by_label("Name of a new label set"), name)
     counts(pg, f"{name}: 0 positive, 0 negative")
 
 

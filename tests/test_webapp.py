@@ -38,7 +38,8 @@ from rsclip.app.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KE
 from rsclip.app.server import (APP_SCRIPT, DEFAULT_K, WebConfig, app_url, describe_window, open_instructions, parse_bbox,
                                readable_error, serve, source_name, streamlit_command)
 from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, expected_captions, hit_captions, open_app,
-                                   search_text, served, wait_images_loaded)
+                                   enter_text, search_text, served, wait_idle,
+                                   wait_images_loaded)
 from tests.helpers import BUCKET, GEOTIFF_DIR
 from tests.test_security_formats import RAW_PASSWD, SECRET_MARKERS
 from tests.test_security_limits import png_bytes
@@ -303,8 +304,7 @@ def test_bounding_box_keeps_only_tiles_inside(server, demo, page, tmp_path):
     open_app(page, server.url)
     lon_min, lat_min, lon_max, lat_max = demo["landsat_bbox"]
     bbox_box = page.locator(f".st-key-{KEY_BBOX} input")
-    bbox_box.fill(f"{lon_min:.5f}, {lat_min:.5f}, {lon_max:.5f}, {lat_max:.5f}")
-    bbox_box.press("Enter")
+    enter_text(page, bbox_box, f"{lon_min:.5f}, {lat_min:.5f}, {lon_max:.5f}, {lat_max:.5f}")
     page.get_by_text("searching inside").wait_for(timeout=UI_TIMEOUT_MS)
     search_text(page, "sea and clouds")
     n = min(DEFAULT_K, len(demo["landsat_windows"]))
@@ -316,8 +316,7 @@ def test_bounding_box_keeps_only_tiles_inside(server, demo, page, tmp_path):
 
     for bad, message in (("1, 2, 3", "four numbers"), ("0, 0, 1, 1) OR (1=1", "four numbers"),
                          ("10, 0, 5, 1", "inverted")):
-        bbox_box.fill(bad)
-        bbox_box.press("Enter")
+        enter_text(page, bbox_box, bad)
         page.get_by_text(message).first.wait_for(timeout=UI_TIMEOUT_MS)
         assert page.locator(f".st-key-{KEY_TEXT_RESULTS}").count() == 0
     assert_no_traceback(page)
@@ -367,9 +366,9 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     page.get_by_role("tab", name=VIEW_FEATURE).click()
     scene = GEOTIFF_DIR / "m_4709963_se_14_1_20200831.tif"  # NAIP, 4 bands, georeferenced
     page.locator(f".st-key-{KEY_FEATURE_UPLOAD} input[type=file]").set_input_files(str(scene))
+    wait_idle(page)
     feature = page.get_by_label("Feature to find")
-    feature.fill("a lake")
-    feature.press("Enter")
+    enter_text(page, feature, "a lake")
     wait_images_loaded(page, f".st-key-{KEY_FEATURE_GRID}", 9)  # the default 3 x 3 grid
     wait_images_loaded(page, f".st-key-{KEY_FEATURE_OVERLAY}", 1)
     page.screenshot(path=str(tmp_path / "feature_finder.png"), full_page=True)
@@ -387,8 +386,7 @@ def test_feature_finder_shows_the_patch_grid_and_heatmap(server, demo, page, tmp
     assert overlay == [934, 723]
 
     # Another grid re-scores; a grid finer than the image is a readable message.
-    page.get_by_label("Rows").fill("5")
-    page.get_by_label("Rows").press("Enter")
+    enter_text(page, page.get_by_label("Rows"), "5")
     wait_images_loaded(page, f".st-key-{KEY_FEATURE_GRID}", 5 * 3)
     tiny = io.BytesIO()
     Image.fromarray(np.full((4, 6, 3), 90, dtype=np.uint8)).save(tiny, format="PNG")
@@ -407,8 +405,7 @@ def test_object_names_are_shown_as_plain_text(server, demo, page, tmp_path):
     records every request), no link, no markup, in the hit cards and in the "Tiles similar to" caption."""
     open_app(page, server.url)
     bbox_box = page.locator(f".st-key-{KEY_BBOX} input")
-    bbox_box.fill(", ".join(str(v) for v in HOSTILE_BBOX))
-    bbox_box.press("Enter")
+    enter_text(page, bbox_box, ", ".join(str(v) for v in HOSTILE_BBOX))
     page.get_by_text("searching inside").wait_for(timeout=UI_TIMEOUT_MS)
     search_text(page, "anything at all")
     results, n = f".st-key-{KEY_TEXT_RESULTS}", len(HOSTILE_NAMES)
@@ -478,8 +475,7 @@ def test_disguised_and_oversized_uploads_are_refused_and_others_still_served(ser
 
     page.get_by_role("tab", name=VIEW_FEATURE).click()
     feature = page.get_by_label("Feature to find")
-    feature.fill("storage tanks")
-    feature.press("Enter")
+    enter_text(page, feature, "storage tanks")
     upload(page, KEY_FEATURE_UPLOAD, "y.tif", RAW_PASSWD, "image/tiff")
     page.get_by_text("y.tif: not a readable raster").wait_for(timeout=UI_TIMEOUT_MS)
     upload(page, KEY_FEATURE_UPLOAD, "bomb2.png", bomb)

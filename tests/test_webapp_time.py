@@ -35,8 +35,8 @@ from rsclip.ingest import listing
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
-                                   geojson_rows, label_set_named, map_frame, open_app, press, search_text, served,
-                                   wait_captions)
+                                   enter_text, geojson_rows, label_set_named, map_frame, open_app, press, search_text,
+                                   served, wait_captions)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
 
@@ -93,8 +93,7 @@ def page(browser, time_server):
 
 def type_date(pg, label: str, text: str) -> None:
     box = pg.locator("section[data-testid='stSidebar']").get_by_label(label, exact=True)
-    box.fill(text)
-    box.press("Enter")
+    enter_text(pg, box, text)
 
 
 def text_hits(db: str, **filters) -> pd.DataFrame:
@@ -238,8 +237,7 @@ def test_the_changes_view_maps_what_moved_between_two_dates(time_server, time_db
     page.get_by_role("tab", name=VIEW_CHANGES).click()
     for label, year in (("Date A (before)", "2009"), ("Date B (after)", "2020")):
         box = page.get_by_role("textbox", name=label, exact=True)
-        box.fill(year)
-        box.press("Enter")
+        enter_text(page, box, year)
     moved = rsclip.changes(db, "2009", "2020", k=DEFAULT_K)
     assert len(moved) == DEFAULT_K and moved["change"].is_monotonic_decreasing
     wait_captions(page, KEY_CHANGES_RESULTS, moved)
