@@ -11,15 +11,28 @@ from pathlib import Path
 import pytest
 
 from infra.local_stack import RayHead, SeaweedFS, environment
+from rsclip.core.clip_bpe import BPE_ENV, BPE_NAME
 from rsclip.testing import build_tiny_clip
 from tests.browser_helpers import CHROMIUM_ARGS, ensure_chromium
 from tests.helpers import BUCKET, ROOT, RSICD_IMAGES, require_shared_data
+from tests.openclip_reference import wheel_bpe
 
 
 def pytest_configure(config):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clip_bpe(tmp_path_factory) -> Path:
+    """CLIP's BPE vocabulary, from the open_clip wheel, named by ``RSCLIP_CLIP_BPE`` for the session and every
+    process it starts (as a host with neither open_clip nor the hub would name it): conversions in Ray workers
+    included. rsclip does not ship the file."""
+    path = tmp_path_factory.mktemp("clip-bpe") / BPE_NAME
+    path.write_bytes(wheel_bpe())
+    with environment({BPE_ENV: str(path)}):
+        yield path
 
 
 @pytest.fixture(scope="session")

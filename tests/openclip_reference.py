@@ -45,7 +45,8 @@ def open_clip_wheel() -> zipfile.ZipFile:
     if not path.is_file():
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                               "open-clip-torch==3.3.0", "-d", str(WHEEL_CACHE)], capture_output=True, text=True)
+                               "open-clip-torch==3.3.0", "-d", str(WHEEL_CACHE)], capture_output=True, text=True,
+                               timeout=600)
         if done.returncode != 0 or not path.is_file():
             raise RuntimeError(f"cannot download the open_clip wheel: {done.stderr[-2000:]}")
     return zipfile.ZipFile(path)

@@ -31,7 +31,8 @@ from pathlib import Path
 from rsclip.core import model_source, storage
 from rsclip.core.checkpoint_io import (MAX_CHECKPOINT_BYTES, CheckpointFile, check_keys, fetch_checkpoint,
                                        read_checkpoint, state_dict_of)
-from rsclip.core.openclip_arch import build_image_processor, build_tokenizer, resolve_architecture
+from rsclip.core.clip_bpe import build_tokenizer
+from rsclip.core.openclip_arch import build_image_processor, resolve_architecture
 from rsclip.core.openclip_weights import check_state_dict, normalise_keys, owned_float32, to_hf_state_dict
 from rsclip.errors import InvalidInput, NotFound
 
@@ -157,7 +158,7 @@ def _convert_open_clip(src: ConversionSource, folder: Path, work: Path, max_byte
     check_keys(hf_state, _meta_shapes(config), "converted state dict", "transformers' CLIPModel")
     record = _record("open_clip", _display(src.uri), fmt, arch.to_dict(),
                      [_file_record(checkpoint, Path(src.uri).name)])
-    _write_folder(folder, config, hf_state, build_tokenizer(arch), build_image_processor(arch), record)
+    _write_folder(folder, config, hf_state, build_tokenizer(arch.context_length), build_image_processor(arch), record)
     return record
 
 

@@ -7,29 +7,23 @@ JSON file (the schema of open_clip's ``model_configs/*.json``: ``embed_dim``, ``
 ``CLIPModel``; anything else (ResNet or timm image towers, average or attentional pooling, layer scale, a
 Hugging Face text tower, SigLIP's logit bias, CoCa) is refused with the name of the setting.
 
-Every architecture uses CLIP's byte-level BPE (49,408 tokens, bundled as ``data/bpe_simple_vocab_16e6.txt.gz``)
-and open_clip's eval preprocessing: bicubic shortest-side resize, centre crop, OpenAI's mean and std.
+Every architecture uses CLIP's byte-level BPE (49,408 tokens; :mod:`rsclip.core.clip_bpe` finds it) and
+open_clip's eval preprocessing: bicubic shortest-side resize, centre crop, OpenAI's mean and std.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rsclip.core.clip_bpe import EOT_ID, SOT_ID, VOCAB_SIZE
 from rsclip.errors import InvalidInput, LimitExceeded
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 QUICKGELU_SUFFIX = "-quickgelu"
-BPE_FILE = Path(__file__).with_name("data") / "bpe_simple_vocab_16e6.txt.gz"
-# open_clip's tokenizer: 256 byte tokens, their end-of-word forms, 48,894 merges, start and end of text.
-BPE_MERGES = 49152 - 256 - 2
-VOCAB_SIZE = 2 * 256 + BPE_MERGES + 2
-SOT_TOKEN, EOT_TOKEN = "<|startoftext|>", "<|endoftext|>"
-SOT_ID, EOT_ID = VOCAB_SIZE - 2, VOCAB_SIZE - 1
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, which open_clip uses
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -248,28 +242,6 @@ def resolve_architecture(arch: str | os.PathLike) -> ClipArchitecture:
     embed, vision, tower = KNOWN_CONFIGS[base]
     cfg = {"embed_dim": embed, "quick_gelu": text != base, "vision_cfg": vision, "text_cfg": tower}
     return parse_config(cfg, text)
-
-
-def read_bpe(path: Path = BPE_FILE) -> tuple[dict[str, int], list[str]]:
-    """CLIP's BPE as ``(vocab, merges)`` in the order open_clip builds it from ``bpe_simple_vocab_16e6.txt.gz``:
-    the 256 byte characters, the same with ``</w>``, one token per merge, then start and end of text."""
-    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1 : 1 + BPE_MERGES]  # line 0 is the file's version header
-    # GPT-2's byte alphabet, in its order: the printable bytes as themselves, then the others (whitespace,
-    # control) as code points from 256 on
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + [SOT_TOKEN, EOT_TOKEN]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def build_tokenizer(arch: ClipArchitecture):
-    """A Hugging Face ``CLIPTokenizer`` equal to open_clip's for ``arch`` (pads with end of text)."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = read_bpe()
-    pairs = [tuple(m.split()) for m in merges]
-    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=arch.context_length)
 
 
 def build_image_processor(arch: ClipArchitecture):
