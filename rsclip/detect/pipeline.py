@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 setting = flags.setting
 # Memory a scoring task may use: one part's vectors (65,536 x 512 float32 = 128 MiB) and its output.
 SCORE_TASK_MEMORY = 512 * 1024 * 1024
+WARM_UP_SECONDS = 600  # starting the scoring workers: a cluster that cannot is reported, not waited on forever
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class DetectSummary:
     parts_skipped: int = 0
     rows_scored: int = 0
     removed_stale: int = 0
+    startup_seconds: float = 0.0
     scoring_seconds: float = 0.0
     rows_per_s: float = 0.0
     seconds: float = 0.0
@@ -98,11 +100,30 @@ def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe
     import ray
 
     ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
+    # One operator reads and scores; reserving part of the cluster for each operator of the plan (Ray Data's
+    # default) only held the scoring to one task at a time for its first parts (BENCHMARKS.md, "Detection").
+    ds.context.op_resource_reservation_enabled = False
     return ds.map_batches(
         scoring.score_parts, batch_size=1, batch_format="numpy", num_cpus=config.read_cpus,
         memory=SCORE_TASK_MEMORY, concurrency=config.read_tasks,
         fn_kwargs={"uri": dataset.uri, "version": dataset.version, "weights": probe.weights,
                    "bias": probe.bias, "label": probe.label, "model_version": probe.model_version})
+
+
+def warm_up(config: DetectConfig, dataset, probe: Probe) -> None:
+    """Start what the first parts would otherwise wait for (seconds on a fresh cluster): one worker process
+    per concurrent scoring task, each with the table version open (:func:`rsclip.detect.scoring.open_version`,
+    asked of all of them at once so that each starts its own worker), and Ray Data's own actors (the
+    scoring stage run on empty parts)."""
+    import ray
+
+    slots = config.read_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) // config.read_cpus))
+    opener = ray.remote(num_cpus=config.read_cpus)(scoring.open_for_scoring)
+    pids = ray.get([opener.remote(dataset.uri, dataset.version) for _ in range(slots)], timeout=WARM_UP_SECONDS)
+    log.info("scoring workers started: %d processes for %d concurrent tasks", len(set(pids)), slots)
+    empty = [{detections.PART: f"warm-up-{i}", scoring.SLICES: "[]", detections.ROWS: 0} for i in range(slots)]
+    for _ in build_dataset(config, empty, dataset, probe).iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
 
 
 def write_blocks(blocks, config: DetectConfig, probe: Probe, parts: list[dict]) -> int:
@@ -152,7 +173,10 @@ def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: 
     log.info("probe %s of %r: %s; %d parts to score, %d done before", probe.model_version, probe.label,
              probe.metrics, len(todo), len(parts) - len(todo))
     if todo and not local:  # before the clock: scoring is what is timed
+        startup = time.monotonic()
         cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
+        warm_up(config, dataset, probe)
+        summary.startup_seconds = time.monotonic() - startup
     scoring_started = time.monotonic()
     if todo:
         summary.rows_scored = write_blocks(_blocks(config, todo, dataset, probe, progress, local), config,

@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -76,6 +77,12 @@ def open_version(uri: str, version: int):
     process's environment, as every rsclip client reads them)."""
     options = storage.lance_storage_options() if storage.is_remote(uri) else {}
     return _dataset(uri, int(version), tuple(sorted(options.items())))
+
+
+def open_for_scoring(uri: str, version: int) -> int:
+    """Open the table version in this worker process ahead of its parts; returns the process id."""
+    open_version(uri, version)
+    return os.getpid()
 
 
 def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, label: str, model_version: str,
