@@ -99,6 +99,11 @@ def test_without_a_file_openais_tokenizer_comes_from_the_hub_cache(clip_bpe, tmp
     done = without_a_file(tmp_path / "other")
     assert done.returncode != 0 and f"not CLIP's {VOCAB_SIZE}" in done.stderr
 
+    hub_cache(tmp_path / "broken", {}, [])
+    next((tmp_path / "broken").rglob("vocab.json")).write_bytes(b"{not json")
+    done = without_a_file(tmp_path / "broken")
+    assert done.returncode != 0 and "are unreadable" in done.stderr.strip().splitlines()[-1]
+
 
 def test_with_no_vocabulary_anywhere_the_error_says_where_to_get_one(tmp_path):
     done = without_a_file(tmp_path / "empty")

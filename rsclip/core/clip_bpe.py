@@ -113,9 +113,14 @@ def hub_vocabulary() -> tuple[dict[str, int], list[str]]:
     for path in files:
         if path.stat().st_size > MAX_BPE_BYTES:
             raise LimitExceeded(f"{path} of {HUB_TOKENIZER} is more than {MAX_BPE_BYTES} bytes")
-    vocab = json.loads(files[0].read_text("utf-8"))
-    merges = [m for m in files[1].read_text("utf-8").split("\n")[1:] if m]  # line 0: "#version: 0.2"
-    if len(vocab) != VOCAB_SIZE or len(merges) != BPE_MERGES or vocab.get(EOT_TOKEN) != EOT_ID:
+    try:
+        vocab = json.loads(files[0].read_text("utf-8"))
+        merges = [m for m in files[1].read_text("utf-8").split("\n")[1:] if m]  # line 0: "#version: 0.2"
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the tokenizer files of {HUB_TOKENIZER} in {files[0].parent} are unreadable: "
+                           f"{exc}") from exc
+    if (not isinstance(vocab, dict) or len(vocab) != VOCAB_SIZE or len(merges) != BPE_MERGES
+            or vocab.get(EOT_TOKEN) != EOT_ID):
         raise InvalidInput(f"the tokenizer of {HUB_TOKENIZER} has {len(vocab)} tokens and {len(merges)} merges, "
                            f"not CLIP's {VOCAB_SIZE} and {BPE_MERGES}")
     return vocab, merges
