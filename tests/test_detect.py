@@ -163,6 +163,21 @@ def test_only_positives_with_background_negatives_train(small_db):
     assert summary.metrics["background"] == 20 and summary.rows_scored == 60
 
 
+def test_a_scoring_task_larger_than_any_node_stops_the_job_before_anything_is_written(ray_head, small_db):
+    """Ray would wait forever for a task no node can hold: the job says so in one line, naming the flag."""
+    db, ids = small_db
+    labels.add_labels(db, "big", ids[:4], ids[4:10])
+    env = {**ray_head.process_env(), "RAY_ADDRESS": ray_head.address}
+    res = subprocess.run([sys.executable, JOB, "--db", str(db), "--label", "big", "--read-cpus", "64"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert last.startswith("detect: error: the cluster can never run scoring tasks: 1 x (CPU 64, memory 0.5 GiB) "
+                           "at once (1 node (CPU 2,"), last
+    assert last.endswith("not one fits; change --read-cpus"), last
+    assert detections.open_detections(db) is None
+
+
 @pytest.mark.parametrize("event", [b"committed", b"recorded part"])
 def test_a_job_killed_at_an_event_and_rerun_leaves_one_detection_per_tile(ray_head, small_db, event):
     db, ids = small_db

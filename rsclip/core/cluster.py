@@ -135,8 +135,8 @@ def start_ray(address: str | None = None, *, runtime_env: dict | None = None, lo
 @dataclass(frozen=True)
 class Demand:
     """What a job holds at once: ``count`` x ``bundle`` (its actors or train workers, ``what``) and one
-    ``task`` beside them (a data task, ``task_what``), without which no data flows. ``flags`` names the
-    flags that set these numbers, for the error message."""
+    ``task`` beside them (a data task, ``task_what``; empty when the bundles are the data tasks), without
+    which no data flows. ``flags`` names the flags that set these numbers, for the error message."""
 
     what: str
     count: int
@@ -267,15 +267,17 @@ def _unfit(demand: Demand, most: float, nodes: list[NodeShape], types: list[Node
     where = [f"{n} node{'s' if n > 1 else ''} ({shape})" for shape, n in shapes.items()]
     where += [f"up to {'any number' if t.count is None else t.count} {t.name or 'node'} "
               f"({_describe(t.resources, keys)})" for t in types]
+    beside = f" beside one {demand.task_what}" if demand.task else ""
     if over:
         limit = f"over the cluster's maximum {', '.join(over)}"
     elif most >= 1:
-        limit = f"at most {most:g} fit beside one {demand.task_what}"
+        limit = f"at most {most:g} fit{beside}"
     else:
-        limit = f"not one fits beside one {demand.task_what}"
-    return (f"the cluster can never run {demand.what}: {demand.count} x ({_describe(demand.bundle, demand.bundle)}) "
-            f"and one {demand.task_what} ({_describe(demand.task, demand.task)}) at once "
-            f"({'; '.join(where) or 'no nodes'}{'' if types else '; no autoscaler'}): {limit}; change {demand.flags}")
+        limit = f"not one fits{beside}"
+    task = f" and one {demand.task_what} ({_describe(demand.task, demand.task)})" if demand.task else ""
+    return (f"the cluster can never run {demand.what}: {demand.count} x ({_describe(demand.bundle, demand.bundle)})"
+            f"{task} at once ({'; '.join(where) or 'no nodes'}{'' if types else '; no autoscaler'}): {limit}; "
+            f"change {demand.flags}")
 
 
 def check_fit(demand: Demand) -> None:

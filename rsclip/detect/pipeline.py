@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from rsclip.core import cluster, config as flags, detections, labels, tiles
 from rsclip.detect import scoring
 from rsclip.detect.probe import Probe, train_probe
-from rsclip.errors import InvalidInput
+from rsclip.errors import InvalidInput, RsclipError
 
 log = logging.getLogger(__name__)
 setting = flags.setting
@@ -111,15 +111,23 @@ def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe
 
 
 def warm_up(config: DetectConfig, dataset, probe: Probe) -> None:
-    """Start what the first parts would otherwise wait for (seconds on a fresh cluster): one worker process
-    per concurrent scoring task, each with the table version open (:func:`rsclip.detect.scoring.open_version`,
-    asked of all of them at once so that each starts its own worker), and Ray Data's own actors (the
-    scoring stage run on empty parts)."""
+    """Check that a scoring task fits the cluster (:class:`~rsclip.errors.ClusterUnfit` naming
+    ``--read-cpus`` otherwise), then start what the first parts would otherwise wait for (seconds on a fresh
+    cluster): one worker process per concurrent scoring task, each with the table version open
+    (:func:`rsclip.detect.scoring.open_version`, asked of all of them at once so that each starts its own
+    worker), and Ray Data's own actors (the scoring stage run on empty parts)."""
     import ray
 
+    cluster.check_fit(cluster.Demand("scoring tasks", 1, {"CPU": config.read_cpus, "memory": SCORE_TASK_MEMORY},
+                                     "", {}, "--read-cpus"))
     slots = config.read_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) // config.read_cpus))
     opener = ray.remote(num_cpus=config.read_cpus)(scoring.open_for_scoring)
-    pids = ray.get([opener.remote(dataset.uri, dataset.version) for _ in range(slots)], timeout=WARM_UP_SECONDS)
+    try:
+        pids = ray.get([opener.remote(dataset.uri, dataset.version) for _ in range(slots)],
+                       timeout=WARM_UP_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        raise RsclipError(f"no scoring task started within {WARM_UP_SECONDS} s: the cluster has no "
+                          f"{config.read_cpus:g} CPUs free (see `ray status`; change --read-cpus)") from None
     log.info("scoring workers started: %d processes for %d concurrent tasks", len(set(pids)), slots)
     empty = [{detections.PART: f"warm-up-{i}", scoring.SLICES: "[]", detections.ROWS: 0} for i in range(slots)]
     for _ in build_dataset(config, empty, dataset, probe).iter_batches(batch_size=None, batch_format="pyarrow"):
