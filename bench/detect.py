@@ -5,7 +5,8 @@
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, as bench/query.py
 makes them) with random WGS84 bounds, written through ``tiles.add_tiles``, then given the BTREE indexes the
-embedding job leaves on every table (no vector index: the detection job needs none). A label set: ``--labels`` rows of cluster 0 positive, as many random rows negative.
+embedding job leaves on every table (no vector index: the detection job needs none). A label set:
+``--labels`` rows of cluster 0 positive, as many random rows negative.
 
 Arms, interleaved per round (bench/common.py):
 

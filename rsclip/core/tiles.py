@@ -93,8 +93,6 @@ REPLACE_IF = (f"(target.{SOURCE_VERSION} IS NULL AND source.{SOURCE_VERSION} IS 
 # Lance datasets kept open per process (see dataset_of): one per (location, version), the newest few.
 OPEN_DATASETS = 8
 
-# Concurrent writers (two jobs on one table) can collide on a commit; such a batch is retried.
-
 
 def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
     """The id of the tile ``(x, y, width, height)`` of ``uri``: a pure function, 32 hex characters."""
