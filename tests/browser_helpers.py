@@ -80,6 +80,27 @@ def wait_idle(pg, start_ms: int = 1_500) -> None:
     pg.locator(APP_IDLE).wait_for(state="attached", timeout=UI_TIMEOUT_MS)
 
 
+def wait_text(pg, locator, contains=(), lacks=()) -> str:
+    """The text of ``locator`` once the app is idle and the text holds every string of ``contains`` and none of
+    ``lacks``. A run redraws a container element by element, so one new element (the one a test waited for)
+    can stand beside stale ones until the run ends."""
+    def text() -> str:
+        wait_idle(pg, start_ms=0)
+        return locator.inner_text()
+
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    shown = text()
+    while not _holds(shown, contains, lacks) and time.monotonic() < deadline:
+        pg.wait_for_timeout(250)
+        shown = text()
+    assert _holds(shown, contains, lacks), f"wanted {list(contains)}, not {list(lacks)}; shown:\n{shown[-3000:]}"
+    return shown
+
+
+def _holds(text: str, contains, lacks) -> bool:
+    return all(s in text for s in contains) and not any(s in text for s in lacks)
+
+
 def hit_captions(pg, results_key: str) -> list[str]:
     """``name · window`` of every hit card under ``results_key``, in rank order."""
     cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
@@ -200,11 +221,13 @@ def counts(pg, text: str) -> None:
 
 
 def press(pg, container: str, name: str) -> None:
+    wait_idle(pg, start_ms=0)  # a button that a run is redrawing can swallow the click
     pg.locator(container).get_by_role("button", name=name, exact=True).click()
 
 
 def download(pg, view: str, what: str, format: str) -> bytes:
-    """The bytes of the file a view's download button gives."""
+    """The bytes of the file a view's download button gives (once no run is redrawing it with stale data)."""
+    wait_idle(pg, start_ms=0)
     with pg.expect_download(timeout=UI_TIMEOUT_MS) as info:
         pg.locator(f".st-key-{view_key('downloads', view, what, format)} button").click()
     return open(info.value.path(), "rb").read()

@@ -33,7 +33,7 @@ from rsclip.search.review import review_detections
 from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, app_page, assert_no_traceback, assert_only, click_map_tile,
                                    counts, download, expected_captions, geojson_rows, hit_captions, label_set_named,
                                    map_frame, open_app, press, recorded_page, search_text, served, wait_captions,
-                                   wait_images_loaded)
+                                   wait_images_loaded, wait_text)
 from tests.geo_helpers import scene_grid_table
 
 QUERY = "a lake beside fields"
@@ -140,9 +140,7 @@ def test_a_text_query_draws_its_hits_footprints_on_the_map(map_server, geo_db, p
     assert f"score {best['score']:.3f}" in tip and best[tiles.URI] in tip
     assert f"x={best[tiles.X]} y={best[tiles.Y]}" in tip
     panel = page.locator(f".st-key-{view_key('tile_panel', VIEW_TEXT)}")
-    panel.get_by_text(best[tiles.URI]).wait_for(timeout=UI_TIMEOUT_MS)
-    text = panel.inner_text()
-    assert f"score {best['score']:.3f}" in text and f"lon {best[tiles.LON_MIN]:.4f}" in text
+    wait_text(page, panel, contains=(best[tiles.URI], f"score {best['score']:.3f}", f"lon {best[tiles.LON_MIN]:.4f}"))
     wait_images_loaded(page, f".st-key-{view_key('tile_panel', VIEW_TEXT)}", 1)
     page.locator(f".st-key-{view_key('tile_panel', VIEW_TEXT)}").screenshot(path=str(tmp_path / "tile_panel.png"))
     panel.get_by_role("button", name="Similar tiles").click()
@@ -303,7 +301,7 @@ def test_label_tiles_find_more_and_review_detections(map_server, geo_db, page, t
     page.get_by_role("button", name="Run detector").click()  # a second run on the table is refused meanwhile
     page.get_by_text("one run per table at a time").wait_for(timeout=UI_TIMEOUT_MS)
     progress.get_by_text("finished").wait_for(timeout=DETECTION_TIMEOUT_MS)
-    assert f"{geo_db['rows']} of {geo_db['rows']} tiles scored" in progress.inner_text()
+    wait_text(page, progress, contains=("finished", f"{geo_db['rows']} of {geo_db['rows']} tiles scored"))
 
     page.locator(f".st-key-{KEY_DETECT_THRESHOLD} input[type=range]").focus()
     page.keyboard.press("Home")  # threshold 0: every tile

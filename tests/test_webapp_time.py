@@ -36,7 +36,7 @@ from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
                                    enter_text, geojson_rows, label_set_named, map_frame, open_app, press, search_text,
-                                   served, wait_captions)
+                                   served, wait_captions, wait_text)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
 
@@ -139,8 +139,7 @@ def test_a_date_range_sets_the_filters_of_every_view(time_server, time_db, page,
     type_date(page, "From", YEAR_2009[0])
     type_date(page, "To", YEAR_2009[1])
     summary = page.locator(f".st-key-{KEY_DATE_SUMMARY}")
-    summary.get_by_text("dated 2009-01-01 to 2009-12-31").wait_for(timeout=UI_TIMEOUT_MS)
-    assert "--date 2009-01-01/2009-12-31" in summary.locator("code").text_content()
+    wait_text(page, summary, contains=("dated 2009-01-01 to 2009-12-31", "--date 2009-01-01/2009-12-31"))
 
     search_text(page, QUERY)
     hits = text_hits(db, date=YEAR_2009)
@@ -217,8 +216,8 @@ def test_a_clicked_tile_shows_its_timeline(time_server, time_db, page, tmp_path)
     # "Open" shows that date's tile in the panel, with its own buttons.
     page.locator(f".st-key-{view_key('timeline', VIEW_TEXT, 'entry', len(line))}").get_by_role(
         "button", name="Open").click()
-    panel.get_by_text("Showing another date of this place").wait_for(timeout=UI_TIMEOUT_MS)
-    assert other[tiles.URI] in panel.inner_text() and timedata.describe_time(other[tiles.DATETIME]) in panel.inner_text()
+    wait_text(page, panel, contains=("Showing another date of this place", other[tiles.URI],
+                                     timedata.describe_time(other[tiles.DATETIME])))
 
     # A card's "Timeline" opens its tile's panel and timeline.
     second = naip[tiles.ID].iloc[1]
@@ -226,8 +225,8 @@ def test_a_clicked_tile_shows_its_timeline(time_server, time_db, page, tmp_path)
     page.locator(f".st-key-{KEY_TEXT_RESULTS}-hit-{rank}").get_by_role("button", name="Timeline").click()
     assert_timeline(page, VIEW_TEXT, rsclip.timeline(db, second))
     row = hits.set_index(tiles.ID).loc[second]
-    assert row[tiles.URI] in panel.inner_text() and f"x={row[tiles.X]} y={row[tiles.Y]}" in panel.inner_text()
-    assert "Showing another date" not in panel.inner_text()
+    wait_text(page, panel, contains=(row[tiles.URI], f"x={row[tiles.X]} y={row[tiles.Y]}"),
+              lacks=("Showing another date",))
     assert_no_traceback(page)
 
 
