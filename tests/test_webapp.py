@@ -317,7 +317,7 @@ def test_bounding_box_keeps_only_tiles_inside(server, demo, page, tmp_path):
                          ("10, 0, 5, 1", "inverted")):
         enter_text(page, bbox_box, bad)
         page.get_by_text(message).first.wait_for(timeout=UI_TIMEOUT_MS)
-        assert page.locator(f".st-key-{KEY_TEXT_RESULTS}").count() == 0
+        page.locator(f".st-key-{KEY_TEXT_RESULTS}").wait_for(state="detached", timeout=UI_TIMEOUT_MS)
     assert_no_traceback(page)
 
 
@@ -347,7 +347,7 @@ def test_click_a_result_to_find_similar_tiles(server, demo, page, tmp_path):
     page.locator(f".st-key-{KEY_TEXT_RESULTS}-hit-3").get_by_role("button", name="Similar tiles").click()
 
     page.get_by_text("Tiles similar to").wait_for(timeout=UI_TIMEOUT_MS)
-    assert page.get_by_role("tab", name=VIEW_IMAGE).get_attribute("aria-selected") == "true"
+    page.get_by_role("tab", name=VIEW_IMAGE, selected=True).wait_for(timeout=UI_TIMEOUT_MS)
     expected = similar_tiles(demo["db"], chosen[tiles.ID], DEFAULT_K, table=tiles.DEFAULT_TABLE)
     wait_captions(page, KEY_IMAGE_RESULTS, expected)
     page.screenshot(path=str(tmp_path / "image_search_similar.png"), full_page=True)

@@ -36,7 +36,7 @@ from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
                                    enter_text, geojson_rows, label_set_named, map_frame, open_app, press, search_text,
-                                   served, wait_captions, wait_text)
+                                   served, wait_captions, wait_idle, wait_text)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
 
@@ -123,7 +123,8 @@ def assert_timeline(pg, view: str, line: pd.DataFrame) -> None:
             break
         pg.wait_for_timeout(250)
     assert got == want
-    assert pg.locator(f".st-key-{view_key('timeline', view, 'entry', len(want) + 1)}").count() == 0
+    pg.locator(f".st-key-{view_key('timeline', view, 'entry', len(want) + 1)}").wait_for(state="detached",
+                                                                                    timeout=UI_TIMEOUT_MS)
 
 
 # ------------------------------------------------------------------------------------------ in the browser
@@ -134,6 +135,8 @@ def test_a_date_range_sets_the_filters_of_every_view(time_server, time_db, page,
     open_app(page, time_server.url)
     sidebar = page.locator("section[data-testid='stSidebar']")
     sidebar.get_by_text("2009-08-18 to 2020-08-31").wait_for(timeout=UI_TIMEOUT_MS)
+    sidebar.get_by_text("Max nodata share").wait_for(timeout=UI_TIMEOUT_MS)
+    wait_idle(page, start_ms=0)  # the sidebar drawn to its end
     assert sidebar.get_by_text("Max cloud cover").count() == 0  # no tile of this table records cloud cover
     assert sidebar.get_by_text("Max nodata share").count() == 1  # every tile records its nodata share
     type_date(page, "From", YEAR_2009[0])
