@@ -100,16 +100,113 @@ def test_keyed_writes_index_their_key_so_the_merge_does_not_hold_every_key(tmp_p
 
     frame = table.to_pandas()
     target = detections.open_detections(tmp_path / "db", create=True)
-    for scores in (0.2, 0.7):  # the second write replaces the first, row for row
-        batch = pa.Table.from_pydict({
-            detections.KEY: [detections.detection_key("x", i) for i in frame[tiles.ID]], tiles.ID: list(frame[tiles.ID]),
-            detections.LABEL: ["x"] * 15, detections.MODEL_VERSION: ["v"] * 15,
-            detections.SCORE: np.full(15, scores, np.float32), **{c: frame[c].to_numpy() for c in tiles.BOUNDS_COLUMNS},
-            detections.TIME: [dt.datetime.now(dt.timezone.utc)] * 15}, schema=detections.DETECTIONS_SCHEMA)
-        detections.upsert(target, batch)
+    for score in (0.2, 0.7):  # the second write replaces the first, row for row
+        detections.upsert(target, _detections(list(frame[tiles.ID]), score))
         assert indexed(target, detections.KEY) == ["BTree"]
     written = target.to_pandas()
     assert len(written) == 15 and np.allclose(written[detections.SCORE], 0.7)
+
+
+def _detections(ids: list[str], score: float) -> pa.Table:
+    """Detection rows of label ``x`` for tiles ``ids`` (no bounds), all scored ``score``."""
+    from rsclip.core import detections
+
+    n = len(ids)
+    return pa.Table.from_pydict({
+        detections.KEY: [detections.detection_key("x", i) for i in ids], tiles.ID: ids, detections.LABEL: ["x"] * n,
+        detections.MODEL_VERSION: ["v"] * n, detections.SCORE: np.full(n, score, np.float32),
+        **{c: [None] * n for c in tiles.BOUNDS_COLUMNS}, detections.TIME: [dt.datetime.now(dt.timezone.utc)] * n,
+    }, schema=detections.DETECTIONS_SCHEMA)
+
+
+RACE_TABLES, RACE_KEYS = 4, 200
+
+
+def _merge_the_same_new_keys(db: str, barrier, score: float) -> None:
+    """One of two writer processes: into each of :data:`RACE_TABLES` fresh detections tables, merge the same
+    new keys as the other, both released by the barrier."""
+    from rsclip.core import detections
+
+    for n in range(RACE_TABLES):
+        target = detections.open_detections(db, f"tiles{n}", create=True)
+        barrier.wait(timeout=300)
+        detections.upsert(target, _detections([f"tile-{n}-{i}" for i in range(RACE_KEYS)], score))
+
+
+def _race(db: str) -> None:
+    import multiprocessing
+
+    from rsclip.core import detections, merges
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    writers = [ctx.Process(target=_merge_the_same_new_keys, args=(db, barrier, s)) for s in (0.25, 0.75)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=600)
+    assert [w.exitcode for w in writers] == [0, 0]
+    for n in range(RACE_TABLES):
+        target = detections.open_detections(db, f"tiles{n}")
+        written = target.to_pandas()
+        assert len(written) == RACE_KEYS and written[detections.KEY].is_unique, f"tiles{n}: {len(written)} rows"
+        assert merges.PRIMARY_KEY_POSITION in target.schema.field(detections.KEY).metadata
+
+
+def test_writers_inserting_the_same_new_keys_at_once_leave_one_row_per_key(tmp_path):
+    """Two processes writing the same new keys into a fresh table at the same moment: Lance lets both commit
+    them (two rows per key) unless the key is the table's declared primary key, which merges.merge_on
+    declares; then the later commit conflicts and its retry finds the keys present. (Once the key's index
+    exists, pylance 14 does not record the keys an indexed merge inserts: see merges.declare_key.)"""
+    _race(str(tmp_path / "db"))
+
+
+def test_writers_inserting_the_same_new_keys_on_s3_leave_one_row_per_key(s3_prefix):
+    _race(s3_prefix + "/db")
+
+
+def test_a_key_that_cannot_be_declared_is_written_as_before(tmp_path, caplog):
+    """A table of an older rsclip whose key column is nullable cannot declare it: the merge still works, with
+    a warning naming the table; a row without a key is refused by name."""
+    import lancedb
+
+    from rsclip.core import merges
+    from rsclip.errors import InvalidInput
+
+    schema = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.int64())])
+    table = lancedb.connect(tmp_path / "db").create_table("old", schema=schema)
+    with caplog.at_level("WARNING", logger="rsclip.core.merges"):
+        merges.merge_on(table, "key", pa.table({"key": ["a", "b"], "value": [1, 2]}))
+        merges.merge_on(table, "key", pa.table({"key": ["b", "c"], "value": [3, 4]}))
+    assert sorted(table.to_pandas().itertuples(index=False)) == [("a", 1), ("b", 3), ("c", 4)]
+    assert "old: key cannot be declared its primary key" in caplog.text
+    with pytest.raises(InvalidInput, match="1 row\\(s\\) to write have no key"):
+        merges.merge_on(table, "key", pa.table({"key": ["d", None], "value": [5, 6]}))
+    assert table.count_rows() == 3
+
+
+def test_every_keyed_table_declares_its_key(tmp_path):
+    """Tiles, error rows, labels, detections and their progress: each keyed table rsclip writes has its key
+    declared after the first write."""
+    from rsclip.core import detections, labels, merges
+    from rsclip.ingest import writer
+
+    db = tmp_path / "db"
+    table = tiles.create_table(db, model="m", dim=8)
+    tiles.add_tiles(table, _rows(["s3://b/a.jpg", "s3://b/b.jpg"]))
+    ids = list(table.to_pandas()[tiles.ID])
+    errors = writer.open_errors_table(db, tiles.DEFAULT_TABLE)
+    writer.record_errors(errors, [{tiles.URI: "s3://b/c.jpg", writer.STAGE: "decode", writer.MESSAGE: "broken",
+                                   tiles.X: 0, tiles.Y: 0, tiles.WIDTH: 1, tiles.HEIGHT: 1}])
+    labels.add_labels(db, "x", positive=ids[:1], negative=ids[1:])
+    detections.upsert(detections.open_detections(db, create=True), _detections(ids, 0.5))
+    progress = detections.open_progress(db, create=True)
+    detections.record_part(progress, "x", "v", "part-0", 2)
+    keyed = [(table, tiles.ID), (errors, tiles.ID), (labels.open_labels(db), labels.KEY),
+             (detections.open_detections(db), detections.KEY), (progress, detections.KEY)]
+    for target, key in keyed:
+        target.checkout_latest()
+        assert merges.PRIMARY_KEY_POSITION in (target.schema.field(key).metadata or {}), target.name
 
 
 def test_chips_without_georeference_have_null_bounds(tmp_path):
