@@ -36,9 +36,9 @@ def merge_on(table, key: str, batch: pa.Table, *, update_where: str | None = Non
 
     The key column is declared the table's primary key before the first merge (:func:`declare_key`): without
     it, Lance lets two writers that insert the same new key at once both commit it (what it still lets
-    through is removed after the commit). It gets its BTREE index as
-    soon as the table has rows: with it, the merge looks up the batch's keys; without it, Lance holds every key
-    of the table in memory, so a writer's memory would grow with the table (BENCHMARKS.md, "Detection").
+    through is removed after the commit). It gets its BTREE index as soon as the table has rows: with it, the
+    merge looks up the batch's keys; without it, Lance holds every key of the table in memory, so a writer's
+    memory would grow with the table (BENCHMARKS.md, "Detection").
     """
     declare_key(table, key)
     batch = _key_required(batch, key)
@@ -80,8 +80,8 @@ def declare_key(table, key: str) -> None:
         except Exception as exc:  # declared meanwhile by another writer, or a column that cannot be a key
             table.checkout_latest()
             if not _is_declared(table, key):
-                log.warning("%s: %s cannot be declared its primary key (%s); writers running at once could "
-                            "insert a key twice", table.name, key, str(exc).splitlines()[0][:200])
+                log.warning("%s: %s cannot be declared its primary key (%s); keys two writers insert at once "
+                            "are only removed afterwards", table.name, key, str(exc).splitlines()[0][:200])
     _declared_keys.add(seen)
 
 
