@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
 
 
 UI_TIMEOUT_MS = 180_000  # generous: a loaded CI machine imports torch slowly on the first page load
+POLL_MS = 250
 
 
 def ensure_chromium() -> Path:
@@ -80,6 +81,17 @@ def wait_idle(pg, start_ms: int = 1_500) -> None:
     pg.locator(APP_IDLE).wait_for(state="attached", timeout=UI_TIMEOUT_MS)
 
 
+def poll(pg, read, done):
+    """``read()`` again every :data:`POLL_MS` until ``done`` holds for what it returned or
+    :data:`UI_TIMEOUT_MS` have passed; returns the last value read (the caller asserts on it)."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        pg.wait_for_timeout(POLL_MS)
+        value = read()
+    return value
+
+
 def wait_text(pg, locator, contains=(), lacks=()) -> str:
     """The text of ``locator`` once the app is idle and the text holds every string of ``contains`` and none of
     ``lacks``. A run redraws a container element by element, so one new element (the one a test waited for)
@@ -88,11 +100,7 @@ def wait_text(pg, locator, contains=(), lacks=()) -> str:
         wait_idle(pg, start_ms=0)
         return locator.inner_text()
 
-    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-    shown = text()
-    while not _holds(shown, contains, lacks) and time.monotonic() < deadline:
-        pg.wait_for_timeout(250)
-        shown = text()
+    shown = poll(pg, text, lambda t: _holds(t, contains, lacks))
     assert _holds(shown, contains, lacks), f"wanted {list(contains)}, not {list(lacks)}; shown:\n{shown[-3000:]}"
     return shown
 
@@ -195,9 +203,7 @@ def wait_captions(pg, results_key: str, hits: pd.DataFrame) -> None:
             return None
 
     want = expected_captions(hits)
-    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-    while shown() != want and time.monotonic() < deadline:
-        pg.wait_for_timeout(250)
+    poll(pg, shown, lambda got: got == want)
     assert hit_captions(pg, results_key) == want
     wait_images_loaded(pg, f".st-key-{results_key}", len(hits))
 

@@ -35,7 +35,7 @@ from rsclip.ingest import listing
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
-                                   enter_text, geojson_rows, label_set_named, map_frame, open_app, press, search_text,
+                                   enter_text, geojson_rows, label_set_named, map_frame, open_app, poll, press, search_text,
                                    served, wait_captions, wait_idle, wait_text)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
@@ -116,13 +116,12 @@ def expected_entries(line: pd.DataFrame) -> list[tuple[str, str]]:
 def assert_timeline(pg, view: str, line: pd.DataFrame) -> None:
     """``view``'s timeline shows exactly ``line``: its dates and similarities, in order."""
     want = expected_entries(line)
-    deadline = pg.evaluate("Date.now()") + UI_TIMEOUT_MS
-    while True:
-        got = [tuple(re.search(r"(\S+) · (similarity -?\d\.\d{3})", t).groups()) for t in entry_texts(pg, view, len(want))]
-        if got == want or pg.evaluate("Date.now()") > deadline:
-            break
-        pg.wait_for_timeout(250)
-    assert got == want
+
+    def shown() -> list[tuple[str, ...]]:
+        return [tuple(re.search(r"(\S+) · (similarity -?\d\.\d{3})", t).groups())
+                for t in entry_texts(pg, view, len(want))]
+
+    assert poll(pg, shown, lambda got: got == want) == want
     pg.locator(f".st-key-{view_key('timeline', view, 'entry', len(want) + 1)}").wait_for(state="detached",
                                                                                     timeout=UI_TIMEOUT_MS)
 
