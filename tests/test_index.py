@@ -52,8 +52,9 @@ def exact_ids(db, q, k, mask=None):
 
 def test_ivf_pq_params():
     assert rindex.ivf_pq_params(1_000_000, 512) == (1000, 64)
-    assert rindex.ivf_pq_params(3000, 32) == (55, 4)
-    assert rindex.ivf_pq_params(10, 100) == (3, 10)  # largest divisor of 100 not above 12
+    assert rindex.ivf_pq_params(3000, 32) == (11, 4)  # one list per 256 rows at most, as Lance trains
+    assert rindex.ivf_pq_params(100_000, 32) == (316, 4)
+    assert rindex.ivf_pq_params(10, 100) == (1, 10)  # largest divisor of 100 not above 12
     assert rindex.ivf_pq_params(10**9, 7) == (4096, 1)
     with pytest.raises(ValueError):
         rindex.ivf_pq_params(0, 512)
@@ -86,6 +87,31 @@ def test_appended_rows_are_searchable_before_and_after_refresh(synthetic_db):
     state = rindex.build_index(db, min_rows=1000)
     assert "refreshed" in state.action and state.unindexed_rows == 0 and state.indexed_rows == N_ROWS + 50
     assert rsclip.query(db, new[17], k=1)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + 17}.tif"
+
+
+def test_build_and_refresh_keep_the_planned_lists(synthetic_db):
+    """The regression of issue 22: a table written by keyed merges has a BTREE index on id before its vector
+    index is built, and a refresh through Lance's default optimize re-partitioned the new IVF index to Lance's
+    own list size (55 lists -> 1 here, 1,000 -> 31 at 1M rows: recall@10 0.99 -> 0.89)."""
+    db, rng, centers = synthetic_db
+    assert "id" in rindex.index_state(tiles.open_table(db)).scalar_indexes  # what the keyed writes leave
+    planned, _ = rindex.ivf_pq_params(N_ROWS, DIM)
+    assert rindex.build_index(db, min_rows=1000).num_partitions == planned
+    tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, clustered(rng, 200, centers), rng))
+    state = rindex.build_index(db, min_rows=1000)
+    assert state.action == "refreshed" and state.unindexed_rows == 0
+    assert state.num_partitions == planned
+
+
+def test_an_index_that_lance_re_partitioned_is_retrained(synthetic_db):
+    db, _, _ = synthetic_db
+    planned, _ = rindex.ivf_pq_params(N_ROWS, DIM)
+    rindex.build_index(db, min_rows=1000)
+    table = tiles.open_table(db)
+    table.optimize()  # LanceDB's own optimize, as a user may call it: pylance 14 joins the small lists
+    assert rindex.vector_partitions(table) < planned * rindex.RETRAIN_PARTITION_SHARE
+    state = rindex.build_index(db, min_rows=1000)
+    assert state.action.startswith("built IVF_PQ") and state.num_partitions == planned
 
 
 def test_large_growth_retrains_and_rebuild_flag(synthetic_db):
@@ -197,3 +223,63 @@ def test_concurrent_index_builds_on_one_table_both_succeed(synthetic_db):
     assert not errors, errors
     state = rindex.index_state(tiles.open_table(db))
     assert state.vector_index is not None and set(state.scalar_indexes) == set(rindex.SCALAR_COLUMNS)
+
+
+GUARD_ROWS = 1_000_000  # the collapse of issue 22 costs recall from ~650k rows up (0.89 at 1M), latency below
+GUARD_DIM = 512
+
+
+def job_batches(rows: int, batch_rows: int, rng):
+    """What the embedding pipeline hands its writer: EMBEDDED rows of unit 512-d vectors drawn from 1,000
+    clusters (like an archive of many scene types), one tile a file; yields ``(batch, vectors)``."""
+    from rsclip.ingest import batch as B
+
+    centers = rng.standard_normal((1000, GUARD_DIM), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    for start in range(0, rows, batch_rows):
+        n = min(batch_rows, rows - start)
+        v = centers[rng.integers(0, 1000, n)] + rng.standard_normal((n, GUARD_DIM), dtype=np.float32) * (
+            0.8 / np.sqrt(GUARD_DIM))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        uris = np.array([f"s3://archive/scene-{i:07d}.tif" for i in range(start, start + n)])
+        lon = rng.uniform(-170, 170, n)
+        yield {
+            B.STATUS: np.full(n, B.EMBEDDED), B.STAGE: np.full(n, ""), B.MESSAGE: np.full(n, ""),
+            tiles.ID: np.array([tiles.tile_id(u, 0, 0, 224, 224) for u in uris]), tiles.URI: uris,
+            tiles.X: np.zeros(n, np.int32), tiles.Y: np.zeros(n, np.int32),
+            tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
+            tiles.LON_MIN: lon, tiles.LAT_MIN: lon / 3, tiles.LON_MAX: lon + 0.01, tiles.LAT_MAX: lon / 3 + 0.01,
+            tiles.CRS: np.full(n, "EPSG:4326"), B.VERSION: np.full(n, "v1"), B.FILE_TILES: np.ones(n, np.int64),
+            tiles.VECTOR: v.astype(np.float32),
+        }, v, centers
+
+
+@pytest.mark.slow
+def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_model, tmp_path):
+    """recall@10 >= 0.95 with the default search settings on a 1M-row table written and indexed as the
+    embedding job does (its writer's merges, then its index step): the guard of issue 22."""
+    from rsclip.ingest import writer
+    from rsclip.ingest.pipeline import EmbedConfig, build_index_after
+
+    rng = np.random.default_rng(0)
+    db = tmp_path / "db"
+    table = tiles.create_table(db, model=str(tiny_model), dim=GUARD_DIM)
+    tile_writer = writer.TileWriter(table, writer.open_errors_table(db, tiles.DEFAULT_TABLE), commit_rows=100_000)
+    vectors = []
+    for batch, v, centers in job_batches(GUARD_ROWS, 50_000, rng):
+        tile_writer.write(batch)
+        vectors.append(v)
+    assert tile_writer.close().embedded == GUARD_ROWS
+    build_index_after(EmbedConfig(db=str(db), model=str(tiny_model)))
+    vectors = np.concatenate(vectors)
+    state = rindex.index_state(tiles.open_table(db))
+    assert state.indexed_rows == GUARD_ROWS and state.num_partitions == rindex.ivf_pq_params(GUARD_ROWS, GUARD_DIM)[0]
+    queries = centers[rng.integers(0, 1000, 100)] + rng.standard_normal((100, GUARD_DIM)).astype(np.float32) * (
+        0.8 / np.sqrt(GUARD_DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    row_of = lambda uris: [int(u.rsplit("-", 1)[1][:-4]) for u in uris]
+    table = tiles.open_table(db)
+    for searcher in (searchers.LanceSearcher(table), searchers.searcher_for(table, resident=True)):
+        hits = [len(set(row_of(searchers.search(searcher, q, 10)["uri"])) & set(np.argsort(-(vectors @ q))[:10]))
+                for q in queries]
+        assert np.mean(hits) / 10 >= 0.95, type(searcher).__name__

@@ -2,8 +2,15 @@
 
 Build once after a large write, refresh after appends. LanceDB answers a query from the index for the rows
 it covers and by an exact flat scan for rows appended since, so new tiles are searchable immediately; a
-refresh (``optimize``) folds them into the index so the scan stays short. The vector index is built with
-``tiles.METRIC``, the one distance type every search asks for.
+refresh (:func:`refresh_indexes`) folds them into the index so the scan stays short. The vector index is built
+with ``tiles.METRIC``, the one distance type every search asks for.
+
+A refresh never lets Lance re-partition the vector index. Asked to optimize an IVF index without a count of
+deltas to merge (as LanceDB's ``Table.optimize()`` asks), pylance 14 splits and joins its lists to Lance's own
+target size: the ~1,000 lists of a 1M-row table became 31 (~32k rows each), every query scanned 20 of them
+(3x slower) with codes trained for the old lists (recall@10 0.99 -> 0.89). Below ~650k rows the 20 probed lists
+cover all of them and only latency shows it. ``rsclip`` folds new rows into the lists the index has, and a
+build that finds an index with far fewer lists than :func:`ivf_pq_params` plans retrains it.
 
 Sizing (see ``ivf_pq_params``): about ``sqrt(rows)`` IVF lists (k-means cost and the per-query list scan
 balance there), and 8 dimensions per PQ sub-vector (64 bytes per 512-d vector). Searches read
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from lancedb.index import BTree, IvfPq
 
@@ -27,10 +35,19 @@ SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS, tiles.DATETIME)
 # (256 centroids per sub-vector); the vector index is not built.
 MIN_ANN_ROWS = 10_000
 MAX_PARTITIONS = 4096
+# Lance trains at most one list per this many rows (its k-means wants 256 samples a centroid).
+MIN_ROWS_PER_PARTITION = 256
 DIMS_PER_SUBVECTOR = 8
 # Rebuild (retrain) the vector index when rows not covered by its training exceed this share of the table:
 # lists trained for the old row count grow long and the centroids stop describing the data.
 RETRAIN_UNINDEXED_SHARE = 0.5
+# ... or when its lists are fewer than this share of what ivf_pq_params plans for the table (an index that
+# another tool's optimize re-partitioned, see the module doc).
+RETRAIN_PARTITION_SHARE = 0.5
+# A refresh folds the vector index's new rows into its one index (a count makes Lance keep the lists).
+VECTOR_DELTAS_TO_MERGE = 1
+# Table versions older than this are pruned by a refresh (what LanceDB's optimize did by default).
+KEEP_VERSIONS = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -64,12 +81,13 @@ class IndexState:
 def ivf_pq_params(rows: int, dim: int) -> tuple[int, int]:
     """``(num_partitions, num_sub_vectors)`` for an IVF_PQ index over ``rows`` vectors of size ``dim``.
 
-    Partitions: ``round(sqrt(rows))`` clamped to [1, 4096]. Sub-vectors: the largest divisor of ``dim`` not
+    Partitions: ``round(sqrt(rows))`` clamped to [1, 4096] and to one per 256 rows, which Lance would cap them
+    to anyway (what the index holds, so that a re-partitioned index can be told). Sub-vectors: the largest divisor of ``dim`` not
     above ``dim / 8`` (at least 1), so each PQ code covers about 8 dimensions.
     """
     if rows < 1 or dim < 1:
         raise InvalidInput(f"need rows >= 1 and dim >= 1, got rows={rows}, dim={dim}")
-    partitions = max(1, min(MAX_PARTITIONS, round(math.sqrt(rows))))
+    partitions = max(1, min(MAX_PARTITIONS, round(math.sqrt(rows)), rows // MIN_ROWS_PER_PARTITION))
     target = max(1, dim // DIMS_PER_SUBVECTOR)
     sub_vectors = max(d for d in range(1, target + 1) if dim % d == 0)
     return partitions, sub_vectors
@@ -96,20 +114,42 @@ def index_state(table, action: str = "none") -> IndexState:
         return IndexState(rows, None, 0, rows, tuple(sorted(scalar)), action=action)
     stats = table.index_stats(vector_cfg.name)
     compression = (vector_cfg.index_details or {}).get("compression", {}) or {}
-    partitions = None
-    if hasattr(vector_cfg, "index_details"):
-        partitions = (vector_cfg.index_details or {}).get("num_partitions")
     return IndexState(
         rows=rows,
         vector_index=f"{vector_cfg.name} ({stats.index_type}, {stats.distance_type})",
         indexed_rows=int(stats.num_indexed_rows),
         unindexed_rows=int(stats.num_unindexed_rows),
         scalar_indexes=tuple(sorted(scalar)),
-        num_partitions=partitions,
+        num_partitions=vector_partitions(table, vector_cfg.name),
         num_sub_vectors=compression.get("num_sub_vectors"),
         action=action,
         details=dict(vector_cfg.index_details or {}),
     )
+
+
+def vector_partitions(table, name: str = VECTOR_INDEX) -> int | None:
+    """The IVF list count of the vector index ``name`` of an open table (the fewest of its deltas), None when
+    Lance does not say."""
+    counts = [seg.get("num_partitions") for seg in table.to_lance().stats.index_stats(name).get("indices", [])]
+    counts = [int(c) for c in counts if c]
+    return min(counts) if counts else None
+
+
+def refresh_indexes(table, *, vector: bool = True) -> None:
+    """Compact ``table``'s files, prune versions older than :data:`KEEP_VERSIONS`, and bring its indexes up to
+    date: scalar indexes as Lance does, the vector index (unless ``vector`` is False: it is about to be
+    retrained) by folding new rows into the lists it has, never re-partitioned (see the module doc). What
+    LanceDB's ``optimize`` does, less its re-partitioning."""
+    table.compact_files()
+    table.cleanup_old_versions(KEEP_VERSIONS)
+    indexes = table.list_indices()
+    vectors = [cfg.name for cfg in indexes if list(cfg.columns) == [tiles.VECTOR]]
+    scalar = [cfg.name for cfg in indexes if cfg.name not in vectors]
+    if scalar:
+        table.to_lance().optimize.optimize_indices(index_names=scalar)
+    if vectors and vector:
+        table.to_lance().optimize.optimize_indices(index_names=vectors, num_indices_to_merge=VECTOR_DELTAS_TO_MERGE)
+    table.checkout_latest()
 
 
 def build_index(
@@ -123,8 +163,9 @@ def build_index(
 
     - No vector index and at least ``min_rows`` rows: train IVF_PQ (``tiles.METRIC``, sizes from
       :func:`ivf_pq_params`).
-    - A vector index exists: fold appended rows into it (``optimize``: compaction plus incremental index
-      update), or retrain it when ``rebuild`` is set or the unindexed rows exceed half of the table.
+    - Existing indexes are refreshed first (:func:`refresh_indexes`: compaction, then new rows folded in; the
+      vector index keeps its lists), or the vector index is retrained when ``rebuild`` is set, the unindexed
+      rows exceed half of the table or its lists are fewer than half of what :func:`ivf_pq_params` plans.
     - BTREE indexes on ``id``, ``uri``, the four bound columns and ``datetime`` are created when missing (and
       the table has the column) and refreshed with the rest.
 
@@ -146,13 +187,9 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
     actions: list[str] = []
     existing = {c for cfg in tbl.list_indices() for c in cfg.columns}
     vector_cfg = _vector_index_config(tbl)
-    retrain = rebuild
-    if vector_cfg is not None and not retrain:
-        stats = tbl.index_stats(vector_cfg.name)
-        retrain = stats.num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows
-    if vector_cfg is not None and not retrain:
-        tbl.optimize()
-        actions.append("refreshed")
+    retrain = rebuild or (vector_cfg is not None and _needs_retrain(tbl, vector_cfg.name, rows, dim))
+    if existing:  # before a build: the vector index is trained on compacted files, never remapped after
+        refresh_indexes(tbl, vector=not retrain)
     if (vector_cfg is None or retrain) and rows >= min_rows:
         partitions, sub_vectors = ivf_pq_params(rows, dim)
         tbl.create_index(
@@ -168,8 +205,16 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
         if column not in existing and column in tbl.schema.names:  # older tables lack newer columns
             tbl.create_index(column, config=BTree(), replace=True, name=f"{column}_idx")
             actions.append(f"btree {column}")
-    if "refreshed" not in actions and existing:
-        tbl.optimize()  # bring existing scalar indexes up to date
+    if existing:
         actions.append("refreshed")
     tbl.checkout_latest()
     return index_state(tbl, action="; ".join(actions))
+
+
+def _needs_retrain(tbl, name: str, rows: int, dim: int) -> bool:
+    """An existing vector index is retrained when most rows came after its training or its lists are far
+    fewer than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`)."""
+    if tbl.index_stats(name).num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows:
+        return True
+    lists = vector_partitions(tbl, name)
+    return lists is not None and lists < RETRAIN_PARTITION_SHARE * ivf_pq_params(rows, dim)[0]
