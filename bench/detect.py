@@ -66,7 +66,7 @@ def write_rows(table, rng, start: int, n: int, centers, spread: float, dim: int)
     import numpy as np
 
     from bench.query import random_bounds
-    from rsclip.core import tiles
+    from rsclip.table import tiles
 
     members = []
     for first in range(start, start + n, CHUNK):
@@ -88,7 +88,7 @@ def index_scalars(db: Path) -> None:
     """The BTREE indexes every embedded table has (the embedding job builds them at its end): the job finds
     its labelled tiles through the ``id`` index; without it, the driver scans every id (its memory then
     grows with the table). No vector index: the detection job needs none."""
-    from rsclip.core import index
+    from rsclip.table import index
 
     t0 = time.perf_counter()
     state = index.build_index(db, min_rows=NO_VECTOR_INDEX)
@@ -100,7 +100,7 @@ def build(args, db: Path) -> tuple[object, object, object]:
     ends, the cluster centers): what ``--grow-to`` continues with."""
     import numpy as np
 
-    from rsclip.core import labels, tiles
+    from rsclip.table import labels, tiles
 
     rng = np.random.default_rng(args.seed)
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
@@ -121,7 +121,7 @@ def build(args, db: Path) -> tuple[object, object, object]:
 
 def ray_arm(args, db: Path) -> dict:
     """One detection job in a fresh driver (tables of earlier rounds dropped first)."""
-    from rsclip.core import detections, tiles
+    from rsclip.table import detections, tiles
 
     conn = tiles.connect(db)
     for name in (detections.detections_table_name(tiles.DEFAULT_TABLE), detections.progress_table_name(tiles.DEFAULT_TABLE)):
@@ -142,7 +142,7 @@ def numpy_arm(db: Path, weights, bias: float) -> float:
     """Rows/s of one process reading the table's id, bounds and vectors and scoring them in numpy."""
     import numpy as np
 
-    from rsclip.core import tiles
+    from rsclip.table import tiles
     from rsclip.detect.probe import sigmoid
     from rsclip.detect.scoring import READ_COLUMNS
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
 def measure(args, bench: Bench, db: Path) -> dict:
     import numpy as np
 
-    from rsclip.core import labels, tiles
+    from rsclip.table import labels, tiles
     from rsclip.detect.probe import train_probe
 
     print(f"rows={args.rows} grow_to={args.grow_to} dim={args.dim} clusters={args.clusters}", flush=True)

@@ -93,8 +93,8 @@ class ModelOnly:
         import numpy as np
         import torch
 
-        from rsclip.core.images import read_image
-        from rsclip.core.model import load_model
+        from rsclip.geo.images import read_image
+        from rsclip.model.clip import load_model
 
         torch.set_num_threads(self.threads)
         if self.encoder is None:  # loaded once: the weights need not be fresh

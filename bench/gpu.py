@@ -26,7 +26,7 @@ bench/common.py):
   CPU vector.
 
 ``--transfer-ab`` instead compares the embedder with its uint8 batch stacked into page-locked memory
-(``model.uint8_to_device``) against a plain pageable ``.to(device)``. The last line printed is one JSON object.
+(``clip.uint8_to_device``) against a plain pageable ``.to(device)``. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def prepare(path: Path) -> None:
     """Plan and decode real chips with the library's own stages; keep their JPEG bytes and captions."""
     from dataclasses import asdict
 
-    from rsclip.core import raster, tiles
-    from rsclip.core.preprocess import ImagePreprocess
+    from rsclip.geo import raster
+    from rsclip.table import tiles
+    from rsclip.model.preprocess import ImagePreprocess
     from rsclip.ingest import batch as B, planning, reading
     from rsclip.train.data import CAPTIONS, IMAGE, read_samples
     from rsclip.train.transforms import StageConfig, decode_samples
@@ -109,7 +110,7 @@ def embedding_arms(args, inputs: dict, model_dir: Path, sync) -> tuple[list[Arm]
     from transformers import CLIPModel
 
     from bench.embed import ReferenceEmbedder
-    from rsclip.core.model import ClipEncoder, load_model
+    from rsclip.model.clip import ClipEncoder, load_model
     from rsclip.ingest import batch as B
     from rsclip.ingest.embedder import ImageEmbedder
 
@@ -143,7 +144,7 @@ def train_arms(args, inputs: dict, model_dir: Path, sync) -> list[Arm]:
     """One arm per precision: optimiser steps of ``train_step`` on a learner built once."""
     import torch
 
-    from rsclip.core.model import normalize_pixels
+    from rsclip.model.clip import normalize_pixels
     from rsclip.train.config import TrainConfig
     from rsclip.train.data import CAPTION, IMAGE
     from rsclip.train.loop import build_learner, load_clip, train_step
@@ -168,14 +169,14 @@ def train_arms(args, inputs: dict, model_dir: Path, sync) -> list[Arm]:
 
 
 def transfer_arms(args, inputs: dict, model_dir: Path, sync) -> tuple[list[Arm], dict]:
-    """The embedder with pinned (``model.uint8_to_device``) against pageable host-to-device copies, per batch
+    """The embedder with pinned (``clip.uint8_to_device``) against pageable host-to-device copies, per batch
     size; returns the arms and the ratios (pinned / pageable)."""
     import torch
 
-    from rsclip.core import model
+    from rsclip.model import clip
     from rsclip.ingest.embedder import ImageEmbedder
 
-    pinned = model.uint8_to_device
+    pinned = clip.uint8_to_device
 
     def pageable(images, device):
         return torch.from_numpy(np.stack(images)).to(device, non_blocking=True)
@@ -186,11 +187,11 @@ def transfer_arms(args, inputs: dict, model_dir: Path, sync) -> tuple[list[Arm],
         batch = repeat(inputs["read_batch"], n)
         for name, copy in (("pinned", pinned), ("pageable", pageable)):
             def embed(copy=copy, batch=batch):
-                model.uint8_to_device = copy
+                clip.uint8_to_device = copy
                 try:
                     return embedder(batch)
                 finally:
-                    model.uint8_to_device = pinned
+                    clip.uint8_to_device = pinned
             arms.append(rate_arm(f"embedder_b{n}_{name}", embed, n, min(args.seconds, 1.0), sync))
         ratios[f"pinned_over_pageable_b{n}"] = (f"embedder_b{n}_pinned", f"embedder_b{n}_pageable")
     return arms, ratios

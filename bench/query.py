@@ -5,7 +5,7 @@
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, like embeddings of an
 archive with many scene types) with random WGS84 tile bounds, written through ``tiles.add_tiles`` and indexed
-by ``rsclip.core.index.build_index``, once per run (or reused from ``--db`` with ``--reuse``). Queries are
+by ``rsclip.table.index.build_index``, once per run (or reused from ``--db`` with ``--reuse``). Queries are
 fresh draws from the same mixture; ground truth is the exact top k by numpy. Single queries, one at a time.
 The arms, one pass over the queries each per round (rounds interleaved, see bench/common.py; the first 5
 queries of every pass are untimed):
@@ -79,7 +79,7 @@ def clustered_vectors(rng, n: int, dim: int, centers, spread: float):
 
 def random_bounds(rng, n: int) -> dict:
     """Random tile boxes: sides 0.01 to 1 degree, anywhere between 85S and 85N."""
-    from rsclip.core import tiles
+    from rsclip.table import tiles
 
     size = rng.uniform(0.01, 1.0, n)
     lon = rng.uniform(-180.0, 180.0 - 1.0, n)
@@ -91,7 +91,7 @@ def make_data(args) -> Data:
     """The same data for the same ``--seed``, so that ``--reuse`` finds the table it would write."""
     import numpy as np
 
-    from rsclip.core import tiles
+    from rsclip.table import tiles
 
     rng = np.random.default_rng(args.seed)
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
@@ -116,8 +116,8 @@ def write_table(db: Path, data: Data, model: str) -> tuple[float, float]:
     """Write ``data`` as a fresh tile table at ``db`` and index it; returns (write s, index s)."""
     import numpy as np
 
-    from rsclip.core import index as rindex
-    from rsclip.core import tiles
+    from rsclip.table import index as rindex
+    from rsclip.table import tiles
 
     rows, dim = data.vectors.shape
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def row_numbers(table):
     """``rows_of(frame)``: the data's row numbers of a result frame (through uri + x, not write order)."""
     import numpy as np
 
-    from rsclip.core import tiles
+    from rsclip.table import tiles
 
     ids = tiles.dataset_of(table).to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pydict()
     row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224
@@ -227,7 +227,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index) -> list[Ar
     """The arms compared in every round (see the module doc)."""
     import numpy as np
 
-    from rsclip.core import tiles
+    from rsclip.table import tiles
     from rsclip.search import searchers as S
     from rsclip.search.filters import Filters
     from rsclip.search.query import query
@@ -281,7 +281,7 @@ def sweep(args, table, data: Data, truth: list) -> None:
 
 def open_or_write(args, db: Path, data: Data) -> tuple:
     """The indexed table (written now, or reused with ``--reuse``) and the set-up times measured once."""
-    from rsclip.core import tiles
+    from rsclip.table import tiles
     from rsclip.testing import build_vit_b32
 
     # the ViT-B/32-sized model sits beside the table (its metadata names it), so a reused table keeps it
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def measure(args, bench: Bench, db: Path) -> dict:
     """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds."""
-    from rsclip.core import index as rindex
+    from rsclip.table import index as rindex
     from rsclip.search import searchers as S
     from rsclip.search.resident import resident_table
 

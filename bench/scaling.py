@@ -44,8 +44,8 @@ BUCKET = "scaling"
 
 def chip_rate(blobs: list[tuple[bytes, str]], preprocess) -> float:
     """Tiles per second per core: decode + resize of JPEG chips already in memory."""
-    from rsclip.core.images import decode_image
-    from rsclip.core.preprocess import resize_shortest_side
+    from rsclip.geo.images import decode_image
+    from rsclip.model.preprocess import resize_shortest_side
 
     start = time.perf_counter()
     for data, name in blobs:
@@ -57,7 +57,7 @@ def listed_batch(uri: str) -> dict:
     """The listing stage's batch for every object under ``uri``."""
     import numpy as np
 
-    from rsclip.core import tiles
+    from rsclip.table import tiles
     from rsclip.ingest import batch as B, listing
 
     listed = listing.list_archive(uri)
@@ -69,7 +69,7 @@ def s3_chip_rate(batch: dict, preprocess) -> float:
     read stages."""
     import numpy as np
 
-    from rsclip.core import raster
+    from rsclip.geo import raster
     from rsclip.ingest import batch as B, planning, reading
 
     start = time.process_time()
@@ -86,7 +86,7 @@ def window_rate(n: int, preprocess) -> float:
     import rasterio
     from rasterio.windows import Window
 
-    from rsclip.core.preprocess import resize_shortest_side
+    from rsclip.model.preprocess import resize_shortest_side
 
     with rasterio.open(NAIP) as src:
         cols, rows = src.width // TILE, src.height // TILE
@@ -103,7 +103,7 @@ def encoder_arm(work: Path, batches: int, batch_size: int):
     """The encoder (built once) and ``(run, warm)``: tiles per second over ``batches`` batches, one batch."""
     import numpy as np
 
-    from rsclip.core.model import load_model
+    from rsclip.model.clip import load_model
     from rsclip.testing import build_vit_b32
 
     encoder = load_model(build_vit_b32(work / "vit-b32"))
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from infra.local_stack import SeaweedFS, environment
-    from rsclip.core.preprocess import ImagePreprocess
+    from rsclip.model.preprocess import ImagePreprocess
 
     torch.set_num_threads(args.threads)
     preprocess = ImagePreprocess()

@@ -104,7 +104,7 @@ class RayFits:
         output = self.work / f"ray{workers}-{self.fits}"
         cfg = train_config(self.args, self.model_dir, str(output), workers)
         try:
-            from rsclip.core.preprocess import ImagePreprocess
+            from rsclip.model.preprocess import ImagePreprocess
             from transformers import AutoImageProcessor
 
             preprocess = ImagePreprocess.from_processor(AutoImageProcessor.from_pretrained(self.model_dir))
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from infra.local_stack import RayHead
-    from rsclip.core import cluster
+    from rsclip.runtime import cluster
     from rsclip.testing import build_tiny_clip, build_vit_b32
     from rsclip.train.data import read_samples
 

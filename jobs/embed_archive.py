@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
     sys.path.insert(0, ROOT)
 
-from rsclip.core import cluster, config  # noqa: E402
+from rsclip.runtime import cluster, flags  # noqa: E402
 from rsclip.errors import run_reporting  # noqa: E402
 from rsclip.ingest.pipeline import EmbedConfig, run_embedding  # noqa: E402
 
@@ -29,11 +29,11 @@ from rsclip.ingest.pipeline import EmbedConfig, run_embedding  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> tuple[EmbedConfig, bool]:
     """The job's config and whether to show progress bars, from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    config.add_arguments(parser, EmbedConfig, required=("db",))
+    flags.add_arguments(parser, EmbedConfig, required=("db",))
     parser.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
     args = parser.parse_args(argv)
     try:
-        return config.from_arguments(args, EmbedConfig), args.progress
+        return flags.from_arguments(args, EmbedConfig), args.progress
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -22,13 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
     sys.path.insert(0, ROOT)
 
-from rsclip.core import config  # noqa: E402
-from rsclip.core.model import load_model  # noqa: E402
+from rsclip.runtime import flags  # noqa: E402
+from rsclip.model.clip import load_model  # noqa: E402
 from rsclip.errors import InvalidInput, run_reporting  # noqa: E402
 from rsclip.train.data import TEST, read_samples  # noqa: E402
 from rsclip.train.metrics import METRIC_KEYS, evaluate_samples, format_markdown  # noqa: E402
 
-setting = config.setting
+setting = flags.setting
 
 
 @dataclass
@@ -47,8 +47,8 @@ class EvalConfig:
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     """The evaluation's settings from the command line (``--model`` and ``--data`` required)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    config.add_arguments(parser, EvalConfig, required=("model", "data"))
-    return config.from_arguments(parser.parse_args(argv), EvalConfig)
+    flags.add_arguments(parser, EvalConfig, required=("model", "data"))
+    return flags.from_arguments(parser.parse_args(argv), EvalConfig)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, dict]:

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
     sys.path.insert(0, ROOT)
 
-from rsclip.core import cluster, config  # noqa: E402
+from rsclip.runtime import cluster, flags  # noqa: E402
 from rsclip.errors import run_reporting  # noqa: E402
 from rsclip.train.config import TrainConfig  # noqa: E402
 from rsclip.train.driver import check_output, run  # noqa: E402
@@ -41,12 +41,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to use (default: RAY_ADDRESS, set by `ray job submit`; "
                              "without either a private local Ray is started)")
-    config.add_arguments(parser, TrainConfig, exclude=(BETAS,))
+    flags.add_arguments(parser, TrainConfig, exclude=(BETAS,))
     betas = next(f for f in dataclasses.fields(TrainConfig) if f.name == BETAS)
     parser.add_argument("--betas", dest=BETAS, type=float, nargs=2, metavar=("BETA1", "BETA2"), default=None,
                         help=f"{betas.metadata['help']} (default: {' '.join(map(str, betas.default))})")
     args = parser.parse_args(argv)
-    given = config.given_arguments(args, TrainConfig)
+    given = flags.given_arguments(args, TrainConfig)
     cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given)
     return cfg, args.address or cluster.job_address()
 

@@ -1,7 +1,7 @@
 """rsclip: text and image search over satellite archives with CLIP.
 
 The flat public API: load a model, write and open tile tables, query them. The package is organised in
-rooms (README, Development): ``rsclip.core`` (storage, tables, models, images, rasters), ``rsclip.ingest``
+rooms (README, Development): ``rsclip.runtime`` (storage, tables, models, images, rasters), ``rsclip.ingest``
 (the embedding job), ``rsclip.train`` (fine-tuning), ``rsclip.search`` (queries), ``rsclip.app`` (command
 line and web app), and ``rsclip.errors``.
 
@@ -16,18 +16,18 @@ import sys
 import types
 
 _EXPORTS = {
-    "DEFAULT_MODEL": "rsclip.core.model_source",
-    "ClipEncoder": "rsclip.core.model",
-    "load_model": "rsclip.core.model",
-    "convert_model": "rsclip.core.model_conversion",
-    "build_index": "rsclip.core.index",
-    "DEFAULT_TABLE": "rsclip.core.tiles",
-    "METRIC": "rsclip.core.tiles",
-    "add_tiles": "rsclip.core.tiles",
-    "connect": "rsclip.core.tiles",
-    "create_table": "rsclip.core.tiles",
-    "open_table": "rsclip.core.tiles",
-    "tile_id": "rsclip.core.tiles",
+    "DEFAULT_MODEL": "rsclip.model.sources",
+    "ClipEncoder": "rsclip.model.clip",
+    "load_model": "rsclip.model.clip",
+    "convert_model": "rsclip.model.convert.converter",
+    "build_index": "rsclip.table.index",
+    "DEFAULT_TABLE": "rsclip.table.tiles",
+    "METRIC": "rsclip.table.tiles",
+    "add_tiles": "rsclip.table.tiles",
+    "connect": "rsclip.table.tiles",
+    "create_table": "rsclip.table.tiles",
+    "open_table": "rsclip.table.tiles",
+    "tile_id": "rsclip.table.tiles",
     "query": "rsclip.search.query",
     "query_text": "rsclip.search.query",
     "similar_tiles": "rsclip.search.query",
@@ -36,16 +36,16 @@ _EXPORTS = {
     "classify": "rsclip.search.zeroshot",
     "table_info": "rsclip.search.info",
     "query_examples": "rsclip.search.examples",
-    "add_labels": "rsclip.core.labels",
-    "remove_labels": "rsclip.core.labels",
-    "read_labels": "rsclip.core.labels",
-    "label_sets": "rsclip.core.labels",
+    "add_labels": "rsclip.table.labels",
+    "remove_labels": "rsclip.table.labels",
+    "read_labels": "rsclip.table.labels",
+    "label_sets": "rsclip.table.labels",
     "review_detections": "rsclip.search.review",
     "export": "rsclip.search.export",
     "export_frame": "rsclip.search.export",
     "export_labels": "rsclip.search.export",
-    "window_footprint": "rsclip.core.footprints",
-    "upgrade_table": "rsclip.core.tiles",
+    "window_footprint": "rsclip.geo.footprints",
+    "upgrade_table": "rsclip.table.tiles",
     "timeline": "rsclip.search.timeline",
     "changes": "rsclip.search.timeline",
 }

@@ -21,7 +21,7 @@ from rsclip.app.keys import KEY_LABEL_COUNTS, view_key
 from rsclip.app.mapview import COMPONENT_NAME
 from infra.local_stack import free_port
 from rsclip.app.server import describe_window, serve, source_name
-from rsclip.core import tiles
+from rsclip.table import tiles
 
 CHROMIUM = Path("/usr/bin/chromium")
 

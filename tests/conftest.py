@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.local_stack import RayHead, SeaweedFS, environment
-from rsclip.core.clip_bpe import BPE_ENV, BPE_NAME
+from rsclip.model.clip_bpe import BPE_ENV, BPE_NAME
 from rsclip.testing import build_tiny_clip
 from tests.browser_helpers import CHROMIUM_ARGS, ensure_chromium
 from tests.helpers import BUCKET, ROOT, RSICD_IMAGES, require_shared_data

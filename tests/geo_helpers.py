@@ -19,8 +19,9 @@ LANDSAT = "RGB.byte.tif"
 
 def scene_grid_table(db: Path, model: Path, names=(NAIP, LANDSAT), *, tile_size: int = 128) -> list[dict]:
     """A tile table at ``db`` of the grid windows of the GeoTIFFs ``names``; returns the planned rows."""
-    from rsclip.core import raster, tiles
-    from rsclip.core.model import load_model
+    from rsclip.geo import raster
+    from rsclip.table import tiles
+    from rsclip.model.clip import load_model
     from rsclip.ingest import planning
 
     options = raster.RasterOptions(tile_size=tile_size, max_chip=tile_size // 2)

@@ -35,8 +35,8 @@ def write_scene_table(db: Path, model: Path, files: list[Path], **columns):
     import numpy as np
     from PIL import Image
 
-    from rsclip.core import tiles
-    from rsclip.core.model import load_model
+    from rsclip.table import tiles
+    from rsclip.model.clip import load_model
 
     enc = load_model(model)
     vectors = enc.encode_images([np.asarray(Image.open(f).convert("RGB")) for f in files])
@@ -52,8 +52,8 @@ def job_windows(path: Path, tile: int, overlap: int = 0, width: int | None = Non
     its first ``width`` columns."""
     import rasterio
 
-    from rsclip.core.raster import grid_origin
-    from rsclip.core.windows import grid_windows
+    from rsclip.geo.raster import grid_origin
+    from rsclip.geo.windows import grid_windows
 
     with rasterio.open(path) as src:
         return grid_windows(width or src.width, src.height, tile, overlap, origin=grid_origin(src))

@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from rsclip.core.storage import ALLOW_PRIVATE_HTTP
+from rsclip.runtime.storage import ALLOW_PRIVATE_HTTP
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 

@@ -137,8 +137,9 @@ def write_item_collection(path: Path, items) -> Path:
 def embed_sources(db, model: Path, sources, options) -> list[dict]:
     """A tile table at ``db`` of the listed STAC ``sources`` embedded as the job does (planning, window reads
     with their nodata share, the writer's conversion), without Ray; returns the rows written."""
-    from rsclip.core import raster, tiles
-    from rsclip.core.model import load_model
+    from rsclip.geo import raster
+    from rsclip.table import tiles
+    from rsclip.model.clip import load_model
     from rsclip.ingest import batch as B, planning, writer
 
     rows, images = [], []

@@ -35,7 +35,7 @@ def test_the_import_contract_holds():
     ("core/tiles.py", "import rsclip.search.query"),
     ("search/query.py", "import rsclip.ingest.pipeline"),
     ("ingest/writer.py", "from rsclip.app import cli"),
-    ("errors.py", "import rsclip.core.storage"),
+    ("errors.py", "import rsclip.runtime.storage"),
 ])
 def test_the_import_contract_fails_when_a_line_breaks_it(tmp_path, module, line):
     shutil.copytree(PACKAGE, tmp_path / "rsclip", ignore=shutil.ignore_patterns("__pycache__"))

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import rsclip
-from rsclip.core.model import load_model
-from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES
+from rsclip.model.clip import load_model
+from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
 
 LABELS = ["airport", "bare_land", "beach", "dense residential"]
 

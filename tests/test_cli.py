@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.app.cli import main
 from tests.helpers import spread_files, write_scene_table
 

@@ -1,4 +1,4 @@
-"""Where the tokenizer of converted open_clip models comes from (rsclip.core.clip_bpe): the file named by
+"""Where the tokenizer of converted open_clip models comes from (rsclip.model.clip_bpe): the file named by
 RSCLIP_CLIP_BPE, an installed open_clip's copy (found without importing the package), or OpenAI's tokenizer
 from the Hugging Face cache; a file or tokenizer that is not CLIP's vocabulary is refused by name."""
 
@@ -13,13 +13,13 @@ import sys
 
 import pytest
 
-from rsclip.core.clip_bpe import (BPE_ENV, BPE_NAME, EOT_ID, EOT_TOKEN, HUB_TOKENIZER, MAX_BPE_BYTES, VOCAB_SIZE,
+from rsclip.model.clip_bpe import (BPE_ENV, BPE_NAME, EOT_ID, EOT_TOKEN, HUB_TOKENIZER, MAX_BPE_BYTES, VOCAB_SIZE,
                                   build_tokenizer, open_clip_bpe, read_bpe)
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.testing import build_tokenizer as build_char_tokenizer
 from tests.helpers import ROOT
 
-PRINT_TOKENS = ("from rsclip.core.clip_bpe import build_tokenizer\n"
+PRINT_TOKENS = ("from rsclip.model.clip_bpe import build_tokenizer\n"
                 "t = build_tokenizer(77)\n"
                 "print(len(t), t('two planes near a terminal')['input_ids'])\n")
 

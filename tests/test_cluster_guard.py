@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from infra.local_stack import RayHead
-from rsclip.core import cluster
-from rsclip.core.cluster import Demand, NodeShape, most_that_fit
-from rsclip.core.watchdog import Watchdog
+from rsclip.runtime import cluster
+from rsclip.runtime.cluster import Demand, NodeShape, most_that_fit
+from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import ClusterUnfit, InvalidInput, RsclipError
 from tests.helpers import BUCKET, ROOT, RSICD_DIR
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rsclip.core import model_source
-from rsclip.core.model import load_model
-from rsclip.core.model_conversion import CONVERSION_VERSION, RECORD_FILE, convert_model
-from rsclip.core.openclip_arch import KNOWN_CONFIGS
+from rsclip.model import sources
+from rsclip.model.clip import load_model
+from rsclip.model.convert.converter import CONVERSION_VERSION, RECORD_FILE, convert_model
+from rsclip.model.convert.openclip_arch import KNOWN_CONFIGS
 from rsclip.errors import InvalidInput
 from rsclip.testing import build_tiny_clip
 from tests import openclip_reference as ref
@@ -190,7 +190,7 @@ def test_hf_folder_without_pytorch_weights(tmp_path):
 
 
 def test_model_names_convert_once_into_the_cache(tmp_path, monkeypatch, scenes, captions):
-    monkeypatch.setattr(model_source, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
     cfg, arch, _, checkpoint = _source(tmp_path, "ViT-B-32", "training")
     spec = f"open_clip:{arch}:{checkpoint}"
     first = _embed(spec, scenes, captions)
@@ -200,9 +200,9 @@ def test_model_names_convert_once_into_the_cache(tmp_path, monkeypatch, scenes, 
     marker.touch()
     np.testing.assert_array_equal(_embed(spec, scenes, captions)[0], first[0])
     assert marker.exists()  # reused, not converted again
-    assert model_source.resolve_model_source(spec) == str(marker.parent)
+    assert sources.resolve_model_source(spec) == str(marker.parent)
 
     ref.write_checkpoint(ref.random_state_dict(cfg, seed=9), cfg, checkpoint, "training")  # replaced in place
     again = _embed(spec, scenes, captions)
-    assert model_source.resolve_model_source(spec) != str(marker.parent)
+    assert sources.resolve_model_source(spec) != str(marker.parent)
     assert np.abs(again[0] - first[0]).max() > 1e-3

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from rsclip.core.clip_bpe import EOT_ID, VOCAB_SIZE, build_tokenizer
-from rsclip.core.openclip_arch import KNOWN_CONFIGS, QUICKGELU_SUFFIX, parse_config, resolve_architecture
+from rsclip.model.clip_bpe import EOT_ID, VOCAB_SIZE, build_tokenizer
+from rsclip.model.convert.openclip_arch import KNOWN_CONFIGS, QUICKGELU_SUFFIX, parse_config, resolve_architecture
 from rsclip.errors import InvalidInput
 from tests import openclip_reference as ref
 from tests.helpers import RSICD_DIR, require_shared_data

@@ -16,8 +16,10 @@ from PIL import Image
 
 import rsclip
 from rsclip.app.cli import main as cli_main
-from rsclip.core import model_source, storage, tiles
-from rsclip.core.model_conversion import RECORD_FILE, canonical_spec
+from rsclip.model import sources
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.model.convert.converter import RECORD_FILE, canonical_spec
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.testing import build_tiny_clip
 from tests import openclip_reference as ref
@@ -29,7 +31,7 @@ def cache(tmp_path_factory):
     """A private model cache for the module (the conversions land here)."""
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_source, "CACHE_DIR", path)
+        patch.setattr(sources, "CACHE_DIR", path)
         yield path
 
 
@@ -68,7 +70,7 @@ def test_library_entry_points(spec, scenes, tmp_path):
     assert dim == embedder.dim == 24 and preprocess == enc.preprocess_config
 
     db = tmp_path / "db"  # a table embedded with it records the name and the converted weights
-    identity = model_source.model_identity(spec)
+    identity = sources.model_identity(spec)
     assert identity.location == canonical_spec(spec) and str(checkpoint_path(spec)) in identity.location
     images = [np.asarray(Image.open(p).convert("RGB")) for p in scenes]
     n = len(scenes)
@@ -106,7 +108,7 @@ def test_command_line_converts(checkpoint, tmp_path, capsys, scenes):
 
 
 def test_sources_and_destinations_on_s3(checkpoint, s3_prefix, tmp_path, scenes, monkeypatch):
-    monkeypatch.setattr(model_source, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
     arch, path = checkpoint
     fs, root = storage.filesystem(s3_prefix)
     fs.put_file(str(path), f"{root}/ckpt/RemoteCLIP-tiny.pt")

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from rsclip.app.cli import main as cli_main
-from rsclip.core import model_source
-from rsclip.core.model import load_model
-from rsclip.core.model_conversion import convert_model
+from rsclip.model import sources
+from rsclip.model.clip import load_model
+from rsclip.model.convert.converter import convert_model
 from rsclip.errors import InvalidInput, LimitExceeded, UnsafeInput
 from rsclip.testing import build_tiny_clip
 from tests import openclip_reference as ref
@@ -59,7 +59,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, tiny, monkeyp
 
     marker = tmp_path / "marker-must-not-exist"
     checkpoint = _malicious(tmp_path / "RemoteCLIP-ViT-B-32.bin", marker, sd)
-    monkeypatch.setattr(model_source, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
     with pytest.raises(UnsafeInput, match="RemoteCLIP-ViT-B-32.bin.*posix.system"):
         convert_model(f"open_clip:{arch}:{checkpoint}", tmp_path / "out")
     with pytest.raises(UnsafeInput):

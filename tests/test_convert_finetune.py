@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsclip.core.model import load_model
+from rsclip.model.clip import load_model
 from rsclip.train import data as rdata
 from rsclip.train.metrics import evaluate_samples
 from tests import openclip_reference as ref

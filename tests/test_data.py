@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from infra.local_stack import free_port
-from rsclip.core import storage
-from rsclip.core.model import ImagePreprocess, load_model, normalize_pixels
+from rsclip.runtime import storage
+from rsclip.model.clip import ImagePreprocess, load_model, normalize_pixels
 from rsclip.errors import InvalidInput
 from rsclip.train import data, transforms
 from tests.helpers import RSICD_DIR, RSICD_IMAGES

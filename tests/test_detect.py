@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsclip.core import detections, labels, rows, tiles
+from rsclip.table import detections, labels, rows, tiles
 from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.detect.probe import fit, train_probe, training_set
 from rsclip.errors import InvalidInput, NotFound

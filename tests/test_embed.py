@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsclip.core import raster, tiles
-from rsclip.core.windows import grid_windows
+from rsclip.geo import raster
+from rsclip.table import tiles
+from rsclip.geo.windows import grid_windows
 from rsclip.errors import RsclipError
 from rsclip.ingest import batch as B, listing, planning, reading, writer
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.pipeline import EmbedConfig, run_embedding
-from rsclip.core.images import read_image
-from rsclip.core.model import load_model
+from rsclip.geo.images import read_image
+from rsclip.model.clip import load_model
 from rsclip.testing import build_tiny_clip
 from tests.helpers import BUCKET, GEOTIFF_DIR, job_windows, spread_files
 
@@ -120,7 +121,7 @@ def nan_clip(path: Path) -> Path:
 
 def test_an_embedder_that_cannot_embed_marks_its_rows_instead_of_dying(tmp_path, tiny_model, rsicd_files):
     """Weights changed since the job recorded them, or a model giving NaN: every ready row is an embed error."""
-    from rsclip.core.model_source import model_identity
+    from rsclip.model.sources import model_identity
 
     rows = [r for f in rsicd_files[:3] for r in planning.plan_file(str(f), f.stat().st_size, raster.RasterOptions())]
     _, preprocess = model_spec(str(tiny_model))

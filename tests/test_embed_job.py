@@ -19,7 +19,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
 import rsclip
-from rsclip.core import tiles
+from rsclip.table import tiles
 from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT, job_windows
 
 JOB = "jobs/embed_archive.py"

@@ -1,4 +1,4 @@
-"""Exporting a model as ``OUTPUT/model`` (rsclip.core.model_versions, rsclip.train.driver.export_model): readers
+"""Exporting a model as ``OUTPUT/model`` (rsclip.model.versions, rsclip.train.driver.export_model): readers
 get the old model or the new one, complete, and a failure in the middle of the copy (the OS refusing a write
 and killing the exporter; the object store lost mid-upload) leaves the old model complete and in place."""
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from infra.local_stack import environment
-from rsclip.core import model_versions, storage
-from rsclip.core.model import load_model
+from rsclip.model import versions
+from rsclip.runtime import storage
+from rsclip.model.clip import load_model
 from rsclip.errors import RsclipError
 from rsclip.testing import build_tiny_clip
 from tests.helpers import ROOT
@@ -46,15 +47,15 @@ def test_local_exports_switch_a_link_keep_the_previous_version_and_adopt_a_folde
     target.mkdir()
     for f in _files(models[0]):
         (target / f.name).write_bytes(f.read_bytes())
-    first = model_versions.publish(_files(models[1]), str(target))
+    first = versions.publish(_files(models[1]), str(target))
     assert target.is_symlink() and not Path(target.readlink()).is_absolute()
     np.testing.assert_allclose(_vectors(target), _vectors(models[1]), atol=1e-6)
-    versions = tmp_path / "out" / "model-versions"
-    kept = sorted(p.name for p in versions.iterdir())
+    folders = tmp_path / "out" / "model-versions"
+    kept = sorted(p.name for p in folders.iterdir())
     assert first in kept and len(kept) == 2  # the new one and the one written in place
-    second = model_versions.publish(_files(models[2]), str(target))
+    second = versions.publish(_files(models[2]), str(target))
     np.testing.assert_allclose(_vectors(target), _vectors(models[2]), atol=1e-6)
-    assert sorted(p.name for p in versions.iterdir()) == sorted([first, second])
+    assert sorted(p.name for p in folders.iterdir()) == sorted([first, second])
     from transformers import CLIPModel
 
     CLIPModel.from_pretrained(target)  # plain transformers follows the link
@@ -64,27 +65,27 @@ def test_a_local_export_killed_mid_copy_leaves_the_old_model(models, tmp_path):
     """The exporter runs with a file-size limit below the weights' size: the kernel kills it with SIGXFSZ
     while it writes them, after the smaller files are written. No Python cleanup runs."""
     target = tmp_path / "model"
-    model_versions.publish(_files(models[0]), str(target))
+    versions.publish(_files(models[0]), str(target))
     size = (models[1] / "model.safetensors").stat().st_size
     assert all(f.stat().st_size < size // 2 for f in _files(models[1]) if f.suffix != ".safetensors")
     code = (
         "import resource, signal\n"
         "from pathlib import Path\n"
-        "from rsclip.core import model_versions\n"
+        "from rsclip.model import versions\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; a crash is what we want\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size // 2}, {size // 2}))\n"
-        f"model_versions.publish(sorted(p for p in Path({str(models[1])!r}).iterdir() if p.is_file()), "
+        f"versions.publish(sorted(p for p in Path({str(models[1])!r}).iterdir() if p.is_file()), "
         f"{str(target)!r})\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == -signal.SIGXFSZ, res.stderr[-2000:]
-    partial = [p for p in (tmp_path / "model-versions").iterdir() if p.name.endswith(model_versions.PARTIAL)]
+    partial = [p for p in (tmp_path / "model-versions").iterdir() if p.name.endswith(versions.PARTIAL)]
     assert len(partial) == 1 and (partial[0] / "config.json").is_file()  # the copy had begun
     np.testing.assert_allclose(_vectors(target), _vectors(models[0]), atol=1e-6)
     # the next export succeeds and clears what the crash left
-    version = model_versions.publish(_files(models[2]), str(target))
+    version = versions.publish(_files(models[2]), str(target))
     np.testing.assert_allclose(_vectors(target), _vectors(models[2]), atol=1e-6)
-    assert not any(p.name.endswith(model_versions.PARTIAL) for p in (tmp_path / "model-versions").iterdir())
+    assert not any(p.name.endswith(versions.PARTIAL) for p in (tmp_path / "model-versions").iterdir())
     assert target.resolve().name == version
 
 
@@ -141,20 +142,20 @@ class CuttingProxy:
 
 def test_s3_exports_switch_a_pointer_and_survive_the_store_lost_mid_upload(models, s3, s3_prefix):
     target = f"{s3_prefix}/run/model"
-    first = model_versions.publish(_files(models[0]), target)
-    assert storage.read_bytes(f"{target}/{model_versions.POINTER}").decode() == first
+    first = versions.publish(_files(models[0]), target)
+    assert storage.read_bytes(f"{target}/{versions.POINTER}").decode() == first
     np.testing.assert_allclose(_vectors(target), _vectors(models[0]), atol=1e-6)
 
     size = (models[1] / "model.safetensors").stat().st_size
     proxy = CuttingProxy(s3.endpoint, budget=size // 2)
     with environment({"AWS_ENDPOINT_URL": proxy.endpoint}), pytest.raises(RsclipError):
-        model_versions.publish(_files(models[1]), target)
+        versions.publish(_files(models[1]), target)
     assert proxy.sent > size // 2
     fs, root = storage.filesystem(target)
     fs.invalidate_cache()
-    started = [p for p in fs.find(f"{root}/{model_versions.VERSIONS}") if f"/{first}/" not in p]
+    started = [p for p in fs.find(f"{root}/{versions.VERSIONS}") if f"/{first}/" not in p]
     assert any(p.endswith("/config.json") for p in started), started  # the upload had begun
-    assert storage.read_bytes(f"{target}/{model_versions.POINTER}").decode() == first
+    assert storage.read_bytes(f"{target}/{versions.POINTER}").decode() == first
     np.testing.assert_allclose(_vectors(target), _vectors(models[0]), atol=1e-6)
 
     # the driver's export of a Ray checkpoint: the next version, without the optimiser state
@@ -170,9 +171,9 @@ def test_s3_exports_switch_a_pointer_and_survive_the_store_lost_mid_upload(model
         (models[2] / STATE_FILE).unlink()
     np.testing.assert_allclose(_vectors(target), _vectors(models[2]), atol=1e-6)
     fs.invalidate_cache()
-    current = model_versions.current_prefix(target).split("://", 1)[1]
+    current = versions.current_prefix(target).split("://", 1)[1]
     assert not fs.exists(f"{current}/{STATE_FILE}") and fs.exists(f"{current}/config.json")
     # the interrupted version is gone; the one it replaced is kept for readers that resolved it just before
-    stored = fs.find(f"{root}/{model_versions.VERSIONS}")  # objects: an emptied folder may linger in a listing
-    versions = {p[len(root):].split("/")[2] for p in stored}
-    assert len(versions) == 2 and first in versions, stored
+    stored = fs.find(f"{root}/{versions.VERSIONS}")  # objects: an emptied folder may linger in a listing
+    kept = {p[len(root):].split("/")[2] for p in stored}
+    assert len(kept) == 2 and first in kept, stored

@@ -12,8 +12,9 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
-from rsclip.core import footprints, raster, tiles
-from rsclip.core.windows import grid_windows
+from rsclip.geo import footprints, raster
+from rsclip.table import tiles
+from rsclip.geo.windows import grid_windows
 from rsclip.errors import InvalidInput
 from rsclip.ingest import planning
 from tests.geo_helpers import LANDSAT, NAIP

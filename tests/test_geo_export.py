@@ -16,7 +16,8 @@ import shapely
 
 import rsclip
 from rsclip.app.cli import main
-from rsclip.core import footprints, labels, tiles
+from rsclip.geo import footprints
+from rsclip.table import labels, tiles
 from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.errors import InvalidInput, NotFound
 from rsclip.search import export as ex

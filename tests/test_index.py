@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import rsclip
-from rsclip.core import index as rindex
-from rsclip.core import tiles
+from rsclip.table import index as rindex
+from rsclip.table import tiles
 from rsclip.search import resident, searchers
 from rsclip.search.filters import Filters
 

@@ -25,7 +25,7 @@ import ray
 import yaml
 from packaging.requirements import Requirement
 
-from rsclip.core.images import decode_image
+from rsclip.geo.images import decode_image
 from tests.helpers import RSICD_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]

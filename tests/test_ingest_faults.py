@@ -19,7 +19,9 @@ import pytest
 
 from infra.local_stack import SeaweedFS, environment
 from rsclip import errors
-from rsclip.core import raster, storage, tiles
+from rsclip.geo import raster
+from rsclip.runtime import storage
+from rsclip.table import tiles
 from rsclip.errors import StoreUnavailable
 from rsclip.ingest import batch as B, listing, planning
 from tests.helpers import GEOTIFF_DIR, ROOT

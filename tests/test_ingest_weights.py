@@ -11,8 +11,8 @@ import pytest
 
 import rsclip
 from rsclip.app.cli import main
-from rsclip.core import tiles
-from rsclip.core.model_source import model_identity
+from rsclip.table import tiles
+from rsclip.model.sources import model_identity
 from rsclip.errors import ModelMismatch
 from rsclip.search.query import similar_tiles
 from rsclip.testing import build_tiny_clip

@@ -13,7 +13,7 @@ import pytest
 
 import rsclip
 from rsclip.app.cli import main
-from rsclip.core import labels, tiles
+from rsclip.table import labels, tiles
 from rsclip.errors import InvalidInput, NotFound
 from rsclip.search.examples import combine
 from tests.helpers import ROOT, spread_files, write_scene_table

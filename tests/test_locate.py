@@ -10,10 +10,10 @@ import rasterio
 from PIL import Image
 
 import rsclip
-from rsclip.core.windows import grid_windows
-from rsclip.core import raster
+from rsclip.geo.windows import grid_windows
+from rsclip.geo import raster
 from rsclip.search.locate import PatchGrid, heatmap, render_heatmap
-from rsclip.core.model import load_model
+from rsclip.model.clip import load_model
 from rsclip.search.zeroshot import model_logit_scale
 
 from tests.helpers import GEOTIFF_DIR

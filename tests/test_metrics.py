@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsclip.core.model import load_model
-from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
+from rsclip.model.clip import load_model
+from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES, prompts_for
 from rsclip.train import metrics
 from rsclip.train.data import read_samples
 from rsclip.train.transforms import StageConfig, decode_samples

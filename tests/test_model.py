@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rsclip.core import storage
-from rsclip.core.images import to_hwc_uint8
-from rsclip.core.model import ImagePreprocess, load_model
-from rsclip.core.model_source import fetch_model_dir
+from rsclip.runtime import storage
+from rsclip.geo.images import to_hwc_uint8
+from rsclip.model.clip import ImagePreprocess, load_model
+from rsclip.model.sources import fetch_model_dir
 from tests.helpers import GEOTIFF_DIR
 
 PROMPTS = ["an aerial photograph of airport", "an aerial photograph of beach", "an aerial photograph of farmland"]
@@ -122,7 +122,7 @@ def test_preprocessing_matches_clip_image_processor(tiny_model, rsicd_files):
 
 def test_device_resize_is_close_to_pillow(rsicd_files):
     """The GPU path resizes in torch; Pillow's pass order is its own, so sharp edges may differ a little."""
-    from rsclip.core.model import _resize_on_device, resize_shortest_side
+    from rsclip.model.clip import _resize_on_device, resize_shortest_side
 
     cfg = ImagePreprocess()
     import rasterio

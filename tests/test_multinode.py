@@ -31,8 +31,9 @@ from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from infra.local_stack import free_port
-from rsclip.core import storage, tiles
-from rsclip.core.model import load_model
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.model.clip import load_model
 from rsclip.train.driver import REGISTERED
 from tests.helpers import BUCKET, ROOT, RSICD_DIR, RSICD_IMAGES
 from tests.job_logs import run_streaming

@@ -20,8 +20,8 @@ def test_decode_stage_modules_import_neither_torch_nor_lancedb():
     add seconds to each worker's start (see BENCHMARKS.md, Embedding)."""
     loaded = _python(
         "import json, sys\n"
-        "import rsclip.ingest.planning, rsclip.ingest.reading, rsclip.train.data, rsclip.core.preprocess\n"
-        "import rsclip.core.raster, rsclip.core.images, rsclip.train.transforms, rsclip.train.seeds\n"
+        "import rsclip.ingest.planning, rsclip.ingest.reading, rsclip.train.data, rsclip.model.preprocess\n"
+        "import rsclip.geo.raster, rsclip.geo.images, rsclip.train.transforms, rsclip.train.seeds\n"
         "print(json.dumps({m: m in sys.modules for m in ('torch', 'transformers', 'lancedb')}))"
     )
     assert loaded == {"torch": False, "transformers": False, "lancedb": False}

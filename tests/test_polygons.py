@@ -11,7 +11,8 @@ import shapely
 from shapely.geometry import mapping
 
 import rsclip
-from rsclip.core import footprints, tiles
+from rsclip.geo import footprints
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.filters import Filters
 from rsclip.search.polygons import MAX_POLYGON_VERTICES, parse_polygon

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip.core import tiles
-from rsclip.core.model import load_model
+from rsclip.table import tiles
+from rsclip.model.clip import load_model
 from rsclip.search.query import MAX_K
 from tests.helpers import spread_files, write_scene_table
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import rsclip
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search import geo
-from rsclip.core.model import load_model
+from rsclip.model.clip import load_model
 from rsclip.search.query import MAX_K
 from tests.helpers import spread_files, write_scene_table
 

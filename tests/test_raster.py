@@ -1,4 +1,4 @@
-"""rsclip.core.raster and the raster half of rsclip.ingest: grids, bands, scaling, nodata, bounds, over real S3."""
+"""rsclip.geo.raster and the raster half of rsclip.ingest: grids, bands, scaling, nodata, bounds, over real S3."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
-from rsclip.core import raster, storage, tiles, windows
+from rsclip.geo import raster, windows
+from rsclip.runtime import storage
+from rsclip.table import tiles
 from rsclip.ingest import batch as B, planning, reading
 from tests.helpers import job_windows, GEOTIFF_DIR
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search import resident, searchers
 from rsclip.search.searchers import FETCH_COLUMNS
 

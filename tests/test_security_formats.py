@@ -24,10 +24,10 @@ import rsclip
 from rsclip.app.cli import main
 from rsclip.app.finder import find_feature
 from rsclip.app.preview import decode_upload
-from rsclip.core import raster
-from rsclip.core.images import read_image
-from rsclip.core.model import load_model
-from rsclip.core.preprocess import ImagePreprocess
+from rsclip.geo import raster
+from rsclip.geo.images import read_image
+from rsclip.model.clip import load_model
+from rsclip.model.preprocess import ImagePreprocess
 from rsclip.errors import InvalidInput
 from rsclip.ingest.batch import ERROR, PLAN_COLUMNS, READY, STATUS, STAGE, MESSAGE, rows_to_batch
 from rsclip.ingest.planning import plan_file
@@ -113,7 +113,7 @@ def assert_refused(exc: BaseException, name: str) -> None:
 
 
 def test_gdal_options_follow_the_security_guidance():
-    opts = rsclip.core.storage.gdal_options()
+    opts = rsclip.runtime.storage.gdal_options()
     assert opts["GDAL_VRT_ENABLE_RAWRASTERBAND"] == "NO" and opts["GDAL_VRT_ENABLE_PYTHON"] == "NO"
     assert opts["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR" and opts["GDAL_PAM_ENABLED"] == "NO"
     assert opts["PROJ_NETWORK"] == "OFF"
@@ -240,12 +240,12 @@ def test_a_vrt_named_tif_opened_by_gdal_itself_would_leak(tmp_path):
 def test_http_rasters_never_come_from_metadata_loopback_or_private_hosts(url, monkeypatch):
     """A table's or catalog's uri is hostile: names that resolve to such addresses are refused before GDAL
     sees them; an operator may allow loopback and private networks, never link-local or metadata hosts."""
-    monkeypatch.delenv(rsclip.core.storage.ALLOW_PRIVATE_HTTP, raising=False)
+    monkeypatch.delenv(rsclip.runtime.storage.ALLOW_PRIVATE_HTTP, raising=False)
     with pytest.raises(InvalidInput, match="addresses are never read"):
-        rsclip.core.storage.gdal_path(url)
-    monkeypatch.setenv(rsclip.core.storage.ALLOW_PRIVATE_HTTP, "1")
+        rsclip.runtime.storage.gdal_path(url)
+    monkeypatch.setenv(rsclip.runtime.storage.ALLOW_PRIVATE_HTTP, "1")
     if any(h in url for h in ("169.254", "0.0.0.0", "metadata")):
         with pytest.raises(InvalidInput, match="addresses are never read"):
-            rsclip.core.storage.gdal_path(url)
+            rsclip.runtime.storage.gdal_path(url)
     else:
-        assert rsclip.core.storage.gdal_path(url) == f"/vsicurl/{url}"
+        assert rsclip.runtime.storage.gdal_path(url) == f"/vsicurl/{url}"

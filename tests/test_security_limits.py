@@ -26,7 +26,8 @@ from PIL import Image
 from rsclip.app import preview, server
 from rsclip.app.cli import main
 from rsclip.app.finder import MAX_PATCH_THUMBNAILS, OVERLAY_MAX_SIDE, THUMBNAIL_SIDE, find_feature
-from rsclip.core import storage, tiles
+from rsclip.runtime import storage
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput
 from rsclip.search import query as query_module
 from rsclip.search.locate import MAX_PATCHES

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rsclip.core import raster, stacked, tiles
+from rsclip.geo import raster, stacked
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput, StoreUnavailable
 from rsclip.ingest import batch as B, planning, stac
 from rsclip.ingest.pipeline import EmbedConfig, run_embedding

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 
 
 # the columns of the first tile tables (rsclip 0.1), which later versions upgrade in place
@@ -81,10 +81,10 @@ def test_round_trip_and_rewrites_add_nothing(tmp_path):
 
 
 def test_keyed_writes_index_their_key_so_the_merge_does_not_hold_every_key(tmp_path):
-    """Every keyed write goes through merges.merge_on, which gives the key column a BTREE index once the table
+    """Every keyed write goes through keyed_writes.merge_on, which gives the key column a BTREE index once the table
     has rows (the driver's memory stays flat as tables grow: BENCHMARKS.md "Detection"); the merge stays
     exact for rows written after the index."""
-    from rsclip.core import detections
+    from rsclip.table import detections
 
     def indexed(table, column):
         return [c.index_type for c in table.list_indices() if list(c.columns) == [column]]
@@ -109,7 +109,7 @@ def test_keyed_writes_index_their_key_so_the_merge_does_not_hold_every_key(tmp_p
 
 def _detections(ids: list[str], score: float) -> pa.Table:
     """Detection rows of label ``x`` for tiles ``ids`` (no bounds), all scored ``score``."""
-    from rsclip.core import detections
+    from rsclip.table import detections
 
     n = len(ids)
     return pa.Table.from_pydict({
@@ -125,7 +125,7 @@ RACE_TABLES, RACE_KEYS = 4, 200
 def _merge_the_same_new_keys(db: str, barrier, score: float) -> None:
     """One of two writer processes: into each of :data:`RACE_TABLES` fresh detections tables, merge the same
     new keys as the other, both released by the barrier."""
-    from rsclip.core import detections
+    from rsclip.table import detections
 
     for n in range(RACE_TABLES):
         target = detections.open_detections(db, f"tiles{n}", create=True)
@@ -136,7 +136,7 @@ def _merge_the_same_new_keys(db: str, barrier, score: float) -> None:
 def _race(db: str) -> None:
     import multiprocessing
 
-    from rsclip.core import detections, merges
+    from rsclip.table import detections, keyed_writes
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -150,14 +150,14 @@ def _race(db: str) -> None:
         target = detections.open_detections(db, f"tiles{n}")
         written = target.to_pandas()
         assert len(written) == RACE_KEYS and written[detections.KEY].is_unique, f"tiles{n}: {len(written)} rows"
-        assert merges.PRIMARY_KEY_POSITION in target.schema.field(detections.KEY).metadata
+        assert keyed_writes.PRIMARY_KEY_POSITION in target.schema.field(detections.KEY).metadata
 
 
 def test_writers_inserting_the_same_new_keys_at_once_leave_one_row_per_key(tmp_path):
     """Two processes writing the same new keys into a fresh table at the same moment: Lance lets both commit
-    them (two rows per key) unless the key is the table's declared primary key, which merges.merge_on
+    them (two rows per key) unless the key is the table's declared primary key, which keyed_writes.merge_on
     declares; then the later commit conflicts and its retry finds the keys present. (Once the key's index
-    exists, pylance 14 does not record the keys an indexed merge inserts: see merges.declare_key.)"""
+    exists, pylance 14 does not record the keys an indexed merge inserts: see keyed_writes.declare_key.)"""
     _race(str(tmp_path / "db"))
 
 
@@ -167,10 +167,10 @@ def test_writers_inserting_the_same_new_keys_on_s3_leave_one_row_per_key(s3_pref
 
 def test_a_writer_reading_an_older_version_does_not_insert_a_key_twice(tmp_path, caplog):
     """Two handles of one indexed table: one inserts new keys, then the other, still at the version before,
-    merges the same keys. pylance 14 does not check the keys of an indexed merge (merges.declare_key), so
+    merges the same keys. pylance 14 does not check the keys of an indexed merge (keyed_writes.declare_key), so
     both insert; the second writer sees the commit between its read and its own and keeps the last row of
     each key, its own (what a merge that saw the first rows would have left)."""
-    from rsclip.core import detections, merges
+    from rsclip.table import detections, keyed_writes
 
     first = detections.open_detections(tmp_path / "db", create=True)
     detections.upsert(first, _detections(["seed"], 0.5))  # the key's index is built after the first rows
@@ -178,14 +178,14 @@ def test_a_writer_reading_an_older_version_does_not_insert_a_key_twice(tmp_path,
     assert [list(c.columns) for c in second.list_indices()] == [[detections.KEY]]
     ids = [f"tile-{i}" for i in range(50)]
     detections.upsert(first, _detections(ids, 0.25))
-    with caplog.at_level("WARNING", logger="rsclip.core.merges"):
+    with caplog.at_level("WARNING", logger="rsclip.table.keyed_writes"):
         detections.upsert(second, _detections(ids, 0.75))
     keys = [detections.detection_key("x", i) for i in ids]
     written = detections.open_detections(tmp_path / "db").to_pandas().set_index(detections.KEY)
     assert len(written) == 51 and written.index.is_unique
     assert np.allclose(written.loc[keys, detections.SCORE], 0.75)
     assert "removed 50 earlier row(s) of key values that another writer inserted meanwhile" in caplog.text
-    assert merges.drop_duplicate_keys(second, detections.KEY, pa.array(keys)) == 0  # nothing left to remove
+    assert keyed_writes.drop_duplicate_keys(second, detections.KEY, pa.array(keys)) == 0  # nothing left to remove
 
 
 def test_a_key_that_cannot_be_declared_is_written_as_before(tmp_path, caplog):
@@ -193,25 +193,25 @@ def test_a_key_that_cannot_be_declared_is_written_as_before(tmp_path, caplog):
     a warning naming the table; a row without a key is refused by name."""
     import lancedb
 
-    from rsclip.core import merges
+    from rsclip.table import keyed_writes
     from rsclip.errors import InvalidInput
 
     schema = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.int64())])
     table = lancedb.connect(tmp_path / "db").create_table("old", schema=schema)
-    with caplog.at_level("WARNING", logger="rsclip.core.merges"):
-        merges.merge_on(table, "key", pa.table({"key": ["a", "b"], "value": [1, 2]}))
-        merges.merge_on(table, "key", pa.table({"key": ["b", "c"], "value": [3, 4]}))
+    with caplog.at_level("WARNING", logger="rsclip.table.keyed_writes"):
+        keyed_writes.merge_on(table, "key", pa.table({"key": ["a", "b"], "value": [1, 2]}))
+        keyed_writes.merge_on(table, "key", pa.table({"key": ["b", "c"], "value": [3, 4]}))
     assert sorted(table.to_pandas().itertuples(index=False)) == [("a", 1), ("b", 3), ("c", 4)]
     assert "old: key cannot be declared its primary key" in caplog.text
     with pytest.raises(InvalidInput, match="1 row\\(s\\) to write have no key"):
-        merges.merge_on(table, "key", pa.table({"key": ["d", None], "value": [5, 6]}))
+        keyed_writes.merge_on(table, "key", pa.table({"key": ["d", None], "value": [5, 6]}))
     assert table.count_rows() == 3
 
 
 def test_every_keyed_table_declares_its_key(tmp_path):
     """Tiles, error rows, labels, detections and their progress: each keyed table rsclip writes has its key
     declared after the first write."""
-    from rsclip.core import detections, labels, merges
+    from rsclip.table import detections, keyed_writes, labels
     from rsclip.ingest import writer
 
     db = tmp_path / "db"
@@ -229,7 +229,7 @@ def test_every_keyed_table_declares_its_key(tmp_path):
              (detections.open_detections(db), detections.KEY), (progress, detections.KEY)]
     for target, key in keyed:
         target.checkout_latest()
-        assert merges.PRIMARY_KEY_POSITION in (target.schema.field(key).metadata or {}), target.name
+        assert keyed_writes.PRIMARY_KEY_POSITION in (target.schema.field(key).metadata or {}), target.name
 
 
 def test_chips_without_georeference_have_null_bounds(tmp_path):
@@ -280,7 +280,7 @@ def test_s3_table_and_concurrent_writers(s3_prefix):
 
 
 def test_a_new_source_version_replaces_the_tile_and_stale_tiles_of_the_object_go(tmp_path):
-    from rsclip.core import source_versions
+    from rsclip.table import source_versions
 
     table = tiles.create_table(tmp_path / "db", model="m", dim=8)
     uris = ["s3://b/a.jpg", "s3://b/o'dd\\name.jpg", "s3://b/c.jpg"]
@@ -315,8 +315,8 @@ def test_an_old_table_is_upgraded_in_place_and_its_weights_are_recorded_then_enf
     import lancedb
     import pyarrow as pa
 
-    from rsclip.core import source_versions
-    from rsclip.core.model_source import ModelIdentity
+    from rsclip.table import source_versions
+    from rsclip.model.sources import ModelIdentity
 
     new = tiles.tile_schema(8, "m")  # a table of rsclip 0.1: no source versions, footprints, weights
     old = pa.schema([f for f in new if f.name in LEGACY_COLUMNS], metadata=new.metadata)

@@ -22,7 +22,8 @@ from shapely.geometry import Point
 
 import rsclip
 from rsclip.app import cli
-from rsclip.core import anchors, dates, detections, footprints, raster, tiles, windows
+from rsclip.geo import dates, raster, windows
+from rsclip.table import anchors, detections, rows, tiles
 from rsclip.errors import InvalidInput
 from rsclip.ingest import planning, stac
 from rsclip.search.export import export_frame
@@ -197,7 +198,7 @@ def test_old_tables_are_searched_as_they_are_and_upgraded_in_place(time_table, t
 # ---- timelines and changes -------------------------------------------------------------------------------
 
 def _covering(frame: pd.DataFrame, lon: float, lat: float) -> set[str]:
-    outlines = footprints.tile_footprints(frame)
+    outlines = rows.tile_footprints(frame)
     return {i for i, g in zip(frame[tiles.ID], outlines) if g is not None and g.covers(Point(lon, lat))}
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsclip.core import storage
-from rsclip.core.model import load_model
+from rsclip.runtime import storage
+from rsclip.model.clip import load_model
 from rsclip.errors import InvalidInput
 from rsclip.testing import _text_config, build_tokenizer
 from rsclip.train import data as rdata

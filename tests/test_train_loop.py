@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsclip.core.model import load_model
+from rsclip.model.clip import load_model
 from rsclip.errors import InvalidInput
 from rsclip.train import data, loop, metrics, transforms
 from rsclip.train.config import TrainConfig, TrainState

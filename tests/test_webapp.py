@@ -25,13 +25,14 @@ from PIL import Image
 from rasterio.warp import transform_bounds
 
 from infra.local_stack import free_port
-from rsclip.core.windows import grid_windows
-from rsclip.core import raster, tiles
-from rsclip.core.images import read_image
-from rsclip.core.model import load_model
+from rsclip.geo.windows import grid_windows
+from rsclip.geo import raster
+from rsclip.table import tiles
+from rsclip.geo.images import read_image
+from rsclip.model.clip import load_model
 from rsclip.app.finder import find_feature
 from rsclip.app.preview import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, decode_upload, read_preview
-from rsclip.core.windows import Window
+from rsclip.geo.windows import Window
 from rsclip.search.query import query, query_text, similar_tiles, tile_vector
 from rsclip.app.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS, KEY_FEATURE_UPLOAD,
                              KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD, KEY_TEXT_RESULTS, VIEW_FEATURE, VIEW_IMAGE)

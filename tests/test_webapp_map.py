@@ -26,7 +26,7 @@ from rsclip.app.keys import (KEY_AREA, KEY_AREA_GEOJSON, KEY_DETECT_PROGRESS, KE
                              KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
                              KEY_TEXT_RESULTS, VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
 from rsclip.app.server import DEFAULT_K, serve, source_name, validate_basemap
-from rsclip.core import footprints, labels, tiles
+from rsclip.table import labels, rows, tiles
 from rsclip.search import export
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
@@ -123,7 +123,7 @@ def test_a_text_query_draws_its_hits_footprints_on_the_map(map_server, geo_db, p
 
     # Each footprint is drawn where the table says the tile is, coloured by score, with its thumbnail.
     table = tiles.open_table(geo_db["db"])
-    truth = footprints.tile_footprints(expected, table)
+    truth = rows.tile_footprints(expected, table)
     ids = list(expected[tiles.ID])
     drawn = frame.evaluate(DRAWN_FOOTPRINTS, ids)
     for tile_id, geometry in zip(ids, truth):
@@ -196,8 +196,8 @@ def test_drawing_an_area_restricts_every_view_to_it(map_server, geo_db, page, tm
     wait_captions(page, KEY_TEXT_RESULTS, inside)
     assert set(inside[tiles.ID]) != set(everywhere[tiles.ID])
     table = tiles.open_table(geo_db["db"])
-    assert all(g.intersects(drawn) for g in footprints.tile_footprints(inside, table))
-    outside = [g for g in footprints.tile_footprints(query_text(geo_db["db"], QUERY, 100), table)
+    assert all(g.intersects(drawn) for g in rows.tile_footprints(inside, table))
+    outside = [g for g in rows.tile_footprints(query_text(geo_db["db"], QUERY, 100), table)
                if not g.intersects(drawn)]
     assert outside  # the area left tiles out
     page.screenshot(path=str(tmp_path / "map_drawn_area.png"))
@@ -341,7 +341,7 @@ def test_downloads_are_what_the_export_writes(map_server, geo_db, page, tmp_path
 
     parquet = gpd.read_parquet(io.BytesIO(download(page, VIEW_TEXT, "tiles", "geoparquet")))
     assert list(parquet[tiles.ID]) == list(expected[tiles.ID])
-    truth = footprints.tile_footprints(expected, tiles.open_table(geo_db["db"]))
+    truth = rows.tile_footprints(expected, tiles.open_table(geo_db["db"]))
     assert all(a.equals_exact(b, 1e-9) for a, b in zip(parquet.geometry, truth))
     assert_no_traceback(page)
 
@@ -473,12 +473,12 @@ def test_map_features_are_the_tiles_footprints_in_rank_order(geo_db):
 def test_thumbnails_are_placed_at_the_window_corners(geo_db):
     """A thumbnail's three corners are the raster window's corners in WGS84, i.e. corners of its footprint."""
     from rsclip.app.preview import read_preview, window_corners
-    from rsclip.core.windows import Window
+    from rsclip.geo.windows import Window
 
     row = text_hits(geo_db["db"], QUERY).iloc[0]
     window = Window(*(int(row[c]) for c in tiles.WINDOW_COLUMNS))
     corners = np.asarray(window_corners(row[tiles.URI], window))
-    footprint = footprints.tile_footprints(pd.DataFrame([row]), tiles.open_table(geo_db["db"]))[0]
+    footprint = rows.tile_footprints(pd.DataFrame([row]), tiles.open_table(geo_db["db"]))[0]
     vertices = np.asarray(footprint.exterior.coords)
     for corner in corners:
         assert np.abs(vertices - corner).max(axis=1).min() < 1e-9

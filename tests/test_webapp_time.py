@@ -29,7 +29,8 @@ from rsclip.app.keys import (KEY_CHANGES_RESULTS, KEY_DATE_END, KEY_DATE_START, 
                              VIEW_TEXT, view_key)
 from rsclip.app.server import DEFAULT_K
 from rsclip.app.timeline_view import NO_DATES
-from rsclip.core import dates, detections, raster, tiles
+from rsclip.geo import dates, raster
+from rsclip.table import detections, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.ingest import listing
 from rsclip.search.query import query, query_text, similar_tiles

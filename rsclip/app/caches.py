@@ -17,8 +17,8 @@ from rsclip.app import mapdata, timedata
 from rsclip.app.finder import FeatureMatch, find_feature
 from rsclip.app.preview import read_preview, window_corners
 from rsclip.app.server import PREVIEW_SIZE
-from rsclip.core import tiles
-from rsclip.core.windows import Window
+from rsclip.table import tiles
+from rsclip.geo.windows import Window
 from rsclip.search import timeline as timelines
 
 PREVIEW_CACHE_ENTRIES = 256

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from rsclip.app import commands_geo, commands_time
-from rsclip.core import storage, tiles
+from rsclip.runtime import storage
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput, run_reporting
 
 CliError = InvalidInput  # bad command-line input: one line, exit status 2
@@ -134,7 +135,7 @@ def cmd_locate(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES
+    from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
     from rsclip.search.zeroshot import classify
 
     _quiet_model_loading()
@@ -149,7 +150,7 @@ def cmd_classify(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from rsclip.core.index import build_index
+    from rsclip.table.index import build_index
 
     state = build_index(args.db, args.table, rebuild=args.rebuild, min_rows=args.min_rows)
     if args.json:
@@ -203,7 +204,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_convert_model(args) -> None:
-    from rsclip.core.model_conversion import convert_model
+    from rsclip.model.convert.converter import convert_model
 
     _quiet_model_loading()
     record = convert_model(args.source, args.destination, arch=args.arch)
@@ -233,7 +234,7 @@ def add_convert_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rsclip`` argument parser (sub-commands query, locate, classify, index, info, serve)."""
-    from rsclip.core.model import DEFAULT_MODEL
+    from rsclip.model.clip import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(prog="rsclip", description="CLIP search over satellite archives.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -315,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "min_rows", 0) is None:
-        from rsclip.core.index import MIN_ANN_ROWS
+        from rsclip.table.index import MIN_ANN_ROWS
 
         args.min_rows = MIN_ANN_ROWS
     return run_reporting("rsclip", lambda: args.run(args), progress_logs=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsclip.core import storage
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput
 
 POLYGON_FILE_SUFFIXES = (".geojson", ".json", ".wkt")
@@ -63,7 +63,7 @@ def add_example_arguments(parser) -> None:
 
 def cmd_label(args) -> None:
     from rsclip.app.cli import _print_json, _print_table, _records
-    from rsclip.core import labels
+    from rsclip.table import labels
 
     if args.action == "add":
         if not args.positive and not args.negative:

@@ -11,7 +11,7 @@ nothing) for an open end. An end given as a day includes that day.
 
 from __future__ import annotations
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput
 
 TIMELINE_SHOWN = ("datetime", "uri", "similarity", "cloud_cover", "nodata_fraction", "x", "y", "width", "height")

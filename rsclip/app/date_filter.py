@@ -16,7 +16,7 @@ import streamlit as st
 from rsclip.app.keys import KEY_DATE, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY, KEY_MAX_CLOUD, KEY_MAX_NODATA
 from rsclip.app.server import escape_markdown, readable_error
 from rsclip.app.timedata import DATE_HINT, MAX_DATE_CHARS, TableTimes, TimeFilter, describe_span, time_filter
-from rsclip.core import tiles
+from rsclip.table import tiles
 
 NO_COLUMNS = ("This table records no dates (it was written before rsclip kept them). `rsclip upgrade` adds the "
               "columns; tiles embedded from a STAC catalog or with `--datetime-from-name` carry dates.")

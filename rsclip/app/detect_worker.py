@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict
 
 from rsclip import errors
-from rsclip.core import cluster, config
+from rsclip.runtime import cluster, flags
 
 PIPELINE_LOGGER = "rsclip.detect.pipeline"
 
@@ -50,10 +50,10 @@ def parse_args(argv: list[str] | None):
     from rsclip.detect.pipeline import DetectConfig
 
     parser = argparse.ArgumentParser(prog="python -m rsclip.app.detect_worker", description=__doc__.splitlines()[0])
-    config.add_arguments(parser, DetectConfig, required=("db", "label"))
+    flags.add_arguments(parser, DetectConfig, required=("db", "label"))
     parser.add_argument("--ray-address", default=None, help="Ray cluster to use (default: a private local one)")
     args = parser.parse_args(argv)
-    return config.from_arguments(args, DetectConfig), args.ray_address
+    return flags.from_arguments(args, DetectConfig), args.ray_address
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from rsclip.core import labels
+from rsclip.table import labels
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_RUNS = 2

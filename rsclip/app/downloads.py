@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from rsclip.app.keys import KEY_DOWNLOADS, view_key
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search import export
 
 MAX_DOWNLOAD_ROWS = 10_000

@@ -18,8 +18,9 @@ import pandas as pd
 from PIL import Image
 
 from rsclip.app.preview import decode_upload
-from rsclip.core import raster, tiles
-from rsclip.core.windows import Window
+from rsclip.geo import raster
+from rsclip.table import tiles
+from rsclip.geo.windows import Window
 from rsclip.search.locate import PatchSource, locate, render_heatmap
 from rsclip.search.query import Text, checked_text
 

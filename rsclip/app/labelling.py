@@ -1,8 +1,8 @@
 """Labelling in the web app: the label set "+" and "-" write to, the buttons, their counts.
 
-A label set is chosen among the table's (``<table>_labels``, :mod:`rsclip.core.labels`) or named anew in the
+A label set is chosen among the table's (``<table>_labels``, :mod:`rsclip.table.labels`) or named anew in the
 sidebar; a typed name is text, at most ``MAX_LABEL_CHARS`` characters, and must match
-:data:`rsclip.core.labels.LABEL_PATTERN` before anything is written (the labels module quotes it into its
+:data:`rsclip.table.labels.LABEL_PATTERN` before anything is written (the labels module quotes it into its
 SQL; nothing else is built from it). "+" on a tile makes it a positive of the set, "-" a negative; pressing
 the button of the value a tile already has removes its label, so a mistake is undone with the same click.
 """
@@ -15,7 +15,7 @@ from rsclip.app.context import PageContext
 from rsclip.app.keys import (KEY_LABEL_CHOICE, KEY_LABEL_COUNTS, KEY_LABEL_NEW, STATE_FIND_MORE, STATE_LABEL,
                              STATE_MESSAGE)
 from rsclip.app.server import escape_markdown, readable_error
-from rsclip.core import labels, tiles
+from rsclip.table import labels, tiles
 from rsclip.errors import NotFound
 
 MAX_LABEL_CHARS = 64  # as LABEL_PATTERN allows

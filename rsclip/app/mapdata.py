@@ -2,7 +2,7 @@
 placed at their tile's corners, the table's extent, and the events the map sends back, checked.
 
 No Streamlit here (:mod:`rsclip.app.mapview` draws). Footprints are the tiles' true WGS84 outlines
-(:func:`rsclip.core.footprints.tile_footprints`: the stored WKB, or the box of the bound columns for older
+(:func:`rsclip.table.rows.tile_footprints`: the stored WKB, or the box of the bound columns for older
 tables). The map runs in the visitor's browser, so what it sends is hostile input like any other:
 :func:`parse_event` accepts three event shapes only, a clicked tile must be a tile id, and a drawn area is
 bounded in characters and vertices before :func:`rsclip.search.polygons.parse_polygon` validates it
@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image
 
 from rsclip.app.server import describe_window
-from rsclip.core import footprints, tiles
-from rsclip.core.rows import is_tile_id
+from rsclip.table import rows, tiles
+from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.polygons import Region, parse_polygon
 from rsclip.search.searchers import SCORE
@@ -191,7 +191,7 @@ def tile_features(frame: pd.DataFrame, geometries, thumbnails: dict | None = Non
 
 def footprints_of(frame: pd.DataFrame, table) -> np.ndarray:
     """The footprints of the rows of ``frame`` (shapely, None where unknown), looked up in ``table``."""
-    return footprints.tile_footprints(frame.reset_index(drop=True), table)
+    return rows.tile_footprints(frame.reset_index(drop=True), table)
 
 
 def version_of(collection: dict) -> str:

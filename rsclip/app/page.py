@@ -27,7 +27,7 @@ from rsclip.app.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIE
 from rsclip.app.search_views import empty_map, failed, image_view, labels_view, text_view
 from rsclip.app.server import WebConfig, escape_markdown
 from rsclip.app.sidebar import sidebar
-from rsclip.core import tiles
+from rsclip.table import tiles
 
 
 def show_view(view: str, ctx) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from rsclip.app.server import escape_markdown, readable_error
-from rsclip.core import tiles
+from rsclip.table import tiles
 
 
 def show_image(read, row, what: str = "preview") -> None:

@@ -14,9 +14,9 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image
 
-from rsclip.core import raster
-from rsclip.core.images import decode_any, read_image
-from rsclip.core.windows import Window
+from rsclip.geo import raster
+from rsclip.geo.images import decode_any, read_image
+from rsclip.geo.windows import Window
 from rsclip.errors import InvalidInput, LimitExceeded, UnsafeInput
 
 DEFAULT_PREVIEW_SIZE = 256

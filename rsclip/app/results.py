@@ -23,7 +23,7 @@ from rsclip.app.server import (GRID_COLUMNS, describe_bounds, describe_window, e
                                source_name)
 from rsclip.app.timedata import seen_text
 from rsclip.app.timeline_view import open_timeline, opened_row, timeline_section
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search.searchers import SCORE
 
 

@@ -24,7 +24,7 @@ from rsclip.app.pictures import show_image
 from rsclip.app.preview import UPLOAD_TYPES, decode_upload
 from rsclip.app.results import show_results
 from rsclip.app.server import GRID_COLUMNS, PREVIEW_SIZE, describe_window, escape_markdown, readable_error, source_name
-from rsclip.core import labels, rows, tiles
+from rsclip.table import labels, rows, tiles
 from rsclip.search.query import MAX_TEXT_CHARS, query, query_text, similar_tiles
 
 # Labelled tiles drawn in the Labels view (the most recently labelled first).

@@ -68,7 +68,7 @@ import numpy as np
 
 from rsclip import errors
 from rsclip.app.preview import MAX_UPLOAD_MB
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search.filters import BBox, validate_bbox
 
 APP_SCRIPT = Path(__file__).with_name("page.py")

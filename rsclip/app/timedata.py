@@ -4,9 +4,9 @@ quality limits (checked), and dates as text.
 No Streamlit here (:mod:`rsclip.app.date_filter`, :mod:`rsclip.app.timeline_view` and
 :mod:`rsclip.app.changes_view` draw). A date a visitor types is parsed strictly: an ISO 8601 calendar date
 ``YYYY-MM-DD`` (or reduced to ``YYYY-MM`` or ``YYYY``), at most :data:`MAX_DATE_CHARS` characters, then
-checked by :func:`rsclip.core.dates.parse_range`; a start names the first instant of its day (month, year) and
+checked by :func:`rsclip.geo.dates.parse_range`; a start names the first instant of its day (month, year) and
 an end includes its whole day (month, year), as ``rsclip query --date START/END`` does. Nothing typed reaches
-SQL: a range becomes two integers (:class:`~rsclip.core.dates.DateRange`) that
+SQL: a range becomes two integers (:class:`~rsclip.geo.dates.DateRange`) that
 :class:`~rsclip.search.filters.Filters` writes into its SQL.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from rsclip.core import dates, tiles
+from rsclip.geo import dates
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_DATE_CHARS = 10

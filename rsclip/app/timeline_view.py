@@ -21,7 +21,7 @@ from rsclip.app.keys import KEY_TIMELINE, KEY_TIMELINE_REFERENCE, STATE_OPENED, 
 from rsclip.app.pictures import show_image
 from rsclip.app.server import escape_markdown, readable_error, source_name
 from rsclip.app.timedata import describe_time
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search.timeline import SIMILARITY
 
 MAX_SHOWN = 24

@@ -1,10 +1,10 @@
 """The detection job: a label set -> a linear probe -> a score for every tile -> ``<table>_detections``.
 
-:func:`run_detection` reads the label set (:mod:`rsclip.core.labels`), trains and cross-validates the probe
+:func:`run_detection` reads the label set (:mod:`rsclip.table.labels`), trains and cross-validates the probe
 (:mod:`rsclip.detect.probe`, in the driver: a few thousand vectors at most), plans the table version's parts
 (:func:`rsclip.detect.scoring.plan_parts`) and scores them in Ray Data tasks reading Lance fragments in
 parallel; the driver upserts each block of detections as it streams out (one block in memory at a time) and
-records each part once its rows are committed (:mod:`rsclip.core.detections`). Killed at any moment and
+records each part once its rows are committed (:mod:`rsclip.table.detections`). Killed at any moment and
 rerun, it trains the same probe (same labels and settings: same model version), skips the parts already
 committed and leaves exactly one row per tile and label. When every part is in, rows of older model
 versions of the label (tiles gone from the table since) are removed.
@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
 
-from rsclip.core import cluster, config as flags, detections, labels, tiles
+from rsclip.runtime import cluster, flags
+from rsclip.table import detections, labels, tiles
 from rsclip.detect import scoring
 from rsclip.detect.probe import Probe, train_probe
 from rsclip.errors import InvalidInput, RsclipError

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rsclip.core import labels, rows, tiles
+from rsclip.table import labels, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_BACKGROUND = 100_000
@@ -82,7 +82,7 @@ def sample_background(table, n: int, exclude: set[str], seed: int) -> tuple[list
 
 
 def training_set(table, label_frame, *, background: int = 0, seed: int = 0) -> TrainingSet:
-    """The examples of a label set (:func:`rsclip.core.labels.read_labels` frame) against ``table``.
+    """The examples of a label set (:func:`rsclip.table.labels.read_labels` frame) against ``table``.
 
     Raises ``InvalidInput`` when there is no positive, or no negative and no ``background``; ``NotFound``
     when labelled tiles are no longer in the table.

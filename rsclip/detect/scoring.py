@@ -4,11 +4,11 @@ The driver plans *parts* from the table version's fragment metadata only (:func:
 fragments of about ``rows_per_part`` rows, small fragments grouped, large ones cut), so what it holds grows
 with the number of parts (tens per million rows), never with the rows. Each part is scored by
 :func:`score_parts`, a Ray Data stage: it opens the same table version, reads its slices' ids, bounds and
-vectors fragment by fragment, and returns detection rows (:data:`rsclip.core.detections.DETECTIONS_SCHEMA`
+vectors fragment by fragment, and returns detection rows (:data:`rsclip.table.detections.DETECTIONS_SCHEMA`
 plus the part's key). No vector index is used or needed.
 
 A part's key is a hash of its slices, so a rerun on the same table version plans the same keys and can skip
-the parts already committed (:func:`rsclip.core.detections.done_parts`); after a compaction the fragments,
+the parts already committed (:func:`rsclip.table.detections.done_parts`); after a compaction the fragments,
 and so the keys, change, and every tile is scored again (still once per tile in the table: rows are upserted).
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rsclip.core import detections, storage, tiles
+from rsclip.runtime import storage
+from rsclip.table import detections, tiles
 from rsclip.detect.probe import sigmoid
 
 ROWS_PER_PART = 65_536

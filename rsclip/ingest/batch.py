@@ -2,7 +2,7 @@
 
 A batch is a dict of equal-length numpy columns (Ray Data's ``numpy`` batch format). Planning produces
 :data:`PLAN_COLUMNS`, reading :data:`READ_COLUMNS`, the embedder adds ``vector``; the tile columns reuse
-the table's names (:mod:`rsclip.core.tiles`). Every row carries a :data:`STATUS`.
+the table's names (:mod:`rsclip.table.tiles`). Every row carries a :data:`STATUS`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import dates, tiles
+from rsclip.geo import dates
+from rsclip.table import tiles
 
 # Batch keys added by the reader (tile columns reuse the table's names).
 SIZE = "size"  # file size in bytes

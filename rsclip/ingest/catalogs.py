@@ -2,7 +2,7 @@
 link by link), ItemCollections, newline-delimited items, and STAC APIs (searched with pystac-client).
 
 Documents are read through :class:`StoreIO` (pystac's I/O hook): local files or ``s3://`` objects through
-:func:`rsclip.core.storage.read_bytes` (at most :data:`MAX_DOCUMENT_BYTES` each, the store's timeouts), and
+:func:`rsclip.runtime.storage.read_bytes` (at most :data:`MAX_DOCUMENT_BYTES` each, the store's timeouts), and
 only from the kind of store the catalog itself is on: links of a catalog on S3 are followed to S3 only, of a
 local catalog to local files only (a catalog cannot make the job read ``/etc`` or an internal web server).
 A walk visits each document once (link cycles end), at most :data:`MAX_DEPTH` catalogs deep. An item or
@@ -19,7 +19,7 @@ from typing import Iterator, NamedTuple
 
 import pystac
 
-from rsclip.core import storage
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rsclip.core import tiles
-from rsclip.core.model import load_model
-from rsclip.core.model_source import model_identity, resolve_model_source
-from rsclip.core.preprocess import ImagePreprocess
+from rsclip.table import tiles
+from rsclip.model.clip import load_model
+from rsclip.model.sources import model_identity, resolve_model_source
+from rsclip.model.preprocess import ImagePreprocess
 from rsclip.errors import ModelMismatch, NotFound
 from rsclip.ingest.batch import (EMBEDDED, ERROR, MAX_MESSAGE_CHARS, MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED,
                                  STATUS, batch_images)
@@ -44,7 +44,7 @@ class ImageEmbedder:
 
     Callable on a plain batch dict (``batch.READ_COLUMNS``), with or without Ray. The model is loaded once
     in ``__init__``; on CUDA it runs in half precision. ``pixels`` is dropped from the output.
-    ``weights_sha256`` (the job's record of the weights, :func:`~rsclip.core.model_source.model_identity`)
+    ``weights_sha256`` (the job's record of the weights, :func:`~rsclip.model.sources.model_identity`)
     is checked before loading: a folder re-exported since the job started, or another copy on this node,
     embeds nothing. ``dim`` is the embedding size the table holds (default: the model's; then a model that
     does not load raises here).

@@ -11,8 +11,8 @@ from pathlib import PurePosixPath
 from typing import NamedTuple
 
 from rsclip import errors
-from rsclip.core import storage
-from rsclip.core.images import IMAGE_SUFFIXES
+from rsclip.runtime import storage
+from rsclip.geo.images import IMAGE_SUFFIXES
 from rsclip.errors import NotFound, StoreUnavailable
 
 

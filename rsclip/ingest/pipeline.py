@@ -7,7 +7,7 @@ Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distrib
 - mapper: :class:`~rsclip.ingest.embedder.ImageEmbedder`, a callable class on a batch dict (actors);
 - writer: :mod:`~rsclip.ingest.writer`, the driver commits the pipeline's output batches.
 
-:func:`run_embedding` wires them, then builds or refreshes the indexes (:mod:`rsclip.core.index`) and
+:func:`run_embedding` wires them, then builds or refreshes the indexes (:mod:`rsclip.table.index`) and
 returns an :class:`EmbedSummary`. Ray Data streams: the driver never holds the dataset, only one output batch
 at a time.
 """
@@ -20,9 +20,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from rsclip.core import anchors, cluster, config as flags, dates, raster, source_versions, tiles
-from rsclip.core.model_source import DEFAULT_MODEL, ModelIdentity, model_identity
-from rsclip.core.watchdog import Watchdog
+from rsclip.geo import dates, raster
+from rsclip.runtime import cluster, flags
+from rsclip.table import anchors, source_versions, tiles
+from rsclip.model.sources import DEFAULT_MODEL, ModelIdentity, model_identity
+from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable
 from rsclip.ingest import listing, planning, preflight, reading, stac
 from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
@@ -170,7 +172,7 @@ def build_index_after(config: EmbedConfig) -> str:
     """Create or refresh the table's indexes according to ``config.index``; a text saying what was done."""
     if config.index == "never":
         return "not touched (--index never)"
-    from rsclip.core import index
+    from rsclip.table import index
 
     min_rows = index.MIN_ANN_ROWS if config.index == "auto" else 256
     state = index.build_index(config.db, config.table, min_rows=min_rows)
@@ -229,7 +231,7 @@ def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
 def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
                   grid: str | None = None):
     """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors. ``grid``:
-    the table's (:func:`rsclip.core.anchors.settle_grid`)."""
+    the table's (:func:`rsclip.table.anchors.settle_grid`)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -285,7 +287,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
                   runtime_env: dict | None = None) -> EmbedSummary:
     """Embed every tile of ``config.archive`` into ``config.table`` of ``config.db``; see the module doc.
 
-    Uses the connected Ray cluster; when none is, :func:`rsclip.core.cluster.start_ray` joins
+    Uses the connected Ray cluster; when none is, :func:`rsclip.runtime.cluster.start_ray` joins
     ``ray_address`` (``"local"``, the default, starts a private local cluster) after the probes, so a bad
     store fails before any cluster starts. Raises :class:`~rsclip.errors.RsclipError` subclasses for
     faults found before the pipeline starts (store unreachable, credentials, missing bucket or folder,

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import dates, footprints, raster, storage, tiles
-from rsclip.core.images import image_size
-from rsclip.core.windows import Window, grid_windows
+from rsclip.geo import dates, footprints, raster
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.geo.images import image_size
+from rsclip.geo.windows import Window, grid_windows
 from rsclip.errors import InvalidInput
 from rsclip.ingest import listing
 from rsclip.ingest.batch import (CHIP, FILE_TILES, MESSAGE, PLAN_COLUMNS, RASTER, SIZE, STAGE_PLAN, VERSION,
@@ -88,7 +90,7 @@ def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> l
 
 def stamp(rows: list[dict[str, Any]], uri: str, source: listing.ArchiveFile, pattern) -> None:
     """Set the time columns of ``rows`` of ``source``: its datetime is the STAC item's, else a date in its
-    name (``pattern``, :func:`rsclip.core.dates.name_pattern`), else what its raster's tags record (set
+    name (``pattern``, :func:`rsclip.geo.dates.name_pattern`), else what its raster's tags record (set
     while planning), else unknown; item id and cloud cover come from the item."""
     when = source.datetime if source.datetime is not None else dates.from_name(uri, pattern)
     for row in rows:

@@ -1,7 +1,7 @@
 """What the embedding job checks on the cluster before its pipeline starts, so that it fails in seconds
 with one line instead of hanging or dying in a long Ray traceback.
 
-- :func:`embed_demand`: the embedder actors and one read task, for :func:`rsclip.core.cluster.check_fit`
+- :func:`embed_demand`: the embedder actors and one read task, for :func:`rsclip.runtime.cluster.check_fit`
   (a pool that can never be placed, or that leaves no room for reading, would wait forever);
 - :func:`check_workers`: every node reads the archive's and the table store's buckets as the driver did
   (nodes started without the AWS variables or a role would fail every read task with NoCredentialsError).
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rsclip.core import cluster, stacked, storage
+from rsclip.geo import stacked
+from rsclip.runtime import cluster, storage
 from rsclip.errors import NotFound
 from rsclip.ingest import listing
 
@@ -62,7 +63,7 @@ def source_stores(files, most: int = MAX_STORES) -> list[str]:
 
 def check_workers(config: "EmbedConfig", files=()) -> None:
     """Raise the first store fault a node of the cluster meets on the archive (or the stores of the listed
-    STAC ``files``) or the table store, naming the node and the fix (:func:`rsclip.core.cluster.check_nodes`).
+    STAC ``files``) or the table store, naming the node and the fix (:func:`rsclip.runtime.cluster.check_nodes`).
     A local table store is checked only on the driver: it may not exist before the run creates it."""
     sources = [config.archive] if config.archive is not None else source_stores(files)
     uris = sources + ([config.db] if storage.is_remote(config.db) else [])

@@ -1,7 +1,7 @@
 """Reading (Ray Data stages): skip tiles already in the table, decode the rest to small uint8 arrays.
 
 :func:`read_tiles` decodes each planned tile (Pillow for chips, window reads through
-:mod:`rsclip.core.raster` for rasters) and resizes it to the model's shortest-side size, so only ~150 KB of
+:mod:`rsclip.geo.raster` for rasters) and resizes it to the model's shortest-side size, so only ~150 KB of
 uint8 per tile crosses the object store. A tile that cannot be read becomes ``status = error`` (stage and
 message kept) and the job goes on; faults of the whole store (confirmed by a probe) raise.
 """
@@ -15,10 +15,12 @@ from contextlib import ExitStack
 import numpy as np
 
 from rsclip import errors
-from rsclip.core import raster, storage, tiles
-from rsclip.core.images import decode_image
-from rsclip.core.preprocess import ImagePreprocess, resize_shortest_side
-from rsclip.core.windows import Window
+from rsclip.geo import raster
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.geo.images import decode_image
+from rsclip.model.preprocess import ImagePreprocess, resize_shortest_side
+from rsclip.geo.windows import Window
 from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH,
                                  PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
                                  VERSION, failure_text)

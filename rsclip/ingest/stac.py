@@ -8,7 +8,7 @@ The same search is applied to every item here too (:func:`matches`), so a catalo
 API that lacks the query extension all give the items the search names.
 
 ``--assets`` picks what is read of each item: one asset (``visual``: a three-band COG), or three single-band
-assets stacked as RGB in that order (``red,green,blue``; :mod:`rsclip.core.stacked`, resampled onto the
+assets stacked as RGB in that order (``red,green,blue``; :mod:`rsclip.geo.stacked`, resampled onto the
 finest one's grid). A source's uri is its asset's href, or the stack URI of its assets' hrefs; its version
 is a hash of the item's id, ``updated`` time and asset hrefs and checksums (a STAC item has no ETag). An
 item without an asset asked for, or whose asset is not a raster rsclip reads (suffix, scheme; a catalog on
@@ -25,8 +25,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-from rsclip.core import dates, raster, stacked, storage
-from rsclip.core.config import setting
+from rsclip.geo import dates, raster, stacked
+from rsclip.runtime import storage
+from rsclip.runtime.flags import setting
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.ingest import catalogs
 from rsclip.ingest.listing import ArchiveFile

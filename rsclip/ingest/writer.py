@@ -9,7 +9,7 @@ rerun refreshes them instead of adding copies.
 Tiles stored without a version (tables of an older rsclip) that are planned again get the current one.
 Once every row of a file has passed (rows carry the file's row count) and its tiles are committed, the
 writer tidies up after it: its tiles of other versions that this run did not replace are removed
-(:mod:`rsclip.core.source_versions`), and error rows of the file that this run did not record again are
+(:mod:`rsclip.table.source_versions`), and error rows of the file that this run did not record again are
 deleted (it reads now, or fails otherwise). Only files that the table held in other versions, or that had
 error rows, when the run started are tracked.
 """
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import dates, merges, source_versions, tiles
+from rsclip.geo import dates
+from rsclip.table import keyed_writes, source_versions, tiles
 from rsclip.errors import RsclipError
 from rsclip.ingest.batch import (ADOPTED, EMBEDDED, ERROR, FILE_TILES, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED,
                                  STAGE_PLAN, STATUS, VERSION)
@@ -88,7 +89,7 @@ def record_errors(errors_table, rows: list[dict]) -> None:
             data[c].append(r[c])
         data[ERROR_TIME].append(now)
     batch = pa.Table.from_pydict(data, schema=ERRORS_SCHEMA)
-    merges.merge_on(errors_table, tiles.ID, batch)
+    keyed_writes.merge_on(errors_table, tiles.ID, batch)
 
 
 def errored_uris(errors_table, uris) -> set[str]:
@@ -105,7 +106,7 @@ def clear_errors(errors_table, uris, before: dt.datetime) -> None:
         return
     stamp = before.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     where = f"{tiles.URI} IN ({', '.join(tiles.sql_text(u) for u in uris)}) AND {ERROR_TIME} < timestamp '{stamp}'"
-    merges.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
+    keyed_writes.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
 
 
 @dataclass
@@ -174,7 +175,7 @@ class TileWriter:
     ``commit_rows`` rows (and at :meth:`close`), records error rows, counts everything.
 
     ``stored``: what the table held of the listed files in other versions when the run started
-    (:func:`~rsclip.core.source_versions.stored_versions`); ``errored``: uris with rows in the errors table
+    (:func:`~rsclip.table.source_versions.stored_versions`); ``errored``: uris with rows in the errors table
     then; ``started``: when the run started. Those files are tidied up once complete (module doc).
     """
 

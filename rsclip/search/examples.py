@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip.core import rows, tiles
-from rsclip.core.images import read_image
-from rsclip.core.rows import is_tile_id
+from rsclip.table import rows, tiles
+from rsclip.geo.images import read_image
+from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.filters import Filters
 from rsclip.search.query import check_model_weights, is_image_query, query_vector, self_ids, validate_k

@@ -1,7 +1,7 @@
 """Export: search results, detections and labels as features a GIS opens (GeoJSON, GeoParquet 1.1, CSV).
 
 Each feature is one tile: its geometry is the tile's true WGS84 footprint (the stored WKB of
-:mod:`rsclip.core.footprints`; the box of its bounds for tables written before footprints were stored; none
+:mod:`rsclip.geo.footprints`; the box of its bounds for tables written before footprints were stored; none
 for tiles without georeference), its properties are ``id``, ``uri``, ``window`` (``"x,y,width,height"``
 in source pixels), ``score``, ``crs``, ``datetime`` (ISO 8601, UTC), ``item_id``, ``cloud_cover`` and
 ``nodata_fraction`` when the table has them, and what the source adds
@@ -25,7 +25,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from rsclip.core import detections as detection_table, footprints, labels, storage, tiles
+from rsclip.runtime import storage
+from rsclip.table import detections as detection_table, labels, rows, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.review import DATETIME, review_detections
 from rsclip.search.searchers import SCORE
@@ -78,7 +79,7 @@ def features(frame: pd.DataFrame, table=None):
             out[column] = [None if pd.isna(t) else t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for t in when]
         elif column in frame.columns:
             out[column] = frame[column].to_numpy()
-    geometry = footprints.tile_footprints(frame.reset_index(drop=True), table)
+    geometry = rows.tile_footprints(frame.reset_index(drop=True), table)
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(list(geometry), crs=CRS84), crs=CRS84)
 
 
@@ -180,7 +181,7 @@ def export_labels(db, label: str, out: str, *, format: str | None = None,
                   table: str = tiles.DEFAULT_TABLE) -> ExportResult:
     """Export the tiles of label set ``label`` with their ``value`` (+1/-1) and ``note``. Raises
     ``NotFound`` for an unknown label set."""
-    from rsclip.core import rows
+    from rsclip.table import rows
 
     format = export_format(out, format)
     frame = labels.read_labels(db, label, table=table)

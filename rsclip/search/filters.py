@@ -2,7 +2,7 @@
 
 A :class:`Filters` holds what a caller asked for (a bounding box, a great-circle radius, a polygon
 (:mod:`rsclip.search.polygons`), an SQL ``where``; and when and how well a tile was seen: a ``date`` range
-(:func:`rsclip.core.dates.parse_range`, either end open), ``max_cloud`` (percent) and ``max_nodata`` (a
+(:func:`rsclip.geo.dates.parse_range`, either end open), ``max_cloud`` (percent) and ``max_nodata`` (a
 fraction). A tile whose time, cloud cover or nodata share is unknown never passes a filter on it, and on a
 table written before rsclip recorded them (:meth:`Filters.on`) no tile does.
 Each filter gives a *prefilter* (SQL on the table's columns, applied before the vector search so ``k`` rows
@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rsclip.core import dates, footprints, tiles
+from rsclip.geo import dates
+from rsclip.table import rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search import geo
 from rsclip.search.polygons import Region, parse_polygon
@@ -116,7 +117,7 @@ def join_sql(*parts: str | None) -> str | None:
 class Filters:
     """Validated filters of a search: ``bbox``, ``near`` = (lon, lat, radius_km), ``polygon`` (a
     :class:`~rsclip.search.polygons.Region`), ``where`` (SQL), ``date`` (a
-    :class:`~rsclip.core.dates.DateRange`), ``max_cloud`` (percent), ``max_nodata`` (fraction); ``absent``:
+    :class:`~rsclip.geo.dates.DateRange`), ``max_cloud`` (percent), ``max_nodata`` (fraction); ``absent``:
     the time columns the searched table lacks (:meth:`on`)."""
 
     bbox: BBox | None = None
@@ -132,7 +133,7 @@ class Filters:
     def of(cls, *, bbox=None, near=None, where=None, polygon=None, date=None, max_cloud=None,
            max_nodata=None) -> "Filters":
         """Validate raw arguments (as a user gives them) into :class:`Filters`; ``date`` is ``(start, end)``,
-        ``"START/END"`` or one date (:func:`rsclip.core.dates.parse_range`)."""
+        ``"START/END"`` or one date (:func:`rsclip.geo.dates.parse_range`)."""
         return cls(bbox=validate_bbox(bbox) if bbox is not None else None,
                    near=geo.validate_near(near) if near is not None else None,
                    where=validate_where(where),
@@ -191,5 +192,5 @@ class Filters:
         if self.near is not None:
             mask &= geo.within(self.near, frame)
         if self.polygon is not None and mask.any():
-            mask[mask] = self.polygon.intersects(footprints.tile_footprints(frame[mask], table))
+            mask[mask] = self.polygon.intersects(rows.tile_footprints(frame[mask], table))
         return mask

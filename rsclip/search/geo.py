@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius

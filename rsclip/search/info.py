@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rsclip.core import tiles
-from rsclip.core.index import index_state
+from rsclip.table import tiles
+from rsclip.table.index import index_state
 
 
 def table_info(db, table: str = tiles.DEFAULT_TABLE) -> dict:

@@ -6,7 +6,7 @@ back to end at the edge) or into a ``grid=(rows, cols)`` of equal parts; every p
 cosine similarity with the text, and the scores become probabilities by a softmax over the patches at the
 model's own temperature (``exp(logit_scale)``).
 
-Rasters (``.tif``/``.tiff``/``.jp2``) are read window by window through :mod:`rsclip.core.raster`, locally or
+Rasters (``.tif``/``.tiff``/``.jp2``) are read window by window through :mod:`rsclip.geo.raster`, locally or
 from ``s3://`` (range reads); all-nodata patches are left out and georeferenced patches carry lon/lat
 bounds. Heatmaps are drawn at preview size (a decimated read of big rasters), never at full resolution.
 """
@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip.core import raster, storage, tiles
-from rsclip.core.images import MAX_IMAGE_PIXELS, ImageInput, read_image, to_hwc_uint8
-from rsclip.core.model import ClipEncoder
-from rsclip.core.vectors import softmax
-from rsclip.core.windows import DEFAULT_TILE_SIZE, Window, grid_cells, grid_offsets, split_cells
+from rsclip.geo import raster
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.geo.images import MAX_IMAGE_PIXELS, ImageInput, read_image, to_hwc_uint8
+from rsclip.model.clip import ClipEncoder
+from rsclip.model.vectors import softmax
+from rsclip.geo.windows import DEFAULT_TILE_SIZE, Window, grid_cells, grid_offsets, split_cells
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.query import checked_text, looks_like_image_path
 from rsclip.search.zeroshot import ModelLike, model_logit_scale, resolve_encoder

@@ -3,12 +3,12 @@
 :func:`parse_polygon` turns what a caller gives into a :class:`Region`: a valid Polygon or MultiPolygon
 (holes allowed) whose longitudes lie in [-180, 180]. A polygon drawn across the antimeridian may be given
 either as RFC 7946 asks (parts on both sides) or with longitudes running past +-180 (e.g. 170 to 190); the
-latter is cut at the antimeridian and folded back (:func:`rsclip.core.footprints.fold_longitudes`). A polygon
+latter is cut at the antimeridian and folded back (:func:`rsclip.geo.footprints.fold_longitudes`). A polygon
 may reach a pole (latitude +-90).
 
 A region filters in two steps, as ``bbox``/``near`` do: the boxes of its parts become an SQL prefilter on
 the bound columns (:meth:`Region.boxes`; tiles whose bounds wrap across the antimeridian always pass it),
-then each candidate's footprint (:func:`rsclip.core.footprints.tile_footprints`: the stored WKB, or the box
+then each candidate's footprint (:func:`rsclip.table.rows.tile_footprints`: the stored WKB, or the box
 of its bounds in older tables) must intersect the region exactly (touching counts, as for ``bbox``).
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsclip.core import footprints
+from rsclip.geo import footprints
 from rsclip.errors import InvalidInput, LimitExceeded
 
 # Bounds on what a caller may hand in: text length, vertices, prefilter boxes (more parts share one box).

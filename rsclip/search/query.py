@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip.core import storage, tiles
-from rsclip.core.images import is_image_name, read_image
-from rsclip.core.model import cached_model
-from rsclip.core.model_source import model_identity
-from rsclip.core.rows import TILE_ID_PATTERN
+from rsclip.runtime import storage
+from rsclip.table import tiles
+from rsclip.geo.images import is_image_name, read_image
+from rsclip.model.clip import cached_model
+from rsclip.model.sources import model_identity
+from rsclip.table.rows import TILE_ID_PATTERN
 from rsclip.errors import InvalidInput, LimitExceeded, ModelMismatch, NotFound
 from rsclip.search.filters import BBox, Filters
 from rsclip.search.searchers import MAX_K, SCORE, search, searcher_for
@@ -209,7 +210,7 @@ def check_model_weights(table, model: str, allow_mismatch: bool = False) -> None
     """Raise :class:`~rsclip.errors.ModelMismatch` when ``model`` now resolves to other weights than those
     recorded in ``table`` (a folder re-exported in place, another hub revision), unless ``allow_mismatch``.
     A table that records no weights (written by an older rsclip) passes. The weights' hash is computed
-    once per process and file state (:func:`~rsclip.core.model_source.model_identity`)."""
+    once per process and file state (:func:`~rsclip.model.sources.model_identity`)."""
     if allow_mismatch or tiles.table_weights(table) is None:
         return
     mismatch = tiles.weights_mismatch(table, model, model_identity(model))

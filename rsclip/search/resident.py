@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.search.filters import bbox_mask
 
 ROW_ID = "_rowid"

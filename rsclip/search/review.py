@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rsclip.core import detections, labels, rows, tiles
+from rsclip.table import detections, labels, rows, tiles
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.filters import Filters, validate_share
 from rsclip.search.searchers import SCORE, checked_sql

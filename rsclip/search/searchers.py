@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from rsclip.core import tiles
+from rsclip.table import tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.resident import ROW_ID, resident_table

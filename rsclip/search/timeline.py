@@ -1,8 +1,8 @@
 """Same place, other dates: the timeline of one place, and the places whose embedding moved between two dates.
 
-Places are matched by footprint (:mod:`rsclip.core.footprints`: the stored WGS84 outline, the box of the bound
+Places are matched by footprint (:mod:`rsclip.geo.footprints`: the stored WGS84 outline, the box of the bound
 columns in older tables). Scenes of one pixel grid (same CRS and resolution) are cut on windows anchored to
-the CRS (:func:`rsclip.core.raster.grid_origin`), so a place is the same window on every date: its tiles'
+the CRS (:func:`rsclip.geo.raster.grid_origin`), so a place is the same window on every date: its tiles'
 footprints coincide (scenes whose corners are off the grid by a fraction of a pixel snap to the nearest
 pixel: footprints then differ by that fraction). Scenes of other grids (another CRS, resolution or pixel
 phase) have windows that do not line up: :func:`timeline` still returns every tile containing the point, and
@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rsclip.core import dates, footprints, rows, tiles
+from rsclip.geo import dates
+from rsclip.table import rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 from rsclip.search import geo
 from rsclip.search.filters import Filters, bbox_sql, join_sql
@@ -77,7 +78,7 @@ def place_point(table, place) -> tuple[float, float]:
         found = rows.rows_by_id(table, [place], [*tiles.BOUNDS_COLUMNS, tiles.FOOTPRINT]).to_pandas()
         if found.empty:
             raise NotFound(f"tile {place} is not in table {table.name!r}")
-        outline = footprints.tile_footprints(found, table)[0]
+        outline = rows.tile_footprints(found, table)[0]
         if outline is None:
             raise InvalidInput(f"tile {place} has no georeference: it has no place to follow across dates")
         point = outline.centroid if outline.contains(outline.centroid) else outline.representative_point()
@@ -127,7 +128,7 @@ def timeline(db, place, *, table: str = tiles.DEFAULT_TABLE, reference=None, dat
     lon, lat = place_point(tbl, place)
     filters = Filters.of(date=date, max_cloud=max_cloud, max_nodata=max_nodata).on(tbl)
     frame = load_tiles(tbl, join_sql(point_sql(lon, lat), filters.attribute_sql()))
-    outlines = footprints.tile_footprints(frame, tbl)
+    outlines = rows.tile_footprints(frame, tbl)
     from shapely.geometry import Point
 
     point = Point(lon, lat)
@@ -145,7 +146,7 @@ def _side(tbl, span: dates.DateRange, filters: Filters, newest_first: bool):
     chosen = dataclasses.replace(filters, date=span).on(tbl)
     frame = load_tiles(tbl, chosen.sql())
     frame = by_date(frame[chosen.keep(frame, tbl)], newest_first)
-    outlines = footprints.tile_footprints(frame, tbl)
+    outlines = rows.tile_footprints(frame, tbl)
     known = np.array([g is not None for g in outlines], dtype=bool)
     return frame[known].reset_index(drop=True), np.asarray(outlines[known], dtype=object)
 

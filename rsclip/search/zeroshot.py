@@ -1,7 +1,7 @@
 """Zero-shot scene labels: ``rsclip.classify(images, labels)`` with prompt-template ensembles.
 
 A label's text embedding is the mean of its normalised prompt embeddings over the templates, renormalised
-(CLIP's ImageNet recipe); this is :func:`rsclip.core.prompts.class_embeddings`, so the labels a user gets are
+(CLIP's ImageNet recipe); this is :func:`rsclip.model.prompts.class_embeddings`, so the labels a user gets are
 scored exactly as the evaluation scores them. Probabilities are ``softmax(logit_scale * cosine)`` over the
 labels, where ``logit_scale`` is the model's own learned temperature (``exp(model.logit_scale)``, 100 for
 OpenAI CLIP, whatever fine-tuning learned otherwise) unless given.
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip.core.images import ImageInput, read_image
-from rsclip.core.model import DEFAULT_MODEL, ClipEncoder, cached_model
-from rsclip.core.prompts import TEMPLATES, class_embeddings
-from rsclip.core.vectors import softmax
+from rsclip.geo.images import ImageInput, read_image
+from rsclip.model.clip import DEFAULT_MODEL, ClipEncoder, cached_model
+from rsclip.model.prompts import TEMPLATES, class_embeddings
+from rsclip.model.vectors import softmax
 from rsclip.errors import InvalidInput
 
 ModelLike = Union[str, os.PathLike, ClipEncoder, None]
@@ -27,7 +27,7 @@ ModelLike = Union[str, os.PathLike, ClipEncoder, None]
 
 def resolve_encoder(model: ModelLike) -> ClipEncoder:
     """A :class:`ClipEncoder` for ``model``: an encoder as is, a source (hub id, folder, ``s3://``) loaded
-    once per process, None for :data:`rsclip.core.model.DEFAULT_MODEL`."""
+    once per process, None for :data:`rsclip.model.clip.DEFAULT_MODEL`."""
     if isinstance(model, ClipEncoder):
         return model
     return cached_model(str(model) if model is not None else DEFAULT_MODEL)
@@ -58,7 +58,7 @@ def classify(
 
     ``images``: paths, ``s3://`` URIs, PIL images or HWC uint8 arrays (or one of them). ``labels``: class
     names (underscores read as spaces); ``templates``: prompt templates with one ``{}``
-    (default :data:`rsclip.core.prompts.TEMPLATES`, the evaluation's ensemble). Returns a DataFrame with one row
+    (default :data:`rsclip.model.prompts.TEMPLATES`, the evaluation's ensemble). Returns a DataFrame with one row
     per image and one column per label (probabilities summing to 1 per row), indexed 0..N-1, plus
     ``label`` (the most probable one). Raises ``InvalidInput`` for no or duplicate or blank labels, bad
     templates and unreadable images.

@@ -1,7 +1,7 @@
 """The settings of a fine-tuning run (:class:`TrainConfig`) and where a run stands (:class:`TrainState`).
 
 ``TrainConfig`` is built once at the edge (``jobs/finetune.py``: flags generated from these fields by
-:func:`rsclip.core.config.add_arguments`, and/or a YAML/JSON file), crosses into Ray workers as a plain dict
+:func:`rsclip.runtime.flags.add_arguments`, and/or a YAML/JSON file), crosses into Ray workers as a plain dict
 (:meth:`TrainConfig.to_dict`) and is rebuilt there with :meth:`TrainConfig.from_dict`.
 """
 
@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsclip.core import config as flags, storage
-from rsclip.core.model_source import DEFAULT_MODEL
+from rsclip.runtime import flags, storage
+from rsclip.model.sources import DEFAULT_MODEL
 from rsclip.errors import InvalidInput
 from rsclip.train.data import TRAIN, VAL
 

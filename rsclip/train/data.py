@@ -6,7 +6,7 @@ bytes or ``b""``), ``captions`` (list of strings), ``label`` (class name, ``""``
 (``train``/``val``/``test``; rows without one count as ``train``) and ``name`` (for messages, and the
 key of the sample's random views: :mod:`rsclip.train.seeds`).
 
-Sources (local or ``s3://``, read through :mod:`rsclip.core.storage`):
+Sources (local or ``s3://``, read through :mod:`rsclip.runtime.storage`):
 - RSICD: ``dataset_rsicd.json`` (``images[].filename``, ``split``, ``sentences[].raw``) with the images in
   ``RSICD_images/`` (or ``images/``, or the JSON's own folder). A URI may name the folder or the JSON.
   The label is the file-name prefix (``airport_17.jpg`` -> ``airport``), as in the RSICD protocol.
@@ -26,8 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from rsclip.core import storage
-from rsclip.core.prompts import class_from_filename
+from rsclip.runtime import storage
+from rsclip.model.prompts import class_from_filename
 from rsclip.errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)

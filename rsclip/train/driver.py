@@ -16,7 +16,7 @@ Output layout (local path or ``s3://``)::
     OUTPUT/metrics.jsonl           one record per epoch (train loss, val metrics, step, throughput)
     OUTPUT/metrics.png             loss, top-1 and mR per epoch
     OUTPUT/model                   the best checkpoint's model (plain transformers / rsclip.load_model),
-                                   replaced atomically (:mod:`rsclip.core.model_versions`)
+                                   replaced atomically (:mod:`rsclip.model.versions`)
     OUTPUT/summary.json            best epoch, its metrics, counts
 """
 
@@ -29,9 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-from rsclip.core import cluster, model_versions, storage
-from rsclip.core.watchdog import Watchdog
-from rsclip.core.model import ImagePreprocess, resolve_model_source
+from rsclip.model import versions
+from rsclip.runtime import cluster, storage
+from rsclip.runtime.watchdog import Watchdog
+from rsclip.model.clip import ImagePreprocess, resolve_model_source
 from rsclip.errors import InvalidInput
 from rsclip.train import metrics
 from rsclip.train.config import TrainConfig, TrainState
@@ -219,12 +220,12 @@ def build_trainer(cfg: TrainConfig, train_samples: Sequence[dict], val_ds, *, to
 def export_model(checkpoint, output: str) -> str:
     """Publish a checkpoint's model (not its optimiser state) as ``OUTPUT/model``; returns that URI.
 
-    The switch is atomic (:func:`rsclip.core.model_versions.publish`): a failure while copying leaves the
+    The switch is atomic (:func:`rsclip.model.versions.publish`): a failure while copying leaves the
     model that was there before complete and in place."""
     target = f"{output.rstrip('/')}/model"
     with checkpoint.as_directory() as src:
         files = sorted(p for p in Path(src).iterdir() if p.name != STATE_FILE and p.is_file() and not p.is_symlink())
-        model_versions.publish(files, target)
+        versions.publish(files, target)
     return target
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import numpy as np
 import torch
 
-from rsclip.core.model import ClipEncoder, ImagePreprocess, normalize_pixels
+from rsclip.model.clip import ClipEncoder, ImagePreprocess, normalize_pixels
 from rsclip.errors import InvalidInput
 from rsclip.train import metrics
 from rsclip.train.config import TrainConfig, TrainState

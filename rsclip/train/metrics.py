@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rsclip.core import storage
-from rsclip.core.prompts import SEED_TEMPLATE, TEMPLATES, class_embeddings
-from rsclip.core.vectors import softmax, unit
+from rsclip.runtime import storage
+from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES, class_embeddings
+from rsclip.model.vectors import softmax, unit
 from rsclip.errors import InvalidInput
 
 TOPK = (1, 3, 5, 10)
@@ -116,7 +116,7 @@ def format_markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def write_text(uri: str, text: str | bytes) -> None:
-    """Write (replace) a local file or ``s3://`` object atomically (``rsclip.core.storage.write_bytes``)."""
+    """Write (replace) a local file or ``s3://`` object atomically (``rsclip.runtime.storage.write_bytes``)."""
     storage.write_bytes(uri, text)
 
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from rsclip.core import images
-from rsclip.core.preprocess import ImagePreprocess, prepare_image as prepare_model_image
+from rsclip.geo import images
+from rsclip.model.preprocess import ImagePreprocess, prepare_image as prepare_model_image
 from rsclip.errors import InvalidInput
 from rsclip.train.data import CAPTION, CAPTIONS, IMAGE, IMAGE_BYTES, LABEL, NAME, OK
 from rsclip.train.seeds import ORDER, sample_rng, stream_seed
@@ -76,7 +76,7 @@ class StageConfig:
 
 
 def prepare_image(image: np.ndarray, cfg: StageConfig) -> np.ndarray:
-    """The model's deterministic preprocessing up to normalisation (``rsclip.core.preprocess.prepare_image``)."""
+    """The model's deterministic preprocessing up to normalisation (``rsclip.model.preprocess.prepare_image``)."""
     return prepare_model_image(image, cfg.preprocess)
 
 

@@ -1,7 +1,7 @@
 """Dates and date ranges: when a tile was seen, parsed once from whatever a user, a catalog or a file says.
 
 Times are UTC instants, carried as microseconds since the epoch (:data:`NULL_MICROS` for "unknown") through
-the embedding job and stored as ``timestamp[us, UTC]`` (:data:`rsclip.core.tiles.DATETIME`). Text without an
+the embedding job and stored as ``timestamp[us, UTC]`` (:data:`rsclip.table.tiles.DATETIME`). Text without an
 offset is read as UTC.
 
 - :func:`parse_instant`: ISO 8601 / RFC 3339 text (``2020-08-31``, ``2020-08-31T17:05:00Z``,

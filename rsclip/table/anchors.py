@@ -1,9 +1,9 @@
 """Which grid a tile table's windows are cut on, recorded in its metadata so that every run cuts alike.
 
-Windows of large rasters are anchored to the CRS's origin (:data:`~rsclip.core.windows.GRID_CRS`: windows at
+Windows of large rasters are anchored to the CRS's origin (:data:`~rsclip.geo.windows.GRID_CRS`: windows at
 multiples of the tile size in map units, so scenes of one pixel grid line up across dates) or to each
-scene's first pixel (:data:`~rsclip.core.windows.GRID_SCENE`, how rsclip cut them before). New tables record
-the CRS grid when created (:func:`rsclip.core.tiles.tile_schema`). A table keeps one
+scene's first pixel (:data:`~rsclip.geo.windows.GRID_SCENE`, how rsclip cut them before). New tables record
+the CRS grid when created (:func:`rsclip.table.tiles.tile_schema`). A table keeps one
 grid for good: a run cutting another would plan other windows (other tile ids) and add a second, offset set
 of tiles beside the first. A table that records no grid took the scene's corner if it holds tiles (written
 before the grid was recorded) and is new otherwise.
@@ -11,9 +11,9 @@ before the grid was recorded) and is new otherwise.
 
 from __future__ import annotations
 
-from rsclip.core import merges
-from rsclip.core.tiles import META_GRID
-from rsclip.core.windows import GRID_CRS, GRID_SCENE, GRIDS
+from rsclip.table import keyed_writes
+from rsclip.table.tiles import META_GRID
+from rsclip.geo.windows import GRID_CRS, GRID_SCENE, GRIDS
 from rsclip.errors import InvalidInput
 
 
@@ -36,7 +36,7 @@ def settle_grid(table, wanted: str | None = None) -> str:
             table.to_lance().update_schema_metadata({META_GRID.decode(): grid})
             table.checkout_latest()
 
-        merges.retry_on_conflict(record, table)
+        keyed_writes.retry_on_conflict(record, table)
     if wanted is not None and wanted != grid:
         raise InvalidInput(f"table {table.name!r} is cut on the {grid!r} grid; a run on the {wanted!r} grid would "
                            "add offset copies of its tiles. Use another table, or --grid " + grid)

@@ -1,7 +1,7 @@
 """CLIP's image preprocessing, written once: its numbers, the shortest-side resize and the centre crop.
 
 Decode stages (Ray tasks that read and resize tiles, the training data's decode tasks) use the numpy/Pillow
-functions here and import neither torch nor LanceDB; :class:`rsclip.core.model.ClipEncoder` applies the same
+functions here and import neither torch nor LanceDB; :class:`rsclip.model.clip.ClipEncoder` applies the same
 crop geometry (:func:`crop_box`) and normalisation to tensors on the model's device.
 """
 
@@ -85,7 +85,7 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def prepare_image(image: np.ndarray, preprocess: ImagePreprocess) -> np.ndarray:
     """The model's deterministic preprocessing up to normalisation: shortest-side resize, centre crop.
 
-    Bit-identical to the uint8 pixels :class:`rsclip.core.model.ClipEncoder` feeds its model on CPU.
+    Bit-identical to the uint8 pixels :class:`rsclip.model.clip.ClipEncoder` feeds its model on CPU.
     """
     resized = resize_shortest_side(image, preprocess)
     return np.ascontiguousarray(center_crop(resized, preprocess.crop_height, preprocess.crop_width))

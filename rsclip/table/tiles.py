@@ -16,12 +16,12 @@ column                     type                           meaning
                                                           or size and mtime); null: not recorded (older
                                                           tables, tiles added without one)
 ``footprint``              binary (WKB), nullable         the window's true WGS84 outline
-                                                          (:mod:`rsclip.core.footprints`); null without
+                                                          (:mod:`rsclip.geo.footprints`); null without
                                                           georeference; absent from older tables, whose
                                                           readers use the box of the bound columns
 ``datetime``               timestamp[us, UTC], nullable   when the source was acquired: the STAC item's
                                                           time, the GeoTIFF's acquisition tag or a date
-                                                          in its name (:mod:`rsclip.core.dates`); null:
+                                                          in its name (:mod:`rsclip.geo.dates`); null:
                                                           unknown
 ``item_id``                string, nullable               the STAC item the tile comes from
 ``cloud_cover``            float64, nullable              the item's ``eo:cloud_cover`` (percent)
@@ -30,7 +30,7 @@ column                     type                           meaning
 =========================  =============================  ===============================================
 
 The schema metadata records the model (hub id, path or ``s3://`` prefix), the embedding size and the exact
-weights (:class:`~rsclip.core.model_source.ModelIdentity`: absolute location and sha256 of the
+weights (:class:`~rsclip.model.sources.ModelIdentity`: absolute location and sha256 of the
 safetensors), so a query encodes with the weights that embedded the tiles and refuses others. Writes go
 through ``merge_insert`` on ``id``: each batch is one atomic commit; a row whose id is already present is
 not added again, and is replaced only when the new row comes from another version of its source.
@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import storage
-from rsclip.core.merges import merge_on, retry_on_conflict
-from rsclip.core.model_source import ModelIdentity
-from rsclip.core.windows import GRID_CRS
+from rsclip.runtime import storage
+from rsclip.table.keyed_writes import merge_on, retry_on_conflict
+from rsclip.model.sources import ModelIdentity
+from rsclip.geo.windows import GRID_CRS
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
 
 if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
@@ -83,7 +83,7 @@ META_MODEL = b"rsclip.model"
 META_DIM = b"rsclip.dim"
 META_MODEL_LOCATION = b"rsclip.model_location"  # absolute folder, s3:// prefix or hub-id@revision
 META_WEIGHTS_SHA256 = b"rsclip.weights_sha256"
-META_GRID = b"rsclip.grid"  # how its windows are anchored (rsclip.core.anchors); new tables: to the CRS
+META_GRID = b"rsclip.grid"  # how its windows are anchored (rsclip.table.anchors); new tables: to the CRS
 
 # merge_insert replaces a stored tile only for a row of another source version (the object was rewritten);
 # a row without a version never replaces one (Lance's SQL has no IS DISTINCT FROM)

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 import pyarrow as pa
 
-from rsclip.core import merges, tiles
+from rsclip.table import keyed_writes, tiles
 
 # Rows per batch of the start-of-run scan, and ids or uris named in one filter.
 SCAN_BATCH_ROWS = 65_536
@@ -70,7 +70,7 @@ def record_versions(table, versions: Mapping[str, str]) -> int:
     if not versions:
         return 0
     batch = pa.table({tiles.ID: list(versions), tiles.SOURCE_VERSION: list(versions.values())})
-    result = merges.merge_on(table, tiles.ID, batch, insert=False)
+    result = keyed_writes.merge_on(table, tiles.ID, batch, insert=False)
     return int(getattr(result, "num_updated_rows", 0))
 
 
@@ -78,7 +78,7 @@ def _delete(table, column: str, names: list[str], extra: str = "") -> int:
     removed = 0
     for i in range(0, len(names), NAMES_PER_FILTER):
         where = f"{column} IN ({', '.join(tiles.sql_text(n) for n in names[i : i + NAMES_PER_FILTER])}){extra}"
-        result = merges.retry_on_conflict(lambda: table.delete(where), table)
+        result = keyed_writes.retry_on_conflict(lambda: table.delete(where), table)
         removed += int(getattr(result, "num_deleted_rows", 0) or 0)
     return removed
 

@@ -1,6 +1,6 @@
 """Rows of a table looked up by tile id: what labels, example searches, polygon filters and exports need
-of the few tiles they name (the tile table's ``id`` carries a BTREE index, :mod:`rsclip.core.index`); and
-the companion tables kept beside a tile table (labels, detections), opened or created by name."""
+of the few tiles they name (the tile table's ``id`` carries a BTREE index, :mod:`rsclip.table.index`), their
+footprints; and the companion tables kept beside a tile table (labels, detections), opened or created by name."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from rsclip.core import tiles
 from rsclip.errors import NotFound
+from rsclip.geo import footprints
+from rsclip.table import tiles
 
 # Ids per lookup: one ``id IN (...)`` filter of at most this many literals.
 LOOKUP_CHUNK = 1000
-# What :func:`rsclip.core.tiles.tile_id` returns: 32 lower-case hex characters.
+# What :func:`rsclip.table.tiles.tile_id` returns: 32 lower-case hex characters.
 TILE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
@@ -77,3 +78,32 @@ def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
             if name not in tiles.table_names(conn):
                 raise
     return conn.open_table(name)
+
+
+def tile_footprints(frame, table=None) -> np.ndarray:
+    """The footprints (shapely geometries, None where unknown) of the tile rows of ``frame`` (a DataFrame
+    with ``id`` and the bound columns), in its order.
+
+    From the frame's own ``footprint`` column (WKB) when it has one, else looked up by id in ``table``
+    when given and it has the column; a tile without a stored footprint gets the box of its bounds
+    (:func:`rsclip.geo.footprints.box_footprint`), a tile without bounds None.
+    """
+    import shapely
+
+    n = len(frame)
+    wkb = np.full(n, None, dtype=object)
+    if tiles.FOOTPRINT in frame.columns:
+        wkb[:] = frame[tiles.FOOTPRINT].to_numpy(dtype=object)
+    elif table is not None and n and has_column(table, tiles.FOOTPRINT):
+        found = rows_by_id(table, frame[tiles.ID], [tiles.FOOTPRINT])
+        by_id = dict(zip(found.column(tiles.ID).to_pylist(), found.column(tiles.FOOTPRINT).to_pylist()))
+        wkb[:] = [by_id.get(i) for i in frame[tiles.ID]]
+    out = np.full(n, None, dtype=object)
+    stored = np.array([bool(v) for v in wkb], dtype=bool)
+    if stored.any():
+        out[stored] = shapely.from_wkb(list(wkb[stored]))
+    bounds = [frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if c in frame.columns else np.full(n, np.nan)
+              for c in tiles.BOUNDS_COLUMNS]
+    for i in np.flatnonzero(~stored):
+        out[i] = footprints.box_footprint(*(float(b[i]) for b in bounds))
+    return out

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from rsclip.core.checkpoint_io import check_keys
-from rsclip.core.openclip_arch import KNOWN_CONFIGS, VOCAB_SIZE, ClipArchitecture, resolve_architecture
+from rsclip.model.checkpoints import check_keys
+from rsclip.model.convert.openclip_arch import KNOWN_CONFIGS, VOCAB_SIZE, ClipArchitecture, resolve_architecture
 from rsclip.errors import InvalidInput
 
 # Entries that are not weights: OpenAI's TorchScript archives keep three sizes as tensors, and older exports

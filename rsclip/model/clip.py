@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rsclip import errors
-from rsclip.core.images import to_hwc_uint8
-from rsclip.core.model_source import DEFAULT_MODEL, resolve_model_source
-from rsclip.core.preprocess import ImagePreprocess, crop_box, resize_shortest_side
+from rsclip.geo.images import to_hwc_uint8
+from rsclip.model.sources import DEFAULT_MODEL, resolve_model_source
+from rsclip.model.preprocess import ImagePreprocess, crop_box, resize_shortest_side
 from rsclip.errors import InvalidInput, NotFound
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
@@ -120,7 +120,7 @@ class ClipEncoder:
         return normalize_pixels(out, cfg)
 
     def _crop(self, batch: torch.Tensor) -> torch.Tensor:
-        """Centre crop ``(B, C, H, W)`` to the crop size as :func:`rsclip.core.preprocess.crop_box` says."""
+        """Centre crop ``(B, C, H, W)`` to the crop size as :func:`rsclip.model.preprocess.crop_box` says."""
         ch, cw = self.preprocess_config.crop_height, self.preprocess_config.crop_width
         (top_pad, bottom_pad, left_pad, right_pad), top, left = crop_box(*batch.shape[-2:], ch, cw)
         if top_pad or bottom_pad or left_pad or right_pad:

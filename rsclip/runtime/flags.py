@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, .
             continue
         meta = field.metadata
         if _HELP not in meta:
-            raise TypeError(f"{cls.__name__}.{field.name} has no help text (declare it with config.setting)")
+            raise TypeError(f"{cls.__name__}.{field.name} has no help text (declare it with flags.setting)")
         default = _default(field)
         shown = "" if default in (None, dataclasses.MISSING, [], ()) else f" (default: {default})"
         target = parser

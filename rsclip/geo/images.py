@@ -2,7 +2,7 @@
 
 Chips (JPEG, PNG, TIFF without georeference, BMP, WebP) are decoded by Pillow restricted to
 :data:`CHIP_FORMATS`: formats that can run programs (EPS through Ghostscript) or reference other files
-are never tried. Rasters go through :mod:`rsclip.core.raster` (one GDAL driver per suffix). Every decoded
+are never tried. Rasters go through :mod:`rsclip.geo.raster` (one GDAL driver per suffix). Every decoded
 image passes the same header checks first (:func:`image_size`): not empty, not a decompression bomb, at
 least 2x2 pixels.
 """
@@ -18,7 +18,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from rsclip.core import raster, storage
+from rsclip.geo import raster
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, LimitExceeded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2")

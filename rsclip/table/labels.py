@@ -6,7 +6,7 @@ One table ``<table>_labels`` beside each tile table (:func:`labels_table_name`),
 column         type                         meaning
 =============  ===========================  =====================================================
 ``key``        string                       ``<label>:<tile id>``: the upsert key
-``id``         string                       the tile's id (:func:`rsclip.core.tiles.tile_id`)
+``id``         string                       the tile's id (:func:`rsclip.table.tiles.tile_id`)
 ``label``      string                       the label set's name (:data:`LABEL_PATTERN`)
 ``value``      int8                         +1 positive, -1 negative
 ``time``       timestamp[us, UTC]           when the row was last written
@@ -28,7 +28,7 @@ from typing import Iterable
 import pandas as pd
 import pyarrow as pa
 
-from rsclip.core import merges, rows, tiles
+from rsclip.table import keyed_writes, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 LABELS_SUFFIX = "_labels"
@@ -106,7 +106,7 @@ def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[
         VALUE: [POSITIVE] * len(pos) + [NEGATIVE] * len(neg), TIME: [now] * len(ids), NOTE: [note] * len(ids),
     }, schema=LABELS_SCHEMA)
     target = open_labels(db, table, create=True)
-    merges.merge_on(target, KEY, batch)
+    keyed_writes.merge_on(target, KEY, batch)
     return len(ids)
 
 
@@ -123,7 +123,7 @@ def remove_labels(db, label: str, ids: Iterable[str] | None = None, *, table: st
         where += f" AND {KEY} IN ({', '.join(tiles.sql_text(f'{label}:{i}') for i in wanted)})"
     count = target.count_rows(where)
     if count:
-        merges.retry_on_conflict(lambda: target.delete(where), target)
+        keyed_writes.retry_on_conflict(lambda: target.delete(where), target)
     return count
 
 

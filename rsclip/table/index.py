@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from lancedb.index import BTree, IvfPq
 
-from rsclip.core import merges, tiles
+from rsclip.table import keyed_writes, tiles
 from rsclip.errors import InvalidInput
 
 VECTOR_INDEX = f"{tiles.VECTOR}_idx"
@@ -175,7 +175,7 @@ def build_index(
     if min_rows < 1:
         raise InvalidInput(f"min_rows must be >= 1, got {min_rows}")
     # two jobs finishing on one table index it at the same time: the loser re-reads the state and goes on
-    return merges.retry_on_conflict(lambda: _build_index_once(db, table, rebuild=rebuild, min_rows=min_rows))
+    return keyed_writes.retry_on_conflict(lambda: _build_index_once(db, table, rebuild=rebuild, min_rows=min_rows))
 
 
 def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexState:

@@ -209,7 +209,7 @@ def gdal_options() -> dict[str, str | int]:
     untrusted input (credentials go through :func:`gdal_session`).
 
     Following GDAL's security guidance for untrusted files (gdal.org/user/security.html): only an allow-list
-    of drivers opens anything (:data:`rsclip.core.raster.ALLOWED_DRIVERS`, no VRT or header-plus-raw format
+    of drivers opens anything (:data:`rsclip.geo.raster.ALLOWED_DRIVERS`, no VRT or header-plus-raw format
     that reads files a dataset names), no sidecar or directory listing (``GDAL_DISABLE_READDIR_ON_OPEN``,
     ``GDAL_PAM_ENABLED``), ``/vsicurl`` only for raster suffixes, no Python or raw bands in VRTs, and no
     CRS grid fetched from the network (``PROJ_NETWORK``).

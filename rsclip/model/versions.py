@@ -6,7 +6,7 @@ whatever happens while a new one is written.
   and :func:`rsclip.load_model` follow the link.
 - ``s3://`` (no rename, and objects change one at a time): every publication is a prefix
   ``<target>/versions/<id>/`` and the small object ``<target>/CURRENT`` names the current one (one PUT,
-  atomic). :func:`current_prefix` resolves it; the model loader (:mod:`rsclip.core.model_source`) reads
+  atomic). :func:`current_prefix` resolves it; the model loader (:mod:`rsclip.model.sources`) reads
   through it.
 
 A publication writes its files first and switches the link or pointer last, so a crash leaves at most an
@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from rsclip.core import storage
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
 
 POINTER = "CURRENT"  # s3: the object naming the current version
@@ -64,7 +64,7 @@ def publish(files: Sequence[Path], target: str) -> str:
     """Make the regular files ``files`` (flat, distinct names) the model folder at ``target``, atomically.
 
     Returns the version id. Raises :class:`InvalidInput` for no files, a name used twice or something that is
-    not a regular file, and the errors of :func:`rsclip.core.storage.failures` for a store or disk fault; a
+    not a regular file, and the errors of :func:`rsclip.runtime.storage.failures` for a store or disk fault; a
     failure while copying leaves the model at ``target`` as it was.
     """
     names = [f.name for f in files]

@@ -18,7 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rsclip.core import model_versions, storage
+from rsclip.model import versions
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -48,15 +49,15 @@ def _staged_path(staging: Path, rel: str) -> Path:
 
 def _model_listing(uri: str) -> tuple:
     """``(fs, root, {path: info})`` of the model files under an ``s3://`` prefix (checked, not fetched); a
-    prefix with a version pointer gives the files of its current version (:mod:`rsclip.core.model_versions`)."""
+    prefix with a version pointer gives the files of its current version (:mod:`rsclip.model.versions`)."""
     with storage.failures(uri):  # an unreachable store is one line, not a botocore traceback
-        fs, root = storage.filesystem(model_versions.current_prefix(uri))
+        fs, root = storage.filesystem(versions.current_prefix(uri))
         try:
             listing = fs.find(root, detail=True)
         except FileNotFoundError:
             listing = {}
     files = {path: info for path, info in listing.items() if info.get("type", "file") == "file"
-             and path.endswith(MODEL_FILE_SUFFIXES) and not model_versions.unpublished(root, path)}
+             and path.endswith(MODEL_FILE_SUFFIXES) and not versions.unpublished(root, path)}
     names = {_relative_key(root, p) for p in files}
     if "config.json" not in names:
         raise NotFound(f"no CLIP model at {uri}: config.json not found")
@@ -111,13 +112,13 @@ def resolve_model_source(source: str | os.PathLike) -> str:
 
     Raises ``NotFound`` for a missing folder and ``InvalidInput`` for a folder that is not a CLIP export.
     ``open_clip:ARCH:URI`` and ``hf-bin:SRC`` are converted once into the cache
-    (:mod:`rsclip.core.model_conversion`) and resolve to the converted folder.
+    (:mod:`rsclip.model.convert.converter`) and resolve to the converted folder.
     """
     text = str(source)
-    from rsclip.core import model_conversion  # imports this module
+    from rsclip.model.convert import converter  # imports this module
 
-    if model_conversion.is_conversion_spec(text):
-        return str(model_conversion.converted_model_dir(text))
+    if converter.is_conversion_spec(text):
+        return str(converter.converted_model_dir(text))
     if storage.is_remote(text):
         return str(fetch_model_dir(text))
     path = storage.local_path(text)
@@ -177,10 +178,10 @@ def model_identity(source: str | os.PathLike) -> ModelIdentity:
     text = str(source)
     resolved = resolve_model_source(text)
     folder = Path(resolved) if Path(resolved).is_dir() else _hub_snapshot(resolved)
-    from rsclip.core import model_conversion
+    from rsclip.model.convert import converter
 
-    if model_conversion.is_conversion_spec(text):  # the source converted, not this host's cache folder
-        location = model_conversion.canonical_spec(text)
+    if converter.is_conversion_spec(text):  # the source converted, not this host's cache folder
+        location = converter.canonical_spec(text)
     elif Path(resolved).is_dir():
         location = text if storage.is_remote(text) else str(Path(resolved).resolve())
     else:

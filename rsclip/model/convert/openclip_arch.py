@@ -7,7 +7,7 @@ JSON file (the schema of open_clip's ``model_configs/*.json``: ``embed_dim``, ``
 ``CLIPModel``; anything else (ResNet or timm image towers, average or attentional pooling, layer scale, a
 Hugging Face text tower, SigLIP's logit bias, CoCa) is refused with the name of the setting.
 
-Every architecture uses CLIP's byte-level BPE (49,408 tokens; :mod:`rsclip.core.clip_bpe` finds it) and
+Every architecture uses CLIP's byte-level BPE (49,408 tokens; :mod:`rsclip.model.clip_bpe` finds it) and
 open_clip's eval preprocessing: bicubic shortest-side resize, centre crop, OpenAI's mean and std.
 """
 
@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rsclip.core.clip_bpe import EOT_ID, SOT_ID, VOCAB_SIZE
+from rsclip.model.clip_bpe import EOT_ID, SOT_ID, VOCAB_SIZE
 from rsclip.errors import InvalidInput, LimitExceeded
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -11,8 +11,8 @@ Two kinds of source, written as a model wherever rsclip takes one (``--model``, 
 :func:`convert_model` writes a folder that plain transformers loads: ``model.safetensors``, ``config.json``,
 the tokenizer, the image processor and :data:`RECORD_FILE` (source, sha256 of each source file,
 architecture, conversion version). :func:`converted_model_dir` does it once per source into the model cache;
-:func:`rsclip.core.model_source.resolve_model_source` calls it, so every entry point accepts these sources.
-Pickles are read with ``weights_only`` only (:mod:`rsclip.core.checkpoint_io`).
+:func:`rsclip.model.sources.resolve_model_source` calls it, so every entry point accepts these sources.
+Pickles are read with ``weights_only`` only (:mod:`rsclip.model.checkpoints`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsclip.core import model_source, storage
-from rsclip.core.checkpoint_io import (MAX_CHECKPOINT_BYTES, CheckpointFile, check_keys, fetch_checkpoint,
+from rsclip.model import sources
+from rsclip.runtime import storage
+from rsclip.model.checkpoints import (MAX_CHECKPOINT_BYTES, CheckpointFile, check_keys, fetch_checkpoint,
                                        read_checkpoint, state_dict_of)
-from rsclip.core.clip_bpe import build_tokenizer
-from rsclip.core.openclip_arch import build_image_processor, resolve_architecture
-from rsclip.core.openclip_weights import check_state_dict, normalise_keys, owned_float32, to_hf_state_dict
+from rsclip.model.clip_bpe import build_tokenizer
+from rsclip.model.convert.openclip_arch import build_image_processor, resolve_architecture
+from rsclip.model.convert.openclip_weights import check_state_dict, normalise_keys, owned_float32, to_hf_state_dict
 from rsclip.errors import InvalidInput, NotFound
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -165,7 +166,7 @@ def _convert_open_clip(src: ConversionSource, folder: Path, work: Path, max_byte
 def _convert_hf(src: ConversionSource, folder: Path, work: Path, max_bytes: int) -> dict:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig
 
-    from rsclip.core import hf_source
+    from rsclip.model.convert import hf_source
 
     source, name = hf_source.fetch_hf_folder(src.uri, work, max_bytes)
     hf_source.read_hf_config(source, name)
@@ -224,7 +225,7 @@ def convert_model(source: str, destination: str | os.PathLike, *, arch: str | No
     destination = str(destination)
     _check_destination(destination)
     if storage.is_remote(destination):
-        parent = Path(model_source.CACHE_DIR)
+        parent = Path(sources.CACHE_DIR)
     else:
         parent = storage.local_path(destination).expanduser().resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +282,7 @@ def converted_model_dir(spec: str, cache_dir: str | os.PathLike | None = None) -
     src = parse_source(spec)
     identity = [CONVERSION_VERSION, src.kind, _arch_identity(src.arch), _source_identity(src)]
     key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:24]
-    root = Path(cache_dir or model_source.CACHE_DIR) / "converted"
+    root = Path(cache_dir or sources.CACHE_DIR) / "converted"
     target = root / key
     if (target / "config.json").is_file():
         return target

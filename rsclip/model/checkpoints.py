@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rsclip.core import storage
+from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput, one_line
 
 # open_clip training checkpoints carry the optimiser state too (about 3x the weights): ViT-bigG-14 is ~31 GB.

@@ -4,12 +4,12 @@
   otherwise starts a private instance bound to 127.0.0.1; a bare ``ray.init()`` would join the latest
   ``ray start`` on the machine, on a shared host someone else's cluster. No secret travels in a
   ``runtime_env`` (:func:`refuse_secrets`): the dashboard and ``ray list --detail`` show it to anyone who can
-  reach the cluster, so nodes read the store with their own environment or role (:mod:`rsclip.core.storage`).
+  reach the cluster, so nodes read the store with their own environment or role (:mod:`rsclip.runtime.storage`).
 - :func:`check_fit` compares what a job asks for (:class:`Demand`: actors or train workers plus one data
   task beside them) with the nodes the cluster has and the node types its autoscaler may add, and raises
   :class:`~rsclip.errors.ClusterUnfit` naming the flags to change, where Ray would wait forever.
 - :func:`check_nodes` runs a check (can this node read the archive?) on every node before the work starts.
-- :mod:`rsclip.core.watchdog` says on the console which stage has stopped making progress, and stops the run.
+- :mod:`rsclip.runtime.watchdog` says on the console which stage has stopped making progress, and stops the run.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def check_fit(demand: Demand) -> None:
     """Raise :class:`~rsclip.errors.ClusterUnfit` when the connected cluster can never hold ``demand`` at
     once, neither with its nodes nor with the nodes its autoscaler may add. When the autoscaler's node
     types cannot be read, or Ray is not connected yet, the check is skipped (logged); the
-    :class:`~rsclip.core.watchdog.Watchdog` still reports a stall."""
+    :class:`~rsclip.runtime.watchdog.Watchdog` still reports a stall."""
     import ray
 
     if not ray.is_initialized():

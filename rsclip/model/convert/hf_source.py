@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from rsclip.core import storage
-from rsclip.core.checkpoint_io import CheckpointFile, fetch_checkpoint, read_checkpoint, state_dict_of
-from rsclip.core.model_source import is_hub_id
+from rsclip.runtime import storage
+from rsclip.model.checkpoints import CheckpointFile, fetch_checkpoint, read_checkpoint, state_dict_of
+from rsclip.model.sources import is_hub_id
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-(\d{5})-of-(\d{5}))?\.(safetensors|bin)$")

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rsclip.core.vectors import unit
+from rsclip.model.vectors import unit
 
 # The seed's (CLIP-RSICD) single prompt: its zero-shot top-k numbers are measured with this one.
 SEED_TEMPLATE = "an aerial photograph of {}"

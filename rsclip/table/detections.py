@@ -28,7 +28,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from rsclip.core import merges, rows, tiles
+from rsclip.table import keyed_writes, rows, tiles
 
 DETECTIONS_SUFFIX = "_detections"
 PROGRESS_SUFFIX = "_detections_progress"
@@ -81,7 +81,7 @@ def open_progress(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False)
 
 def upsert(target, batch: pa.Table) -> None:
     """Write ``batch`` into ``target`` keyed on ``key`` (replace or insert) as one atomic commit."""
-    merges.merge_on(target, KEY, batch)
+    keyed_writes.merge_on(target, KEY, batch)
 
 
 def done_parts(progress, label: str, model_version: str) -> set[str]:
@@ -111,7 +111,7 @@ def drop_other_versions(db, table: str, label: str, model_version: str) -> int:
             continue
         count = target.count_rows(where)
         if count:
-            merges.retry_on_conflict(lambda t=target: t.delete(where), target)
+            keyed_writes.retry_on_conflict(lambda t=target: t.delete(where), target)
         if target.name == detections_table_name(table):
             removed = count
     return removed

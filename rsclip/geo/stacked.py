@@ -3,7 +3,7 @@ multi-band raster on one pixel grid.
 
 A stack is named by a *stack URI*, ``stack:`` followed by its parts' URIs joined by ``|`` (``%`` and ``|``
 inside a part are percent-escaped), so a tile of a stack has a uri like any other tile: its id, its preview
-and its window all refer to the stack. :func:`rsclip.core.raster.open_raster` opens each part as it opens
+and its window all refer to the stack. :func:`rsclip.geo.raster.open_raster` opens each part as it opens
 any raster (one driver per suffix, no ``/vsi`` names, the storage layer's timeouts) and hands them to
 :class:`StackedRaster`.
 
@@ -69,7 +69,7 @@ def _pixel_area(src) -> float:
 
 class StackedRaster:
     """Open single-band rasters read as the bands of one raster on the finest part's grid: the part of the
-    rasterio dataset interface that :mod:`rsclip.core.raster` uses (``read``, ``dataset_mask``, ``tags``,
+    rasterio dataset interface that :mod:`rsclip.geo.raster` uses (``read``, ``dataset_mask``, ``tags``,
     size, CRS, transform). Closes the warped views it made; the parts are closed by their opener."""
 
     def __init__(self, parts: Sequence):

@@ -16,7 +16,7 @@ a shapely polygon of them.
   lie in [-180, 180] (RFC 7946, section 3.1.9). :func:`fold_longitudes` does the cut for any geometry.
 - Exterior rings are counter-clockwise, holes clockwise (RFC 7946).
 
-Footprints are stored in the tile table as WKB (:data:`rsclip.core.tiles.FOOTPRINT`), computed by the
+Footprints are stored in the tile table as WKB (:data:`rsclip.table.tiles.FOOTPRINT`), computed by the
 embedding job where it opens each scene; tables written before the column existed fall back to the box of
 their bound columns (:func:`box_footprint`).
 """
@@ -177,34 +177,3 @@ def raster_footprint_wkb(src, window: Sequence[int]) -> bytes | None:
         return window_footprint(src.transform, src.crs, window).wkb
     except InvalidInput:
         return None
-
-
-def tile_footprints(frame, table=None) -> np.ndarray:
-    """The footprints (shapely geometries, None where unknown) of the tile rows of ``frame`` (a DataFrame
-    with ``id`` and the bound columns), in its order.
-
-    From the frame's own ``footprint`` column (WKB) when it has one, else looked up by id in ``table``
-    when given and it has the column; a tile without a stored footprint gets the box of its bounds
-    (:func:`box_footprint`), a tile without bounds None.
-    """
-    import shapely
-
-    from rsclip.core import rows, tiles
-
-    n = len(frame)
-    wkb = np.full(n, None, dtype=object)
-    if tiles.FOOTPRINT in frame.columns:
-        wkb[:] = frame[tiles.FOOTPRINT].to_numpy(dtype=object)
-    elif table is not None and n and rows.has_column(table, tiles.FOOTPRINT):
-        found = rows.rows_by_id(table, frame[tiles.ID], [tiles.FOOTPRINT])
-        by_id = dict(zip(found.column(tiles.ID).to_pylist(), found.column(tiles.FOOTPRINT).to_pylist()))
-        wkb[:] = [by_id.get(i) for i in frame[tiles.ID]]
-    out = np.full(n, None, dtype=object)
-    stored = np.array([bool(v) for v in wkb], dtype=bool)
-    if stored.any():
-        out[stored] = shapely.from_wkb(list(wkb[stored]))
-    bounds = [frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if c in frame.columns else np.full(n, np.nan)
-              for c in tiles.BOUNDS_COLUMNS]
-    for i in np.flatnonzero(~stored):
-        out[i] = box_footprint(*(float(b[i]) for b in bounds))
-    return out

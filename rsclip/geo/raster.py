@@ -2,7 +2,7 @@
 
 Scenes (GeoTIFF, COG, JPEG 2000) are opened with rasterio straight from object storage or HTTP(S) (``/vsis3/``,
 ``/vsicurl/`` range reads) and read window by window, never downloaded whole; stacks of single-band assets
-(:mod:`rsclip.core.stacked`) as one raster. A raster is opened only by the driver its name claims
+(:mod:`rsclip.geo.stacked`) as one raster. A raster is opened only by the driver its name claims
 (:data:`DRIVER_BY_SUFFIX`): a ``x.tif`` that is really a VRT, an ENVI header or anything else that names other
 files or URLs is refused, never followed. GDAL settings (COG reads, S3 endpoints, hardening): :mod:`~.storage`.
 
@@ -24,9 +24,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from rsclip.core import stacked, storage
-from rsclip.core.config import setting
-from rsclip.core.windows import DEFAULT_TILE_SIZE, GRID_SCENE, GRIDS, Window, grid_windows
+from rsclip.geo import stacked
+from rsclip.runtime import storage
+from rsclip.runtime.flags import setting
+from rsclip.geo.windows import DEFAULT_TILE_SIZE, GRID_SCENE, GRIDS, Window, grid_windows
 from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line, store_fault
 
 DEFAULT_MAX_CHIP = 1024
@@ -127,7 +128,7 @@ class SceneInfo:
 
 @contextmanager
 def gdal_env() -> Iterator[None]:
-    """A ``rasterio.Env`` with :func:`rsclip.core.storage.gdal_options` and the AWS session applied."""
+    """A ``rasterio.Env`` with :func:`rsclip.runtime.storage.gdal_options` and the AWS session applied."""
     import rasterio
 
     session = storage.gdal_session()
@@ -137,7 +138,7 @@ def gdal_env() -> Iterator[None]:
 
 
 def raster_path(uri: str) -> str:
-    """The GDAL path (:func:`rsclip.core.storage.gdal_path`) of a local, ``file://``, ``s3://`` or
+    """The GDAL path (:func:`rsclip.runtime.storage.gdal_path`) of a local, ``file://``, ``s3://`` or
     ``http(s)://`` raster named by someone else.
 
     Raises :class:`UnsafeInput` for any other URI scheme (``zip://``, ``ftp://``...) and for local paths
