@@ -272,8 +272,6 @@ def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_mode
     assert tile_writer.close().embedded == GUARD_ROWS
     build_index_after(EmbedConfig(db=str(db), model=str(tiny_model)))
     vectors = np.concatenate(vectors)
-    state = rindex.index_state(tiles.open_table(db))
-    assert state.indexed_rows == GUARD_ROWS and state.num_partitions == rindex.ivf_pq_params(GUARD_ROWS, GUARD_DIM)[0]
     queries = centers[rng.integers(0, 1000, 100)] + rng.standard_normal((100, GUARD_DIM)).astype(np.float32) * (
         0.8 / np.sqrt(GUARD_DIM))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
@@ -283,3 +281,5 @@ def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_mode
         hits = [len(set(row_of(searchers.search(searcher, q, 10)["uri"])) & set(np.argsort(-(vectors @ q))[:10]))
                 for q in queries]
         assert np.mean(hits) / 10 >= 0.95, type(searcher).__name__
+    state = rindex.index_state(table)
+    assert state.indexed_rows == GUARD_ROWS and state.num_partitions == rindex.ivf_pq_params(GUARD_ROWS, GUARD_DIM)[0]
