@@ -8,8 +8,8 @@ with ``tiles.METRIC``, the one distance type every search asks for.
 A refresh never lets Lance re-partition the vector index. Asked to optimize an IVF index without a count of
 deltas to merge (as LanceDB's ``Table.optimize()`` asks), pylance 14 splits and joins its lists to Lance's own
 target size: the ~1,000 lists of a 1M-row table became 31 (~32k rows each), every query scanned 20 of them
-(3x slower) with codes trained for the old lists (recall@10 0.99 -> 0.89). Below ~650k rows the 20 probed lists
-cover all of them and only latency shows it. ``rsclip`` folds new rows into the lists the index has, and a
+(3x slower) with codes trained for the old lists (recall@10 0.99 -> 0.89). Up to ~700k rows the 20 probed lists
+cover about all of them and only latency shows it. ``rsclip`` folds new rows into the lists the index has, and a
 build that finds an index with far fewer lists than :func:`ivf_pq_params` plans retrains it.
 
 Sizing (see ``ivf_pq_params``): about ``sqrt(rows)`` IVF lists (k-means cost and the per-query list scan
@@ -81,9 +81,9 @@ class IndexState:
 def ivf_pq_params(rows: int, dim: int) -> tuple[int, int]:
     """``(num_partitions, num_sub_vectors)`` for an IVF_PQ index over ``rows`` vectors of size ``dim``.
 
-    Partitions: ``round(sqrt(rows))`` clamped to [1, 4096] and to one per 256 rows, which Lance would cap them
-    to anyway (what the index holds, so that a re-partitioned index can be told). Sub-vectors: the largest divisor of ``dim`` not
-    above ``dim / 8`` (at least 1), so each PQ code covers about 8 dimensions.
+    Partitions: ``round(sqrt(rows))`` clamped to [1, 4096] and to one per 256 rows, as Lance caps them (so
+    this is the count an index holds, and a re-partitioned index can be told). Sub-vectors: the largest
+    divisor of ``dim`` not above ``dim / 8`` (at least 1), so each PQ code covers about 8 dimensions.
     """
     if rows < 1 or dim < 1:
         raise InvalidInput(f"need rows >= 1 and dim >= 1, got rows={rows}, dim={dim}")
