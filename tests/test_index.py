@@ -270,7 +270,7 @@ def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_mode
         tile_writer.write(batch)
         vectors.append(v)
     assert tile_writer.close().embedded == GUARD_ROWS
-    build_index_after(EmbedConfig(db=str(db), model=str(tiny_model)))
+    build_index_after(EmbedConfig(db=str(db), archive=str(tmp_path), model=str(tiny_model)))
     vectors = np.concatenate(vectors)
     queries = centers[rng.integers(0, 1000, 100)] + rng.standard_normal((100, GUARD_DIM)).astype(np.float32) * (
         0.8 / np.sqrt(GUARD_DIM))
