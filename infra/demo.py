@@ -156,14 +156,75 @@ def sample_files(n_images: int, workdir: Path = DEMO_DIR / "sample") -> tuple[li
                                 f"{chips_dir} is missing (set RSCLIP_SHARED_DATA)") + with_scenes
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's flags: ``--model`` and ``--images`` (defaults from ``$MODEL`` and ``$IMAGES``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("MODEL") or "openai/clip-vit-base-patch32",
                         help="hub id, save_pretrained folder, s3:// prefix, or 'tiny' (default: $MODEL or the hub model)")
     parser.add_argument("--images", type=int, default=int(os.environ.get("IMAGES", "300")),
                         help="RSICD scenes to upload (default: 300)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def start_ray_head(s3: SeaweedFS) -> RayHead:
+    """A Ray head on 127.0.0.1 whose processes see the S3 server, guarded by a fresh token."""
+    print("starting a Ray head on 127.0.0.1 ...", flush=True)
+    # Ray listens on every interface: the token keeps the network from running code on this machine
+    head = RayHead(num_cpus=os.cpu_count() or 2, env=s3.env, token=new_token()).start()
+    print(f"  Ray dashboard {head.dashboard_url} (token in {head.auth_env['RAY_AUTH_TOKEN_PATH']})", flush=True)
+    return head
+
+
+def upload_archive(s3: SeaweedFS, files: list[Path], origin: str) -> None:
+    """Upload the sample to ``s3://<BUCKET>/archive``: GeoTIFF scenes under ``scenes/``, the rest under ``chips/``."""
+    print(f"uploading {origin} to s3://{BUCKET}/archive ...", flush=True)
+    client = s3.client()
+    for f in files:
+        client.upload_file(str(f), BUCKET, f"archive/{'scenes' if f.suffix == '.tif' else 'chips'}/{f.name}")
+
+
+def embed_archive(head: RayHead, db: Path, model: str) -> bool:
+    """Submit the embedding job with ``ray job submit`` and print its summary; False (said on stderr) when it
+    failed."""
+    entry = ["python", "jobs/embed_archive.py", "--archive", f"s3://{BUCKET}/archive", "--db", str(db),
+             "--model", model]
+    print("$ ray job submit --working-dir . -- " + " ".join(entry), flush=True)
+    started = time.monotonic()
+    res = head.submit(entry, working_dir=ROOT, timeout=3600)
+    summary = [line for line in res.stdout.splitlines() if " files" in line and "planned" in line
+               or line.startswith(("0 files", "embed_archive: error"))]
+    print("\n".join(summary) or res.stdout[-3000:], flush=True)
+    if res.returncode != 0:
+        print(res.stdout[-4000:] + res.stderr[-4000:], file=sys.stderr)
+        print(f"make demo: the embedding job failed (exit {res.returncode})", file=sys.stderr)
+        return False
+    print(f"  job finished in {time.monotonic() - started:.0f} s", flush=True)
+    return True
+
+
+def show_queries(db: Path, model: str) -> None:
+    """Print the top hits of each of :data:`QUERIES`, then how to open the web app on the table."""
+    import rsclip
+
+    for text in QUERIES:
+        hits = rsclip.query(db, text, k=3)
+        print(f"\n{text!r}:")
+        for row in hits.itertuples():
+            where = "" if row.lon_min != row.lon_min else f"  lon/lat {row.lon_min:.4f},{row.lat_min:.4f}"
+            print(f"  {row.score:.3f}  {row.uri}  [{row.x},{row.y} {row.width}x{row.height}]{where}")
+    if Path(model).name == "tiny-clip":
+        print("\n(the tiny random model makes these hits random; pass MODEL=<a real CLIP> for real search)")
+    try:
+        from rsclip.app.server import open_instructions
+
+        print("\n" + open_instructions(db))
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; the exit status (1 when the embedding job failed). Everything it started is stopped."""
+    args = parse_args(argv)
     model = resolve_model(args.model)
     DEMO_DIR.mkdir(exist_ok=True)
     files, origin = sample_files(args.images)
@@ -174,47 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         print("starting SeaweedFS on 127.0.0.1 ...", flush=True)
         s3 = SeaweedFS(DEMO_DIR / "seaweedfs", buckets=(BUCKET,)).start()
         print(f"  S3 endpoint {s3.endpoint}", flush=True)
-        print("starting a Ray head on 127.0.0.1 ...", flush=True)
-        # Ray listens on every interface: the token keeps the network from running code on this machine
-        head = RayHead(num_cpus=os.cpu_count() or 2, env=s3.env, token=new_token()).start()
-        print(f"  Ray dashboard {head.dashboard_url} (token in {head.auth_env['RAY_AUTH_TOKEN_PATH']})", flush=True)
-
-        print(f"uploading {origin} to s3://{BUCKET}/archive ...", flush=True)
-        client = s3.client()
-        for f in files:
-            client.upload_file(str(f), BUCKET, f"archive/{'scenes' if f.suffix == '.tif' else 'chips'}/{f.name}")
-
-        entry = ["python", "jobs/embed_archive.py", "--archive", f"s3://{BUCKET}/archive", "--db", str(db),
-                 "--model", model]
-        print("$ ray job submit --working-dir . -- " + " ".join(entry), flush=True)
-        started = time.monotonic()
-        res = head.submit(entry, working_dir=ROOT, timeout=3600)
-        summary = [line for line in res.stdout.splitlines() if " files" in line and "planned" in line
-                   or line.startswith(("0 files", "embed_archive: error"))]
-        print("\n".join(summary) or res.stdout[-3000:], flush=True)
-        if res.returncode != 0:
-            print(res.stdout[-4000:] + res.stderr[-4000:], file=sys.stderr)
-            print(f"make demo: the embedding job failed (exit {res.returncode})", file=sys.stderr)
+        head = start_ray_head(s3)
+        upload_archive(s3, files, origin)
+        if not embed_archive(head, db, model):
             return 1
-        print(f"  job finished in {time.monotonic() - started:.0f} s", flush=True)
-
         os.environ.update(s3.env)  # the hits' URIs point into the demo bucket
-        import rsclip
-
-        for text in QUERIES:
-            hits = rsclip.query(db, text, k=3)
-            print(f"\n{text!r}:")
-            for row in hits.itertuples():
-                where = "" if row.lon_min != row.lon_min else f"  lon/lat {row.lon_min:.4f},{row.lat_min:.4f}"
-                print(f"  {row.score:.3f}  {row.uri}  [{row.x},{row.y} {row.width}x{row.height}]{where}")
-        if Path(model).name == "tiny-clip":
-            print("\n(the tiny random model makes these hits random; pass MODEL=<a real CLIP> for real search)")
-        try:
-            from rsclip.app.server import open_instructions
-
-            print("\n" + open_instructions(db))
-        except ImportError:
-            pass
+        show_queries(db, model)
         return 0
     finally:
         print("\nstopping the Ray head and SeaweedFS ...", flush=True)

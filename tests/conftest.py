@@ -87,9 +87,11 @@ def rsicd_files() -> list[Path]:
     return sorted(RSICD_IMAGES.glob("*.jpg"))
 
 
-# Fixtures that start a real service (S3 server, Ray head, multi-node cluster, web server, Chromium): a test
-# using one is marked ``slow`` and left out of ``make test-fast``.
-SERVICE_FIXTURES = frozenset({"s3", "s3_prefix", "ray_head", "ray_driver", "cluster", "server", "browser", "page"})
+# Fixtures that start a real service (S3 server, Ray head, multi-node cluster, web server, Chromium), here or in
+# a test module (``stack``: test_secrets, ``limited``: test_ingest_faults, ``map_server`` / ``time_server``: the
+# web app tests): a test using one is marked ``slow`` and left out of ``make test-fast``.
+SERVICE_FIXTURES = frozenset({"s3", "s3_prefix", "ray_head", "ray_driver", "cluster", "server", "browser", "page",
+                              "stack", "limited", "map_server", "time_server"})
 
 
 def pytest_collection_modifyitems(config, items):

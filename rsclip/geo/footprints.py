@@ -93,11 +93,21 @@ def _straight(lon: np.ndarray, lat: np.ndarray, pixels: float) -> bool:
 
 
 def window_footprint(transform: Sequence[float], crs, window: Sequence[int], *, step: int = DENSIFY_PIXELS):
-    """The WGS84 footprint (shapely Polygon or MultiPolygon) of pixel ``window`` of a raster.
+    """The WGS84 footprint of pixel ``window`` of a raster.
 
-    ``transform`` is the raster's affine transform (a rasterio ``Affine`` or its six coefficients
-    ``a, b, c, d, e, f``: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``), ``crs`` its native CRS.
-    Raises ``InvalidInput`` when the window's points have no WGS84 position (outside the projection's domain).
+    Args:
+        transform: the raster's affine transform: a rasterio ``Affine`` or its six coefficients
+            ``a, b, c, d, e, f`` (``x = a*col + b*row + c``, ``y = d*col + e*row + f``).
+        crs: the raster's native CRS.
+        window: the pixel window ``(x, y, width, height)``.
+        step: edge points are taken at the corners and at every multiple of ``step`` source pixels.
+
+    Returns:
+        A shapely Polygon or MultiPolygon.
+
+    Raises:
+        InvalidInput: the window's points have no WGS84 position (outside the projection's domain), the
+            window has no positive size, or ``crs`` is not a coordinate reference system.
     """
     a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
     to_wgs84 = _transformer(crs_text(crs))

@@ -159,7 +159,7 @@ def build_index(
     rebuild: bool = False,
     min_rows: int = MIN_ANN_ROWS,
 ) -> IndexState:
-    """Build or refresh the indexes of tile table ``table`` in ``db`` (path, ``s3://`` URI or connection).
+    """Build or refresh the indexes of tile table ``table`` in ``db``.
 
     - No vector index and at least ``min_rows`` rows: train IVF_PQ (``tiles.METRIC``, sizes from
       :func:`ivf_pq_params`).
@@ -169,8 +169,18 @@ def build_index(
     - BTREE indexes on ``id``, ``uri``, the four bound columns and ``datetime`` are created when missing (and
       the table has the column) and refreshed with the rest.
 
-    Returns the resulting :class:`IndexState` (``action`` says what was done). Raises ``NotFound`` for an
-    unknown table and ``InvalidInput`` for a table without rsclip metadata.
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        table: the tile table.
+        rebuild: retrain the vector index instead of refreshing it.
+        min_rows: the fewest rows a vector index is trained for.
+
+    Returns:
+        The resulting :class:`IndexState` (``action`` says what was done).
+
+    Raises:
+        NotFound: the table does not exist.
+        InvalidInput: the table has no rsclip metadata, or ``min_rows`` is below 1.
     """
     if min_rows < 1:
         raise InvalidInput(f"min_rows must be >= 1, got {min_rows}")

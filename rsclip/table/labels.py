@@ -80,10 +80,24 @@ def open_labels(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False):
 
 def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[str] = (), *,
                table: str = tiles.DEFAULT_TABLE, note: str | None = None) -> int:
-    """Label tiles of ``table`` positive or negative in the set ``label`` (upsert); returns the rows written.
+    """Label tiles of ``table`` positive or negative in the set ``label`` (upsert).
 
-    Raises ``InvalidInput`` for a bad label name or tile id, a tile given as both positive and negative, a
-    note over :data:`MAX_NOTE_CHARS`; ``NotFound`` for the tile table or tile ids not in it.
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        label: the label set.
+        positive: ids of the tiles that show it.
+        negative: ids of the tiles that do not.
+        table: the tile table the ids belong to.
+        note: a note kept with each label written.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        InvalidInput: a bad label name or tile id, a tile given as both positive and negative, no tile ids, a
+            note over :data:`MAX_NOTE_CHARS`.
+        LimitExceeded: more than :data:`MAX_IDS_PER_CALL` positive or negative ids.
+        NotFound: the tile table does not exist, or tile ids are not in it.
     """
     label = validate_label(label)
     pos, neg = _checked_ids(positive, "positive"), _checked_ids(negative, "negative")
@@ -111,8 +125,22 @@ def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[
 
 
 def remove_labels(db, label: str, ids: Iterable[str] | None = None, *, table: str = tiles.DEFAULT_TABLE) -> int:
-    """Remove tiles ``ids`` from the label set ``label`` (the whole set when ``ids`` is None); returns the
-    rows removed (0 when they were not labelled). Raises ``NotFound`` for an unknown label set."""
+    """Remove tiles from a label set.
+
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        label: the label set.
+        ids: the tiles to remove; None: the whole set.
+        table: the tile table the set labels.
+
+    Returns:
+        The rows removed (0 when they were not labelled).
+
+    Raises:
+        NotFound: an unknown label set.
+        InvalidInput: a bad label name or tile id.
+        LimitExceeded: more than :data:`MAX_IDS_PER_CALL` ids.
+    """
     label = validate_label(label)
     target = _labels_of(db, table, label)
     where = f"{LABEL} = {tiles.sql_text(label)}"
@@ -137,8 +165,20 @@ def _labels_of(db, table: str, label: str):
 
 
 def read_labels(db, label: str | None = None, *, table: str = tiles.DEFAULT_TABLE) -> pd.DataFrame:
-    """The labels of set ``label`` (all sets when None) as a DataFrame with columns id, label, value, time,
-    note, sorted by label then time. Raises ``NotFound`` for an unknown label set."""
+    """The labels of one label set, or of all.
+
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        label: the label set; None: all sets.
+        table: the tile table the sets label.
+
+    Returns:
+        A DataFrame with columns id, label, value, time, note, sorted by label then time.
+
+    Raises:
+        NotFound: an unknown label set.
+        InvalidInput: a bad label name.
+    """
     if label is None:
         target = open_labels(db, table)
         where = None
@@ -152,7 +192,15 @@ def read_labels(db, label: str | None = None, *, table: str = tiles.DEFAULT_TABL
 
 
 def label_sets(db, *, table: str = tiles.DEFAULT_TABLE) -> pd.DataFrame:
-    """One row per label set: label, positives, negatives, updated (the latest write)."""
+    """The label sets of a tile table.
+
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        table: the tile table the sets label.
+
+    Returns:
+        A DataFrame with one row per label set: label, positives, negatives, updated (the latest write).
+    """
     target = open_labels(db, table)
     columns = [LABEL, "positives", "negatives", "updated"]
     if target is None:

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from rsclip.runtime import storage
+from rsclip.table import datasets
 from rsclip.table.keyed_writes import merge_on, retry_on_conflict
 from rsclip.model.sources import ModelIdentity
 from rsclip.geo.windows import GRID_CRS
@@ -90,12 +89,17 @@ META_GRID = b"rsclip.grid"  # how its windows are anchored (rsclip.table.anchors
 REPLACE_IF = (f"(target.{SOURCE_VERSION} IS NULL AND source.{SOURCE_VERSION} IS NOT NULL) "
               f"OR target.{SOURCE_VERSION} <> source.{SOURCE_VERSION}")
 
-# Lance datasets kept open per process (see dataset_of): one per (location, version), the newest few.
-OPEN_DATASETS = 8
-
 
 def tile_id(uri: str, x: int, y: int, width: int, height: int) -> str:
-    """The id of the tile ``(x, y, width, height)`` of ``uri``: a pure function, 32 hex characters."""
+    """The id of the tile ``(x, y, width, height)`` of ``uri``: a pure function.
+
+    Args:
+        uri: the source object (``s3://...`` or a local path).
+        x, y, width, height: the tile's pixel window in the source.
+
+    Returns:
+        32 hex characters.
+    """
     key = f"{uri}\x00{int(x)}\x00{int(y)}\x00{int(width)}\x00{int(height)}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
@@ -139,7 +143,11 @@ def errors_table_name(table: str) -> str:
 def connect(db: str | os.PathLike | lancedb.DBConnection) -> lancedb.DBConnection:
     """A LanceDB connection for a local folder or an ``s3://`` URI (AWS variables honoured).
 
-    An existing connection is returned as is.
+    Args:
+        db: a local folder, an ``s3://`` URI, or a connection (returned as is).
+
+    Returns:
+        The ``lancedb.DBConnection``.
     """
     import lancedb
 
@@ -158,8 +166,19 @@ def table_names(conn: lancedb.DBConnection) -> list[str]:
 
 
 def open_table(db, name: str = DEFAULT_TABLE):
-    """Open the tile table ``name``. Raises :class:`~rsclip.errors.NotFound` when it does not exist and
-    :class:`~rsclip.errors.StoreUnavailable` when its store cannot be reached (``storage.failures``)."""
+    """Open the tile table ``name``.
+
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        name: the tile table.
+
+    Returns:
+        The LanceDB table.
+
+    Raises:
+        NotFound: the table does not exist.
+        StoreUnavailable: its store cannot be reached (``storage.failures``).
+    """
     with storage.failures(db):
         conn = connect(db)
         names = table_names(conn)
@@ -168,40 +187,8 @@ def open_table(db, name: str = DEFAULT_TABLE):
         return conn.open_table(name)
 
 
-_datasets: "OrderedDict[tuple, object]" = OrderedDict()
-_datasets_lock = threading.Lock()
-
-
-def dataset_of(table):
-    """The Lance dataset behind ``table`` at its version, opened once per process.
-
-    ``table.to_lance()`` opens a new dataset object each call, and the index cache lives in that object: a
-    search on a fresh one reloads the index pieces it touches (~12 ms of a 1M-row query, BENCHMARKS.md).
-    A version never changes once written, so the dataset is kept per (location, version, storage options);
-    a table that has grown since is a new version and gets its own.
-    """
-    options = getattr(getattr(table, "_conn", None), "storage_options", None) or {}
-    key = (table.uri, table.version, tuple(sorted(options.items())))
-    with _datasets_lock:
-        if key in _datasets:
-            _datasets.move_to_end(key)
-            return _datasets[key]
-    ds = table.to_lance()
-    with _datasets_lock:
-        ds = _datasets.setdefault(key, ds)
-        while len(_datasets) > OPEN_DATASETS:
-            _datasets.popitem(last=False)
-    return ds
-
-
-def forget_datasets(uri: str) -> None:
-    """Drop the datasets :func:`dataset_of` keeps for the table at ``uri``: a table dropped and created again
-    starts its versions over, so (location, version) no longer names the same data. Called where rsclip
-    creates a table; a process that outlives a table recreated elsewhere under the same name (a long-running
-    ``rsclip serve``) must be restarted."""
-    with _datasets_lock:
-        for key in [k for k in _datasets if k[0] == uri]:
-            del _datasets[key]
+# The Lance dataset behind a table, opened once per process (rsclip.table.datasets), under the name callers use.
+dataset_of = datasets.dataset_of
 
 
 def has_vector_index(table) -> bool:
@@ -240,17 +227,27 @@ def weights_mismatch(table, model: str, identity: ModelIdentity) -> str | None:
 
 def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identity: ModelIdentity | None = None):
     """Open the tile table ``name`` for writing, creating it empty when missing; a table of an older rsclip
-    is upgraded in place (:func:`upgrade_table`). ``identity``: the weights about to be added.
+    is upgraded in place (:func:`upgrade_table`).
 
-    Raises :class:`~rsclip.errors.ModelMismatch` when the table exists with another model or embedding
-    size, or records other weights than ``identity`` (the same folder re-exported): vectors of two models
-    in one table cannot be compared.
+    Args:
+        db: a local folder, an ``s3://`` URI or a LanceDB connection.
+        name: the tile table.
+        model: the model whose embeddings are added (hub id, path or ``s3://`` prefix), recorded in the table.
+        dim: the embedding size, recorded in the table.
+        identity: the weights about to be added.
+
+    Returns:
+        The LanceDB table.
+
+    Raises:
+        ModelMismatch: the table exists with another model or embedding size, or records other weights than
+            ``identity`` (the same folder re-exported): vectors of two models in one table cannot be compared.
     """
     conn = connect(db)
     if name not in table_names(conn):
         try:
             created = conn.create_table(name, schema=tile_schema(dim, model, identity))
-            forget_datasets(created.uri)  # a table of this name dropped before: its versions are gone
+            datasets.forget_datasets(created.uri)  # a table of this name dropped before: its versions are gone
             return created
         except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
             if name not in table_names(conn):
@@ -271,11 +268,16 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
 
 
 def upgrade_table(table, identity: ModelIdentity | None = None) -> None:
-    """Upgrade a tile table written by an older rsclip in place: add the nullable columns it lacks, all
-    null (``source_version``: not recorded, nothing is re-embedded for it; ``footprint``: none stored; the
-    :data:`TIME_COLUMNS`: unknown), keeping every row and vector, and
-    record ``identity`` as its weights when it records none. A table up to date is not touched (no new
-    version)."""
+    """Upgrade a tile table written by an older rsclip in place, keeping every row and vector.
+
+    The nullable columns it lacks are added, all null (``source_version``: not recorded, nothing is
+    re-embedded for it; ``footprint``: none stored; the :data:`TIME_COLUMNS`: unknown). A table up to date is
+    not touched (no new version).
+
+    Args:
+        table: the LanceDB tile table.
+        identity: recorded as the table's weights when it records none.
+    """
     def missing() -> list[pa.Field]:
         current = tile_schema(table_model(table)[1], "-")
         return [f for f in current if f.nullable and f.name not in table.schema.names]
@@ -341,9 +343,18 @@ def tiles_to_arrow(rows: Mapping[str, Sequence] | pa.Table, schema: pa.Schema) -
 
 def add_tiles(table, rows: Mapping[str, Sequence] | pa.Table) -> int:
     """Insert tiles whose id is not in the table yet, and replace those stored from another version of their
-    source (``source_version``), as one atomic commit; returns how many rows were written.
+    source (``source_version``), as one atomic commit. Safe against concurrent writers to the same table.
 
-    Duplicate ids inside ``rows`` are written once. Safe against concurrent writers to the same table.
+    Args:
+        table: the LanceDB tile table.
+        rows: the tiles' columns (a dict of sequences or an Arrow table, as :func:`tiles_to_arrow` takes
+            them). Duplicate ids inside ``rows`` are written once.
+
+    Returns:
+        How many rows were written.
+
+    Raises:
+        InvalidInput: missing columns, or vectors of the wrong size, not finite or not unit length.
     """
     batch = tiles_to_arrow(rows, table.schema)
     if batch.num_rows == 0:
