@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rsclip.model import sources
+from rsclip.model import locations, sources
 from rsclip.model.clip import load_model
 from rsclip.model.convert.converter import CONVERSION_VERSION, RECORD_FILE, convert_model
 from rsclip.model.convert.openclip_arch import KNOWN_CONFIGS
@@ -190,7 +190,7 @@ def test_hf_folder_without_pytorch_weights(tmp_path):
 
 
 def test_model_names_convert_once_into_the_cache(tmp_path, monkeypatch, scenes, captions):
-    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(locations, "CACHE_DIR", tmp_path / "cache")
     cfg, arch, _, checkpoint = _source(tmp_path, "ViT-B-32", "training")
     spec = f"open_clip:{arch}:{checkpoint}"
     first = _embed(spec, scenes, captions)

@@ -16,7 +16,7 @@ from PIL import Image
 
 import rsclip
 from rsclip.app.cli import main as cli_main
-from rsclip.model import sources
+from rsclip.model import locations, sources
 from rsclip.runtime import storage
 from rsclip.table import tiles
 from rsclip.model.convert.converter import RECORD_FILE, canonical_spec
@@ -31,7 +31,7 @@ def cache(tmp_path_factory):
     """A private model cache for the module (the conversions land here)."""
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sources, "CACHE_DIR", path)
+        patch.setattr(locations, "CACHE_DIR", path)
         yield path
 
 
@@ -108,7 +108,7 @@ def test_command_line_converts(checkpoint, tmp_path, capsys, scenes):
 
 
 def test_sources_and_destinations_on_s3(checkpoint, s3_prefix, tmp_path, scenes, monkeypatch):
-    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(locations, "CACHE_DIR", tmp_path / "cache")
     arch, path = checkpoint
     fs, root = storage.filesystem(s3_prefix)
     fs.put_file(str(path), f"{root}/ckpt/RemoteCLIP-tiny.pt")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rsclip.app.cli import main as cli_main
-from rsclip.model import sources
+from rsclip.model import locations
 from rsclip.model.clip import load_model
 from rsclip.model.convert.converter import convert_model
 from rsclip.errors import InvalidInput, LimitExceeded, UnsafeInput
@@ -59,7 +59,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, tiny, monkeyp
 
     marker = tmp_path / "marker-must-not-exist"
     checkpoint = _malicious(tmp_path / "RemoteCLIP-ViT-B-32.bin", marker, sd)
-    monkeypatch.setattr(sources, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(locations, "CACHE_DIR", tmp_path / "cache")
     with pytest.raises(UnsafeInput, match="RemoteCLIP-ViT-B-32.bin.*posix.system"):
         convert_model(f"open_clip:{arch}:{checkpoint}", tmp_path / "out")
     with pytest.raises(UnsafeInput):

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from rsclip.table import tiles
-from rsclip.model.clip import load_model
-from rsclip.model.sources import model_identity, resolve_model_source
+from rsclip.model.clip import load_model, load_pretrained
+from rsclip.model.sources import model_identity
 from rsclip.model.preprocess import ImagePreprocess
-from rsclip.errors import ModelMismatch, NotFound
+from rsclip.errors import ModelMismatch
 from rsclip.ingest.batch import (EMBEDDED, ERROR, MAX_MESSAGE_CHARS, MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED,
                                  STATUS, batch_images)
 
@@ -27,15 +27,10 @@ def model_spec(source: str) -> tuple[int, ImagePreprocess]:
 
     Raises :class:`~rsclip.errors.NotFound` when the model cannot be found.
     """
-    from transformers import AutoImageProcessor, CLIPConfig
+    from transformers import CLIPConfig
 
-    path = resolve_model_source(source)
-    try:
-        config = CLIPConfig.from_pretrained(path)
-        processor = AutoImageProcessor.from_pretrained(path)
-    except OSError as exc:
-        raise NotFound(f"cannot load CLIP model {source}: {exc}") from exc
-    return int(config.projection_dim), ImagePreprocess.from_processor(processor)
+    config, preprocess = load_pretrained(source, CLIPConfig.from_pretrained)
+    return int(config.projection_dim), preprocess
 
 
 class ImageEmbedder:

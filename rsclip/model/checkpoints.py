@@ -1,7 +1,7 @@
 """Reading untrusted PyTorch checkpoints: tensors only, no pickled code ever run.
 
 A checkpoint is fetched or hashed once (:func:`fetch_checkpoint`: local file or ``s3://`` object, size
-bounded, streamed to disk with its sha256), then :func:`read_tensors` reads its tensors by what the bytes are,
+bounded, streamed to disk with its sha256), then :func:`read_checkpoint` reads it by what the bytes are,
 not by the name's suffix:
 
 - a ``torch.save`` zip archive: ``torch.load(weights_only=True)``, whose unpickler builds tensors and plain
@@ -13,7 +13,8 @@ not by the name's suffix:
 - the legacy (pre-1.6) ``torch.save`` format, again with ``weights_only=True``.
 
 Zip archives are verified first (central directory, CRCs, sizes), so a truncated or corrupt file is a clear
-:class:`InvalidInput` naming the file, not a crash deep inside torch.
+:class:`InvalidInput` naming the file, not a crash deep inside torch. Every read takes its size limit
+(:data:`rsclip.model.convert.converter.MAX_CHECKPOINT_BYTES` unless a caller gives another).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ import torch
 from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput, one_line
 
-# open_clip training checkpoints carry the optimiser state too (about 3x the weights): ViT-bigG-14 is ~31 GB.
-MAX_CHECKPOINT_BYTES = 40 * 1024**3
 CHUNK = 8 * 1024 * 1024
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 # TorchScript's storage classes, by the name its pickle uses
@@ -75,7 +74,7 @@ def _local_checkpoint(uri: str, max_bytes: int) -> CheckpointFile:
     return CheckpointFile(path.resolve(), uri, st.st_size, _hash_file(path))
 
 
-def fetch_checkpoint(uri: str, workdir: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> CheckpointFile:
+def fetch_checkpoint(uri: str, workdir: Path, max_bytes: int) -> CheckpointFile:
     """A local, hashed copy of the checkpoint at ``uri`` (a local file is hashed where it is; an ``s3://``
     object is streamed into ``workdir``). Raises ``NotFound``, ``UnsafeInput`` (not a regular file) or
     ``LimitExceeded`` (more than ``max_bytes``, checked before and while reading)."""
@@ -229,7 +228,7 @@ def _read_safetensors(path: Path, name: str) -> dict:
                            f"{one_line(exc)}") from None
 
 
-def read_checkpoint(path: Path, name: str, max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[object, str]:
+def read_checkpoint(path: Path, name: str, max_bytes: int) -> tuple[object, str]:
     """``(object, format)`` of the checkpoint file at ``path`` (``name`` is how errors call it); format is
     ``torch``, ``torchscript``, ``safetensors`` or ``torch-legacy``. Raises ``UnsafeInput`` for pickles that
     would build anything but tensors and containers, ``InvalidInput`` for truncated or corrupt files."""

@@ -1,4 +1,4 @@
-"""CLIP models: loading from the hub, a local ``save_pretrained`` directory or ``s3://``, and encoding.
+"""The CLIP loader and encoder: models from the hub, a ``save_pretrained`` folder or ``s3://``, on one device.
 
 ``load_model`` returns a :class:`ClipEncoder`, which turns images and texts into float32, L2-normalised
 embeddings. Image preprocessing reproduces ``CLIPImageProcessor`` (resize the shortest side, bicubic; centre
@@ -11,20 +11,20 @@ from __future__ import annotations
 import functools
 import os
 from contextlib import nullcontext
-from typing import Sequence, Union
+from typing import Callable, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rsclip import errors
 from rsclip.geo.images import to_hwc_uint8
 from rsclip.model.sources import DEFAULT_MODEL, resolve_model_source
 from rsclip.model.preprocess import ImagePreprocess, crop_box, resize_shortest_side
 from rsclip.errors import InvalidInput, NotFound
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
+T = TypeVar("T")
 
 
 def uint8_to_device(images: Sequence[np.ndarray], device) -> torch.Tensor:
@@ -178,6 +178,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_pretrained(source: str | os.PathLike, read: Callable[[str], T]) -> tuple[T, ImagePreprocess]:
+    """``read(path)`` of the folder or hub id ``source`` resolves to, and the model's image preprocessing.
+
+    ``read`` opens what the caller needs with transformers' ``from_pretrained`` (the weights and tokenizer,
+    or the config alone); the image processor is read here. Raises :class:`~rsclip.errors.NotFound` naming
+    ``source`` when transformers cannot open them, as :func:`resolve_model_source` raises for a bad location.
+    """
+    from transformers import AutoImageProcessor
+
+    path = resolve_model_source(source)
+    try:
+        loaded = read(path)
+        processor = AutoImageProcessor.from_pretrained(path)
+    except OSError as exc:
+        raise NotFound(f"cannot load CLIP model {source}: {exc}") from exc
+    return loaded, ImagePreprocess.from_processor(processor)
+
+
 def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None) -> ClipEncoder:
     """Load a CLIP model from a hub id, a local ``save_pretrained`` folder or an ``s3://`` prefix.
 
@@ -185,21 +203,15 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     available; on CUDA the model runs in half precision. Raises :class:`~rsclip.errors.NotFound` for a
     missing model and :class:`~rsclip.errors.InvalidInput` for an invalid model location.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
     device = device or default_device()
-    path = resolve_model_source(source)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        model = CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        processor = AutoImageProcessor.from_pretrained(path)
-    except OSError as exc:
-        raise NotFound(f"cannot load CLIP model {source!s}: {errors.one_line(exc)}") from exc
+    (model, tokenizer), preprocess = load_pretrained(
+        source, lambda path: (CLIPModel.from_pretrained(path, use_safetensors=True, dtype=dtype),
+                              AutoTokenizer.from_pretrained(path)))
     model.to(device)
-    return ClipEncoder(
-        model, tokenizer, ImagePreprocess.from_processor(processor), source=str(source), device=device
-    )
+    return ClipEncoder(model, tokenizer, preprocess, source=str(source), device=device)
 
 
 @functools.lru_cache(maxsize=4)

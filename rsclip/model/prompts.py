@@ -1,5 +1,7 @@
-"""Prompt templates for zero-shot scene classification, and class text embeddings from them: shared by the
-evaluation and ``rsclip.classify``, so a user's labels are scored exactly as the evaluation scores them."""
+"""Prompt templates for zero-shot scene classification, and the class text embeddings built from them.
+
+Shared by the evaluation and ``rsclip.classify``, so a user's labels are scored exactly as the evaluation scores
+them."""
 
 from __future__ import annotations
 

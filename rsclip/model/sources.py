@@ -1,10 +1,12 @@
-"""Where a model comes from: hub ids, local ``save_pretrained`` folders, ``s3://`` prefixes, and which weights
-exactly a source resolves to.
+"""The model sources rsclip reads: hub ids, ``save_pretrained`` folders, ``s3://`` prefixes and conversion specs.
 
-:func:`resolve_model_source` turns what a user wrote into something ``from_pretrained`` opens (an ``s3://``
-model is copied once into the local cache); :func:`model_identity` names the weights behind a source (an
-absolute location and the sha256 of its safetensors), which a tile table records so that a query encoding
-with other weights is refused.
+The one factory that knows every kind of source (as open_clip's ``factory.py``): :func:`resolve_model_source`
+turns what a user wrote into something ``from_pretrained`` opens (an ``s3://`` model is copied once into the
+local cache, an ``open_clip:ARCH:URI`` or ``hf-bin:SRC`` spec converted once by :mod:`rsclip.model.convert`);
+:func:`model_identity` names the weights behind a source (an absolute location and the sha256 of its
+safetensors), which a tile table records so that a query encoding with other weights is refused. Callers
+outside :mod:`rsclip.model` convert checkpoints with :func:`convert_model` from here (the conversion package
+is imported only from the model room).
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rsclip.model import versions
+from rsclip.model import locations, versions
+from rsclip.model.convert import converter
+from rsclip.model.convert.converter import convert_model
 from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
 
+__all__ = ["DEFAULT_MODEL", "MAX_MODEL_FILES", "MODEL_FILE_SUFFIXES", "WEIGHT_SUFFIX", "ModelIdentity", "convert_model",
+           "fetch_model_dir", "model_identity", "resolve_model_source"]
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-CACHE_DIR = Path(os.environ.get("RSCLIP_MODEL_CACHE", Path.home() / ".cache" / "rsclip" / "models"))
 # Files a save_pretrained CLIP directory needs; weights only as safetensors (no pickle is ever loaded).
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model")
 WEIGHT_SUFFIX = ".safetensors"
@@ -82,29 +86,16 @@ def fetch_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Pat
     for path in sorted(files):
         info = files[path]
         key.update(f"{path}|{info.get('size')}|{info.get('ETag') or info.get('etag')}".encode())
-    target = Path(cache_dir or CACHE_DIR) / key.hexdigest()[:24]
+    target = Path(cache_dir or locations.CACHE_DIR) / key.hexdigest()[:24]
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
-    try:
+    # another process fetching the same model may rename its folder into place first: the same files
+    with versions.staged_folder(target, prefix=".fetch-", keep_existing=True) as staging:
         for path in files:
             dest = _staged_path(staging, _relative_key(root, path))
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
-        try:
-            staging.rename(target)  # atomic: a folder at ``target`` is always complete
-        except OSError:
-            if not target.is_dir():  # lost a race to another process fetching the same model
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def is_hub_id(text: str) -> bool:
-    """True for names that can only be hub ids (``org/name``), not local paths."""
-    return not text.startswith((".", "/", "~")) and text.count("/") <= 1 and not storage.is_remote(text)
 
 
 def resolve_model_source(source: str | os.PathLike) -> str:
@@ -115,8 +106,6 @@ def resolve_model_source(source: str | os.PathLike) -> str:
     (:mod:`rsclip.model.convert.converter`) and resolve to the converted folder.
     """
     text = str(source)
-    from rsclip.model.convert import converter  # imports this module
-
     if converter.is_conversion_spec(text):
         return str(converter.converted_model_dir(text))
     if storage.is_remote(text):
@@ -129,7 +118,7 @@ def resolve_model_source(source: str | os.PathLike) -> str:
             raise InvalidInput(f"cannot load {text} as it is: its weights are pytorch_model.bin, and only "
                                f"safetensors load directly; name it hf-bin:{text} or run `rsclip convert-model`")
         return str(path)
-    if not is_hub_id(text):
+    if not locations.is_hub_id(text):
         raise NotFound(f"model directory not found: {text}")
     return text  # a hub id such as openai/clip-vit-base-patch32
 
@@ -178,8 +167,6 @@ def model_identity(source: str | os.PathLike) -> ModelIdentity:
     text = str(source)
     resolved = resolve_model_source(text)
     folder = Path(resolved) if Path(resolved).is_dir() else _hub_snapshot(resolved)
-    from rsclip.model.convert import converter
-
     if converter.is_conversion_spec(text):  # the source converted, not this host's cache folder
         location = converter.canonical_spec(text)
     elif Path(resolved).is_dir():

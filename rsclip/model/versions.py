@@ -1,4 +1,8 @@
-"""Model folders replaced atomically: a reader of ``OUTPUT/model`` gets the old model or the new one, complete,
+"""Model folders published atomically: a reader gets the old folder or the new one, complete, never a part.
+
+:func:`staged_folder` is the one way rsclip writes a model folder: into a new folder beside it, renamed into
+place when complete (the model cache's fetches and conversions, ``rsclip convert-model``, each version below).
+:func:`publish` replaces the model at ``OUTPUT/model``: a reader gets the old model or the new one, complete,
 whatever happens while a new one is written.
 
 - Local: every publication is a complete folder ``<target>-versions/<id>/``, and ``<target>`` is a relative
@@ -16,13 +20,15 @@ resolved it a moment before the switch can finish); older ones are removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
@@ -32,6 +38,30 @@ VERSIONS = "versions"  # s3: the folder of versions under the model prefix
 LOCAL_VERSIONS = "-versions"  # local: suffix of the sibling folder of versions
 PARTIAL = ".partial"  # local: a version still being written
 _VERSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, *, prefix: str = ".staging-", suffix: str = "",
+                  keep_existing: bool = False) -> Iterator[Path]:
+    """A new, empty folder beside ``target`` to write into, renamed to ``target`` when the block ends.
+
+    The folder is named ``prefix``, random characters and ``suffix``, in ``target``'s parent (made if missing),
+    so the rename is one step on one file system (atomic on POSIX): a folder at ``target`` is always complete.
+    An empty folder at ``target`` is replaced. A folder that another process renamed there first is kept with
+    ``keep_existing`` (it holds the same files), else the rename's ``OSError`` propagates. When the block
+    raises, the staged folder and what it holds are removed and ``target`` is as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=suffix))
+    try:
+        yield staging
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (keep_existing and target.is_dir()):  # lost a race to a process writing the same folder
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def new_version_id() -> str:
@@ -83,7 +113,6 @@ def publish(files: Sequence[Path], target: str) -> str:
 
 
 def _copy_local(files: Sequence[Path], folder: Path) -> None:
-    folder.mkdir(parents=True)
     for f in files:
         shutil.copyfile(f, folder / f.name)
         with open(folder / f.name, "rb") as written:
@@ -92,9 +121,9 @@ def _copy_local(files: Sequence[Path], folder: Path) -> None:
 
 def _publish_local(files: Sequence[Path], target: Path, version: str) -> None:
     versions = target.parent / f"{target.name}{LOCAL_VERSIONS}"
-    staging, final = versions / f"{version}{PARTIAL}", versions / version
-    _copy_local(files, staging)
-    staging.rename(final)
+    final = versions / version
+    with staged_folder(final, prefix=f"{version}-", suffix=PARTIAL) as staging:  # a crash leaves <id>-*.partial
+        _copy_local(files, staging)
     previous = Path(os.readlink(target)).name if target.is_symlink() else None
     link = target.parent / f".{target.name}.{version}.link"
     os.symlink(os.path.relpath(final, target.parent), link)

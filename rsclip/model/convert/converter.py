@@ -1,6 +1,7 @@
-"""Converting CLIP checkpoints that are not safetensors exports into ``save_pretrained`` folders.
+"""Converting CLIP checkpoints into ``save_pretrained`` folders: the conversion specs, one conversion, its cache.
 
-Two kinds of source, written as a model wherever rsclip takes one (``--model``, ``rsclip.load_model``):
+Two kinds of source that are not safetensors exports, written as a model wherever rsclip takes one
+(``--model``, ``rsclip.load_model``):
 
 - ``open_clip:ARCH:URI`` — an open_clip or OpenAI checkpoint file (``.pt``/``.bin``/``.safetensors``: a
   state dict, a training checkpoint ``{"state_dict": ...}``, ``module.`` prefixes, or OpenAI's TorchScript
@@ -13,6 +14,10 @@ the tokenizer, the image processor and :data:`RECORD_FILE` (source, sha256 of ea
 architecture, conversion version). :func:`converted_model_dir` does it once per source into the model cache;
 :func:`rsclip.model.sources.resolve_model_source` calls it, so every entry point accepts these sources.
 Pickles are read with ``weights_only`` only (:mod:`rsclip.model.checkpoints`).
+
+Every process that opens a tile table imports this module (through :mod:`rsclip.model.sources`), decode
+workers included, so the modules that bring torch (checkpoints, weights, Hugging Face sources) are imported
+by the functions that convert, when a conversion runs.
 """
 
 from __future__ import annotations
@@ -23,20 +28,22 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rsclip.model import sources
+from rsclip.model import locations, versions
 from rsclip.runtime import storage
-from rsclip.model.checkpoints import (MAX_CHECKPOINT_BYTES, CheckpointFile, check_keys, fetch_checkpoint,
-                                       read_checkpoint, state_dict_of)
 from rsclip.model.clip_bpe import build_tokenizer
 from rsclip.model.convert.openclip_arch import build_image_processor, resolve_architecture
-from rsclip.model.convert.openclip_weights import check_state_dict, normalise_keys, owned_float32, to_hf_state_dict
 from rsclip.errors import InvalidInput, NotFound
 
+if TYPE_CHECKING:
+    from rsclip.model.checkpoints import CheckpointFile
+
+# open_clip training checkpoints carry the optimiser state too (about 3x the weights): ViT-bigG-14 is ~31 GB.
+MAX_CHECKPOINT_BYTES = 40 * 1024**3
 OPEN_CLIP_PREFIX = "open_clip:"
 HF_BIN_PREFIX = "hf-bin:"
 RECORD_FILE = "rsclip_conversion.json"
@@ -86,19 +93,13 @@ def parse_source(source: str, arch: str | None = None) -> ConversionSource:
     return ConversionSource("hf", text)
 
 
-def _display(uri: str) -> str:
-    """A local path made absolute (as records keep it); URIs and hub ids as they are."""
-    path = storage.local_path(uri).expanduser()
-    return str(path.resolve()) if not storage.is_remote(uri) and path.exists() else uri
-
-
 def canonical_spec(spec: str) -> str:
     """``spec`` with local paths made absolute: the same source written the same way on every host."""
     src = parse_source(spec)
     if src.kind == "hf":
-        return HF_BIN_PREFIX + _display(src.uri)
-    arch = _display(src.arch) if src.arch.endswith(".json") else src.arch
-    return f"{OPEN_CLIP_PREFIX}{arch}:{_display(src.uri)}"
+        return HF_BIN_PREFIX + locations.absolute_location(src.uri)
+    arch = locations.absolute_location(src.arch) if src.arch.endswith(".json") else src.arch
+    return f"{OPEN_CLIP_PREFIX}{arch}:{locations.absolute_location(src.uri)}"
 
 
 def _file_record(checkpoint: CheckpointFile, name: str) -> dict:
@@ -145,6 +146,9 @@ def _meta_shapes(config) -> dict[str, tuple[int, ...]]:
 def _convert_open_clip(src: ConversionSource, folder: Path, work: Path, max_bytes: int) -> dict:
     from transformers import CLIPConfig
 
+    from rsclip.model.checkpoints import check_keys, fetch_checkpoint, read_checkpoint, state_dict_of
+    from rsclip.model.convert.openclip_weights import check_state_dict, normalise_keys, to_hf_state_dict
+
     arch = resolve_architecture(src.arch)
     checkpoint = fetch_checkpoint(src.uri, work, max_bytes)
     name = src.uri
@@ -157,7 +161,7 @@ def _convert_open_clip(src: ConversionSource, folder: Path, work: Path, max_byte
     config = CLIPConfig(**arch.hf_config())
     # the mapping is ours: a mismatch here is a bug in it, not in the user's file
     check_keys(hf_state, _meta_shapes(config), "converted state dict", "transformers' CLIPModel")
-    record = _record("open_clip", _display(src.uri), fmt, arch.to_dict(),
+    record = _record("open_clip", locations.absolute_location(src.uri), fmt, arch.to_dict(),
                      [_file_record(checkpoint, Path(src.uri).name)])
     _write_folder(folder, config, hf_state, build_tokenizer(arch.context_length), build_image_processor(arch), record)
     return record
@@ -166,7 +170,9 @@ def _convert_open_clip(src: ConversionSource, folder: Path, work: Path, max_byte
 def _convert_hf(src: ConversionSource, folder: Path, work: Path, max_bytes: int) -> dict:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig
 
+    from rsclip.model.checkpoints import check_keys
     from rsclip.model.convert import hf_source
+    from rsclip.model.convert.openclip_weights import owned_float32
 
     source, name = hf_source.fetch_hf_folder(src.uri, work, max_bytes)
     hf_source.read_hf_config(source, name)
@@ -197,18 +203,13 @@ def _check_destination(destination: str) -> None:
         raise InvalidInput(f"{destination} already exists: convert into a new folder or prefix")
 
 
-def _publish(folder: Path, destination: str) -> None:
-    """Move the finished folder into place: a local rename, or an upload with ``config.json`` last."""
-    if storage.is_remote(destination):
-        with storage.failures(destination):
-            fs, root = storage.filesystem(destination)
-            for path in sorted(folder.iterdir(), key=lambda p: (p.name == "config.json", p.name)):
-                fs.put_file(str(path), f"{root}/{path.name}")
-        return
-    target = storage.local_path(destination).expanduser()
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    folder.rename(target)
+def _upload(folder: Path, destination: str) -> None:
+    """Copy the finished folder to an ``s3://`` destination, ``config.json`` last (a reader takes it to mean
+    complete)."""
+    with storage.failures(destination):
+        fs, root = storage.filesystem(destination)
+        for path in sorted(folder.iterdir(), key=lambda p: (p.name == "config.json", p.name)):
+            fs.put_file(str(path), f"{root}/{path.name}")
 
 
 def convert_model(source: str, destination: str | os.PathLike, *, arch: str | None = None,
@@ -224,21 +225,18 @@ def convert_model(source: str, destination: str | os.PathLike, *, arch: str | No
     src = parse_source(source, arch)
     destination = str(destination)
     _check_destination(destination)
-    if storage.is_remote(destination):
-        parent = Path(sources.CACHE_DIR)
-    else:
-        parent = storage.local_path(destination).expanduser().resolve().parent
+    remote = storage.is_remote(destination)
+    # scratch space (downloads; for s3:// also the folder uploaded): beside a local destination, else in the cache
+    parent = Path(locations.CACHE_DIR) if remote else storage.local_path(destination).expanduser().resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".rsclip-convert-"))
-    try:
-        folder, work = staging / "model", staging / "work"
-        folder.mkdir()
-        work.mkdir()
-        convert = _convert_open_clip if src.kind == "open_clip" else _convert_hf
-        record = convert(src, folder, work, max_bytes)
-        _publish(folder, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    convert = _convert_open_clip if src.kind == "open_clip" else _convert_hf
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".rsclip-convert-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
+        target = work / "model" if remote else storage.local_path(destination).expanduser()
+        with versions.staged_folder(target, prefix=".rsclip-convert-") as folder:
+            record = convert(src, folder, work, max_bytes)
+        if remote:
+            _upload(target, destination)
     return record
 
 
@@ -282,7 +280,7 @@ def converted_model_dir(spec: str, cache_dir: str | os.PathLike | None = None) -
     src = parse_source(spec)
     identity = [CONVERSION_VERSION, src.kind, _arch_identity(src.arch), _source_identity(src)]
     key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:24]
-    root = Path(cache_dir or sources.CACHE_DIR) / "converted"
+    root = Path(cache_dir or locations.CACHE_DIR) / "converted"
     target = root / key
     if (target / "config.json").is_file():
         return target

@@ -1,5 +1,6 @@
-"""A Hugging Face CLIP folder as a conversion source: a local folder, an ``s3://`` prefix or a hub id, whose
-weights may be ``pytorch_model.bin`` (read with ``weights_only``) or safetensors, whole or sharded.
+"""Hugging Face CLIP exports as conversion sources: fetched from a folder, ``s3://`` prefix or hub id, and read.
+
+A source's weights may be ``pytorch_model.bin`` (read with ``weights_only``) or safetensors, whole or sharded.
 
 Only the files a CLIP export consists of are fetched (an allow-list of names, each size-bounded), so a
 prefix or repository holding anything else (Flax, TensorFlow, notebooks, code) costs nothing and runs nothing.
@@ -15,7 +16,7 @@ import torch
 
 from rsclip.runtime import storage
 from rsclip.model.checkpoints import CheckpointFile, fetch_checkpoint, read_checkpoint, state_dict_of
-from rsclip.model.sources import is_hub_id
+from rsclip.model.locations import is_hub_id
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-(\d{5})-of-(\d{5}))?\.(safetensors|bin)$")
