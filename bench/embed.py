@@ -110,7 +110,8 @@ class ModelOnly:
 
 
 def rsclip_pipeline(archive: str, db: str, model_dir: str, threads: int = 1) -> dict:
-    from rsclip.ingest.pipeline import EmbedConfig, run_embedding
+    from rsclip.ingest.config import EmbedConfig
+    from rsclip.ingest.pipeline import run_embedding
 
     summary = run_embedding(EmbedConfig(archive=archive, db=db, model=model_dir, batch_size=BATCH,
                                         torch_threads=threads, commit_rows=512, index="never"))

@@ -265,7 +265,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index) -> list[Ar
 def sweep(args, table, data: Data, truth: list) -> None:
     """One pass per nprobes:refine pair on both paths (printed, not in the JSON line)."""
     from rsclip.search import searchers as S
-    from rsclip.search.resident import resident_table
+    from rsclip.search.memory_table import resident_table
 
     rows_of, queries = row_numbers(table), list(data.queries[:100])
     for pair in filter(None, args.sweep.split(",")):
@@ -331,7 +331,7 @@ def measure(args, bench: Bench, db: Path) -> dict:
     """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds."""
     from rsclip.table import index as rindex
     from rsclip.search import searchers as S
-    from rsclip.search.resident import resident_table
+    from rsclip.search.memory_table import resident_table
 
     print(f"rows={args.rows} dim={args.dim} clusters={args.clusters} queries={args.queries}", flush=True)
     data = make_data(args)

@@ -12,7 +12,6 @@ negatives and without --background, unreachable store).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,32 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
     sys.path.insert(0, ROOT)
 
-from rsclip.runtime import cluster, flags  # noqa: E402
+from rsclip.runtime.jobs import JobEntry  # noqa: E402
 from rsclip.detect.pipeline import DetectConfig, run_detection  # noqa: E402
-from rsclip.errors import run_reporting  # noqa: E402
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, bool]:
-    """The job's config and whether to show progress bars, from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    flags.add_arguments(parser, DetectConfig, required=("db", "label"))
-    parser.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
-    args = parser.parse_args(argv)
-    try:
-        return flags.from_arguments(args, DetectConfig), args.progress
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-def main(argv: list[str] | None = None) -> int:
-    def work() -> None:
-        cfg, progress = parse_args(argv)
-        summary = run_detection(cfg, progress=progress, ray_address=cluster.job_address() or cluster.LOCAL)
-        print(summary.to_text(), flush=True)
-        print("summary: " + summary.to_json(), flush=True)
-
-    return run_reporting("detect", work)
-
+JOB = JobEntry("detect", DetectConfig, run_detection, __doc__, required=("db", "label"))
+parse_args, main = JOB.parse_args, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@
     python jobs/embed_archive.py --stac https://earth-search.aws.element84.com/v1 --collections sentinel-2-l2a \
         --bbox -97.6,47.0,-97.4,47.2 --datetime 2023-06-01/2023-09-30 --max-cloud 10 --assets visual --db ./tables
 
-Every field of ``rsclip.ingest.pipeline.EmbedConfig`` is a flag. Exit status: 0 when the job finished (bad
+Every field of ``rsclip.ingest.config.EmbedConfig`` is a flag. Exit status: 0 when the job finished (bad
 files are recorded in <table>_errors), 2 with one line for an expected failure (store unreachable, wrong
 credentials, missing bucket, unknown model, table of another model or of other weights, a cluster too small
 for the request, a model whose every tile fails for --max-failed-batches batches in a row).
@@ -13,7 +13,6 @@ for the request, a model whose every tile fails for --max-failed-batches batches
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,32 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray working_dir
     sys.path.insert(0, ROOT)
 
-from rsclip.runtime import cluster, flags  # noqa: E402
-from rsclip.errors import run_reporting  # noqa: E402
-from rsclip.ingest.pipeline import EmbedConfig, run_embedding  # noqa: E402
+from rsclip.runtime.jobs import JobEntry  # noqa: E402
+from rsclip.ingest.config import EmbedConfig  # noqa: E402
+from rsclip.ingest.pipeline import run_embedding  # noqa: E402
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[EmbedConfig, bool]:
-    """The job's config and whether to show progress bars, from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    flags.add_arguments(parser, EmbedConfig, required=("db",))
-    parser.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
-    args = parser.parse_args(argv)
-    try:
-        return flags.from_arguments(args, EmbedConfig), args.progress
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-def main(argv: list[str] | None = None) -> int:
-    def work() -> None:
-        cfg, progress = parse_args(argv)
-        summary = run_embedding(cfg, progress=progress, ray_address=cluster.job_address() or cluster.LOCAL)
-        print(summary.to_text(), flush=True)
-        print("summary: " + summary.to_json(), flush=True)
-
-    return run_reporting("embed_archive", work)
-
+JOB = JobEntry("embed_archive", EmbedConfig, run_embedding, __doc__, required=("db",))
+parse_args, main = JOB.parse_args, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

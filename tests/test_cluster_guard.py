@@ -78,7 +78,7 @@ def test_no_secret_may_travel_in_a_runtime_env():
 
 
 def test_stall_settings_are_flags_of_both_jobs_and_refuse_negative_values():
-    from rsclip.ingest.pipeline import EmbedConfig
+    from rsclip.ingest.config import EmbedConfig
     from rsclip.train.config import TrainConfig
 
     for cls in (EmbedConfig, TrainConfig):

@@ -17,7 +17,8 @@ from rsclip.geo.windows import grid_windows
 from rsclip.errors import RsclipError
 from rsclip.ingest import batch as B, listing, planning, reading, writer
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
-from rsclip.ingest.pipeline import EmbedConfig, run_embedding
+from rsclip.ingest.config import EmbedConfig
+from rsclip.ingest.pipeline import run_embedding
 from rsclip.geo.images import read_image
 from rsclip.model.clip import load_model
 from rsclip.testing import build_tiny_clip

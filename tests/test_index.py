@@ -9,7 +9,7 @@ import pytest
 import rsclip
 from rsclip.table import index as rindex
 from rsclip.table import tiles
-from rsclip.search import resident, searchers
+from rsclip.search import memory_table, searchers
 from rsclip.search.filters import Filters
 
 
@@ -177,7 +177,7 @@ def test_resident_search_through_the_index_ranks_exactly_and_follows_new_version
     tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, new, rng))
     for i in (0, 17, 49):
         assert rsclip.query(db, new[i], k=1, resident=True)["uri"].iloc[0] == f"s3://archive/scene-{N_ROWS + i}.tif"
-    assert len(resident.cache) <= resident.KEEP
+    assert len(memory_table.cache) <= memory_table.KEEP
     # a box: ranked in memory when it keeps few rows, through the prefiltered index when it keeps many
     box = (-60.0, -40.0, 60.0, 40.0)
     mask = lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
@@ -259,7 +259,8 @@ def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_mode
     """recall@10 >= 0.95 with the default search settings on a 1M-row table written and indexed as the
     embedding job does (its writer's merges, then its index step): the guard of issue 22."""
     from rsclip.ingest import writer
-    from rsclip.ingest.pipeline import EmbedConfig, build_index_after
+    from rsclip.ingest.config import EmbedConfig
+    from rsclip.ingest.pipeline import build_index_after
 
     rng = np.random.default_rng(0)
     db = tmp_path / "db"

@@ -176,7 +176,8 @@ def build_small_clip(path: Path) -> Path:
 
 def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3, s3_prefix, tmp_path,
                                                                     rsicd_files):
-    from rsclip.ingest.pipeline import EmbedConfig, run_embedding
+    from rsclip.ingest.config import EmbedConfig
+    from rsclip.ingest.pipeline import run_embedding
 
     ensure_gpu_workers(cluster, 2)
     # more chips than one 1,024-tile planning bundle, so several read tasks and both actors get work

@@ -12,7 +12,7 @@ from PIL import Image
 import rsclip
 from rsclip.table import tiles
 from rsclip.model.clip import load_model
-from rsclip.search.query import MAX_K
+from rsclip.search.searchers import MAX_K
 from tests.helpers import spread_files, write_scene_table
 
 N_IMAGES = 240

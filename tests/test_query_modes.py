@@ -11,9 +11,9 @@ from PIL import Image
 
 import rsclip
 from rsclip.table import tiles
-from rsclip.search import geo
+from rsclip.search.near import EARTH_RADIUS_KM, box_distance_km
 from rsclip.model.clip import load_model
-from rsclip.search.query import MAX_K
+from rsclip.search.searchers import MAX_K
 from tests.helpers import spread_files, write_scene_table
 
 N_IMAGES = 60
@@ -130,7 +130,7 @@ def brute(db, vector, k, mask, with_scores=False):
 
 def near_mask(lon, lat, radius):
     def mask(f):
-        d = geo.box_distance_km(lon, lat, f.lon_min.astype(float), f.lat_min.astype(float),
+        d = box_distance_km(lon, lat, f.lon_min.astype(float), f.lat_min.astype(float),
                                 f.lon_max.astype(float), f.lat_max.astype(float))
         return np.nan_to_num(d, nan=np.inf) <= radius
     return mask
@@ -143,7 +143,7 @@ def sampled_distance_km(lon, lat, box, n=201):
     glon, glat = np.meshgrid(np.radians(lons), np.radians(lats))
     p_lon, p_lat = math.radians(lon), math.radians(lat)
     hav = np.sin((glat - p_lat) / 2) ** 2 + np.cos(glat) * math.cos(p_lat) * np.sin((glon - p_lon) / 2) ** 2
-    return float((2 * geo.EARTH_RADIUS_KM * np.arcsin(np.sqrt(hav))).min())
+    return float((2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(hav))).min())
 
 
 @pytest.mark.parametrize("point", [(10.0, 45.5), (179.9, 0.0), (-179.95, 0.3), (0.0, 89.9), (45.0, -89.5),
@@ -155,7 +155,7 @@ def test_box_distance_matches_dense_sampling(point):
         for a, b, w, h in zip(rng.uniform(-180, 170, 25), rng.uniform(-90, 80, 25), rng.uniform(0.1, 10, 25), rng.uniform(0.1, 10, 25))
     ]
     arr = np.array(boxes)
-    exact = geo.box_distance_km(point[0], point[1], arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+    exact = box_distance_km(point[0], point[1], arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
     for box, d in zip(boxes, exact):
         sampled = sampled_distance_km(point[0], point[1], box)
         step_km = max(box[2] - box[0], box[3] - box[1]) / 200 * 111.2
@@ -164,11 +164,11 @@ def test_box_distance_matches_dense_sampling(point):
 
 
 def test_point_inside_or_on_the_edge_is_at_distance_zero():
-    assert geo.box_distance_km(9.5, 45.5, 9.0, 45.0, 10.0, 46.0)[()] == 0.0
-    assert geo.box_distance_km(10.0, 45.5, 9.0, 45.0, 10.0, 46.0)[()] == 0.0
-    assert geo.box_distance_km(10.0, 46.0, 10.0, 46.0, 10.5, 46.5)[()] == 0.0
+    assert box_distance_km(9.5, 45.5, 9.0, 45.0, 10.0, 46.0)[()] == 0.0
+    assert box_distance_km(10.0, 45.5, 9.0, 45.0, 10.0, 46.0)[()] == 0.0
+    assert box_distance_km(10.0, 46.0, 10.0, 46.0, 10.5, 46.5)[()] == 0.0
     # across the antimeridian: 0.3 degrees of longitude on the equator
-    assert geo.box_distance_km(179.9, 0.0, -180.0, -0.5, -179.8, 0.5)[()] == pytest.approx(0.1 * 111.195, rel=1e-3)
+    assert box_distance_km(179.9, 0.0, -180.0, -0.5, -179.8, 0.5)[()] == pytest.approx(0.1 * 111.195, rel=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The resident cache (rsclip.search.resident): loads outside its lock, serves the previous version while the
+"""The resident cache (rsclip.search.memory_table): loads outside its lock, serves the previous version while the
 next loads, at most two copies, a memory cap beyond which searches go through Lance and say so."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rsclip.table import tiles
-from rsclip.search import resident, searchers
+from rsclip.search import memory_table, searchers
 from rsclip.search.searchers import FETCH_COLUMNS
 
 DIM = 16
@@ -38,12 +38,12 @@ class GatedLoader:
     def __call__(self, dataset, columns, indexed):
         self.started.set()
         assert self.go.wait(60)
-        return resident.ResidentTable(dataset, columns, indexed=indexed)
+        return memory_table.ResidentTable(dataset, columns, indexed=indexed)
 
 
 def test_next_version_loads_while_the_previous_one_serves(table):
     loader = GatedLoader()
-    cache = resident.ResidentCache(keep=2, loader=loader)
+    cache = memory_table.ResidentCache(keep=2, loader=loader)
     loader.go.set()
     first = cache.get(table, FETCH_COLUMNS)
     assert len(first) == 100
@@ -68,7 +68,7 @@ def test_next_version_loads_while_the_previous_one_serves(table):
 def test_never_more_than_two_copies(table):
     loader = GatedLoader()
     loader.go.set()
-    cache = resident.ResidentCache(keep=2, loader=loader)
+    cache = memory_table.ResidentCache(keep=2, loader=loader)
     for i in range(4):
         copy = cache.get(table, FETCH_COLUMNS)
         assert len(copy) == 100 + 10 * i and len(cache) <= 2
@@ -79,9 +79,9 @@ def test_never_more_than_two_copies(table):
 
 
 def test_a_table_over_the_memory_cap_is_searched_through_lance_and_says_so(table, monkeypatch):
-    small = resident.ResidentCache(max_bytes=resident.estimated_bytes(tiles.dataset_of(table)) - 1)
+    small = memory_table.ResidentCache(max_bytes=memory_table.estimated_bytes(tiles.dataset_of(table)) - 1)
     assert small.get(table, FETCH_COLUMNS) is None and len(small) == 0
-    monkeypatch.setattr(resident, "cache", small)
+    monkeypatch.setattr(memory_table, "cache", small)
     monkeypatch.setattr(searchers, "resident_table", small.get)
     searcher = searchers.searcher_for(table, resident=True)
     assert isinstance(searcher, searchers.LanceSearcher) and "in-memory limit" in searcher.note

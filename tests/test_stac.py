@@ -23,7 +23,8 @@ from rsclip.geo import raster, stacked
 from rsclip.table import tiles
 from rsclip.errors import InvalidInput, StoreUnavailable
 from rsclip.ingest import batch as B, planning, stac
-from rsclip.ingest.pipeline import EmbedConfig, run_embedding
+from rsclip.ingest.config import EmbedConfig
+from rsclip.ingest.pipeline import run_embedding
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, ROOT, require_shared_data
 from tests.http_helpers import RangeServer

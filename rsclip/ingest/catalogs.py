@@ -1,5 +1,7 @@
-"""Reading STAC documents for the embedding job, as hostile input: static catalogs and collections (walked
-link by link), ItemCollections, newline-delimited items, and STAC APIs (searched with pystac-client).
+"""Reading STAC documents for the embedding job, as hostile input: catalogs, ItemCollections, items, APIs.
+
+Static catalogs and collections are walked link by link; ItemCollections and newline-delimited items are read
+whole; STAC APIs are searched with pystac-client.
 
 Documents are read through :class:`StoreIO` (pystac's I/O hook): local files or ``s3://`` objects through
 :func:`rsclip.runtime.storage.read_bytes` (at most :data:`MAX_DOCUMENT_BYTES` each, the store's timeouts), and

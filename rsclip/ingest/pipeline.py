@@ -7,9 +7,9 @@ Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distrib
 - mapper: :class:`~rsclip.ingest.embedder.ImageEmbedder`, a callable class on a batch dict (actors);
 - writer: :mod:`~rsclip.ingest.writer`, the driver commits the pipeline's output batches.
 
-:func:`run_embedding` wires them, then builds or refreshes the indexes (:mod:`rsclip.table.index`) and
-returns an :class:`EmbedSummary`. Ray Data streams: the driver never holds the dataset, only one output batch
-at a time.
+:func:`run_embedding` wires them as its :class:`~rsclip.ingest.config.EmbedConfig` says, then builds or
+refreshes the indexes (:mod:`rsclip.table.index`) and returns an :class:`EmbedSummary`. Ray Data streams: the
+driver never holds the dataset, only one output batch at a time.
 """
 
 from __future__ import annotations
@@ -18,97 +18,24 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
-from rsclip.geo import dates, raster
-from rsclip.runtime import cluster, flags
+from rsclip.geo import dates
+from rsclip.runtime import cluster
 from rsclip.table import anchors, source_versions, tiles
-from rsclip.model.sources import DEFAULT_MODEL, ModelIdentity, model_identity
+from rsclip.model.sources import ModelIdentity, model_identity
 from rsclip.runtime.watchdog import Watchdog
-from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable
+from rsclip.errors import RsclipError, StoreUnavailable
 from rsclip.ingest import listing, planning, preflight, reading, stac
 from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
+from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
-from rsclip.ingest.writer import MAX_FAILED_EMBED_BATCHES, TileWriter, errored_uris, open_errors_table
+from rsclip.ingest.writer import TileWriter, errored_uris, open_errors_table
 
 log = logging.getLogger(__name__)
 
-INDEX_MODES = ("auto", "always", "never")
-DEFAULT_BATCH_SIZE = 64  # images per embedder call on CPU
-GPU_BATCH_SIZE = 256  # with GPUs: ViT-B/32 fp16 on an H200 embeds 1.9x more images/s than at 64 (BENCHMARKS.md)
 # Memory a planning/decoding task may use (a batch of decoded tiles plus one open scene).
 READ_TASK_MEMORY = 512 * 1024 * 1024
-setting = flags.setting
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Everything the embedding job needs; built once by the job script, passed down typed.
-
-    ``num_actors`` embedder actors each reserve ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs;
-    planning/decoding tasks reserve ``read_cpus`` each; tiles are committed every ``commit_rows`` rows.
-    """
-
-    db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
-    archive: str | None = setting(None, group="input and output",
-                                  help="s3://bucket/prefix or a local folder (walked recursively); or --stac")
-    catalog: stac.StacOptions = field(default_factory=stac.StacOptions)
-    datetime_from_name: str | None = setting(None, group="input and output",
-                                             help="regular expression whose named group (?P<datetime>...) finds "
-                                                  "the acquisition date in a file's uri, e.g. "
-                                                  r"'_(?P<datetime>\d{8})\.tif$' (default: the GeoTIFF's tags)")
-    table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
-    model: str = setting(DEFAULT_MODEL, help="hub id, save_pretrained folder or s3:// prefix",
-                         group="input and output")
-    raster: raster.RasterOptions = field(default_factory=raster.RasterOptions)
-    batch_size: int | None = setting(None, group="resources",
-                                     help="images per embedder call (default 64, or 256 with --gpus-per-actor)")
-    num_actors: int = setting(1, help="embedder actors", group="resources")
-    cpus_per_actor: float = setting(1.0, help="CPUs reserved per embedder actor", group="resources")
-    gpus_per_actor: float = setting(0.0, help="GPUs per embedder actor", group="resources")
-    torch_threads: int | None = setting(None, group="resources",
-                                        help="intra-op threads per actor on CPU (default: the CPUs it reserves)")
-    read_cpus: float = setting(1.0, help="CPUs per planning/decoding task", group="resources")
-    read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
-    files_per_task: int = setting(16, help="files planned per task", group="resources")
-    commit_rows: int = setting(512, help="tiles per table commit", group="resources")
-    max_failed_batches: int = setting(MAX_FAILED_EMBED_BATCHES, group="resources",
-                                      help="stop the job after this many consecutive batches in which every tile "
-                                           "failed to embed (a broken model or device) instead of recording the "
-                                           "rest of the archive as errors")
-    stall_timeout: float = setting(300.0, group="resources",
-                                   help="seconds without progress before the job says on the console which stage "
-                                        "is stuck, and again every as many seconds (0: never)")
-    stall_abort: float = setting(3600.0, group="resources",
-                                 help="seconds without progress after which the job stops with an error naming "
-                                      "the stuck stage (0: never)")
-    index: str = setting("auto", choices=INDEX_MODES,
-                         help="build/refresh the ANN index after writing: auto (from 10,000 rows), always, never")
-
-    def __post_init__(self) -> None:
-        if (self.archive is None) == (self.catalog.stac is None):
-            raise InvalidInput("give the images to embed: either --archive or --stac (one of them)")
-        dates.name_pattern(self.datetime_from_name)
-        if self.index not in INDEX_MODES:
-            raise InvalidInput(f"index must be one of {INDEX_MODES}, got {self.index!r}")
-        if self.batch_size is None:
-            default = GPU_BATCH_SIZE if self.gpus_per_actor > 0 else DEFAULT_BATCH_SIZE
-            object.__setattr__(self, "batch_size", default)
-        if min(self.batch_size, self.num_actors, self.files_per_task, self.commit_rows, self.max_failed_batches) < 1:
-            raise InvalidInput("batch size, actors, files per task, commit rows and max failed batches must be "
-                               "positive")
-        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0 or self.read_cpus <= 0:
-            raise InvalidInput("CPU and GPU reservations must not be negative")
-        if self.stall_timeout < 0 or self.stall_abort < 0:
-            raise InvalidInput("stall timeouts must not be negative (0 turns them off)")
-
-    def to_dict(self) -> dict:
-        """Plain data for crossing into Ray workers (rebuild with :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EmbedConfig":
-        return flags.build(cls, data)
 
 
 @dataclass
@@ -318,4 +245,4 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     return summary
 
 
-__all__ = ["EmbedConfig", "EmbedSummary", "ImageEmbedder", "RsclipError", "run_embedding"]
+__all__ = ["EmbedSummary", "ImageEmbedder", "RsclipError", "run_embedding"]

@@ -1,5 +1,6 @@
-"""What the embedding job checks on the cluster before its pipeline starts, so that it fails in seconds
-with one line instead of hanging or dying in a long Ray traceback.
+"""The embedding job's preflight: what it checks on the cluster before its pipeline starts.
+
+So the job fails in seconds with one line instead of hanging or dying in a long Ray traceback:
 
 - :func:`embed_demand`: the embedder actors and one read task, for :func:`rsclip.runtime.cluster.check_fit`
   (a pool that can never be placed, or that leaves no room for reading, would wait forever);
@@ -9,15 +10,11 @@ with one line instead of hanging or dying in a long Ray traceback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rsclip.geo import stacked
 from rsclip.runtime import cluster, storage
 from rsclip.errors import NotFound
 from rsclip.ingest import listing
-
-if TYPE_CHECKING:
-    from rsclip.ingest.pipeline import EmbedConfig
+from rsclip.ingest.config import EmbedConfig
 
 # Stores of a STAC run's sources probed from every node (the first ones found).
 MAX_STORES = 8
@@ -28,7 +25,7 @@ WORKER_STORE_HINT = ("the driver can: start every Ray node with the driver's AWS
                      "shared folder")
 
 
-def embed_demand(config: "EmbedConfig", actor_cpus: float, read_memory: int) -> cluster.Demand:
+def embed_demand(config: EmbedConfig, actor_cpus: float, read_memory: int) -> cluster.Demand:
     """The embedder actor pool (``actor_cpus`` each, the CPUs the pipeline really reserves) and one read task."""
     bundle = {"CPU": actor_cpus, **({"GPU": config.gpus_per_actor} if config.gpus_per_actor else {})}
     read = {"CPU": config.read_cpus, "memory": float(read_memory)}
@@ -61,7 +58,7 @@ def source_stores(files, most: int = MAX_STORES) -> list[str]:
     return list(found.values())[:most]
 
 
-def check_workers(config: "EmbedConfig", files=()) -> None:
+def check_workers(config: EmbedConfig, files=()) -> None:
     """Raise the first store fault a node of the cluster meets on the archive (or the stores of the listed
     STAC ``files``) or the table store, naming the node and the fix (:func:`rsclip.runtime.cluster.check_nodes`).
     A local table store is checked only on the driver: it may not exist before the run creates it."""

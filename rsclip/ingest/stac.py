@@ -1,5 +1,7 @@
-"""STAC as a listing source of the embedding job: items of a catalog or an API search become the sources the
-planner takes (:class:`~rsclip.ingest.listing.ArchiveFile`), carrying their item's time, id and cloud cover.
+"""STAC as a listing source of the embedding job: the items of a catalog or an API search as its sources.
+
+Each item becomes a source the planner takes (:class:`~rsclip.ingest.listing.ArchiveFile`), carrying its
+time, id and cloud cover.
 
 ``--stac`` names a STAC API (``http(s)://``: searched with ``--collections``, ``--bbox``, ``--datetime``,
 ``--query``/``--max-cloud`` and ``--limit`` through pystac-client), a static catalog or collection JSON, an

@@ -24,8 +24,8 @@ from rsclip.table import rows, tiles
 from rsclip.geo.images import read_image
 from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.search.filters import Filters
-from rsclip.search.query import check_model_weights, is_image_query, query_vector, self_ids, validate_k
+from rsclip.search.encoding import is_image_query, query_vector, self_ids
+from rsclip.search.request import Request
 from rsclip.search.searchers import search, searcher_for
 
 # Most examples of one search (positives and negatives together).
@@ -90,16 +90,25 @@ def checked_examples(positive, negative) -> tuple[list, list]:
     return pos, neg
 
 
-def example_query(table, positive, negative=(), *, allow_model_mismatch: bool = False
+def example_query(request: Request, positive, negative=(), *, allow_model_mismatch: bool = False
                   ) -> tuple[np.ndarray, set[str]]:
-    """``(query vector, ids to leave out)`` of examples against the open tile ``table`` (see the module).
+    """``(query vector, ids to leave out)`` of examples against the request's tile table (see the module).
     Texts and images are encoded with the table's model (``allow_model_mismatch`` as for ``rsclip.query``)."""
     pos, neg = checked_examples(positive, negative)
-    model, dim = tiles.table_model(table)
     if not all(is_tile_id(e) for e in (*pos, *neg)):
-        check_model_weights(table, model, allow_model_mismatch)
-    vectors, leave_out = example_vectors(table, [*pos, *neg], model, dim)
+        request.check_weights(allow_model_mismatch)
+    vectors, leave_out = example_vectors(request.table, [*pos, *neg], request.model, request.dim)
     return combine(vectors[: len(pos)], vectors[len(pos):]), leave_out
+
+
+def search_examples(request: Request, positive, negative=(), *, resident: bool = False,
+                    allow_model_mismatch: bool = False) -> pd.DataFrame:
+    """The ``request.k`` tiles nearest the query vector of the examples under the request's filters, the
+    examples left out (:func:`query_examples`)."""
+    vector, leave_out = example_query(request, positive, negative, allow_model_mismatch=allow_model_mismatch)
+    drop = lambda frame: frame[tiles.ID].isin(leave_out).to_numpy()  # noqa: E731
+    return search(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
+                  extra=len(leave_out))
 
 
 def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None,
@@ -107,15 +116,32 @@ def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles
                    allow_model_mismatch: bool = False, date=None, max_cloud=None,
                    max_nodata=None) -> pd.DataFrame:
     """The ``k`` tiles nearest the query vector of ``positive`` and ``negative`` examples (module doc),
-    under the shared filters, the examples left out. Columns as :func:`rsclip.query`.
+    under the shared filters, the examples left out.
 
-    Raises ``InvalidInput`` without a positive, for bad examples or filters; ``NotFound`` for an unknown
-    table or tile id; ``LimitExceeded`` for more than :data:`MAX_EXAMPLES` examples.
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        positive: Examples to search for (at least one): tile ids, images or texts; one may be given bare.
+        negative: Examples to search away from.
+        k: How many tiles to return, in [1, 10000].
+        table: As for :func:`rsclip.query`.
+        bbox: As for :func:`rsclip.query`.
+        near: As for :func:`rsclip.query`.
+        polygon: As for :func:`rsclip.query`.
+        where: As for :func:`rsclip.query`.
+        resident: As for :func:`rsclip.query`.
+        allow_model_mismatch: As for :func:`rsclip.query`: texts and images are encoded with the table's model.
+        date: As for :func:`rsclip.query`.
+        max_cloud: As for :func:`rsclip.query`.
+        max_nodata: As for :func:`rsclip.query`.
+
+    Returns:
+        A DataFrame with the columns of :func:`rsclip.query`.
+
+    Raises:
+        InvalidInput: Without a positive, for bad examples or filters.
+        NotFound: For an unknown table or tile id.
+        LimitExceeded: For more than :data:`MAX_EXAMPLES` examples.
     """
-    k = validate_k(k)
-    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
-                         max_nodata=max_nodata)
-    tbl = tiles.open_table(db, table)
-    vector, leave_out = example_query(tbl, positive, negative, allow_model_mismatch=allow_model_mismatch)
-    drop = lambda frame: frame[tiles.ID].isin(leave_out).to_numpy()  # noqa: E731
-    return search(searcher_for(tbl, resident=resident), vector, k, filters, drop=drop, extra=len(leave_out))
+    request = Request.of(db, table, k, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
+                         max_cloud=max_cloud, max_nodata=max_nodata)
+    return search_examples(request, positive, negative, resident=resident, allow_model_mismatch=allow_model_mismatch)

@@ -161,7 +161,20 @@ def select(db, *, query=None, positive=None, negative=None, detections: str | No
 
 
 def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABLE, **selection):
-    """The GeoDataFrame an :func:`export` writes (``selection``: the keywords of :func:`select`)."""
+    """The GeoDataFrame an :func:`export` writes.
+
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        dissolved: Merge touching or overlapping footprints (:func:`dissolve`).
+        table: The name of the tile table.
+        **selection: The keywords of :func:`select`: what to export and under which filters.
+
+    Returns:
+        A GeoDataFrame (CRS84): one feature per tile (footprint and :data:`PROPERTIES`), or per dissolved group.
+
+    Raises:
+        InvalidInput: For bad input (as :func:`select`).
+    """
     frame = select(db, table=table, **selection)
     gdf = features(frame, tiles.open_table(db, table))
     return dissolve(gdf) if dissolved else gdf
@@ -169,20 +182,45 @@ def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABL
 
 def export(db, out: str, *, format: str | None = None, dissolved: bool = False,
            table: str = tiles.DEFAULT_TABLE, **selection) -> ExportResult:
-    """Export the tiles of a query, an example search or a label's detections (see :func:`select`) to
-    ``out`` as GeoJSON, GeoParquet or CSV (``format``, default from the suffix); ``dissolved`` merges
-    touching footprints (:func:`dissolve`). Raises ``InvalidInput`` for bad input, an empty result or an
-    unwritable ``out`` (nothing is written then)."""
+    """Export the tiles of a query, an example search or a label's detections to ``out`` (GeoJSON, GeoParquet
+    or CSV).
+
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        out: Where to write: a local path or ``s3://`` URI.
+        format: One of :data:`FORMATS` (None: from the suffix of ``out``).
+        dissolved: Merge touching footprints (:func:`dissolve`).
+        table: The name of the tile table.
+        **selection: The keywords of :func:`select`: what to export and under which filters.
+
+    Returns:
+        An :class:`ExportResult`: the path, format and number of features written.
+
+    Raises:
+        InvalidInput: For bad input, an empty result or an unwritable ``out`` (nothing is written then).
+    """
     format = export_format(out, format)
     return write_features(export_frame(db, dissolved=dissolved, table=table, **selection), out, format)
 
 
 def export_labels(db, label: str, out: str, *, format: str | None = None,
                   table: str = tiles.DEFAULT_TABLE) -> ExportResult:
-    """Export the tiles of label set ``label`` with their ``value`` (+1/-1) and ``note``. Raises
-    ``NotFound`` for an unknown label set."""
-    from rsclip.table import rows
+    """Export the tiles of label set ``label`` with their ``value`` (+1/-1) and ``note``.
 
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        label: The label set.
+        out: Where to write: a local path or ``s3://`` URI.
+        format: One of :data:`FORMATS` (None: from the suffix of ``out``).
+        table: The name of the tile table.
+
+    Returns:
+        An :class:`ExportResult`: the path, format and number of features written.
+
+    Raises:
+        NotFound: For an unknown label set.
+        InvalidInput: For an unknown format or an unwritable ``out``.
+    """
     format = export_format(out, format)
     frame = labels.read_labels(db, label, table=table)
     tile_table = tiles.open_table(db, table)

@@ -25,7 +25,7 @@ import pandas as pd
 from rsclip.geo import dates
 from rsclip.table import rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.search import geo
+from rsclip.search.near import Near, finite_numbers, near_filter, validate_near, within
 from rsclip.search.polygons import Region, parse_polygon
 
 BBox = tuple[float, float, float, float]
@@ -41,7 +41,7 @@ def validate_bbox(bbox: Sequence[float]) -> BBox:
     Raises ``InvalidInput`` unless it has four finite numbers, longitudes in [-180, 180], latitudes in
     [-90, 90] and min <= max on both axes.
     """
-    values = geo.finite_numbers(bbox, 4, "bbox", "lon_min, lat_min, lon_max, lat_max")
+    values = finite_numbers(bbox, 4, "bbox", "lon_min, lat_min, lon_max, lat_max")
     lon_min, lat_min, lon_max, lat_max = values
     for lon in (lon_min, lon_max):
         if not -180.0 <= lon <= 180.0:
@@ -121,7 +121,7 @@ class Filters:
     the time columns the searched table lacks (:meth:`on`)."""
 
     bbox: BBox | None = None
-    near: geo.Near | None = None
+    near: Near | None = None
     where: str | None = None
     polygon: Region | None = None
     date: dates.DateRange | None = None
@@ -135,7 +135,7 @@ class Filters:
         """Validate raw arguments (as a user gives them) into :class:`Filters`; ``date`` is ``(start, end)``,
         ``"START/END"`` or one date (:func:`rsclip.geo.dates.parse_range`)."""
         return cls(bbox=validate_bbox(bbox) if bbox is not None else None,
-                   near=geo.validate_near(near) if near is not None else None,
+                   near=validate_near(near) if near is not None else None,
                    where=validate_where(where),
                    polygon=parse_polygon(polygon) if polygon is not None else None,
                    date=dates.parse_range(date) if date is not None else None,
@@ -173,7 +173,7 @@ class Filters:
         """The SQL of the filters other than the box (which a resident table tests in memory)."""
         near = None
         if self.near is not None:
-            near = geo.near_filter(self.near) or f"({tiles.LON_MIN} IS NOT NULL)"
+            near = near_filter(self.near) or f"({tiles.LON_MIN} IS NOT NULL)"
         return join_sql(near, region_sql(self.polygon) if self.polygon is not None else None, self.attribute_sql())
 
     def sql(self) -> str | None:
@@ -190,7 +190,7 @@ class Filters:
         tests the tiles' footprints (looked up by id in ``table``, the bound box where none is stored)."""
         mask = np.ones(len(frame), dtype=bool)
         if self.near is not None:
-            mask &= geo.within(self.near, frame)
+            mask &= within(self.near, frame)
         if self.polygon is not None and mask.any():
             mask[mask] = self.polygon.intersects(rows.tile_footprints(frame[mask], table))
         return mask

@@ -7,10 +7,21 @@ from rsclip.table.index import index_state
 
 
 def table_info(db, table: str = tiles.DEFAULT_TABLE) -> dict:
-    """Rows, model (and the recorded weights: location and sha256, None for tables written before they were
-    recorded), embedding size, index state, versions and write-error count of a tile table.
+    """Rows, model (and the recorded weights), embedding size, index state, versions and write-error count of
+    a tile table.
 
-    Raises ``NotFound`` for an unknown table and ``InvalidInput`` for a table without rsclip metadata.
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        table: The name of the tile table.
+
+    Returns:
+        A dict with keys db, table, rows, model, dim, model_location and weights_sha256 (the recorded weights:
+        None for tables written before they were recorded), version, versions, last_write, errors (rows of the
+        errors table, None without one), index (the index state) and tables (every table of ``db``).
+
+    Raises:
+        NotFound: For an unknown table.
+        InvalidInput: For a table without rsclip metadata.
     """
     tbl = tiles.open_table(db, table)
     model, dim = tiles.table_model(tbl)

@@ -31,7 +31,7 @@ from rsclip.model.clip import ClipEncoder
 from rsclip.model.vectors import softmax
 from rsclip.geo.windows import DEFAULT_TILE_SIZE, Window, grid_cells, grid_offsets, split_cells
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.search.query import checked_text, looks_like_image_path
+from rsclip.search.encoding import checked_text, looks_like_image_path
 from rsclip.search.zeroshot import ModelLike, model_logit_scale, resolve_encoder
 
 PATCH_COLUMNS = ("row", "col", tiles.X, tiles.Y, tiles.WIDTH, tiles.HEIGHT, *tiles.BOUNDS_COLUMNS, "score",
@@ -179,17 +179,26 @@ def locate(
 ) -> pd.DataFrame:
     """Score every patch of ``image`` against ``text`` (or against an example image: path, PIL, array).
 
-    ``image``: a local path or ``s3://`` URI (chips via Pillow, rasters window by window), a PIL image or an
-    HWC uint8 array. Patches: ``tile`` pixels a side (default 224, ``overlap`` pixels shared) or
-    ``grid=(rows, cols)`` equal parts (not both), at most :data:`MAX_PATCHES`. ``bands``: 1-based raster
-    bands rendered as RGB. ``model``: a source or a loaded :class:`ClipEncoder`. ``max_pixels`` bounds a chip
-    read whole.
+    Args:
+        image: A local path or ``s3://`` URI (chips via Pillow, rasters window by window), a PIL image or an
+            HWC uint8 array.
+        text: What to look for: a text, or an example image (path, URI, PIL image, HWC uint8 array).
+        model: A source or a loaded :class:`ClipEncoder` (None: the default model).
+        tile: Patches ``tile`` pixels a side (default 224); not together with ``grid``.
+        grid: ``(rows, cols)``: that many equal parts instead of tiles.
+        overlap: Pixels that neighbouring ``tile`` patches share.
+        bands: 1-based raster bands rendered as RGB.
+        logit_scale: The softmax's scale (None: the model's own temperature).
+        max_pixels: The most pixels of a chip read whole.
 
-    Returns a DataFrame, best patch first, with columns row, col, x, y, width, height, lon_min, lat_min,
-    lon_max, lat_max (NaN without georeference), score (cosine similarity) and probability (softmax of
-    ``logit_scale * score`` over the patches; sums to 1). ``frame.attrs`` holds width, height, crs, text.
-    Raises ``InvalidInput`` (and subclasses) for blank text, both or neither usable tile/grid, unreadable
-    images, too many patches and an image with no valid patch.
+    Returns:
+        A DataFrame, best patch first, with columns row, col, x, y, width, height, lon_min, lat_min, lon_max,
+        lat_max (NaN without georeference), score (cosine similarity) and probability (softmax of
+        ``logit_scale * score`` over the patches; sums to 1). ``frame.attrs`` holds width, height, crs, text.
+
+    Raises:
+        InvalidInput: (and subclasses) for blank text, both or neither usable tile/grid, unreadable images,
+            too many patches (over :data:`MAX_PATCHES`) and an image with no valid patch.
     """
     if isinstance(text, str) and not looks_like_image_path(text):
         checked_text(text, "the text to look for")
@@ -203,14 +212,18 @@ def locate(
         rows, scores = _score_patches(source, windows, encoder, query_embedding(encoder, text))
     if not rows:
         raise InvalidInput(f"{source.name}: no patch holds valid pixels")
-    score = np.concatenate(scores).astype(np.float64)
-    frame = pd.DataFrame(rows, columns=PATCH_COLUMNS[:-2])
-    frame["score"] = score
-    frame["probability"] = softmax(scale * score[None, :])[0]
-    frame = frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    frame = patch_frame(rows, np.concatenate(scores).astype(np.float64), scale)
     frame.attrs.update(width=source.width, height=source.height, crs=source.crs,
                        text=text if isinstance(text, str) else "<image>")
     return frame
+
+
+def patch_frame(rows: list, score: np.ndarray, scale: float) -> pd.DataFrame:
+    """The scored patches (:data:`PATCH_COLUMNS`), best first: ``score`` and its softmax at ``scale``."""
+    frame = pd.DataFrame(rows, columns=PATCH_COLUMNS[:-2])
+    frame["score"] = score
+    frame["probability"] = softmax(scale * score[None, :])[0]
+    return frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def heatmap(patches: pd.DataFrame, width: int, height: int, column: str = "probability",
@@ -260,9 +273,23 @@ def render_heatmap(
 ) -> bytes:
     """A PNG of ``image`` with ``patches[column]`` (min-max normalised) overlaid as a colour heatmap.
 
-    Drawn at preview size (longest side at most ``max_side``; big rasters from a decimated read). Writes
-    the PNG to ``out`` (local path or ``s3://``) when given; returns its bytes. Raises ``InvalidInput`` for
-    an unknown column or an ``alpha`` outside [0, 1].
+    Drawn at preview size (big rasters from a decimated read).
+
+    Args:
+        image: The image the patches were scored on (as for :func:`locate`).
+        patches: The frame :func:`locate` returned.
+        out: Where to write the PNG too (local path or ``s3://``); None: nowhere.
+        column: The column of ``patches`` drawn.
+        alpha: The heatmap's opacity, in [0, 1].
+        colormap: A matplotlib colormap name.
+        bands: 1-based raster bands rendered as RGB.
+        max_side: The longest side of the picture.
+
+    Returns:
+        The PNG's bytes.
+
+    Raises:
+        InvalidInput: For an unknown column or an ``alpha`` outside [0, 1].
     """
     from matplotlib import colormaps
 

@@ -1,4 +1,4 @@
-"""Resident tables: one version of a tile table held in memory, for long-lived searchers (the web app).
+"""In-memory tables: one version of a tile table held in memory (resident), for long-lived searchers (the web app).
 
 A search through Lance alone pays, per query, for reading the full vectors of the ``refine_factor * k``
 candidates it re-ranks and for fetching the answer's columns from the data files: at 1M rows that is most

@@ -4,7 +4,8 @@ Tile bounds are WGS84 boxes ``lon_min <= lon_max`` (a box never wraps across the
 are on a sphere of the mean Earth radius and are wrap-aware: a point at lon 179.9 is 22 km from a tile at
 lon -179.9 on the equator. The SQL prefilter selects tiles intersecting the bounding box of the spherical
 cap of the radius (split in two across the antimeridian, all longitudes when the cap holds a pole); the
-exact distance then decides.
+exact distance then decides. :func:`finite_numbers` is the number check the coordinate arguments of every
+search share (``bbox``, ``near``, a timeline's place).
 """
 
 from __future__ import annotations

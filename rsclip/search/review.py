@@ -14,6 +14,7 @@ import pandas as pd
 from rsclip.table import detections, labels, rows, tiles
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.filters import Filters, validate_share
+from rsclip.search.request import Request
 from rsclip.search.searchers import SCORE, checked_sql
 
 # Most detections one review returns (an export of more wants a higher --min-score or a smaller area).
@@ -46,15 +47,34 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
                       max_nodata=None, limit: int = MAX_REVIEW_ROWS) -> pd.DataFrame:
     """Detections of ``label`` scoring at least ``min_score`` under the filters, best first.
 
-    Columns: id, uri, score, x, y, width, height, the bound columns, crs (and datetime and footprint when
-    the tile table has them), label, model_version. Raises ``NotFound`` when the table has no detections of
-    ``label``, ``LimitExceeded`` when more than ``limit`` qualify, ``InvalidInput`` for bad filters.
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        label: The label set whose detections to review (scored by ``jobs/detect.py``).
+        min_score: The lowest detection score kept, in [0, 1] (None: all).
+        table: The tile table the detections are of.
+        bbox: As for :func:`rsclip.query`, tested on each detection's tile.
+        near: As for :func:`rsclip.query`, tested on each detection's tile.
+        polygon: As for :func:`rsclip.query`, tested on each detection's tile.
+        where: SQL on the tile table's columns (``uri``, ``crs``, ...), applied to the tiles the detections name.
+        date: As for :func:`rsclip.query`.
+        max_cloud: As for :func:`rsclip.query`.
+        max_nodata: As for :func:`rsclip.query`.
+        limit: The most detections returned.
+
+    Returns:
+        A DataFrame with columns id, uri, score, x, y, width, height, the bound columns, crs (and datetime and
+        footprint when the tile table has them), label, model_version.
+
+    Raises:
+        NotFound: When the table has no detections of ``label``.
+        LimitExceeded: When more than ``limit`` qualify.
+        InvalidInput: For bad filters.
     """
     label = labels.validate_label(label)
     min_score = validate_min_score(min_score)
-    tile_table = tiles.open_table(db, table)
-    filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
-                         max_nodata=max_nodata).on(tile_table)
+    request = Request.of(db, table, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
+                         max_cloud=max_cloud, max_nodata=max_nodata)
+    tile_table, filters = request.table, request.filters
     found = detections.open_detections(db, table)
     if found is None or found.count_rows(f"{detections.LABEL} = {tiles.sql_text(label)}") == 0:
         raise NotFound(f"no detections of {label!r} for table {table!r}: run jobs/detect.py --label {label} first")

@@ -5,7 +5,7 @@ Two implementations of one interface (:class:`Searcher`):
 - :class:`LanceSearcher` searches the table's Lance dataset directly (the index when there is one, an exact
   scan of the filtered rows when the filter keeps few) and builds the frame from Arrow columns: LanceDB's
   query builder and ``to_pandas`` cost more than the search itself on a 10-row answer (BENCHMARKS.md, Query).
-- :class:`ResidentSearcher` answers from an in-memory copy of the table version (:mod:`rsclip.search.resident`,
+- :class:`ResidentSearcher` answers from an in-memory copy of the table version (:mod:`rsclip.search.memory_table`,
   for long-lived processes such as the web app): the index is asked for candidate row ids only, re-ranking,
   the answer's columns and the box test run in memory.
 
@@ -24,7 +24,7 @@ import pandas as pd
 from rsclip.table import tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
-from rsclip.search.resident import ROW_ID, resident_table
+from rsclip.search.memory_table import ROW_ID, resident_table
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class ResidentSearcher:
 
 def searcher_for(table, *, resident: bool = False) -> Searcher:
     """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory (see
-    :class:`~rsclip.search.resident.ResidentCache`), else Lance (its ``note`` then says why)."""
+    :class:`~rsclip.search.memory_table.ResidentCache`), else Lance (its ``note`` then says why)."""
     if resident:
         rows = resident_table(table, fetch_columns(table))
         if rows is not None:

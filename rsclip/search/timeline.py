@@ -28,8 +28,9 @@ import pandas as pd
 from rsclip.geo import dates
 from rsclip.table import rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
-from rsclip.search import geo
 from rsclip.search.filters import Filters, bbox_sql, join_sql
+from rsclip.search.near import finite_numbers
+from rsclip.search.request import Request
 from rsclip.search.searchers import SCORE, checked_sql
 
 # Most tiles one timeline, or one side of a comparison, loads (vectors included: ~2 KB each at 512-d).
@@ -85,7 +86,7 @@ def place_point(table, place) -> tuple[float, float]:
         return float(point.x), float(point.y)
     if isinstance(place, str):
         raise InvalidInput(f"a place is a tile id (32 hex characters) or (lon, lat), got {place[:80]!r}")
-    lon, lat = geo.finite_numbers(place, 2, "place", "lon, lat")
+    lon, lat = finite_numbers(place, 2, "place", "lon, lat")
     if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
         raise InvalidInput(f"place ({lon}, {lat}) is outside lon [-180, 180], lat [-90, 90]")
     return lon, lat
@@ -116,18 +117,31 @@ def reference_row(frame: pd.DataFrame, reference) -> int:
 
 def timeline(db, place, *, table: str = tiles.DEFAULT_TABLE, reference=None, date=None, max_cloud=None,
              max_nodata=None) -> pd.DataFrame:
-    """The tiles covering ``place`` (``(lon, lat)`` or a tile id: its centre) ordered by date, each with its
-    cosine ``similarity`` to the reference tile (the first date's; or ``reference``: a tile id, or a date
-    whose nearest tile is used). ``date``, ``max_cloud``, ``max_nodata`` filter as in ``rsclip.query``.
+    """The tiles covering ``place`` ordered by date, each with its cosine ``similarity`` to a reference tile.
 
-    Columns: id, uri, datetime, item_id, cloud_cover, nodata_fraction, similarity, x, y, width, height, the
-    bound columns, crs. Raises ``InvalidInput`` for a bad place or filter, ``NotFound`` for an unknown table
-    or tile, ``LimitExceeded`` when more than :data:`MAX_TILES` tiles qualify.
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        place: ``(lon, lat)``, or a tile id (its footprint's centre).
+        table: The name of the tile table.
+        reference: The tile similarities are measured to: None for the first date's, a tile id, or a date
+            whose nearest tile is used.
+        date: Filters as in :func:`rsclip.query`.
+        max_cloud: Filters as in :func:`rsclip.query`.
+        max_nodata: Filters as in :func:`rsclip.query`.
+
+    Returns:
+        A DataFrame with columns id, uri, datetime, item_id, cloud_cover, nodata_fraction, similarity, x, y,
+        width, height, the bound columns, crs; unknown dates last.
+
+    Raises:
+        InvalidInput: For a bad place or filter.
+        NotFound: For an unknown table or tile.
+        LimitExceeded: When more than :data:`MAX_TILES` tiles qualify.
     """
-    tbl = tiles.open_table(db, table)
+    request = Request.of(db, table, date=date, max_cloud=max_cloud, max_nodata=max_nodata)
+    tbl = request.table
     lon, lat = place_point(tbl, place)
-    filters = Filters.of(date=date, max_cloud=max_cloud, max_nodata=max_nodata).on(tbl)
-    frame = load_tiles(tbl, join_sql(point_sql(lon, lat), filters.attribute_sql()))
+    frame = load_tiles(tbl, join_sql(point_sql(lon, lat), request.filters.attribute_sql()))
     outlines = rows.tile_footprints(frame, tbl)
     from shapely.geometry import Point
 
@@ -192,22 +206,37 @@ def pair_places(a: np.ndarray, b: np.ndarray, min_overlap: float) -> tuple[np.nd
 def changes(db, date_a, date_b, *, table: str = tiles.DEFAULT_TABLE, bbox: Sequence[float] | None = None,
             polygon=None, near=None, k: int | None = 100, max_cloud=None, max_nodata=None,
             min_overlap: float = MIN_OVERLAP) -> pd.DataFrame:
-    """The places in an area (``bbox``, ``polygon``, ``near``; default everywhere) ranked by how much their
-    embedding moved between ``date_a`` and ``date_b`` (each a day, month, year or range: see the module).
+    """The places in an area ranked by how much their embedding moved between ``date_a`` and ``date_b``.
 
-    Rows are A's tiles (id, uri, window, bounds, crs, datetime, ...) with ``id_b``, ``uri_b``,
-    ``datetime_b``, ``similarity`` (cosine), ``change`` = 1 - similarity (also as ``score``, so the rows
-    export as they are) and ``overlap``; largest change first, the first ``k`` (None: all). Raises
-    ``InvalidInput`` for bad dates, filters or ``min_overlap``, ``LimitExceeded`` when a date has more than
-    :data:`MAX_TILES` tiles in the area.
+    Args:
+        db: A local path, an ``s3://`` URI or a LanceDB connection.
+        date_a: The first date: a day, month, year or range (see the module).
+        date_b: The second date, as ``date_a``.
+        table: The name of the tile table.
+        bbox: The area, as in :func:`rsclip.query` (no area: everywhere).
+        polygon: The area, as in :func:`rsclip.query`.
+        near: The area, as in :func:`rsclip.query`.
+        k: How many places to return, largest change first (None: all).
+        max_cloud: Filters as in :func:`rsclip.query`.
+        max_nodata: Filters as in :func:`rsclip.query`.
+        min_overlap: The least intersection over union of two tiles compared as one place, in (0, 1].
+
+    Returns:
+        A DataFrame of A's tiles (id, uri, window, bounds, crs, datetime, ...) with ``id_b``, ``uri_b``,
+        ``datetime_b``, ``similarity`` (cosine), ``change`` = 1 - similarity (also as ``score``, so the rows
+        export as they are) and ``overlap``; largest change first.
+
+    Raises:
+        InvalidInput: For bad dates, filters or ``min_overlap``.
+        LimitExceeded: When a date has more than :data:`MAX_TILES` tiles in the area.
     """
     if not 0.0 < float(min_overlap) <= 1.0:
         raise InvalidInput(f"min_overlap must be in (0, 1], got {min_overlap}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise InvalidInput(f"k must be a positive integer or None, got {k!r}")
     span_a, span_b = dates.parse_range(date_a), dates.parse_range(date_b)
-    tbl = tiles.open_table(db, table)
-    area = Filters.of(bbox=bbox, polygon=polygon, near=near, max_cloud=max_cloud, max_nodata=max_nodata)
+    request = Request.of(db, table, bbox=bbox, polygon=polygon, near=near, max_cloud=max_cloud, max_nodata=max_nodata)
+    tbl, area = request.table, request.filters
     frame_a, outline_a = _side(tbl, span_a, area, newest_first=True)
     frame_b, outline_b = _side(tbl, span_b, area, newest_first=False)
     keep = one_per_place(outline_a, min_overlap)

@@ -56,12 +56,20 @@ def classify(
 ) -> pd.DataFrame:
     """Zero-shot label probabilities for one image or a list of images.
 
-    ``images``: paths, ``s3://`` URIs, PIL images or HWC uint8 arrays (or one of them). ``labels``: class
-    names (underscores read as spaces); ``templates``: prompt templates with one ``{}``
-    (default :data:`rsclip.model.prompts.TEMPLATES`, the evaluation's ensemble). Returns a DataFrame with one row
-    per image and one column per label (probabilities summing to 1 per row), indexed 0..N-1, plus
-    ``label`` (the most probable one). Raises ``InvalidInput`` for no or duplicate or blank labels, bad
-    templates and unreadable images.
+    Args:
+        images: Paths, ``s3://`` URIs, PIL images or HWC uint8 arrays (or one of them).
+        labels: Class names (underscores read as spaces), at least two.
+        templates: Prompt templates with one ``{}`` (default :data:`rsclip.model.prompts.TEMPLATES`, the
+            evaluation's ensemble).
+        model: A source (hub id, folder, ``s3://``) or a loaded encoder (None: the default model).
+        logit_scale: The softmax's scale (None: the model's own temperature).
+
+    Returns:
+        A DataFrame with one row per image and one column per label (probabilities summing to 1 per row),
+        indexed 0..N-1, plus ``label`` (the most probable one).
+
+    Raises:
+        InvalidInput: For no or duplicate or blank labels, bad templates and unreadable images.
     """
     labels = list(labels) if not isinstance(labels, str) else [labels]
     if len(labels) < 2:
