@@ -17,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rsclip.app.keys import KEY_LABEL_COUNTS, view_key
-from rsclip.app.mapview import COMPONENT_NAME
+from rsclip.app.web.keys import KEY_LABEL_COUNTS, view_key
+from rsclip.app.web.views.maps import COMPONENT_NAME
 from infra.local_stack import free_port
-from rsclip.app.server import describe_window, serve, source_name
+from rsclip.app.server import serve
+from rsclip.app.web.text import describe_window, source_name
 from rsclip.table import tiles
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,6 +182,24 @@ def app_page(browser, server):
     finally:
         pg.context.close()
     assert_only(requests, {server.url.rstrip("/")})
+
+
+def server_and_page(db_fixture: str, name: str):
+    """The two fixtures of a browser test module: ``name``, the module's ``rsclip serve`` of the table that the
+    fixture ``db_fixture`` (a dict with ``"db"``) built, and ``page``, a fresh page each test whose requests must
+    all go to that server's origin. Use: ``map_server, page = server_and_page("geo_db", "map_server")``."""
+
+    @pytest.fixture(scope="module", name=name)
+    def server_fixture(request):
+        with served(request.getfixturevalue(db_fixture)["db"]) as web:
+            yield web
+
+    @pytest.fixture(name="page")
+    def page_fixture(browser, request):
+        with app_page(browser, request.getfixturevalue(name)) as pg:
+            yield pg
+
+    return server_fixture, page_fixture
 
 
 def map_frame(pg, count: int | None = None):

@@ -22,8 +22,8 @@ from PIL import Image
 
 import rsclip
 from rsclip.app.cli import main
-from rsclip.app.finder import find_feature
-from rsclip.app.preview import decode_upload
+from rsclip.app.web.data.finder import find_feature
+from rsclip.app.web.data.uploads import decode_upload
 from rsclip.geo import raster
 from rsclip.geo.images import read_image
 from rsclip.model.clip import load_model

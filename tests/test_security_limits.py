@@ -23,15 +23,18 @@ import pytest
 import rasterio
 from PIL import Image
 
-from rsclip.app import preview, server
+from rsclip.app import server
 from rsclip.app.cli import main
-from rsclip.app.finder import MAX_PATCH_THUMBNAILS, OVERLAY_MAX_SIDE, THUMBNAIL_SIDE, find_feature
+from rsclip.app.web import text as web_text
+from rsclip.app.web.data import uploads
+from rsclip.app.web.data.finder import MAX_PATCH_THUMBNAILS, OVERLAY_MAX_SIDE, THUMBNAIL_SIDE, find_feature
 from rsclip.runtime import storage
 from rsclip.table import tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput
 from rsclip.search import query as query_module
 from rsclip.search.locate import MAX_PATCHES
-from rsclip.search.query import MAX_TEXT_CHARS, Text, query, query_text, text_vector
+from rsclip.search.encoding import MAX_TEXT_CHARS, Text, text_vector
+from rsclip.search.query import query, query_text
 from rsclip.search.searchers import MAX_K
 from tests.helpers import write_scene_table
 
@@ -150,7 +153,7 @@ def test_a_small_png_of_huge_dimensions_is_refused_before_decoding(tmp_path):
     # hold 9,400^2 x 3 = 265 MB).
     probe = (
         "import resource, sys\n"
-        "from rsclip.app.preview import decode_upload\n"
+        "from rsclip.app.web.data.uploads import decode_upload\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    decode_upload(data, 'bomb.png')\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n"
@@ -160,15 +163,15 @@ def test_a_small_png_of_huge_dimensions_is_refused_before_decoding(tmp_path):
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     message, grown_mb = done.stdout.strip().splitlines()
     assert message.startswith("LimitExceeded bomb.png: 9400x9400 pixels exceeds the decode limit of "
-                              f"{preview.MAX_UPLOAD_PIXELS}"), done.stdout + done.stderr
+                              f"{uploads.MAX_UPLOAD_PIXELS}"), done.stdout + done.stderr
     assert int(grown_mb) < 50
 
 
 def test_upload_limits_name_themselves():
-    with pytest.raises(LimitExceeded, match=f"upload limit of {preview.MAX_UPLOAD_MB} MB"):
-        preview.decode_upload(b"\0" * (preview.MAX_UPLOAD_BYTES + 1), "huge.png")
+    with pytest.raises(LimitExceeded, match=f"upload limit of {uploads.MAX_UPLOAD_MB} MB"):
+        uploads.decode_upload(b"\0" * (uploads.MAX_UPLOAD_BYTES + 1), "huge.png")
     command = server.streamlit_command(server.WebConfig(db="db"), "127.0.0.1", 8501)
-    assert f"--server.maxUploadSize={preview.MAX_UPLOAD_MB}" in command  # the same constant
+    assert f"--server.maxUploadSize={uploads.MAX_UPLOAD_MB}" in command  # the same constant
 
 
 def test_patch_count_text_length_and_k_are_bounded(tiny_model, small_db):
@@ -184,8 +187,8 @@ def test_patch_count_text_length_and_k_are_bounded(tiny_model, small_db):
     for k in (0, MAX_K + 1, 2.5, True):
         with pytest.raises(InvalidInput, match="k must be"):
             query_text(small_db, "x", k)
-    with pytest.raises(LimitExceeded, match=f"limit of {server.MAX_BBOX_CHARS}"):
-        server.parse_bbox("1, " * server.MAX_BBOX_CHARS)
+    with pytest.raises(LimitExceeded, match=f"limit of {web_text.MAX_BBOX_CHARS}"):
+        web_text.parse_bbox("1, " * web_text.MAX_BBOX_CHARS)
 
 
 def test_a_feature_match_is_small_whatever_the_upload(tiny_model):
@@ -195,7 +198,7 @@ def test_a_feature_match_is_small_whatever_the_upload(tiny_model):
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     data = buf.getvalue()
-    assert len(data) <= preview.MAX_UPLOAD_BYTES
+    assert len(data) <= uploads.MAX_UPLOAD_BYTES
     match = find_feature(data, "scene.png", "storage tanks", model=str(tiny_model), grid=(10, 10))
     assert len(match.patches) == 100 and len(match.thumbnails) == MAX_PATCH_THUMBNAILS
     assert all(max(t.shape[:2]) <= THUMBNAIL_SIDE for t in match.thumbnails.values())
@@ -239,7 +242,7 @@ def test_locate_out_on_a_big_raster_reads_decimated(tiny_model, tmp_path, capsys
     "# heading\n- item\n> quote", "<https://host.invalid>", "a\\b & &lt; www.host.invalid",
 ])
 def test_escape_markdown_leaves_no_syntax(value):
-    escaped = server.escape_markdown(value)
+    escaped = web_text.escape_markdown(value)
     assert "\n" not in escaped
     assert re.sub(r"\\(.)", r"\1", escaped) == " ".join(value.splitlines())  # shown exactly as it was
     bare = re.sub(r"\\.", "", escaped)  # what is left once every escaped character is taken out
@@ -249,7 +252,7 @@ def test_escape_markdown_leaves_no_syntax(value):
 def test_server_flags_keep_xsrf_cors_upload_cap_and_hosts():
     local = server.streamlit_command(server.WebConfig(db="db"), "127.0.0.1", 8501, ("team.example.org",))
     for flag in ("--server.enableXsrfProtection=true", "--server.enableCORS=true", "--server.enableAgentApi=false",
-                 f"--server.maxUploadSize={preview.MAX_UPLOAD_MB}", f"--server.maxMessageSize={server.MAX_MESSAGE_MB}",
+                 f"--server.maxUploadSize={uploads.MAX_UPLOAD_MB}", f"--server.maxMessageSize={server.MAX_MESSAGE_MB}",
                  "--server.address=127.0.0.1", "--server.allowedHosts=localhost",
                  "--server.allowedHosts=team.example.org", "--client.showErrorDetails=none"):
         assert flag in local

@@ -30,14 +30,17 @@ from rsclip.geo import raster
 from rsclip.table import tiles
 from rsclip.geo.images import read_image
 from rsclip.model.clip import load_model
-from rsclip.app.finder import find_feature
-from rsclip.app.preview import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, decode_upload, read_preview
+from rsclip.app.web.data.finder import find_feature
+from rsclip.app.web.data.previews import read_preview
+from rsclip.app.web.data.uploads import MAX_UPLOAD_MB, MAX_UPLOAD_PIXELS, decode_upload
 from rsclip.geo.windows import Window
 from rsclip.search.query import query, query_text, similar_tiles, tile_vector
-from rsclip.app.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS, KEY_FEATURE_UPLOAD,
-                             KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD, KEY_TEXT_RESULTS, VIEW_FEATURE, VIEW_IMAGE)
-from rsclip.app.server import (APP_SCRIPT, DEFAULT_K, WebConfig, app_url, describe_window, open_instructions, parse_bbox,
-                               readable_error, serve, source_name, streamlit_command)
+from rsclip.app.web.keys import (KEY_BBOX, KEY_FEATURE_GRID, KEY_FEATURE_OVERLAY, KEY_FEATURE_RESULTS,
+                                 KEY_FEATURE_UPLOAD, KEY_IMAGE_RESULTS, KEY_IMAGE_UPLOAD, KEY_TEXT_RESULTS, VIEW_FEATURE,
+                                 VIEW_IMAGE)
+from rsclip.app.server import APP_SCRIPT, WebConfig, app_url, open_instructions, serve, streamlit_command
+from rsclip.app.web.layout import DEFAULT_K
+from rsclip.app.web.text import describe_window, parse_bbox, readable_error, source_name
 from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, expected_captions, hit_captions, open_app,
                                    enter_text, search_text, served, wait_captions, wait_idle,
                                    wait_images_loaded, wait_text)

@@ -21,19 +21,21 @@ import pandas as pd
 import pytest
 
 from infra.local_stack import free_port
-from rsclip.app import detection_runs, mapdata
-from rsclip.app.keys import (KEY_AREA, KEY_AREA_GEOJSON, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS,
-                             KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
-                             KEY_TEXT_RESULTS, VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
-from rsclip.app.server import DEFAULT_K, serve, source_name, validate_basemap
+from rsclip.app.web.data import detection_runs, mapdata
+from rsclip.app.web.keys import (KEY_AREA, KEY_AREA_GEOJSON, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS,
+                                 KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
+                                 KEY_TEXT_RESULTS, VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
+from rsclip.app.server import serve, validate_basemap
+from rsclip.app.web.layout import DEFAULT_K
+from rsclip.app.web.text import source_name
 from rsclip.table import labels, rows, tiles
 from rsclip.search import export
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
-from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, app_page, assert_no_traceback, assert_only, click_map_tile,
+from tests.browser_helpers import (MAP_FRAME, UI_TIMEOUT_MS, assert_no_traceback, assert_only, click_map_tile,
                                    counts, download, expected_captions, geojson_rows, hit_captions, label_set_named,
-                                   map_frame, open_app, press, recorded_page, search_text, served, wait_captions,
-                                   wait_images_loaded, wait_text)
+                                   map_frame, open_app, press, recorded_page, search_text, server_and_page,
+                                   wait_captions, wait_images_loaded, wait_text)
 from tests.geo_helpers import scene_grid_table
 
 QUERY = "a lake beside fields"
@@ -48,17 +50,7 @@ def geo_db(tiny_model, tmp_path_factory):
     return {"db": str(db), "rows": len(rows)}
 
 
-@pytest.fixture(scope="module")
-def map_server(geo_db):
-    with served(geo_db["db"]) as web:
-        yield web
-
-
-@pytest.fixture
-def page(browser, map_server):
-    """A fresh page; afterwards, every request it made must have gone to the app's own origin."""
-    with app_page(browser, map_server) as pg:
-        yield pg
+map_server, page = server_and_page("geo_db", "map_server")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -396,7 +388,7 @@ def test_a_table_without_bounds_keeps_the_grid(tiny_model, rsicd_files, tmp_path
     """Chips without georeference: no map, no area panel; the results are the grid of cards."""
     from streamlit.testing.v1 import AppTest
 
-    from rsclip.app.keys import KEY_TEXT
+    from rsclip.app.web.keys import KEY_TEXT
     from rsclip.app.server import APP_SCRIPT
     from tests.helpers import spread_files, write_scene_table
 
@@ -472,7 +464,7 @@ def test_map_features_are_the_tiles_footprints_in_rank_order(geo_db):
 
 def test_thumbnails_are_placed_at_the_window_corners(geo_db):
     """A thumbnail's three corners are the raster window's corners in WGS84, i.e. corners of its footprint."""
-    from rsclip.app.preview import read_preview, window_corners
+    from rsclip.app.web.data.previews import read_preview, window_corners
     from rsclip.geo.windows import Window
 
     row = text_hits(geo_db["db"], QUERY).iloc[0]
@@ -538,7 +530,7 @@ def test_the_map_ships_in_the_package(tmp_path):
     import sys
     import zipfile
 
-    from rsclip.app.mapview import STATIC_DIR
+    from rsclip.app.web.views.maps import STATIC_DIR
     from tests.helpers import ROOT
 
     source = tmp_path / "src"
@@ -550,10 +542,10 @@ def test_the_map_ships_in_the_package(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = (tmp_path / "wheel").glob("rsclip-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    ours = {f"rsclip/app/static/map/{p.relative_to(STATIC_DIR).as_posix()}"
+    ours = {f"rsclip/app/web/static/map/{p.relative_to(STATIC_DIR).as_posix()}"
             for p in STATIC_DIR.rglob("*") if p.is_file()}
-    assert {"rsclip/app/static/map/leaflet/leaflet.js", "rsclip/app/static/map/leaflet/LICENSE",
-            "rsclip/app/static/map/map.js", "rsclip/app/static/map/index.html"} <= ours
+    assert {"rsclip/app/web/static/map/leaflet/leaflet.js", "rsclip/app/web/static/map/leaflet/LICENSE",
+            "rsclip/app/web/static/map/map.js", "rsclip/app/web/static/map/index.html"} <= ours
     assert ours <= shipped, sorted(ours - shipped)
     leaflet = (STATIC_DIR / "leaflet" / "leaflet.js").read_text()
     assert "sourceMappingURL" not in leaflet and 'version="1.9.4"' in leaflet

@@ -21,23 +21,23 @@ import pyarrow as pa
 import pytest
 
 import rsclip
-from rsclip.app import timedata
-from rsclip.app.date_filter import NO_COLUMNS
-from rsclip.app.keys import (KEY_CHANGES_RESULTS, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY,
-                             KEY_DETECT_RESULTS, KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
-                             KEY_MAX_CLOUD, KEY_MAX_NODATA, KEY_TEXT, KEY_TEXT_RESULTS, STATE_SELECTED, VIEW_CHANGES, VIEW_DETECT, VIEW_LABELS,
-                             VIEW_TEXT, view_key)
-from rsclip.app.server import DEFAULT_K
-from rsclip.app.timeline_view import NO_DATES
+from rsclip.app.web.data import timedata
+from rsclip.app.web.keys import (KEY_CHANGES_RESULTS, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY,
+                                 KEY_DETECT_RESULTS, KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
+                                 KEY_MAX_CLOUD, KEY_MAX_NODATA, KEY_TEXT, KEY_TEXT_RESULTS, STATE_SELECTED, VIEW_CHANGES,
+                                 VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
+from rsclip.app.web.layout import DEFAULT_K
+from rsclip.app.web.views.date_filter import NO_COLUMNS
+from rsclip.app.web.views.timeline import NO_DATES
 from rsclip.geo import dates, raster
 from rsclip.table import detections, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.ingest import listing
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
-from tests.browser_helpers import (UI_TIMEOUT_MS, app_page, assert_no_traceback, click_map_tile, counts, download,
-                                   enter_text, geojson_rows, label_set_named, map_frame, open_app, poll, press, search_text,
-                                   served, wait_captions, wait_idle, wait_text)
+from tests.browser_helpers import (UI_TIMEOUT_MS, assert_no_traceback, click_map_tile, counts, download, enter_text,
+                                   geojson_rows, label_set_named, map_frame, open_app, poll, press, search_text,
+                                   server_and_page, wait_captions, wait_idle, wait_text)
 from tests import stac_helpers as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
 
@@ -76,17 +76,7 @@ def time_db(tiny_model, tmp_path_factory):
     return {"db": str(db), "frame": frame}
 
 
-@pytest.fixture(scope="module")
-def time_server(time_db):
-    with served(time_db["db"]) as web:
-        yield web
-
-
-@pytest.fixture
-def page(browser, time_server):
-    """A fresh page; afterwards, every request it made must have gone to the app's own origin."""
-    with app_page(browser, time_server) as pg:
-        yield pg
+time_server, page = server_and_page("time_db", "time_server")
 
 
 # ------------------------------------------------------------------------------------------ helpers

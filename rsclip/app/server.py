@@ -1,56 +1,17 @@
-"""The web app: search a tile table by text, image or examples, see the hits on a map, label them, run and
-review detections, download GeoJSON/GeoParquet; in Streamlit.
+"""Starting the web app: :func:`serve` runs ``streamlit run`` on :data:`APP_SCRIPT` (the page,
+``rsclip/app/web/page.py``) with settings that keep the app local and offline: bound to 127.0.0.1 unless told
+otherwise, usage statistics off, no file watcher, no developer toolbar, and error details hidden from the
+browser (Streamlit serves its own fonts and scripts, the map's Leaflet is served from the package: nothing is
+fetched from a CDN, and no basemap unless ``--basemap`` names one).
 
-:func:`serve` runs ``streamlit run`` on :data:`APP_SCRIPT` (the page, ``rsclip/app/page.py``) with
-settings that keep the app local and offline: bound to 127.0.0.1 unless told otherwise, usage statistics
-off, no file watcher, no developer toolbar, and error details hidden from the browser (Streamlit serves
-its own fonts and scripts, the map's Leaflet is served from the package: nothing is fetched from a CDN, and
-no basemap unless ``--basemap`` names one).
-
-The views (their modules say more):
-
-1. **Text search** (:mod:`rsclip.app.search_views`): a text query ranks the table's tiles. The hits' true
-   WGS84 footprints are drawn on a map coloured by score, with thumbnails when zoomed in; a click opens a
-   tile's panel (large preview, bounds, "Similar tiles", label buttons) (:mod:`rsclip.app.mapview`,
-   :mod:`rsclip.app.results`). Below, a card per hit: its preview cut from the source object by the tile
-   window, score, window, bounds, "Similar tiles", "+" and "-". Tables without bounds get the cards alone.
-2. **Image search**: an uploaded image, or the "Similar tiles" button of any hit, ranks tiles by image
-   similarity (a clicked tile is searched by its stored embedding and left out of its own results).
-3. **Labels**: the label set chosen or named in the sidebar (:mod:`rsclip.app.labelling`), its tiles, and
-   "Find more like these" (the example search of its positives and negatives).
-4. **Detections** (:mod:`rsclip.app.detect_view`): run the detector for the label set in the background
-   (:mod:`rsclip.app.detection_runs`) and review its detections above a threshold, best first.
-5. **Changes** (:mod:`rsclip.app.changes_view`): two dates; the places whose embedding moved most between
-   them, on the map coloured by change (``rsclip.changes``).
-6. **Feature finder** (:mod:`rsclip.app.feature_view`): an uploaded image is cut into a patch grid and each
-   patch scored against a typed feature; the grid of probabilities and a heatmap overlay are shown.
-
-Where and when to search (sidebar, every view): a typed bounding box and/or an area drawn on any map; a
-date range and, where the table records them, cloud cover and nodata limits (:mod:`rsclip.app.date_filter`).
-A tile opened on a map shows its timeline: the tiles of its place by date with their similarity
-(:mod:`rsclip.app.timeline_view`). Results, labels, detections and changes download as GeoJSON or
-GeoParquet (:mod:`rsclip.app.downloads`).
-
-Searches run on a resident copy of the table (``query(..., resident=True)``, :mod:`rsclip.resident`): the
-server is long-lived, so it loads the table version once (~2.2 KB of memory per 512-d row) and answers each
-query from memory plus the index's candidate row ids.
-
-What a visitor sends is bounded and never read as a path: typed text is encoded as text
-(``rsclip.search.query.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
-``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
-:mod:`rsclip.app.preview`; the bounding box is parsed into four floats and checked by
-:func:`rsclip.query.validate_bbox`; an area drawn on the map is bounded and validated as a WGS84 polygon
-(:mod:`rsclip.app.mapdata`); typed dates are ISO dates of at most ten characters, checked before use
-(:mod:`rsclip.app.timedata`); a typed label-set name must match the labels module's pattern; detection runs
-and downloads are bounded. No SQL is built here from anything a visitor sends: searches take validated
-filters, tile ids are checked against :data:`TILE_ID_PATTERN`. Object names, table values, upload names and
-messages are shown as plain text (:func:`escape_markdown`; on the map, ``textContent``): nothing in them
-makes a browser fetch or render.
+``rsclip serve`` (:mod:`rsclip.app.cli.serve`), the tests and ``infra/demo.py`` start the app through this
+module, which sits beside the two applications and imports neither: Streamlit runs the page as a script in its
+own process, named here by its file, so neither the command line nor this module imports the web app (or
+Streamlit). The page itself is described in :mod:`rsclip.app.web`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
@@ -64,23 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
-import numpy as np
-
 from rsclip import errors
-from rsclip.app.preview import MAX_UPLOAD_MB
+from rsclip.app.processes import stop_process_group
 from rsclip.table import tiles
-from rsclip.search.filters import BBox, validate_bbox
 
-APP_SCRIPT = Path(__file__).with_name("page.py")
+# The page Streamlit runs as a script (a file, not an import: see the module).
+APP_SCRIPT = Path(__file__).parent / "web" / "page.py"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
-DEFAULT_K = 12
-MAX_K = 100
-PREVIEW_SIZE = 256
-GRID_COLUMNS = 4
-MAX_MESSAGE_CHARS = 300
-# Longest bounding box text accepted (four numbers need a few dozen characters).
-MAX_BBOX_CHARS = 200
+# Uploads (a query image, or one scene for the feature finder; archives are embedded by the job). The one size
+# limit: Streamlit's server.maxUploadSize is set from it, rsclip.app.web.data.uploads checks the bytes.
+MAX_UPLOAD_MB = 32
 # Largest WebSocket message either side may send (widget values in, page elements out; images and uploads go
 # over HTTP): Streamlit's default of 200 MB would let one visitor send 200 MB of "typed text".
 MAX_MESSAGE_MB = 16
@@ -93,10 +48,6 @@ MAX_BASEMAP_CHARS = 500
 BASEMAP_PATTERN = re.compile(r"https?://[^\s\"'<>`\\]+")
 # Seconds serve(block=False) waits for the server to answer its health check.
 START_TIMEOUT_S = 60.0
-
-# Feature finder: the default and largest patch grid.
-DEFAULT_GRID = (3, 3)
-MAX_GRID = 16
 
 
 @dataclass(frozen=True)
@@ -137,15 +88,7 @@ class WebServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (its whole process group) and wait for it."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+        stop_process_group(self.process, timeout)
 
 
 def app_url(host: str, port: int) -> str:
@@ -165,7 +108,7 @@ def streamlit_command(config: WebConfig, host: str, port: int, hosts: Sequence[s
     """The ``python -m streamlit run`` command line serving ``config`` on ``host:port``.
 
     Hardening kept explicit rather than left to Streamlit's defaults: XSRF protection and CORS on, the
-    upload cap of :data:`rsclip.app.preview.MAX_UPLOAD_MB`, no agent API, error details hidden, and the
+    upload cap of :data:`MAX_UPLOAD_MB`, no agent API, error details hidden, and the
     Host names of :func:`allowed_hosts` (``hosts`` added).
     """
     flags = {
@@ -296,69 +239,3 @@ def validate_basemap(template: str | None) -> str | None:
                                   "https://tiles.example.org/{z}/{x}/{y}.png")
     return text
 
-
-def parse_bbox(text: str | None) -> BBox | None:
-    """A bounding box typed as ``lon_min, lat_min, lon_max, lat_max`` (commas and/or spaces); None when blank.
-
-    Raises ``ValueError`` with a readable message for anything else (see ``rsclip.query.validate_bbox``).
-    """
-    if text is None or not text.strip():
-        return None
-    if len(text) > MAX_BBOX_CHARS:
-        raise errors.LimitExceeded(f"bounding box text is {len(text):,} characters long, more than the limit of "
-                                   f"{MAX_BBOX_CHARS}")
-    parts = [p for p in re.split(r"[,\s;]+", text.strip()) if p]
-    if len(parts) != 4:
-        raise ValueError(
-            f"bounding box needs four numbers lon_min, lat_min, lon_max, lat_max; got {len(parts)} value(s)"
-        )
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"bounding box values must be numbers, got {text.strip()!r}") from None
-    return validate_bbox(numbers)
-
-
-def describe_bounds(row) -> str:
-    """``lon/lat`` bounds of a hit as text, or a note that the tile has no georeference."""
-    values = [row[c] for c in tiles.BOUNDS_COLUMNS]
-    if any(v is None or not np.isfinite(v) for v in values):
-        return "no georeference"
-    lon_min, lat_min, lon_max, lat_max = values
-    return f"lon {lon_min:.4f} to {lon_max:.4f}, lat {lat_min:.4f} to {lat_max:.4f}"
-
-
-def describe_window(row) -> str:
-    """The tile window of a hit as text."""
-    return f"x={int(row[tiles.X])} y={int(row[tiles.Y])} {int(row[tiles.WIDTH])}x{int(row[tiles.HEIGHT])} px"
-
-
-def source_name(uri: str) -> str:
-    """The last path component of a source URI (full URI in the tooltip)."""
-    return str(uri).rstrip("/").rsplit("/", 1)[-1]
-
-
-# ASCII punctuation: each can start markdown (links, images, HTML, emphasis, colour and icon directives, math).
-_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-
-
-def escape_markdown(text) -> str:
-    """``text`` as Streamlit markdown that shows it as is: every ASCII punctuation mark backslash-escaped and
-    line breaks made spaces, so an object name, a table value or an upload name renders no image, link,
-    HTML, directive or formula. Every such value goes through here before ``st.markdown``/``caption``/
-    ``error``/``help``."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
-
-
-def readable_error(exc: BaseException) -> str:
-    """A one-line message for the page.
-
-    Object-store faults (which LanceDB reports as long debug dumps) become a short sentence naming the
-    cause; other errors keep their first line, cut to :data:`MAX_MESSAGE_CHARS` (ValueError text as is,
-    anything else prefixed with its type name).
-    """
-    fault = errors.store_fault(exc)
-    if fault is not None and not isinstance(exc, errors.RsclipError):
-        return fault.advice
-    first = errors.one_line(exc, MAX_MESSAGE_CHARS)
-    return first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"

@@ -1,62 +1,47 @@
-"""The ``rsclip`` sub-commands about time, and the time filters every search command takes:
+"""The ``rsclip`` commands about time: the tiles of one place over time, and the places that changed most
+between two dates.
 
-    rsclip query DB "farmland" --date 2020-01-01/2021-06-30 [--max-cloud 10] [--max-nodata 0.2]
     rsclip timeline DB (TILE_ID | --at LON LAT) [--reference DATE_OR_ID] [--date RANGE]
     rsclip changes DB DATE_A DATE_B [--bbox ...] [--polygon P] [-k 20] [--min-overlap 0.5]
-    rsclip upgrade DB          # add the columns newer rsclip records (all null) to an older table, in place
 
-A date is ``2020``, ``2020-08``, ``2020-08-31`` or an ISO 8601 time; a range is ``START/END`` with ``..`` (or
-nothing) for an open end. An end given as a day includes that day.
+Dates and ranges are written as for ``rsclip query --date`` (:mod:`rsclip.app.cli.options`).
 """
 
 from __future__ import annotations
 
-from rsclip.table import tiles
+import argparse
+from typing import Sequence
+
+import pandas as pd
+
+from rsclip.app.cli.options import add_polygon_argument, add_time_arguments, area, numbers, time_filters, with_table
+from rsclip.app.cli.output import print_json, print_table, records
 from rsclip.errors import InvalidInput
+from rsclip.search.timeline import changes, timeline
 
 TIMELINE_SHOWN = ("datetime", "uri", "similarity", "cloud_cover", "nodata_fraction", "x", "y", "width", "height")
 CHANGES_SHOWN = ("change", "datetime", "datetime_b", "overlap", "uri", "x", "y", "width", "height")
 
 
-def add_time_arguments(parser) -> None:
-    """``--date``, ``--max-cloud`` and ``--max-nodata`` on a search command."""
-    parser.add_argument("--date", metavar="RANGE", help="tiles acquired in START/END, e.g. 2020-01-01/2021-06-30 "
-                                                        "(.. or nothing for an open end; a day, month or year)")
-    parser.add_argument("--max-cloud", type=float, metavar="PERCENT", help="tiles of items at most this cloudy")
-    parser.add_argument("--max-nodata", type=float, metavar="FRACTION",
-                        help="tiles with at most this share of nodata pixels (0..1)")
-
-
-def time_filters(args) -> dict:
-    """The time filters of a command's arguments (none when the command has no such options)."""
-    return {"date": getattr(args, "date", None), "max_cloud": getattr(args, "max_cloud", None),
-            "max_nodata": getattr(args, "max_nodata", None)}
-
-
-def _show(args, frame, columns) -> None:
-    from rsclip.app.cli import _print_json, _print_table, _records
-
+def _show(args: argparse.Namespace, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """``frame`` as JSON records (without vectors and footprints) with ``--json``, else its ``columns``."""
     if args.json:
-        _print_json(_records(frame.drop(columns=[c for c in ("vector", "footprint") if c in frame.columns])))
+        print_json(records(frame.drop(columns=[c for c in ("vector", "footprint") if c in frame.columns])))
         return
-    _print_table(frame[[c for c in columns if c in frame.columns]])
+    print_table(frame[[c for c in columns if c in frame.columns]])
 
 
-def cmd_timeline(args) -> None:
-    from rsclip.app.cli import _numbers
-    from rsclip.search.timeline import timeline
-
+def cmd_timeline(args: argparse.Namespace) -> None:
+    """``rsclip timeline``: the tiles of a place by date, with their similarity to a reference."""
     if (args.tile is None) == (args.at is None):
         raise InvalidInput("give the place: a tile id, or --at LON LAT (one of them)")
-    place = args.tile if args.tile is not None else _numbers(args.at, 2, "--at (lon lat)")
+    place = args.tile if args.tile is not None else numbers(args.at, 2, "--at (lon lat)")
     frame = timeline(args.db, place, table=args.table, reference=args.reference, **time_filters(args))
     _show(args, frame, ("id",) + TIMELINE_SHOWN if args.ids else TIMELINE_SHOWN)
 
 
-def cmd_changes(args) -> None:
-    from rsclip.app.commands_geo import area
-    from rsclip.search.timeline import changes
-
+def cmd_changes(args: argparse.Namespace) -> None:
+    """``rsclip changes``: places ranked by how much their embedding moved between two dates."""
     place = area(args)  # the area and the quality filters; the dates are the command's own
     place.pop("where"), place.pop("date")
     frame = changes(args.db, args.date_a, args.date_b, table=args.table, k=args.k or None,
@@ -64,26 +49,8 @@ def cmd_changes(args) -> None:
     _show(args, frame, ("id", "id_b") + CHANGES_SHOWN if args.ids else CHANGES_SHOWN)
 
 
-def cmd_upgrade(args) -> None:
-    from rsclip.app.cli import _print_json
-
-    table = tiles.open_table(args.db, args.table)
-    before = set(table.schema.names)
-    tiles.upgrade_table(table)
-    added = [c for c in table.schema.names if c not in before]
-    if args.json:
-        _print_json({"table": args.table, "added": added, "rows": table.count_rows()})
-        return
-    print(f"{args.table}: " + (f"added {', '.join(added)} (null); {table.count_rows()} rows kept" if added
-                               else "up to date"))
-
-
-def register(sub, with_table) -> None:
-    """Add ``timeline``, ``changes`` and ``upgrade``, and the time filters to ``query`` and ``export``."""
-    from rsclip.app.commands_geo import add_polygon_argument
-
-    for name in ("query", "export"):
-        add_time_arguments(sub.choices[name])
+def add_timeline_parser(sub) -> None:
+    """The ``timeline`` sub-command."""
     tl = with_table(sub.add_parser("timeline", help="the tiles of one place over time, with their similarity "
                                                     "to the first (or a chosen) date"))
     tl.add_argument("tile", nargs="?", metavar="TILE_ID", help="a tile: the place is its centre")
@@ -92,6 +59,10 @@ def register(sub, with_table) -> None:
     tl.add_argument("--ids", action="store_true", help="show tile ids")
     add_time_arguments(tl)
     tl.set_defaults(run=cmd_timeline)
+
+
+def add_changes_parser(sub) -> None:
+    """The ``changes`` sub-command."""
     ch = with_table(sub.add_parser("changes", help="places ranked by how much their embedding moved between two "
                                                    "dates"))
     ch.add_argument("date_a", metavar="DATE_A", help="a day, month, year or START/END range")
@@ -106,6 +77,3 @@ def register(sub, with_table) -> None:
     ch.add_argument("--max-nodata", type=float, metavar="FRACTION", help="tiles with at most this nodata share")
     ch.add_argument("--ids", action="store_true", help="show tile ids")
     ch.set_defaults(run=cmd_changes)
-    up = with_table(sub.add_parser("upgrade", help="add the columns newer rsclip records to an older table "
-                                                   "(null; nothing is embedded again)"))
-    up.set_defaults(run=cmd_upgrade)

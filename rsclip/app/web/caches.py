@@ -3,7 +3,7 @@
 Every cache is bounded in entries and holds small values, so it is bounded in bytes too: a preview is at most
 ``PREVIEW_SIZE``^2 RGB (~200 KB: <= ~50 MB in all), a panel preview ``PANEL_PREVIEW_SIZE``^2 (~800 KB, 16 of
 them), a map thumbnail a ~5 KB JPEG data URI, the footprints of one result list at most
-``MAX_MAP_FEATURES`` WKB polygons, a feature match a few MB (:mod:`rsclip.app.finder`), a timeline or a
+``MAX_MAP_FEATURES`` WKB polygons, a feature match a few MB (:mod:`rsclip.app.web.data.finder`), a timeline or a
 comparison of dates the rows of one place or of at most ``MAX_K`` places, without vectors.
 """
 
@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from rsclip.app import mapdata, timedata
-from rsclip.app.finder import FeatureMatch, find_feature
-from rsclip.app.preview import read_preview, window_corners
-from rsclip.app.server import PREVIEW_SIZE
+from rsclip.app.web.data import mapdata, timedata
+from rsclip.app.web.data.finder import FeatureMatch, find_feature
+from rsclip.app.web.data.previews import read_preview, window_corners
+from rsclip.app.web.layout import PREVIEW_SIZE
 from rsclip.table import tiles
 from rsclip.geo.windows import Window
 from rsclip.search import timeline as timelines
@@ -78,7 +78,7 @@ def changes(db: str, table: str, version: int, date_a: str, date_b: str, k: int,
 
 @st.cache_data(max_entries=FEATURE_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def feature_match(data: bytes, name: str, text: str, model: str, grid, tile) -> FeatureMatch:
-    """:func:`rsclip.app.finder.find_feature`, cached."""
+    """:func:`rsclip.app.web.data.finder.find_feature`, cached."""
     return find_feature(data, name, text, model=model, grid=grid, tile=tile)
 
 
@@ -96,7 +96,7 @@ def panel_preview(uri: str, x: int, y: int, width: int, height: int) -> np.ndarr
 
 @st.cache_data(max_entries=THUMBNAIL_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def map_thumbnail(uri: str, window: tuple, bounds: tuple) -> dict | None:
-    """``{"thumb", "thumb_size", "corners"}`` of a tile for the map (see :mod:`rsclip.app.mapdata`): its
+    """``{"thumb", "thumb_size", "corners"}`` of a tile for the map (see :mod:`rsclip.app.web.data.mapdata`): its
     preview as a small JPEG data URI, placed at the raster window's corners (the bound box's for chips);
     None when the tile has no place or no readable preview."""
     try:

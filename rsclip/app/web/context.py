@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rsclip.app.server import WebConfig
-from rsclip.app.timedata import TableTimes, TimeFilter
+from rsclip.app.web.data.timedata import TableTimes, TimeFilter
 from rsclip.search.filters import BBox
 from rsclip.search.polygons import Region
 
 
 @dataclass
 class PageContext:
-    """The served table (``config``, its ``summary`` from :func:`rsclip.app.caches.table_summary`), the
+    """The served table (``config``, its ``summary`` from :func:`rsclip.app.web.caches.table_summary`), the
     visitor's choices (``k``, the search area as ``bbox`` and/or a drawn ``area``, the time and quality limits
     ``when``) and the current label set (``label``, None before one is chosen; ``labelled``: its tile ids ->
     +1/-1)."""
@@ -34,7 +34,7 @@ class PageContext:
 
     @property
     def times(self) -> TableTimes:
-        """What the table records of time (:class:`~rsclip.app.timedata.TableTimes`)."""
+        """What the table records of time (:class:`~rsclip.app.web.data.timedata.TableTimes`)."""
         return self.summary.get("times") or TableTimes()
 
     def filters(self, *, dated: bool = True) -> dict:

@@ -3,12 +3,13 @@
 Streamlit runs this file as a script (``streamlit run page.py -- --db DB --table NAME [--basemap URL]``,
 started by :func:`rsclip.app.server.serve`) and reruns it on every interaction; the ``__main__`` block is the
 only place the app reads argv. The views live in their modules: text and image search and the label set's
-"Find more like these" (:mod:`rsclip.app.search_views`), detections (:mod:`rsclip.app.detect_view`), changes
-between two dates (:mod:`rsclip.app.changes_view`), the feature finder (:mod:`rsclip.app.feature_view`);
-ranked tiles are drawn by :mod:`rsclip.app.results` (map, tile panel with its timeline, downloads, cards),
-the sidebar (where and when to search, labels) by :mod:`rsclip.app.sidebar`. Every value that comes from outside
-(object names, table values, upload names, typed text, error messages naming them) goes through
-``escape_markdown`` before it is drawn, and every cache is bounded (:mod:`rsclip.app.caches`).
+"Find more like these" (:mod:`rsclip.app.web.views.search`), detections (:mod:`rsclip.app.web.views.detections`),
+changes between two dates (:mod:`rsclip.app.web.views.changes`), the feature finder
+(:mod:`rsclip.app.web.views.feature_finder`); ranked tiles are drawn by :mod:`rsclip.app.web.views.results` (map,
+tile panel with its timeline, downloads, cards), the sidebar (where and when to search, labels) by
+:mod:`rsclip.app.web.views.sidebar`. Every value that comes from outside (object names, table values, upload
+names, typed text, error messages naming them) goes through ``escape_markdown`` before it is drawn, and every
+cache is bounded (:mod:`rsclip.app.web.caches`).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import sys
 
 import streamlit as st
 
-from rsclip.app import caches
-from rsclip.app.changes_view import changes_view
-from rsclip.app.detect_view import detect_view
-from rsclip.app.feature_view import feature_view
-from rsclip.app.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIEW_CHANGES, VIEW_DETECT, VIEW_FEATURE,
-                             VIEW_IMAGE, VIEW_LABELS, VIEW_TEXT, VIEWS)
-from rsclip.app.search_views import empty_map, failed, image_view, labels_view, text_view
-from rsclip.app.server import WebConfig, escape_markdown
-from rsclip.app.sidebar import sidebar
+from rsclip.app.server import WebConfig
+from rsclip.app.web import caches
+from rsclip.app.web.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIEW_CHANGES, VIEW_DETECT,
+                                 VIEW_FEATURE, VIEW_IMAGE, VIEW_LABELS, VIEW_TEXT, VIEWS)
+from rsclip.app.web.text import escape_markdown
+from rsclip.app.web.views.changes import changes_view
+from rsclip.app.web.views.detections import detect_view
+from rsclip.app.web.views.feature_finder import feature_view
+from rsclip.app.web.views.search import empty_map, failed, image_view, labels_view, text_view
+from rsclip.app.web.views.sidebar import sidebar
 from rsclip.table import tiles
 
 

@@ -1,7 +1,7 @@
-"""One detection run for the web app, in its own process: ``python -m rsclip.app.detect_worker --db DB --label L``.
+"""One detection run in its own process: ``python -m rsclip.app.web.data.detect_worker --db DB --label L``.
 
-The app (:mod:`rsclip.app.detection_runs`) starts this so that a run never blocks or burdens the server:
-Ray starts (or is joined) here, the probe trains and the table is scored here, and the process can be
+The web app (:mod:`rsclip.app.web.data.detection_runs`) starts this so that a run never blocks or burdens the
+server: Ray starts (or is joined) here, the probe trains and the table is scored here, and the process can be
 stopped. It takes the flags of :class:`rsclip.detect.pipeline.DetectConfig` and ``--ray-address`` (default:
 a private local Ray, as ``jobs/detect.py``), and prints one JSON object a line on stdout:
 
@@ -20,6 +20,7 @@ import sys
 from dataclasses import asdict
 
 from rsclip import errors
+from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.runtime import cluster, flags
 
 PIPELINE_LOGGER = "rsclip.detect.pipeline"
@@ -47,9 +48,8 @@ class ProgressLines(logging.Handler):
 
 def parse_args(argv: list[str] | None):
     """``(DetectConfig, ray address)`` from the command line."""
-    from rsclip.detect.pipeline import DetectConfig
-
-    parser = argparse.ArgumentParser(prog="python -m rsclip.app.detect_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rsclip.app.web.data.detect_worker",
+                                     description=__doc__.splitlines()[0])
     flags.add_arguments(parser, DetectConfig, required=("db", "label"))
     parser.add_argument("--ray-address", default=None, help="Ray cluster to use (default: a private local one)")
     args = parser.parse_args(argv)
@@ -58,8 +58,6 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one detection and report it as JSON lines; returns the exit status."""
-    from rsclip.detect.pipeline import run_detection
-
     logger = logging.getLogger(PIPELINE_LOGGER)
     logger.setLevel(logging.INFO)
     logger.addHandler(ProgressLines())

@@ -1,7 +1,7 @@
 """Detection runs started from the web app: one background process per run, bounded, watched, never waited on.
 
-A run is ``python -m rsclip.app.detect_worker`` (:mod:`rsclip.app.detect_worker`) in its own process
-session: the Streamlit server only starts it and reads its progress lines in a thread, so no visitor's
+A run is ``python -m rsclip.app.web.data.detect_worker`` (:mod:`rsclip.app.web.data.detect_worker`) in its own
+process session: the Streamlit server only starts it and reads its progress lines in a thread, so no visitor's
 page waits for it and the server keeps serving. Runs are bounded: one at a time per table (a second is
 refused while the first runs, whatever the label set: two runs would compete for the same cluster and
 the same detections table), at most :data:`MAX_RUNS` on one server, each stopped after
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from rsclip.app.processes import stop_process_group
 from rsclip.table import labels
 from rsclip.errors import InvalidInput, LimitExceeded
 
@@ -91,14 +90,7 @@ class DetectionRun:
 
     def stop(self) -> None:
         """End the worker's whole process group (Ray's local processes with it)."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(10)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process)
 
 
 _runs: dict[tuple[str, str], DetectionRun] = {}
@@ -113,7 +105,7 @@ def current_run(db: str, table: str) -> DetectionRun | None:
 
 def worker_command(run: DetectionRun, ray_address: str | None) -> list[str]:
     """The command line of ``run``'s worker process."""
-    cmd = [sys.executable, "-m", "rsclip.app.detect_worker", "--db", run.db, "--table", run.table,
+    cmd = [sys.executable, "-m", "rsclip.app.web.data.detect_worker", "--db", run.db, "--table", run.table,
            "--label", run.label, "--background", str(run.background)]
     return cmd + (["--ray-address", ray_address] if ray_address else [])
 

@@ -1,6 +1,6 @@
 """The feature finder of the web demo: one uploaded image, one typed text, patch probabilities and a heatmap.
 
-:func:`find_feature` checks the upload (name, bytes, pixels: :mod:`rsclip.app.preview`), scores its patches
+:func:`find_feature` checks the upload (name, bytes, pixels: :mod:`rsclip.app.web.data.uploads`), scores its patches
 with :func:`rsclip.search.locate.locate` (the text is always text, never a path) and keeps only what the page
 shows, at display size: the patch table, a heatmap PNG at most :data:`OVERLAY_MAX_SIDE` a side and
 thumbnails of at most :data:`MAX_PATCH_THUMBNAILS` patches, :data:`THUMBNAIL_SIDE` a side. A result is a few
@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rsclip.app.preview import decode_upload
+from rsclip.app.web.data.uploads import decode_upload
 from rsclip.geo import raster
 from rsclip.table import tiles
 from rsclip.geo.windows import Window
 from rsclip.search.locate import PatchSource, locate, render_heatmap
-from rsclip.search.query import Text, checked_text
+from rsclip.search.encoding import Text, checked_text
 
 # What one result holds for the page (see the module docstring).
 MAX_PATCH_THUMBNAILS = 48
@@ -95,7 +95,7 @@ def find_feature(
 
     ``text`` is encoded as text whatever it looks like (a URI, a path). Patches are a ``grid=(rows, cols)``
     of equal parts or ``tile``-pixel squares (see ``rsclip.locate``). The upload is checked and decoded by
-    :func:`~rsclip.app.preview.decode_upload` first (its name's format only, bytes and pixels limited); a
+    :func:`~rsclip.app.web.data.uploads.decode_upload` first (its name's format only, bytes and pixels limited); a
     GeoTIFF is then located from a temporary file so patches carry lon/lat bounds. Raises ``InvalidInput``
     (``UnsafeInput``, ``LimitExceeded``) for refused or unreadable uploads, blank or long text and
     impossible grids.

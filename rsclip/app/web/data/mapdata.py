@@ -1,7 +1,7 @@
 """What the web app's map shows, as data: tile footprints as GeoJSON features coloured by score, thumbnails
 placed at their tile's corners, the table's extent, and the events the map sends back, checked.
 
-No Streamlit here (:mod:`rsclip.app.mapview` draws). Footprints are the tiles' true WGS84 outlines
+No Streamlit here (:mod:`rsclip.app.web.views.maps` draws). Footprints are the tiles' true WGS84 outlines
 (:func:`rsclip.table.rows.tile_footprints`: the stored WKB, or the box of the bound columns for older
 tables). The map runs in the visitor's browser, so what it sends is hostile input like any other:
 :func:`parse_event` accepts three event shapes only, a clicked tile must be a tile id, and a drawn area is
@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import shapely
 from PIL import Image
+from shapely.geometry import mapping
 
-from rsclip.app.server import describe_window
+from rsclip.app.web.text import describe_window
 from rsclip.table import rows, tiles
 from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
@@ -61,8 +64,6 @@ def checked_area(geometry) -> Region:
     Raises ``LimitExceeded`` over :data:`MAX_AREA_CHARS` characters or :data:`MAX_AREA_VERTICES` vertices,
     ``InvalidInput`` for anything :func:`~rsclip.search.polygons.parse_polygon` refuses.
     """
-    import shapely
-
     text = geometry if isinstance(geometry, str) else json.dumps(geometry, allow_nan=False, default=str)
     if len(text) > MAX_AREA_CHARS:
         raise LimitExceeded(f"the drawn area is {len(text):,} characters of GeoJSON, more than {MAX_AREA_CHARS:,}")
@@ -103,8 +104,6 @@ def parse_event(value) -> MapEvent | None:
 def area_geojson(region: Region) -> dict:
     """The GeoJSON geometry of ``region`` (lon/lat, RFC 7946), coordinates rounded to
     :data:`AREA_DECIMALS` decimals (about a centimetre): what is searched is what the snippet says."""
-    from shapely.geometry import mapping
-
     def rounded(value):
         if isinstance(value, (list, tuple)):
             return [rounded(v) for v in value]
@@ -171,8 +170,6 @@ def tile_features(frame: pd.DataFrame, geometries, thumbnails: dict | None = Non
     """A GeoJSON FeatureCollection of the rows of ``frame`` (ranked, with a score column) whose footprint
     ``geometries`` (shapely, None = unknown, in the rows' order) are known: at most :data:`MAX_MAP_FEATURES`.
     ``thumbnails`` maps tile ids to ``{"thumb", "corners", "thumb_size"}`` (see :func:`thumbnail_uri`)."""
-    from shapely.geometry import mapping
-
     thumbnails = thumbnails or {}
     colors = score_colors(frame[SCORE].to_numpy()) if len(frame) else []
     out = []
@@ -204,8 +201,6 @@ def version_of(collection: dict) -> str:
 def table_extent(table) -> tuple[float, float, float, float] | None:
     """``(lon_min, lat_min, lon_max, lat_max)`` over the georeferenced tiles of ``table`` (tiles whose bounds
     wrap across the antimeridian left out); None when no tile has bounds."""
-    import pyarrow.compute as pc
-
     where = f"{tiles.LON_MIN} IS NOT NULL AND {tiles.LON_MIN} <= {tiles.LON_MAX}"
     found = tiles.dataset_of(table).to_table(columns=list(tiles.BOUNDS_COLUMNS), filter=where)
     if found.num_rows == 0:

@@ -1,8 +1,8 @@
 """When tiles were seen, as data for the web app: what a table records of time, the visitor's date range and
 quality limits (checked), and dates as text.
 
-No Streamlit here (:mod:`rsclip.app.date_filter`, :mod:`rsclip.app.timeline_view` and
-:mod:`rsclip.app.changes_view` draw). A date a visitor types is parsed strictly: an ISO 8601 calendar date
+No Streamlit here (:mod:`rsclip.app.web.views.date_filter`, :mod:`rsclip.app.web.views.timeline` and
+:mod:`rsclip.app.web.views.changes` draw). A date a visitor types is parsed strictly: an ISO 8601 calendar date
 ``YYYY-MM-DD`` (or reduced to ``YYYY-MM`` or ``YYYY``), at most :data:`MAX_DATE_CHARS` characters, then
 checked by :func:`rsclip.geo.dates.parse_range`; a start names the first instant of its day (month, year) and
 an end includes its whole day (month, year), as ``rsclip query --date START/END`` does. Nothing typed reaches
@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from rsclip.geo import dates
 from rsclip.table import tiles
@@ -50,8 +51,6 @@ class TableTimes:
 
 def table_times(table) -> TableTimes:
     """The :class:`TableTimes` of ``table`` (a scan of its time columns, batch by batch: bounded memory)."""
-    import pyarrow.compute as pc
-
     names = set(table.schema.names)
     present = frozenset(c for c in tiles.TIME_COLUMNS if c in names)
     dataset = tiles.dataset_of(table)

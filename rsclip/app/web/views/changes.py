@@ -1,10 +1,10 @@
 """The Changes view: the places whose embedding moved most between two dates, on the map coloured by change.
 
-Two typed dates (each ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``, strict as in :mod:`rsclip.app.timedata`: a
+Two typed dates (each ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``, strict as in :mod:`rsclip.app.web.data.timedata`: a
 year or month means all of it) and the sidebar's area, cloud and nodata limits (not its date range: the two
 dates are this view's own) go to :func:`rsclip.search.timeline.changes` (cached per table version): each
 place of date A paired with the tile of date B it overlaps most, ranked by ``change = 1 - cosine
-similarity``. The best ``k`` are drawn as any ranked tiles are (:func:`rsclip.app.results.show_results`:
+similarity``. The best ``k`` are drawn as any ranked tiles are (:func:`rsclip.app.web.views.results.show_results`:
 map coloured by change, cards, and downloads through the one export writer, ``score`` = change).
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app import caches
-from rsclip.app.context import PageContext
-from rsclip.app.keys import KEY_CHANGES_A, KEY_CHANGES_B, KEY_CHANGES_RESULTS, VIEW_CHANGES
-from rsclip.app.mapdata import area_text
-from rsclip.app.results import show_results
-from rsclip.app.search_views import empty_map, failed
-from rsclip.app.server import escape_markdown, readable_error
-from rsclip.app.timedata import DATE_HINT, MAX_DATE_CHARS, checked_day, describe_span
+from rsclip.app.web import caches
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data.mapdata import area_text
+from rsclip.app.web.data.timedata import DATE_HINT, MAX_DATE_CHARS, checked_day, describe_span
+from rsclip.app.web.keys import KEY_CHANGES_A, KEY_CHANGES_B, KEY_CHANGES_RESULTS, VIEW_CHANGES
+from rsclip.app.web.text import escape_markdown, readable_error
+from rsclip.app.web.views.results import show_results
+from rsclip.app.web.views.search import empty_map, failed
 
 NO_DATES = "This table has no dates: there are no two dates to compare."
 

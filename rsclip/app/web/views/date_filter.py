@@ -1,8 +1,8 @@
 """The sidebar's "When": a date range (start and end, either open) and, where the table records them, the
 largest cloud cover and nodata share; their summary in words and as ``rsclip query`` flags.
 
-What is chosen reaches every search through :meth:`rsclip.app.context.PageContext.filters`. The dates are
-typed (``YYYY-MM-DD``, see :mod:`rsclip.app.timedata`: strict, bounded, checked before use); a date that is
+What is chosen reaches every search through :meth:`rsclip.app.web.context.PageContext.filters`. The dates are
+typed (``YYYY-MM-DD``, see :mod:`rsclip.app.web.data.timedata`: strict, bounded, checked before use); a date that is
 not one, or a start after the end, is one line on every view and nothing is searched. Tables written before
 rsclip recorded time (no time columns), and tables whose tiles have no known date, get a note instead of
 the date fields; the cloud and nodata limits are shown only when some tile records the value (a limit on a
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app.keys import KEY_DATE, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY, KEY_MAX_CLOUD, KEY_MAX_NODATA
-from rsclip.app.server import escape_markdown, readable_error
-from rsclip.app.timedata import DATE_HINT, MAX_DATE_CHARS, TableTimes, TimeFilter, describe_span, time_filter
+from rsclip.app.web.data.timedata import DATE_HINT, MAX_DATE_CHARS, TableTimes, TimeFilter, describe_span, time_filter
+from rsclip.app.web.keys import KEY_DATE, KEY_DATE_END, KEY_DATE_START, KEY_DATE_SUMMARY, KEY_MAX_CLOUD, KEY_MAX_NODATA
+from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.table import tiles
 
 NO_COLUMNS = ("This table records no dates (it was written before rsclip kept them). `rsclip upgrade` adds the "

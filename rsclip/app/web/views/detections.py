@@ -1,24 +1,24 @@
 """The Detections view: run the detector for the current label set, then review what it found.
 
-"Run detector" starts a background run (:mod:`rsclip.app.detection_runs`: its own process, one per table,
+"Run detector" starts a background run (:mod:`rsclip.app.web.data.detection_runs`: its own process, one per table,
 bounded in number and time) and returns at once; its progress is redrawn every :data:`POLL_S` seconds by a
 fragment of the page, and the review below refreshes when it ends. The review shows the label set's
 detections scoring at least the chosen threshold under the search area, best first: on the map (the best
 ``MAX_MAP_FEATURES``) and as cards (the best ``k``) with "+" / "-", so mistakes become labels for the next
-run; at most :data:`~rsclip.app.downloads.MAX_DOWNLOAD_ROWS` are reviewed (and downloadable) at once.
+run; at most :data:`~rsclip.app.web.data.download_files.MAX_DOWNLOAD_ROWS` are reviewed (and downloadable) at once.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app import detection_runs as runs
-from rsclip.app.context import PageContext
-from rsclip.app.downloads import MAX_DOWNLOAD_ROWS
-from rsclip.app.keys import (KEY_DETECT_BACKGROUND, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS, KEY_DETECT_RUN,
-                             KEY_DETECT_THRESHOLD, STATE_MESSAGE, VIEW_DETECT)
-from rsclip.app.results import show_results
-from rsclip.app.server import escape_markdown, readable_error
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data import detection_runs as runs
+from rsclip.app.web.data.download_files import MAX_DOWNLOAD_ROWS
+from rsclip.app.web.keys import (KEY_DETECT_BACKGROUND, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS, KEY_DETECT_RUN,
+                                 KEY_DETECT_THRESHOLD, STATE_MESSAGE, VIEW_DETECT)
+from rsclip.app.web.text import escape_markdown, readable_error
+from rsclip.app.web.views.results import show_results
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.review import review_detections
 

@@ -1,22 +1,23 @@
 """The Feature finder view: one uploaded image, one typed feature, patch probabilities and a heatmap.
 
-The scoring lives in :mod:`rsclip.app.finder` (the upload checked and decoded under the app's limits, the
-text always text); this module draws its cached result (:func:`rsclip.app.caches.feature_match`).
+The scoring lives in :mod:`rsclip.app.web.data.finder` (the upload checked and decoded under the app's limits, the
+text always text); this module draws its cached result (:func:`rsclip.app.web.caches.feature_match`).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app import caches
-from rsclip.app.finder import MAX_PATCH_THUMBNAILS, FeatureMatch
-from rsclip.app.keys import (KEY_FEATURE_COLS, KEY_FEATURE_GRID, KEY_FEATURE_MODE, KEY_FEATURE_OVERLAY,
-                             KEY_FEATURE_RESULTS, KEY_FEATURE_ROWS, KEY_FEATURE_TEXT, KEY_FEATURE_TILE,
-                             KEY_FEATURE_UPLOAD, PATCHES_GRID, PATCHES_TILE)
-from rsclip.app.preview import UPLOAD_TYPES
-from rsclip.app.search_views import failed
-from rsclip.app.server import DEFAULT_GRID, GRID_COLUMNS, MAX_GRID, describe_bounds, escape_markdown
-from rsclip.search.query import MAX_TEXT_CHARS
+from rsclip.app.web import caches
+from rsclip.app.web.data.finder import MAX_PATCH_THUMBNAILS, FeatureMatch
+from rsclip.app.web.data.uploads import UPLOAD_TYPES
+from rsclip.app.web.keys import (KEY_FEATURE_COLS, KEY_FEATURE_GRID, KEY_FEATURE_MODE, KEY_FEATURE_OVERLAY,
+                                 KEY_FEATURE_RESULTS, KEY_FEATURE_ROWS, KEY_FEATURE_TEXT, KEY_FEATURE_TILE,
+                                 KEY_FEATURE_UPLOAD, PATCHES_GRID, PATCHES_TILE)
+from rsclip.app.web.layout import DEFAULT_GRID, GRID_COLUMNS, MAX_GRID
+from rsclip.app.web.text import describe_bounds, escape_markdown
+from rsclip.app.web.views.search import failed
+from rsclip.search.encoding import MAX_TEXT_CHARS
 
 
 def patch_choice() -> tuple[tuple[int, int] | None, int | None]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app.context import PageContext
-from rsclip.app.keys import (KEY_LABEL_CHOICE, KEY_LABEL_COUNTS, KEY_LABEL_NEW, STATE_FIND_MORE, STATE_LABEL,
-                             STATE_MESSAGE)
-from rsclip.app.server import escape_markdown, readable_error
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.keys import (KEY_LABEL_CHOICE, KEY_LABEL_COUNTS, KEY_LABEL_NEW, STATE_FIND_MORE, STATE_LABEL,
+                                 STATE_MESSAGE)
+from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.table import labels, tiles
 from rsclip.errors import NotFound
 

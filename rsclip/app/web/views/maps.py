@@ -4,7 +4,7 @@
 be served by the app itself. Streamlit's own maps (``st.map``, ``st.pydeck_chart``) bundle deck.gl locally but
 fetch their basemap from a CDN by default and cannot draw or edit a polygon, and pydeck outside Streamlit loads
 deck.gl from a CDN. Folium-style components load Leaflet from a CDN. So the map is a Streamlit (v1) custom
-component whose files lie in this package (``rsclip/app/static/map``: Leaflet 1.9.4 taken from the npm
+component whose files lie in this package (``rsclip/app/web/static/map``: Leaflet 1.9.4 taken from the npm
 registry with its BSD-2-Clause licence, and ``map.js``, ours), served by Streamlit from the app's own
 origin. Leaflet was chosen over MapLibre GL because it draws vector layers as SVG (no WebGL, which headless
 and remote-desktop browsers often lack; the drawn features are DOM elements the browser tests read back in
@@ -14,10 +14,10 @@ unmaintained since 2018 and would add a sprite sheet and 60 KB for far more than
 is drawn unless ``rsclip serve --basemap URL_TEMPLATE`` names one: then, and only then, the visitor's browser
 fetches XYZ tiles from that server.
 
-The component sends three events (:class:`rsclip.app.mapdata.MapEvent`): a tile opened (clicked), an area
+The component sends three events (:class:`rsclip.app.web.data.mapdata.MapEvent`): a tile opened (clicked), an area
 drawn, the area cleared. :func:`show_map` handles each once, in the widget's change callback, before the
 page draws again: the area becomes the search area of every view (``STATE_AREA``), a click opens the tile's
-panel under that map. An event that fails the checks of :func:`rsclip.app.mapdata.parse_event` changes
+panel under that map. An event that fails the checks of :func:`rsclip.app.web.data.mapdata.parse_event` changes
 nothing and leaves a message.
 """
 
@@ -29,11 +29,11 @@ from pathlib import Path
 import streamlit as st
 import streamlit.components.v1 as components
 
-from rsclip.app import mapdata
-from rsclip.app.keys import STATE_AREA, STATE_MESSAGE, STATE_SELECTED, view_key
-from rsclip.app.server import escape_markdown, readable_error
+from rsclip.app.web.data import mapdata
+from rsclip.app.web.keys import STATE_AREA, STATE_MESSAGE, STATE_SELECTED, view_key
+from rsclip.app.web.text import escape_markdown, readable_error
 
-STATIC_DIR = Path(__file__).with_name("static") / "map"
+STATIC_DIR = Path(__file__).parents[1] / "static" / "map"
 COMPONENT_NAME = "rsclip_map"
 MAP_HEIGHT = 480
 _HANDLED = "map_nonces"  # session state: the last nonce handled per map key
@@ -76,8 +76,8 @@ def selected_tile(view: str) -> str | None:
 
 def show_map(view: str, features: dict, *, extent=None, basemap: str | None = None,
              selected: str | None = None, legend: dict | None = None) -> None:
-    """Draw the map of ``view``: ``features`` (:func:`rsclip.app.mapdata.tile_features`), the current search
-    area, ``extent`` (shown when there is no feature), an optional ``basemap`` template, the ``selected``
+    """Draw the map of ``view``: ``features`` (:func:`rsclip.app.web.data.mapdata.tile_features`), the current
+    search area, ``extent`` (shown when there is no feature), an optional ``basemap`` template, the ``selected``
     tile highlighted and a score ``legend``."""
     key = view_key("map", view)
     area = st.session_state.get(STATE_AREA)

@@ -1,5 +1,5 @@
 """Ranked tiles on the page: a map of their footprints with the opened tile's panel (and its timeline:
-:mod:`rsclip.app.timeline_view`), downloads, and a grid of cards (preview, score, window, bounds, date,
+:mod:`rsclip.app.web.views.timeline`), downloads, and a grid of cards (preview, score, window, bounds, date,
 "Similar tiles", "+" / "-", "Timeline").
 
 Every value from the table (uris, names) is drawn as plain text (``escape_markdown``); on the map it is
@@ -9,20 +9,23 @@ text too (``map.js`` sets ``textContent``). Tables without bounds get the grid a
 from __future__ import annotations
 
 import pandas as pd
+import shapely
 import streamlit as st
 
-from rsclip.app import caches, mapdata
-from rsclip.app.context import PageContext
-from rsclip.app.downloads import download_buttons, file_stem, rows_file
-from rsclip.app.keys import (KEY_TILE_PANEL, RESULT_KEYS, SCORE_NAMES, SOURCE_TILE, STATE_IMAGE_SOURCE,
-                             STATE_QUERY_TILE, STATE_VIEW, VIEW_IMAGE, view_key)
-from rsclip.app.labelling import label_buttons
-from rsclip.app.mapview import selected_tile, show_map
-from rsclip.app.pictures import show_image
-from rsclip.app.server import (GRID_COLUMNS, describe_bounds, describe_window, escape_markdown, readable_error,
-                               source_name)
-from rsclip.app.timedata import seen_text
-from rsclip.app.timeline_view import open_timeline, opened_row, timeline_section
+from rsclip.app.web import caches
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data import mapdata
+from rsclip.app.web.data.download_files import file_stem, rows_file
+from rsclip.app.web.data.timedata import seen_text
+from rsclip.app.web.keys import (KEY_TILE_PANEL, RESULT_KEYS, SCORE_NAMES, SOURCE_TILE, STATE_IMAGE_SOURCE,
+                                 STATE_QUERY_TILE, STATE_VIEW, VIEW_IMAGE, view_key)
+from rsclip.app.web.layout import GRID_COLUMNS
+from rsclip.app.web.text import describe_bounds, describe_window, escape_markdown, readable_error, source_name
+from rsclip.app.web.views.downloads import download_buttons
+from rsclip.app.web.views.labelling import label_buttons
+from rsclip.app.web.views.maps import selected_tile, show_map
+from rsclip.app.web.views.tile_image import show_image
+from rsclip.app.web.views.timeline import open_timeline, opened_row, timeline_section
 from rsclip.table import tiles
 from rsclip.search.searchers import SCORE
 
@@ -84,9 +87,7 @@ def show_results(ctx: PageContext, hits: pd.DataFrame, view: str, *, cards: int 
 
 def map_features(ctx: PageContext, hits: pd.DataFrame) -> dict:
     """The feature collection of ``hits`` for the map: footprints (cached per result list) and, for the best
-    :data:`~rsclip.app.mapdata.MAX_MAP_THUMBNAILS`, thumbnails (cached per tile)."""
-    import shapely
-
+    :data:`~rsclip.app.web.data.mapdata.MAX_MAP_THUMBNAILS`, thumbnails (cached per tile)."""
     head = hits.head(mapdata.MAX_MAP_FEATURES).reset_index(drop=True)
     records = head.to_dict("records")
     bounds = tuple(caches.tile_bounds(r) for r in records)

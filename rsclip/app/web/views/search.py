@@ -1,9 +1,9 @@
 """The search views of the web app: text search, image search, and the label set's "Find more like these".
 
-Each view runs one search under the page's filters (:meth:`rsclip.app.context.PageContext.filters`: area,
+Each view runs one search under the page's filters (:meth:`rsclip.app.web.context.PageContext.filters`: area,
 dates, cloud and nodata limits)
-on the server's resident copy of the table and hands the hits to :func:`rsclip.app.results.show_results`.
-Typed text is text (``query_text``); an upload is decoded under :mod:`rsclip.app.preview`'s limits.
+on the server's resident copy of the table and hands the hits to :func:`rsclip.app.web.views.results.show_results`.
+Typed text is text (``query_text``); an upload is decoded under :mod:`rsclip.app.web.data.uploads`' limits.
 """
 
 from __future__ import annotations
@@ -11,21 +11,24 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from rsclip.app import caches
-from rsclip.app.context import PageContext
-from rsclip.app.downloads import download_buttons, file_stem, labels_file
-from rsclip.app.finder import thumbnail
-from rsclip.app.keys import (KEY_FIND_MORE, KEY_IMAGE_UPLOAD, KEY_LABELLED, KEY_TEXT, SOURCE_TILE, SOURCE_UPLOAD,
-                             STATE_FIND_MORE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE, VIEW_IMAGE, VIEW_LABELS,
-                             VIEW_TEXT)
-from rsclip.app.labelling import counts_text, label_buttons
-from rsclip.app.mapview import show_map
-from rsclip.app.pictures import show_image
-from rsclip.app.preview import UPLOAD_TYPES, decode_upload
-from rsclip.app.results import show_results
-from rsclip.app.server import GRID_COLUMNS, PREVIEW_SIZE, describe_window, escape_markdown, readable_error, source_name
+from rsclip.app.web import caches
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data.download_files import file_stem, labels_file
+from rsclip.app.web.data.finder import thumbnail
+from rsclip.app.web.data.uploads import UPLOAD_TYPES, decode_upload
+from rsclip.app.web.keys import (KEY_FIND_MORE, KEY_IMAGE_UPLOAD, KEY_LABELLED, KEY_TEXT, SOURCE_TILE, SOURCE_UPLOAD,
+                                 STATE_FIND_MORE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE, VIEW_IMAGE, VIEW_LABELS,
+                                 VIEW_TEXT)
+from rsclip.app.web.layout import GRID_COLUMNS, PREVIEW_SIZE
+from rsclip.app.web.text import describe_window, escape_markdown, readable_error, source_name
+from rsclip.app.web.views.downloads import download_buttons
+from rsclip.app.web.views.labelling import counts_text, label_buttons
+from rsclip.app.web.views.maps import show_map
+from rsclip.app.web.views.results import show_results
+from rsclip.app.web.views.tile_image import show_image
 from rsclip.table import labels, rows, tiles
-from rsclip.search.query import MAX_TEXT_CHARS, query, query_text, similar_tiles
+from rsclip.search.encoding import MAX_TEXT_CHARS
+from rsclip.search.query import query, query_text, similar_tiles
 
 # Labelled tiles drawn in the Labels view (the most recently labelled first).
 MAX_LABELLED_SHOWN = 48

@@ -1,18 +1,20 @@
 """The sidebar of the web app: the table, the number of results, where to search (a typed bounding box and
 the area drawn on a map, shown as GeoJSON to copy), when (a date range and quality limits:
-:mod:`rsclip.app.date_filter`), and the label set."""
+:mod:`rsclip.app.web.views.date_filter`), and the label set."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app.context import PageContext
-from rsclip.app.date_filter import date_filter
-from rsclip.app.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_K, STATE_AREA
-from rsclip.app.labelling import label_choice, labelled_tiles, show_counts
-from rsclip.app.mapdata import area_text
-from rsclip.app.mapview import current_area
-from rsclip.app.server import DEFAULT_K, MAX_BBOX_CHARS, MAX_K, WebConfig, escape_markdown, parse_bbox, readable_error
+from rsclip.app.server import WebConfig
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data.mapdata import area_text
+from rsclip.app.web.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_K, STATE_AREA
+from rsclip.app.web.layout import DEFAULT_K, MAX_K
+from rsclip.app.web.text import MAX_BBOX_CHARS, escape_markdown, parse_bbox, readable_error
+from rsclip.app.web.views.date_filter import date_filter
+from rsclip.app.web.views.labelling import label_choice, labelled_tiles, show_counts
+from rsclip.app.web.views.maps import current_area
 
 
 def clear_area() -> None:

@@ -1,14 +1,14 @@
 """A tile's picture on the page: its preview cut from the source by the tile window, or one line saying why not.
 
-Shared by the result cards and the tile panel (:mod:`rsclip.app.results`), the labelled tiles
-(:mod:`rsclip.app.search_views`) and the timeline (:mod:`rsclip.app.timeline_view`).
+Shared by the result cards and the tile panel (:mod:`rsclip.app.web.views.results`), the labelled tiles
+(:mod:`rsclip.app.web.views.search`) and the timeline (:mod:`rsclip.app.web.views.timeline`).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from rsclip.app.server import escape_markdown, readable_error
+from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.table import tiles
 
 

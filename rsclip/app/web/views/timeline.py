@@ -3,7 +3,7 @@ date, its similarity to the first date (or to one chosen) and a thumbnail; "Open
 tile panel above (its large preview, "Similar tiles", "+" / "-"), so two dates of a place can be compared.
 
 The tiles are :func:`rsclip.search.timeline.timeline`'s for the opened tile (its footprint's centre), cached
-per table version (:func:`rsclip.app.caches.timeline`), under the sidebar's cloud and nodata limits but not
+per table version (:func:`rsclip.app.web.caches.timeline`), under the sidebar's cloud and nodata limits but not
 its date range: a timeline is there to show the other dates of a place. At most :data:`MAX_SHOWN` entries
 are drawn (the first by date); the "Similarity to" chooser lists every tile. A result card's "Timeline"
 button opens its tile on the map, so its panel and timeline show. Tables without dates say so here.
@@ -15,12 +15,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from rsclip.app import caches
-from rsclip.app.context import PageContext
-from rsclip.app.keys import KEY_TIMELINE, KEY_TIMELINE_REFERENCE, STATE_OPENED, STATE_SELECTED, view_key
-from rsclip.app.pictures import show_image
-from rsclip.app.server import escape_markdown, readable_error, source_name
-from rsclip.app.timedata import describe_time
+from rsclip.app.web import caches
+from rsclip.app.web.context import PageContext
+from rsclip.app.web.data.timedata import describe_time
+from rsclip.app.web.keys import KEY_TIMELINE, KEY_TIMELINE_REFERENCE, STATE_OPENED, STATE_SELECTED, view_key
+from rsclip.app.web.text import escape_markdown, readable_error, source_name
+from rsclip.app.web.views.tile_image import show_image
 from rsclip.table import tiles
 from rsclip.search.timeline import SIMILARITY
 

@@ -1,0 +1,58 @@
+"""The ``rsclip export`` command: the results of a search, or the detections of a label set, as footprints in a
+GeoJSON, GeoParquet or CSV file (local or ``s3://``).
+
+    rsclip export DB (--query TEXT | --image PATH | --positive ID... [--negative ID...] |
+                      --detections LABEL [--min-score S]) [--bbox ...] [--near ...] [--polygon P] [--where SQL]
+                     [-k N] [--dissolve] --out PATH_or_s3:// [--format geojson|geoparquet|csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument, add_time_arguments, area,
+                                    with_table)
+from rsclip.app.cli.output import quiet_model_loading, say
+from rsclip.errors import InvalidInput
+from rsclip.runtime import storage
+from rsclip.search.encoding import Text
+from rsclip.search.export import FORMATS, export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """``rsclip export``: write the features of one source (a query, an image, examples or detections)."""
+    sources = [args.query is not None, args.image is not None, bool(args.positive or args.negative),
+               args.detections is not None]
+    if sum(sources) != 1:
+        raise InvalidInput("give one of --query TEXT, --image PATH, --positive ID..., --detections LABEL")
+    if args.query is not None or args.image is not None or args.positive or args.negative:
+        quiet_model_loading()
+    query = Text(args.query) if args.query is not None else None
+    if args.image is not None:
+        query = args.image if storage.is_remote(args.image) else Path(args.image)
+    result = export(args.db, args.out, format=args.format, dissolved=args.dissolve, table=args.table,
+                    query=query, positive=args.positive, negative=args.negative, detections=args.detections,
+                    min_score=args.min_score, k=args.k, **area(args))
+    say(args, vars(result), f"{result.rows} feature(s) written to {result.path} ({result.format})")
+
+
+def add_export_parser(sub) -> None:
+    """The ``export`` sub-command."""
+    ex = with_table(sub.add_parser("export", help="results or detections as GeoJSON/GeoParquet/CSV footprints"))
+    ex.add_argument("--query", help="text query to export the results of")
+    ex.add_argument("--image", help="image path or s3:// URI to export the results of")
+    add_example_arguments(ex)
+    ex.add_argument("--detections", metavar="LABEL", help="export the detections of a label set")
+    ex.add_argument("--min-score", type=float, help="detections scoring at least this (0..1)")
+    ex.add_argument("-k", type=int, default=100, help="results of a query or example search (default: %(default)s)")
+    ex.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
+    ex.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
+    add_polygon_argument(ex)
+    ex.add_argument("--where", help="extra SQL filter on the tile table's columns")
+    ex.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
+    ex.add_argument("--out", required=True, help="file or s3:// object to write")
+    ex.add_argument("--dissolve", action="store_true",
+                    help="merge touching footprints (max/mean score and tile count per polygon)")
+    add_time_arguments(ex)
+    ex.set_defaults(run=cmd_export)

@@ -1,0 +1,116 @@
+"""The search commands of ``rsclip``: ``query`` (rank a table's tiles against a text, an image or example tiles),
+``locate`` (a text feature inside one image) and ``classify`` (zero-shot labels of images)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument, add_time_arguments, area,
+                                    with_table)
+from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
+from rsclip.errors import InvalidInput
+from rsclip.model.clip import DEFAULT_MODEL
+from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
+from rsclip.runtime import storage
+from rsclip.search.encoding import Text
+from rsclip.search.locate import locate, render_heatmap
+from rsclip.search.query import query
+from rsclip.search.zeroshot import classify
+from rsclip.table import tiles
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    """``rsclip query``: the best ``k`` tiles for a text, an image or examples, under the area and time filters."""
+    quiet_model_loading()
+    examples = bool(args.positive or args.negative)
+    if [args.text is not None, args.image is not None, examples].count(True) != 1:
+        raise InvalidInput("give either a text, --image PATH or --positive/--negative examples (one of them)")
+    what = Text(args.text) if args.text is not None else None  # the positional text is text, never a path
+    if args.image is not None:  # a path here is always an image, so a missing file is an error, not text
+        what = args.image if storage.is_remote(args.image) else Path(args.image)
+    frame = query(args.db, what, k=args.k, table=args.table, exclude_self=not args.include_self,
+                  allow_model_mismatch=args.allow_model_mismatch, positive=args.positive if examples else None,
+                  negative=args.negative, **area(args))
+    if args.json:
+        print_json(records(frame))
+        return
+    shown = frame.drop(columns=[tiles.ID, tiles.CRS])
+    print_table(shown)
+
+
+def cmd_locate(args: argparse.Namespace) -> None:
+    """``rsclip locate``: the patches of one image scored against a text, best first (and a heatmap)."""
+    quiet_model_loading()
+    grid = tuple(args.grid) if args.grid else None
+    frame = locate(args.image, args.text, model=args.model, tile=args.tile, grid=grid, overlap=args.overlap,
+                   bands=args.bands)
+    if args.out:
+        render_heatmap(args.image, frame, args.out, bands=args.bands)
+    top = frame.head(args.top) if args.top else frame
+    if args.json:
+        print_json({"width": frame.attrs["width"], "height": frame.attrs["height"], "crs": frame.attrs["crs"],
+                    "text": args.text, "heatmap": args.out, "patches": records(top)})
+        return
+    print(f"{args.image}: {frame.attrs['width']}x{frame.attrs['height']} px, {len(frame)} patches, "
+          f"best for {args.text!r} first")
+    print_table(top.dropna(axis=1, how="all"))
+    if args.out:
+        print(f"heatmap written to {args.out}")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    """``rsclip classify``: zero-shot label probabilities of each image."""
+    quiet_model_loading()
+    templates = {"ensemble": TEMPLATES, "seed": (SEED_TEMPLATE,)}[args.templates]
+    frame = classify(args.images, args.labels, templates=templates, model=args.model)
+    frame.insert(0, "image", [str(p) for p in args.images])
+    if args.json:
+        print_json(records(frame))
+        return
+    print_table(frame)
+
+
+def add_query_parser(sub) -> None:
+    """The ``query`` sub-command: a text, ``--image`` or examples, and the area and time filters."""
+    q = with_table(sub.add_parser("query", help="rank tiles against a text or an image"))
+    q.add_argument("text", nargs="?", help="text to search for")
+    q.add_argument("--image", help="image path or s3:// URI to search with (more like this)")
+    q.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
+    q.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
+    q.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
+    q.add_argument("--where", help="extra SQL filter on the table's columns")
+    q.add_argument("--include-self", action="store_true", help="keep the query image's own tile")
+    q.add_argument("--allow-model-mismatch", action="store_true", help="search even if the weights changed")
+    add_example_arguments(q)
+    add_polygon_argument(q)
+    add_time_arguments(q)
+    q.set_defaults(run=cmd_query)
+
+
+def add_locate_parser(sub) -> None:
+    """The ``locate`` sub-command."""
+    lo = sub.add_parser("locate", help="find a text feature inside one image (patch heatmap)")
+    lo.add_argument("image", metavar="IMAGE", help="image or raster: local path or s3:// URI")
+    lo.add_argument("text", metavar="TEXT")
+    lo.add_argument("--model", default=DEFAULT_MODEL, help="CLIP model: hub id, folder or s3:// prefix")
+    lo.add_argument("--tile", type=int, help="patch side in pixels (default 224)")
+    lo.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="cut into ROWS x COLS parts")
+    lo.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tile patches")
+    lo.add_argument("--bands", type=int, nargs="+", help="1-based raster bands shown as RGB")
+    lo.add_argument("--out", help="write a heatmap overlay PNG here (local or s3://)")
+    lo.add_argument("--top", type=int, default=10, help="patches to print (0 = all; default: %(default)s)")
+    lo.add_argument("--json", action="store_true")
+    lo.set_defaults(run=cmd_locate)
+
+
+def add_classify_parser(sub) -> None:
+    """The ``classify`` sub-command."""
+    c = sub.add_parser("classify", help="zero-shot label probabilities for images")
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    c.add_argument("--labels", nargs="+", required=True, help="candidate labels")
+    c.add_argument("--model", default=DEFAULT_MODEL)
+    c.add_argument("--templates", choices=("ensemble", "seed"), default="ensemble",
+                   help="prompt ensemble or the seed's single prompt (default: %(default)s)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(run=cmd_classify)
