@@ -24,7 +24,8 @@ if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray worki
 
 from rsclip.runtime import flags  # noqa: E402
 from rsclip.model.clip import load_model  # noqa: E402
-from rsclip.errors import InvalidInput, run_reporting  # noqa: E402
+from rsclip.errors import InvalidInput  # noqa: E402
+from rsclip.runtime.reporting import run_reporting  # noqa: E402
 from rsclip.train.data import TEST, read_samples  # noqa: E402
 from rsclip.train.metrics import METRIC_KEYS, evaluate_samples, format_markdown  # noqa: E402
 

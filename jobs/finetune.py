@@ -23,7 +23,7 @@ if ROOT not in sys.path:  # run as a plain script from a checkout or a Ray worki
     sys.path.insert(0, ROOT)
 
 from rsclip.runtime import cluster, flags  # noqa: E402
-from rsclip.errors import run_reporting  # noqa: E402
+from rsclip.runtime.reporting import run_reporting  # noqa: E402
 from rsclip.train.config import TrainConfig  # noqa: E402
 from rsclip.train.driver import check_output, run  # noqa: E402
 

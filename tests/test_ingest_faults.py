@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from infra.local_stack import SeaweedFS, environment
-from rsclip import errors
+from rsclip.runtime import faults
 from rsclip.geo import raster
 from rsclip.runtime import storage
 from rsclip.table import tiles
@@ -75,8 +75,8 @@ def test_a_denied_object_is_a_fault_of_that_object_in_every_client(limited):
         for uri, work in ((chip, lambda: fs.cat_file(path)), (chip, lambda: storage.read_bytes(chip)),
                           (scene, lambda: raster.open_raster(scene).__enter__())):
             exc = _raised(work)
-            fault = errors.store_fault(exc, ignore=(uri,))
-            assert fault is not None and fault.kind == errors.DENIED and not fault.store_wide, repr(exc)
+            fault = faults.store_fault(exc, ignore=(uri,))
+            assert fault is not None and fault.kind == faults.DENIED and not fault.store_wide, repr(exc)
             assert listing.store_down(exc, uri) is None
         for uri in (chip, scene):
             (row,) = planning.plan_file(uri, 1000, raster.RasterOptions(), "v1")
@@ -104,7 +104,7 @@ def test_wrong_credentials_are_a_fault_of_the_whole_store(limited):
         # what a worker with wrong credentials sees while reading an object: confirmed store-wide
         fs, path = storage.filesystem(f"{archive}/open/x.jpg")
         exc = _raised(lambda: fs.find(path))
-        assert errors.store_fault(exc).kind == errors.CREDENTIALS
+        assert faults.store_fault(exc).kind == faults.CREDENTIALS
         down = listing.store_down(exc, f"{archive}/open/x.jpg")
         assert isinstance(down, StoreUnavailable) and "rejected the credentials" in str(down)
 

@@ -24,11 +24,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput
 from rsclip.geo import stacked
-from rsclip.runtime import storage
-from rsclip.runtime.flags import setting
 from rsclip.geo.windows import DEFAULT_TILE_SIZE, GRID_SCENE, GRIDS, Window, grid_windows
-from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line, store_fault
+from rsclip.runtime import faults, storage
+from rsclip.runtime.flags import setting
+from rsclip.runtime.reporting import one_line
 
 DEFAULT_MAX_CHIP = 1024
 # The one list of what is read as a raster, and the only GDAL driver each may be opened with.
@@ -162,7 +163,7 @@ def raster_path(uri: str) -> str:
 def _open_error(exc: Exception, name: str, driver: str, path: str) -> Exception:
     """The rsclip error for a failed GDAL open of ``path`` (shown as ``name``): the whole store down, or this
     file not what it claims."""
-    fault = store_fault(exc, ignore=(name, path))  # a name quoted in the message is no evidence
+    fault = faults.store_fault(exc, ignore=(name, path))  # a name quoted in the message is no evidence
     if fault is not None and fault.store_wide and not storage.is_http(name):  # an HTTP server is not the store
         return StoreUnavailable(f"{name}: {fault.advice}: {one_line(exc)}")
     reason = one_line(exc).replace(f"'{path}' ", "")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rsclip import errors
+from rsclip.runtime import faults
 from rsclip.geo import dates
 from rsclip.table import tiles
 
@@ -84,7 +84,7 @@ def failure_text(exc: BaseException, uri: str) -> str:
     """The message recorded for a file or tile that failed, ``"<uri>: ..."``: our own errors as they are,
     others with their type; a fault of this one object (access denied) says so first. (A store-wide fault
     that the store's probe did not confirm is not named: it came from the object's name or content.)"""
-    fault = errors.store_fault(exc, ignore=(uri,))
+    fault = faults.store_fault(exc, ignore=(uri,))
     text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
     if text.startswith(f"{uri}: "):
         text = text[len(uri) + 2:]

@@ -22,7 +22,8 @@ from typing import Iterator, NamedTuple
 import pystac
 
 from rsclip.runtime import storage
-from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput, one_line
+from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput
+from rsclip.runtime.reporting import one_line
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 16

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
-from rsclip import errors
+from rsclip.runtime import faults, reporting
 from rsclip.runtime import storage
 from rsclip.geo.images import IMAGE_SUFFIXES
 from rsclip.errors import NotFound, StoreUnavailable
@@ -35,12 +35,12 @@ class ArchiveFile(NamedTuple):
 
 def store_error(exc: BaseException, uri: str) -> StoreUnavailable:
     """A :class:`StoreUnavailable` naming ``uri`` and the classified cause of ``exc``."""
-    fault = errors.store_fault(exc)
+    fault = faults.store_fault(exc)
     cause = fault.advice if fault is not None else "the object store failed"
-    if fault is not None and fault.kind == errors.UNREACHABLE:
+    if fault is not None and fault.kind == faults.UNREACHABLE:
         endpoint = storage.aws_settings().get("endpoint", "the S3 endpoint")
         cause = f"cannot reach {endpoint} (check AWS_ENDPOINT_URL and that the server is up)"
-    return StoreUnavailable(f"{uri}: {cause}: {errors.one_line(exc)}")
+    return StoreUnavailable(f"{uri}: {cause}: {reporting.one_line(exc)}")
 
 
 def check_bucket(uri: str) -> None:
@@ -59,10 +59,10 @@ def check_bucket(uri: str) -> None:
             fs.call_s3(call, Bucket=bucket, **kwargs)
             return
         except FileNotFoundError as exc:
-            raise StoreUnavailable(f"bucket {bucket!r} of {uri} does not exist ({errors.one_line(exc)})") from None
+            raise StoreUnavailable(f"bucket {bucket!r} of {uri} does not exist ({reporting.one_line(exc)})") from None
         except Exception as exc:
-            fault = errors.store_fault(exc)
-            if call != "head_bucket" or fault is None or fault.kind != errors.DENIED:
+            fault = faults.store_fault(exc)
+            if call != "head_bucket" or fault is None or fault.kind != faults.DENIED:
                 raise store_error(exc, uri) from None
 
 
@@ -74,7 +74,7 @@ def store_down(exc: BaseException, uri: str) -> StoreUnavailable | None:
     holds "NoSuchBucket" or "Connection refused", or one slow answer, must not stop the job. Local files
     are never a fault of the whole store.
     """
-    fault = errors.store_fault(exc, ignore=(uri,))
+    fault = faults.store_fault(exc, ignore=(uri,))
     if not isinstance(exc, StoreUnavailable) and (fault is None or not fault.store_wide):
         return None
     if not storage.is_remote(uri):

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from rsclip.runtime import storage
-from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput, one_line
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound, UnsafeInput
+from rsclip.runtime.reporting import one_line
 
 CHUNK = 8 * 1024 * 1024
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024

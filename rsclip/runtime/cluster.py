@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from rsclip.errors import ClusterUnfit, InvalidInput, RsclipError, one_line
+from rsclip.errors import ClusterUnfit, InvalidInput, RsclipError
+from rsclip.runtime.reporting import one_line
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 the job's config dataclass (:mod:`rsclip.runtime.flags`) plus ``--progress``; the run joins the cluster the
 job was submitted to (``RAY_ADDRESS``) or starts a private local one, and prints its summary as a human line
 and one ``summary: {json}`` line. An expected failure is one ``PROG: error: ...`` line and exit status 2
-(:func:`rsclip.errors.run_reporting`).
+(:func:`rsclip.runtime.reporting.run_reporting`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rsclip.runtime import cluster, flags
-from rsclip.errors import run_reporting
+from rsclip.runtime.reporting import run_reporting
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from typing import Iterator
 
 import fsspec
 
-from rsclip.errors import (InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable, UnsafeInput,
-                           one_line, store_fault)
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable, UnsafeInput
+from rsclip.runtime.faults import store_fault
+from rsclip.runtime.reporting import one_line
 
 S3_SCHEMES = ("s3", "s3a")
 # Rasters (COGs) named by a STAC catalog are also read over plain HTTP(S), by GDAL only (/vsicurl/ range reads).
@@ -71,7 +72,7 @@ def local_path(uri: str | os.PathLike) -> Path:
 def failures(uri: str | os.PathLike) -> Iterator[None]:
     """Failures of the store or the OS on ``uri`` inside the block, as rsclip errors naming ``uri``.
 
-    A fault of the whole store (:func:`rsclip.errors.store_fault`) becomes :class:`StoreUnavailable`;
+    A fault of the whole store (:func:`rsclip.runtime.faults.store_fault`) becomes :class:`StoreUnavailable`;
     a missing file :class:`NotFound`; any other ``OSError`` (no permission, a symlink loop, an I/O error,
     one object denied) :class:`InvalidInput`. The original first line is kept, so faults stay classifiable.
     Anything else propagates unchanged.

@@ -27,7 +27,7 @@ import sys
 from typing import Sequence
 
 from rsclip.app.cli import exports, labels, models, search, serve, tables, timeline
-from rsclip.errors import run_reporting
+from rsclip.runtime.reporting import run_reporting
 
 
 def build_parser() -> argparse.ArgumentParser:

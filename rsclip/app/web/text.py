@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from rsclip.runtime import faults, reporting
 from rsclip import errors
 from rsclip.search.filters import BBox, validate_bbox
 from rsclip.table import tiles
@@ -78,8 +79,8 @@ def readable_error(exc: BaseException) -> str:
     cause; other errors keep their first line, cut to :data:`MAX_MESSAGE_CHARS` (ValueError text as is,
     anything else prefixed with its type name).
     """
-    fault = errors.store_fault(exc)
+    fault = faults.store_fault(exc)
     if fault is not None and not isinstance(exc, errors.RsclipError):
         return fault.advice
-    first = errors.one_line(exc, MAX_MESSAGE_CHARS)
+    first = reporting.one_line(exc, MAX_MESSAGE_CHARS)
     return first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"

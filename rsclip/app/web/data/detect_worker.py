@@ -19,6 +19,7 @@ import logging
 import sys
 from dataclasses import asdict
 
+from rsclip.runtime import reporting
 from rsclip import errors
 from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.runtime import cluster, flags
@@ -66,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg, address = parse_args(argv)
         summary = run_detection(cfg, ray_address=address or cluster.job_address() or cluster.LOCAL)
     except errors.RsclipError as exc:
-        emit(event="error", message=errors.one_line(exc, 300))
+        emit(event="error", message=reporting.one_line(exc, 300))
         return 2
     except Exception as exc:  # reported to the page as one line; the traceback stays in this process's stderr
-        emit(event="error", message=f"{type(exc).__name__}: {errors.one_line(exc, 300)}")
+        emit(event="error", message=f"{type(exc).__name__}: {reporting.one_line(exc, 300)}")
         raise
     emit(event="done", summary=asdict(summary))
     return 0
