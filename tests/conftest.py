@@ -13,9 +13,9 @@ import pytest
 from infra.local_stack import RayHead, SeaweedFS, environment
 from rsclip.model.clip_bpe import BPE_ENV, BPE_NAME
 from rsclip.testing import build_tiny_clip
-from tests.browser_helpers import CHROMIUM_ARGS, ensure_chromium
+from tests.helpers.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.helpers import BUCKET, ROOT, RSICD_IMAGES, require_shared_data
-from tests.openclip_reference import wheel_bpe
+from tests.helpers.openclip_reference import wheel_bpe
 
 
 def pytest_configure(config):

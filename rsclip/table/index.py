@@ -140,8 +140,8 @@ def refresh_indexes(table, *, vector: bool = True) -> None:
     date: scalar indexes as Lance does, the vector index (unless ``vector`` is False: it is about to be
     retrained) by folding new rows into the lists it has, never re-partitioned (see the module doc). What
     LanceDB's ``optimize`` does, less its re-partitioning."""
-    table.compact_files()
-    table.cleanup_old_versions(KEEP_VERSIONS)
+    table.to_lance().optimize.compact_files()
+    table.to_lance().cleanup_old_versions(older_than=KEEP_VERSIONS)
     indexes = table.list_indices()
     vectors = [cfg.name for cfg in indexes if list(cfg.columns) == [tiles.VECTOR]]
     scalar = [cfg.name for cfg in indexes if cfg.name not in vectors]

@@ -29,7 +29,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 # open_clip's model configs (open-clip-torch 3.3.0, model_configs/*.json) for the plain-ViT CLIPs:
 # (embed_dim, vision_cfg, text_cfg); settings left out take open_clip's defaults (head_width 64, mlp_ratio 4,
-# context 77, vocabulary 49,408). tests/test_convert_arch.py checks them against the wheel's files.
+# context 77, vocabulary 49,408). tests/model/convert/test_openclip_arch.py checks them against the wheel's files.
 _B_TEXT = {"width": 512, "heads": 8, "layers": 12}
 _L_TEXT = {"width": 768, "heads": 12, "layers": 12}
 _H_TEXT = {"width": 1024, "heads": 16, "layers": 24}
