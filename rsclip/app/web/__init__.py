@@ -37,7 +37,7 @@ server is long-lived, so it loads the table version once (~2.2 KB of memory per 
 query from memory plus the index's candidate row ids.
 
 What a visitor sends is bounded and never read as a path: typed text is encoded as text
-(``rsclip.search.query.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
+(``rsclip.search.encoding.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
 ``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
 :mod:`rsclip.app.web.data.uploads`; the bounding box is parsed into four floats and checked by
 :func:`rsclip.query.validate_bbox`; an area drawn on the map is bounded and validated as a WGS84 polygon
