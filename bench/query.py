@@ -144,9 +144,9 @@ def row_numbers(table):
     """``rows_of(frame)``: the data's row numbers of a result frame (through uri + x, not write order)."""
     import numpy as np
 
-    from rsclip.table import tiles
+    from rsclip.table import datasets, tiles
 
-    ids = tiles.dataset_of(table).to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pydict()
+    ids = datasets.dataset_of(table).to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pydict()
     row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224
               for i, u, x in zip(ids[tiles.ID], ids[tiles.URI], ids[tiles.X])}
     return lambda frame: np.array([row_of[i] for i in frame[tiles.ID]])

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.compute as pc
 
 from rsclip.runtime import cluster, flags
-from rsclip.table import detections, labels, tiles
+from rsclip.table import datasets, detections, labels, tiles
 from rsclip.detect import scoring
 from rsclip.detect.probe import Probe, train_probe
 from rsclip.errors import InvalidInput, RsclipError
@@ -172,7 +172,7 @@ def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: 
     frame = labels.read_labels(config.db, config.label, table=config.table)
     probe = train_probe(table, config.label, frame, background=config.background, c=config.c,
                         seed=config.seed, k=config.report_k)
-    dataset = tiles.dataset_of(table)
+    dataset = datasets.dataset_of(table)
     parts = scoring.plan_parts(dataset, config.rows_per_task)
     done = detections.done_parts(detections.open_progress(config.db, config.table), probe.label,
                                  probe.model_version)

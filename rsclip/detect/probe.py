@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rsclip.table import labels, rows, tiles
+from rsclip.table import datasets, labels, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_BACKGROUND = 100_000
@@ -68,7 +68,7 @@ def sample_background(table, n: int, exclude: set[str], seed: int) -> tuple[list
     out ``exclude`` (the labelled tiles). Reads only the drawn rows."""
     if n > MAX_BACKGROUND:
         raise LimitExceeded(f"background sample of {n:,} tiles is more than {MAX_BACKGROUND:,}")
-    dataset = tiles.dataset_of(table)
+    dataset = datasets.dataset_of(table)
     total = dataset.count_rows()
     rng = np.random.default_rng(seed)
     want = min(total, n + len(exclude))
@@ -149,7 +149,7 @@ def model_version(table, label_frame, settings: dict) -> str:
     payload = {"format": PROBE_FORMAT, "model": model, "dim": dim,
                "weights": weights.weights_sha256 if weights is not None else None,
                "labels": content, "settings": settings,
-               "rows": tiles.dataset_of(table).count_rows() if settings.get("background") else None}
+               "rows": datasets.dataset_of(table).count_rows() if settings.get("background") else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

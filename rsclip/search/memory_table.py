@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 
-from rsclip.table import tiles
+from rsclip.table import datasets, tiles
 from rsclip.search.filters import bbox_mask
 
 ROW_ID = "_rowid"
@@ -166,7 +166,7 @@ class ResidentCache:
     def get(self, table, columns: tuple[str, ...]) -> ResidentTable | None:
         """The resident copy of ``table``'s current version, or of its newest version in memory while the
         current one loads; None when the table is too large to keep (search through Lance instead)."""
-        dataset = tiles.dataset_of(table)
+        dataset = datasets.dataset_of(table)
         key, columns = (dataset.uri, dataset.version, tuple(columns)), tuple(columns)
         with self._lock:
             if key in self._loaded:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rsclip.table import detections, labels, rows, tiles
+from rsclip.table import datasets, detections, labels, rows, tiles
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.filters import Filters, validate_share
 from rsclip.search.request import Request
@@ -79,7 +79,7 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
     if found is None or found.count_rows(f"{detections.LABEL} = {tiles.sql_text(label)}") == 0:
         raise NotFound(f"no detections of {label!r} for table {table!r}: run jobs/detect.py --label {label} first")
     sql = detections_sql(label, min_score, filters)
-    dataset = tiles.dataset_of(found)
+    dataset = datasets.dataset_of(found)
     count = checked_sql(lambda: dataset.count_rows(filter=sql), sql)
     if count > limit:
         raise LimitExceeded(f"{count:,} detections qualify, more than {limit:,}: raise the minimum score or "
@@ -105,4 +105,4 @@ def tile_columns(tile_table, ids: pd.Series, filters: Filters) -> pd.DataFrame:
         return found.to_pandas()
     columns = [c for c in (tiles.ID, *TILE_COLUMNS) if rows.has_column(tile_table, c)]
     sql = filters.sql()
-    return checked_sql(lambda: tiles.dataset_of(tile_table).to_table(columns=columns, filter=sql), sql).to_pandas()
+    return checked_sql(lambda: datasets.dataset_of(tile_table).to_table(columns=columns, filter=sql), sql).to_pandas()

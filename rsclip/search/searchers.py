@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from rsclip.table import tiles
+from rsclip.table import datasets, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.memory_table import ROW_ID, resident_table
@@ -123,7 +123,7 @@ class LanceSearcher:
 
     def __init__(self, table, *, nprobes: int = DEFAULT_NPROBES, refine_factor: int | None = DEFAULT_REFINE_FACTOR):
         self.table = table
-        self.dataset = tiles.dataset_of(table)
+        self.dataset = datasets.dataset_of(table)
         self.nprobes, self.refine_factor = nprobes, refine_factor
         self.note = ""
 
@@ -155,7 +155,7 @@ class ResidentSearcher:
                  refine_factor: int | None = DEFAULT_REFINE_FACTOR):
         self.table, self.rows = table, rows
         self.nprobes, self.refine_factor = nprobes, refine_factor
-        current = tiles.dataset_of(table).version
+        current = datasets.dataset_of(table).version
         self.note = "" if rows.dataset.version == current else (
             f"searching table version {rows.dataset.version} while version {current} loads into memory")
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rsclip.geo import dates
-from rsclip.table import rows, tiles
+from rsclip.table import datasets, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 from rsclip.search.filters import Filters, bbox_sql, join_sql
 from rsclip.search.near import finite_numbers
@@ -51,7 +51,7 @@ def point_sql(lon: float, lat: float) -> str:
 def load_tiles(table, where: str | None, limit: int = MAX_TILES) -> pd.DataFrame:
     """The rows of ``table`` passing ``where``: :data:`TILE_COLUMNS` it has, footprint and vector. Raises
     ``LimitExceeded`` above ``limit`` rows."""
-    dataset = tiles.dataset_of(table)
+    dataset = datasets.dataset_of(table)
     count = checked_sql(lambda: dataset.count_rows(filter=where), where)
     if count > limit:
         raise LimitExceeded(f"{count:,} tiles qualify, more than {limit:,}: narrow the area or the dates")

@@ -28,7 +28,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from rsclip.table import keyed_writes, rows, tiles
+from rsclip.table import datasets, keyed_writes, rows, tiles
 
 DETECTIONS_SUFFIX = "_detections"
 PROGRESS_SUFFIX = "_detections_progress"
@@ -89,7 +89,7 @@ def done_parts(progress, label: str, model_version: str) -> set[str]:
     if progress is None:
         return set()
     where = f"{LABEL} = {tiles.sql_text(label)} AND {MODEL_VERSION} = {tiles.sql_text(model_version)}"
-    found = tiles.dataset_of(progress).to_table(columns=[PART], filter=where)
+    found = datasets.dataset_of(progress).to_table(columns=[PART], filter=where)
     return set(found.column(PART).to_pylist())
 
 

@@ -28,7 +28,7 @@ from typing import Iterable
 import pandas as pd
 import pyarrow as pa
 
-from rsclip.table import keyed_writes, rows, tiles
+from rsclip.table import datasets, keyed_writes, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 LABELS_SUFFIX = "_labels"
@@ -187,7 +187,7 @@ def read_labels(db, label: str | None = None, *, table: str = tiles.DEFAULT_TABL
         where = f"{LABEL} = {tiles.sql_text(label)}"
     if target is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_COLUMNS})
-    frame = tiles.dataset_of(target).to_table(columns=list(LABEL_COLUMNS), filter=where).to_pandas()
+    frame = datasets.dataset_of(target).to_table(columns=list(LABEL_COLUMNS), filter=where).to_pandas()
     return frame.sort_values([LABEL, TIME, tiles.ID], kind="stable").reset_index(drop=True)
 
 
@@ -205,7 +205,7 @@ def label_sets(db, *, table: str = tiles.DEFAULT_TABLE) -> pd.DataFrame:
     columns = [LABEL, "positives", "negatives", "updated"]
     if target is None:
         return pd.DataFrame({c: [] for c in columns})
-    frame = tiles.dataset_of(target).to_table(columns=[LABEL, VALUE, TIME]).to_pandas()
+    frame = datasets.dataset_of(target).to_table(columns=[LABEL, VALUE, TIME]).to_pandas()
     if frame.empty:
         return pd.DataFrame({c: [] for c in columns})
     grouped = frame.groupby(LABEL, sort=True)

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from rsclip.errors import NotFound
 from rsclip.geo import footprints
-from rsclip.table import tiles
+from rsclip.table import datasets, tiles
 
 # Ids per lookup: one ``id IN (...)`` filter of at most this many literals.
 LOOKUP_CHUNK = 1000
@@ -40,7 +40,7 @@ def rows_by_id(table, ids: Iterable[str], columns: Sequence[str], *, key: str = 
     """
     wanted = list(dict.fromkeys(str(i) for i in ids))
     present = [c for c in dict.fromkeys([key, *columns]) if has_column(table, c)]
-    dataset = tiles.dataset_of(table)
+    dataset = datasets.dataset_of(table)
     parts = []
     for start in range(0, len(wanted), LOOKUP_CHUNK):
         chunk = wanted[start : start + LOOKUP_CHUNK]

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 import pyarrow as pa
 
-from rsclip.table import keyed_writes, tiles
+from rsclip.table import datasets, keyed_writes, tiles
 
 # Rows per batch of the start-of-run scan, and ids or uris named in one filter.
 SCAN_BATCH_ROWS = 65_536
@@ -51,7 +51,7 @@ def stored_versions(table, listed: Mapping[str, str]) -> StoredVersions:
         return found
     versioned = tiles.SOURCE_VERSION in table.schema.names
     columns = [tiles.ID, tiles.URI, tiles.SOURCE_VERSION] if versioned else [tiles.ID, tiles.URI]
-    for batch in tiles.dataset_of(table).to_batches(columns=columns, batch_size=SCAN_BATCH_ROWS):
+    for batch in datasets.dataset_of(table).to_batches(columns=columns, batch_size=SCAN_BATCH_ROWS):
         ids, uris = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         versions = batch.column(2).to_pylist() if versioned else [None] * len(ids)
         for tile, uri, version in zip(ids, uris, versions):

@@ -187,8 +187,6 @@ def open_table(db, name: str = DEFAULT_TABLE):
         return conn.open_table(name)
 
 
-# The Lance dataset behind a table, opened once per process (rsclip.table.datasets), under the name callers use.
-dataset_of = datasets.dataset_of
 
 
 def has_vector_index(table) -> bool:

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from rsclip.table import tiles
+from rsclip.table import datasets, tiles
 from rsclip.search import memory_table, searchers
 from rsclip.search.searchers import FETCH_COLUMNS
 
@@ -79,7 +79,7 @@ def test_never_more_than_two_copies(table):
 
 
 def test_a_table_over_the_memory_cap_is_searched_through_lance_and_says_so(table, monkeypatch):
-    small = memory_table.ResidentCache(max_bytes=memory_table.estimated_bytes(tiles.dataset_of(table)) - 1)
+    small = memory_table.ResidentCache(max_bytes=memory_table.estimated_bytes(datasets.dataset_of(table)) - 1)
     assert small.get(table, FETCH_COLUMNS) is None and len(small) == 0
     monkeypatch.setattr(memory_table, "cache", small)
     monkeypatch.setattr(searchers, "resident_table", small.get)

@@ -51,7 +51,7 @@ def test_labels_survive_re_embedding_the_table(scene_db, tmp_path, tiny_model):
     labels.add_labels(db, "x", ids[:2], ids[2:4])
     shutil.rmtree(db / "tiles.lance")  # the archive embedded again, by another process (a job)
     # in two commits: this process keeps datasets open per (table, version), and a table dropped and made
-    # again at a version number it had before would read as the dropped one (tiles.dataset_of)
+    # again at a version number it had before would read as the dropped one (rsclip.table.datasets.dataset_of)
     code = ("import sys; from pathlib import Path; from tests.helpers import write_scene_table; "
             "files = [Path(p) for p in sys.argv[3:]]; db, model = Path(sys.argv[1]), Path(sys.argv[2]); "
             "write_scene_table(db, model, files[:20]); write_scene_table(db, model, files[20:])")

@@ -25,7 +25,7 @@ from PIL import Image
 from shapely.geometry import mapping
 
 from rsclip.app.web.text import describe_window
-from rsclip.table import rows, tiles
+from rsclip.table import datasets, rows, tiles
 from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.polygons import Region, parse_polygon
@@ -202,7 +202,7 @@ def table_extent(table) -> tuple[float, float, float, float] | None:
     """``(lon_min, lat_min, lon_max, lat_max)`` over the georeferenced tiles of ``table`` (tiles whose bounds
     wrap across the antimeridian left out); None when no tile has bounds."""
     where = f"{tiles.LON_MIN} IS NOT NULL AND {tiles.LON_MIN} <= {tiles.LON_MAX}"
-    found = tiles.dataset_of(table).to_table(columns=list(tiles.BOUNDS_COLUMNS), filter=where)
+    found = datasets.dataset_of(table).to_table(columns=list(tiles.BOUNDS_COLUMNS), filter=where)
     if found.num_rows == 0:
         return None
     lo = [pc.min(found.column(c)).as_py() for c in (tiles.LON_MIN, tiles.LAT_MIN)]

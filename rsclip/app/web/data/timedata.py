@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from rsclip.geo import dates
-from rsclip.table import tiles
+from rsclip.table import datasets, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_DATE_CHARS = 10
@@ -53,7 +53,7 @@ def table_times(table) -> TableTimes:
     """The :class:`TableTimes` of ``table`` (a scan of its time columns, batch by batch: bounded memory)."""
     names = set(table.schema.names)
     present = frozenset(c for c in tiles.TIME_COLUMNS if c in names)
-    dataset = tiles.dataset_of(table)
+    dataset = datasets.dataset_of(table)
     count = lambda column: dataset.count_rows(filter=f"{column} IS NOT NULL") if column in present else 0  # noqa: E731
     lows, highs = [], []
     if tiles.DATETIME in present:
