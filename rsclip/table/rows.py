@@ -5,6 +5,7 @@ footprints; and the companion tables kept beside a tile table (labels, detection
 from __future__ import annotations
 
 import re
+import time
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -77,7 +78,27 @@ def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
         except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
             if name not in tiles.table_names(conn):
                 raise
+            return _open_once_created(conn, name)
     return conn.open_table(name)
+
+
+# How long a table another writer is creating may be listed before its first version can be opened (on S3
+# the folder appears before the manifest is written).
+CREATED_ELSEWHERE_SECONDS = 60.0
+
+
+def _open_once_created(conn, name: str):
+    """``conn.open_table(name)`` for a table that another writer is creating: "not found" until its first
+    version is written is "not yet", for at most :data:`CREATED_ELSEWHERE_SECONDS`."""
+    deadline, pause = time.monotonic() + CREATED_ELSEWHERE_SECONDS, 0.05
+    while True:
+        try:
+            return conn.open_table(name)
+        except ValueError as exc:
+            if "not found" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def tile_footprints(frame, table=None) -> np.ndarray:
