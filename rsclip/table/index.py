@@ -140,15 +140,16 @@ def refresh_indexes(table, *, vector: bool = True) -> None:
     date: scalar indexes as Lance does, the vector index (unless ``vector`` is False: it is about to be
     retrained) by folding new rows into the lists it has, never re-partitioned (see the module doc). What
     LanceDB's ``optimize`` does, less its re-partitioning."""
-    table.to_lance().optimize.compact_files()
-    table.to_lance().cleanup_old_versions(older_than=KEEP_VERSIONS)
+    dataset = table.to_lance()  # one dataset: each commit below moves it to the version it wrote
+    dataset.optimize.compact_files()
+    dataset.cleanup_old_versions(older_than=KEEP_VERSIONS)
     indexes = table.list_indices()
     vectors = [cfg.name for cfg in indexes if list(cfg.columns) == [tiles.VECTOR]]
     scalar = [cfg.name for cfg in indexes if cfg.name not in vectors]
     if scalar:
-        table.to_lance().optimize.optimize_indices(index_names=scalar)
+        dataset.optimize.optimize_indices(index_names=scalar)
     if vectors and vector:
-        table.to_lance().optimize.optimize_indices(index_names=vectors, num_indices_to_merge=VECTOR_DELTAS_TO_MERGE)
+        dataset.optimize.optimize_indices(index_names=vectors, num_indices_to_merge=VECTOR_DELTAS_TO_MERGE)
     table.checkout_latest()
 
 
