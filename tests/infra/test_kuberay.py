@@ -162,9 +162,9 @@ def gpu_groups(groups: list[dict]) -> list[dict]:
 
 def test_manifests_exist_and_parse():
     kinds = {d["kind"] for _, d in all_docs()}
-    assert {"RayCluster", "RayJob", "ServiceAccount"} <= kinds
+    assert {"RayCluster", "RayJob", "ServiceAccount", "Namespace"} <= kinds
     for path, doc in all_docs():
-        assert doc["apiVersion"] == ("v1" if doc["kind"] == "ServiceAccount" else "ray.io/v1"), path
+        assert doc["apiVersion"] == ("v1" if doc["kind"] in {"ServiceAccount", "Namespace"} else "ray.io/v1"), path
         assert DNS_LABEL.match(doc["metadata"]["name"]), path
 
 
@@ -305,7 +305,7 @@ def test_head_and_workers_use_their_own_service_accounts_with_the_s3_role():
         assert arn == f"arn:aws:iam::123456789012:role/{worker_role}", "no pod needs more than S3"
     assert accounts["rsclip-worker"].get("automountServiceAccountToken") is False
     for path, doc in all_docs():
-        if doc["kind"] == "ServiceAccount":
+        if doc["kind"] in {"ServiceAccount", "Namespace"}:
             continue
         spec = doc["spec"].get("rayClusterSpec", doc["spec"])
         assert spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == "rsclip-head", path.name
