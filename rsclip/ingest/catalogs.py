@@ -7,22 +7,29 @@ Documents are read through :class:`StoreIO` (pystac's I/O hook): local files or 
 :func:`rsclip.runtime.storage.read_bytes` (at most :data:`MAX_DOCUMENT_BYTES` each, the store's timeouts), and
 only from the kind of store the catalog itself is on: links of a catalog on S3 are followed to S3 only, of a
 local catalog to local files only (a catalog cannot make the job read ``/etc`` or an internal web server).
-A walk visits each document once (link cycles end), at most :data:`MAX_DEPTH` catalogs deep. An item or
+A walk visits each document once, at most :data:`MAX_DEPTH` catalogs deep: a local document is known by its real
+path, so link cycles and folders that link back to themselves (symlinks, ``../``) end. An item or
 child that cannot be read is yielded as a :class:`Broken` (an error row of the job); a root that cannot be
-read, or is not STAC, raises. An API is opened with the storage layer's timeouts; one that cannot be reached
-raises :class:`~rsclip.errors.StoreUnavailable` before any cluster work.
+read, or is not STAC, raises. An API is searched through :class:`rsclip.ingest.stac_io.GuardedApiIO` (every
+request checked and kept on the API's host, redirects checked hop by hop, pages and requests bounded, paging
+loops refused) with the storage layer's timeouts; one that cannot be reached raises
+:class:`~rsclip.errors.StoreUnavailable` before any cluster work.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from pathlib import PurePosixPath
 from typing import Iterator, NamedTuple
+from urllib.parse import urlparse
 
 import pystac
 
 from rsclip.runtime import storage
-from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput
+from rsclip.errors import InvalidInput, RsclipError, StoreUnavailable, UnsafeInput
+from rsclip.ingest.stac_io import DEFAULT_MAX_REQUESTS, GuardedApiIO
 from rsclip.runtime.reporting import one_line
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -147,26 +154,39 @@ def _lines(text: str, href: str, base: str) -> Iterator:
         raise InvalidInput(f"{href}: an empty file holds no STAC items")
 
 
+def document_key(href: str) -> str:
+    """What makes two links one document: a local file's real path (symlinks and ``..`` resolved), else the
+    URI with its path normalised."""
+    if store_kind(href) == "local":
+        try:
+            return os.path.realpath(storage.local_path(href))
+        except (InvalidInput, OSError):  # read_text refuses it with its own error
+            return href
+    parsed = urlparse(href)
+    return parsed._replace(path=posixpath.normpath(parsed.path) if parsed.path else "").geturl()
+
+
 def walk(root: str, io) -> Iterator:
-    """Items of the catalog or collection at ``root``, its children's and theirs (each document once, at
-    most :data:`MAX_DEPTH` deep), in link order; unreadable items and children as :class:`Broken`."""
+    """Items of the catalog or collection at ``root``, its children's and theirs (each document once, known by
+    :func:`document_key`, at most :data:`MAX_DEPTH` deep), in link order; unreadable items and children as
+    :class:`Broken`."""
     top = pystac.read_file(root, stac_io=io)
-    pending, seen = [(top, 0)], {root}
+    pending, seen = [(top, 0)], {document_key(root)}
     while pending:
         catalog, depth = pending.pop(0)
         for link in catalog.get_links(pystac.RelType.ITEM):
             href = link.get_absolute_href() or link.href
-            if href in seen:
+            if document_key(href) in seen:
                 continue
-            seen.add(href)
+            seen.add(document_key(href))
             yield _guarded(lambda: _item(_json(io.read_text(href), href), href, storage.parent(href)), href)
         if depth >= MAX_DEPTH:
             continue
         for link in catalog.get_links(pystac.RelType.CHILD):
             href = link.get_absolute_href() or link.href
-            if href in seen:
+            if document_key(href) in seen:
                 continue
-            seen.add(href)
+            seen.add(document_key(href))
             child = _guarded(lambda: _catalog(io, href), href)
             if isinstance(child, Broken):
                 yield child
@@ -181,22 +201,29 @@ def _catalog(io, href: str):
     return pystac.read_dict(doc, href=href, stac_io=io)
 
 
-def api_items(url: str, search: dict) -> Iterator:
-    """Items of a STAC API's item search at ``url`` with ``search`` (pystac-client's keywords), page by page.
+def api_items(url: str, search: dict, *, other_hosts: bool = False,
+              max_requests: int = DEFAULT_MAX_REQUESTS) -> Iterator:
+    """Items of a STAC API's item search at ``url`` with ``search`` (pystac-client's keywords), page by page,
+    through :class:`GuardedApiIO` (``other_hosts``: links may lead off the API's host; ``max_requests``: the
+    most requests sent).
 
     Raises :class:`StoreUnavailable` when the API cannot be reached or fails, ``InvalidInput`` when ``url`` is
-    not a STAC API with item search or refuses the search (a 4xx answer)."""
+    not a STAC API with item search or refuses the search (a 4xx answer), ``UnsafeInput`` for a request or
+    redirect to a forbidden or other host, ``LimitExceeded`` past a page or request limit."""
     import pystac_client
     from pystac_client.exceptions import APIError
 
+    io = GuardedApiIO(url, other_hosts=other_hosts, max_requests=max_requests)
     try:
-        client = pystac_client.Client.open(url, timeout=(storage.CONNECT_TIMEOUT_S, storage.READ_TIMEOUT_S))
+        client = pystac_client.Client.open(url, stac_io=io, timeout=io.timeout)
         if not client.conforms_to(pystac_client.ConformanceClasses.ITEM_SEARCH):
             raise InvalidInput(f"{url} is not a STAC API with item search (it does not conform to ITEM_SEARCH)")
         query = search.pop("query", None)
         if query and client.conforms_to(pystac_client.ConformanceClasses.QUERY):
             search["query"] = query  # else filtered here only (the same test runs on every item anyway)
         yield from client.search(**search, limit=API_PAGE_SIZE).items()
+    except RsclipError:
+        raise
     except APIError as exc:
         if getattr(exc, "status_code", None) in BAD_REQUEST:
             raise InvalidInput(f"STAC API {url} refused the search: {one_line(exc)[:300]}") from None

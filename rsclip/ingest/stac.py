@@ -13,9 +13,13 @@ API that lacks the query extension all give the items the search names.
 assets stacked as RGB in that order (``red,green,blue``; :mod:`rsclip.geo.stacked`, resampled onto the
 finest one's grid). A source's uri is its asset's href, or the stack URI of its assets' hrefs; its version
 is a hash of the item's id, ``updated`` time and asset hrefs and checksums (a STAC item has no ETag). An
-item without an asset asked for, or whose asset is not a raster rsclip reads (suffix, scheme; a catalog on
-S3 or an API may name only ``s3://`` and ``http(s)://`` assets), becomes one error row, as does an item that
-cannot be read; the job goes on. At most ``--limit`` items are embedded (the first ones in the search's
+item without an asset asked for, or whose asset is not a raster rsclip reads (suffix, scheme: :func:`asset_rules`),
+becomes one error row, as does an item that cannot be read; the job goes on. Which assets a catalog may name
+depends on where it is: an http(s) API's are read over http(s) only (``--allow-asset-schemes s3`` adds
+``s3://``: an API otherwise makes the job read any bucket its role can), a catalog on S3's from ``s3://`` and
+http(s), a local catalog's also from local files under its own folder (``--allow-asset-schemes file``: anywhere).
+An API's requests are checked and bounded (:mod:`rsclip.ingest.stac_io`: ``--stac-other-hosts``,
+``--stac-max-requests``). At most ``--limit`` items are embedded (the first ones in the search's
 order); more are reported, not silently dropped.
 """
 
@@ -25,7 +29,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rsclip.geo import dates, raster, stacked
 from rsclip.runtime import storage
@@ -42,6 +48,8 @@ MAX_QUERY_CHARS = 10_000
 QUERY_OPS = ("eq", "neq", "lt", "lte", "gt", "gte", "in")
 CLOUD_COVER = "eo:cloud_cover"
 GROUP = "STAC input"
+ASSET_SCHEMES = ("s3", "file")
+MAX_REQUESTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,13 @@ class StacOptions:
     limit: int = setting(DEFAULT_LIMIT, group=GROUP, help="most items embedded")
     assets: tuple[str, ...] = setting(("visual",), group=GROUP, help="the asset read (one 3-band COG), or three "
                                       "single-band assets stacked as RGB, e.g. red,green,blue")
+    allow_asset_schemes: tuple[str, ...] = setting((), group=GROUP, help="assets read beyond the catalog's own "
+                                                   "kind: s3 (s3:// assets of an http(s) API), file (local assets "
+                                                   "outside a local catalog's folder)")
+    stac_other_hosts: bool = setting(False, group=GROUP, help="follow a STAC API's links and redirects to other "
+                                     "hosts than its own (each still checked)")
+    stac_max_requests: int = setting(catalogs.DEFAULT_MAX_REQUESTS, group=GROUP,
+                                     help="most requests sent to a STAC API in one run (pages, redirects)")
 
     def __post_init__(self) -> None:
         _check(self)
@@ -90,6 +105,10 @@ def _check(options: StacOptions) -> None:
         raise InvalidInput(f"--max-cloud is a percentage in [0, 100], got {options.max_cloud}")
     if not 1 <= options.limit <= MAX_LIMIT:
         raise InvalidInput(f"--limit must be in [1, {MAX_LIMIT}], got {options.limit}")
+    if not 1 <= options.stac_max_requests <= MAX_REQUESTS:
+        raise InvalidInput(f"--stac-max-requests must be in [1, {MAX_REQUESTS}], got {options.stac_max_requests}")
+    if not set(options.allow_asset_schemes) <= set(ASSET_SCHEMES):
+        raise InvalidInput(f"--allow-asset-schemes takes {', '.join(ASSET_SCHEMES)}, got {options.allow_asset_schemes}")
     if len(options.assets) not in (1, 3) or any(not a.strip() for a in options.assets):
         raise InvalidInput(f"--assets is one asset key or three (stacked as RGB), got {options.assets}")
     if options.query:
@@ -146,19 +165,46 @@ def matches(item, options: StacOptions) -> bool:
                for name, ops in options.query_dict().items() for op, wanted in ops.items())
 
 
-def _href_problem(href: str, local_ok: bool) -> str:
-    """Why an asset href is not read (empty: it is)."""
+class AssetRules(NamedTuple):
+    """Which assets a catalog may name: the kinds of store (:func:`rsclip.ingest.catalogs.store_kind`) and the
+    real folder that local assets stay under (None: anywhere)."""
+
+    kinds: frozenset
+    root: str | None
+
+
+def asset_rules(options: StacOptions) -> AssetRules:
+    """The :class:`AssetRules` of the catalog ``options.stac`` names (module doc)."""
+    kind, allowed = catalogs.store_kind(options.stac), set(options.allow_asset_schemes)
+    if kind == "http":
+        return AssetRules(frozenset({"http"} | ({"s3"} & allowed)), None)
+    if kind == "s3":
+        return AssetRules(frozenset({"s3", "http"}), None)
+    folder = os.path.realpath(storage.parent(str(storage.local_path(options.stac))))
+    return AssetRules(frozenset({"s3", "http", "local"}), None if "file" in allowed else folder)
+
+
+def _href_problem(href: str, rules: AssetRules) -> str:
+    """Why an asset href is not read under ``rules`` (empty: it is)."""
     if not raster.is_raster(href):
         return f"asset {href[:300]} is not a raster rsclip reads ({', '.join(raster.RASTER_SUFFIXES)})"
     kind = catalogs.store_kind(href)
-    if kind == "local" and (not local_ok or "://" in href):
+    if kind == "local" and ("local" not in rules.kinds or "://" in href):
         return f"asset {href[:300]}: a remote catalog's assets are read from s3:// and http(s):// only"
+    if kind not in rules.kinds:
+        return (f"asset {href[:300]}: an http(s) STAC API's assets are read over http(s) only "
+                "(--allow-asset-schemes s3 reads its s3:// ones)")
+    if kind == "local" and rules.root is not None:
+        real = os.path.realpath(storage.local_path(href))
+        if real != rules.root and not real.startswith(rules.root.rstrip(os.sep) + os.sep):
+            return (f"asset {href[:300]}: outside the catalog's folder (--allow-asset-schemes file reads local "
+                    "assets anywhere)")
     return ""
 
 
-def item_source(item, options: StacOptions, local_ok: bool) -> ArchiveFile:
+def item_source(item, options: StacOptions, rules: AssetRules) -> ArchiveFile:
     """The source that ``item`` gives the planner: the asset(s) ``options.assets`` names (module doc);
-    ``problem`` set when it cannot be read. ``local_ok``: the catalog is local (assets may be local files)."""
+    ``problem`` set when it cannot be read under ``rules`` (:func:`asset_rules`)."""
     ref = item.get_self_href() or f"stac-item:{item.collection_id or ''}/{item.id}"
     cloud = item.properties.get(CLOUD_COVER)
     cloud = float(cloud) if isinstance(cloud, (int, float)) and math.isfinite(cloud) else None
@@ -168,12 +214,19 @@ def item_source(item, options: StacOptions, local_ok: bool) -> ArchiveFile:
         return ArchiveFile(ref, -1, "", **facts, problem=f"item {item.id} has no asset {missing[0]!r} (it has: "
                                                          f"{', '.join(sorted(item.assets))[:300] or 'none'})")
     hrefs = [item.assets[key].get_absolute_href() or item.assets[key].href for key in options.assets]
-    problem = next((p for p in (_href_problem(h, local_ok) for h in hrefs) if p), "")
+    problem = next((p for p in (_guarded_problem(h, rules) for h in hrefs) if p), "")
     uri = hrefs[0] if len(hrefs) == 1 else stacked.stack_uri(hrefs)
     checksums = [item.assets[key].extra_fields.get("file:checksum") for key in options.assets]
     stamp = json.dumps([item.id, item.properties.get("updated"), hrefs, checksums], default=str)
     version = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     return ArchiveFile(ref if problem else uri, -1, version, **facts, problem=problem)
+
+
+def _guarded_problem(href: str, rules: AssetRules) -> str:
+    try:
+        return _href_problem(href, rules)
+    except InvalidInput as exc:  # a local path no file system takes
+        return f"asset {href[:300]}: {exc}"
 
 
 def _search(options: StacOptions) -> dict:
@@ -191,19 +244,22 @@ def list_items(options: StacOptions) -> list[ArchiveFile]:
     """The sources of the items ``options`` names (at most ``options.limit``), sorted by uri, one per uri.
 
     Raises ``InvalidInput`` (``NotFound``) when the catalog or API cannot be read as STAC or refuses the
-    search, :class:`~rsclip.errors.StoreUnavailable` when its store or server cannot be reached.
+    search (or its pages loop), ``UnsafeInput`` when an API's request or redirect leads to a forbidden or
+    other host, ``LimitExceeded`` past a page or request limit (:mod:`rsclip.ingest.stac_io`), and
+    :class:`~rsclip.errors.StoreUnavailable` when its store or server cannot be reached.
     """
     if not options.stac:
         raise InvalidInput("no STAC source given (--stac)")
     api = storage.is_http(options.stac)
-    found = catalogs.api_items(options.stac, _search(options)) if api else catalogs.document_items(options.stac)
-    local_ok = catalogs.store_kind(options.stac) == "local"
+    found = catalogs.api_items(options.stac, _search(options), other_hosts=options.stac_other_hosts,
+                               max_requests=options.stac_max_requests) if api else catalogs.document_items(options.stac)
+    rules = asset_rules(options)
     sources: dict[str, ArchiveFile] = {}
     for entry in found:
         if isinstance(entry, catalogs.Broken):
             source = ArchiveFile(entry.href, -1, "", problem=entry.problem)
         elif matches(entry, options):
-            source = item_source(entry, options, local_ok)
+            source = item_source(entry, options, rules)
         else:
             continue
         if len(sources) >= options.limit:

@@ -11,8 +11,8 @@ Without keys the clients use their own credential chains (instance profile, pod 
 from __future__ import annotations
 
 import os
+import secrets
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,16 +25,15 @@ from typing import Iterator
 import fsspec
 
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable, UnsafeInput
+from rsclip.runtime import hosts
 from rsclip.runtime.faults import store_fault
 from rsclip.runtime.reporting import one_line
 
 S3_SCHEMES = ("s3", "s3a")
 # Rasters (COGs) named by a STAC catalog are also read over plain HTTP(S), by GDAL only (/vsicurl/ range reads).
-HTTP_SCHEMES = ("http", "https")
-METADATA_HOSTS = ("metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal")
-# Set to 1 by an operator whose COGs live on a private network (or a test's local server): http(s) rasters on
-# loopback and private addresses may then be read. Link-local and metadata addresses never are.
-ALLOW_PRIVATE_HTTP = "RSCLIP_ALLOW_PRIVATE_HTTP"
+# Which of them may be fetched is rsclip.runtime.hosts' rule (ALLOW_PRIVATE_HTTP: loopback and private networks).
+HTTP_SCHEMES = hosts.HTTP_SCHEMES
+ALLOW_PRIVATE_HTTP = hosts.ALLOW_PRIVATE_HTTP
 # Seconds before a connection attempt / a silent read gives up: faults surface quickly, nothing waits forever.
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
@@ -270,51 +269,20 @@ def is_http(uri: str | os.PathLike) -> bool:
     return urlparse(str(uri)).scheme.lower() in HTTP_SCHEMES
 
 
-def _forbidden_address(address) -> bool:
-    """Addresses a catalog or table must never make rsclip fetch from: link-local (cloud metadata services),
-    unspecified, multicast, reserved; loopback and private networks too unless
-    :data:`ALLOW_PRIVATE_HTTP` names them as allowed (a local test server, an on-premises COG store)."""
-    if address.is_link_local or address.is_unspecified or address.is_multicast:
-        return True
-    if address.is_loopback or address.is_private:
-        return os.environ.get(ALLOW_PRIVATE_HTTP, "") != "1"
-    return address.is_reserved
-
-
-def _forbidden_host(host: str) -> bool:
-    """Whether ``host`` is a metadata service name or resolves to a forbidden address (every address it
-    resolves to is checked; an unresolvable name is left to fail in GDAL with its own error)."""
-    import ipaddress
-    import socket
-
-    name = host.strip("[]").lower()
-    if name in METADATA_HOSTS:
-        return True
-    try:
-        infos = socket.getaddrinfo(name, None)
-    except (socket.gaierror, UnicodeError):
-        return False
-    return any(_forbidden_address(ipaddress.ip_address(info[4][0].split("%", 1)[0])) for info in infos)
-
-
 def gdal_path(uri: str) -> str:
     """The GDAL path of a local path, ``s3://bucket/key`` (``/vsis3/bucket/key``) or ``http(s)://`` URL
-    (``/vsicurl/URL``: range reads under :func:`gdal_options`'s timeouts and suffix allow-list; curl follows
-    redirects to HTTP(S) only). Raises :class:`UnsafeInput` for a URL without a host, with characters no URL
-    has (spaces, controls), or whose host is a metadata service or resolves to a forbidden address
-    (:func:`_forbidden_address`)."""
+    (``/vsicurl/URL``: range reads under :func:`gdal_options`'s timeouts and suffix allow-list).
+
+    An http(s) URL is checked by :func:`rsclip.runtime.hosts.check_url` and its redirects resolved here, each
+    hop checked (:func:`rsclip.runtime.hosts.final_url`): GDAL always follows redirects itself, so it is given
+    the last URL. Raises :class:`UnsafeInput` for a URL without a host, with characters no URL has, whose host
+    or a redirect's is a metadata service, resolves to a forbidden address or does not resolve;
+    :class:`LimitExceeded` past :data:`rsclip.runtime.hosts.MAX_REDIRECTS` redirects."""
     if is_remote(uri):
         parsed = urlparse(uri)
         return f"/vsis3/{parsed.netloc}{parsed.path}"
     if is_http(uri):
-        text = str(uri)
-        host = urlparse(text).hostname or ""
-        if not host or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
-            raise UnsafeInput(f"{text[:200]!r}: not a URL GDAL may read (no host, or spaces/control characters)")
-        if _forbidden_host(host):
-            raise UnsafeInput(f"{text[:200]}: cloud metadata, link-local and (unless {ALLOW_PRIVATE_HTTP}=1) "
-                              "loopback and private-network addresses are never read")
-        return f"/vsicurl/{text}"
+        return f"/vsicurl/{hosts.final_url(str(uri), timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))}"
     return str(local_path(uri))
 
 
@@ -354,22 +322,42 @@ def read_bytes(uri: str | os.PathLike, max_bytes: int = MAX_READ_BYTES) -> bytes
     return data
 
 
+def is_stream(uri: str | os.PathLike) -> bool:
+    """True for a local path that names no file to replace: a pipe, a device, or a descriptor of this process
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``), even one redirected to a regular file."""
+    if is_remote(uri):
+        return False
+    path = os.path.abspath(local_path(uri))
+    if os.path.realpath(os.path.dirname(path)).startswith("/proc/") or (
+            os.path.islink(path) and os.readlink(path).startswith("/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there yet (a file is made) or not reachable (the write says why)
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_bytes(uri: str, data: bytes | str) -> None:
     """Write (replace) a local file or an ``s3://`` object; a reader never sees a half-written file.
 
-    Local files are written beside the target and renamed into place (folders created); an S3 PUT is atomic.
+    Local files are written beside the target and renamed into place (folders created), with the mode a plain
+    ``open`` gives (``0o666`` less the umask); a stream (:func:`is_stream`) is written to as it is, since a
+    rename would replace its name instead of feeding it; an S3 PUT is atomic.
     Failures are rsclip errors naming ``uri`` (:func:`failures`).
     """
     payload = data.encode() if isinstance(data, str) else data
     with failures(uri):
         fs, path = filesystem(uri)
-        if is_remote(uri):
-            with fs.open(path, "wb") as f:
+        if is_remote(uri) or is_stream(uri):
+            with (fs.open(path, "wb") if is_remote(uri) else open(local_path(uri), "ab")) as f:
                 f.write(payload)
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}"
+        # os.open applies the umask (mkstemp's 0o600 would keep an export from the team it is for)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from rsclip.geo import raster, stacked
+from rsclip.runtime import storage
 from rsclip.table import tiles
-from rsclip.errors import InvalidInput, StoreUnavailable
+from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput
 from rsclip.ingest import batch as B, planning, stac
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.pipeline import run_embedding
@@ -73,7 +74,8 @@ def test_catalogs_item_collections_and_item_lines_list_the_same_sources(scenes, 
     collection = H.write_item_collection(tmp_path / "items.json", items)
     lines = tmp_path / "items.ndjson"
     lines.write_text("\n".join(json.dumps(i.to_dict()) for i in items) + "\n{not json\n")
-    listed = {name: stac.list_items(stac.StacOptions(stac=str(path)))
+    # the collection and the lines lie beside, not above, the scenes' folder: their local assets are allowed
+    listed = {name: stac.list_items(stac.StacOptions(stac=str(path), allow_asset_schemes=("file",)))
               for name, path in (("catalog", catalog), ("collection", collection), ("lines", lines))}
     want = {i: (int(w.timestamp() * 1_000_000), c, i == "landsat-bands") for i, (_, w, c) in H.ITEMS.items()}
     for name, sources in listed.items():
@@ -87,7 +89,7 @@ def test_catalogs_item_collections_and_item_lines_list_the_same_sources(scenes, 
     assert [s.version for s in listed["catalog"]] == [s.version for s in stac.list_items(stac.StacOptions(
         stac=str(catalog)))]  # a rerun lists the same versions
     for search in SEARCHES:
-        options = stac.StacOptions(stac=str(collection), **search)
+        options = stac.StacOptions(stac=str(collection), allow_asset_schemes=("file",), **search)
         assert {s.item_id for s in stac.list_items(options)} == _by_search(options), search
     assert len(stac.list_items(stac.StacOptions(stac=str(catalog), limit=2))) == 2
 
@@ -111,8 +113,10 @@ def test_bad_stac_input_is_refused_with_a_clear_error(scenes, tmp_path):
         EmbedConfig(db="d", archive="a", catalog=stac.StacOptions(stac="x.json"))
 
 
-def test_an_unreachable_stac_api_fails_before_any_cluster_work(tmp_path, tiny_model):
+def test_an_unreachable_stac_api_fails_before_any_cluster_work(tmp_path, tiny_model, monkeypatch):
     import ray
+
+    monkeypatch.setenv(storage.ALLOW_PRIVATE_HTTP, "1")  # a loopback API is fetched only when the operator says so
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
@@ -128,7 +132,8 @@ def test_an_unreachable_stac_api_fails_before_any_cluster_work(tmp_path, tiny_mo
 
 def test_three_single_band_assets_are_read_as_rgb_on_the_finest_grid(scenes, tmp_path):
     collection = H.write_item_collection(tmp_path / "items.json", H.build_items(scenes))
-    sources = stac.list_items(stac.StacOptions(stac=str(collection), assets=("red", "green", "blue")))
+    sources = stac.list_items(stac.StacOptions(stac=str(collection), assets=("red", "green", "blue"),
+                                               allow_asset_schemes=("file",)))
     (source,) = [s for s in sources if not s.problem]
     assert {s.item_id for s in sources if "no asset 'red'" in s.problem} == set(H.ITEMS) - {"landsat-bands"}
     assert stacked.is_stack(source.uri) and len(stacked.stack_parts(source.uri)) == 3
@@ -161,7 +166,8 @@ def test_http_cogs_are_read_by_range_through_the_hardened_path(scenes, tmp_path)
     for item in ("naip-2020", "landsat-a"):
         shutil.copy(scenes[item]["visual"], folder / f"{item}.tif")
     (tmp_path / "secret.tif").write_bytes(b"II*\x00secret")
-    redirects = {"/moved.tif": f"file://{tmp_path / 'secret.tif'}", "/other.tif": "/landsat-a.tif"}
+    redirects = {"/moved.tif": f"file://{tmp_path / 'secret.tif'}", "/other.tif": "/landsat-a.tif",
+                 "/meta.tif": "http://169.254.169.254/latest/meta-data/a.tif"}
     with RangeServer(folder, redirects) as server:
         items = H.build_items({k: scenes[k] for k in ("naip-2020", "landsat-a")},
                               href=lambda path: f"{server.url}/{path.name}")
@@ -185,6 +191,9 @@ def test_http_cogs_are_read_by_range_through_the_hardened_path(scenes, tmp_path)
             with raster.open_raster(f"{server.url}/moved.tif"):
                 pass
         assert "/moved.tif" not in server.sent
+        with pytest.raises(UnsafeInput, match="addresses are never read"):  # each redirect hop is checked
+            with raster.open_raster(f"{server.url}/meta.tif"):
+                pass
     for bad in ("ftp://example.org/a.tif", "http://exa mple.org/a.tif", "https:///a.tif", "http://x.org/a.vrt",
                 "http://169.254.169.254/latest/a.tif", "http://metadata.google.internal/a.tif"):
         with pytest.raises(InvalidInput):
@@ -248,8 +257,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def stac_api(s3, scenes, s3_prefix, tmp_path):
+def stac_api(s3, scenes, s3_prefix, tmp_path, monkeypatch):
     """A STAC API (rustac's server, in-memory backend) on 127.0.0.1 holding the items, their assets in S3."""
+    monkeypatch.setenv(storage.ALLOW_PRIVATE_HTTP, "1")  # a loopback API is fetched only when the operator says so
     if not RUSTAC.exists():
         pytest.fail(f"rustac is missing ({RUSTAC}): pip install -e '.[test]'")
     key = s3_prefix.split("/", 3)[3]
@@ -279,7 +289,7 @@ def stac_api(s3, scenes, s3_prefix, tmp_path):
 def test_a_stac_api_search_lists_and_embeds_what_the_search_names(stac_api, ray_driver, s3_prefix, tiny_model):
     url, collection = stac_api
     for search in SEARCHES:
-        options = stac.StacOptions(stac=url, **search)
+        options = stac.StacOptions(stac=url, allow_asset_schemes=("s3",), **search)  # the API's assets are in S3
         listed = stac.list_items(options)
         assert {s.item_id for s in listed} == _by_search(options), search
         local = stac.list_items(stac.StacOptions(stac=str(collection), **search))
@@ -289,7 +299,8 @@ def test_a_stac_api_search_lists_and_embeds_what_the_search_names(stac_api, ray_
         assert readable(listed) == readable(local)
         assert {s.item_id for s in listed if s.problem} == {s.item_id for s in local if s.problem}
         assert all(s.uri.startswith(url) for s in listed if s.problem)  # error rows name the item's API href
-    options = stac.StacOptions(stac=url, collections=("landsat",), assets=("red", "green", "blue"))
+    options = stac.StacOptions(stac=url, collections=("landsat",), assets=("red", "green", "blue"),
+                               allow_asset_schemes=("s3",))
     config = EmbedConfig(db=f"{s3_prefix}/db", model=str(tiny_model), raster=OPTIONS, batch_size=8, cpus_per_actor=0.5,
                          read_cpus=0.5, read_tasks=1, index="never", catalog=options)
     done = run_embedding(config)
