@@ -12,7 +12,9 @@ in source pixels), ``score``, ``crs``, ``datetime`` (ISO 8601, UTC), ``item_id``
 One writer (:func:`write_features`) for every format, local or ``s3://``, atomic (a reader never sees half a
 file, a failed export leaves nothing): GeoJSON (RFC 7946, lon/lat), GeoParquet 1.1 (WKB geometry, ``geo``
 metadata with the CRS and a ``bbox`` covering column, as written by geopandas) and CSV (the geometry as
-``WKT``, OGR's default geometry column).
+``WKT``, OGR's default geometry column; text cells a spreadsheet would run as a formula are neutralised by
+:func:`csv_bytes`, the one CSV writer). Local files get the mode a plain ``open`` gives (``0o666`` less the
+umask); a pipe, a device or ``/dev/stdout`` is written to as it is (``storage.write_bytes``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ GEOPARQUET_VERSION = "1.1.0"
 PROPERTIES = (tiles.ID, tiles.URI, WINDOW, SCORE, tiles.CRS, DATETIME, tiles.ITEM_ID, tiles.CLOUD_COVER,
               tiles.NODATA_FRACTION, labels.LABEL, detection_table.MODEL_VERSION, labels.VALUE, labels.NOTE)
 DISSOLVED = ("score_max", "score_mean", "tiles")
+# OWASP's CSV injection rule: a cell starting with one of these is a formula to Excel, LibreOffice or Sheets
+# (=HYPERLINK(...), +cmd|...); a leading ' makes it text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -51,16 +56,18 @@ class ExportResult:
     rows: int
 
 
-def export_format(out: str, format: str | None = None) -> str:
+def export_format(out: str, format: str | None = None, *, option: str = "format=") -> str:
     """The format of an export to ``out``: ``format`` when given, else from the suffix. Raises
-    ``InvalidInput`` for an unknown format or suffix."""
+    ``InvalidInput`` for an unknown format or suffix, naming the caller's ``option`` (``--format`` on the
+    command line)."""
     if format is None:
         suffix = PurePosixPath(str(out)).suffix.lower()
         if suffix not in SUFFIXES:
-            raise InvalidInput(f"cannot tell the format of {out!r} from its suffix: pass format= one of {FORMATS}")
+            raise InvalidInput(f"cannot tell the format of {out!r} from its suffix: pass {option} one of "
+                               f"{', '.join(FORMATS)}")
         return SUFFIXES[suffix]
     if format not in FORMATS:
-        raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InvalidInput(f"{option.rstrip('=')} must be one of {', '.join(FORMATS)}, got {format!r}")
     return format
 
 
@@ -124,7 +131,19 @@ def encode(gdf, format: str) -> bytes:
         return buffer.getvalue()
     frame = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
     frame[WKT] = [g.wkt if g is not None else "" for g in gdf.geometry.values]
-    return frame.to_csv(index=False).encode("utf-8")
+    return csv_bytes(frame)
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """``frame`` as UTF-8 CSV, every text cell that starts with one of :data:`FORMULA_STARTS` prefixed with
+    ``'`` (table contents are outside input: an id, a uri or a note must open as text, never run). Lines end
+    in CRLF (RFC 4180), so a cell holding a lone CR is quoted too instead of splitting its row."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                            for v in safe[column]]
+    return safe.to_csv(index=False, lineterminator="\r\n").encode("utf-8")
 
 
 def write_features(gdf, out: str, format: str | None = None) -> ExportResult:
@@ -173,11 +192,17 @@ def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABL
         A GeoDataFrame (CRS84): one feature per tile (footprint and :data:`PROPERTIES`), or per dissolved group.
 
     Raises:
-        InvalidInput: For bad input (as :func:`select`).
+        InvalidInput: For bad input (as :func:`select`), and for a dissolve of tiles none of which has a footprint.
     """
     frame = select(db, table=table, **selection)
     gdf = features(frame, tiles.open_table(db, table))
-    return dissolve(gdf) if dissolved else gdf
+    if not dissolved:
+        return gdf
+    merged = dissolve(gdf)
+    if len(gdf) and not len(merged):  # else write_features would say "no tile matched"
+        raise InvalidInput(f"nothing to dissolve: none of the {len(gdf)} matched tiles has a footprint (chips "
+                           "without georeference); export them without dissolving")
+    return merged
 
 
 def export(db, out: str, *, format: str | None = None, dissolved: bool = False,

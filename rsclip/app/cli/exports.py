@@ -4,11 +4,16 @@ GeoJSON, GeoParquet or CSV file (local or ``s3://``).
     rsclip export DB (--query TEXT | --image PATH | --positive ID... [--negative ID...] |
                       --detections LABEL [--min-score S]) [--bbox ...] [--near ...] [--polygon P] [--where SQL]
                      [-k N] [--dissolve] --out PATH_or_s3:// [--format geojson|geoparquet|csv]
+
+``--out -`` (or ``/dev/stdout``, a pipe) writes the file to stdout; the summary then goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument, add_time_arguments, area,
@@ -16,8 +21,25 @@ from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument,
 from rsclip.app.cli.output import quiet_model_loading, say
 from rsclip.errors import InvalidInput
 from rsclip.runtime import storage
-from rsclip.search.encoding import Text
-from rsclip.search.export import FORMATS, export
+from rsclip.search.export import FORMATS, ExportResult, export, export_format
+
+STDOUT = "/dev/stdout"  # what --out - means
+
+
+def export_target(args: argparse.Namespace) -> tuple[str, str]:
+    """Where and in which format an export command writes: ``--out`` (``-``: stdout) and ``--format`` (else
+    from the suffix of ``--out``). Errors name the command line's flags, not the library's keywords."""
+    return (STDOUT if args.out == "-" else args.out), export_format(args.out, args.format, option="--format")
+
+
+def say_written(args: argparse.Namespace, result: ExportResult, text: str) -> None:
+    """The summary of an export (``say``), on stderr when the file itself went to stdout."""
+    try:
+        to_stdout = os.path.samestat(os.stat(result.path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # an s3:// object, or a stdout without a descriptor (captured)
+        to_stdout = False
+    with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+        say(args, vars(result), text)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -28,13 +50,16 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise InvalidInput("give one of --query TEXT, --image PATH, --positive ID..., --detections LABEL")
     if args.query is not None or args.image is not None or args.positive or args.negative:
         quiet_model_loading()
+    from rsclip.search.encoding import Text  # torch takes seconds to import: not for --help
+
     query = Text(args.query) if args.query is not None else None
     if args.image is not None:
         query = args.image if storage.is_remote(args.image) else Path(args.image)
-    result = export(args.db, args.out, format=args.format, dissolved=args.dissolve, table=args.table,
+    out, format = export_target(args)
+    result = export(args.db, out, format=format, dissolved=args.dissolve, table=args.table,
                     query=query, positive=args.positive, negative=args.negative, detections=args.detections,
                     min_score=args.min_score, k=args.k, **area(args))
-    say(args, vars(result), f"{result.rows} feature(s) written to {result.path} ({result.format})")
+    say_written(args, result, f"{result.rows} feature(s) written to {result.path} ({result.format})")
 
 
 def add_export_parser(sub) -> None:
@@ -51,7 +76,7 @@ def add_export_parser(sub) -> None:
     add_polygon_argument(ex)
     ex.add_argument("--where", help="extra SQL filter on the tile table's columns")
     ex.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
-    ex.add_argument("--out", required=True, help="file or s3:// object to write")
+    ex.add_argument("--out", required=True, help="file or s3:// object to write (-: stdout)")
     ex.add_argument("--dissolve", action="store_true",
                     help="merge touching footprints (max/mean score and tile count per polygon)")
     add_time_arguments(ex)
