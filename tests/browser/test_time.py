@@ -37,7 +37,7 @@ from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
 from tests.helpers.browser import (UI_TIMEOUT_MS, assert_no_traceback, click_map_tile, counts, download, enter_text,
                                    geojson_rows, label_set_named, map_frame, open_app, poll, press, search_text,
-                                   server_and_page, wait_captions, wait_idle, wait_text)
+                                   server_and_page, text_of, wait_captions, wait_idle, wait_text)
 from tests.helpers import stac as H
 from tests.helpers import GEOTIFF_DIR, require_shared_data
 
@@ -91,12 +91,9 @@ def text_hits(db: str, **filters) -> pd.DataFrame:
     return query_text(db, QUERY, DEFAULT_K, **filters)
 
 
-def entry_texts(pg, view: str, count: int) -> list[str]:
-    """The text of the first ``count`` entries of ``view``'s timeline, once they are drawn."""
-    entries = [pg.locator(f".st-key-{view_key('timeline', view, 'entry', i)}") for i in range(1, count + 1)]
-    for entry in entries:
-        entry.wait_for(timeout=UI_TIMEOUT_MS)
-    return [e.inner_text() for e in entries]
+def entry_texts(pg, view: str, count: int) -> list[str | None]:
+    """The text of the first ``count`` entries of ``view``'s timeline as drawn now (None: not drawn yet)."""
+    return [text_of(pg.locator(f".st-key-{view_key('timeline', view, 'entry', i)}")) for i in range(1, count + 1)]
 
 
 def expected_entries(line: pd.DataFrame) -> list[tuple[str, str]]:
@@ -108,9 +105,10 @@ def assert_timeline(pg, view: str, line: pd.DataFrame) -> None:
     """``view``'s timeline shows exactly ``line``: its dates and similarities, in order."""
     want = expected_entries(line)
 
-    def shown() -> list[tuple[str, ...]]:
-        return [tuple(re.search(r"(\S+) · (similarity -?\d\.\d{3})", t).groups())
-                for t in entry_texts(pg, view, len(want))]
+    def shown() -> list[tuple[str, ...]] | None:
+        """The entries' (date, similarity); None while one is missing or drawn without them ("not yet")."""
+        found = [re.search(r"(\S+) · (similarity -?\d\.\d{3})", t or "") for t in entry_texts(pg, view, len(want))]
+        return None if None in found else [m.groups() for m in found]
 
     assert poll(pg, shown, lambda got: got == want) == want
     pg.locator(f".st-key-{view_key('timeline', view, 'entry', len(want) + 1)}").wait_for(state="detached",

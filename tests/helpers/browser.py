@@ -84,7 +84,11 @@ def wait_idle(pg, start_ms: int = 1_500) -> None:
 
 def poll(pg, read, done):
     """``read()`` again every :data:`POLL_MS` until ``done`` holds for what it returned or
-    :data:`UI_TIMEOUT_MS` have passed; returns the last value read (the caller asserts on it)."""
+    :data:`UI_TIMEOUT_MS` have passed; returns the last value read (the caller asserts on it).
+
+    ``read`` reads the page as it is now, without waiting, and returns None for what is not drawn yet (an
+    element missing, or drawn without its text, between two runs' drawings): "not yet", never an error, so
+    a loaded machine that draws slowly only makes the poll take longer (see :func:`text_of`)."""
     deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
     value = read()
     while not done(value) and time.monotonic() < deadline:
@@ -93,28 +97,38 @@ def poll(pg, read, done):
     return value
 
 
+def text_of(locator) -> str | None:
+    """The text of the one element ``locator`` finds now; None while there is none (not drawn yet, or detached
+    by a redraw) or more than one. Reads all matches in one step (``all_inner_texts`` neither waits nor fails
+    on an element that goes away), so it is safe in a :func:`poll`."""
+    texts = locator.all_inner_texts()
+    return texts[0] if len(texts) == 1 else None
+
+
 def wait_text(pg, locator, contains=(), lacks=()) -> str:
     """The text of ``locator`` once the app is idle and the text holds every string of ``contains`` and none of
     ``lacks``. A run redraws a container element by element, so one new element (the one a test waited for)
     can stand beside stale ones until the run ends."""
-    def text() -> str:
+    def text() -> str | None:
         wait_idle(pg, start_ms=0)
-        return locator.inner_text()
+        return text_of(locator)
 
     shown = poll(pg, text, lambda t: _holds(t, contains, lacks))
-    assert _holds(shown, contains, lacks), f"wanted {list(contains)}, not {list(lacks)}; shown:\n{shown[-3000:]}"
+    assert _holds(shown, contains, lacks), \
+        f"wanted {list(contains)}, not {list(lacks)}; shown:\n{(shown or '(nothing)')[-3000:]}"
     return shown
 
 
-def _holds(text: str, contains, lacks) -> bool:
-    return all(s in text for s in contains) and not any(s in text for s in lacks)
+def _holds(text: str | None, contains, lacks) -> bool:
+    return text is not None and all(s in text for s in contains) and not any(s in text for s in lacks)
 
 
-def hit_captions(pg, results_key: str) -> list[str]:
-    """``name · window`` of every hit card under ``results_key``, in rank order."""
-    cards = pg.locator(f"[class*='st-key-{results_key}-hit-']")
-    texts = [cards.nth(i).inner_text() for i in range(cards.count())]
-    return [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t).group(1) for t in texts]
+def hit_captions(pg, results_key: str) -> list[str] | None:
+    """``name · window`` of every hit card under ``results_key``, in rank order; None while a card is drawn
+    without its caption yet (read in one step: see :func:`text_of`)."""
+    texts = pg.locator(f"[class*='st-key-{results_key}-hit-']").all_inner_texts()
+    found = [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t) for t in texts]
+    return None if None in found else [m.group(1) for m in found]
 
 
 def expected_captions(hits) -> list[str]:
@@ -203,27 +217,36 @@ def server_and_page(db_fixture: str, name: str):
 
 
 def map_frame(pg, count: int | None = None):
-    """The visible map's frame, once Leaflet is up (and, with ``count``, draws that many footprints)."""
-    pg.locator(MAP_FRAME).first.wait_for(timeout=UI_TIMEOUT_MS)
-    frame = pg.locator(MAP_FRAME).first.element_handle().content_frame()
-    frame.wait_for_function("() => window.rsclipMap !== undefined", timeout=UI_TIMEOUT_MS)
-    if count is not None:
-        frame.wait_for_function("n => window.rsclipMap.byId.size === n", arg=count, timeout=UI_TIMEOUT_MS)
-    return frame
+    """The visible map's frame, once Leaflet is up (and, with ``count``, draws that many footprints). A run
+    can replace the map's iframe while this waits: the frame is then taken again (a detached frame, or one
+    not loaded yet, is "not yet")."""
+    from playwright.sync_api import Error as PlaywrightError, TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        wait_idle(pg, start_ms=0)  # a run in progress may still show the map it is about to replace
+        left_ms = max(1_000, (deadline - time.monotonic()) * 1000)
+        try:
+            handle = pg.locator(MAP_FRAME).first.element_handle(timeout=left_ms)
+            frame = handle.content_frame()
+            if frame is not None:
+                frame.wait_for_function("() => window.rsclipMap !== undefined", timeout=left_ms)
+                if count is not None:
+                    frame.wait_for_function("n => window.rsclipMap.byId.size === n", arg=count, timeout=left_ms)
+                return frame
+        except PlaywrightTimeout:
+            raise
+        except PlaywrightError:  # the iframe was detached or reloaded under us
+            pass
+        assert time.monotonic() < deadline, f"the map's frame did not load within {UI_TIMEOUT_MS} ms"
+        pg.wait_for_timeout(POLL_MS)
 
 
 def wait_captions(pg, results_key: str, hits: pd.DataFrame) -> None:
     """Wait until the cards under ``results_key`` are ``hits``, in order, their previews loaded (the page
     shows the previous run's cards until the new run replaces them)."""
-    def shown() -> list[str] | None:
-        try:
-            return hit_captions(pg, results_key)
-        except AttributeError:  # a card in the middle of being redrawn
-            return None
-
     want = expected_captions(hits)
-    poll(pg, shown, lambda got: got == want)
-    assert hit_captions(pg, results_key) == want
+    assert poll(pg, lambda: hit_captions(pg, results_key), lambda got: got == want) == want
     wait_images_loaded(pg, f".st-key-{results_key}", len(hits))
 
 

@@ -39,7 +39,8 @@ query from memory plus the index's candidate row ids.
 What a visitor sends is bounded and never read as a path: typed text is encoded as text
 (``rsclip.search.encoding.Text``: ``file:///...`` or ``s3://...`` typed in a box is words), at most
 ``MAX_TEXT_CHARS``; uploads are opened only as the format their name claims, within the limits of
-:mod:`rsclip.app.web.data.uploads`; the bounding box is parsed into four floats and checked by
+:mod:`rsclip.app.web.data.uploads`, and a session's uploads are capped in count and bytes, each replaced one
+released (:mod:`rsclip.app.web.views.uploader`); the bounding box is parsed into four floats and checked by
 :func:`rsclip.query.validate_bbox`; an area drawn on the map is bounded and validated as a WGS84 polygon
 (:mod:`rsclip.app.web.data.mapdata`); typed dates are ISO dates of at most ten characters, checked before use
 (:mod:`rsclip.app.web.data.timedata`); a typed label-set name must match the labels module's pattern;

@@ -40,12 +40,15 @@ def connection(db: str):
 
 @st.cache_data(ttl=60, max_entries=2, show_spinner=False)
 def table_summary(db: str, table: str) -> dict:
-    """``{"model", "dim", "rows", "version", "extent", "times"}`` of the tile table (extent: see
-    :func:`mapdata.table_extent`; times: :func:`timedata.table_times`)."""
+    """``{"model", "weights", "dim", "rows", "version", "extent", "times"}`` of the tile table (weights: the
+    SHA-256 of its model's weights, None when not recorded; extent: see :func:`mapdata.table_extent`; times:
+    :func:`timedata.table_times`)."""
     tbl = tiles.open_table(db, table)
     model, dim = tiles.table_model(tbl)
-    return {"model": model, "dim": dim, "rows": tbl.count_rows(), "version": tbl.version,
-            "extent": table_extent(db, table, tbl.version), "times": table_times(db, table, tbl.version)}
+    identity = tiles.table_weights(tbl)
+    return {"model": model, "weights": identity.weights_sha256 if identity else None, "dim": dim,
+            "rows": tbl.count_rows(), "version": tbl.version, "extent": table_extent(db, table, tbl.version),
+            "times": table_times(db, table, tbl.version)}
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=4, show_spinner=False)

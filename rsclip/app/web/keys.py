@@ -25,6 +25,7 @@ STATE_LABEL = "label_set"  # the label set that "+" / "-" write to
 STATE_FIND_MORE = "find_more"  # True once "Find more like these" was pressed
 STATE_MESSAGE = "message"  # a one-line message a button callback left for the page (kind, text)
 STATE_OPENED = "opened"  # prefix: the tile of another date opened from a view's timeline ({"anchor", "row"})
+STATE_UPLOADS = "uploads"  # the session's UploadLedger (rsclip.app.web.data.uploads): its uploads, under its caps
 
 # Widgets and containers.
 KEY_TEXT = "text_query"

@@ -60,6 +60,15 @@ def source_name(uri: str) -> str:
     return str(uri).rstrip("/").rsplit("/", 1)[-1]
 
 
+def model_name(model: str, weights_sha256: str | None = None) -> str:
+    """The model of a table as the page names it, never a server path: a hub id as is, a folder, file or
+    ``s3://`` prefix by its last component; with ``weights_sha256``, its first 12 hex digits after it."""
+    text = str(model)
+    local = text.startswith(("/", ".", "~")) or "://" in text or "\\" in text
+    name = source_name(text.replace("\\", "/")) if local else text
+    return f"{name} · weights {weights_sha256[:12]}" if weights_sha256 else name
+
+
 # ASCII punctuation: each can start markdown (links, images, HTML, emphasis, colour and icon directives, math).
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 

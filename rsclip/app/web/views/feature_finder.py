@@ -10,13 +10,13 @@ import streamlit as st
 
 from rsclip.app.web import caches
 from rsclip.app.web.data.finder import MAX_PATCH_THUMBNAILS, FeatureMatch
-from rsclip.app.web.data.uploads import UPLOAD_TYPES
 from rsclip.app.web.keys import (KEY_FEATURE_COLS, KEY_FEATURE_GRID, KEY_FEATURE_MODE, KEY_FEATURE_OVERLAY,
                                  KEY_FEATURE_RESULTS, KEY_FEATURE_ROWS, KEY_FEATURE_TEXT, KEY_FEATURE_TILE,
                                  KEY_FEATURE_UPLOAD, PATCHES_GRID, PATCHES_TILE)
 from rsclip.app.web.layout import DEFAULT_GRID, GRID_COLUMNS, MAX_GRID
 from rsclip.app.web.text import describe_bounds, escape_markdown
 from rsclip.app.web.views.search import failed
+from rsclip.app.web.views.uploader import image_uploader
 from rsclip.search.encoding import MAX_TEXT_CHARS
 
 
@@ -34,7 +34,7 @@ def feature_view(summary: dict) -> None:
     """Draw the Feature finder for the table's model (``summary["model"]``)."""
     left, right = st.columns([2, 1])
     with left:
-        upload = st.file_uploader("Upload an image or GeoTIFF", type=list(UPLOAD_TYPES), key=KEY_FEATURE_UPLOAD)
+        upload = image_uploader("Upload an image or GeoTIFF", KEY_FEATURE_UPLOAD)
         text = st.text_input("Feature to find", key=KEY_FEATURE_TEXT, placeholder="storage tanks",
                              max_chars=MAX_TEXT_CHARS)
     with right:

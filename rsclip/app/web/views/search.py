@@ -3,7 +3,8 @@
 Each view runs one search under the page's filters (:meth:`rsclip.app.web.context.PageContext.filters`: area,
 dates, cloud and nodata limits)
 on the server's resident copy of the table and hands the hits to :func:`rsclip.app.web.views.results.show_results`.
-Typed text is text (``query_text``); an upload is decoded under :mod:`rsclip.app.web.data.uploads`' limits.
+Typed text is text (``query_text``); an upload is taken under the session's caps
+(:mod:`rsclip.app.web.views.uploader`) and decoded under :mod:`rsclip.app.web.data.uploads`' limits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rsclip.app.web import caches
 from rsclip.app.web.context import PageContext
 from rsclip.app.web.data.download_files import file_stem, labels_file
 from rsclip.app.web.data.finder import thumbnail
-from rsclip.app.web.data.uploads import UPLOAD_TYPES, decode_upload
+from rsclip.app.web.data.uploads import decode_upload
 from rsclip.app.web.keys import (KEY_FIND_MORE, KEY_IMAGE_UPLOAD, KEY_LABELLED, KEY_TEXT, SOURCE_TILE, SOURCE_UPLOAD,
                                  STATE_FIND_MORE, STATE_IMAGE_SOURCE, STATE_QUERY_TILE, VIEW_IMAGE, VIEW_LABELS,
                                  VIEW_TEXT)
@@ -26,6 +27,7 @@ from rsclip.app.web.views.labelling import counts_text, label_buttons
 from rsclip.app.web.views.maps import show_map
 from rsclip.app.web.views.results import show_results
 from rsclip.app.web.views.tile_image import show_image
+from rsclip.app.web.views.uploader import image_uploader
 from rsclip.table import labels, rows, tiles
 from rsclip.search.encoding import MAX_TEXT_CHARS
 from rsclip.search.query import query, query_text, similar_tiles
@@ -84,8 +86,8 @@ def query_caption(image, caption: str) -> None:
 
 def image_view(ctx: PageContext) -> None:
     """Image search: an uploaded image, or the tile whose "Similar tiles" was pressed."""
-    upload = st.file_uploader("Upload an image (or press 'Similar tiles' under any result)", type=list(UPLOAD_TYPES),
-                              key=KEY_IMAGE_UPLOAD, on_change=uploaded_new_image)
+    upload = image_uploader("Upload an image (or press 'Similar tiles' under any result)", KEY_IMAGE_UPLOAD,
+                            on_change=uploaded_new_image)
     source = st.session_state.get(STATE_IMAGE_SOURCE, SOURCE_UPLOAD)
     tile = st.session_state.get(STATE_QUERY_TILE)
     options = dict(table=ctx.config.table, resident=True, **ctx.filters())

@@ -11,7 +11,7 @@ from rsclip.app.web.context import PageContext
 from rsclip.app.web.data.mapdata import area_text
 from rsclip.app.web.keys import KEY_AREA, KEY_AREA_CLEAR, KEY_AREA_GEOJSON, KEY_BBOX, KEY_K, STATE_AREA
 from rsclip.app.web.layout import DEFAULT_K, MAX_K
-from rsclip.app.web.text import MAX_BBOX_CHARS, escape_markdown, parse_bbox, readable_error
+from rsclip.app.web.text import MAX_BBOX_CHARS, escape_markdown, model_name, parse_bbox, readable_error
 from rsclip.app.web.views.date_filter import date_filter
 from rsclip.app.web.views.labelling import label_choice, labelled_tiles, show_counts
 from rsclip.app.web.views.maps import current_area
@@ -65,8 +65,10 @@ def sidebar(config: WebConfig, summary: dict, conn) -> tuple[PageContext, list[s
     filters (a bad bounding box or date; the views then search nothing)."""
     with st.sidebar:
         st.header("rsclip")
-        st.caption(f"table **{escape_markdown(config.table)}** in {escape_markdown(config.db)}")
-        st.caption(f"{summary['rows']:,} tiles · model {escape_markdown(summary['model'])} ({summary['dim']}-d)")
+        # Names only: where the table and the model lie on the server is the operator's, not the visitor's.
+        st.caption(f"table **{escape_markdown(config.table)}**")
+        model = model_name(summary["model"], summary.get("weights"))
+        st.caption(f"{summary['rows']:,} tiles · model {escape_markdown(model)} ({summary['dim']}-d)")
         k = st.slider("Results", min_value=1, max_value=MAX_K, value=DEFAULT_K, key=KEY_K)
         st.subheader("Where")
         bbox, bbox_error = bbox_input()
