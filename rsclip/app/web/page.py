@@ -23,11 +23,11 @@ from rsclip.app.server import WebConfig
 from rsclip.app.web import caches
 from rsclip.app.web.keys import (KEPT_KEYS, KEY_TEXT, STATE_MESSAGE, STATE_VIEW, VIEW_CHANGES, VIEW_DETECT,
                                  VIEW_FEATURE, VIEW_IMAGE, VIEW_LABELS, VIEW_TEXT, VIEWS)
-from rsclip.app.web.text import escape_markdown
+from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.app.web.views.changes import changes_view
 from rsclip.app.web.views.detections import detect_view
 from rsclip.app.web.views.feature_finder import feature_view
-from rsclip.app.web.views.search import empty_map, failed, image_view, labels_view, text_view
+from rsclip.app.web.views.search import empty_map, image_view, labels_view, text_view
 from rsclip.app.web.views.sidebar import sidebar
 from rsclip.table import tiles
 
@@ -58,7 +58,9 @@ def render_app(config: WebConfig) -> None:
         conn = caches.connection(config.db)
         summary = caches.table_summary(config.db, config.table)
     except Exception as exc:
-        failed(f"Cannot open table {escape_markdown(repr(config.table))} in {escape_markdown(config.db)}", exc)
+        # the visitor learns what failed, not where the server keeps its files
+        reason = readable_error(exc).replace(str(config.db), "the database")
+        st.error(f"Cannot open table {escape_markdown(repr(config.table))}: {escape_markdown(reason)}")
         st.stop()
     for key in KEPT_KEYS:  # a widget of a closed tab keeps its value (see keys.KEPT_KEYS)
         if key in st.session_state:
