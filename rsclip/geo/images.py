@@ -1,10 +1,11 @@
 """Images: decoding chips, reading any image or raster into RGB uint8, and the checks both go through.
 
-Chips (JPEG, PNG, TIFF without georeference, BMP, WebP) are decoded by Pillow restricted to
-:data:`CHIP_FORMATS`: formats that can run programs (EPS through Ghostscript) or reference other files
-are never tried. Rasters go through :mod:`rsclip.geo.raster` (one GDAL driver per suffix). Every decoded
-image passes the same header checks first (:func:`image_size`): not empty, not a decompression bomb, at
-least 2x2 pixels.
+Chips (JPEG, PNG, TIFF without georeference, BMP, WebP) are decoded by Pillow restricted to the one format
+their name claims (:func:`rsclip.geo.formats.pillow_formats`; any of ``CHIP_FORMATS`` for bytes without a
+name): formats that can run programs (EPS through Ghostscript) or reference other files are never tried.
+Rasters go through :mod:`rsclip.geo.raster` (one GDAL driver per suffix). Every decoded image passes the same header
+checks first (:func:`image_size`): not empty, not a decompression bomb (pixels, a TIFF's tiles or strips,
+:mod:`~rsclip.geo.formats`' bounds), at least 2x2 pixels.
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from rsclip.geo import raster
+from rsclip.geo import formats, raster
+from rsclip.geo.formats import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, LimitExceeded
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2")
-# The Pillow decoders a chip may be opened with, whatever its name says.
-CHIP_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 # What the API accepts as an image: a path or URI, a PIL image or an HWC uint8 array.
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
-# Larger images are refused rather than decoded (decompression bombs); big scenes go through rasterio.
-MAX_IMAGE_PIXELS = 16_384 * 16_384
+# TIFF tags a Pillow decode allocates by: tile width and length, rows per strip, samples, bits, planar config.
+_TILE_WIDTH, _TILE_LENGTH, _ROWS_PER_STRIP, _SAMPLES, _BITS, _PLANAR = 322, 323, 278, 277, 258, 284
 
 
 def is_image_name(name: str) -> bool:
@@ -40,29 +39,50 @@ def is_image_name(name: str) -> bool:
 def _opened(data: bytes, name: str, max_pixels: int):
     """The PIL image in ``data`` once its header passed the checks; errors in the block become InvalidInput.
 
-    Refuses empty data, decompression bombs (by Pillow's limit or ``max_pixels``), images smaller than
-    2x2 pixels and anything outside :data:`CHIP_FORMATS`, each with a message naming ``name``.
+    Refuses empty data, decompression bombs (by Pillow's limit or ``max_pixels``, TIFF tiles or strips over
+    :data:`~rsclip.geo.formats.MAX_BLOCK_BYTES`), images smaller than 2x2 pixels and anything but the format
+    ``name`` claims (:func:`~rsclip.geo.formats.pillow_formats`), each with a message naming ``name``.
     """
+    allowed = formats.pillow_formats(name)
     if not data:
         raise InvalidInput(f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=CHIP_FORMATS) as im:
+            with Image.open(io.BytesIO(data), formats=allowed) as im:
                 if im.width * im.height > max_pixels:
                     raise LimitExceeded(f"{name}: {im.width}x{im.height} pixels exceeds the decode limit of "
                                         f"{max_pixels} pixels (decompression bomb refused)")
                 if im.width < 2 or im.height < 2:
                     raise InvalidInput(f"{name}: image is too small ({im.width}x{im.height} pixels)")
+                if im.format == "TIFF":
+                    _check_tiff_blocks(im, name)
                 yield im
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise LimitExceeded(f"{name}: decompression bomb refused ({exc})") from None
     except Image.UnidentifiedImageError:  # its message names a BytesIO object, nothing of use
-        raise InvalidInput(f"{name}: not a readable image (none of {', '.join(CHIP_FORMATS)})") from None
+        if len(allowed) == 1:
+            raise InvalidInput(f"{name}: not a readable image as {allowed[0]}, the format its name claims (no "
+                               "other is tried)") from None
+        raise InvalidInput(f"{name}: not a readable image (none of {', '.join(allowed)})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error... for broken files
         raise InvalidInput(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_tiff_blocks(im: Image.Image, name: str) -> None:
+    """Refuse a TIFF whose one tile or strip decodes beyond the block bound (libtiff allocates a whole tile,
+    however small the image: a 64x64 image may declare 16384x16384 tiles)."""
+    tags = im.tag_v2
+    bits = tags.get(_BITS, (8,))
+    bits = max(bits) if isinstance(bits, tuple) else bits
+    samples = int(tags.get(_SAMPLES, 1)) if tags.get(_PLANAR, 1) == 1 else 1
+    if _TILE_WIDTH in tags:
+        width, height, what = int(tags[_TILE_WIDTH]), int(tags.get(_TILE_LENGTH, tags[_TILE_WIDTH])), "tile"
+    else:  # libtiff reads at most the image's height per strip
+        width, height, what = im.width, min(int(tags.get(_ROWS_PER_STRIP, im.height)), im.height), "strip"
+    formats.check_block(name, width, height, samples * int(bits) / 8, what)
 
 
 def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -78,9 +98,10 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE
     """Decode encoded chip bytes to an RGB ``(H, W, 3)`` uint8 array.
 
     Raises ``InvalidInput`` naming ``name`` for empty, truncated, non-image or disallowed-format data and
-    images smaller than 2x2 pixels; ``LimitExceeded`` above ``max_pixels``.
+    images smaller than 2x2 pixels; ``LimitExceeded`` above ``max_pixels`` or :mod:`~rsclip.geo.formats`' bounds.
     """
     with _opened(data, name, max_pixels) as im:
+        formats.check_ratio(name, im.width * im.height * len(im.getbands()), len(data))
         im.load()
         return np.asarray(im.convert("RGB"))
 
@@ -90,18 +111,24 @@ def decode_raster(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
     """Raster bytes (GeoTIFF of any band type, JPEG 2000) as RGB uint8 with the embedding job's default bands
     and stretch; with ``max_side``, read decimated to at most that many pixels a side.
 
-    The size is checked against ``max_pixels`` from the header, before any pixel is read. Raises
+    Checked from the header before any pixel is read: at most ``max_pixels`` pixels, tiles and strips within
+    their bound (:func:`~rsclip.geo.raster.open_raster_bytes`), the read within the decode budget and the
+    compression ratio within its bound (:mod:`~rsclip.geo.formats`). Raises
     ``InvalidInput``/``UnsafeInput``/``LimitExceeded`` naming ``name``.
     """
     with raster.open_raster_bytes(data, name) as src:
         if src.width * src.height > max_pixels:
             raise LimitExceeded(f"{name}: {src.width}x{src.height} pixels exceeds the decode limit of "
                                 f"{max_pixels} pixels")
+        sample = max(np.dtype(d).itemsize for d in src.dtypes)
+        formats.check_ratio(name, src.width * src.height * src.count * sample, len(data))
+        shape = raster.fit_shape(src.width, src.height, max_side) if max_side else (src.height, src.width)
+        formats.check_decoded(name, shape[0] * shape[1] * len(raster.choose_bands(src.count, None)) * sample,
+                              max_pixels)
         try:
             scene = raster.describe_scene(src, raster.RasterOptions())
         except InvalidInput as exc:
             raise InvalidInput(f"{name}: {exc}") from None
-        shape = raster.fit_shape(src.width, src.height, max_side) if max_side else (src.height, src.width)
         pixels = raster.read_scaled(src, scene, shape)
     if pixels.shape[0] < 2 or pixels.shape[1] < 2:
         raise InvalidInput(f"{name}: image is too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")

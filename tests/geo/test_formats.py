@@ -143,10 +143,13 @@ def test_upload_names_are_only_names(name):
     assert_refused(info.value, name)
 
 
-def test_a_png_named_jpg_is_fine(rsicd_files):
+def test_a_png_named_jpg_is_refused_and_decodes_named_png(rsicd_files):
+    """One format per name (issue 24): the name picks the decoder, the bytes never pick another."""
     buf = io.BytesIO()
     Image.open(rsicd_files[0]).save(buf, format="PNG")
-    np.testing.assert_array_equal(decode_upload(buf.getvalue(), "really-a-png.jpg"), read_image(rsicd_files[0]))
+    with pytest.raises(InvalidInput, match=r"really-a-png\.jpg: not a readable image as JPEG, the format its name"):
+        decode_upload(buf.getvalue(), "really-a-png.jpg")
+    np.testing.assert_array_equal(decode_upload(buf.getvalue(), "a.png"), read_image(rsicd_files[0]))
 
 
 @pytest.mark.parametrize("name", ["vrt-raw.tif", "vrt-source.tif", "envi.tif", "svg.png", "eps.png"])
