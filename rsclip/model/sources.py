@@ -18,14 +18,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rsclip.model import locations, versions
+from rsclip.model import hub, locations, versions
 from rsclip.model.convert import converter
 from rsclip.model.convert.converter import convert_model
 from rsclip.runtime import storage
 from rsclip.errors import InvalidInput, NotFound, UnsafeInput
 
 __all__ = ["DEFAULT_MODEL", "MAX_MODEL_FILES", "MODEL_FILE_SUFFIXES", "WEIGHT_SUFFIX", "ModelIdentity", "convert_model",
-           "fetch_model_dir", "model_identity", "resolve_model_source"]
+           "fetch_model_dir", "model_identity", "model_reference", "resolve_model_source"]
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 # Files a save_pretrained CLIP directory needs; weights only as safetensors (no pickle is ever loaded).
@@ -98,8 +98,17 @@ def fetch_model_dir(uri: str, cache_dir: str | os.PathLike | None = None) -> Pat
     return target
 
 
+@functools.lru_cache(maxsize=16)  # even the cache's snapshot is a few file reads: once per process
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of hub model ``repo_id``: what a CLIP export needs, the tokenizer included."""
+    return hub.snapshot(repo_id, [f"*{suffix}" for suffix in MODEL_FILE_SUFFIXES],
+                        required=("config.json", "preprocessor_config.json", "tokenizer_config.json",
+                                  f"*{WEIGHT_SUFFIX}"))
+
+
 def resolve_model_source(source: str | os.PathLike) -> str:
-    """A local folder or hub id that ``from_pretrained`` accepts, fetching ``s3://`` models first.
+    """The local folder ``from_pretrained`` opens for ``source``: a folder as it is, an ``s3://`` model fetched
+    into the cache, a hub id's snapshot (the Hugging Face cache's, else downloaded: :mod:`rsclip.model.hub`).
 
     Raises ``NotFound`` for a missing folder and ``InvalidInput`` for a folder that is not a CLIP export.
     ``open_clip:ARCH:URI`` and ``hf-bin:SRC`` are converted once into the cache
@@ -120,7 +129,24 @@ def resolve_model_source(source: str | os.PathLike) -> str:
         return str(path)
     if not locations.is_hub_id(text):
         raise NotFound(f"model directory not found: {text}")
-    return text  # a hub id such as openai/clip-vit-base-patch32
+    return str(_hub_snapshot(text))  # a hub id such as openai/clip-vit-base-patch32: its snapshot folder
+
+
+def model_reference(source: str | os.PathLike) -> str:
+    """A model source as a job records it and sends it to its workers: a local folder absolute, whatever the
+    working directory that reads it (``models/tiny`` would be a hub id there); a conversion spec canonical;
+    hub ids, ``s3://`` prefixes and names of nothing as written (loading them says what is wrong).
+
+    A folder reached through a symbolic link keeps the link's name: ``OUTPUT/model`` of a training run is a
+    link to its current version (:mod:`rsclip.model.versions`), which a later export replaces.
+    """
+    text = str(source)
+    if converter.is_conversion_spec(text):
+        return converter.canonical_spec(text)
+    if storage.is_remote(text):
+        return text
+    path = storage.local_path(text).expanduser()
+    return os.path.abspath(path) if path.exists() else text
 
 
 @dataclass(frozen=True)
@@ -149,30 +175,21 @@ def _hash_weights(folder: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=16)  # a hub lookup per query would make every query wait on the network
-def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as exc:  # offline, unknown repo, gated: the hub says why
-        raise NotFound(f"cannot resolve hub model {repo_id}: {type(exc).__name__}: {exc}") from None
-
-
 def model_identity(source: str | os.PathLike) -> ModelIdentity:
     """The :class:`ModelIdentity` of a model source (resolved as :func:`resolve_model_source` does).
 
     Hashing reads the weights once per process and file state (size, modification time).
     """
     text = str(source)
-    resolved = resolve_model_source(text)
-    folder = Path(resolved) if Path(resolved).is_dir() else _hub_snapshot(resolved)
+    folder = Path(resolve_model_source(text))
     if converter.is_conversion_spec(text):  # the source converted, not this host's cache folder
         location = converter.canonical_spec(text)
-    elif Path(resolved).is_dir():
-        location = text if storage.is_remote(text) else str(Path(resolved).resolve())
+    elif storage.is_remote(text):
+        location = text
+    elif not storage.local_path(text).exists():  # a hub id: the snapshot folder is named by its commit
+        location = f"{text}@{folder.name}"
     else:
-        location = f"{resolved}@{folder.name}"  # the hub's snapshot folder is named by its commit
+        location = str(folder.resolve())
     stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(f"*{WEIGHT_SUFFIX}")))
     key = (str(folder.resolve()), stats)
     with _identity_lock:

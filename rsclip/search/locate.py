@@ -170,6 +170,8 @@ def locate(
     text: str | ImageInput,
     *,
     model: ModelLike = None,
+    db=None,
+    table: str = tiles.DEFAULT_TABLE,
     tile: int | None = None,
     grid: tuple[int, int] | None = None,
     overlap: int = 0,
@@ -183,7 +185,9 @@ def locate(
         image: A local path or ``s3://`` URI (chips via Pillow, rasters window by window), a PIL image or an
             HWC uint8 array.
         text: What to look for: a text, or an example image (path, URI, PIL image, HWC uint8 array).
-        model: A source or a loaded :class:`ClipEncoder` (None: the default model).
+        model: A source or a loaded :class:`ClipEncoder` (None: the model of ``table`` in ``db`` when ``db``
+            is given, else the default model).
+        db, table: The tile table whose model scores the patches when ``model`` is None.
         tile: Patches ``tile`` pixels a side (default 224); not together with ``grid``.
         grid: ``(rows, cols)``: that many equal parts instead of tiles.
         overlap: Pixels that neighbouring ``tile`` patches share.
@@ -205,7 +209,7 @@ def locate(
     if tile is not None and grid is not None:
         raise InvalidInput("give either tile or grid, not both")
     plan = PatchGrid(tile=tile if tile is not None else DEFAULT_TILE_SIZE, grid=grid, overlap=overlap)
-    encoder = resolve_encoder(model)
+    encoder = resolve_encoder(model, db, table)
     scale = model_logit_scale(encoder) if logit_scale is None else float(logit_scale)
     with PatchSource(image, bands, max_pixels=max_pixels) as source:
         windows = plan.windows(source.width, source.height)

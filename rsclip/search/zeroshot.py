@@ -21,15 +21,21 @@ from rsclip.model.clip import DEFAULT_MODEL, ClipEncoder, cached_model
 from rsclip.model.prompts import TEMPLATES, class_embeddings
 from rsclip.model.vectors import softmax
 from rsclip.errors import InvalidInput
+from rsclip.search.request import Request
+from rsclip.table.tiles import DEFAULT_TABLE
 
 ModelLike = Union[str, os.PathLike, ClipEncoder, None]
 
 
-def resolve_encoder(model: ModelLike) -> ClipEncoder:
+def resolve_encoder(model: ModelLike, db=None, table: str = DEFAULT_TABLE) -> ClipEncoder:
     """A :class:`ClipEncoder` for ``model``: an encoder as is, a source (hub id, folder, ``s3://``) loaded
-    once per process, None for :data:`rsclip.model.clip.DEFAULT_MODEL`."""
+    once per process. None: the model that embedded the tile table ``table`` of ``db`` when ``db`` is given
+    (read as :func:`rsclip.query` reads it: :attr:`Request.model <rsclip.search.request.Request.model>`), else
+    :data:`rsclip.model.clip.DEFAULT_MODEL`. Raises ``NotFound`` for an unknown table."""
     if isinstance(model, ClipEncoder):
         return model
+    if model is None and db is not None:
+        model = Request.of(db, table).model
     return cached_model(str(model) if model is not None else DEFAULT_MODEL)
 
 
@@ -52,6 +58,8 @@ def classify(
     *,
     templates: Sequence[str] = TEMPLATES,
     model: ModelLike = None,
+    db=None,
+    table: str = DEFAULT_TABLE,
     logit_scale: float | None = None,
 ) -> pd.DataFrame:
     """Zero-shot label probabilities for one image or a list of images.
@@ -61,7 +69,9 @@ def classify(
         labels: Class names (underscores read as spaces), at least two.
         templates: Prompt templates with one ``{}`` (default :data:`rsclip.model.prompts.TEMPLATES`, the
             evaluation's ensemble).
-        model: A source (hub id, folder, ``s3://``) or a loaded encoder (None: the default model).
+        model: A source (hub id, folder, ``s3://``) or a loaded encoder (None: the model of ``table`` in
+            ``db`` when ``db`` is given, else the default model).
+        db, table: The tile table whose model classifies when ``model`` is None.
         logit_scale: The softmax's scale (None: the model's own temperature).
 
     Returns:
@@ -88,7 +98,7 @@ def classify(
     items = [images] if single else list(images)
     if not items:
         raise InvalidInput("no images to classify")
-    encoder = resolve_encoder(model)
+    encoder = resolve_encoder(model, db, table)
     scale = model_logit_scale(encoder) if logit_scale is None else float(logit_scale)
     if not scale > 0:
         raise InvalidInput(f"logit_scale must be positive, got {logit_scale}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rsclip.runtime import flags, storage
-from rsclip.model.sources import DEFAULT_MODEL
+from rsclip.model.sources import DEFAULT_MODEL, model_reference
 from rsclip.errors import InvalidInput
 from rsclip.train.data import TRAIN, VAL
 
@@ -24,6 +24,13 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a settings file is a few hundred bytes
 setting = flags.setting
 
 IO, CLUSTER, OPTIM, DATA, CKPT = "data and output", "cluster", "optimisation", "augmentation", "checkpoints"
+
+
+def _absolute(uri: str) -> str:
+    """A local path made absolute (it may not exist yet: an output); ``s3://`` URIs and "" as they are."""
+    if not isinstance(uri, str) or not uri or storage.is_remote(uri):
+        return uri
+    return os.path.abspath(storage.local_path(uri).expanduser())
 
 
 @dataclass
@@ -80,8 +87,12 @@ class TrainConfig:
     resume: bool = setting(False, group=CKPT, help="continue the run in --output from its latest checkpoint")
 
     def __post_init__(self):
-        self.data = [self.data] if isinstance(self.data, str) else list(self.data or [])
-        self.val_data = [self.val_data] if isinstance(self.val_data, str) else list(self.val_data or [])
+        # local paths absolute: the workers run in another folder, and the run's records are read from anywhere
+        self.data = [_absolute(d) for d in ([self.data] if isinstance(self.data, str) else list(self.data or []))]
+        self.val_data = [_absolute(d) for d in
+                         ([self.val_data] if isinstance(self.val_data, str) else list(self.val_data or []))]
+        self.output = _absolute(self.output)
+        self.model = model_reference(self.model)
         self.betas = tuple(self.betas)
 
     def validate(self) -> "TrainConfig":

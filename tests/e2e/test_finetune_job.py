@@ -82,9 +82,10 @@ def test_config_file_flags_and_schedule(tmp_path):
 
     (tmp_path / "c.yaml").write_text("data: [a]\noutput: o\nepochs: 7\nlr: 0.001\nimage_aug: false\n")
     cfg, _ = parse_args(["--config", str(tmp_path / "c.yaml"), "--epochs", "3", "--data", "b", "--text-aug"])
-    assert (cfg.epochs, cfg.lr, cfg.image_aug, cfg.text_aug, cfg.data) == (3, 0.001, False, True, ["b"])
+    assert (cfg.epochs, cfg.lr, cfg.image_aug, cfg.text_aug) == (3, 0.001, False, True)
+    assert cfg.data == [os.path.abspath("b")]  # local paths absolute: the workers run in another folder
     cfg, _ = parse_args(["--data", "a", "--output", "o", "--betas", "0.8", "0.95", "--no-resume"])
-    assert (cfg.betas, cfg.resume) == ((0.8, 0.95), False)
+    assert (cfg.betas, cfg.resume, cfg.output) == ((0.8, 0.95), False, os.path.abspath("o"))
     with pytest.raises(InvalidInput, match="unknown"):
         TrainConfig.from_dict({"data": ["a"], "output": "o", "learning_rate": 1})
     with pytest.raises(InvalidInput, match="epochs"):

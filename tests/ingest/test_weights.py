@@ -61,3 +61,26 @@ def test_a_table_without_a_record_keeps_working(tmp_path, rsicd_files):
     assert tiles.table_weights(tiles.open_table(tmp_path / "db")) is None
     build_tiny_clip(folder, seed=1)
     assert len(rsclip.query(tmp_path / "db", "a beach", k=2)) == 2
+
+
+def test_the_same_weights_spelled_otherwise_are_the_same_model_and_other_weights_are_not(tmp_path, monkeypatch):
+    """Issue 25, item 7: a model is its recorded weights, not the spelling of its folder."""
+    folder = build_tiny_clip(tmp_path / "x" / "tiny", seed=0)
+    (tmp_path / "link").symlink_to(folder)
+    db = tmp_path / "db"
+    tiles.create_table(db, model=str(folder), dim=32, identity=model_identity(folder))
+    monkeypatch.chdir(tmp_path / "x")
+    for spelling in (f"{folder}/", str(tmp_path / "link"), "tiny", "./tiny/"):
+        table = tiles.create_table(db, model=spelling, dim=32, identity=model_identity(spelling))
+        assert tiles.table_model(table) == (str(folder), 32)  # the table keeps the name it was created with
+    other = build_tiny_clip(tmp_path / "other", seed=1)
+    with pytest.raises(ModelMismatch, match="holds embeddings of model"):
+        tiles.create_table(db, model=str(other), dim=32, identity=model_identity(other))
+    with pytest.raises(ModelMismatch, match="holds embeddings of model"):  # the same weights, another size
+        tiles.create_table(db, model="tiny", dim=64, identity=model_identity("tiny"))
+    build_tiny_clip(folder, seed=2)  # re-exported in place: every spelling now names other weights
+    with pytest.raises(ModelMismatch, match="now hold other weights"):
+        tiles.create_table(db, model=str(folder), dim=32, identity=model_identity(folder))
+    for spelling in (str(tmp_path / "link"), "tiny"):
+        with pytest.raises(ModelMismatch, match="refusing to add embeddings"):
+            tiles.create_table(db, model=spelling, dim=32, identity=model_identity(spelling))

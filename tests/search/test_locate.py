@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ import rasterio
 from PIL import Image
 
 import rsclip
+from rsclip.app.cli import main
+from rsclip.table import tiles
+from rsclip.testing import build_tiny_clip
 from rsclip.geo.windows import grid_windows
 from rsclip.geo import raster
 from rsclip.search.locate import PatchGrid, heatmap, render_heatmap
@@ -168,3 +172,23 @@ def test_bad_input(encoder, mosaic, kwargs, message):
     image = kwargs.pop("image", mosaic[0])
     with pytest.raises(ValueError, match=message):
         rsclip.locate(image, kwargs.pop("text"), model=encoder, **kwargs)
+
+
+def test_without_a_model_the_tables_model_scores_the_patches(tmp_path, tiny_model, mosaic, capsys):
+    """Issues 24 and 25: given a table (``db``, ``--db``), its own model scores, not the hub's default."""
+    own = build_tiny_clip(tmp_path / "own", seed=3)
+    db = tmp_path / "db"
+    tiles.create_table(db, model=str(own), dim=32)
+    image = mosaic[0]
+    by_table = rsclip.locate(image, "a beach", db=db, grid=(2, 3))
+    want = rsclip.locate(image, "a beach", model=str(own), grid=(2, 3))
+    np.testing.assert_allclose(by_table["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6)
+    other = rsclip.locate(image, "a beach", model=str(tiny_model), grid=(2, 3))
+    differs = np.abs(by_table.sort_index()["score"].to_numpy() - other.sort_index()["score"].to_numpy())
+    assert differs.max() > 1e-4  # so the check above could fail
+    Image.fromarray(image).save(tmp_path / "mosaic.png")
+    capsys.readouterr()
+    assert main(["locate", str(tmp_path / "mosaic.png"), "a beach", "--grid", "2", "3", "--db", str(db),
+                 "--top", "0", "--json"]) == 0
+    patches = json.loads(capsys.readouterr().out)["patches"]
+    np.testing.assert_allclose([p["score"] for p in patches], by_table["score"].to_numpy(), atol=1e-5)

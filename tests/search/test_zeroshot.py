@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import rsclip
+from rsclip.app.cli import main
+from rsclip.errors import NotFound
 from rsclip.model.clip import load_model
 from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
+from rsclip.table import tiles
+from rsclip.testing import build_tiny_clip
 
 LABELS = ["airport", "bare_land", "beach", "dense residential"]
 
@@ -91,3 +97,21 @@ def test_bad_input(encoder, images, kwargs, message):
     kwargs.setdefault("images", images[:1])
     with pytest.raises(ValueError, match=message):
         rsclip.classify(kwargs.pop("images"), model=encoder, **kwargs)
+
+
+def test_without_a_model_the_tables_model_classifies(tmp_path, tiny_model, images, capsys):
+    """Issues 24 and 25: given a table (``db``, ``--db``), its own model classifies, not the hub's default."""
+    own = build_tiny_clip(tmp_path / "own", seed=3)
+    db = tmp_path / "db"
+    tiles.create_table(db, model=str(own), dim=32)
+    by_table = rsclip.classify(images[:2], LABELS, db=db)
+    np.testing.assert_allclose(by_table[LABELS].to_numpy(),
+                               rsclip.classify(images[:2], LABELS, model=str(own))[LABELS].to_numpy(), atol=1e-6)
+    other = rsclip.classify(images[:2], LABELS, model=str(tiny_model))[LABELS].to_numpy()
+    assert np.abs(by_table[LABELS].to_numpy() - other).max() > 1e-4  # so the check above could fail
+    capsys.readouterr()
+    assert main(["classify", *map(str, images[:2]), "--labels", *LABELS, "--db", str(db), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([[r[lb] for lb in LABELS] for r in rows], by_table[LABELS].to_numpy(), atol=1e-6)
+    with pytest.raises(NotFound, match="unknown table 'nope'"):
+        rsclip.classify(images[:2], LABELS, db=db, table="nope")

@@ -16,6 +16,7 @@ import torch
 
 from rsclip.runtime import storage
 from rsclip.model.checkpoints import CheckpointFile, fetch_checkpoint, read_checkpoint, state_dict_of
+from rsclip.model import hub
 from rsclip.model.locations import is_hub_id
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
@@ -54,13 +55,9 @@ def _download_prefix(uri: str, workdir: Path, max_bytes: int) -> Path:
 
 
 def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[*SIDE_FILES, "model*.safetensors",
-                                                               "pytorch_model*.bin"]))
-    except Exception as exc:  # offline, unknown or gated repository: the hub says which
-        raise NotFound(f"cannot fetch hub model {repo_id}: {type(exc).__name__}: {exc}") from None
+    """The side files and weights of hub model ``repo_id``, cached first (:func:`rsclip.model.hub.snapshot`)."""
+    return hub.snapshot(repo_id, [*SIDE_FILES, "model*.safetensors", "pytorch_model*.bin"],
+                        required=("config.json", "*model*"))
 
 
 def fetch_hf_folder(source: str, workdir: Path, max_bytes: int) -> tuple[Path, str]:
