@@ -1,7 +1,8 @@
 """The entry of a Ray Data job script: its config's flags parsed, the cluster joined, the summary printed.
 
 ``jobs/embed_archive.py`` and ``jobs/detect.py`` are one :class:`JobEntry` each: the flags are generated from
-the job's config dataclass (:mod:`rsclip.runtime.flags`) plus ``--progress``; the run joins the cluster the
+the job's config dataclass (:mod:`rsclip.runtime.flags`) plus ``--progress``/``--no-progress`` (progress bars,
+by default on when stderr is a terminal); the run joins the cluster the
 job was submitted to (``RAY_ADDRESS``) or starts a private local one, and prints its summary as a human line
 and one ``summary: {json}`` line. An expected failure is one ``PROG: error: ...`` line and exit status 2
 (:func:`rsclip.runtime.reporting.run_reporting`).
@@ -10,6 +11,7 @@ and one ``summary: {json}`` line. An expected failure is one ``PROG: error: ...`
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,14 +35,17 @@ class JobEntry:
     required: tuple[str, ...] = field(default=())
 
     def parse_args(self, argv: list[str] | None = None) -> tuple[Any, bool]:
-        """The job's config and whether to show progress bars, from the command line (``argv``: the process's).
+        """The job's config and whether to show progress bars (``--progress``/``--no-progress``, by default
+        when stderr is a terminal), from the command line (``argv``: the process's).
         Exits with status 2 and a usage line for flags that do not parse or settings that do not fit."""
         parser = argparse.ArgumentParser(description=self.doc.splitlines()[0])
         flags.add_arguments(parser, self.config, required=self.required)
-        parser.add_argument("--progress", action="store_true", help="show Ray Data progress bars")
+        parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                            help="show Ray Data progress bars (default: when stderr is a terminal)")
         args = parser.parse_args(argv)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
         try:
-            return flags.from_arguments(args, self.config), args.progress
+            return flags.from_arguments(args, self.config), progress
         except ValueError as exc:
             parser.error(str(exc))
 

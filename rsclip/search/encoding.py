@@ -1,7 +1,7 @@
 """Query encoding: a text, an image or a vector as one unit vector of a table's model.
 
-A ``str`` is text unless it names an image (an ``s3://``/``file://`` URI or an existing image file); a
-:class:`Text` is always text (what a web visitor types). Images are paths, URIs, PIL images or HWC uint8
+A ``str`` is text unless it names an image (:func:`looks_like_image_path`: an ``s3://``/``file://`` URI, or a
+name ending in an image suffix such as ``.jpg``); a :class:`Text` is always text (what a web visitor types). Images are paths, URIs, PIL images or HWC uint8
 arrays; a vector is scaled to unit length. An image query's own tile (:func:`self_ids`) is what the search
 leaves out of its results.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
@@ -20,7 +19,7 @@ from rsclip.runtime import storage
 from rsclip.table import tiles
 from rsclip.geo.images import is_image_name, read_image
 from rsclip.model.clip import cached_model
-from rsclip.errors import InvalidInput, LimitExceeded
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
 # Longest text query encoded (a CLIP tokenizer keeps 77 tokens; longer text only costs tokenising time).
 MAX_TEXT_CHARS = 2_000
@@ -31,19 +30,39 @@ QueryLike = Union[str, os.PathLike, Image.Image, np.ndarray, Sequence[float]]
 class Text(str):
     """A string that is always a text query, never read as a path or URI: what a web visitor types.
 
-    ``query(db, Text("file:///etc/passwd"))`` embeds those characters as text; a plain ``str`` naming an
-    existing image file or an ``s3://``/``file://`` URI is read as an image (the Python API's path queries).
+    ``query(db, Text("file:///etc/passwd"))`` embeds those characters as text; a plain ``str`` that names an
+    image (:func:`looks_like_image_path`) is read as one (the Python API's path queries).
     """
 
 
 def looks_like_image_path(text: str) -> bool:
-    """True when a string query names an image: an ``s3://``/``file://`` URI, or an existing image file.
-    Never for :class:`Text`."""
+    """True when a string query names an image, so that it is read as one (and a missing one is an error,
+    never a text search for its name); never for :class:`Text`. A string names an image when it
+
+    - starts with ``s3://`` or ``file://`` (a URI), or
+    - ends with an image suffix (``.jpg``, ``.jpeg``, ``.png``, ``.tif``, ``.tiff``, ``.bmp``, ``.webp``,
+      ``.jp2``, in any case: :func:`~rsclip.geo.images.is_image_name`), whether or not such a file exists.
+
+    Anything else is text, slashes and dots included: ``"airport/runway"``, ``"3.5 m resolution"``,
+    ``"harbour, 2020."``. Words that end like a file name are searched for as text with ``Text("x.png")``."""
     if isinstance(text, Text):
         return False
-    if text.startswith(("s3://", "file://")):
-        return True
-    return is_image_name(text) and Path(text).is_file()
+    return text.startswith(("s3://", "file://")) or is_image_name(text)
+
+
+def read_query_image(query: str | os.PathLike) -> np.ndarray:
+    """The pixels of an image query named by a path or URI. Raises ``NotFound`` naming a local path that is
+    not there (saying how to search for such words as text), ``InvalidInput`` for an unreadable image."""
+    name = str(query)
+    if not storage.is_remote(name):
+        try:
+            os.lstat(storage.local_path(name))
+        except FileNotFoundError:
+            hint = "; to search for these words as text, pass Text(...)" if isinstance(query, str) else ""
+            raise NotFound(f"image query {name}: no such file{hint}") from None
+        except OSError:  # no permission, a name too long, ...: read_image says which
+            pass
+    return read_image(query)
 
 
 def is_image_query(query) -> bool:
@@ -90,13 +109,13 @@ def unit_vector(values, dim: int) -> np.ndarray:
 def query_vector(query: QueryLike, model: str, dim: int) -> np.ndarray:
     """The unit ``(dim,)`` vector for a query: text, image (path, URI, PIL, HWC uint8 array) or vector.
 
-    A ``str`` is text unless it is an ``s3://``/``file://`` URI or an existing image file. Raises
-    ``InvalidInput`` for blank text, unreadable images and vectors of the wrong size.
+    A ``str`` is text unless it names an image (:func:`looks_like_image_path`). Raises ``InvalidInput`` for
+    blank text, missing or unreadable images and vectors of the wrong size.
     """
     if isinstance(query, str) and not looks_like_image_path(query):
         vector = text_vector(query, model)
     elif isinstance(query, (str, os.PathLike)):
-        vector = cached_model(model).encode_images([read_image(query)])[0]
+        vector = cached_model(model).encode_images([read_query_image(query)])[0]
     elif is_image_query(query):
         vector = cached_model(model).encode_images([query])[0]
     else:

@@ -21,10 +21,9 @@ import pandas as pd
 from PIL import Image
 
 from rsclip.table import rows, tiles
-from rsclip.geo.images import read_image
 from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.search.encoding import is_image_query, query_vector, self_ids
+from rsclip.search.encoding import is_image_query, query_vector, read_query_image, self_ids
 from rsclip.search.request import Request
 from rsclip.search.searchers import search, searcher_for
 
@@ -50,7 +49,7 @@ def example_vectors(table, examples: Sequence, model: str, dim: int) -> tuple[np
         if vectors[i] is not None:
             continue
         if isinstance(example, (str, os.PathLike)) and is_image_query(example):
-            image = read_image(example)
+            image = read_query_image(example)
             leave_out |= self_ids(example, image)
             example = image
         vectors[i] = query_vector(example, model, dim)

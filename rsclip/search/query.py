@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from rsclip.table import tiles
-from rsclip.geo.images import read_image
 from rsclip.table.rows import TILE_ID_PATTERN
 from rsclip.errors import InvalidInput, NotFound
-from rsclip.search.encoding import QueryLike, Text, checked_text, is_image_query, query_vector, self_ids
+from rsclip.search.encoding import (QueryLike, Text, checked_text, is_image_query, query_vector, read_query_image,
+                                    self_ids)
 from rsclip.search.examples import search_examples
 from rsclip.search.filters import BBox
 from rsclip.search.request import Request
@@ -54,7 +54,9 @@ def query(db, query: QueryLike | None = None, k: int = 10, *, table: str = tiles
     Args:
         db: A local path, an ``s3://`` URI or a LanceDB connection.
         query: A string (text search), an image (path, PIL image, HWC uint8 array) or a vector of the table's
-            dimension. A text or image is encoded with the table's model.
+            dimension. A text or image is encoded with the table's model. A string starting with ``s3://`` or
+            ``file://`` or ending with an image suffix (``.jpg``, ``.tif``, ...) is an image path, a missing one
+            ``NotFound`` (:func:`~rsclip.search.encoding.looks_like_image_path`); ``Text(s)`` is always text.
         k: How many tiles to return, in [1, 10000].
         table: The name of the tile table.
         bbox: ``(lon_min, lat_min, lon_max, lat_max)``: keeps tiles intersecting it.
@@ -83,10 +85,10 @@ def query(db, query: QueryLike | None = None, k: int = 10, *, table: str = tiles
 
     Raises:
         InvalidInput: For bad input (empty text, k outside [1, 10000], malformed bbox or near, wrong vector
-            size, a table without model metadata, both a query and examples).
+            size, a table without model metadata, both a query and examples, an unreadable image).
         ModelMismatch: When the table's model now resolves to other weights than the table records, unless
             ``allow_model_mismatch``.
-        NotFound: For an unknown table.
+        NotFound: For an unknown table, no database at a local ``db``, or a missing image file.
     """
     examples = positive is not None or negative is not None
     if examples and query is not None:
@@ -107,7 +109,7 @@ def search_query(request: Request, query: QueryLike, *, exclude_self: bool = Tru
     if isinstance(query, str) or is_image_query(query):  # encoded with the model; a vector is not
         request.check_weights(allow_model_mismatch)
     if is_image_query(query) and isinstance(query, (str, os.PathLike)):
-        image = read_image(query)
+        image = read_query_image(query)
         vector = query_vector(image, request.model, request.dim)
         drop = self_match(self_ids(query, image)) if exclude_self else None
     else:

@@ -16,6 +16,7 @@ leaves out, fetching more candidates when needed so that ``k`` rows come back wh
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable, Protocol
 
 import numpy as np
@@ -52,6 +53,9 @@ RESIDENT_EXACT_ROWS = 1_000_000
 _SQL_ERROR_MARKERS = ("parse", "Parse", "SQL", "sql", "No field named", "Schema error", "Invalid user input",
                       "Error during planning", "not found in schema", "Invalid argument",
                       "Error applying filter expression", "Error resolving filter expression")
+# Where in its Rust sources Lance raised an error (", /root/.cargo/registry/src/.../logical_expr.rs:23:88"): a
+# path of the machine that built Lance, which says nothing to the user.
+_RUST_SOURCE = re.compile(r",?\s*\S+\.rs:\d+(?::\d+)?")
 
 Ranker = Callable[[int], pd.DataFrame]
 
@@ -77,7 +81,7 @@ def checked_sql(run: Callable, where: str | None):
         return run()
     except Exception as exc:
         if where and any(marker in str(exc) for marker in _SQL_ERROR_MARKERS):
-            first = str(exc).strip().splitlines()[0][:300]
+            first = _RUST_SOURCE.sub("", str(exc).strip().splitlines()[0])[:300]
             raise InvalidInput(f"the filter {where[:200]!r} is not valid SQL on the table's columns: {first}") from None
         raise
 

@@ -68,8 +68,9 @@ def vectors_by_id(table, ids: Sequence[str]) -> np.ndarray:
 
 
 def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
-    """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None."""
-    conn = tiles.connect(db)
+    """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None.
+    Raises ``NotFound`` for a local folder ``db`` that does not exist, unless ``create``."""
+    conn = tiles.connect(db, create=create)
     if name not in tiles.table_names(conn):
         if not create:
             return None

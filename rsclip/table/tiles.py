@@ -52,7 +52,7 @@ from rsclip.runtime import storage
 from rsclip.table import datasets
 from rsclip.table.keyed_writes import merge_on, retry_on_conflict
 from rsclip.model.sources import ModelIdentity
-from rsclip.geo.windows import GRID_CRS
+from rsclip.geo.windows import GRID_CRS, SCENES_TILED
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
 
 if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
@@ -83,6 +83,7 @@ META_DIM = b"rsclip.dim"
 META_MODEL_LOCATION = b"rsclip.model_location"  # absolute folder, s3:// prefix or hub-id@revision
 META_WEIGHTS_SHA256 = b"rsclip.weights_sha256"
 META_GRID = b"rsclip.grid"  # how its windows are anchored (rsclip.table.anchors); new tables: to the CRS
+META_SCENES = b"rsclip.scenes"  # how its scenes are cut (rsclip.table.anchors); new tables: always into the grid
 
 # merge_insert replaces a stored tile only for a row of another source version (the object was rewritten);
 # a row without a version never replaces one (Lance's SQL has no IS DISTINCT FROM)
@@ -125,6 +126,7 @@ def tile_schema(dim: int, model: str, identity: ModelIdentity | None = None) -> 
             pa.field(NODATA_FRACTION, pa.float64()),
         ],
         metadata={META_MODEL: str(model).encode(), META_DIM: str(dim).encode(), META_GRID: GRID_CRS.encode(),
+                  META_SCENES: SCENES_TILED.encode(),
                   **_weights_metadata(identity)},
     )
 
@@ -140,11 +142,12 @@ def errors_table_name(table: str) -> str:
     return f"{table}{ERRORS_SUFFIX}"
 
 
-def connect(db: str | os.PathLike | lancedb.DBConnection) -> lancedb.DBConnection:
+def connect(db: str | os.PathLike | lancedb.DBConnection, *, create: bool = True) -> lancedb.DBConnection:
     """A LanceDB connection for a local folder or an ``s3://`` URI (AWS variables honoured).
 
     Args:
         db: a local folder, an ``s3://`` URI, or a connection (returned as is).
+        create: make a missing local folder (writers); readers pass False: ``NotFound`` "no database at db".
 
     Returns:
         The ``lancedb.DBConnection``.
@@ -156,7 +159,10 @@ def connect(db: str | os.PathLike | lancedb.DBConnection) -> lancedb.DBConnectio
     text = str(db)
     if storage.is_remote(text):
         return lancedb.connect(text, storage_options=storage.lance_storage_options())
-    return lancedb.connect(str(storage.local_path(text)))
+    folder = storage.local_path(text)
+    if not create and not folder.is_dir():
+        raise NotFound(f"no database at {text}")
+    return lancedb.connect(str(folder))
 
 
 def table_names(conn: lancedb.DBConnection) -> list[str]:
@@ -176,17 +182,15 @@ def open_table(db, name: str = DEFAULT_TABLE):
         The LanceDB table.
 
     Raises:
-        NotFound: the table does not exist.
+        NotFound: the table does not exist, or no local folder ``db`` (which is never created here).
         StoreUnavailable: its store cannot be reached (``storage.failures``).
     """
     with storage.failures(db):
-        conn = connect(db)
+        conn = connect(db, create=False)
         names = table_names(conn)
         if name not in names:
             raise NotFound(f"unknown table {name!r} in {db!s} (tables: {', '.join(names) or 'none'})")
         return conn.open_table(name)
-
-
 
 
 def has_vector_index(table) -> bool:
@@ -238,8 +242,9 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
         The LanceDB table.
 
     Raises:
-        ModelMismatch: the table exists with another model or embedding size, or records other weights than
-            ``identity`` (the same folder re-exported): vectors of two models in one table cannot be compared.
+        ModelMismatch: the table exists with another embedding size, or records other weights than ``identity``
+            (another model, or the same folder re-exported), or (recording none) another model name: vectors of
+            two models in one table cannot be compared. The same weights under another name are accepted.
     """
     conn = connect(db)
     if name not in table_names(conn):
@@ -252,7 +257,11 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
                 raise
     table = conn.open_table(name)
     have_model, have_dim = table_model(table)
-    if (have_model, have_dim) != (str(model), dim):
+    # a model is its weights, not their spelling: the same folder named otherwise (a link, a trailing slash,
+    # relative) records the same digest; a table recording no weights can only compare the names
+    recorded = table_weights(table)
+    same_weights = None not in (recorded, identity) and recorded.weights_sha256 == identity.weights_sha256
+    if have_dim != dim or (have_model != str(model) and not same_weights):
         raise ModelMismatch(
             f"table {name!r} holds embeddings of model {have_model!r} ({have_dim}-d); "
             f"refusing to add embeddings of {model!s} ({dim}-d). Use another table or the same model."

@@ -15,24 +15,29 @@
 
 One module per command group (named in brackets); none imports this module or another group, what they share
 is in :mod:`~rsclip.app.cli.options` and :mod:`~rsclip.app.cli.output`; this module puts them together.
-Human-readable tables by default, ``--json`` for scripts. Expected failures (bad input, unknown tables,
-unreadable or refused images, unreachable stores) end with exit status 2 and one line ``rsclip: error: ...``
-on stderr; anything else is a bug and shows its traceback.
+The command modules import the library rooms a command needs when it runs, so that ``rsclip --help`` and
+``rsclip --version`` answer without loading torch, transformers or LanceDB. Human-readable tables by default,
+``--json`` for scripts. Expected failures (bad input, unknown tables, unreadable or refused images,
+unreachable stores) end with exit status 2 and one line ``rsclip: error: ...`` on stderr; anything else is a
+bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from typing import Sequence
 
 from rsclip.app.cli import exports, labels, models, search, serve, tables, timeline
+from rsclip.app.cli.options import Parser
 from rsclip.runtime.reporting import run_reporting
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rsclip`` argument parser: every sub-command, in the order ``rsclip --help`` lists them."""
-    parser = argparse.ArgumentParser(prog="rsclip", description="CLIP search over satellite archives.")
+    parser = Parser(prog="rsclip", description="CLIP search over satellite archives.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     search.add_query_parser(sub)
     search.add_locate_parser(sub)
@@ -47,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_changes_parser(sub)
     tables.add_upgrade_parser(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed version of the rsclip package ("unknown" when it runs from a tree that is not installed)."""
+    try:
+        return metadata.version("rsclip")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

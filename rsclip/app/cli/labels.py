@@ -3,7 +3,7 @@ detection), list the sets and their labels, export a set's tiles.
 
     rsclip label add DB LABEL --positive ID... [--negative ID...] [--note TEXT]
     rsclip label remove DB LABEL (ID... | --all)
-    rsclip label list DB [LABEL]
+    rsclip label list DB [LABEL]                    (the sets; or the labels of one set: tile id, uri, value, ...)
     rsclip label export DB LABEL --out labels.geojson [--format geojson|geoparquet|csv]
 """
 
@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from rsclip.app.cli.exports import export_target, say_written
 from rsclip.app.cli.options import with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput
 from rsclip.search.export import FORMATS, export_labels
-from rsclip.table import labels
+from rsclip.table import labels, rows, tiles
+
+
+def with_uris(frame: pd.DataFrame, db, table: str) -> pd.DataFrame:
+    """The labels in ``frame`` with the ``uri`` of each tile after its id (null for a tile no longer in the
+    table): an id alone does not say which image a label is about."""
+    found = rows.rows_by_id(tiles.open_table(db, table), frame[tiles.ID], [tiles.URI])
+    uris = dict(zip(found.column(tiles.ID).to_pylist(), found.column(tiles.URI).to_pylist()))
+    listed = frame.copy()
+    listed.insert(listed.columns.get_loc(tiles.ID) + 1, tiles.URI, [uris.get(i) for i in listed[tiles.ID]])
+    return listed
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -32,12 +45,13 @@ def cmd_label(args: argparse.Namespace) -> None:
         n = labels.remove_labels(args.db, args.label, None if args.all else args.ids, table=args.table)
         say(args, {"label": args.label, "removed": n}, f"{args.label}: {n} label(s) removed")
     elif args.action == "list":
-        frame = (labels.read_labels(args.db, args.label, table=args.table) if args.label
-                 else labels.label_sets(args.db, table=args.table))
+        frame = (with_uris(labels.read_labels(args.db, args.label, table=args.table), args.db, args.table)
+                 if args.label else labels.label_sets(args.db, table=args.table))
         print_json(records(frame)) if args.json else print_table(frame)
     else:
-        result = export_labels(args.db, args.label, args.out, format=args.format, table=args.table)
-        say(args, vars(result), f"{result.rows} labelled tiles written to {result.path} ({result.format})")
+        out, format = export_target(args)
+        result = export_labels(args.db, args.label, out, format=format, table=args.table)
+        say_written(args, result, f"{result.rows} labelled tiles written to {result.path} ({result.format})")
 
 
 def add_label_parser(sub) -> None:
@@ -58,6 +72,6 @@ def add_label_parser(sub) -> None:
     ls.add_argument("label", metavar="LABEL", nargs="?")
     ex = with_table(actions.add_parser("export", help="the labelled tiles as GeoJSON/GeoParquet/CSV"))
     ex.add_argument("label", metavar="LABEL")
-    ex.add_argument("--out", required=True, help="file or s3:// object to write")
+    ex.add_argument("--out", required=True, help="file or s3:// object to write (-: stdout)")
     ex.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
     label.set_defaults(run=cmd_label)

@@ -20,12 +20,32 @@ from rsclip.search.polygons import MAX_POLYGON_CHARS
 from rsclip.table import tiles
 
 POLYGON_FILE_SUFFIXES = (".geojson", ".json", ".wkt")
+# A command-line word that is a number or starts a list of them: a minus, then a digit (or a point and one).
+NEGATIVE_NUMBERS = re.compile(r"^-\.?\d")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that reads a word starting with a minus and a digit as a value, not an option:
+    ``--near -99.15,47.02,2`` (a western longitude first) and ``--at -99.15,47.02``. argparse itself takes
+    only a single negative number (``-99.15``) for a value. No rsclip option is named like a number, so
+    nothing is lost; the sub-command parsers are of this class too (argparse makes them of their parent's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBERS
+
+
+def add_db_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the table a command works on: ``DB`` and ``--table``."""
+    parser.add_argument("db", metavar="DB", help="database: the folder (local path or s3:// URI) that holds the "
+                                                 "tile table and the tables beside it")
+    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="tile table in DB (default: %(default)s)")
+    return parser
 
 
 def with_table(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``parser`` with the arguments of a command on one table: ``DB``, ``--table`` and ``--json``."""
-    parser.add_argument("db", metavar="DB", help="table folder: local path or s3:// URI")
-    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="table name (default: %(default)s)")
+    add_db_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     return parser
 

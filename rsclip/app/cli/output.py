@@ -12,17 +12,17 @@ import pandas as pd
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
-    """DataFrame rows as JSON-safe dicts (NaN and None become null)."""
+    """DataFrame rows as JSON-safe dicts (NaN, NaT, NA, infinities and None become null)."""
     out = []
     for row in frame.to_dict(orient="records"):
         clean = {}
         for k, v in row.items():
-            if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+            if pd.api.types.is_scalar(v) and pd.isna(v):  # NaN, NaT (an unknown date), NA, None
+                v = None
+            elif isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
                 v = None
             elif isinstance(v, np.generic):
                 v = v.item()
-            elif v is pd.NA:
-                v = None
             clean[k] = v
         out.append(clean)
     return out

@@ -10,18 +10,18 @@ from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument,
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
 from rsclip.errors import InvalidInput
-from rsclip.model.clip import DEFAULT_MODEL
 from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
+from rsclip.model.sources import DEFAULT_MODEL
 from rsclip.runtime import storage
-from rsclip.search.encoding import Text
-from rsclip.search.locate import locate, render_heatmap
-from rsclip.search.query import query
-from rsclip.search.zeroshot import classify
 from rsclip.table import tiles
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    """``rsclip query``: the best ``k`` tiles for a text, an image or examples, under the area and time filters."""
+    """``rsclip query``: the best ``k`` tiles for a text, an image or examples, under the area and time filters.
+    The table shows each tile's ``id`` (what ``rsclip label add --positive ID`` takes); JSON has every column."""
+    from rsclip.search.encoding import Text  # torch takes seconds to import: not for --help
+    from rsclip.search.query import query
+
     quiet_model_loading()
     examples = bool(args.positive or args.negative)
     if [args.text is not None, args.image is not None, examples].count(True) != 1:
@@ -35,16 +35,17 @@ def cmd_query(args: argparse.Namespace) -> None:
     if args.json:
         print_json(records(frame))
         return
-    shown = frame.drop(columns=[tiles.ID, tiles.CRS])
-    print_table(shown)
+    print_table(frame.drop(columns=[tiles.CRS]))
 
 
 def cmd_locate(args: argparse.Namespace) -> None:
     """``rsclip locate``: the patches of one image scored against a text, best first (and a heatmap)."""
+    from rsclip.search.locate import locate, render_heatmap  # torch takes seconds to import: not for --help
+
     quiet_model_loading()
     grid = tuple(args.grid) if args.grid else None
-    frame = locate(args.image, args.text, model=args.model, tile=args.tile, grid=grid, overlap=args.overlap,
-                   bands=args.bands)
+    frame = locate(args.image, args.text, model=args.model, db=args.db, table=args.table, tile=args.tile, grid=grid,
+                   overlap=args.overlap, bands=args.bands)
     if args.out:
         render_heatmap(args.image, frame, args.out, bands=args.bands)
     top = frame.head(args.top) if args.top else frame
@@ -61,9 +62,11 @@ def cmd_locate(args: argparse.Namespace) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> None:
     """``rsclip classify``: zero-shot label probabilities of each image."""
+    from rsclip.search.zeroshot import classify  # torch takes seconds to import: not for --help
+
     quiet_model_loading()
     templates = {"ensemble": TEMPLATES, "seed": (SEED_TEMPLATE,)}[args.templates]
-    frame = classify(args.images, args.labels, templates=templates, model=args.model)
+    frame = classify(args.images, args.labels, templates=templates, model=args.model, db=args.db, table=args.table)
     frame.insert(0, "image", [str(p) for p in args.images])
     if args.json:
         print_json(records(frame))
@@ -88,12 +91,20 @@ def add_query_parser(sub) -> None:
     q.set_defaults(run=cmd_query)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, or ``--db`` (and ``--table``) to take the model that embedded a tile table."""
+    parser.add_argument("--model", help=f"CLIP model: hub id, folder or s3:// prefix (default: the model of the "
+                                        f"--db table, else {DEFAULT_MODEL})")
+    parser.add_argument("--db", help="tile table folder (local or s3://) whose model to use when --model is not given")
+    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="table name in --db (default: %(default)s)")
+
+
 def add_locate_parser(sub) -> None:
     """The ``locate`` sub-command."""
     lo = sub.add_parser("locate", help="find a text feature inside one image (patch heatmap)")
     lo.add_argument("image", metavar="IMAGE", help="image or raster: local path or s3:// URI")
     lo.add_argument("text", metavar="TEXT")
-    lo.add_argument("--model", default=DEFAULT_MODEL, help="CLIP model: hub id, folder or s3:// prefix")
+    add_model_arguments(lo)
     lo.add_argument("--tile", type=int, help="patch side in pixels (default 224)")
     lo.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="cut into ROWS x COLS parts")
     lo.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tile patches")
@@ -109,7 +120,7 @@ def add_classify_parser(sub) -> None:
     c = sub.add_parser("classify", help="zero-shot label probabilities for images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
     c.add_argument("--labels", nargs="+", required=True, help="candidate labels")
-    c.add_argument("--model", default=DEFAULT_MODEL)
+    add_model_arguments(c)
     c.add_argument("--templates", choices=("ensemble", "seed"), default="ensemble",
                    help="prompt ensemble or the seed's single prompt (default: %(default)s)")
     c.add_argument("--json", action="store_true")

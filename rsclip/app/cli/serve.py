@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from rsclip.app import server
+from rsclip.app.cli.options import add_db_arguments
 from rsclip.table import tiles
 
 
@@ -23,9 +24,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_parser(sub) -> None:
     """The ``serve`` sub-command and its arguments."""
-    sv = sub.add_parser("serve", help="the web search page for a table")
-    sv.add_argument("db", metavar="DB")
-    sv.add_argument("--table", default=tiles.DEFAULT_TABLE)
+    sv = add_db_arguments(sub.add_parser("serve", help="the web search page for a table",
+                                         description="Serve the web search page for the tile table --table of "
+                                                     "the database DB."))
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, help="port (default: the web app's)")
     sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",

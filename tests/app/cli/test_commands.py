@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_query_text_table_and_json(cli_db, capsys):
     assert code == 0 and not err
     want = rsclip.query(db, "airport", k=5)
     lines = out.strip().splitlines()
-    assert lines[0].split()[:3] == ["uri", "score", "x"] and len(lines) == 6
-    assert Path(want["uri"].iloc[0]).name in lines[1]
+    assert lines[0].split()[:4] == ["id", "uri", "score", "x"] and len(lines) == 6
+    assert lines[1].split()[0] == want["id"].iloc[0] and Path(want["uri"].iloc[0]).name in lines[1]
     code, out, _ = run(capsys, "query", db, "airport", "-k", 5, "--json")
     rows = json.loads(out)
     assert code == 0 and [r["id"] for r in rows] == want["id"].tolist()
@@ -139,7 +140,7 @@ BAD_INPUTS = [
     (["query", "{db}", "airport", "--near", "10", "95", "5"], "latitude"),
     (["query", "{db}", "airport", "--near", "10", "45", "-5"], "radius"),
     (["query", "{db}", "airport", "--table", "nope"], "unknown table 'nope'"),
-    (["query", "{tmp}/no-such-db", "airport"], "unknown table"),
+    (["query", "{tmp}/no-such-db", "airport"], "no database at"),
     (["query", "{db}"], "give either a text"),
     (["query", "{db}", "airport", "--image", "{img}"], "give either a text"),
     (["query", "{db}", "  "], "empty"),
@@ -152,7 +153,7 @@ BAD_INPUTS = [
     (["locate", "{tmp}/missing.tif", "x", "--model", "{model}"], "missing.tif"),
     (["locate", "{img}", "x", "--model", "{tmp}/no-model"], "model directory not found"),
     (["index", "{db}", "--table", "nope"], "unknown table"),
-    (["info", "{tmp}/no-such-db"], "unknown table"),
+    (["info", "{tmp}/no-such-db"], "no database at"),
     (["serve", "{db}", "--table", "nope"], "unknown table"),
     # an over-long path (the OS would answer ENAMETOOLONG), wherever a path is taken
     (["query", "{db}", "--image", "{long}.jpg"], "not a usable path"),
@@ -241,3 +242,75 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------- issue 25: what the commands show and take
+
+
+def test_the_ids_query_shows_are_what_label_add_takes_and_label_list_shows_their_uris(cli_db, capsys, tmp_path):
+    db = tmp_path / "db"
+    shutil.copytree(cli_db[0], db)  # labels are written beside the tiles: a copy keeps the module's table
+    code, out, _ = run(capsys, "query", db, "airport", "-k", 3)
+    want = rsclip.query(db, "airport", k=3)
+    shown = [line.split()[0] for line in out.strip().splitlines()[1:]]
+    assert code == 0 and shown == want["id"].tolist()
+    code, _, err = run(capsys, "label", "add", db, "port", "--positive", shown[0], "--negative", shown[1])
+    assert code == 0, err
+    code, out, _ = run(capsys, "label", "list", db, "port", "--json")
+    listed = {r["id"]: r["uri"] for r in json.loads(out)}
+    assert code == 0 and listed == dict(zip(want["id"][:2], want["uri"][:2]))
+    code, out, _ = run(capsys, "label", "list", db, "port")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split()[:2] == ["id", "uri"] and len(lines) == 3
+    for tile, uri in listed.items():
+        assert any(line.split()[:2] == [tile, uri] for line in lines[1:]), out
+
+
+def test_json_writes_null_for_an_unknown_date(cli_db, capsys):
+    code, out, _ = run(capsys, "query", cli_db[0], "airport", "-k", 3, "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 3 and all("datetime" in r and r["datetime"] is None for r in rows), out
+
+
+@pytest.mark.parametrize("near", [["-170,-80,20000"], ["-170", "-80", "20000"], ["-99.15,47.02,2"]])
+def test_near_takes_a_western_longitude_without_equals(cli_db, capsys, near):
+    db, _ = cli_db
+    code, out, err = run(capsys, "query", db, "beach", "-k", 50, "--near", *near, "--json")
+    want = rsclip.query(db, "beach", k=50, near=[float(v) for v in ",".join(near).split(",")])
+    assert code == 0, err
+    assert [r["id"] for r in json.loads(out)] == want["id"].tolist()
+    assert len(want) == (0 if near == ["-99.15,47.02,2"] else N_IMAGES)
+
+
+@pytest.mark.parametrize("where", ["uri > 1", "width / 0 > 1", "cast(uri as int) > 1"])
+def test_a_bad_where_is_named_without_the_source_paths_of_the_lance_build(cli_db, capsys, where):
+    code, out, err = run(capsys, "query", cli_db[0], "airport", "--where", where)
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1
+    assert f"the filter {where!r} is not valid SQL" in err
+    assert ".rs:" not in err and ".cargo" not in err and "/src/" not in err, err
+
+
+READ_ONLY = [
+    ["query", "{db}", "airport"],
+    ["query", "{db}", "--image", "{img}"],
+    ["label", "list", "{db}"],
+    ["label", "list", "{db}", "port"],
+    ["label", "export", "{db}", "port", "--out", "{tmp}/labels.geojson"],
+    ["export", "{db}", "--query", "airport", "--out", "{tmp}/hits.geojson"],
+    ["export", "{db}", "--detections", "port", "--out", "{tmp}/hits.geojson"],
+    ["info", "{db}"],
+    ["index", "{db}"],
+    ["upgrade", "{db}"],
+    ["timeline", "{db}", "--at", "10", "45"],
+    ["changes", "{db}", "2020", "2021"],
+    ["serve", "{db}"],
+]
+
+
+@pytest.mark.parametrize("argv", READ_ONLY, ids=[" ".join(a[:2]) for a in READ_ONLY])
+def test_a_mistyped_database_is_reported_and_never_created(cli_db, capsys, tmp_path, argv):
+    typo = tmp_path / "tabels"
+    fill = dict(db=typo, img=cli_db[1][0], tmp=tmp_path)
+    code, out, err = run(capsys, *[a.format(**fill) for a in argv])
+    assert code == 2 and not out and err.strip() == f"rsclip: error: no database at {typo}", err
+    assert not typo.exists() and sorted(tmp_path.iterdir()) == []

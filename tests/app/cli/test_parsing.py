@@ -1,0 +1,101 @@
+"""The ``rsclip`` command line before any command runs: start-up without the heavy libraries, ``--version``,
+help that says what ``DB`` is, negative numbers as values, and JSON for unknown values (issue 25)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsclip.app.cli import build_parser, main
+from rsclip.app.cli.options import numbers
+from rsclip.app.cli.output import print_json, records
+from tests.helpers import ROOT
+
+HEAVY = ("torch", "transformers", "lancedb", "lance")
+# main() on each argv in a fresh interpreter, then the heavy modules it imported
+STARTUP = """
+import contextlib, io, sys
+from rsclip.app.cli import main
+for argv in {argvs!r}:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert exc.code == 0, (argv, exc.code)
+print(sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_help_and_version_import_no_model_or_table_library():
+    argvs = [["--help"], ["--version"], ["query", "--help"], ["serve", "--help"], ["label", "list", "--help"],
+             ["export", "--help"]]
+    res = subprocess.run([sys.executable, "-c", STARTUP.format(argvs=argvs, heavy=HEAVY)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_the_check_sees_a_heavy_import():
+    code = STARTUP.format(argvs=[["--version"]], heavy=HEAVY).replace("import contextlib", "import torch, contextlib")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "'torch'" in res.stdout, res.stderr[-2000:]
+
+
+def test_version_is_the_installed_package_version():
+    res = subprocess.run([sys.executable, "-m", "rsclip", "--version"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == f"rsclip {metadata.version('rsclip')}", res
+
+
+def test_serve_help_says_what_db_is_and_names_the_table_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--table TABLE" in out and "tile table" in out
+    assert "DB" in out and "database" in out and "s3://" in out
+
+
+WESTERN = [
+    (["query", "db", "x", "--near", "-99.15,47.02,2"], "near", 3, (-99.15, 47.02, 2.0)),
+    (["query", "db", "x", "--near", "-99.15", "47.02", "2"], "near", 3, (-99.15, 47.02, 2.0)),
+    (["query", "db", "x", "--near=-99.15,47.02,2"], "near", 3, (-99.15, 47.02, 2.0)),
+    (["query", "db", "x", "--near", "-.5,-47,2"], "near", 3, (-0.5, -47.0, 2.0)),
+    (["query", "db", "x", "--bbox", "-99.2", "47", "-99.1", "47.1"], "bbox", 4, (-99.2, 47.0, -99.1, 47.1)),
+    (["query", "db", "x", "--bbox", "-99.2,47,-99.1,47.1"], "bbox", 4, (-99.2, 47.0, -99.1, 47.1)),
+    (["export", "db", "--query", "x", "--near", "-99.15,47.02,2", "--out", "o.csv"], "near", 3,
+     (-99.15, 47.02, 2.0)),
+    (["changes", "db", "2020", "2021", "--bbox", "-99.2,47,-99.1,47.1"], "bbox", 4, (-99.2, 47.0, -99.1, 47.1)),
+    (["timeline", "db", "--at", "-99.15,47.02"], "at", 2, (-99.15, 47.02)),
+]
+
+
+@pytest.mark.parametrize("argv, option, count, want", WESTERN, ids=[" ".join(a[3:]) for a, *_ in WESTERN])
+def test_western_longitudes_are_values_not_options(argv, option, count, want):
+    args = build_parser().parse_args(argv)
+    assert numbers(getattr(args, option), count, option) == want
+
+
+def test_options_still_read_as_options(capsys):
+    args = build_parser().parse_args(["query", "db", "x", "--near", "-99.15,47.02,2", "-k", "5"])
+    assert args.k == 5 and args.near == ["-99.15,47.02,2"]
+    with pytest.raises(SystemExit) as exc:  # an option where the numbers should be: still a usage error
+        build_parser().parse_args(["query", "db", "x", "--near", "-k", "5"])
+    assert exc.value.code == 2 and "--near" in capsys.readouterr().err
+
+
+def test_json_records_write_null_for_unknown_values(capsys):
+    frame = pd.DataFrame({"datetime": pd.to_datetime(["2020-08-31T10:00:00Z", None], utc=True),
+                          "plain": np.array(["2020-01-01", "NaT"], dtype="datetime64[ns]"),
+                          "cloud": [np.nan, np.inf], "count": pd.array([1, None], dtype="Int64"),
+                          "vector": [np.ones(2, np.float32), np.zeros(2, np.float32)]})
+    print_json(records(frame))
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["datetime"].startswith("2020-08-31 10:00:00") and rows[0]["plain"].startswith("2020-01-01")
+    assert [rows[1][c] for c in ("datetime", "plain", "cloud", "count")] == [None] * 4
+    assert rows[0]["cloud"] is None and rows[0]["count"] == 1 and "NaT" not in json.dumps(rows)
