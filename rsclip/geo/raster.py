@@ -19,13 +19,12 @@ import re
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from rsclip.errors import InvalidInput, StoreUnavailable, UnsafeInput
-from rsclip.geo import stacked
+from rsclip.geo import formats, stacked
 from rsclip.geo.windows import DEFAULT_TILE_SIZE, GRID_SCENE, GRIDS, Window, grid_windows
 from rsclip.runtime import faults, storage
 from rsclip.runtime.flags import setting
@@ -33,7 +32,7 @@ from rsclip.runtime.reporting import one_line
 
 DEFAULT_MAX_CHIP = 1024
 # The one list of what is read as a raster, and the only GDAL driver each may be opened with.
-DRIVER_BY_SUFFIX = {".tif": "GTiff", ".tiff": "GTiff", ".jp2": "JP2OpenJPEG"}
+DRIVER_BY_SUFFIX = {suffix: f.gdal for suffix, f in formats.FORMAT_BY_SUFFIX.items() if f.gdal}
 RASTER_SUFFIXES = tuple(DRIVER_BY_SUFFIX)
 ALLOWED_DRIVERS = frozenset(DRIVER_BY_SUFFIX.values())
 # URI schemes a raster is opened from; rasterio would turn any other (http, zip, gs...) into a GDAL
@@ -51,12 +50,12 @@ SUPPORTED_KINDS = ("u", "i", "f", "b")
 
 def is_raster(name: str) -> bool:
     """True when ``name`` (path, URI or upload name) is read through GDAL as a raster."""
-    return PurePosixPath(str(name).split("?", 1)[0]).suffix.lower() in DRIVER_BY_SUFFIX
+    return formats.suffix_of(name) in DRIVER_BY_SUFFIX
 
 
 def driver_for(name: str) -> str:
     """The one GDAL driver allowed to open ``name``. Raises :class:`UnsafeInput` for other suffixes."""
-    suffix = PurePosixPath(str(name).split("?", 1)[0]).suffix.lower()
+    suffix = formats.suffix_of(name)
     if suffix not in DRIVER_BY_SUFFIX:
         raise UnsafeInput(f"{name}: not a raster rsclip opens (allowed: {', '.join(RASTER_SUFFIXES)})")
     return DRIVER_BY_SUFFIX[suffix]
@@ -68,7 +67,7 @@ class RasterOptions:
 
     ``bands``: 1-based band numbers (three, or one for grey); None = the first three (or band 1 when the
     scene has fewer). ``scale``: a fixed ``(lo, hi)`` stretch for non-uint8 data; None = per-scene
-    2-98 percentiles per band. Files no larger than ``max_chip`` pixels a side are one tile.
+    2-98 percentiles per band. Images and rasters without CRS up to ``max_chip`` px a side are one tile.
     """
 
     tile_size: int = setting(DEFAULT_TILE_SIZE, group="tiling", help="grid window side, pixels")
@@ -78,7 +77,7 @@ class RasterOptions:
     scale: tuple[float, float] | None = setting(
         None, group="tiling", help="lo,hi stretch for non-uint8 data (default: per-scene 2-98 percentiles)")
     max_chip: int = setting(DEFAULT_MAX_CHIP, group="tiling",
-                            help="images up to this many pixels a side are one tile")
+                            help="images (rasters without CRS too) up to this many pixels a side are one tile")
     grid: str | None = setting(None, group="tiling", choices=GRIDS,
                                help="anchor windows to the CRS (multiples of the tile size in map units: scenes "
                                     "of one grid line up across dates) or to each scene's corner (default: what "
@@ -176,8 +175,8 @@ def open_raster(uri: str) -> Iterator:
 
     Opened only with the driver its suffix claims (:func:`driver_for`), from :func:`raster_path`. Raises
     :class:`UnsafeInput` for other suffixes, schemes and ``/vsi`` paths, :class:`InvalidInput` naming
-    ``uri`` when the file is not what it claims or cannot be read, and :class:`StoreUnavailable` when the
-    object store cannot be reached or refuses the credentials.
+    ``uri`` when the file is not what it claims or cannot be read, ``LimitExceeded`` for tiles or strips over
+    :func:`~.formats.check_raster_blocks`'s bound, ``StoreUnavailable`` when the store fails or refuses us.
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -193,7 +192,7 @@ def open_raster(uri: str) -> Iterator:
     with gdal_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            src = rasterio.open(path, driver=driver)
+            src = formats.open_checked(lambda **level: rasterio.open(path, driver=driver, **level), str(uri))
         except RasterioError as exc:
             raise _open_error(exc, str(uri), driver, path) from None
         with src:
@@ -212,7 +211,7 @@ def open_raster_bytes(data: bytes, name: str) -> Iterator:
     with gdal_env(), warnings.catch_warnings(), MemoryFile(data) as memfile:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            src = memfile.open(driver=driver)
+            src = formats.open_checked(lambda **level: memfile.open(driver=driver, **level), name)
         except RasterioError as exc:
             raise _open_error(exc, name, driver, memfile.name) from None
         with src:
@@ -274,8 +273,8 @@ def describe_scene(src, options: RasterOptions) -> SceneInfo:
         else:
             lo, hi = scene_percentiles(src, bands)
     else:
-        mask = src.dataset_mask(out_shape=(max(1, src.height // 8), max(1, src.width // 8)))
-        if not mask.any() and not src.dataset_mask().any():
+        sides = (min(STATS_MAX_SIDE, max(2, max(src.width, src.height) // 8)), 8 * STATS_MAX_SIDE)  # bounded reads
+        if not any(src.dataset_mask(out_shape=fit_shape(src.width, src.height, side)).any() for side in sides):
             raise InvalidInput("all pixels are nodata")
     return SceneInfo(
         width=src.width, height=src.height, count=src.count, dtype=dtype.name, bands=bands,
@@ -390,11 +389,11 @@ def grid_origin(src) -> tuple[int, int] | None:
     return round(c / a), round(f / e)
 
 
-def plan_scene(src, options: RasterOptions) -> tuple[SceneInfo, list[Window]]:
-    """The scene description and the windows to cut from it: the whole raster when no side exceeds
-    ``options.max_chip``, else the ``tile_size``/``overlap`` grid, anchored as ``options.grid`` says."""
+def plan_scene(src, options: RasterOptions, whole_scenes: bool = False) -> tuple[SceneInfo, list[Window]]:
+    """The scene and its windows: the whole raster when it has no CRS (or ``whole_scenes``: a table cut so before)
+    and no side exceeds ``options.max_chip``, else the ``tile_size``/``overlap`` grid anchored as ``options.grid``."""
     scene = describe_scene(src, options)
-    if max(scene.width, scene.height) <= options.max_chip:
+    if (scene.crs is None or whole_scenes) and max(scene.width, scene.height) <= options.max_chip:
         return scene, [Window(0, 0, scene.width, scene.height)]
     origin = grid_origin(src) if options.grid != GRID_SCENE else None
     return scene, grid_windows(scene.width, scene.height, options.tile_size, options.overlap, origin)

@@ -14,6 +14,9 @@ from rsclip.errors import InvalidInput
 DEFAULT_TILE_SIZE = 224
 # Grid windows anchored to the CRS's origin (scenes of one grid line up across dates) or each scene's corner.
 GRIDS = (GRID_CRS, GRID_SCENE) = ("crs", "scene")
+# Rasters with a CRS are cut into the tile grid whatever their size, or whole up to max_chip px a side (how
+# tables were cut before; such a table keeps that rule: rsclip.table.anchors.settle_scenes).
+SCENE_RULES = (SCENES_TILED, SCENES_WHOLE) = ("tiled", "max-chip")
 
 
 class _WindowFields(NamedTuple):

@@ -1,7 +1,10 @@
 """Planning (a Ray Data stage): files into tile rows.
 
-A chip (JPEG, PNG, ...) no larger than ``max_chip`` pixels a side is one tile (the whole image); a larger
-image or any raster (GeoTIFF/COG, JPEG 2000) is cut into the tile grid. Tile ids are
+A scene (a raster with a CRS: GeoTIFF/COG, JPEG 2000) is cut into the tile grid whatever its size (one
+smaller than a tile is one window of all of it), so its tiles are the places a search returns and a timeline
+follows; a chip (JPEG, PNG, a raster without CRS) no larger than ``max_chip`` pixels a side is one tile (the
+whole image), a larger one is cut into the grid too. Tables cut before scenes were always tiled keep cutting
+scenes up to ``max_chip`` whole (``whole_scenes``; :mod:`rsclip.table.anchors`). Tile ids are
 ``tiles.tile_id`` of the window, so a rerun plans the same ids; every row carries the file's version tag
 and its number of rows, so the writer knows when a file is complete. Small chips carry their encoded bytes
 forward (one GET per chip). A file that cannot be planned becomes one error row; faults of the whole store
@@ -70,14 +73,15 @@ def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str =
     return [tile_row(uri, version, w, CHIP, data=carried) for w in windows]
 
 
-def plan_raster(uri: str, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
-    """Tile rows of a raster opened with its own driver (see ``raster.plan_scene``), with WGS84 bounds.
+def plan_raster(uri: str, options: raster.RasterOptions, version: str = "",
+                whole_scenes: bool = False) -> list[dict[str, Any]]:
+    """Tile rows of a raster opened with its own driver (windows: ``raster.plan_scene``), with WGS84 bounds.
 
     Raises ``InvalidInput`` for unreadable or disguised rasters, unsupported data types and all-nodata scenes.
     """
     with raster.open_raster(uri) as src:
         try:
-            scene, windows = raster.plan_scene(src, options)
+            scene, windows = raster.plan_scene(src, options, whole_scenes)
         except InvalidInput as exc:
             raise InvalidInput(f"{uri}: {exc}") from None
         text = json.dumps(scene.to_dict())
@@ -101,10 +105,12 @@ def stamp(rows: list[dict[str, Any]], uri: str, source: listing.ArchiveFile, pat
 
 
 def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "",
-              source: listing.ArchiveFile | None = None, pattern=None) -> list[dict[str, Any]]:
+              source: listing.ArchiveFile | None = None, pattern=None, whole_scenes: bool = False
+              ) -> list[dict[str, Any]]:
     """Tile rows for one file (``source``: what the listing said of it), each counting the file's rows
-    (``file_tiles``) and stamped with its time (:func:`stamp`), or one error row when it cannot be planned.
-    Raises :class:`~rsclip.errors.StoreUnavailable` for faults of the whole store."""
+    (``file_tiles``) and stamped with its time (:func:`stamp`), or one error row when it cannot be planned;
+    ``whole_scenes``: the table's rule (module doc). Raises :class:`~rsclip.errors.StoreUnavailable` for faults
+    of the whole store."""
     source = source or listing.ArchiveFile(uri, size, version)
     try:
         if source.problem:
@@ -112,7 +118,7 @@ def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str =
         if raster.is_raster(uri):
             if size == 0:
                 raise InvalidInput(f"{uri}: empty file")
-            rows = plan_raster(uri, options, version)
+            rows = plan_raster(uri, options, version, whole_scenes)
         else:
             rows = plan_chip(uri, size, options, version)
     except Exception as exc:
@@ -141,16 +147,16 @@ def listed_sources(batch: dict[str, np.ndarray]) -> list[listing.ArchiveFile]:
     return sources
 
 
-def plan_files(batch: dict[str, np.ndarray], options: dict, datetime_pattern: str | None = None
-               ) -> dict[str, np.ndarray]:
+def plan_files(batch: dict[str, np.ndarray], options: dict, datetime_pattern: str | None = None,
+               whole_scenes: bool = False) -> dict[str, np.ndarray]:
     """Ray Data stage: file rows (:func:`listed_sources`) to tile rows (:data:`PLAN_COLUMNS`).
 
     ``options`` is ``asdict(RasterOptions)`` (plain data crosses into workers; rebuilt typed here);
-    ``datetime_pattern``: the job's ``--datetime-from-name``.
+    ``datetime_pattern``: the job's ``--datetime-from-name``; ``whole_scenes``: the table's rule (module doc).
     """
     opts = raster.RasterOptions.from_dict(options)
     pattern = dates.name_pattern(datetime_pattern)
     rows: list[dict[str, Any]] = []
     for source in listed_sources(batch):
-        rows.extend(plan_file(source.uri, source.size, opts, source.version, source, pattern))
+        rows.extend(plan_file(source.uri, source.size, opts, source.version, source, pattern, whole_scenes))
     return rows_to_batch(rows, PLAN_COLUMNS)

@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 # Fault kinds, and whether they concern the whole store or one object.
 UNREACHABLE, CREDENTIALS, NO_BUCKET, DENIED, MISSING = "unreachable", "credentials", "no_bucket", "denied", "missing"
-STORE_WIDE = frozenset({UNREACHABLE, CREDENTIALS, NO_BUCKET})
+NO_CREDENTIALS = "no_credentials"  # none found at all (no variables, profile or role): nothing was sent to reject
+STORE_WIDE = frozenset({UNREACHABLE, CREDENTIALS, NO_CREDENTIALS, NO_BUCKET})
 
 # Markers in exception type names and texts (s3fs/botocore, object_store in LanceDB, pyarrow, GDAL/curl), in
 # the order they are tested: credential errors are also reported as "access denied", so they come first.
@@ -21,8 +22,10 @@ _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                    "Connection refused", "ConnectionRefused", "tcp connect error", "dns error",
                    "Name or service not known", "Couldn't connect to server", "Could not resolve host",
                    "Connection timed out", "connect timed out", "Failed to connect")),
-    (CREDENTIALS, ("NoCredentialsError", "Unable to locate credentials", "InvalidAccessKeyId",
-                   "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidClientTokenId",
+    (NO_CREDENTIALS, ("NoCredentialsError", "Unable to locate credentials",
+                      "AWS_NO_SIGN_REQUEST configuration options not defined")),  # the last: GDAL's /vsis3/
+    (CREDENTIALS, ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                   "InvalidClientTokenId",
                    "The AWS Access Key Id you provided does not exist", "InvalidSecurity",
                    "no valid credentials", "Failed to get credentials",
                    "you provided does not exist in our records", "signature we calculated does not match",
@@ -37,6 +40,9 @@ _ADVICE = {
     UNREACHABLE: "cannot reach the object store (check AWS_ENDPOINT_URL and that the server is up)",
     CREDENTIALS: "the object store rejected the credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
                  "or the node's role)",
+    NO_CREDENTIALS: "no credentials for the object store were found (set AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY, a profile or the node's role, and AWS_ENDPOINT_URL for a store other "
+                    "than AWS)",
     NO_BUCKET: "the bucket does not exist",
     DENIED: "access denied",
     MISSING: "not found",

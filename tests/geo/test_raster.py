@@ -114,17 +114,27 @@ def test_grid_plan_over_s3_matches_arithmetic_and_rasterio_bounds(scenes_on_s3, 
         assert r[tiles.ID] == tiles.tile_id(scenes_on_s3[name], x, y, tw, th)
 
 
-def test_small_scene_is_one_tile_and_reads_its_pixels(scenes_on_s3):
+def test_scene_below_max_chip_is_tiled_and_whole_only_by_the_old_rule_and_reads_its_pixels(scenes_on_s3):
     uri = scenes_on_s3["RGB.byte.tif"]
-    rows = planning.plan_raster(uri, raster.RasterOptions())
+    tiled = planning.plan_raster(uri, raster.RasterOptions())  # 791 x 718 px, under --max-chip: a scene all the same
+    want = job_windows(GEOTIFF_DIR / "RGB.byte.tif", 224)
+    assert [(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]) for r in tiled] == [tuple(w) for w in want]
+    assert len(tiled) > 1
+    rows = planning.plan_raster(uri, raster.RasterOptions(), whole_scenes=True)  # how tables cut before took it
     assert [(r[tiles.X], r[tiles.Y], r[tiles.WIDTH], r[tiles.HEIGHT]) for r in rows] == [(0, 0, 791, 718)]
-    batch = reading.read_tiles(B.rows_to_batch(rows, B.PLAN_COLUMNS),
-                               preprocess={"shortest_edge": 718, "crop_height": 224, "crop_width": 224,
-                                           "mean": [0.5] * 3, "std": [0.5] * 3})
+    prep = {"shortest_edge": 718, "crop_height": 224, "crop_width": 224, "mean": [0.5] * 3, "std": [0.5] * 3}
+    batch = reading.read_tiles(B.rows_to_batch(rows, B.PLAN_COLUMNS), preprocess=prep)
     assert batch[B.STATUS][0] == B.READY
     image = B.batch_images(batch, [0])[0]
     with rasterio.open(GEOTIFF_DIR / "RGB.byte.tif") as src:
         np.testing.assert_array_equal(image, src.read([1, 2, 3]).transpose(1, 2, 0))
+        x, y, w, h = want[len(want) // 2]  # a tile inside the scene: its window's pixels, unresized
+        expected = src.read([1, 2, 3], window=Window(x, y, w, h)).transpose(1, 2, 0)
+    middle = next(i for i, r in enumerate(tiled) if (r[tiles.X], r[tiles.Y]) == (x, y))
+    batch = reading.read_tiles(B.rows_to_batch(tiled[middle : middle + 1], B.PLAN_COLUMNS),
+                               preprocess={**prep, "shortest_edge": 224})
+    assert batch[B.STATUS][0] == B.READY
+    np.testing.assert_array_equal(B.batch_images(batch, [0])[0], expected)
 
 
 def test_band_choice_reads_those_bands(scenes_on_s3):
