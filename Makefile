@@ -13,10 +13,14 @@ PYTEST_ARGS ?=
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@echo "make install: creating $(VENV) (if missing) and upgrading pip..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	@echo "make install: installing $(TORCH_SPEC) (the largest step: a few minutes, with pip's progress bar)..."
+	$(BIN)/python -m pip install --progress-bar on "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	@echo "make install: installing rsclip and its test dependencies (Ray, LanceDB, rasterio, Playwright...)"
+	$(BIN)/python -m pip install --progress-bar on -e ".[test]"
+	@echo "make install: done"
 	touch $@
 
 test: install

@@ -335,12 +335,12 @@ class RayHead:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def submit(self, entrypoint: list[str], *, working_dir: str | Path, timeout: float = 600.0,
-               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir DIR -- ENTRYPOINT``, waiting for the job; returns the CLI's result."""
+               extra_env: dict[str, str] | None = None, echo: bool = False) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir DIR -- ENTRYPOINT``, waiting; the CLI's result (``echo``: shown, not kept)."""
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.dashboard_url,
                "--working-dir", str(working_dir), "--", *entrypoint]
         env = {**self.process_env(), **(extra_env or {})}
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return subprocess.run(cmd, capture_output=not echo, text=True, timeout=timeout, env=env)
 
     def stop(self) -> None:
         kill_tree(self.proc, marker=str(self.temp_dir) if self.temp_dir else None)

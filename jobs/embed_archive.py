@@ -5,10 +5,12 @@
     python jobs/embed_archive.py --stac https://earth-search.aws.element84.com/v1 --collections sentinel-2-l2a \
         --bbox -97.6,47.0,-97.4,47.2 --datetime 2023-06-01/2023-09-30 --max-cloud 10 --assets visual --db ./tables
 
-Every field of ``rsclip.ingest.config.EmbedConfig`` is a flag. Exit status: 0 when the job finished (bad
-files are recorded in <table>_errors), 2 with one line for an expected failure (store unreachable, wrong
-credentials, missing bucket, unknown model, table of another model or of other weights, a cluster too small
-for the request, a model whose every tile fails for --max-failed-batches batches in a row).
+Every field of ``rsclip.ingest.config.EmbedConfig`` is a flag. Exit status: 0 when the job finished and
+embedded something or found it present (bad files are recorded in <table>_errors), 2 with one line for an
+expected failure (store unreachable, wrong credentials, missing bucket, unknown model, table of another model
+or of other weights, a cluster too small for the request, a model whose every tile fails for
+--max-failed-batches embedding batches in a row, a run in which every tile failed: the line names the first
+kinds of failure). Ray's own console lines are off unless --verbose.
 """
 
 from __future__ import annotations

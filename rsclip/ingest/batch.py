@@ -28,6 +28,10 @@ MESSAGE = "message"
 PIXELS = "pixels"  # resized uint8 HWC bytes
 PIXELS_HEIGHT = "pixels_height"
 PIXELS_WIDTH = "pixels_width"
+# Set by the embedder on the first row of each batch it ran the model on: EMBED_BATCH_OK when some tile of the
+# batch embedded, EMBED_BATCH_FAILED when every one failed (--max-failed-batches counts these); 0 elsewhere.
+EMBED_BATCH = "embed_batch"
+EMBED_BATCH_OK, EMBED_BATCH_FAILED = 1, -1
 
 CHIP, RASTER = "chip", "raster"
 # Row states through the pipeline. ADOPTED: in the table without a version (written before versions were

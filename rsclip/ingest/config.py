@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from rsclip.geo import dates, raster
 from rsclip.runtime import flags
 from rsclip.table import tiles
-from rsclip.model.sources import DEFAULT_MODEL
+from rsclip.model.sources import DEFAULT_MODEL, model_reference
 from rsclip.errors import InvalidInput
 from rsclip.ingest import stac
 from rsclip.ingest.writer import MAX_FAILED_EMBED_BATCHES
@@ -50,9 +50,10 @@ class EmbedConfig:
     files_per_task: int = setting(16, help="files planned per task", group="resources")
     commit_rows: int = setting(512, help="tiles per table commit", group="resources")
     max_failed_batches: int = setting(MAX_FAILED_EMBED_BATCHES, group="resources",
-                                      help="stop the job after this many consecutive batches in which every tile "
-                                           "failed to embed (a broken model or device) instead of recording the "
-                                           "rest of the archive as errors")
+                                      help="stop the job after this many consecutive embedding batches (of "
+                                           "--batch-size tiles, as the embedder actors run them) in which every "
+                                           "tile failed in the model (a broken model or device) instead of "
+                                           "recording the rest of the archive as errors; bad files never count")
     stall_timeout: float = setting(300.0, group="resources",
                                    help="seconds without progress before the job says on the console which stage "
                                         "is stuck, and again every as many seconds (0: never)")
@@ -61,8 +62,12 @@ class EmbedConfig:
                                       "the stuck stage (0: never)")
     index: str = setting("auto", choices=INDEX_MODES,
                          help="build/refresh the ANN index after writing: auto (from 10,000 rows), always, never")
+    verbose: bool = setting(False, help="show Ray's own log lines on the console (by default only its errors, "
+                                        "and rsclip's progress lines)")
 
     def __post_init__(self) -> None:
+        # absolute before anything records it or sends it to the actors, which run in another folder
+        object.__setattr__(self, "model", model_reference(self.model))
         if (self.archive is None) == (self.catalog.stac is None):
             raise InvalidInput("give the images to embed: either --archive or --stac (one of them)")
         dates.name_pattern(self.datetime_from_name)

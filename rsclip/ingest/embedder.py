@@ -18,8 +18,8 @@ from rsclip.model.clip import load_model, load_pretrained
 from rsclip.model.sources import model_identity
 from rsclip.model.preprocess import ImagePreprocess
 from rsclip.errors import ModelMismatch
-from rsclip.ingest.batch import (EMBEDDED, ERROR, MAX_MESSAGE_CHARS, MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED,
-                                 STATUS, batch_images)
+from rsclip.ingest.batch import (EMBED_BATCH, EMBED_BATCH_FAILED, EMBED_BATCH_OK, EMBEDDED, ERROR, MAX_MESSAGE_CHARS,
+                                 MESSAGE, PIXELS, READY, STAGE, STAGE_EMBED, STATUS, batch_images)
 
 
 def model_spec(source: str) -> tuple[int, ImagePreprocess]:
@@ -39,6 +39,7 @@ class ImageEmbedder:
 
     Callable on a plain batch dict (``batch.READ_COLUMNS``), with or without Ray. The model is loaded once
     in ``__init__``; on CUDA it runs in half precision. ``pixels`` is dropped from the output.
+    The first row the model saw gets :data:`~rsclip.ingest.batch.EMBED_BATCH` (did this batch embed anything?).
     ``weights_sha256`` (the job's record of the weights, :func:`~rsclip.model.sources.model_identity`)
     is checked before loading: a folder re-exported since the job started, or another copy on this node,
     embeds nothing. ``dim`` is the embedding size the table holds (default: the model's; then a model that
@@ -84,6 +85,7 @@ class ImageEmbedder:
         status = np.asarray(batch[STATUS]).astype(object)
         n = len(status)
         vectors = np.zeros((n, self.dim), dtype=np.float32)
+        outcome = np.zeros(n, dtype=np.int8)
         ready = np.flatnonzero(status == READY)
         stage, message = np.asarray(batch[STAGE]).astype(object), np.asarray(batch[MESSAGE]).astype(object)
         if len(ready):
@@ -93,6 +95,7 @@ class ImageEmbedder:
             bad = ready[~ok]
             status[bad], stage[bad] = ERROR, STAGE_EMBED
             message[bad] = [f"{batch[tiles.URI][i]}: {failure}"[:MAX_MESSAGE_CHARS] for i in bad]
+            outcome[ready[0]] = EMBED_BATCH_OK if ok.any() else EMBED_BATCH_FAILED
         out = {k: v for k, v in batch.items() if k != PIXELS}
-        out.update({STATUS: status, STAGE: stage, MESSAGE: message, tiles.VECTOR: vectors})
+        out.update({STATUS: status, STAGE: stage, MESSAGE: message, tiles.VECTOR: vectors, EMBED_BATCH: outcome})
         return out

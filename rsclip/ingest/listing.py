@@ -98,6 +98,14 @@ def _is_hidden(path: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(path).parts)
 
 
+def archive_root(uri: str) -> str:
+    """The folder every uri :func:`list_archive` gives for ``uri`` lies under, written as those uris are
+    (``s3://bucket/prefix``, an absolute local path; for one local file, that file's path)."""
+    _, root = storage.filesystem(uri)
+    root = root.rstrip("/")
+    return f"s3://{root}" if storage.is_remote(uri) else root
+
+
 def list_archive(uri: str) -> list[ArchiveFile]:
     """Every image file under ``uri`` (``s3://`` prefix, local folder, or one local file), sorted by uri.
 
@@ -122,7 +130,8 @@ def list_archive(uri: str) -> list[ArchiveFile]:
         raise store_error(exc, uri) from None
     files = []
     for path, info in found.items():
-        if info.get("type", "file") != "file" or not path.lower().endswith(IMAGE_SUFFIXES) or _is_hidden(path):
+        below = path[len(root):] if path.startswith(root) else path  # the listed folder's own path may be hidden
+        if info.get("type", "file") != "file" or not path.lower().endswith(IMAGE_SUFFIXES) or _is_hidden(below):
             continue
         files.append(ArchiveFile(f"s3://{path}" if remote else path, int(info.get("size") or 0), _version(info)))
     return sorted(files)

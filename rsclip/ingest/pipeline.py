@@ -20,17 +20,21 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 from rsclip.geo import dates
+from rsclip.geo.windows import SCENES_WHOLE
 from rsclip.runtime import cluster
 from rsclip.table import anchors, source_versions, tiles
 from rsclip.model.sources import ModelIdentity, model_identity
 from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import RsclipError, StoreUnavailable
 from rsclip.ingest import listing, planning, preflight, reading, stac
-from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
+from rsclip.ingest.batch import EMBEDDED, MESSAGE, SIZE, STATUS, VERSION
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
-from rsclip.ingest.writer import TileWriter, errored_uris, open_errors_table
+from rsclip.ingest.writer import (NothingEmbedded, TileWriter, clear_unlisted_errors, errored_uris,
+                                  open_errors_table)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,9 @@ READ_TASK_MEMORY = 512 * 1024 * 1024
 
 @dataclass
 class EmbedSummary:
-    """What a run did. ``images_per_s`` counts embedded tiles over the pipeline's wall time."""
+    """What a run did. ``images_per_s`` counts the tiles embedded after the first embedded batch reached the
+    driver over the time since (cluster start-up and model loading left out; all of the pipeline's time when
+    one batch held everything); ``startup_seconds``: from the start until then; ``seconds``: the whole run."""
 
     files: int = 0
     tiles_planned: int = 0
@@ -52,6 +58,7 @@ class EmbedSummary:
     stale_removed: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
+    startup_seconds: float = 0.0
     table_rows: int = 0
     index: str = ""
 
@@ -63,8 +70,8 @@ class EmbedSummary:
             f"{self.files} files, {self.tiles_planned} tiles planned: {self.embedded} embedded, "
             f"{self.skipped_present} skipped as present, {self.nodata} nodata, {self.failed} failed "
             f"({self.failed_files} unreadable files), {self.stale_removed} stale removed; "
-            f"{self.images_per_s:.1f} images/s over "
-            f"{self.seconds:.1f} s; table has {self.table_rows} rows; index: {self.index or 'untouched'}"
+            f"{self.images_per_s:.1f} images/s once embedding (first tiles after {self.startup_seconds:.1f} s), "
+            f"{self.seconds:.1f} s in all; table has {self.table_rows} rows; index: {self.index or 'untouched'}"
         )
 
     def to_json(self) -> str:
@@ -125,15 +132,16 @@ def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], ModelFacts]:
 
 
 def _open_tables(config: EmbedConfig, model: ModelFacts):
-    """The tile table (created, or upgraded in place; other weights and grids refused), its errors table and
-    the grid its windows are cut on."""
+    """The tile table (created, or upgraded in place; other weights and grids refused), its errors table, the
+    grid its windows are cut on and whether it takes small scenes whole (:mod:`rsclip.table.anchors`)."""
     try:
         table = tiles.create_table(config.db, config.table, model=config.model, dim=model.dim,
                                    identity=model.identity)
         grid = anchors.settle_grid(table, config.raster.grid)
+        whole_scenes = anchors.settle_scenes(table) == SCENES_WHOLE
     except OSError as exc:
         raise StoreUnavailable(f"table store {config.db}: {exc}") from None
-    return table, open_errors_table(config.db, config.table), grid
+    return table, open_errors_table(config.db, config.table), grid, whole_scenes
 
 
 def _writer(config: EmbedConfig, table, errors_table, files: list[listing.ArchiveFile]) -> TileWriter:
@@ -156,9 +164,9 @@ def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
 
 
 def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
-                  grid: str | None = None):
-    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors. ``grid``:
-    the table's (:func:`rsclip.table.anchors.settle_grid`)."""
+                  grid: str | None = None, whole_scenes: bool = False):
+    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors. ``grid``
+    and ``whole_scenes``: the table's (:func:`rsclip.table.anchors.settle_grid`, ``settle_scenes``)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -171,7 +179,8 @@ def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_v
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     options = asdict(replace(config.raster, grid=grid or config.raster.grid))
     ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": options,
-                                                        "datetime_pattern": config.datetime_from_name},
+                                                        "datetime_pattern": config.datetime_from_name,
+                                                        "whole_scenes": whole_scenes},
                         batch_size=config.files_per_task, **read_args)
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
@@ -193,21 +202,31 @@ def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_v
     )
 
 
-def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int, watchdog: Watchdog) -> None:
-    """Drain the pipeline into the writer (one commit-sized batch in memory at a time) and count."""
+def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int, watchdog: Watchdog) -> float:
+    """Drain the pipeline into the writer (one commit-sized batch in memory at a time) and count; the
+    monotonic time the first embedded tiles reached the driver (the end when none did)."""
     started = time.monotonic()
+    first: tuple[float, int] | None = None  # when the first batch with embedded tiles came, and how many
     watchdog.progress("waiting for the pipeline's first batch")
     for batch in ds.iter_batches(batch_size=commit_rows, batch_format="numpy", prefetch_batches=1):
         summary.tiles_planned += len(batch[tiles.ID])
+        embedded = int((np.asarray(batch[STATUS]) == EMBEDDED).sum())
+        first = first or ((time.monotonic(), embedded) if embedded else None)
         writer.write(batch)
         watchdog.progress(f"waiting for the next batch ({summary.tiles_planned} tiles written)")
     counts = writer.close()
-    elapsed = time.monotonic() - started
+    ended = time.monotonic()
+    first_at, first_tiles = first or (ended, 0)
+    # the rate once embedding runs: start-up (actors, model loading) is not an image rate
+    steady, elapsed = counts.embedded - first_tiles, ended - first_at
+    if steady <= 0 or elapsed <= 0:
+        steady, elapsed = counts.embedded, ended - started
     summary.embedded, summary.skipped_present = counts.embedded, counts.present
     summary.nodata, summary.failed, summary.failed_files = counts.nodata, counts.failed, counts.failed_files
     summary.stale_removed = counts.stale_removed
     summary.tiles_planned -= counts.failed_files  # a file that failed planning is one error row, not a tile
-    summary.images_per_s = counts.embedded / elapsed if elapsed > 0 else 0.0
+    summary.images_per_s = steady / elapsed if elapsed > 0 else 0.0
+    return first_at
 
 
 def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: str | None = cluster.LOCAL,
@@ -220,24 +239,34 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     faults found before the pipeline starts (store unreachable, credentials, missing bucket or folder,
     unknown model, table of another model or of other weights, a cluster that can never hold the pipeline,
     a node that cannot reach the store the driver reaches: :mod:`~rsclip.ingest.preflight`), when
-    embedding keeps failing, and when the run makes no progress for ``stall_abort`` seconds.
+    embedding keeps failing, when every tile failed (:class:`~rsclip.ingest.writer.NothingEmbedded`: one line
+    with the first kinds of failure) and when the run makes no progress for ``stall_abort`` seconds.
+    A run over an archive (not a STAC search) deletes the error rows of files no longer listed in it.
     """
     started = time.monotonic()
     files, model = _probe(config)
     if files:  # before LanceDB starts its runtime threads: Ray forks its local daemons
-        cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False)
+        cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False, quiet=not config.verbose)
         preflight.check_workers(config, files)
-    table, errors_table, grid = _open_tables(config, model)
+    table, errors_table, grid, whole_scenes = _open_tables(config, model)
+    if config.archive is not None:  # the whole archive was listed: what is not in it was deleted
+        gone = clear_unlisted_errors(errors_table, listing.archive_root(config.archive), (f.uri for f in files),
+                                     dt.datetime.now(dt.timezone.utc))
+        if gone:
+            log.info("removed the error rows of %d files no longer in %s", gone, config.archive)
     summary = EmbedSummary(files=len(files))
     if files:
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-        ds = build_dataset(config, files, table.version, model, grid)
+        ds = build_dataset(config, files, table.version, model, grid, whole_scenes)
         writer = _writer(config, table, errors_table, files)  # scans the tables: before the watchdog starts
         with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog:
-            _write(ds, writer, summary, config.commit_rows, dog)
+            summary.startup_seconds = _write(ds, writer, summary, config.commit_rows, dog) - started
+        if writer.counts.nothing_embedded():
+            raise NothingEmbedded(f"nothing embedded: {writer.counts.failures()} (every failure is a row of "
+                                  f"{tiles.errors_table_name(config.table)})")
         summary.index = build_index_after(config)
         table.checkout_latest()
     summary.table_rows = table.count_rows()

@@ -11,7 +11,8 @@ Once every row of a file has passed (rows carry the file's row count) and its ti
 writer tidies up after it: its tiles of other versions that this run did not replace are removed
 (:mod:`rsclip.table.source_versions`), and error rows of the file that this run did not record again are
 deleted (it reads now, or fails otherwise). Only files that the table held in other versions, or that had
-error rows, when the run started are tracked.
+error rows, when the run started are tracked. Error rows of files no longer in an archive's listing are deleted
+by :func:`clear_unlisted_errors` (a run over the whole archive, not a STAC search).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,18 +29,27 @@ import pyarrow as pa
 from rsclip.geo import dates
 from rsclip.table import keyed_writes, source_versions, tiles
 from rsclip.errors import RsclipError
-from rsclip.ingest.batch import (ADOPTED, EMBEDDED, ERROR, FILE_TILES, MESSAGE, NODATA, PRESENT, STAGE, STAGE_EMBED,
-                                 STAGE_PLAN, STATUS, VERSION)
+from rsclip.ingest.batch import (ADOPTED, EMBED_BATCH, EMBED_BATCH_FAILED, EMBEDDED, ERROR, FILE_TILES, MESSAGE,
+                                 NODATA, PRESENT, STAGE, STAGE_PLAN, STATUS, VERSION)
 
 log = logging.getLogger(__name__)
 
-# Consecutive batches whose every tile failed to embed before the job stops: a broken model or a sticky
-# device error would otherwise record the rest of the archive as errors and exit 0.
+# Consecutive embedding batches (--batch-size tiles each, as the embedder actors run them) whose every tile
+# failed in the model before the job stops: a broken model or a sticky device error would otherwise record the
+# rest of the archive as errors and exit 0.
 MAX_FAILED_EMBED_BATCHES = 3
+# Error kinds named in the line of a run that embedded nothing.
+SHOWN_FAILURE_KINDS = 3
+# Uris named in one delete of error rows: bounds the SQL text of one statement.
+CLEAR_URIS_PER_DELETE = 500
 
 
 class EmbeddingBroken(RsclipError):
     """Embedding failed for every tile of several consecutive batches: the model or device is broken."""
+
+
+class NothingEmbedded(RsclipError):
+    """A run in which every planned tile failed: nothing of the archive is in the table."""
 
 
 ERROR_TIME = "time"
@@ -102,11 +113,30 @@ def errored_uris(errors_table, uris) -> set[str]:
 
 def clear_errors(errors_table, uris, before: dt.datetime) -> None:
     """Delete the error rows of ``uris`` recorded before ``before`` (not by the run that started then)."""
-    if not uris:
-        return
+    uris = list(uris)
     stamp = before.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    where = f"{tiles.URI} IN ({', '.join(tiles.sql_text(u) for u in uris)}) AND {ERROR_TIME} < timestamp '{stamp}'"
-    keyed_writes.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
+    for start in range(0, len(uris), CLEAR_URIS_PER_DELETE):
+        names = ", ".join(tiles.sql_text(u) for u in uris[start:start + CLEAR_URIS_PER_DELETE])
+        where = f"{tiles.URI} IN ({names}) AND {ERROR_TIME} < timestamp '{stamp}'"
+        keyed_writes.retry_on_conflict(lambda: errors_table.delete(where), errors_table)
+
+
+def clear_unlisted_errors(errors_table, root: str, listed, before: dt.datetime) -> int:
+    """Delete the error rows of files under the archive ``root`` (:func:`~rsclip.ingest.listing.archive_root`)
+    that are not in ``listed`` (deleted from the archive since), recorded before ``before``; how many files'
+    rows went. One scan of the errors table's uri column."""
+    listed, prefix, gone = set(listed), root.rstrip("/") + "/", set()
+    for batch in errors_table.to_lance().to_batches(columns=[tiles.URI]):
+        gone.update(u for u in batch.column(0).to_pylist() if u.startswith(prefix) and u not in listed)
+    clear_errors(errors_table, sorted(gone), before)
+    return len(gone)
+
+
+def failure_kind(message: str, uri: str) -> str:
+    """The kind of a recorded failure, for counting: its message without the uri, up to the first colon
+    (``"UnidentifiedImageError"``, ``"access denied"``, ``"empty file (0 bytes)"``), at most 80 characters."""
+    text = message[len(uri) + 2:] if message.startswith(f"{uri}: ") else message
+    return text.split(":", 1)[0].strip()[:80] or "unknown"
 
 
 @dataclass
@@ -121,6 +151,21 @@ class WriteCounts:
     failed_files: int = 0
     planned_files: int = 0
     stale_removed: int = 0
+    failure_kinds: Counter = field(default_factory=Counter)  # (stage, kind) -> rows
+    first_failure: str = ""
+
+    def failures(self) -> str:
+        """The failures in a few words: ``"57 tiles failed (read: UnidentifiedImageError x50, plan: empty
+        file (0 bytes) x7); first: <uri>: <message>"``."""
+        kinds = ", ".join(f"{stage}: {kind} x{n}" for (stage, kind), n in
+                          self.failure_kinds.most_common(SHOWN_FAILURE_KINDS))
+        more = len(self.failure_kinds) - SHOWN_FAILURE_KINDS
+        kinds += f", {more} other kinds" if more > 0 else ""
+        return f"{self.failed} tiles failed ({kinds}); first: {self.first_failure[:300]}"
+
+    def nothing_embedded(self) -> bool:
+        """Whether every tile planned failed: none embedded, none present already, none nodata."""
+        return self.failed > 0 and not (self.embedded or self.present or self.nodata)
 
 
 @dataclass
@@ -209,9 +254,11 @@ class TileWriter:
                                                        *tiles.WINDOW_COLUMNS)} for i in failed]
             self.counts.failed += len(rows)
             self.counts.failed_files += sum(1 for r in rows if r[STAGE] == STAGE_PLAN)
+            self.counts.failure_kinds.update((r[STAGE], failure_kind(r[MESSAGE], r[tiles.URI])) for r in rows)
+            self.counts.first_failure = self.counts.first_failure or str(rows[0][MESSAGE])
             record_errors(self.errors_table, rows)
         done = np.flatnonzero(status == EMBEDDED)
-        self._check_embedding(batch, status, done)
+        self._check_embedding(batch)
         if len(done):
             self._pending.append(tiles_table(batch, done, self.table.schema))
             self._pending_rows += len(done)
@@ -219,18 +266,20 @@ class TileWriter:
         if max(self._pending_rows, len(self._adopted), len(self._files.done)) >= self.commit_rows:
             self.flush()
 
-    def _check_embedding(self, batch: dict[str, np.ndarray], status: np.ndarray, done: np.ndarray) -> None:
-        """Count batches in which every tile that reached the model failed there; raise after too many."""
-        failed = (status == ERROR) & (np.asarray(batch[STAGE]).astype(str) == STAGE_EMBED)
-        if len(done):
-            self._failed_batches = 0
-        elif failed.any():
+    def _check_embedding(self, batch: dict[str, np.ndarray]) -> None:
+        """Count the embedder's batches (marked on their first row, in the order they arrive) in which every
+        tile failed in the model; one that embedded anything starts the count over; raise after too many."""
+        marks = np.asarray(batch.get(EMBED_BATCH, ()))
+        for i in np.flatnonzero(marks):
+            if marks[i] != EMBED_BATCH_FAILED:
+                self._failed_batches = 0
+                continue
             self._failed_batches += 1
             if self._failed_batches >= self.max_failed_batches:
                 self.flush()
-                first = str(np.asarray(batch[MESSAGE])[np.flatnonzero(failed)[0]])
                 raise EmbeddingBroken(f"embedding failed for every tile of {self._failed_batches} consecutive "
-                                      f"batches; stopping (the model or device is broken): {first[:300]}")
+                                      f"batches; stopping (the model or device is broken): "
+                                      f"{str(batch[MESSAGE][i])[:300]}")
 
     def flush(self) -> None:
         """Commit the buffered tiles (one atomic commit), then record the versions of adopted tiles and tidy

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import math
@@ -43,6 +45,10 @@ AUTOSCALER_STATUS_WAIT_S = 10.0
 LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 # Seconds every node gets for a check: the store's connect/read timeouts and retries fit well inside.
 NODE_CHECK_TIMEOUT_S = 180.0
+# The driver's C++ log level on a quiet start (start_ray): "fatal" leaves out ERROR lines, of which a
+# successful Ray Data run prints one false alarm per actor pool (ray-project/ray#57733: Ray Data passes the
+# actors' constructor arguments through the object store); Python errors stay on the console.
+QUIET_BACKEND_LOG_LEVEL = "fatal"
 _EPS = 1e-6
 
 
@@ -94,13 +100,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ray(address: str | None = None, *, runtime_env: dict | None = None, log_to_driver: bool = True) -> str:
+@contextlib.contextmanager
+def _environment(updates: Mapping[str, str]):
+    """``os.environ`` with ``updates`` while the block runs, as it was after."""
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's console lines (start/finish of each dataset, "progress bars disabled") down to its errors;
+    its log file in the session folder keeps everything."""
+    importlib.import_module("ray.data")  # it configures its loggers on import
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(logging.ERROR)
+
+
+def start_ray(address: str | None = None, *, runtime_env: dict | None = None, log_to_driver: bool = True,
+              quiet: bool = False) -> str:
     """Connect to the Ray cluster at ``address``, or start a private local instance; returns its address.
 
     Does nothing but return the address when Ray is already initialised in this process. For a private
     instance the GCS port is chosen here and exported as ``RAY_ADDRESS`` to the processes Ray starts: Ray
     Train's helper actors look the cluster up through the state API, which otherwise picks "the latest
     cluster" on the host. Raises :class:`~rsclip.errors.InvalidInput` for a ``runtime_env`` with a secret.
+
+    ``quiet`` keeps Ray's own console lines to its errors: the ``ray`` and ``ray.data`` loggers at ERROR, and
+    the driver's C++ core worker at :data:`QUIET_BACKEND_LOG_LEVEL` (unless ``RAY_BACKEND_LOG_LEVEL`` is set;
+    a private instance's daemons start with it too). Everything still goes to the session's log files.
     """
     import ray
 
@@ -108,25 +144,22 @@ def start_ray(address: str | None = None, *, runtime_env: dict | None = None, lo
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     env = dict(runtime_env or code_runtime_env() or {})
+    options = {"log_to_driver": log_to_driver, "logging_level": logging.ERROR if quiet else logging.INFO}
+    backend = {"RAY_BACKEND_LOG_LEVEL": QUIET_BACKEND_LOG_LEVEL} if quiet and not os.environ.get(
+        "RAY_BACKEND_LOG_LEVEL") else {}
     if address and address != LOCAL:
         env_vars = {**env.get("env_vars", {}), "RAY_ADDRESS": address}
-        ray.init(address=address, runtime_env={**env, "env_vars": env_vars}, log_to_driver=log_to_driver)
-        return address
-    port = _free_port()
-    address = f"{LOOPBACK}:{port}"
-    # Ray's own setting for the head's GCS port, and the address every process it starts inherits; set only
-    # while the local instance starts, so this process's environment is left as it was
-    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
-    os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=address)
-    try:
-        ray.init(address=LOCAL, runtime_env=env or None, log_to_driver=log_to_driver,
-                 _node_ip_address=LOOPBACK)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _environment(backend):
+            ray.init(address=address, runtime_env={**env, "env_vars": env_vars}, **options)
+    else:
+        port = _free_port()
+        address = f"{LOOPBACK}:{port}"
+        # Ray's own setting for the head's GCS port, and the address every process it starts inherits; set
+        # only while the local instance starts, so this process's environment is left as it was
+        with _environment({**backend, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": address}):
+            ray.init(address=LOCAL, runtime_env=env or None, _node_ip_address=LOOPBACK, **options)
+    if quiet:
+        _quiet_ray_data()
     return address
 
 

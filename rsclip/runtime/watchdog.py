@@ -4,8 +4,8 @@ Progress is what the driver reports (:meth:`Watchdog.progress`, e.g. once per co
 change in the run's in-flight data tasks, read from Ray's state API: Ray Data's read/decode tasks, its
 actor-pool map calls and the train workers' block fetches. After ``report_after`` seconds without either,
 one line goes to the log (stderr): the driver's stage, the stages with tasks in flight (running for how
-long, or waiting), the actors and placement groups still waiting for resources, and what the cluster has
-free; again every ``report_after`` seconds. After ``stop_after`` seconds the watchdog interrupts the
+long, or waiting), the actors still starting (their constructor running, for how long) and those and the
+placement groups still waiting for resources, and what the cluster has free; again every ``report_after`` seconds. After ``stop_after`` seconds the watchdog interrupts the
 driver's main thread and leaving the ``with`` block raises :class:`~rsclip.errors.RsclipError` carrying the
 same diagnosis (exit status 2 and one line in the jobs), instead of a run that waits forever.
 """
@@ -29,6 +29,7 @@ MAX_TASKS = 5000
 # Ray Data's data plane besides plain tasks: actor-pool map calls, and train workers fetching blocks.
 _DATA_ACTOR_CALLS = ("MapWorker(", "SplitCoordinator.")
 _DONE = ("FINISHED", "FAILED")
+_CREATION = "ACTOR_CREATION_TASK"
 _DIAGNOSIS_CHARS = 1500
 
 
@@ -87,7 +88,7 @@ def _stages(tasks: list) -> list[str]:
     oldest: dict[str, float] = {}
     for t in tasks:
         name = t.name or t.func_or_class_name or "?"
-        if _internal(name):
+        if _internal(name) or t.type == _CREATION:  # actors being created: _actors_pending says which
             continue
         if str(t.state).startswith("RUNNING"):
             running[name] += 1
@@ -103,8 +104,36 @@ def _stages(tasks: list) -> list[str]:
     return lines
 
 
-def _waiting_for_resources() -> list[str]:
-    """This job's actors and placement groups that wait to be placed, with what each one asks for."""
+def constructors_running(tasks: list) -> dict[str, float]:
+    """Actor id -> seconds its constructor has been running, for the actors among ``tasks`` (state API task
+    records) whose creation task runs: placed, but not started yet."""
+    now_ms = time.time() * 1000
+    return {t.actor_id: (now_ms - t.start_time_ms) / 1000 if t.start_time_ms else 0.0 for t in tasks
+            if t.type == _CREATION and t.actor_id and str(t.state).startswith("RUNNING")}
+
+
+def pending_actors(actors: list, running: dict[str, float]) -> list[str]:
+    """Lines on ``actors`` (state API records of actors not created yet): per class, those whose constructor
+    runs (``running``: :func:`constructors_running`) and those that wait for resources, with what they ask."""
+    starting: dict[str, list[float]] = defaultdict(list)
+    waiting: dict[tuple[str, str], int] = defaultdict(int)
+    for a in actors:
+        if _internal(a.class_name or ""):
+            continue
+        if a.actor_id in running:
+            starting[a.class_name].append(running[a.actor_id])
+        else:
+            waiting[(a.class_name, _resources(a.required_resources))] += 1
+    lines = [f"actor {name} still starting (constructor running for {max(ages):.0f} s)" if len(ages) == 1 else
+             f"{len(ages)} {name} actors still starting (constructors running for up to {max(ages):.0f} s)"
+             for name, ages in starting.items()]
+    return lines + [f"{n} {name} actor{'s' if n > 1 else ''} wait for resources ({need})"
+                    for (name, need), n in waiting.items()]
+
+
+def _waiting_for_resources(tasks: list | None) -> list[str]:
+    """This job's actors not created yet (starting, or waiting to be placed) and placement groups waiting,
+    with what each one asks for; ``tasks``: the job's tasks in flight (None: unknown)."""
     from ray.util.state import list_actors, list_placement_groups
 
     lines: list[str] = []
@@ -118,11 +147,7 @@ def _waiting_for_resources() -> list[str]:
                                        detail=True, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
     except Exception:
         return lines
-    by_class: dict[tuple[str, str], int] = defaultdict(int)
-    for a in actors:
-        if not _internal(a.class_name or ""):
-            by_class[(a.class_name, _resources(a.required_resources))] += 1
-    lines += [f"{n} {name} actors wait for ({need})" for (name, need), n in by_class.items()]
+    lines += pending_actors(actors, constructors_running(tasks or []))
     for g in groups:
         bundles = [b.get("unit_resources") or {} for b in (g.bundles or [])]
         lines.append(f"placement group {g.name or g.placement_group_id[:8]} waits for {len(bundles)} bundles of "
@@ -143,7 +168,7 @@ def diagnose(stage: str) -> str:
     parts = [f"driver: {stage}"]
     tasks = _in_flight(detail=True)
     parts += _stages(tasks) if tasks is not None else ["task states unknown (no dashboard)"]
-    parts += _waiting_for_resources()
+    parts += _waiting_for_resources(tasks)
     try:
         if _connected():
             parts.append(_free())
