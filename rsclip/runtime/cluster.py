@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,16 @@ def _quiet_ray_data() -> None:
             handler.setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _no_fork_warning():
+    """Without LanceDB's "fork support is experimental" warning, which its at-fork hook prints in each child
+    that Ray's process launch forks (with a ``preexec_fn``) once LanceDB is imported: that child runs exec at
+    once, so no LanceDB state is used in it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+        yield
+
+
 def start_ray(address: str | None = None, *, runtime_env: dict | None = None, log_to_driver: bool = True,
               quiet: bool = False) -> str:
     """Connect to the Ray cluster at ``address``, or start a private local instance; returns its address.
@@ -156,7 +167,8 @@ def start_ray(address: str | None = None, *, runtime_env: dict | None = None, lo
         address = f"{LOOPBACK}:{port}"
         # Ray's own setting for the head's GCS port, and the address every process it starts inherits; set
         # only while the local instance starts, so this process's environment is left as it was
-        with _environment({**backend, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": address}):
+        with _environment({**backend, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": address}), \
+                _no_fork_warning():
             ray.init(address=LOCAL, runtime_env=env or None, _node_ip_address=LOOPBACK, **options)
     if quiet:
         _quiet_ray_data()
