@@ -12,6 +12,7 @@ import numpy as np
 
 from rsclip.app.server import MAX_UPLOAD_MB
 from rsclip.errors import LimitExceeded, UnsafeInput
+from rsclip.geo.formats import FORMAT_BY_SUFFIX
 from rsclip.geo.images import decode_any
 
 # The one size limit (MAX_UPLOAD_MB, the launcher's): Streamlit's server.maxUploadSize is set from it,
@@ -22,8 +23,9 @@ MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 MAX_UPLOAD_PIXELS = 6000 * 6000
 # Raster uploads are read decimated to at most this many pixels a side (GDAL overviews when present).
 UPLOAD_RASTER_SIDE = 2048
-# What an upload may be, by its name's suffix (the uploader's filter, and decode_upload's refusal).
-UPLOAD_TYPES = ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp")
+# What an upload may be, by its name's suffix (the uploader's filter, and decode_upload's refusal): the formats
+# rsclip decodes with Pillow (rsclip.geo.formats, one format per name), each decoded only as its name says.
+UPLOAD_TYPES = tuple(suffix.lstrip(".") for suffix, found in FORMAT_BY_SUFFIX.items() if found.pillow)
 # What one browser session may upload over its life (each upload is a fresh file the server keeps in memory until
 # it is released): this many files and this many bytes in all. A reload starts a new session.
 MAX_SESSION_UPLOADS = 24
