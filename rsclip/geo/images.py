@@ -36,14 +36,15 @@ def is_image_name(name: str) -> bool:
 
 
 @contextmanager
-def _opened(data: bytes, name: str, max_pixels: int):
+def _opened(data: bytes, name: str, max_pixels: int, claim: str | None = None):
     """The PIL image in ``data`` once its header passed the checks; errors in the block become InvalidInput.
 
     Refuses empty data, decompression bombs (by Pillow's limit or ``max_pixels``, TIFF tiles or strips over
     :data:`~rsclip.geo.formats.MAX_BLOCK_BYTES`), images smaller than 2x2 pixels and anything but the format
-    ``name`` claims (:func:`~rsclip.geo.formats.pillow_formats`), each with a message naming ``name``.
+    ``name`` claims (:func:`~rsclip.geo.formats.pillow_formats`; ``claim`` instead when given: ``""`` for bytes
+    that claim no format, such as a manifest's byte column), each with a message naming ``name``.
     """
-    allowed = formats.pillow_formats(name)
+    allowed = formats.pillow_formats(name if claim is None else claim)
     if not data:
         raise InvalidInput(f"{name}: empty file")
     try:
@@ -94,13 +95,15 @@ def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_P
         return im.width, im.height
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode encoded chip bytes to an RGB ``(H, W, 3)`` uint8 array.
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS, *,
+                 claim: str | None = None) -> np.ndarray:
+    """Decode encoded chip bytes to an RGB ``(H, W, 3)`` uint8 array, only as the format ``name`` (or ``claim``,
+    when given; ``""``: bytes that claim none, any chip format) says they are.
 
     Raises ``InvalidInput`` naming ``name`` for empty, truncated, non-image or disallowed-format data and
     images smaller than 2x2 pixels; ``LimitExceeded`` above ``max_pixels`` or :mod:`~rsclip.geo.formats`' bounds.
     """
-    with _opened(data, name, max_pixels) as im:
+    with _opened(data, name, max_pixels, claim) as im:
         formats.check_ratio(name, im.width * im.height * len(im.getbands()), len(data))
         im.load()
         return np.asarray(im.convert("RGB"))

@@ -136,7 +136,8 @@ def load_image(sample: dict[str, Any]) -> np.ndarray:
     """Decode a sample's image (inline bytes or its URI). Raises :class:`InvalidInput` naming it when unreadable."""
     data = sample.get(IMAGE_BYTES)
     if data is not None and len(data):
-        return images.decode_image(bytes(data), str(sample.get(NAME) or "<bytes>"))
+        # bytes in a manifest's column claim no format: the row's name (m.parquet#3) is not a file name
+        return images.decode_image(bytes(data), str(sample.get(NAME) or "<bytes>"), claim="")
     return images.read_image(sample[IMAGE])
 
 
