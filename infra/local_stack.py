@@ -12,6 +12,7 @@ people's Ray. Used as a library (``with SeaweedFS(dir) as s3: ...``) or from the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -86,14 +87,10 @@ def kill_tree(proc: subprocess.Popen | None, marker: str | None = None, grace: f
     ``marker`` (daemons that left the group)."""
     pids: set[int] = set()
     if proc is not None and proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     if proc is not None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -303,7 +300,7 @@ class RayHead:
             fd = os.open(self.temp_dir / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(self.token)
-        (self.gcs_port, self.dashboard_port, client_port, mport, nm_port, om_port, agent_port,
+        (self.gcs_port, self.dashboard_port, client_port, mport, nm_port, om_port, self.agent_port,
          agent_grpc, rt_port) = free_ports(9)
         cmd = [
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
@@ -311,7 +308,7 @@ class RayHead:
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             "--include-dashboard=true", f"--ray-client-server-port={client_port}",
             f"--metrics-export-port={mport}", f"--node-manager-port={nm_port}",
-            f"--object-manager-port={om_port}", f"--dashboard-agent-listen-port={agent_port}",
+            f"--object-manager-port={om_port}", f"--dashboard-agent-listen-port={self.agent_port}",
             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_port}",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
             f"--object-store-memory={self.object_store_memory}",
@@ -325,9 +322,11 @@ class RayHead:
         return self
 
     def _ready(self) -> bool:
+        """The dashboard answers and so does the head's agent (the job API refuses submissions until it is up)."""
         request = urllib.request.Request(f"{self.dashboard_url}/api/version", headers=self.auth_headers)
-        with urllib.request.urlopen(request, timeout=2) as r:
-            return r.status == 200
+        with urllib.request.urlopen(request, timeout=2) as r, urllib.request.urlopen(
+                f"http://127.0.0.1:{self.agent_port}/api/local_raylet_healthz", timeout=2) as agent:
+            return r.status == 200 and b"success" in agent.read()
 
     @property
     def auth_headers(self) -> dict[str, str]:

@@ -46,6 +46,14 @@ def _job_id() -> str:
     return ray.get_runtime_context().get_job_id()
 
 
+def _address() -> str:
+    """The connected cluster's GCS address: the state API asked without one picks "the latest cluster" on this
+    host, and refuses to choose when two run here (another job's, a test's)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _in_flight(detail: bool) -> list | None:
     """This job's tasks that have not ended, or None when the state API does not answer (no dashboard)."""
     from ray.util.state import list_tasks
@@ -54,8 +62,8 @@ def _in_flight(detail: bool) -> list | None:
         return None
     filters = [("job_id", "=", _job_id()), *(("state", "!=", s) for s in _DONE)]
     try:
-        return list_tasks(filters=filters, detail=detail, limit=MAX_TASKS, timeout=STATE_API_TIMEOUT_S,
-                          raise_on_missing_output=False)
+        return list_tasks(address=_address(), filters=filters, detail=detail, limit=MAX_TASKS,
+                          timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
     except Exception as exc:  # the dashboard is optional; a failed query is "unknown", never fatal
         log.debug("state API unavailable: %s", exc)
         return None
@@ -141,9 +149,10 @@ def _waiting_for_resources(tasks: list | None) -> list[str]:
         return lines
     job = _job_id()
     try:
-        actors = list_actors(filters=[("job_id", "=", job), ("state", "=", "PENDING_CREATION")], detail=True,
-                             timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
-        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "PENDING")],
+        actors = list_actors(address=_address(), filters=[("job_id", "=", job), ("state", "=", "PENDING_CREATION")],
+                             detail=True, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
+        groups = list_placement_groups(address=_address(),
+                                       filters=[("creator_job_id", "=", job), ("state", "=", "PENDING")],
                                        detail=True, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
     except Exception:
         return lines
