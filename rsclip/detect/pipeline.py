@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from rsclip.runtime import cluster, flags
 from rsclip.table import datasets, detections, labels, tiles
 from rsclip.detect import scoring
-from rsclip.detect.probe import Probe, train_probe
+from rsclip.detect.probe import DEFAULT_BACKGROUND, Probe, train_probe
 from rsclip.errors import InvalidInput, RsclipError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DetectConfig:
     db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
     label: str = setting(help="the label set to train on (rsclip label add ...)", group="input and output")
     table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
-    background: int = setting(0, group="probe",
+    background: int = setting(DEFAULT_BACKGROUND, group="probe",
                               help="random tiles of the table added as negatives (0: the labelled negatives only)")
     c: float = setting(1.0, help="inverse regularisation strength of the logistic regression", group="probe")
     seed: int = setting(0, help="seed of the background draw and the cross-validation folds", group="probe")

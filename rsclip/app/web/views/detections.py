@@ -19,6 +19,7 @@ from rsclip.app.web.keys import (KEY_DETECT_BACKGROUND, KEY_DETECT_PROGRESS, KEY
                                  KEY_DETECT_THRESHOLD, STATE_MESSAGE, VIEW_DETECT)
 from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.app.web.views.results import show_results
+from rsclip.detect.probe import DEFAULT_BACKGROUND
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.review import review_detections
 
@@ -37,7 +38,7 @@ def detect_view(ctx: PageContext) -> None:
     left, right = st.columns([2, 1])
     with right:
         background = st.number_input(
-            "Background negatives", 0, runs.MAX_BACKGROUND, 0, step=50, key=KEY_DETECT_BACKGROUND,
+            "Background negatives", 0, runs.MAX_BACKGROUND, DEFAULT_BACKGROUND, step=50, key=KEY_DETECT_BACKGROUND,
             help="random tiles of the table added to the negatives (needed when the set has no negative)")
     with left:
         st.markdown(f"Detect **{escape_markdown(ctx.label)}** in every tile of the table: a linear probe on the "
