@@ -24,6 +24,8 @@ DATETIME = tiles.DATETIME
 TILE_COLUMNS = (tiles.URI, *tiles.WINDOW_COLUMNS, tiles.CRS, *tiles.TIME_COLUMNS, tiles.FOOTPRINT)
 # Above this many detections their tiles are read by one filtered scan of the tile table rather than by id.
 SCAN_ABOVE = 20_000
+# The stored float32 score may round the float64 sigmoid(logit) that --min-score is tested on by this much.
+SCORE_MARGIN = 1e-6
 
 
 def detections_sql(label: str, min_score: float | None, filters: Filters) -> str:
@@ -31,7 +33,7 @@ def detections_sql(label: str, min_score: float | None, filters: Filters) -> str
     spatial = filters.spatial().sql()
     parts = [f"{detections.LABEL} = {tiles.sql_text(label)}"]
     if min_score is not None:
-        parts.append(f"{detections.SCORE} >= {float(min_score)!r}")
+        parts.append(f"{detections.SCORE} >= {float(min_score) - SCORE_MARGIN!r}")  # float32; exact test later
     if spatial:
         parts.append(f"({spatial})")
     return " AND ".join(parts)
@@ -92,6 +94,7 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
     frame = frame[filters.keep(frame, tile_table)].copy()
     frame[detections.LOGIT] = logits_of(frame)
     frame[SCORE] = 1.0 / (1.0 + np.exp(-frame[detections.LOGIT].to_numpy(dtype=np.float64)))
+    frame = frame[frame[SCORE] >= min_score] if min_score is not None else frame
     order = [tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS]
     order += [c for c in (*tiles.TIME_COLUMNS, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION,
                           detections.LOGIT) if c in frame.columns]
