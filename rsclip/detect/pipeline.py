@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from rsclip.runtime import cluster, flags
 from rsclip.table import datasets, detections, labels, tiles
 from rsclip.detect import scoring
-from rsclip.detect.probe import DEFAULT_BACKGROUND, Probe, train_probe
+from rsclip.detect.probe import DEFAULT_BACKGROUND, Probe, quality_sentence, train_probe
 from rsclip.errors import InvalidInput, RsclipError
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,7 @@ class DetectSummary:
     seconds: float = 0.0
 
     def to_text(self) -> str:
-        m = self.metrics
-        quality = (f"cv AP {m['cv_ap']:.3f}, precision@{m['k']} {m['precision_at_k']:.3f} ({m['folds']} folds)"
-                   if m.get("cv_ap") is not None else "too few examples to cross-validate")
-        return (f"label {self.label!r}, model {self.model_version}: {m.get('positives', 0)} positives, "
-                f"{m.get('negatives', 0)} negatives, {m.get('background', 0)} background; {quality}; "
+        return (f"label {self.label!r}, model {self.model_version}: {quality_sentence(self.metrics)}; "
                 f"{self.rows_scored} of {self.table_rows} tiles scored in {self.parts - self.parts_skipped} "
                 f"parts ({self.parts_skipped} already done), {self.rows_per_s:.0f} rows/s; "
                 f"{self.removed_stale} stale detections removed")

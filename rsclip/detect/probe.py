@@ -16,9 +16,12 @@ target; :data:`DEFAULT_BACKGROUND` by default). The recipe (:data:`PROBE_FORMAT`
 Every step is linear, so the probe folds into one ``(w, b)`` and scoring a tile is one dot product:
 ``logit = vector @ w + b``, ``score = sigmoid(logit)``.
 
-Quality is reported by stratified k-fold cross-validation on the training examples (``k = min(5, fewest
-examples of a class)``; none with fewer than two of either): average precision of the out-of-fold logits,
-and precision@k (the share of positives among the k best-scored examples).
+Quality is reported by stratified k-fold cross-validation on the training examples (``min(5, fewest examples
+of a class)`` folds; none with fewer than two of either): average precision of the out-of-fold logits beside
+its chance level (the share of positives), and precision@k with ``k`` no larger than the positives, so a
+perfect ranking reads 1.0 whatever the class balance. The held-out negatives are mostly background tiles drawn
+from the table, so the figures estimate how the probe ranks the table's unlabelled tiles
+(:func:`quality_sentence` says so to the analyst).
 """
 
 from __future__ import annotations
@@ -182,15 +185,17 @@ def fit(data: TrainingSet, *, c: float = 1.0, seed: int = 0) -> tuple[np.ndarray
 
 
 def cross_validate(data: TrainingSet, *, c: float = 1.0, seed: int = 0, k: int = 10) -> dict:
-    """Cross-validated ``cv_ap`` (average precision) and ``precision_at_k`` on ``data`` (module doc);
-    both None when a class has fewer than two examples. ``k`` is capped by the number of examples."""
+    """Cross-validated ``cv_ap`` (average precision), its chance level ``prior`` and ``precision_at_k`` on
+    ``data`` (module doc); the first two None when a class has fewer than two examples. ``k`` is capped by
+    the number of positives."""
     from sklearn.metrics import average_precision_score
     from sklearn.model_selection import StratifiedKFold
 
     fewest = int(min(data.y.sum(), len(data.y) - data.y.sum()))
-    k = int(min(k, len(data.y)))
+    k = int(max(1, min(k, data.y.sum())))  # a perfect ranking reaches 1.0
+    prior = round(float(data.y.mean()), 4) if len(data.y) else None
     if fewest < 2:
-        return {"cv_ap": None, "precision_at_k": None, "k": k, "folds": 0}
+        return {"cv_ap": None, "precision_at_k": None, "k": k, "folds": 0, "prior": prior}
     folds = min(MAX_CV_FOLDS, fewest)
     scores = np.zeros(len(data.y))
     background = data.background_mask()
@@ -199,7 +204,19 @@ def cross_validate(data: TrainingSet, *, c: float = 1.0, seed: int = 0, k: int =
         scores[test] = data.x[test] @ w + b
     top = np.argsort(-scores, kind="stable")[:k]
     return {"cv_ap": round(float(average_precision_score(data.y, scores)), 4),
-            "precision_at_k": round(float(data.y[top].mean()), 4), "k": k, "folds": folds}
+            "precision_at_k": round(float(data.y[top].mean()), 4), "k": k, "folds": folds, "prior": prior}
+
+
+def quality_sentence(metrics: dict) -> str:
+    """What a probe's cross-validated metrics (:func:`cross_validate`, with the example counts) say, in words."""
+    counts = (f"{metrics.get('positives', 0)} positives, {metrics.get('negatives', 0)} negatives, "
+              f"{metrics.get('background', 0)} background tiles")
+    if metrics.get("cv_ap") is None:
+        return f"{counts}: too few of a class to cross-validate (label at least two positives and two negatives)"
+    return (f"{counts}; cross-validated average precision {metrics['cv_ap']:.2f} (chance: "
+            f"{metrics.get('prior') or 0:.2f}), precision@{metrics['k']} {metrics['precision_at_k']:.2f} (the "
+            f"share of positives among the {metrics['k']} held-out examples ranked highest; 1.0 is perfect): an "
+            "estimate of how well the table's unlabelled tiles are ranked")
 def model_version(table, label_frame, settings: dict) -> str:
     """A short hash naming the probe a run trains: the table's model and weights, the label set's content
     and the probe's settings, and the table's size (which changes the table sample and the draw). The same
@@ -228,5 +245,5 @@ def train_probe(table, label: str, label_frame, *, background: int = DEFAULT_BAC
 
 
 __all__ = ["DEFAULT_BACKGROUND", "Probe", "TrainingSet", "cross_validate", "example_vector", "fit", "fit_examples",
-           "model_version", "sample_background", "sample_weights", "table_statistics",
+           "model_version", "quality_sentence", "sample_background", "sample_weights", "table_statistics",
            "sigmoid", "train_probe", "training_set"]

@@ -311,3 +311,22 @@ def test_over_every_class_the_probe_ranks_at_least_as_well_as_example_search(cla
             top = np.argsort(-np.where(labelled, -np.inf, scores), kind="stable")[: PER_CLASS - POSITIVES]
             hits.append(float(np.mean(classes[top] == name)))
     assert np.mean(probe_hits) >= np.mean(example_hits), (np.mean(probe_hits), np.mean(example_hits))
+
+
+def test_cross_validated_precision_is_not_capped_by_the_class_balance():
+    """Issue 27: 5 positives among 15 examples read at most 0.5 at k = 10 even for a perfect probe."""
+    from rsclip.detect.probe import TrainingSet, cross_validate, quality_sentence
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    x = np.concatenate([centre + 0.05 * rng.normal(size=(5, 16)), -centre + 0.05 * rng.normal(size=(10, 16))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    sample = rng.normal(size=(200, 16)).astype(np.float32)
+    data = TrainingSet(x, np.r_[np.ones(5), np.zeros(10)].astype(np.int64), [str(i) for i in range(15)], 5, 10, 0,
+                       sample)
+    metrics = cross_validate(data, k=10)
+    assert (metrics["k"], metrics["precision_at_k"], metrics["cv_ap"]) == (5, 1.0, 1.0)
+    assert metrics["prior"] == pytest.approx(5 / 15, abs=1e-4)
+    text = quality_sentence({"positives": 5, "negatives": 10, "background": 0, **metrics})
+    assert "precision@5 1.00" in text and "chance: 0.33" in text and "unlabelled tiles" in text
+    assert "too few" in quality_sentence({"positives": 1, "negatives": 0, "cv_ap": None})

@@ -124,3 +124,12 @@ def test_detect_runs_the_job_on_the_cluster_of_ray_address(ray_head, detect_db):
     assert len(frame) == N_IMAGES and set(frame[detections.MODEL_VERSION]) == {probe.model_version}
     np.testing.assert_allclose(frame[detections.LOGIT], probe.logits(rows.vectors_by_id(table, list(frame[tiles.ID]))),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_detect_says_what_the_quality_figures_mean_and_a_rerun_scores_nothing(detect_db, capsys):
+    db, _ = detect_db  # label set a was detected with the job's defaults: every part is done, no Ray starts
+    code, out, err = run(capsys, "detect", db, "a")
+    assert code == 0 and not err, err
+    assert "3 positives, 5 negatives, 32 background tiles" in out and "precision@3" in out
+    assert "estimate of how well the table's unlabelled tiles are ranked" in out
+    assert f"0 of {N_IMAGES} tiles scored" in out and "already done" in out
