@@ -1,14 +1,17 @@
-"""The ``rsclip detect`` and ``rsclip review`` commands: score every tile for a label set, list its detections.
+"""The ``rsclip detect``, ``review`` and ``suggest`` commands: score every tile for a label set, list its detections.
 
     rsclip detect DB LABEL [--background N] [--c C] [--seed S] [--read-cpus C] ...   (the flags of jobs/detect.py)
     rsclip review DB LABEL [--min-score S] [--bbox ...] [--near ...] [--polygon P] [--where SQL] [--date RANGE]
                   [-k N] [--json]
+    rsclip suggest DB LABEL [-k N] [--json]
 
 ``detect`` runs the detection job (:func:`rsclip.detect.pipeline.run_detection`) from this process: on the
 Ray cluster of ``RAY_ADDRESS`` when it is set, else on a private local Ray. Its flags are the job's
 (:class:`~rsclip.detect.pipeline.DetectConfig`'s fields, ``--db`` and ``--label`` being DB and LABEL here).
 ``review`` prints the detections best first (highest logit): tile id, uri, score, logit and the centre of the
 tile's footprint (``lon``, ``lat``: the middle of its WGS84 bounds, the centroid of a parallelogram tile).
+``suggest`` prints the tiles to label next (:mod:`rsclip.search.suggest`): the unlabelled tiles ranked highest
+and those the probe is least sure of, with the same columns and ``why``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import json
 import sys
 
-from rsclip.app.cli.options import add_db_arguments, add_polygon_argument, add_time_arguments, area
+from rsclip.app.cli.options import add_db_arguments, add_polygon_argument, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.detect.pipeline import DetectConfig
 from rsclip.errors import InvalidInput
@@ -52,6 +55,25 @@ def cmd_review(args: argparse.Namespace) -> None:
         print_json(records(frame.drop(columns=["footprint"], errors="ignore")))
         return
     print_table(frame[[c for c in SHOWN if c in frame.columns]], floats="{:.6g}")
+
+
+def cmd_suggest(args: argparse.Namespace) -> None:
+    """``rsclip suggest``: the ``-k`` top-ranked and ``-k`` least certain unlabelled tiles of a label set."""
+    from rsclip.search.suggest import suggest_labels
+
+    frame = suggest_labels(args.db, args.label, k=args.k, table=args.table)
+    if args.json:
+        print_json(records(frame))
+        return
+    print_table(frame[["why", *SHOWN]], floats="{:.6g}")
+
+
+def add_suggest_parser(sub) -> None:
+    """The ``suggest`` sub-command: DB, LABEL, ``-k`` and ``--json``."""
+    s = with_table(sub.add_parser("suggest", help="tiles to label next: the top-ranked and the least certain"))
+    s.add_argument("label", metavar="LABEL", help="the label set (rsclip detect DB LABEL first)")
+    s.add_argument("-k", type=int, default=10, help="tiles of each kind (default: %(default)s)")
+    s.set_defaults(run=cmd_suggest)
 
 
 def add_detect_parser(sub) -> None:

@@ -133,3 +133,25 @@ def test_detect_says_what_the_quality_figures_mean_and_a_rerun_scores_nothing(de
     assert "3 positives, 5 negatives, 32 background tiles" in out and "precision@3" in out
     assert "estimate of how well the table's unlabelled tiles are ranked" in out
     assert f"0 of {N_IMAGES} tiles scored" in out and "already done" in out
+
+
+def test_suggest_lists_the_top_ranked_and_the_least_certain_unlabelled_tiles(detect_db, capsys):
+    db, ids = detect_db
+    everything = review_detections(db, "a")
+    unlabelled = everything[~everything[tiles.ID].isin(ids[:8])]
+    code, out, err = run(capsys, "suggest", db, "a", "-k", 4, "--json")
+    found = json.loads(out)
+    assert code == 0 and not err and [r["why"] for r in found] == ["top"] * 4 + ["uncertain"] * 4
+    assert [r["id"] for r in found[:4]] == unlabelled[tiles.ID].head(4).tolist()
+    rest = unlabelled.iloc[4:]
+    nearest = rest.assign(d=rest[detections.LOGIT].abs()).sort_values(["d", tiles.ID])[tiles.ID].head(4).tolist()
+    assert [r["id"] for r in found[4:]] == nearest and not {r["id"] for r in found} & set(ids[:8])
+    assert all(r["uri"] and (r["lon"], r["lat"]) == pytest.approx(((r["lon_min"] + r["lon_max"]) / 2,
+                                                                     (r["lat_min"] + r["lat_max"]) / 2)) for r in found)
+    code, out, _ = run(capsys, "suggest", db, "a")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split() == ["why", "id", "uri", "score", "logit", "lon", "lat"] and len(lines) == 21
+    code, out, err = run(capsys, "suggest", db, "a", "-k", 0)
+    assert code == 2 and "k must be" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "suggest", db, "nothing")
+    assert code == 2 and "no detections of 'nothing'" in err
