@@ -155,3 +155,30 @@ def test_suggest_lists_the_top_ranked_and_the_least_certain_unlabelled_tiles(det
     assert code == 2 and "k must be" in err and len(err.strip().splitlines()) == 1
     code, out, err = run(capsys, "suggest", db, "nothing")
     assert code == 2 and "no detections of 'nothing'" in err
+
+
+def test_label_add_takes_the_ids_review_and_suggest_print_piped_in(detect_db, capsys, monkeypatch, tmp_path):
+    import io
+    import shutil
+
+    db = tmp_path / "db"
+    shutil.copytree(detect_db[0], db)  # labels are written beside the tiles: a copy keeps the module's table
+    _, out, _ = run(capsys, "review", db, "a", "-k", 3, "--json")
+    top = [r["id"] for r in json.loads(out)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(out))
+    code, _, err = run(capsys, "label", "add", db, "a", "--positive", "-")
+    assert code == 0, err
+    _, table_text, _ = run(capsys, "suggest", db, "a", "-k", 2)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(table_text))  # the table printed: its id column
+    code, _, err = run(capsys, "label", "add", db, "a", "--negative", "-", "--positive", top[0])
+    assert code == 0, err
+    frame = labels.read_labels(db, "a")
+    suggested = [line.split()[1] for line in table_text.strip().splitlines()[1:]]
+    values = dict(zip(frame[tiles.ID], frame[labels.VALUE]))
+    assert all(values[i] == 1 for i in top) and all(values[i] == -1 for i in suggested)
+    for piped, message in (("", "no tile ids on stdin"), ("[1, 2]", 'records with an "id"'), ("{oops", "not valid JSON")):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
+        code, _, err = run(capsys, "label", "add", db, "a", "--positive", "-")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "label", "add", db, "a", "--positive", "-", "--negative", "-")
+    assert code == 2 and "only one of" in err
