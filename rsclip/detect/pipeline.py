@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from rsclip.runtime import cluster, flags
 from rsclip.table import datasets, detections, labels, tiles
 from rsclip.detect import scoring
-from rsclip.detect.probe import Probe, train_probe
+from rsclip.detect.probe import DEFAULT_BACKGROUND, Probe, quality_sentence, train_probe
 from rsclip.errors import InvalidInput, RsclipError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DetectConfig:
     db: str = setting(help="LanceDB location: s3://bucket/prefix or a local folder", group="input and output")
     label: str = setting(help="the label set to train on (rsclip label add ...)", group="input and output")
     table: str = setting(tiles.DEFAULT_TABLE, help="tile table name", group="input and output")
-    background: int = setting(0, group="probe",
+    background: int = setting(DEFAULT_BACKGROUND, group="probe",
                               help="random tiles of the table added as negatives (0: the labelled negatives only)")
     c: float = setting(1.0, help="inverse regularisation strength of the logistic regression", group="probe")
     seed: int = setting(0, help="seed of the background draw and the cross-validation folds", group="probe")
@@ -83,11 +83,7 @@ class DetectSummary:
     seconds: float = 0.0
 
     def to_text(self) -> str:
-        m = self.metrics
-        quality = (f"cv AP {m['cv_ap']:.3f}, precision@{m['k']} {m['precision_at_k']:.3f} ({m['folds']} folds)"
-                   if m.get("cv_ap") is not None else "too few examples to cross-validate")
-        return (f"label {self.label!r}, model {self.model_version}: {m.get('positives', 0)} positives, "
-                f"{m.get('negatives', 0)} negatives, {m.get('background', 0)} background; {quality}; "
+        return (f"label {self.label!r}, model {self.model_version}: {quality_sentence(self.metrics)}; "
                 f"{self.rows_scored} of {self.table_rows} tiles scored in {self.parts - self.parts_skipped} "
                 f"parts ({self.parts_skipped} already done), {self.rows_per_s:.0f} rows/s; "
                 f"{self.removed_stale} stale detections removed")

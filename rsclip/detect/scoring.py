@@ -91,13 +91,13 @@ def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, labe
     """The detection rows (:data:`OUTPUT_SCHEMA`) of one read batch of tiles."""
     n = batch.num_rows
     vectors = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
-    scores = sigmoid(vectors @ weights + np.float32(bias))
+    logits = (vectors @ weights + np.float32(bias)).astype(np.float64)
     ids = batch.column(tiles.ID)
     constant = lambda value, kind: pa.repeat(pa.scalar(value, kind), n)  # noqa: E731  (no Python lists)
     columns = {
         detections.KEY: pc.binary_join_element_wise(pa.scalar(label), ids, ":"), tiles.ID: ids,
         detections.LABEL: constant(label, pa.string()), detections.MODEL_VERSION: constant(model_version, pa.string()),
-        detections.SCORE: pa.array(scores, pa.float32()),
+        detections.SCORE: pa.array(sigmoid(logits), pa.float32()), detections.LOGIT: pa.array(logits, pa.float64()),
         **{c: batch.column(c) for c in tiles.BOUNDS_COLUMNS},
         detections.TIME: constant(now, pa.timestamp("us", tz="UTC")), detections.PART: constant(part, pa.string()),
     }

@@ -8,7 +8,7 @@ window and CRS (looked up by id), so they export as they are (:mod:`rsclip.searc
 
 from __future__ import annotations
 
-
+import numpy as np
 import pandas as pd
 
 from rsclip.table import datasets, detections, labels, rows, tiles
@@ -24,6 +24,8 @@ DATETIME = tiles.DATETIME
 TILE_COLUMNS = (tiles.URI, *tiles.WINDOW_COLUMNS, tiles.CRS, *tiles.TIME_COLUMNS, tiles.FOOTPRINT)
 # Above this many detections their tiles are read by one filtered scan of the tile table rather than by id.
 SCAN_ABOVE = 20_000
+# The stored float32 score may round the float64 sigmoid(logit) that --min-score is tested on by this much.
+SCORE_MARGIN = 1e-6
 
 
 def detections_sql(label: str, min_score: float | None, filters: Filters) -> str:
@@ -31,7 +33,7 @@ def detections_sql(label: str, min_score: float | None, filters: Filters) -> str
     spatial = filters.spatial().sql()
     parts = [f"{detections.LABEL} = {tiles.sql_text(label)}"]
     if min_score is not None:
-        parts.append(f"{detections.SCORE} >= {float(min_score)!r}")
+        parts.append(f"{detections.SCORE} >= {float(min_score) - SCORE_MARGIN!r}")  # float32; exact test later
     if spatial:
         parts.append(f"({spatial})")
     return " AND ".join(parts)
@@ -45,7 +47,7 @@ def validate_min_score(min_score) -> float | None:
 def review_detections(db, label: str, *, min_score: float | None = None, table: str = tiles.DEFAULT_TABLE,
                       bbox=None, near=None, polygon=None, where=None, date=None, max_cloud=None,
                       max_nodata=None, limit: int = MAX_REVIEW_ROWS) -> pd.DataFrame:
-    """Detections of ``label`` scoring at least ``min_score`` under the filters, best first.
+    """Detections of ``label`` scoring at least ``min_score`` under the filters, best first (highest logit).
 
     Args:
         db: A local path, an ``s3://`` URI or a LanceDB connection.
@@ -62,8 +64,9 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
         limit: The most detections returned.
 
     Returns:
-        A DataFrame with columns id, uri, score, x, y, width, height, the bound columns, crs (and datetime and
-        footprint when the tile table has them), label, model_version.
+        A DataFrame with columns id, uri, score (float64 ``sigmoid(logit)``), x, y, width, height, the bound
+        columns, crs (and datetime and footprint when the tile table has them), label, model_version, logit;
+        ordered by logit (a total order where stored float32 scores tie at 1.0), then id.
 
     Raises:
         NotFound: When the table has no detections of ``label``.
@@ -85,14 +88,30 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
         raise LimitExceeded(f"{count:,} detections qualify, more than {limit:,}: raise the minimum score or "
                             "narrow the area")
     columns = [tiles.ID, detections.SCORE, *tiles.BOUNDS_COLUMNS, detections.LABEL, detections.MODEL_VERSION]
+    columns += [detections.LOGIT] if detections.LOGIT in found.schema.names else []
     frame = dataset.to_table(columns=columns, filter=sql).to_pandas()
     frame = frame.merge(tile_columns(tile_table, frame[tiles.ID], filters), on=tiles.ID, how="inner")
-    frame = frame[filters.keep(frame, tile_table)]
-    frame[SCORE] = frame[detections.SCORE].astype("float64")
+    frame = frame[filters.keep(frame, tile_table)].copy()
+    frame[detections.LOGIT] = logits_of(frame)
+    frame[SCORE] = 1.0 / (1.0 + np.exp(-frame[detections.LOGIT].to_numpy(dtype=np.float64)))
+    frame = frame[frame[SCORE] >= min_score] if min_score is not None else frame
     order = [tiles.ID, tiles.URI, SCORE, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS]
-    order += [c for c in (*tiles.TIME_COLUMNS, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION)
-              if c in frame.columns]
-    return frame.sort_values([SCORE, tiles.ID], ascending=[False, True], kind="stable")[order].reset_index(drop=True)
+    order += [c for c in (*tiles.TIME_COLUMNS, tiles.FOOTPRINT, detections.LABEL, detections.MODEL_VERSION,
+                          detections.LOGIT) if c in frame.columns]
+    frame = frame.sort_values([detections.LOGIT, tiles.ID], ascending=[False, True], kind="stable")
+    return frame[order].reset_index(drop=True)
+
+
+def logits_of(frame: pd.DataFrame) -> np.ndarray:
+    """The stored logits of detection rows, float64; rows written before logits were stored (none, or
+    null) get the logit of their float32 score (saturated scores stay tied, as they were stored)."""
+    score = frame[detections.SCORE].to_numpy(dtype=np.float64)
+    clipped = np.clip(score, np.finfo(np.float32).tiny, 1.0 - np.finfo(np.float32).epsneg)
+    fallback = np.log(clipped) - np.log1p(-clipped)
+    if detections.LOGIT not in frame.columns:
+        return fallback
+    stored = frame[detections.LOGIT].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isnan(stored), fallback, stored)
 
 
 def tile_columns(tile_table, ids: pd.Series, filters: Filters) -> pd.DataFrame:

@@ -11,6 +11,9 @@ column                             type                meaning
 ``model_version``                  string              :func:`rsclip.detect.probe.model_version` of the
                                                        probe (labels, settings, the table's model)
 ``score``                          float32             the probe's probability that the tile is positive
+``logit``                          float64, nullable   the probe's logit (``score = sigmoid(logit)``): a total
+                                                       order where float32 probabilities saturate at 1.0
+                                                       (null in rows written before it was stored)
 ``lon_min, lat_min, lon_max,``     float64, nullable   the tile's WGS84 bounds (for spatial prefilters)
 ``lat_max``
 ``time``                           timestamp[us, UTC]  when the row was written
@@ -19,7 +22,8 @@ column                             type                meaning
 Rows are upserted on ``key`` (a new model version replaces the old score), so a job killed and rerun never
 leaves two rows for a tile and label. ``<table>_detections_progress`` records which parts of the tile table
 (fragment ranges, :mod:`rsclip.detect.scoring`) a model version has committed, so a rerun resumes after
-them; a part is recorded only after its rows are committed.
+them; a part is recorded only after its rows are committed. A detections table written before ``logit``
+was stored gains the column (all null) when a job next writes to it (:func:`open_detections` with ``create``).
 """
 
 from __future__ import annotations
@@ -32,15 +36,16 @@ from rsclip.table import datasets, keyed_writes, rows, tiles
 
 DETECTIONS_SUFFIX = "_detections"
 PROGRESS_SUFFIX = "_detections_progress"
-KEY, LABEL, MODEL_VERSION, SCORE, TIME = "key", "label", "model_version", "score", "time"
+KEY, LABEL, MODEL_VERSION, SCORE, LOGIT, TIME = "key", "label", "model_version", "score", "logit", "time"
 PART, ROWS = "part", "rows"
-DETECTION_COLUMNS = (KEY, tiles.ID, LABEL, MODEL_VERSION, SCORE, *tiles.BOUNDS_COLUMNS, TIME)
+DETECTION_COLUMNS = (KEY, tiles.ID, LABEL, MODEL_VERSION, SCORE, LOGIT, *tiles.BOUNDS_COLUMNS, TIME)
 DETECTIONS_SCHEMA = pa.schema([
     pa.field(KEY, pa.string(), nullable=False),
     pa.field(tiles.ID, pa.string(), nullable=False),
     pa.field(LABEL, pa.string(), nullable=False),
     pa.field(MODEL_VERSION, pa.string(), nullable=False),
     pa.field(SCORE, pa.float32(), nullable=False),
+    pa.field(LOGIT, pa.float64()),
     *(pa.field(c, pa.float64()) for c in tiles.BOUNDS_COLUMNS),
     pa.field(TIME, pa.timestamp("us", tz="UTC"), nullable=False),
 ])
@@ -70,8 +75,14 @@ def detection_key(label: str, tile_id: str) -> str:
 
 
 def open_detections(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False):
-    """The detections table of ``table`` (created when ``create``; else None when there is none)."""
-    return rows.open_companion(db, detections_table_name(table), DETECTIONS_SCHEMA, create=create)
+    """The detections table of ``table`` (created when ``create``; else None when there is none). With
+    ``create``, a table written by an older rsclip gains the nullable columns it lacks (all null)."""
+    found = rows.open_companion(db, detections_table_name(table), DETECTIONS_SCHEMA, create=create)
+    if create and found is not None:
+        missing = [f for f in DETECTIONS_SCHEMA if f.nullable and f.name not in found.schema.names]
+        if missing:
+            found.add_columns(missing)
+    return found
 
 
 def open_progress(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False):

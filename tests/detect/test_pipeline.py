@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsclip.table import detections, labels, rows, tiles
+from rsclip.table import datasets, detections, labels, rows, tiles
+from rsclip.detect import scoring
 from rsclip.detect.pipeline import DetectConfig, run_detection
-from rsclip.detect.probe import fit, train_probe, training_set
+from rsclip.detect.probe import example_vector, fit, sample_weights, train_probe, training_set
 from rsclip.errors import InvalidInput, NotFound
 from rsclip.search.review import review_detections
 from tests.helpers.geo import all_classes, class_files, class_of
@@ -93,10 +94,18 @@ def test_the_folded_probe_scores_as_the_scikit_learn_pipeline(class_db):
     frame = pd.DataFrame({tiles.ID: pos + neg, labels.LABEL: "f", labels.VALUE: [1] * 5 + [-1] * 10})
     data = training_set(table, frame, background=30, seed=1)
     assert (data.positives, data.negatives, data.background) == (5, 10, 30) and len(set(data.ids)) == 45
-    from rsclip.detect.probe import _pipeline
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
     w, b = fit(data, c=0.5)
-    reference = _pipeline(0.5, 0).fit(data.x, data.y).decision_function(data.x)
+    scaler = StandardScaler().fit(data.sample)  # the table sample's statistics, not the labelled vectors'
+    weights = sample_weights(data.y, data.background_mask())
+    model = LogisticRegression(C=0.5, max_iter=5000, random_state=0)
+    model.fit(scaler.transform(data.x), data.y, sample_weight=weights)
+    logit = lambda v: model.decision_function(scaler.transform(v))  # noqa: E731
+    q = example_vector(data.x[:5], data.x[5:15])
+    ratio = np.std(logit(data.sample)) / np.std(data.sample @ q)
+    reference = logit(data.x) + ratio * (data.x @ q - np.mean(data.sample @ q))
     np.testing.assert_allclose(data.x @ w + b, reference, rtol=1e-4, atol=1e-4)
 
 
@@ -136,7 +145,7 @@ def test_reruns_resume_and_new_label_versions_replace_rows(small_db):
 
 @pytest.mark.parametrize("setup, config, error", [
     (None, {"label": "nothing"}, "no label set 'nothing'"),
-    ("positives", {"label": "p"}, "only positives"),
+    ("positives", {"label": "p", "background": 0}, "only positives"),
     ("negatives", {"label": "p"}, "no positive"),
 ])
 def test_bad_label_sets_fail_before_anything_is_written(small_db, setup, config, error):
@@ -148,7 +157,8 @@ def test_bad_label_sets_fail_before_anything_is_written(small_db, setup, config,
     with pytest.raises((InvalidInput, NotFound), match=error):
         run_detection(DetectConfig(db=str(db), **config), local=True)
     assert detections.open_detections(db) is None and detections.open_progress(db) is None
-    res = subprocess.run([sys.executable, JOB, "--db", str(db), "--label", config["label"]], cwd=ROOT,
+    flags = [f"--{k}={v}" for k, v in config.items()]
+    res = subprocess.run([sys.executable, JOB, "--db", str(db), *flags], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("detect: error:"), res.stderr[-2000:]
     assert error in res.stderr
@@ -212,3 +222,111 @@ def test_a_job_killed_at_an_event_and_rerun_leaves_one_detection_per_tile(ray_he
     assert set(frame[detections.MODEL_VERSION]) == {probe.model_version}
     want = probe.scores(rows.vectors_by_id(tiles.open_table(db), list(frame[tiles.ID])))
     np.testing.assert_allclose(frame[detections.SCORE].to_numpy(), want, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def scenes_db(tmp_path_factory, tiny_model, rsicd_files):
+    """All 2,100 real scenes embedded with the tiny CLIP: a table of a few thousand tiles."""
+    db = tmp_path_factory.mktemp("scenes") / "db"
+    write_scene_table(db, tiny_model, rsicd_files)
+    return db, [tiles.tile_id(str(f), 0, 0, 150, 150) for f in rsicd_files], [class_of(str(f)) for f in rsicd_files]
+
+
+def test_few_labels_on_a_few_thousand_tiles_give_a_total_order(scenes_db):
+    """Issue 27: 3 positives and 2 negatives gave 439-525 of 2,240 tiles a stored score of exactly 1.0."""
+    db, ids, classes = scenes_db
+    pos = [i for i, c in zip(ids, classes) if c == "beach"][:3]
+    labels.add_labels(db, "few", pos, [i for i, c in zip(ids, classes) if c != "beach"][:2])
+    run_detection(DetectConfig(db=str(db), label="few"), local=True)
+    found = review_detections(db, "few")
+    assert len(found) == len(ids) and found[detections.LOGIT].is_monotonic_decreasing
+    assert (found["score"] == found["score"].max()).sum() < 0.01 * len(ids)
+    assert found[detections.LOGIT].nunique() > 0.99 * len(ids)
+    stored = detection_rows(db, "few")
+    assert (stored[detections.LOGIT] == stored[detections.LOGIT].max()).sum() < 0.01 * len(ids)
+    assert found["score"].iloc[0] - found["score"].iloc[-1] > 0.5  # a legend with a real range
+
+
+def test_review_orders_by_the_logit_where_float32_scores_saturate(small_db):
+    db, ids = small_db
+    labels.add_labels(db, "sat", ids[:3], ids[3:5])
+    table = tiles.open_table(db)
+    probe = train_probe(table, "sat", labels.read_labels(db, "sat"))
+    dataset = datasets.dataset_of(table)
+    target = detections.open_detections(db, create=True)
+    weights = probe.weights * 50  # logits of hundreds: every float32 probability of the top tiles is 1.0
+    for block in scoring.score_locally(dataset, scoring.plan_parts(dataset), weights, 0.0, "sat", "v"):
+        detections.upsert(target, block.drop_columns([detections.PART]))
+    stored = detection_rows(db, "sat")
+    assert (stored[detections.SCORE] == 1.0).sum() > 5  # the case: saturated float32 scores
+    found = review_detections(db, "sat")
+    want = np.argsort(-(rows.vectors_by_id(table, list(found[tiles.ID])) @ weights), kind="stable")
+    assert list(want) == list(range(len(found)))
+    assert found[detections.LOGIT].is_monotonic_decreasing and found[detections.LOGIT].is_unique
+
+
+def test_detections_written_before_logits_are_read_and_upgraded(small_db):
+    db, ids = small_db
+    old = detections.DETECTIONS_SCHEMA.remove(detections.DETECTIONS_SCHEMA.get_field_index(detections.LOGIT))
+    conn = tiles.connect(db)
+    now = pd.Timestamp.now(tz="UTC")
+    conn.create_table(detections.detections_table_name(tiles.DEFAULT_TABLE), data=pd.DataFrame({
+        detections.KEY: [f"o:{i}" for i in ids[:3]], tiles.ID: ids[:3], detections.LABEL: "o",
+        detections.MODEL_VERSION: "old", detections.SCORE: np.array([0.2, 1.0, 0.7], np.float32),
+        **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, detections.TIME: now}), schema=old)
+    found = review_detections(db, "o")
+    assert list(found[tiles.ID]) == [ids[1], ids[2], ids[0]]
+    np.testing.assert_allclose(found["score"], [1.0, 0.7, 0.2], rtol=1e-6)
+    labels.add_labels(db, "a", ids[:3], ids[3:8])
+    run_detection(DetectConfig(db=str(db), label="a"), local=True)
+    frame = detection_rows(db)
+    assert len(frame) == 63 and frame[frame[detections.LABEL] == "o"][detections.LOGIT].isna().all()
+    assert frame[frame[detections.LABEL] == "a"][detections.LOGIT].notna().all()
+    assert list(review_detections(db, "o")[tiles.ID]) == [ids[1], ids[2], ids[0]]
+
+
+def test_the_blended_vector_is_example_search_s(class_db):
+    from rsclip.search.examples import combine
+
+    db, ids, classes = class_db
+    vectors = rows.vectors_by_id(tiles.open_table(db), ids[:7])
+    np.testing.assert_allclose(example_vector(vectors[:3], vectors[3:]), combine(vectors[:3], vectors[3:]), atol=1e-6)
+    np.testing.assert_allclose(example_vector(vectors[:3], vectors[:0]), combine(vectors[:3], vectors[:0]), atol=1e-6)
+
+
+def test_over_every_class_the_probe_ranks_at_least_as_well_as_example_search(class_db):
+    """Issue 27: the format-1 probe's top 20 held the class less often than example search in two of three classes."""
+    from rsclip.search.examples import combine
+
+    db, ids, classes = class_db
+    table = tiles.open_table(db)
+    vectors = rows.vectors_by_id(table, ids)
+    probe_hits, example_hits = [], []
+    for name in sorted(set(classes)):
+        pos, neg = pick_examples(ids, classes, name)
+        frame = pd.DataFrame({tiles.ID: pos + neg, labels.LABEL: name, labels.VALUE: [1] * len(pos) + [-1] * len(neg)})
+        labelled = np.isin(ids, pos + neg)
+        for scores, hits in ((train_probe(table, name, frame).logits(vectors), probe_hits),
+                             (vectors @ combine(vectors[np.isin(ids, pos)], vectors[np.isin(ids, neg)]), example_hits)):
+            top = np.argsort(-np.where(labelled, -np.inf, scores), kind="stable")[: PER_CLASS - POSITIVES]
+            hits.append(float(np.mean(classes[top] == name)))
+    assert np.mean(probe_hits) >= np.mean(example_hits), (np.mean(probe_hits), np.mean(example_hits))
+
+
+def test_cross_validated_precision_is_not_capped_by_the_class_balance():
+    """Issue 27: 5 positives among 15 examples read at most 0.5 at k = 10 even for a perfect probe."""
+    from rsclip.detect.probe import TrainingSet, cross_validate, quality_sentence
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    x = np.concatenate([centre + 0.05 * rng.normal(size=(5, 16)), -centre + 0.05 * rng.normal(size=(10, 16))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    sample = rng.normal(size=(200, 16)).astype(np.float32)
+    data = TrainingSet(x, np.r_[np.ones(5), np.zeros(10)].astype(np.int64), [str(i) for i in range(15)], 5, 10, 0,
+                       sample)
+    metrics = cross_validate(data, k=10)
+    assert (metrics["k"], metrics["precision_at_k"], metrics["cv_ap"]) == (5, 1.0, 1.0)
+    assert metrics["prior"] == pytest.approx(5 / 15, abs=1e-4)
+    text = quality_sentence({"positives": 5, "negatives": 10, "background": 0, **metrics})
+    assert "precision@5 1.00" in text and "chance: 0.33" in text and "unlabelled tiles" in text
+    assert "too few" in quality_sentence({"positives": 1, "negatives": 0, "cv_ap": None})

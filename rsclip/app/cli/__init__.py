@@ -8,6 +8,8 @@
     rsclip classify IMAGE... --labels airport beach forest                          (search)
     rsclip index DB [--rebuild] | info DB | upgrade DB                              (tables)
     rsclip label add|remove|list|export DB LABEL ...                                (labels)
+    rsclip detect DB LABEL [--background N] [--read-cpus C] ... | review DB LABEL [--min-score S] [-k N]  (detect)
+    rsclip suggest DB LABEL [-k N]                                                  (detect)
     rsclip export DB (--query TEXT | --positive ID... | --detections LABEL --min-score S) --out PATH  (exports)
     rsclip timeline DB (TILE_ID | --at LON LAT) | changes DB DATE_A DATE_B          (timeline)
     rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME] [--basemap URL_TEMPLATE]   (serve)
@@ -29,7 +31,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from rsclip.app.cli import exports, labels, models, search, serve, tables, timeline
+from rsclip.app.cli import detect, exports, labels, models, search, serve, tables, timeline
 from rsclip.app.cli.options import Parser
 from rsclip.runtime.reporting import run_reporting
 
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve_parser(sub)
     models.add_convert_parser(sub)
     labels.add_label_parser(sub)
+    detect.add_detect_parser(sub)
+    detect.add_review_parser(sub)
+    detect.add_suggest_parser(sub)
     exports.add_export_parser(sub)
     timeline.add_timeline_parser(sub)
     timeline.add_changes_parser(sub)

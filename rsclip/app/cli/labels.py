@@ -2,6 +2,7 @@
 detection), list the sets and their labels, export a set's tiles.
 
     rsclip label add DB LABEL --positive ID... [--negative ID...] [--note TEXT]
+    rsclip review DB solar -k 5 --json | rsclip label add DB solar --positive -     (ids piped in: - for stdin)
     rsclip label remove DB LABEL (ID... | --all)
     rsclip label list DB [LABEL]                    (the sets; or the labels of one set: tile id, uri, value, ...)
     rsclip label export DB LABEL --out labels.geojson [--format geojson|geoparquet|csv]
@@ -10,6 +11,8 @@ detection), list the sets and their labels, export a set's tiles.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 import pandas as pd
 
@@ -31,13 +34,48 @@ def with_uris(frame: pd.DataFrame, db, table: str) -> pd.DataFrame:
     return listed
 
 
+STDIN = "-"  # --positive - / --negative -: the ids piped in
+
+
+def read_ids(text: str) -> list[str]:
+    """Tile ids piped in: the JSON of ``rsclip query``/``review``/``suggest --json`` (records with an ``id``),
+    a JSON list of ids, or text: the ``id`` column of a table the commands print, else the first word of each line."""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidInput("no tile ids on stdin (--positive - / --negative - read them from there)")
+    if stripped[0] not in "[{":
+        lines = [line.split() for line in stripped.splitlines() if line.strip()]
+        at = lines[0].index("id") if "id" in lines[0] else None
+        return [words[at] for words in lines[1:] if len(words) > at] if at is not None else [w[0] for w in lines]
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"the ids on stdin are not valid JSON: {exc.msg} at character {exc.pos}") from None
+    items = data if isinstance(data, list) else [data]
+    ids = [item.get("id") if isinstance(item, dict) else item for item in items]
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidInput('the JSON on stdin must be records with an "id" or a list of tile ids')
+    return ids
+
+
+def piped_ids(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(positive, negative)`` ids of ``label add``, ``-`` replaced by the ids on stdin (one side only)."""
+    positive, negative = list(args.positive or ()), list(args.negative or ())
+    if STDIN in positive and STDIN in negative:
+        raise InvalidInput("only one of --positive and --negative can read the ids on stdin (-)")
+    if STDIN in positive + negative:
+        piped = read_ids(sys.stdin.read())
+        positive, negative = ([j for i in ids for j in (piped if i == STDIN else [i])] for ids in (positive, negative))
+    return positive, negative
+
+
 def cmd_label(args: argparse.Namespace) -> None:
     """``rsclip label ACTION``: add, remove, list or export labels."""
     if args.action == "add":
         if not args.positive and not args.negative:
             raise InvalidInput("give tile ids with --positive and/or --negative")
-        n = labels.add_labels(args.db, args.label, args.positive or (), args.negative or (), table=args.table,
-                              note=args.note)
+        positive, negative = piped_ids(args)
+        n = labels.add_labels(args.db, args.label, positive, negative, table=args.table, note=args.note)
         say(args, {"label": args.label, "written": n}, f"{args.label}: {n} label(s) written")
     elif args.action == "remove":
         if bool(args.ids) == bool(args.all):
@@ -61,8 +99,10 @@ def add_label_parser(sub) -> None:
     actions = label.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = with_table(actions.add_parser("add", help="label tiles (upsert)"))
     add.add_argument("label", metavar="LABEL")
-    add.add_argument("--positive", nargs="+", action="extend", metavar="ID", help="tile ids that are examples")
-    add.add_argument("--negative", nargs="+", action="extend", metavar="ID", help="tile ids that are not")
+    add.add_argument("--positive", nargs="+", action="extend", metavar="ID",
+                     help="tile ids that are examples (-: the ids piped in, e.g. from rsclip review --json)")
+    add.add_argument("--negative", nargs="+", action="extend", metavar="ID",
+                     help="tile ids that are not (-: the ids piped in)")
     add.add_argument("--note", help="free text kept with the labels")
     rm = with_table(actions.add_parser("remove", help="remove tiles from a label set (or the whole set)"))
     rm.add_argument("label", metavar="LABEL")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from rsclip.app.processes import stop_process_group
 from rsclip.table import labels
+from rsclip.detect.probe import DEFAULT_BACKGROUND
 from rsclip.errors import InvalidInput, LimitExceeded
 
 MAX_RUNS = 2
@@ -110,7 +111,8 @@ def worker_command(run: DetectionRun, ray_address: str | None) -> list[str]:
     return cmd + (["--ray-address", ray_address] if ray_address else [])
 
 
-def start_run(db: str, table: str, label: str, *, background: int = 0, ray_address: str | None = None) -> DetectionRun:
+def start_run(db: str, table: str, label: str, *, background: int = DEFAULT_BACKGROUND,
+              ray_address: str | None = None) -> DetectionRun:
     """Start a detection run of label set ``label`` on ``table`` in the background; returns it at once.
 
     Raises ``InvalidInput`` for a bad label name or background count and ``LimitExceeded`` while a run on

@@ -19,6 +19,7 @@ from rsclip.app.web.keys import (KEY_DETECT_BACKGROUND, KEY_DETECT_PROGRESS, KEY
                                  KEY_DETECT_THRESHOLD, STATE_MESSAGE, VIEW_DETECT)
 from rsclip.app.web.text import escape_markdown, readable_error
 from rsclip.app.web.views.results import show_results
+from rsclip.detect.probe import DEFAULT_BACKGROUND, quality_sentence
 from rsclip.errors import LimitExceeded, NotFound
 from rsclip.search.review import review_detections
 
@@ -37,7 +38,7 @@ def detect_view(ctx: PageContext) -> None:
     left, right = st.columns([2, 1])
     with right:
         background = st.number_input(
-            "Background negatives", 0, runs.MAX_BACKGROUND, 0, step=50, key=KEY_DETECT_BACKGROUND,
+            "Background negatives", 0, runs.MAX_BACKGROUND, DEFAULT_BACKGROUND, step=50, key=KEY_DETECT_BACKGROUND,
             help="random tiles of the table added to the negatives (needed when the set has no negative)")
     with left:
         st.markdown(f"Detect **{escape_markdown(ctx.label)}** in every tile of the table: a linear probe on the "
@@ -84,11 +85,8 @@ def describe(summary: dict | None) -> str:
     """One line of a run's summary: tiles scored and the probe's cross-validated quality."""
     summary = summary or {}
     metrics = summary.get("metrics") or {}
-    quality = (f"cross-validated AP {metrics['cv_ap']:.3f}" if metrics.get("cv_ap") is not None
-               else "too few labels to cross-validate")
     return (f"{summary.get('rows_scored', 0):,} of {summary.get('table_rows', 0):,} tiles scored "
-            f"({metrics.get('positives', 0)} positive, {metrics.get('negatives', 0)} negative, "
-            f"{metrics.get('background', 0)} background examples; {quality})")
+            f"({quality_sentence(metrics)})")
 
 
 def review(ctx: PageContext) -> None:
