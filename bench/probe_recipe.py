@@ -17,6 +17,7 @@ against 10 more tiles drawn at random and labelled the same way; all three on th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -85,13 +86,15 @@ def precision(scores: np.ndarray, labelled: np.ndarray, classes: np.ndarray, nam
     return float(np.mean(classes[np.argsort(-s, kind="stable")[:K]] == name))
 
 
-def one_more_round(v: np.ndarray, classes: np.ndarray) -> None:
-    """Print precision@20 before and after labelling 10 suggested or 10 random tiles (module doc)."""
+def one_more_round(v: np.ndarray, classes: np.ndarray, draws: int = DRAWS) -> dict:
+    """Print precision@20 before and after labelling 10 suggested or 10 random tiles (module doc); returns the
+    medians by label count and arm."""
+    medians = {}
     for n in COUNTS[:2]:
         got: dict[str, list[float]] = {"before": [], "suggested": [], "random": []}
         for name in sorted(set(classes)):
             members, others = np.flatnonzero(classes == name), np.flatnonzero(classes != name)
-            for draw in range(DRAWS):
+            for draw in range(draws):
                 rng = np.random.default_rng(draw)
                 pos, neg = rng.choice(members, n, replace=False), rng.choice(others, n, replace=False)
                 z = probe_scores(v, pos, neg, np.random.default_rng(draw))
@@ -110,6 +113,8 @@ def one_more_round(v: np.ndarray, classes: np.ndarray) -> None:
                     got[arm].append(precision(z2, held, classes, name))
         print(f"labels {n:>2} each, then 10 more: " + "  ".join(
             f"{arm} mean {np.mean(r):.3f} median {np.median(r):.3f}" for arm, r in got.items()), flush=True)
+        medians[n] = {arm: float(np.median(r)) for arm, r in got.items()}
+    return medians
 
 
 def main() -> None:
@@ -118,17 +123,21 @@ def main() -> None:
     parser.add_argument("--db")
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--suggest", action="store_true", help="one more round of labels: suggested vs random")
+    parser.add_argument("--repeats", type=int, default=DRAWS,
+                        help="seeded draws of labels per class and label count; each figure is the mean and median "
+                             "over classes x draws (the last line: the medians as one JSON object)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     v, classes = synthetic_vectors() if args.synthetic or not args.db else table_vectors(args.db)
     if args.suggest:
-        one_more_round(v, classes)
+        print(json.dumps({"bench": "probe_recipe", "suggest_median_p20": one_more_round(v, classes, args.repeats)}))
         return
+    medians = {}
     for n in COUNTS:
         got: dict[str, list[float]] = {}
         for name in sorted(set(classes)):
             members, others = np.flatnonzero(classes == name), np.flatnonzero(classes != name)
-            for draw in range(DRAWS):
+            for draw in range(args.repeats):
                 rng = np.random.default_rng(draw)
                 pos, neg = rng.choice(members, n, replace=False), rng.choice(others, n, replace=False)
                 for arm, scores in arms(v, pos, neg, rng).items():
@@ -138,6 +147,8 @@ def main() -> None:
         prior = (np.mean([np.sum(classes == c) for c in set(classes)]) - n) / (len(v) - 2 * n)
         print(f"labels {n:>2} each: prior {prior:.3f}  " + "  ".join(
             f"{arm} mean {np.mean(r):.3f} median {np.median(r):.3f}" for arm, r in got.items()), flush=True)
+        medians[n] = {"prior": float(prior), **{arm: float(np.median(r)) for arm, r in got.items()}}
+    print(json.dumps({"bench": "probe_recipe", "median_p20": medians}))
 
 
 if __name__ == "__main__":
