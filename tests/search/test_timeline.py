@@ -146,6 +146,7 @@ def _detections(time_table):
         detections.KEY: [detections.detection_key("any", i) for i in frame[tiles.ID]], tiles.ID: list(frame[tiles.ID]),
         detections.LABEL: ["any"] * n, detections.MODEL_VERSION: ["v"] * n,
         detections.SCORE: np.linspace(0.1, 0.9, n).astype(np.float32),
+        detections.LOGIT: np.log(np.linspace(0.1, 0.9, n) / (1 - np.linspace(0.1, 0.9, n))),
         **{c: frame[c].to_numpy() for c in tiles.BOUNDS_COLUMNS}, detections.TIME: [dt.datetime.now(UTC)] * n,
     }, schema=detections.DETECTIONS_SCHEMA)
     detections.upsert(detections.open_detections(db, create=True), batch)

@@ -115,7 +115,7 @@ def _detections(ids: list[str], score: float) -> pa.Table:
     return pa.Table.from_pydict({
         detections.KEY: [detections.detection_key("x", i) for i in ids], tiles.ID: ids, detections.LABEL: ["x"] * n,
         detections.MODEL_VERSION: ["v"] * n, detections.SCORE: np.full(n, score, np.float32),
-        **{c: [None] * n for c in tiles.BOUNDS_COLUMNS}, detections.TIME: [dt.datetime.now(dt.timezone.utc)] * n,
+        detections.LOGIT: np.full(n, np.log(score / (1 - score))), **{c: [None] * n for c in tiles.BOUNDS_COLUMNS}, detections.TIME: [dt.datetime.now(dt.timezone.utc)] * n,
     }, schema=detections.DETECTIONS_SCHEMA)
 
 
