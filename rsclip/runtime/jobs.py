@@ -19,6 +19,17 @@ from rsclip.runtime import cluster, flags
 from rsclip.runtime.reporting import run_reporting
 
 
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` on a job's command line (:func:`wants_progress`)."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                        help="show Ray Data progress bars (default: when stderr is a terminal)")
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: ``--progress``/``--no-progress``, else when stderr is a terminal."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
 @dataclass(frozen=True)
 class JobEntry:
     """A job script's entry.
@@ -40,10 +51,9 @@ class JobEntry:
         Exits with status 2 and a usage line for flags that do not parse or settings that do not fit."""
         parser = argparse.ArgumentParser(description=self.doc.splitlines()[0])
         flags.add_arguments(parser, self.config, required=self.required)
-        parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                            help="show Ray Data progress bars (default: when stderr is a terminal)")
+        add_progress_argument(parser)
         args = parser.parse_args(argv)
-        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        progress = wants_progress(args)
         try:
             return flags.from_arguments(args, self.config), progress
         except ValueError as exc:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from rsclip.app.cli.options import add_db_arguments, add_polygon_argument, add_time_arguments, area, with_table
+from rsclip.app.cli.options import add_area_arguments, add_db_arguments, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.detect.pipeline import DetectConfig
 from rsclip.errors import InvalidInput
-from rsclip.runtime import flags
+from rsclip.runtime import flags, jobs
 
 SHOWN = ("id", "uri", "score", "logit", "lon", "lat")
 POSITIONAL = ("db", "label")  # DetectConfig fields given as DB and LABEL
@@ -36,8 +35,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     from rsclip.runtime import cluster
 
     config = flags.from_arguments(args, DetectConfig)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    summary = run_detection(config, progress=progress, ray_address=cluster.job_address() or cluster.LOCAL)
+    summary = run_detection(config, progress=jobs.wants_progress(args), ray_address=cluster.job_address() or cluster.LOCAL)
     say(args, json.loads(summary.to_json()), summary.to_text())
 
 
@@ -84,8 +82,7 @@ def add_detect_parser(sub) -> None:
     d.add_argument("db", metavar="DB", help="database: the folder (local path or s3:// URI) that holds the tables")
     d.add_argument("label", metavar="LABEL", help="the label set to train on (rsclip label add ...)")
     flags.add_arguments(d, DetectConfig, exclude=POSITIONAL)
-    d.add_argument("--progress", action=argparse.BooleanOptionalAction,
-                   help="show Ray Data progress bars (default: when stderr is a terminal)")
+    jobs.add_progress_argument(d)
     d.add_argument("--json", action="store_true", help="the summary as JSON")
     d.set_defaults(run=cmd_detect)
 
@@ -96,10 +93,7 @@ def add_review_parser(sub) -> None:
     r.add_argument("label", metavar="LABEL", help="the label set whose detections to list (rsclip detect first)")
     r.add_argument("--min-score", type=float, help="detections scoring at least this (0..1)")
     r.add_argument("-k", type=int, default=20, help="detections to print, best first (0: all; default: %(default)s)")
-    r.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
-    r.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
-    add_polygon_argument(r)
-    r.add_argument("--where", help="extra SQL filter on the tile table's columns")
+    add_area_arguments(r)
     add_time_arguments(r)
     r.add_argument("--json", action="store_true", help="machine-readable JSON output (every column)")
     r.set_defaults(run=cmd_review)

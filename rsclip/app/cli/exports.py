@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument, add_time_arguments, area,
+from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import quiet_model_loading, say
 from rsclip.errors import InvalidInput
@@ -71,10 +71,7 @@ def add_export_parser(sub) -> None:
     ex.add_argument("--detections", metavar="LABEL", help="export the detections of a label set")
     ex.add_argument("--min-score", type=float, help="detections scoring at least this (0..1)")
     ex.add_argument("-k", type=int, default=100, help="results of a query or example search (default: %(default)s)")
-    ex.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
-    ex.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
-    add_polygon_argument(ex)
-    ex.add_argument("--where", help="extra SQL filter on the tile table's columns")
+    add_area_arguments(ex)
     ex.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
     ex.add_argument("--out", required=True, help="file or s3:// object to write (-: stdout)")
     ex.add_argument("--dissolve", action="store_true",

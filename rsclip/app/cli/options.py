@@ -91,6 +91,15 @@ def area(args: argparse.Namespace) -> dict:
             **time_filters(args)}
 
 
+def add_area_arguments(parser: argparse.ArgumentParser, *, where: bool = True) -> None:
+    """``--bbox``, ``--near``, ``--polygon`` and (with ``where``) ``--where``: the filters :func:`area` reads."""
+    parser.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
+    parser.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
+    add_polygon_argument(parser)
+    if where:
+        parser.add_argument("--where", help="extra SQL filter on the tile table's columns")
+
+
 def add_polygon_argument(parser: argparse.ArgumentParser) -> None:
     """``--polygon`` on a search command."""
     parser.add_argument("--polygon", metavar="P", help="WGS84 polygon: WKT, GeoJSON, or a .geojson/.json/.wkt "

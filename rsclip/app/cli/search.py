@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rsclip.app.cli.options import (add_example_arguments, add_polygon_argument, add_time_arguments, area,
+from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
 from rsclip.errors import InvalidInput
@@ -80,13 +80,10 @@ def add_query_parser(sub) -> None:
     q.add_argument("text", nargs="?", help="text to search for")
     q.add_argument("--image", help="image path or s3:// URI to search with (more like this)")
     q.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
-    q.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
-    q.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km: tiles within the radius")
-    q.add_argument("--where", help="extra SQL filter on the table's columns")
+    add_area_arguments(q)
     q.add_argument("--include-self", action="store_true", help="keep the query image's own tile")
     q.add_argument("--allow-model-mismatch", action="store_true", help="search even if the weights changed")
     add_example_arguments(q)
-    add_polygon_argument(q)
     add_time_arguments(q)
     q.set_defaults(run=cmd_query)
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from rsclip.app.cli.options import add_polygon_argument, add_time_arguments, area, numbers, time_filters, with_table
+from rsclip.app.cli.options import add_area_arguments, add_time_arguments, area, numbers, time_filters, with_table
 from rsclip.app.cli.output import print_json, print_table, records
 from rsclip.errors import InvalidInput
 from rsclip.search.timeline import changes, timeline
@@ -67,9 +67,7 @@ def add_changes_parser(sub) -> None:
                                                    "dates"))
     ch.add_argument("date_a", metavar="DATE_A", help="a day, month, year or START/END range")
     ch.add_argument("date_b", metavar="DATE_B", help="the later date or range")
-    ch.add_argument("--bbox", nargs="+", metavar="N", help="lon_min lat_min lon_max lat_max (WGS84)")
-    ch.add_argument("--near", nargs="+", metavar="N", help="lon lat radius_km")
-    add_polygon_argument(ch)
+    add_area_arguments(ch, where=False)
     ch.add_argument("-k", type=int, default=20, help="places shown (0 = all; default: %(default)s)")
     ch.add_argument("--min-overlap", type=float, default=0.5,
                     help="least intersection over union of two tiles taken as one place (default: %(default)s)")
