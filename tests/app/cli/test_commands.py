@@ -9,34 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import rsclip
 from rsclip.table import tiles
 from rsclip.app.cli import main
-from tests.helpers import spread_files, write_scene_table
-
-N_IMAGES = 40
+from tests.app.cli.common import N_IMAGES, grid_table, run
 
 
 @pytest.fixture(scope="module")
 def cli_db(tiny_model, rsicd_files, tmp_path_factory):
     """40 real scenes embedded with the tiny model, on a 0.5-degree grid around (10 E, 45 N)."""
-    files = spread_files(rsicd_files, N_IMAGES)
-    lon = 10.0 + 0.5 * (np.arange(N_IMAGES) % 8)
-    lat = 45.0 + 0.5 * (np.arange(N_IMAGES) // 8)
     db = tmp_path_factory.mktemp("cli") / "db"
-    write_scene_table(db, tiny_model, files, lon_min=lon, lat_min=lat, lon_max=lon + 0.5, lat_max=lat + 0.5,
-                      crs=["EPSG:4326"] * N_IMAGES)
+    files = grid_table(db, tiny_model, rsicd_files)
     return db, files
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_query_text_table_and_json(cli_db, capsys):

@@ -17,31 +17,21 @@ from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.detect.probe import train_probe
 from rsclip.search.review import review_detections
 from rsclip.table import detections, labels, rows, tiles
-from tests.helpers import ROOT, spread_files, write_scene_table
+from tests.app.cli.common import N_IMAGES, grid_table, run
+from tests.helpers import ROOT
 
-N_IMAGES = 40
 MAIN = "import sys; from rsclip.app.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
 def detect_db(tiny_model, rsicd_files, tmp_path_factory):
     """40 real scenes on a 0.5-degree grid around (10 E, 45 N), label set ``a`` (3 +, 5 -) detected."""
-    files = spread_files(rsicd_files, N_IMAGES)
-    lon = 10.0 + 0.5 * (np.arange(N_IMAGES) % 8)
-    lat = 45.0 + 0.5 * (np.arange(N_IMAGES) // 8)
     db = tmp_path_factory.mktemp("detect") / "db"
-    write_scene_table(db, tiny_model, files, lon_min=lon, lat_min=lat, lon_max=lon + 0.5, lat_max=lat + 0.5,
-                      crs=["EPSG:4326"] * N_IMAGES)
+    files = grid_table(db, tiny_model, rsicd_files)
     ids = [tiles.tile_id(str(f), 0, 0, 150, 150) for f in files]
     labels.add_labels(db, "a", ids[:3], ids[3:8])
     run_detection(DetectConfig(db=str(db), label="a"), local=True)
     return db, ids
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_review_prints_ids_uris_scores_and_centres_best_first(detect_db, capsys):
