@@ -60,13 +60,9 @@ def old_probe(x: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def arms(v: np.ndarray, pos: np.ndarray, neg: np.ndarray, rng) -> dict[str, np.ndarray]:
     """The scores of every tile under each arm for one draw of labels."""
-    rest = np.setdiff1d(np.arange(len(v)), np.r_[pos, neg])
-    sample = v[rng.choice(rest, min(STATS, len(rest)), replace=False)]
-    x = np.concatenate([v[pos], v[neg], sample[:BACKGROUND]])
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg) + BACKGROUND)].astype(int)
-    w, b = fit_examples(x, y, np.arange(len(y)) >= len(pos) + len(neg), sample)
-    return {"example": v @ example_vector(v[pos], v[neg]), "probe": v @ w + b,
-            "old": old_probe(x[: len(pos) + len(neg)], y[: len(pos) + len(neg)], v)}
+    labelled = np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(int)
+    return {"example": v @ example_vector(v[pos], v[neg]), "probe": probe_scores(v, pos, neg, rng),
+            "old": old_probe(v[np.r_[pos, neg]], labelled, v)}
 
 
 def probe_scores(v: np.ndarray, pos: np.ndarray, neg: np.ndarray, rng) -> np.ndarray:
@@ -141,9 +137,7 @@ def main() -> None:
                 rng = np.random.default_rng(draw)
                 pos, neg = rng.choice(members, n, replace=False), rng.choice(others, n, replace=False)
                 for arm, scores in arms(v, pos, neg, rng).items():
-                    s = np.asarray(scores, dtype=np.float64).copy()
-                    s[np.r_[pos, neg]] = -np.inf
-                    got.setdefault(arm, []).append(float(np.mean(classes[np.argsort(-s, kind="stable")[:K]] == name)))
+                    got.setdefault(arm, []).append(precision(scores, np.r_[pos, neg], classes, name))
         prior = (np.mean([np.sum(classes == c) for c in set(classes)]) - n) / (len(v) - 2 * n)
         print(f"labels {n:>2} each: prior {prior:.3f}  " + "  ".join(
             f"{arm} mean {np.mean(r):.3f} median {np.median(r):.3f}" for arm, r in got.items()), flush=True)
