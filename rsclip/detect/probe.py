@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rsclip.model.vectors import example_direction
 from rsclip.table import datasets, labels, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded
 
@@ -41,8 +42,6 @@ STATS_SAMPLE = 2_000  # tiles of the table whose mean and spread standardise the
 MAX_CV_FOLDS = 5
 PROBE_FORMAT = 2  # part of the model version: bump when the probe's recipe changes
 MAX_ITER = 5_000
-# The example-search vector blended in: normalise(2 * mean(P) - mean(N)), as rsclip.search.examples.combine.
-POSITIVE_WEIGHT, NEGATIVE_WEIGHT = 2.0, 1.0
 
 
 @dataclass
@@ -135,11 +134,7 @@ def example_vector(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray |
     """``normalise(2 * mean(P) - mean(N))`` of the unit example vectors (``normalise(mean(P))`` without
     negatives), as example search ranks; None when they cancel out."""
     unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    vector = POSITIVE_WEIGHT * unit(positives).mean(axis=0)
-    if len(negatives):
-        vector = vector - NEGATIVE_WEIGHT * unit(negatives).mean(axis=0)
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if np.isfinite(norm) and norm >= 1e-6 else None
+    return example_direction(unit(positives), unit(negatives))
 
 
 def sample_weights(y: np.ndarray, background: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from rsclip.model.vectors import example_direction
 from rsclip.table import rows, tiles
 from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
@@ -29,8 +30,6 @@ from rsclip.search.searchers import search, searcher_for
 
 # Most examples of one search (positives and negatives together).
 MAX_EXAMPLES = 1000
-NEGATIVE_WEIGHT = 1.0  # q = 2 * mean(P) - NEGATIVE_WEIGHT * mean(N), GeoVibes' choice
-POSITIVE_WEIGHT = 2.0
 
 
 def example_vectors(table, examples: Sequence, model: str, dim: int) -> tuple[np.ndarray, set[str]]:
@@ -62,13 +61,10 @@ def combine(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     ``normalise(mean(P))``). Raises ``InvalidInput`` without positives or when the two cancel out."""
     if len(positives) == 0:
         raise InvalidInput("an example search needs at least one positive example")
-    vector = POSITIVE_WEIGHT * positives.mean(axis=0)
-    if len(negatives):
-        vector = vector - NEGATIVE_WEIGHT * negatives.mean(axis=0)
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm < 1e-6:
+    vector = example_direction(positives, negatives)
+    if vector is None:
         raise InvalidInput("the positive and negative examples cancel out: no direction is left to search")
-    return (vector / norm).astype(np.float32)
+    return vector.astype(np.float32)
 
 
 def checked_examples(positive, negative) -> tuple[list, list]:
