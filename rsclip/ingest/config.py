@@ -10,7 +10,7 @@ from rsclip.table import tiles
 from rsclip.model.sources import DEFAULT_MODEL, model_reference
 from rsclip.errors import InvalidInput
 from rsclip.ingest import stac
-from rsclip.ingest.writer import MAX_FAILED_EMBED_BATCHES
+from rsclip.ingest.writer import DEFAULT_COMMIT_ROWS, MAX_FAILED_EMBED_BATCHES
 
 INDEX_MODES = ("auto", "always", "never")
 DEFAULT_BATCH_SIZE = 64  # images per embedder call on CPU
@@ -48,7 +48,10 @@ class EmbedConfig:
     read_cpus: float = setting(1.0, help="CPUs per planning/decoding task", group="resources")
     read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
     files_per_task: int = setting(16, help="files planned per task", group="resources")
-    commit_rows: int = setting(512, help="tiles per table commit", group="resources")
+    commit_rows: int = setting(DEFAULT_COMMIT_ROWS, group="resources",
+                               help="tiles per fragment a write task writes, and per table commit (the driver "
+                                    "commits written fragments once they hold this many tiles, or after 30 s)")
+    write_tasks: int = setting(4, help="most write tasks at once (each writes one fragment)", group="resources")
     max_failed_batches: int = setting(MAX_FAILED_EMBED_BATCHES, group="resources",
                                       help="stop the job after this many consecutive embedding batches (of "
                                            "--batch-size tiles, as the embedder actors run them) in which every "
@@ -76,9 +79,10 @@ class EmbedConfig:
         if self.batch_size is None:
             default = GPU_BATCH_SIZE if self.gpus_per_actor > 0 else DEFAULT_BATCH_SIZE
             object.__setattr__(self, "batch_size", default)
-        if min(self.batch_size, self.num_actors, self.files_per_task, self.commit_rows, self.max_failed_batches) < 1:
-            raise InvalidInput("batch size, actors, files per task, commit rows and max failed batches must be "
-                               "positive")
+        if min(self.batch_size, self.num_actors, self.files_per_task, self.commit_rows, self.max_failed_batches,
+               self.write_tasks) < 1:
+            raise InvalidInput("batch size, actors, files per task, commit rows, max failed batches and write "
+                               "tasks must be positive")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0 or self.read_cpus <= 0:
             raise InvalidInput("CPU and GPU reservations must not be negative")
         if self.stall_timeout < 0 or self.stall_abort < 0:

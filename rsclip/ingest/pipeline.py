@@ -18,9 +18,8 @@ import datetime as dt
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
-
-import numpy as np
 
 from rsclip.geo import dates
 from rsclip.geo.windows import SCENES_WHOLE
@@ -29,8 +28,8 @@ from rsclip.table import anchors, source_versions, tiles
 from rsclip.model.sources import ModelIdentity, model_identity
 from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import RsclipError, StoreUnavailable
-from rsclip.ingest import listing, planning, preflight, reading, stac
-from rsclip.ingest.batch import EMBEDDED, MESSAGE, SIZE, STATUS, VERSION
+from rsclip.ingest import listing, planning, preflight, reading, stac, write_stage
+from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.writer import (NothingEmbedded, TileWriter, clear_unlisted_errors, errored_uris,
@@ -40,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Memory a planning/decoding task may use (a batch of decoded tiles plus one open scene).
 READ_TASK_MEMORY = 512 * 1024 * 1024
+# Memory a write task may use: --commit-rows tiles with their vectors, as numpy and as Arrow (~3 x 2.3 KB each).
+WRITE_TASK_MEMORY = 256 * 1024 * 1024
 
 
 @dataclass
@@ -61,6 +62,9 @@ class EmbedSummary:
     startup_seconds: float = 0.0
     table_rows: int = 0
     index: str = ""
+    commits: int = 0
+    commit_seconds: float = 0.0
+    received_bytes: int = 0  # what the driver received from the pipeline (reports of the write stage)
 
     def to_text(self) -> str:
         """The human summary line printed by the job."""
@@ -164,9 +168,10 @@ def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
 
 
 def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
-                  grid: str | None = None, whole_scenes: bool = False):
-    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors. ``grid``
-    and ``whole_scenes``: the table's (:func:`rsclip.table.anchors.settle_grid`, ``settle_scenes``)."""
+                  grid: str | None = None, whole_scenes: bool = False, write: dict | None = None):
+    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors -> write
+    (when ``write``, the write stage's arguments: :meth:`~rsclip.ingest.writer.TileWriter.stage_kwargs`).
+    ``grid`` and ``whole_scenes``: the table's (:func:`rsclip.table.anchors.settle_grid`, ``settle_scenes``)."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -194,27 +199,36 @@ def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_v
         # as many intra-op threads as CPUs reserved: more threads than cores left to the actor fight the
         # decode tasks and other tenants for the same cores (OpenMP barriers spin), measured 2.5x slower
         threads = max(1, round(actor_cpus))
-    return ds.map_batches(
+    ds = ds.map_batches(
         ImageEmbedder, fn_constructor_kwargs={"model": config.model, "torch_threads": threads, "dim": model.dim,
                                               "weights_sha256": model.identity.weights_sha256},
         batch_size=config.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
         num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
     )
+    if write is None:
+        return ds
+    # Writing is I/O and encoding, no CPU reserved: a reservation would compete with the read tasks for the
+    # CPUs the actors leave (a stage that cannot be scheduled stalls the run); the task count bounds it.
+    return ds.map_batches(write_stage.write_tiles, fn_kwargs=write, batch_size=config.commit_rows,
+                          batch_format="numpy", num_cpus=0, memory=WRITE_TASK_MEMORY,
+                          compute=TaskPoolStrategy(size=config.write_tasks))
 
 
-def _write(ds, writer: TileWriter, summary: EmbedSummary, commit_rows: int, watchdog: Watchdog) -> float:
-    """Drain the pipeline into the writer (one commit-sized batch in memory at a time) and count; the
-    monotonic time the first embedded tiles reached the driver (the end when none did)."""
+def _write(ds, writer: TileWriter, summary: EmbedSummary, watchdog: Watchdog) -> float:
+    """Drain the write stage's reports into the writer and count; the monotonic time the first embedded
+    tiles were written (the end when none were)."""
     started = time.monotonic()
-    first: tuple[float, int] | None = None  # when the first batch with embedded tiles came, and how many
+    first: tuple[float, int] | None = None  # when the first report with embedded tiles came, and how many
     watchdog.progress("waiting for the pipeline's first batch")
-    for batch in ds.iter_batches(batch_size=commit_rows, batch_format="numpy", prefetch_batches=1):
-        summary.tiles_planned += len(batch[tiles.ID])
-        embedded = int((np.asarray(batch[STATUS]) == EMBEDDED).sum())
-        first = first or ((time.monotonic(), embedded) if embedded else None)
-        writer.write(batch)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for text in batch[write_stage.REPORT]:
+            report = writer.take(str(text))
+            summary.tiles_planned += report.rows
+            first = first or ((time.monotonic(), report.embedded) if report.embedded else None)
         watchdog.progress(f"waiting for the next batch ({summary.tiles_planned} tiles written)")
     counts = writer.close()
+    summary.commits, summary.commit_seconds = writer.committer.commits, writer.committer.seconds
+    summary.received_bytes = writer.received_bytes
     ended = time.monotonic()
     first_at, first_tiles = first or (ended, 0)
     # the rate once embedding runs: start-up (actors, model loading) is not an image rate
@@ -260,10 +274,16 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-        ds = build_dataset(config, files, table.version, model, grid, whole_scenes)
         writer = _writer(config, table, errors_table, files)  # scans the tables: before the watchdog starts
-        with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog:
-            summary.startup_seconds = _write(ds, writer, summary, config.commit_rows, dog) - started
+        try:
+            ds = build_dataset(config, files, table.version, model, grid, whole_scenes, writer.stage_kwargs())
+            with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog, \
+                    warnings.catch_warnings():
+                # Ray Data's note that a small archive gives the write stage fewer inputs than --write-tasks
+                warnings.filterwarnings("ignore", message="The maximum number of concurrent", category=UserWarning)
+                summary.startup_seconds = _write(ds, writer, summary, dog) - started
+        finally:
+            writer.finish()
         if writer.counts.nothing_embedded():
             raise NothingEmbedded(f"nothing embedded: {writer.counts.failures()} (every failure is a row of "
                                   f"{tiles.errors_table_name(config.table)})")

@@ -23,14 +23,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
-from rsclip.geo import dates
-from rsclip.table import keyed_writes, source_versions, tiles
+from rsclip.table import fragments, keyed_writes, source_versions, tiles
 from rsclip.errors import RsclipError
-from rsclip.ingest.batch import (ADOPTED, EMBED_BATCH, EMBED_BATCH_FAILED, EMBEDDED, ERROR, FILE_TILES, MESSAGE,
-                                 NODATA, PRESENT, STAGE, STAGE_PLAN, STATUS, VERSION)
+from rsclip.ingest import write_stage
+from rsclip.ingest.batch import MESSAGE, STAGE, STAGE_PLAN
+from rsclip.ingest.write_stage import FILE_ADOPTED, FILE_VERSION, PLANNED, SEEN, UNPLANNED
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,12 @@ log = logging.getLogger(__name__)
 # failed in the model before the job stops: a broken model or a sticky device error would otherwise record the
 # rest of the archive as errors and exit 0.
 MAX_FAILED_EMBED_BATCHES = 3
+# Tiles per commit (and per fragment a write task writes, :mod:`~rsclip.ingest.write_stage`), and the longest
+# a written fragment waits for its commit: few large transactions, each worth at most a minute of work.
+DEFAULT_COMMIT_ROWS = 16_384
+COMMIT_SECONDS = 30.0
+# Stored tiles of rewritten files deleted in one commit at most (bounds the commit's filter).
+REPLACED_PER_COMMIT = 10_000
 # Error kinds named in the line of a run that embedded nothing.
 SHOWN_FAILURE_KINDS = 3
 # Uris named in one delete of error rows: bounds the SQL text of one statement.
@@ -170,44 +178,33 @@ class WriteCounts:
 
 @dataclass
 class FileDone:
-    """A tracked file all of whose rows have passed the writer: its version, whether it failed planning,
-    the ids embedded for it in this run and how many of its tiles were adopted (kept, version recorded)."""
+    """A tracked file all of whose rows have passed the write stage: its version, whether it failed planning,
+    and how many of its tiles were adopted (kept, version recorded)."""
 
     uri: str
     version: str
     unplanned: bool = False
-    written: set = field(default_factory=set)
     adopted: int = 0
 
 
 class FileProgress:
-    """Which of the ``tracked`` files have had all their rows through the writer (each row carries its
-    file's row count); ids embedded are kept only for the files in ``keep_ids``."""
+    """Which tracked files have had all their rows through the write stage (the reports count them)."""
 
-    def __init__(self, tracked, keep_ids=()):
-        self.tracked, self.keep_ids = frozenset(tracked), frozenset(keep_ids)
-        self._open: dict[str, tuple[int, FileDone]] = {}
+    def __init__(self):
+        self._open: dict[str, list] = {}
         self.done: list[FileDone] = []  # complete since the last take()
 
-    def see(self, batch: dict[str, np.ndarray]) -> None:
-        """Count the rows of ``batch`` (keys id, uri, version, file_tiles, status, stage)."""
-        if not self.tracked:
-            return
-        for i, uri in enumerate(batch[tiles.URI]):
-            uri = str(uri)
-            if uri not in self.tracked:
-                continue
-            seen, file = self._open.get(uri) or (0, FileDone(uri, str(batch[VERSION][i])))
-            status = batch[STATUS][i]
-            file.unplanned |= bool(status == ERROR and batch[STAGE][i] == STAGE_PLAN)
-            file.adopted += int(status == ADOPTED)
-            if status == EMBEDDED and uri in self.keep_ids:
-                file.written.add(str(batch[tiles.ID][i]))
-            if seen + 1 < int(batch[FILE_TILES][i]):
-                self._open[uri] = (seen + 1, file)
+    def see(self, files: dict[str, list]) -> None:
+        """Add a report's per-file counts (``write_stage.WriteReport.files``)."""
+        for uri, (seen, planned, version, unplanned, adopted) in files.items():
+            have = self._open.pop(uri, None) or [0, int(planned), str(version), False, 0]
+            have[SEEN] += int(seen)
+            have[UNPLANNED] |= bool(unplanned)
+            have[FILE_ADOPTED] += int(adopted)
+            if have[SEEN] < have[PLANNED]:
+                self._open[uri] = have
             else:
-                self._open.pop(uri, None)
-                self.done.append(file)
+                self.done.append(FileDone(uri, have[FILE_VERSION], have[UNPLANNED], have[FILE_ADOPTED]))
 
     def take(self) -> list[FileDone]:
         """The files completed since the last call."""
@@ -216,15 +213,18 @@ class FileProgress:
 
 
 class TileWriter:
-    """Consumes embedded batches: buffers tiles and commits them with ``tiles.add_tiles`` every
-    ``commit_rows`` rows (and at :meth:`close`), records error rows, counts everything.
+    """The driver's side of the writes: takes the write stage's reports (:mod:`~rsclip.ingest.write_stage`),
+    commits their fragments once they hold ``commit_rows`` tiles (or :data:`COMMIT_SECONDS` after the oldest
+    came, and at :meth:`close`) in one transaction each, records error rows, counts everything.
 
     ``stored``: what the table held of the listed files in other versions when the run started
     (:func:`~rsclip.table.source_versions.stored_versions`); ``errored``: uris with rows in the errors table
-    then; ``started``: when the run started. Those files are tidied up once complete (module doc).
+    then; ``started``: when the run started. The stored tiles of a rewritten file are deleted in the commit
+    that adds its first new tiles; the files are tidied up once complete (module doc). :meth:`write` runs the
+    write stage in this process (no Ray).
     """
 
-    def __init__(self, table, errors_table, *, commit_rows: int = 512,
+    def __init__(self, table, errors_table, *, commit_rows: int = DEFAULT_COMMIT_ROWS,
                  max_failed_batches: int = MAX_FAILED_EMBED_BATCHES,
                  stored: source_versions.StoredVersions | None = None, errored=(),
                  started: dt.datetime | None = None):
@@ -233,113 +233,110 @@ class TileWriter:
         self.commit_rows = max(1, int(commit_rows))
         self.max_failed_batches = max(1, int(max_failed_batches))
         self.counts = WriteCounts()
+        self.received_bytes = 0
         self._failed_batches = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
         self._stored, self._errored = stored or source_versions.StoredVersions(), frozenset(errored)
         self._started = started or dt.datetime.now(dt.timezone.utc)
-        self._files = FileProgress(self._stored.uris | self._errored, keep_ids=self._stored.other)
+        self._files = FileProgress()
         self._adopted: dict[str, str] = {}  # tile id -> version to record
+        self._replaced: list[str] = []  # stored ids of rewritten files to delete in the next commit
+        self._old: dict[str, set] = {}  # rewritten file -> its stored ids (deleted), until it is complete
+        self._written: dict[str, set] = {}  # rewritten file -> ids of its new tiles
+        self._oldest = 0.0  # monotonic time the oldest uncommitted fragment came
+        self.committer = fragments.Committer(table, tiles.ID, table.version)
+        self.run = fragments.RunRecords(self.committer.location).begin()
+
+    def stage_kwargs(self) -> dict:
+        """The write stage's arguments (:func:`rsclip.ingest.write_stage.write_tiles`)."""
+        return {"location": self.committer.location, "run": self.run.run, "schema": self.table.schema,
+                "tracked": frozenset(self._stored.uris | self._errored), "rewritten": frozenset(self._stored.other)}
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
-        """Take one pipeline batch (``status``, tile columns, ``vector`` for embedded rows)."""
-        status = np.asarray(batch[STATUS]).astype(str)
-        adopted = np.flatnonzero(status == ADOPTED)
-        self.counts.present += int((status == PRESENT).sum()) + len(adopted)
-        self.counts.nodata += int((status == NODATA).sum())
-        self._adopted.update((str(batch[tiles.ID][i]), str(batch[VERSION][i])) for i in adopted)
-        failed = np.flatnonzero(status == ERROR)
-        if len(failed):
-            rows = [{c: _scalar(batch[c][i]) for c in (tiles.URI, STAGE, MESSAGE,
-                                                       *tiles.WINDOW_COLUMNS)} for i in failed]
-            self.counts.failed += len(rows)
-            self.counts.failed_files += sum(1 for r in rows if r[STAGE] == STAGE_PLAN)
-            self.counts.failure_kinds.update((r[STAGE], failure_kind(r[MESSAGE], r[tiles.URI])) for r in rows)
-            self.counts.first_failure = self.counts.first_failure or str(rows[0][MESSAGE])
-            record_errors(self.errors_table, rows)
-        done = np.flatnonzero(status == EMBEDDED)
-        self._check_embedding(batch)
-        if len(done):
-            self._pending.append(tiles_table(batch, done, self.table.schema))
-            self._pending_rows += len(done)
-        self._files.see(batch)
-        if max(self._pending_rows, len(self._adopted), len(self._files.done)) >= self.commit_rows:
-            self.flush()
+        """Write one pipeline batch in this process (the write stage, then :meth:`take`)."""
+        self.take(write_stage.write_tiles(batch, **self.stage_kwargs())[write_stage.REPORT][0])
 
-    def _check_embedding(self, batch: dict[str, np.ndarray]) -> None:
-        """Count the embedder's batches (marked on their first row, in the order they arrive) in which every
-        tile failed in the model; one that embedded anything starts the count over; raise after too many."""
-        marks = np.asarray(batch.get(EMBED_BATCH, ()))
-        for i in np.flatnonzero(marks):
-            if marks[i] != EMBED_BATCH_FAILED:
+    def take(self, text: str) -> write_stage.WriteReport:
+        """Take one report of the write stage (JSON text); returns it."""
+        self.received_bytes += len(text)
+        report = write_stage.WriteReport.from_json(text)
+        self.counts.present += report.present + len(report.adopted)
+        self.counts.nodata += report.nodata
+        self._adopted.update(report.adopted)
+        self._record_failures(report.errors)
+        self._check_embedding(report.marks)
+        if report.staged:
+            self._oldest = self._oldest or time.monotonic()
+            self.committer.add(fragments.Staged.from_json(report.staged))
+        for uri, ids in report.replaced.items():
+            if uri in self._stored.other:  # its first new tiles: every stored tile of it goes in their commit
+                self._old[uri] = set(self._stored.other.pop(uri))
+                self._replaced.extend(self._old[uri])
+            self._written.setdefault(uri, set()).update(ids)
+        self._files.see(report.files)
+        due = self._oldest and time.monotonic() - self._oldest >= COMMIT_SECONDS
+        if due or len(self._replaced) >= REPLACED_PER_COMMIT or max(
+                self.committer.pending_rows, len(self._adopted), len(self._files.done)) >= self.commit_rows:
+            self.flush()
+        return report
+
+    def _record_failures(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        self.counts.failed += len(rows)
+        self.counts.failed_files += sum(1 for r in rows if r[STAGE] == STAGE_PLAN)
+        self.counts.failure_kinds.update((r[STAGE], failure_kind(r[MESSAGE], r[tiles.URI])) for r in rows)
+        self.counts.first_failure = self.counts.first_failure or str(rows[0][MESSAGE])
+        record_errors(self.errors_table, rows)
+
+    def _check_embedding(self, marks: list) -> None:
+        """Count the embedder's batches (marked on their first row) in which every tile failed in the model;
+        one that embedded anything starts the count over; raise after too many."""
+        for ok, message in marks:
+            if ok:
                 self._failed_batches = 0
                 continue
             self._failed_batches += 1
             if self._failed_batches >= self.max_failed_batches:
                 self.flush()
                 raise EmbeddingBroken(f"embedding failed for every tile of {self._failed_batches} consecutive "
-                                      f"batches; stopping (the model or device is broken): "
-                                      f"{str(batch[MESSAGE][i])[:300]}")
+                                      f"batches; stopping (the model or device is broken): {message[:300]}")
 
     def flush(self) -> None:
-        """Commit the buffered tiles (one atomic commit), then record the versions of adopted tiles and tidy
-        up after the files completed so far."""
-        if self._pending:
-            rows = pa.concat_tables(self._pending)
-            self._pending, self._pending_rows = [], 0
-            tiles.add_tiles(self.table, rows)
-            self.counts.embedded += rows.num_rows
-            log.info("committed %d tiles (%d this run)", rows.num_rows, self.counts.embedded)
+        """Commit the written fragments (one atomic commit, which also deletes the stored tiles of the rewritten
+        files they hold), then record the versions of adopted tiles and tidy up after the files completed."""
+        replaced, self._replaced = self._replaced, []
+        where = f"{tiles.ID} IN ({', '.join(tiles.sql_text(t) for t in replaced)})" if replaced else None
+        rows = self.committer.commit(where)
+        self._oldest = 0.0
+        if rows:
+            self.counts.embedded += rows
+            log.info("committed %d tiles (%d this run)", rows, self.counts.embedded)
         if self._adopted:
             source_versions.record_versions(self.table, self._adopted)
             self._adopted = {}
         self._tidy(self._files.take())
 
     def _tidy(self, done: list[FileDone]) -> None:
-        """After the tiles of ``done`` files are committed: remove their tiles of other versions that this
-        run did not replace, their unversioned tiles when the grid changed (fewer adopted than stored; kept
-        for a file that failed planning: nothing says they are stale), and their older error rows."""
-        stale = [t for f in done for t in self._stored.other.get(f.uri, ()) if t not in f.written]
+        """After the tiles of ``done`` files are committed: remove their stored tiles of other versions not yet
+        removed (files none of whose tiles embedded), their unversioned tiles when the grid changed (fewer
+        adopted than stored; kept for a file that failed planning: nothing says they are stale), and their
+        older error rows."""
+        stale = [t for f in done for t in self._stored.other.pop(f.uri, ())]
+        for f in done:  # stored tiles deleted with the new ones: those not written again were stale
+            self.counts.stale_removed += len(self._old.pop(f.uri, set()) - self._written.pop(f.uri, set()))
         leftovers = [f.uri for f in done if not f.unplanned and f.adopted < self._stored.unversioned[f.uri]]
         self.counts.stale_removed += (source_versions.remove_tiles(self.table, stale)
                                       + source_versions.remove_unversioned(self.table, leftovers))
         clear_errors(self.errors_table, [f.uri for f in done if f.uri in self._errored], self._started)
 
     def close(self) -> WriteCounts:
-        """Flush and return the counts."""
+        """Flush, remove what this run wrote and never committed, and return the counts."""
         self.flush()
+        self.finish()
         return self.counts
 
+    def finish(self) -> None:
+        """Stop marking the run alive and remove its uncommitted files (also after a failure)."""
+        self.run.finish()
 
-def _scalar(value):
-    return value.item() if isinstance(value, np.generic) else value
 
-
-def tiles_table(batch: dict[str, np.ndarray], rows: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """Rows ``rows`` of an embedded batch as an Arrow table of the tile ``schema`` (NaN bounds and empty CRS
-    become nulls)."""
-    take = lambda c: np.asarray(batch[c])[rows]
-    lon_min = take(tiles.LON_MIN).astype(np.float64)
-    geo = np.isfinite(lon_min)
-    data = {
-        tiles.ID: take(tiles.ID).astype(str).tolist(),
-        tiles.URI: take(tiles.URI).astype(str).tolist(),
-        **{c: take(c).astype(np.int32) for c in tiles.WINDOW_COLUMNS},
-        **{c: pa.array(take(c).astype(np.float64), mask=~geo) for c in tiles.BOUNDS_COLUMNS},
-        tiles.CRS: [v if v else None for v in take(tiles.CRS).astype(str).tolist()],
-        tiles.VECTOR: np.stack(list(take(tiles.VECTOR))).astype(np.float32),
-        tiles.SOURCE_VERSION: [v if v else None for v in take(VERSION).astype(str).tolist()],
-    }
-    if tiles.FOOTPRINT in batch:  # WKB of georeferenced tiles, b"" for the others
-        data[tiles.FOOTPRINT] = [bytes(v) if v else None for v in take(tiles.FOOTPRINT).tolist()]
-    if tiles.DATETIME in batch:  # microseconds since the epoch, dates.NULL_MICROS for unknown
-        when = take(tiles.DATETIME).astype(np.int64)
-        data[tiles.DATETIME] = pa.array(when, type=pa.int64(), mask=when == dates.NULL_MICROS).cast(
-            pa.timestamp("us", tz="UTC"))
-    if tiles.ITEM_ID in batch:
-        data[tiles.ITEM_ID] = [v if v else None for v in take(tiles.ITEM_ID).astype(str).tolist()]
-    for column in (tiles.CLOUD_COVER, tiles.NODATA_FRACTION):  # NaN: unknown
-        if column in batch:
-            values = take(column).astype(np.float64)
-            data[column] = pa.array(values, mask=~np.isfinite(values))
-    return tiles.tiles_to_arrow(data, schema)
