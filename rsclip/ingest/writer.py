@@ -1,18 +1,21 @@
-"""The writer of the embedding job: embedded batches into the tile table, failures into ``<table>_errors``.
+"""The writer of the embedding job (the driver's side): write reports in, commits of their fragments out.
 
-It runs in the driver on the batches the pipeline streams out (one batch in memory at a time). Tiles are
-written with ``tiles.add_tiles`` (merge_insert on id: atomic per commit, never a duplicate; a tile of a
-rewritten object replaces its old row), so a job killed at any moment loses at most the tiles not yet
-committed and a rerun fills exactly those. Error rows are keyed by (uri, stage, window) and upserted, so a
-rerun refreshes them instead of adding copies.
+The write stage (:mod:`~rsclip.ingest.write_stage`, Ray workers) writes the embedded tiles as Lance fragments
+that no version holds yet and reports them; :class:`TileWriter` commits them in few large transactions
+(:class:`rsclip.table.fragments.Committer`: a run killed at any moment loses at most the tiles not yet
+committed, which a rerun fills, and what was written but never committed is removed), records failures in
+``<table>_errors`` (keyed by (uri, stage, window) and upserted, so a rerun refreshes them instead of adding
+copies) and counts.
 
 Tiles stored without a version (tables of an older rsclip) that are planned again get the current one.
-Once every row of a file has passed (rows carry the file's row count) and its tiles are committed, the
-writer tidies up after it: its tiles of other versions that this run did not replace are removed
-(:mod:`rsclip.table.source_versions`), and error rows of the file that this run did not record again are
-deleted (it reads now, or fails otherwise). Only files that the table held in other versions, or that had
-error rows, when the run started are tracked. Error rows of files no longer in an archive's listing are deleted
-by :func:`clear_unlisted_errors` (a run over the whole archive, not a STAC search).
+A rewritten file's stored tiles (other versions, found by one scan when the run starts) are deleted in the
+commit that adds its first new tiles. Once every row of a tracked file has passed the write stage (reports
+count them against the file's row count) and its tiles are committed, the writer tidies up after it: stored
+tiles of a file none of whose tiles embedded again are removed (:mod:`rsclip.table.source_versions`), and
+error rows of the file that this run did not record again are deleted (it reads now, or fails otherwise).
+Only files that the table held in other versions, or that had error rows, when the run started are tracked.
+Error rows of files no longer in an archive's listing are deleted by :func:`clear_unlisted_errors` (a run
+over the whole archive, not a STAC search).
 """
 
 from __future__ import annotations
