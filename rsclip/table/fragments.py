@@ -10,7 +10,8 @@ Written but not committed (a driver or worker killed, a task retried) leaves dat
 Each worker records the files it wrote in ``<table>.rsclip-pending/<run>/`` before returning them; the run's
 driver keeps ``<run>/alive.json`` fresh (:class:`RunRecords`). The committer removes the records of what it
 committed; a run that ends removes its own leftovers, and any run starting removes those of runs whose
-``alive.json`` is older than :data:`DEAD_AFTER_SECONDS` (their drivers are gone). Only files named in a
+``alive.json`` is older than :data:`DEAD_AFTER_SECONDS`, or whose owner the caller can tell is gone (a Ray
+driver whose job the cluster reports dead: :mod:`rsclip.runtime.drivers`). Only files named in a
 record, under the table's ``data/`` folder and in no fragment of the latest version, are ever deleted.
 A worker killed between writing its files and its record leaves files nobody names: Lance's own clean-up
 (``rsclip index`` runs it) removes those once they are older than its 7 days.
@@ -30,11 +31,12 @@ import re
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 
 from rsclip.errors import InvalidInput
-from rsclip.runtime import storage
+from rsclip.runtime import drivers, storage
 from rsclip.table import keyed_writes
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,11 @@ def _record_files(record: str) -> list[str]:
     return [f for f in files if isinstance(f, str) and DATA_FILE.match(f)]
 
 
+def _listing(fs, path: str) -> list[str]:
+    """The names in a folder as the store has them now (s3fs would answer from its cache of an earlier look)."""
+    return fs.ls(path, detail=False, refresh=True)
+
+
 def _remove(uri: str) -> None:
     fs, path = storage.filesystem(uri)
     try:
@@ -121,9 +128,14 @@ def _remove(uri: str) -> None:
 class RunRecords:
     """One run's folder of write records beside the dataset at ``location`` (see the module doc)."""
 
-    def __init__(self, location: str, run: str | None = None):
+    def __init__(self, location: str, run: str | None = None, *, owner: dict | None = None,
+                 owner_gone: Callable[[dict], bool] = drivers.driver_gone):
         self.location = location.rstrip("/")
         self.run = run or uuid.uuid4().hex
+        # who runs this run (written in its heartbeat: by default this process's Ray driver), and how to tell
+        # that another run's owner is gone
+        self.owner = drivers.driver_identity() if owner is None else dict(owner)
+        self.owner_gone = owner_gone
         self.folder = f"{pending_root(self.location)}/{self.run}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,7 +150,7 @@ class RunRecords:
 
     def beat(self) -> None:
         now = dt.datetime.now(dt.timezone.utc).isoformat()
-        storage.write_bytes(f"{self.folder}/{ALIVE}", json.dumps({"time": now}))
+        storage.write_bytes(f"{self.folder}/{ALIVE}", json.dumps({**self.owner, "time": now}))
 
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -150,7 +162,7 @@ class RunRecords:
     def _runs(self) -> list[str]:
         fs, path = storage.filesystem(pending_root(self.location))
         try:
-            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in _listing(fs, path)]
         except FileNotFoundError:
             return []
         return [n for n in names if RUN_NAME.match(n)]
@@ -161,7 +173,9 @@ class RunRecords:
             when = dt.datetime.fromisoformat(seen["time"])
         except Exception:  # no heartbeat (removed as it ended, or never written whole): not running
             return True
-        return (dt.datetime.now(dt.timezone.utc) - when).total_seconds() > DEAD_AFTER_SECONDS
+        if (dt.datetime.now(dt.timezone.utc) - when).total_seconds() > DEAD_AFTER_SECONDS:
+            return True
+        return bool(self.owner_gone and self.owner_gone({k: str(v) for k, v in seen.items()}))
 
     def clean_dead(self) -> int:
         """Remove the uncommitted files and the records of runs that are no longer alive; files removed."""
@@ -170,8 +184,10 @@ class RunRecords:
 
     def _clear(self, folder: str) -> int:
         fs, path = storage.filesystem(folder)
-        records = [p for p in fs.ls(path, detail=False) if p.endswith(".json") and not p.endswith(ALIVE)] \
-            if fs.exists(path) else []
+        try:
+            records = [p for p in _listing(fs, path) if p.endswith(".json") and not p.endswith(ALIVE)]
+        except FileNotFoundError:
+            records = []
         committed = _data_files(open_dataset(self.location)) if records else set()
         removed = 0
         for record in records:
@@ -186,19 +202,21 @@ class RunRecords:
         return removed
 
     def finish(self) -> int:
-        """Stop the heartbeat and remove this run's leftovers (files written by retried tasks)."""
+        """Stop the heartbeat and remove this run's leftovers (files written by retried tasks), and again those of
+        dead runs (tasks of a killed driver may finish writing after this run started)."""
         self._stop.set()
-        return self._clear(self.folder)
+        return self._clear(self.folder) + self.clean_dead()
 
 
 class Committer:
     """Commits :class:`Staged` fragments into ``table`` (a LanceDB table) in few large atomic commits.
 
     ``key``: the column that names a row; ``read_version``: the version the job planned against (rows of
-    other writers committed after it may hold the same keys: checked after each commit, module doc).
+    other writers committed after it may hold the same keys: checked after each commit, module doc). ``key``
+    None: no check (a table that holds a key more than once by design checks for itself).
     """
 
-    def __init__(self, table, key: str, read_version: int):
+    def __init__(self, table, key: str | None, read_version: int):
         from rsclip.table import datasets
 
         self.table, self.key = table, key
@@ -229,7 +247,7 @@ class Committer:
         new = [FragmentMetadata.from_json(f) for s in staged for f in s.fragments]
         read = []
         committed = keyed_writes.retry_on_conflict(lambda: self._commit(new, delete_where, read))
-        if read[-1] > self.known:  # another writer committed since the versions we know of
+        if read[-1] > self.known and self.key:  # another writer committed since the versions we know of
             self._drop_duplicates(committed, new)
         self.known = committed.version
         for s in staged:

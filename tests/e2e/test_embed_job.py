@@ -19,7 +19,8 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
 import rsclip
-from rsclip.table import tiles
+from rsclip.runtime import storage
+from rsclip.table import fragments, tiles
 from tests.helpers import BUCKET, GEOTIFF_DIR, ROOT, job_windows
 
 JOB = "jobs/embed_archive.py"
@@ -119,6 +120,7 @@ def test_kill_9_of_the_driver_then_rerun_gives_the_exact_row_set(ray_head, s3, s
         driver.stdout.close()
     at_kill = _rows(db)
     assert 0 < at_kill < len(files), at_kill
+    print("uncommitted files at the kill:", len(uncommitted_files(tiles.open_table(db))))
 
     res = ray_head.submit(["python", JOB, *args], working_dir=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -127,6 +129,18 @@ def test_kill_9_of_the_driver_then_rerun_gives_the_exact_row_set(ray_head, s3, s
     want = {tiles.tile_id(f"{archive}/{f.name}", 0, 0, 150, 150) for f in files}
     assert len(ids) == len(want) and set(ids) == want
     assert f"{len(files) - at_kill} embedded, {at_kill} skipped as present" in res.stdout, res.stdout[-2000:]
+    # what the killed driver's workers wrote and it never committed is gone: every data file is in the table
+    assert uncommitted_files(table) == set()
+    fs, pending = storage.filesystem(fragments.pending_root(table.to_lance().uri))
+    assert not fs.exists(pending) or fs.ls(pending, refresh=True) == []
+
+
+def uncommitted_files(table) -> set[str]:
+    """Data files of ``table`` that no fragment of its latest version names."""
+    dataset = table.to_lance()
+    fs, data = storage.filesystem(f"{dataset.uri}/data")
+    stored = {p.rsplit("/", 1)[-1] for p in fs.ls(data, detail=False, refresh=True)}  # not s3fs's cached listing
+    return stored - {f.path for frag in dataset.get_fragments() for f in frag.metadata.files}
 
 
 @pytest.mark.parametrize("fault", ["credentials", "archive bucket", "db bucket", "endpoint"])

@@ -140,7 +140,7 @@ def embed_sources(db, model: Path, sources, options) -> list[dict]:
     from rsclip.geo import raster
     from rsclip.table import tiles
     from rsclip.model.clip import load_model
-    from rsclip.ingest import batch as B, planning, writer
+    from rsclip.ingest import batch as B, planning, write_stage
 
     rows, images = [], []
     for source in sources:
@@ -159,5 +159,5 @@ def embed_sources(db, model: Path, sources, options) -> list[dict]:
     columns = B.rows_to_batch(rows, B.PLAN_COLUMNS)
     columns[tiles.VECTOR] = encoder.encode_images(images)
     table = tiles.create_table(db, model=str(model), dim=encoder.dim)
-    tiles.add_tiles(table, writer.tiles_table(columns, np.arange(len(rows)), table.schema))
+    tiles.add_tiles(table, write_stage.tiles_table(columns, np.arange(len(rows)), table.schema))
     return rows
