@@ -3,11 +3,13 @@
 :func:`run_detection` reads the label set (:mod:`rsclip.table.labels`), trains and cross-validates the probe
 (:mod:`rsclip.detect.probe`, in the driver: a few thousand vectors at most), plans the table version's parts
 (:func:`rsclip.detect.scoring.plan_parts`) and scores them in Ray Data tasks reading Lance fragments in
-parallel; the driver upserts each block of detections as it streams out (one block in memory at a time) and
-records each part once its rows are committed (:mod:`rsclip.table.detections`). Killed at any moment and
-rerun, it trains the same probe (same labels and settings: same model version), skips the parts already
-committed and leaves exactly one row per tile and label. When every part is in, rows of older model
-versions of the label (tiles gone from the table since) are removed.
+parallel; each task writes its part's detections as uncommitted fragments of ``<table>_detections`` and the
+driver commits them in few large commits, recording the parts each commit completed
+(:mod:`rsclip.detect.writes`): no detection row reaches the driver. Killed at any moment and rerun, it trains
+the same probe (same labels and settings: same model version), deletes the rows of parts committed but not
+recorded, skips the parts recorded (:func:`rsclip.table.detections.settle`) and leaves exactly one row per
+tile and label of its version. When every part is in, the version is recorded complete (readers turn to it:
+:func:`rsclip.table.detections.shown_version`) and rows of older model versions of the label are removed.
 
 Bad input fails before anything is written or any cluster starts: an unknown label set, a set without
 positives, or without negatives and without ``--background``.
@@ -18,14 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-
-import pyarrow.compute as pc
 
 from rsclip.runtime import cluster, flags
 from rsclip.table import datasets, detections, labels, tiles
 from rsclip.detect import scoring
+from rsclip.detect.writes import DEFAULT_COMMIT_ROWS, PartWriter
 from rsclip.detect.probe import DEFAULT_BACKGROUND, Probe, quality_sentence, train_probe
 from rsclip.errors import InvalidInput, RsclipError
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 setting = flags.setting
 # Memory a scoring task may use: one part's vectors (65,536 x 512 float32 = 128 MiB) and its output.
 SCORE_TASK_MEMORY = 512 * 1024 * 1024
+# The write arguments of the warm-up's empty parts, which write nothing (the detections table may not exist yet).
+NO_WRITES = {"location": "", "run": "", "schema": detections.STORED_SCHEMA}
 WARM_UP_SECONDS = 600  # starting the scoring workers: a cluster that cannot is reported, not waited on forever
 
 
@@ -53,11 +55,14 @@ class DetectConfig:
     read_cpus: float = setting(1.0, help="CPUs reserved per scoring task", group="resources")
     read_tasks: int | None = setting(None, help="most scoring tasks at once (default: as the cluster allows)",
                                      group="resources")
+    commit_rows: int = setting(DEFAULT_COMMIT_ROWS, help="detections per commit (the driver commits the "
+                               "scoring tasks' fragments; a part waits at most 30 s)", group="resources")
 
     def __post_init__(self) -> None:
         labels.validate_label(self.label)
-        if self.background < 0 or self.report_k < 1 or self.rows_per_task < 1 or self.read_cpus <= 0:
-            raise InvalidInput("background must be >= 0; report k, rows per task and read CPUs positive")
+        if (self.background < 0 or self.report_k < 1 or self.rows_per_task < 1 or self.read_cpus <= 0
+                or self.commit_rows < 1):
+            raise InvalidInput("background must be >= 0; report k, rows per task, read CPUs and commit rows positive")
         if self.read_tasks is not None and self.read_tasks < 1:
             raise InvalidInput(f"read tasks must be positive, got {self.read_tasks}")
 
@@ -77,6 +82,9 @@ class DetectSummary:
     parts_skipped: int = 0
     rows_scored: int = 0
     removed_stale: int = 0
+    commits: int = 0
+    commit_seconds: float = 0.0
+    received_bytes: int = 0
     startup_seconds: float = 0.0
     scoring_seconds: float = 0.0
     rows_per_s: float = 0.0
@@ -92,8 +100,9 @@ class DetectSummary:
         return json.dumps(asdict(self))
 
 
-def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe):
-    """The Ray Dataset of the job: one block per part -> :func:`rsclip.detect.scoring.score_parts` tasks."""
+def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe, write: dict):
+    """The Ray Dataset of the job: one block per part -> :func:`rsclip.detect.scoring.score_parts` tasks
+    (``write``: their write arguments, :meth:`rsclip.detect.writes.PartWriter.stage_kwargs`)."""
     import ray
 
     ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
@@ -104,7 +113,7 @@ def build_dataset(config: DetectConfig, parts: list[dict], dataset, probe: Probe
         scoring.score_parts, batch_size=1, batch_format="numpy", num_cpus=config.read_cpus,
         memory=SCORE_TASK_MEMORY, concurrency=config.read_tasks,
         fn_kwargs={"uri": dataset.uri, "version": dataset.version, "weights": probe.weights,
-                   "bias": probe.bias, "label": probe.label, "model_version": probe.model_version})
+                   "bias": probe.bias, "label": probe.label, "model_version": probe.model_version, **write})
 
 
 def warm_up(config: DetectConfig, dataset, probe: Probe) -> None:
@@ -127,32 +136,26 @@ def warm_up(config: DetectConfig, dataset, probe: Probe) -> None:
                           f"{config.read_cpus:g} CPUs free (see `ray status`; change --read-cpus)") from None
     log.info("scoring workers started: %d processes for %d concurrent tasks", len(set(pids)), slots)
     empty = [{detections.PART: f"warm-up-{i}", scoring.SLICES: "[]", detections.ROWS: 0} for i in range(slots)]
-    for _ in build_dataset(config, empty, dataset, probe).iter_batches(batch_size=None, batch_format="pyarrow"):
+    for _ in build_dataset(config, empty, dataset, probe, NO_WRITES).iter_batches(batch_size=None,
+                                                                                  batch_format="pyarrow"):
         pass
 
 
-def write_blocks(blocks, config: DetectConfig, probe: Probe, parts: list[dict]) -> int:
-    """Upsert each block of detection rows (one commit each) and record the parts it completes; returns the
-    rows written."""
+def write_parts(config: DetectConfig, probe: Probe, todo: list[dict], dataset, progress: bool, local: bool,
+                summary: DetectSummary) -> None:
+    """Score ``todo`` and commit their detections (:class:`rsclip.detect.writes.PartWriter`); counts into
+    ``summary``."""
     target = detections.open_detections(config.db, config.table, create=True)
-    progress = detections.open_progress(config.db, config.table, create=True)
-    expected = {p[detections.PART]: int(p[detections.ROWS]) for p in parts}
-    got: dict[str, int] = defaultdict(int)
-    written = 0
-    for block in blocks:
-        if block.num_rows == 0:
-            continue
-        detections.upsert(target, block.drop_columns([detections.PART]))
-        written += block.num_rows
-        log.info("committed %d detections (%d this run)", block.num_rows, written)
-        counts = pc.value_counts(block.column(detections.PART)).to_pylist()
-        for item in counts:
-            part = item["values"]
-            got[part] += int(item["counts"])
-            if got[part] == expected.get(part):
-                detections.record_part(progress, probe.label, probe.model_version, part, got[part])
-                log.info("recorded part %s (%d rows)", part, got[part])
-    return written
+    writer = PartWriter(target, detections.open_progress(config.db, config.table, create=True), probe.label,
+                        probe.model_version, commit_rows=config.commit_rows)
+    try:
+        for reports in _reports(config, todo, dataset, probe, progress, local, writer.stage_kwargs()):
+            writer.take(reports)
+        writer.flush()
+    finally:
+        writer.finish()
+    summary.rows_scored, summary.received_bytes = writer.written, writer.received_bytes
+    summary.commits, summary.commit_seconds = writer.committer.commits, writer.committer.seconds
 
 
 def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: str | None = cluster.LOCAL,
@@ -170,8 +173,9 @@ def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: 
                         seed=config.seed, k=config.report_k)
     dataset = datasets.dataset_of(table)
     parts = scoring.plan_parts(dataset, config.rows_per_task)
-    done = detections.done_parts(detections.open_progress(config.db, config.table), probe.label,
-                                 probe.model_version)
+    done = detections.settle(detections.open_detections(config.db, config.table),
+                             detections.open_progress(config.db, config.table), probe.label, probe.model_version,
+                             [p[detections.PART] for p in parts])
     todo = [p for p in parts if p[detections.PART] not in done]
     summary = DetectSummary(label=probe.label, model_version=probe.model_version, metrics=probe.metrics,
                             table_rows=dataset.count_rows(), parts=len(parts), parts_skipped=len(parts) - len(todo))
@@ -184,25 +188,30 @@ def run_detection(config: DetectConfig, *, progress: bool = False, ray_address: 
         summary.startup_seconds = time.monotonic() - startup
     scoring_started = time.monotonic()
     if todo:
-        summary.rows_scored = write_blocks(_blocks(config, todo, dataset, probe, progress, local), config,
-                                           probe, todo)
+        write_parts(config, probe, todo, dataset, progress, local, summary)
     summary.scoring_seconds = time.monotonic() - scoring_started
     summary.rows_per_s = summary.rows_scored / summary.scoring_seconds if summary.scoring_seconds > 0 else 0.0
+    detections.record_complete(detections.open_progress(config.db, config.table, create=True), probe.label,
+                               probe.model_version, summary.table_rows)
     summary.removed_stale = detections.drop_other_versions(config.db, config.table, probe.label,
                                                            probe.model_version)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _blocks(config, todo, dataset, probe, progress, local):
-    """The stream of detection blocks: from Ray Data (one block per part), or computed here when ``local``."""
+def _reports(config, todo, dataset, probe, progress, local, write: dict):
+    """The scoring stage's report rows (:data:`rsclip.detect.scoring.REPORT_SCHEMA`): from Ray Data (one block
+    per part), or from the same stage run here when ``local``."""
+    score = {"weights": probe.weights, "bias": probe.bias, "label": probe.label,
+             "model_version": probe.model_version, **write}
     if local:
-        return scoring.score_locally(dataset, todo, probe.weights, probe.bias, probe.label, probe.model_version)
+        return (scoring.score_parts({detections.PART: [p[detections.PART]], scoring.SLICES: [p[scoring.SLICES]]},
+                                    dataset.uri, dataset.version, **score) for p in todo)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-    ds = build_dataset(config, todo, dataset, probe)
+    ds = build_dataset(config, todo, dataset, probe, write)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
 
 

@@ -4,12 +4,15 @@ The driver plans *parts* from the table version's fragment metadata only (:func:
 fragments of about ``rows_per_part`` rows, small fragments grouped, large ones cut), so what it holds grows
 with the number of parts (tens per million rows), never with the rows. Each part is scored by
 :func:`score_parts`, a Ray Data stage: it opens the same table version, reads its slices' ids, bounds and
-vectors fragment by fragment, and returns detection rows (:data:`rsclip.table.detections.DETECTIONS_SCHEMA`
-plus the part's key). No vector index is used or needed.
+vectors fragment by fragment, computes the detection rows (:data:`rsclip.table.detections.STORED_SCHEMA`:
+the part's key in ``part``), writes them as fragments of ``<table>_detections`` that are not committed yet
+(:func:`rsclip.table.fragments.write_staged`) and returns one small row per part (:data:`REPORT_SCHEMA`: the
+part, its rows, the staged fragments' metadata): no detection row reaches the driver, which commits the
+fragments. No vector index is used or needed.
 
 A part's key is a hash of its slices, so a rerun on the same table version plans the same keys and can skip
-the parts already committed (:func:`rsclip.table.detections.done_parts`); after a compaction the fragments,
-and so the keys, change, and every tile is scored again (still once per tile in the table: rows are upserted).
+the parts already committed (:func:`rsclip.table.detections.settle`); after a compaction the fragments, and so
+the keys, change, the rows of the old parts are deleted and every tile is scored again.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsclip.runtime import storage
-from rsclip.table import detections, tiles
+from rsclip.table import detections, fragments, tiles
 from rsclip.detect.probe import sigmoid
 
 ROWS_PER_PART = 65_536
 READ_BATCH_ROWS = 16_384
 SLICES = "slices"  # JSON list of [fragment id, offset, rows] of a part
 READ_COLUMNS = (tiles.ID, *tiles.BOUNDS_COLUMNS, tiles.VECTOR)
-OUTPUT_SCHEMA = detections.DETECTIONS_SCHEMA.append(pa.field(detections.PART, pa.string(), nullable=False))
+STAGED = "staged"  # the Staged JSON of a part's fragments
+REPORT_SCHEMA = pa.schema([pa.field(detections.PART, pa.string(), nullable=False),
+                           pa.field(detections.ROWS, pa.int64(), nullable=False),
+                           pa.field(STAGED, pa.string(), nullable=False)])
 
 
 def plan_parts(dataset, rows_per_part: int = ROWS_PER_PART) -> list[dict]:
@@ -88,7 +94,7 @@ def open_for_scoring(uri: str, version: int) -> int:
 
 def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, label: str, model_version: str,
                    part: str, now: dt.datetime) -> pa.Table:
-    """The detection rows (:data:`OUTPUT_SCHEMA`) of one read batch of tiles."""
+    """The detection rows (:data:`rsclip.table.detections.STORED_SCHEMA`) of one read batch of tiles."""
     n = batch.num_rows
     vectors = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
     logits = (vectors @ weights + np.float32(bias)).astype(np.float64)
@@ -101,28 +107,41 @@ def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, labe
         **{c: batch.column(c) for c in tiles.BOUNDS_COLUMNS},
         detections.TIME: constant(now, pa.timestamp("us", tz="UTC")), detections.PART: constant(part, pa.string()),
     }
-    return pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=detections.STORED_SCHEMA)
+
+
+def part_rows(dataset, part: str, slices: str, weights: np.ndarray, bias: float, label: str, model_version: str,
+              now: dt.datetime) -> pa.Table:
+    """The detection rows of every tile of one part (``slices``: its JSON) of the Lance ``dataset``."""
+    weights = np.asarray(weights, dtype=np.float32)
+    out = []
+    for fragment_id, offset, count in json.loads(str(slices)):
+        fragment = dataset.get_fragment(int(fragment_id))
+        for rb in fragment.to_batches(columns=list(READ_COLUMNS), offset=int(offset), limit=int(count),
+                                      batch_size=READ_BATCH_ROWS):
+            out.append(detection_rows(rb, weights, bias, label, model_version, part, now))
+    return pa.concat_tables(out) if out else detections.STORED_SCHEMA.empty_table()
 
 
 def score_parts(batch: dict[str, np.ndarray], uri: str, version: int, weights: np.ndarray, bias: float,
-                label: str, model_version: str) -> pa.Table:
-    """Ray Data stage: the detection rows of every tile in the parts of ``batch`` (``part``, ``slices``)."""
+                label: str, model_version: str, location: str, run: str, schema: pa.Schema) -> pa.Table:
+    """Ray Data stage: score every tile of the parts of ``batch`` (``part``, ``slices``), write each part's rows
+    as uncommitted fragments of the detections table at ``location`` (``schema``: its schema; write records
+    under ``run``) and return one :data:`REPORT_SCHEMA` row per part."""
     dataset = open_version(uri, version)
-    weights = np.asarray(weights, dtype=np.float32)
     now = dt.datetime.now(dt.timezone.utc)
-    out = []
+    reports = {detections.PART: [], detections.ROWS: [], STAGED: []}
     for part, text in zip(batch[detections.PART], batch[SLICES]):
-        for fragment_id, offset, count in json.loads(str(text)):
-            fragment = dataset.get_fragment(int(fragment_id))
-            for rb in fragment.to_batches(columns=list(READ_COLUMNS), offset=int(offset), limit=int(count),
-                                          batch_size=READ_BATCH_ROWS):
-                out.append(detection_rows(rb, weights, bias, label, model_version, str(part), now))
-    return pa.concat_tables(out) if out else OUTPUT_SCHEMA.empty_table()
+        found = part_rows(dataset, str(part), str(text), weights, bias, label, model_version, now)
+        staged = fragments.write_staged(location, run, found.select(schema.names).cast(schema))
+        reports[detections.PART].append(str(part))
+        reports[detections.ROWS].append(found.num_rows)
+        reports[STAGED].append(staged.to_json())
+    return pa.Table.from_pydict(reports, schema=REPORT_SCHEMA)
 
 
 def score_locally(dataset, parts: list[dict], weights: np.ndarray, bias: float, label: str, model_version: str):
-    """Yield the detection tables of ``parts`` one part at a time in this process (no Ray): what the Ray
-    stage computes, for tests and small tables."""
+    """Yield the detection rows of ``parts`` one part at a time in this process, writing nothing (tests)."""
+    now = dt.datetime.now(dt.timezone.utc)
     for part in parts:
-        yield score_parts({detections.PART: [part[detections.PART]], SLICES: [part[SLICES]]}, dataset.uri,
-                          dataset.version, weights, bias, label, model_version)
+        yield part_rows(dataset, part[detections.PART], part[SLICES], weights, bias, label, model_version, now)

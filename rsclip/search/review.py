@@ -28,10 +28,11 @@ SCAN_ABOVE = 20_000
 SCORE_MARGIN = 1e-6
 
 
-def detections_sql(label: str, min_score: float | None, filters: Filters) -> str:
-    """SQL on the detections table: the label, the score threshold and the spatial prefilters."""
+def detections_sql(rows_sql: str, min_score: float | None, filters: Filters) -> str:
+    """SQL on the detections table: ``rows_sql`` (the label's rows readers see,
+    :func:`rsclip.table.detections.label_rows`), the score threshold and the spatial prefilters."""
     spatial = filters.spatial().sql()
-    parts = [f"{detections.LABEL} = {tiles.sql_text(label)}"]
+    parts = [rows_sql]
     if min_score is not None:
         parts.append(f"{detections.SCORE} >= {float(min_score) - SCORE_MARGIN!r}")  # float32; exact test later
     if spatial:
@@ -78,10 +79,11 @@ def review_detections(db, label: str, *, min_score: float | None = None, table: 
     request = Request.of(db, table, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
                          max_cloud=max_cloud, max_nodata=max_nodata)
     tile_table, filters = request.table, request.filters
-    found = detections.open_detections(db, table)
-    if found is None or found.count_rows(f"{detections.LABEL} = {tiles.sql_text(label)}") == 0:
+    shown = detections.label_rows(db, label, table)
+    if shown is None:
         raise NotFound(f"no detections of {label!r} for table {table!r}: run jobs/detect.py --label {label} first")
-    sql = detections_sql(label, min_score, filters)
+    found, rows_sql = shown
+    sql = detections_sql(rows_sql, min_score, filters)
     dataset = datasets.dataset_of(found)
     count = checked_sql(lambda: dataset.count_rows(filter=sql), sql)
     if count > limit:

@@ -1,8 +1,9 @@
 """Label next: the unlabelled tiles a label set's current detections rank highest, and those they are least sure of.
 
-Both come from the stored detections of the label set's last run (``rsclip detect``): the ``top`` tiles (the
-highest logits: confirm or correct the probe's best guesses) and the ``uncertain`` ones (logits nearest 0,
-probabilities nearest 0.5: where one label moves the decision boundary most). Labelled tiles are left out; a
+Both come from the label set's stored detections of its last complete run (``rsclip detect``; one model
+version: :func:`rsclip.table.detections.shown_version`): the ``top`` tiles (the highest logits: confirm or
+correct the probe's best guesses) and the ``uncertain`` ones (logits nearest 0, probabilities nearest 0.5:
+where one label moves the decision boundary most). Labelled tiles are left out; a
 tile that is both is listed once, as ``top``.
 """
 
@@ -41,10 +42,10 @@ def suggest_labels(db, label: str, *, k: int = 10, table: str = tiles.DEFAULT_TA
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_SUGGESTIONS:
         raise InvalidInput(f"k must be an integer in [1, {MAX_SUGGESTIONS}], got {k!r}")
     tile_table = tiles.open_table(db, table)
-    found = detections.open_detections(db, table)
-    where = f"{detections.LABEL} = {tiles.sql_text(label)}"
-    if found is None or found.count_rows(where) == 0:
+    shown = detections.label_rows(db, label, table)
+    if shown is None:
         raise NotFound(f"no detections of {label!r} for table {table!r}: run rsclip detect DB {label} first")
+    found, where = shown
     columns = [tiles.ID, detections.SCORE, *tiles.BOUNDS_COLUMNS]
     columns += [detections.LOGIT] if detections.LOGIT in found.schema.names else []
     frame = datasets.dataset_of(found).to_table(columns=columns, filter=where).to_pandas()
