@@ -253,6 +253,8 @@ class Committer:
         for s in staged:
             _remove(s.record)
         self.table.checkout_latest()
+        if self.key:  # the key's index, as every keyed write gets it: look-ups of the key stay flat as it grows
+            keyed_writes.ensure_key_index(self.table, self.key)
         self.commits += 1
         self.seconds += time.monotonic() - started
         return sum(s.rows for s in staged)
