@@ -96,17 +96,27 @@ def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_P
 
 
 def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS, *,
-                 claim: str | None = None) -> np.ndarray:
+                 claim: str | None = None, reduce_to: int | None = None) -> np.ndarray:
     """Decode encoded chip bytes to an RGB ``(H, W, 3)`` uint8 array, only as the format ``name`` (or ``claim``,
     when given; ``""``: bytes that claim none, any chip format) says they are.
+
+    With ``reduce_to``, a JPEG whose shortest side is at least twice that is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling), its shortest side kept >= ``reduce_to``, each side rounded up: a chip that will
+    be resized down to the model's input is not decoded in full first. Smaller images, and other formats,
+    decode in full, pixel for pixel. The header's full size is what the checks below bound.
 
     Raises ``InvalidInput`` naming ``name`` for empty, truncated, non-image or disallowed-format data and
     images smaller than 2x2 pixels; ``LimitExceeded`` above ``max_pixels`` or :mod:`~rsclip.geo.formats`' bounds.
     """
     with _opened(data, name, max_pixels, claim) as im:
         formats.check_ratio(name, im.width * im.height * len(im.getbands()), len(data))
+        shortest = min(im.width, im.height)
+        if reduce_to and im.format == "JPEG" and shortest >= 2 * reduce_to:
+            scale = shortest / reduce_to  # draft keeps each side >= the size asked for
+            im.draft("RGB", (int(np.ceil(im.width / scale)), int(np.ceil(im.height / scale))))
         im.load()
-        return np.asarray(im.convert("RGB"))
+        # convert() copies even an RGB image (a seventh of a small chip's decode): only other modes convert
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def decode_raster(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,

@@ -47,7 +47,9 @@ class EmbedConfig:
                                         help="intra-op threads per actor on CPU (default: the CPUs it reserves)")
     read_cpus: float = setting(1.0, help="CPUs per planning/decoding task", group="resources")
     read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
-    files_per_task: int = setting(16, help="files planned per task", group="resources")
+    files_per_task: int = setting(64, help="files planned and read per task (fewer, larger tasks cost Ray less per "
+                                           "chip; more, smaller ones spread a small archive wider)",
+                                  group="resources")
     commit_rows: int = setting(DEFAULT_COMMIT_ROWS, group="resources",
                                help="tiles per fragment a write task writes, and per table commit (the driver "
                                     "commits written fragments once they hold this many tiles, or after 30 s)")

@@ -7,8 +7,8 @@ whole image), a larger one is cut into the grid too. Tables cut before scenes we
 scenes up to ``max_chip`` whole (``whole_scenes``; :mod:`rsclip.table.anchors`). Tile ids are
 ``tiles.tile_id`` of the window, so a rerun plans the same ids; every row carries the file's version tag
 and its number of rows, so the writer knows when a file is complete. Small chips carry their encoded bytes
-forward (one GET per chip). A file that cannot be planned becomes one error row; faults of the whole store
-(confirmed by a probe, :func:`~rsclip.ingest.listing.store_down`) raise.
+forward (read many at a time: :func:`prefetch`). A file that cannot be planned becomes one error row; faults
+of the whole store (confirmed by a probe, :func:`~rsclip.ingest.listing.store_down`) raise.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from rsclip import errors
 from rsclip.geo import dates, footprints, raster
-from rsclip.runtime import storage
+from rsclip.runtime import reads, storage
 from rsclip.table import tiles
 from rsclip.geo.images import image_size
 from rsclip.geo.windows import Window, grid_windows
@@ -47,15 +47,18 @@ def fetch(uri: str, size: int, end: int | None = None) -> bytes:
     return fs.cat_file(path, start=0 if end is not None else None, end=end)
 
 
-def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str = "") -> list[dict[str, Any]]:
-    """Tile rows of a JPEG/PNG/... image: one whole-image tile, or a grid when larger than ``max_chip``.
+def plan_chip(uri: str, size: int, options: raster.RasterOptions, version: str = "",
+              data: bytes | None = None) -> list[dict[str, Any]]:
+    """Tile rows of a JPEG/PNG/... image: one whole-image tile, or a grid when larger than ``max_chip``;
+    ``data``: its bytes when already read (:func:`prefetch`), else one GET here.
 
     Raises ``InvalidInput`` for empty, unreadable, too small and oversized (bomb) images.
     """
     if size == 0:
         raise InvalidInput(f"{uri}: empty file")
     small = size <= SMALL_FILE_BYTES
-    data = fetch(uri, size) if small else fetch(uri, size, HEADER_BYTES)
+    if data is None:
+        data = fetch(uri, size) if small else fetch(uri, size, HEADER_BYTES)
     try:
         width, height = image_size(data, uri)
     except errors.LimitExceeded:
@@ -105,12 +108,12 @@ def stamp(rows: list[dict[str, Any]], uri: str, source: listing.ArchiveFile, pat
 
 
 def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str = "",
-              source: listing.ArchiveFile | None = None, pattern=None, whole_scenes: bool = False
-              ) -> list[dict[str, Any]]:
+              source: listing.ArchiveFile | None = None, pattern=None, whole_scenes: bool = False,
+              data: bytes | None = None) -> list[dict[str, Any]]:
     """Tile rows for one file (``source``: what the listing said of it), each counting the file's rows
     (``file_tiles``) and stamped with its time (:func:`stamp`), or one error row when it cannot be planned;
-    ``whole_scenes``: the table's rule (module doc). Raises :class:`~rsclip.errors.StoreUnavailable` for faults
-    of the whole store."""
+    ``whole_scenes``: the table's rule (module doc); ``data``: a small chip's bytes when already read
+    (:func:`prefetch`). Raises :class:`~rsclip.errors.StoreUnavailable` for faults of the whole store."""
     source = source or listing.ArchiveFile(uri, size, version)
     try:
         if source.problem:
@@ -120,7 +123,7 @@ def plan_file(uri: str, size: int, options: raster.RasterOptions, version: str =
                 raise InvalidInput(f"{uri}: empty file")
             rows = plan_raster(uri, options, version, whole_scenes)
         else:
-            rows = plan_chip(uri, size, options, version)
+            rows = plan_chip(uri, size, options, version, data)
     except Exception as exc:
         down = listing.store_down(exc, uri)
         if down is not None:
@@ -157,6 +160,19 @@ def plan_files(batch: dict[str, np.ndarray], options: dict, datetime_pattern: st
     opts = raster.RasterOptions.from_dict(options)
     pattern = dates.name_pattern(datetime_pattern)
     rows: list[dict[str, Any]] = []
-    for source in listed_sources(batch):
-        rows.extend(plan_file(source.uri, source.size, opts, source.version, source, pattern, whole_scenes))
+    sources = listed_sources(batch)
+    carried = prefetch(sources)
+    for source in sources:
+        rows.extend(plan_file(source.uri, source.size, opts, source.version, source, pattern, whole_scenes,
+                              carried.get(source.uri)))
     return rows_to_batch(rows, PLAN_COLUMNS)
+
+
+def prefetch(sources: list[listing.ArchiveFile]) -> dict[str, bytes]:
+    """The bytes of the small chips among ``sources`` (at most :data:`SMALL_FILE_BYTES` each), read many at a
+    time (:func:`rsclip.runtime.reads.read_many`). One that fails, or grew past the bound since it was
+    listed, is left out: :func:`plan_chip` reads it again and reports what is wrong as for any file."""
+    wanted = [s.uri for s in sources
+              if not s.problem and 0 < s.size <= SMALL_FILE_BYTES and not raster.is_raster(s.uri)]
+    got = reads.read_many(wanted, max_bytes=SMALL_FILE_BYTES)
+    return {uri: data for uri, data in zip(wanted, got) if isinstance(data, bytes)}

@@ -2,8 +2,10 @@
 
 :func:`read_tiles` decodes each planned tile (Pillow for chips, window reads through
 :mod:`rsclip.geo.raster` for rasters) and resizes it to the model's shortest-side size, so only ~150 KB of
-uint8 per tile crosses the object store. A tile that cannot be read becomes ``status = error`` (stage and
-message kept) and the job goes on; faults of the whole store (confirmed by a probe) raise.
+uint8 per tile crosses the object store; a JPEG chip that is one tile and at least twice the model's input
+is decoded at reduced scale (libjpeg's DCT scaling) instead of in full. A tile that cannot be read becomes
+``status = error`` (stage and message kept) and the job goes on; faults of the whole store (confirmed by a
+probe) raise.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from rsclip.table import tiles
 from rsclip.geo.images import decode_image
 from rsclip.model.preprocess import ImagePreprocess, resize_shortest_side
 from rsclip.geo.windows import Window
-from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH,
-                                 PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS, TODO,
-                                 VERSION, failure_text)
+from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, FILE_TILES, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT,
+                                 PIXELS_WIDTH, PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS,
+                                 TODO, VERSION, failure_text)
 from rsclip.ingest.listing import store_down
 from rsclip.ingest.planning import MAX_CHIP_BYTES
 
@@ -65,13 +67,14 @@ class _Sources:
     so one decoded chip and one open raster are kept at a time."""
 
     def __init__(self):
-        self._chip: tuple[str, np.ndarray] | None = None
+        self._chip: tuple[tuple[str, int | None], np.ndarray] | None = None
         self._raster: tuple[str, object, ExitStack] | None = None
 
-    def chip(self, uri: str, data: bytes) -> np.ndarray:
-        if self._chip is None or self._chip[0] != uri:
+    def chip(self, uri: str, data: bytes, reduce_to: int | None = None) -> np.ndarray:
+        if self._chip is None or self._chip[0] != (uri, reduce_to):
             self._chip = None  # a large chip is not carried from planning: read it here
-            self._chip = (uri, decode_image(data or storage.read_bytes(uri, max_bytes=MAX_CHIP_BYTES), uri))
+            encoded = data or storage.read_bytes(uri, max_bytes=MAX_CHIP_BYTES)
+            self._chip = ((uri, reduce_to), decode_image(encoded, uri, reduce_to=reduce_to))
         return self._chip[1]
 
     def raster(self, uri: str):
@@ -87,14 +90,20 @@ class _Sources:
             self._raster = None
 
 
-def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int) -> tuple[np.ndarray | None, float]:
+def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int,
+              reduce_to: int) -> tuple[np.ndarray | None, float]:
     """The pixels of row ``i`` at full window size (None when a raster window is all nodata) and the share
-    of them that is nodata (none in a chip)."""
+    of them that is nodata (none in a chip); a chip that is one whole-image tile may come decoded at a
+    reduced scale keeping its shortest side >= ``reduce_to`` (:func:`~rsclip.geo.images.decode_image`)."""
     uri = str(batch[tiles.URI][i])
     window = Window(*(int(batch[c][i]) for c in tiles.WINDOW_COLUMNS))
     if batch[KIND][i] == RASTER:
         scene = raster.SceneInfo.from_dict(json.loads(str(batch[SCENE][i])))
         return raster.read_tile(sources.raster(uri), window, scene)
+    if int(batch[FILE_TILES][i]) == 1 and window.x == window.y == 0:
+        whole = sources.chip(uri, batch[DATA][i], reduce_to)
+        if any(whole.shape[:2] == (-(-window.height // s), -(-window.width // s)) for s in (1, 2, 4, 8)):
+            return whole, 0.0  # the whole image, at full or reduced scale; else decoded in full below
     whole = sources.chip(uri, batch[DATA][i])
     image = window.crop(whole)
     if image.shape[:2] != (window.height, window.width):
@@ -121,7 +130,7 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
         stack.callback(sources.close_raster)
         for i in np.flatnonzero(status == TODO):
             try:
-                image, nodata[i] = _read_one(sources, batch, i)
+                image, nodata[i] = _read_one(sources, batch, i, prep.shortest_edge)
                 if image is None:
                     status[i] = NODATA
                     continue
