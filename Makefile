@@ -35,7 +35,8 @@ demo: install
 
 # The CPU benchmarks (BENCHMARKS.md) with the [bench] extra (FAISS), each figure the median of 3 interleaved
 # rounds with its spread; ~40 minutes on a quiet 2-core machine (measured 2026-12-02: scaling 1.5, query 7,
-# embed 21, train 10 with one Ray worker: two workers on two cores have no target and would add ~6).
+# embed 21, train 10 with one Ray worker: two workers on two cores have no target and would add ~6), plus
+# pipeline ~6 (the embedding job around a stand-in model on 20,000 chips; measured 2026-12-04).
 # Each script prints the load average at its start and end: run it on a quiet machine. The JSON lines are
 # appended to BENCH_RESULTS; BENCH_ARGS reach every script (e.g. BENCH_ARGS='--repeats 5').
 BENCH_RESULTS ?= bench/results/$(shell date +%Y-%m-%d).jsonl
@@ -50,6 +51,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/query.py --torch-threads 1 --results $(BENCH_RESULTS) $(BENCH_ARGS)
 	$(BIN)/python bench/embed.py --results $(BENCH_RESULTS) $(BENCH_ARGS)
 	$(BIN)/python bench/train.py --workers 1 --results $(BENCH_RESULTS) $(BENCH_ARGS)
+	$(BIN)/python bench/pipeline.py --chips 20000 --results $(BENCH_RESULTS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo

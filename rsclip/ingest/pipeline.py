@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Memory a planning/decoding task may use (a batch of decoded tiles plus one open scene).
 READ_TASK_MEMORY = 512 * 1024 * 1024
+# Planning/decoding tasks per read slot of the cluster at least, when the archive allows (files_per_task).
+TASKS_PER_READ_SLOT = 4
 # Memory a write task may use: --commit-rows tiles with their vectors, as numpy and as Arrow (~3 x 2.3 KB each).
 WRITE_TASK_MEMORY = 256 * 1024 * 1024
 
@@ -167,6 +169,16 @@ def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
              tiles.CLOUD_COVER: float("nan") if f.cloud_cover is None else f.cloud_cover} for f in files]
 
 
+def files_per_task(config: EmbedConfig, files: int) -> int:
+    """Files per planning/decoding task: ``--files-per-task`` at most (each task costs Ray ~6 ms of the
+    driver's CPU, BENCHMARKS.md "Pipeline"), fewer when that would leave read slots of the cluster idle (at
+    least :data:`TASKS_PER_READ_SLOT` tasks per slot, so that a small archive is read in parallel)."""
+    import ray
+
+    slots = config.read_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) // config.read_cpus))
+    return max(1, min(config.files_per_task, -(-files // (TASKS_PER_READ_SLOT * slots))))
+
+
 def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
                   grid: str | None = None, whole_scenes: bool = False, write: dict | None = None):
     """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors -> write
@@ -180,13 +192,14 @@ def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_v
     # the embedder actors, where decoding would run serially with the model instead of beside it.
     read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
                  "compute": TaskPoolStrategy(size=config.read_tasks)}
-    blocks = max(1, min(len(items) // config.files_per_task + 1, 1000))
+    per_task = files_per_task(config, len(items))
+    blocks = max(1, min(len(items) // per_task + 1, 1000))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     options = asdict(replace(config.raster, grid=grid or config.raster.grid))
     ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": options,
                                                         "datetime_pattern": config.datetime_from_name,
                                                         "whole_scenes": whole_scenes},
-                        batch_size=config.files_per_task, **read_args)
+                        batch_size=per_task, **read_args)
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
                         batch_size=None, **read_args)  # per block: coalescing would serialise small archives

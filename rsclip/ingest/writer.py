@@ -23,10 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-
-import time
 
 import numpy as np
 import pyarrow as pa

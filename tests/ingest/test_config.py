@@ -49,3 +49,15 @@ def test_the_job_run_with_a_relative_model_folder_embeds_and_records_it_absolute
     assert tiles.table_model(table) == (str((work / "models" / "tiny").resolve()), 32)
     assert table.count_rows() == len(files)
     assert len(rsclip.query(tmp_path / "db", "a beach", k=2)) == 2  # from another folder: the model is found
+
+
+def test_read_tasks_take_many_files_but_a_small_archive_still_fills_every_read_slot(tmp_path):
+    from rsclip.ingest.pipeline import TASKS_PER_READ_SLOT, files_per_task
+
+    config = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=3)
+    assert files_per_task(config, 1_000_000) == config.files_per_task == 256
+    assert files_per_task(config, 30) == 3  # 10 tasks: more than the 3 slots hold at once
+    assert -(-30 // files_per_task(config, 30)) >= TASKS_PER_READ_SLOT * 3 - 2
+    assert files_per_task(config, 1) == 1
+    few = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=1, files_per_task=8)
+    assert files_per_task(few, 10_000) == 8
