@@ -109,7 +109,7 @@ def _record_files(record: str) -> list[str]:
     except Exception as exc:  # a half-written or foreign record: named, not trusted
         log.warning("ignoring the unreadable write record %s: %s", record, str(exc)[:200])
         return []
-    return [f for f in files if isinstance(f, str) and DATA_FILE.match(f)]
+    return [f for f in files if isinstance(f, str) and DATA_FILE.match(f)] if isinstance(files, list) else []
 
 
 def _listing(fs, path: str) -> list[str]:

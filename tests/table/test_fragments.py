@@ -119,9 +119,12 @@ def test_a_record_naming_files_outside_the_data_folder_deletes_nothing_there(tab
     names = ["../../victim.lance", str(victim), "../_versions/1.manifest", "x" * 300 + ".lance"]
     storage.write_bytes(f"{dead.folder}/evil.json", json.dumps({"files": names}))
     storage.write_bytes(f"{dead.folder}/garbage.json", b"\x00not json")
+    stray = os.path.join(loc, "data", "victim0000.lance")  # named only as a key, not in a list of files
+    storage.write_bytes(stray, b"keep me too")
+    storage.write_bytes(f"{dead.folder}/keys.json", json.dumps({"files": {"victim0000.lance": 1}}))
     make_dead(dead)
     fragments.RunRecords(loc).begin().finish()
-    assert victim.read_text() == "keep me"
+    assert victim.read_text() == "keep me" and os.path.exists(stray)
     assert ids(table) == ["a0", "a1", "a2"]
 
 
