@@ -213,19 +213,8 @@ def drop_duplicates(target, label: str, model_version: str, parts) -> int:
     names = ", ".join(tiles.sql_text(p) for p in sorted(parts))
     if not names:
         return 0
-    target.checkout_latest()
     where = f"{version_sql(label, model_version)} AND {PART} IN ({names})"
-    found = datasets.dataset_of(target).to_table(columns=[KEY], with_row_id=True, filter=where)
-    found = found.sort_by([(KEY, "ascending"), ("_rowid", "descending")])
-    keys, ids = found.column(KEY).to_pylist(), found.column("_rowid").to_pylist()
-    extra = [str(ids[i]) for i in range(1, len(ids)) if keys[i] == keys[i - 1]]
-    step = keyed_writes.DELETE_IDS_PER_COMMIT
-    for start in range(0, len(extra), step):
-        _delete(target, f"_rowid IN ({', '.join(extra[start:start + step])})")
-    if extra:
-        log.warning("%s: removed %d detections of %r that another run of its version committed too",
-                    target.name, len(extra), label)
-    return len(extra)
+    return keyed_writes.drop_duplicate_keys(target, KEY, where=where)
 
 
 def shown_version(found, progress, label: str) -> str | None:

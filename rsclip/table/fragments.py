@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -37,7 +38,7 @@ import pyarrow as pa
 
 from rsclip.errors import InvalidInput
 from rsclip.runtime import drivers, storage
-from rsclip.table import keyed_writes
+from rsclip.table import datasets, keyed_writes
 
 log = logging.getLogger(__name__)
 PENDING_SUFFIX = ".rsclip-pending"
@@ -217,8 +218,6 @@ class Committer:
     """
 
     def __init__(self, table, key: str | None, read_version: int):
-        from rsclip.table import datasets
-
         self.table, self.key = table, key
         self.location = datasets.dataset_of(table).uri.rstrip("/")
         self.known = int(read_version)  # the newest version whose every commit is accounted for
@@ -236,8 +235,6 @@ class Committer:
     def commit(self, delete_where: str | None = None) -> int:
         """Commit the pending fragments in one transaction, deleting the rows ``delete_where`` matches in the
         same commit; the rows committed."""
-        import time
-
         if not self.pending and not delete_where:
             return 0
         started = time.monotonic()

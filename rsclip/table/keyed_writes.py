@@ -88,9 +88,9 @@ def declare_key(table, key: str) -> None:
 DELETE_IDS_PER_COMMIT = 10_000
 
 
-def drop_duplicate_keys(table, key: str, keys) -> int:
-    """Delete every row but the last written (highest row id) of each of ``keys`` that ``table`` holds more
-    than once; returns the rows deleted. :func:`merge_on` calls it when another writer committed between the
+def drop_duplicate_keys(table, key: str, keys=None, *, where: str | None = None) -> int:
+    """Delete every row but the last written (highest row id) of each of ``keys`` (or of each key among the
+    rows the SQL ``where`` selects) that ``table`` holds more than once; returns the rows deleted. :func:`merge_on` calls it when another writer committed between the
     version its merge read and its own commit, and the merge inserted rows: the case in which two writers can
     both insert a key (:func:`declare_key`). The last row is what the later merge would have written had it
     seen the first; writers cleaning up at once agree on it, so one row per key is left. The look-up costs
@@ -98,7 +98,8 @@ def drop_duplicate_keys(table, key: str, keys) -> int:
     import pyarrow.compute as pc
 
     table.checkout_latest()
-    found = table.to_lance().to_table(columns=[key], filter=pc.field(key).isin(keys), with_row_id=True)
+    rows = where if where is not None else pc.field(key).isin(keys)
+    found = table.to_lance().to_table(columns=[key], filter=rows, with_row_id=True)
     found = found.sort_by([(key, "ascending"), ("_rowid", "descending")])
     names, ids = found.column(key).to_pylist(), found.column("_rowid").to_pylist()
     extra = [ids[i] for i in range(1, len(ids)) if names[i] == names[i - 1]]
