@@ -203,6 +203,7 @@ class Watchdog:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped_with: str | None = None
+        self._restore: tuple | None = None  # SIGINT's handler and the signal mask before the block
 
     def progress(self, stage: str | None = None) -> None:
         """Mark progress now; ``stage`` says what the driver does next (shown when it stalls)."""
@@ -218,6 +219,9 @@ class Watchdog:
     def __enter__(self) -> "Watchdog":
         if threading.current_thread() is not threading.main_thread():
             self.stop_after = 0.0
+        if self.stop_after:  # the interrupt must reach this thread: Python's handler, SIGINT not blocked
+            self._restore = (signal.signal(signal.SIGINT, signal.default_int_handler),
+                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}))
         limits = [t for t in (self.report_after, self.stop_after) if t > 0]
         if limits:
             poll = min(max(min(limits) / 4, 0.5), 30.0)
@@ -229,6 +233,11 @@ class Watchdog:
         self._done.set()
         if self._thread is not None:
             self._thread.join(3 * STATE_API_TIMEOUT_S)
+        if self._restore is not None:
+            handler, mask = self._restore
+            signal.signal(signal.SIGINT, handler if handler is not None else signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._restore = None
         if self._stopped_with is not None and exc_type is not None:
             # the interrupt, or whatever the run made of it (Ray Train wraps it in its own error)
             raise RsclipError(self._stopped_with) from None

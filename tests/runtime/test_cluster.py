@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import signal
 import time
 
 import pytest
@@ -102,6 +103,23 @@ def test_watchdog_reports_then_stops_a_driver_without_progress(caplog):
                 time.sleep(0.05)
     assert time.monotonic() - started < 60
     assert "demo run has made no progress for" in caplog.text
+
+
+def test_watchdog_stops_a_driver_whose_interrupt_was_ignored_and_blocked_then_restores_both():
+    """Code run before (a library, a server) may have set SIGINT aside: the stop must still reach the driver."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    started = time.monotonic()
+    try:
+        with pytest.raises(RsclipError, match="quiet run made no progress"):
+            with Watchdog("quiet run", report_after=0, stop_after=1.0):
+                while time.monotonic() - started < 60:
+                    time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_watchdog_stays_quiet_while_the_driver_makes_progress(caplog):
