@@ -13,8 +13,9 @@ committed; a run that ends removes its own leftovers, and any run starting remov
 ``alive.json`` is older than :data:`DEAD_AFTER_SECONDS`, or whose owner the caller can tell is gone (a Ray
 driver whose job the cluster reports dead: :mod:`rsclip.runtime.drivers`). Only files named in a
 record, under the table's ``data/`` folder and in no fragment of the latest version, are ever deleted.
-A worker killed between writing its files and its record leaves files nobody names: Lance's own clean-up
-(``rsclip index`` runs it) removes those once they are older than its 7 days.
+A worker writes its fragments under its run's folder, records their names, and only then moves them into
+``data/`` (:func:`write_staged`): whenever it is killed, every file in ``data/`` that no version names is named
+by a record, and what it left in its run's folder goes with the folder.
 
 Keys: appends are never in conflict with each other, so two jobs can both append a key. The committer knows
 the version its job read (the job's start) and every version it made; when another writer committed in between,
@@ -86,17 +87,35 @@ def pending_root(location: str) -> str:
 
 def write_staged(location: str, run: str, data: pa.Table, *, max_rows_per_file: int = 1 << 20) -> Staged:
     """Write ``data`` (the dataset's schema) as fragments of the dataset at ``location`` without committing
-    them, record their files under run ``run`` and return them (worker side)."""
+    them, record their files under run ``run`` and return them (worker side).
+
+    The files are written under the run's folder first, recorded, and only then moved into the dataset's
+    ``data/``: a worker killed at any moment leaves no file there that no record names (what it left in the
+    run's folder goes with the folder)."""
     from lance import fragment
 
     if data.num_rows == 0:
         return Staged()
-    frags = fragment.write_fragments(data, location, schema=data.schema, storage_options=_options(location),
+    task = uuid.uuid4().hex
+    staging = f"{pending_root(location)}/{run}/{task}"
+    frags = fragment.write_fragments(data, staging, schema=data.schema, storage_options=_options(location),
                                      max_rows_per_file=max_rows_per_file)
     files = [f.path for frag in frags for f in frag.files]
-    record = f"{pending_root(location)}/{run}/{uuid.uuid4().hex}.json"
+    record = f"{pending_root(location)}/{run}/{task}.json"
     storage.write_bytes(record, json.dumps({"files": files}))
+    for name in files:
+        _move(f"{staging}/data/{name}", f"{location.rstrip('/')}/data/{name}")
+    _remove(staging)
     return Staged([json.dumps(frag.to_json()) for frag in frags], record, data.num_rows)
+
+
+def _move(source: str, target: str) -> None:
+    """Move one file within a store (a rename locally; a server-side copy and a delete on S3)."""
+    fs, path = storage.filesystem(source)
+    destination = storage.filesystem(target)[1]
+    if not storage.is_remote(target):  # a table created empty has no data folder yet
+        fs.makedirs(destination.rsplit("/", 1)[0], exist_ok=True)
+    fs.mv(path, destination)
 
 
 def _data_files(ds) -> set[str]:

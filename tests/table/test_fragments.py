@@ -110,6 +110,32 @@ def test_what_a_dead_run_wrote_and_never_committed_is_removed_and_nothing_else(t
     assert not in_flight_files & data_files(table)
 
 
+@pytest.mark.parametrize("dies_at", ["record", "move"])
+def test_a_worker_killed_inside_a_write_leaves_no_file_in_data_that_no_record_names(table, monkeypatch, dies_at):
+    """Killed after its files are written but before its record, or after its record while moving them."""
+    loc = location(table)
+    before = data_files(table)
+    run = fragments.RunRecords(loc).begin()
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(storage if dies_at == "record" else fragments, "write_bytes" if dies_at == "record"
+                        else "_move", die)
+    with pytest.raises(Killed):
+        fragments.write_staged(loc, run.run, rows(["x1", "x2"]))
+    monkeypatch.undo()
+    left = data_files(table) - before
+    named = {n for r in os.listdir(run.folder) if r.endswith(".json") and r != fragments.ALIVE
+             for n in json.load(open(os.path.join(run.folder, r)))["files"]}
+    assert left <= named and (dies_at == "move") == bool(named)
+    run.finish()
+    assert data_files(table) == before and not os.path.exists(run.folder) and ids(table) == ["a0", "a1", "a2"]
+
+
 def test_a_record_naming_files_outside_the_data_folder_deletes_nothing_there(table, tmp_path):
     loc = location(table)
     dead = fragments.RunRecords(loc).begin()
