@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 ACCESS_KEY = "rsclip-local"
 SECRET_KEY = "rsclip-local-secret"
 REGION = "us-east-1"
+SUBMIT_TRIES = 3  # of one `ray job submit` the job API dropped before creating the job (RayHead.submit)
 
 
 def free_port() -> int:
@@ -49,11 +51,9 @@ def environment(env: dict[str, str]):
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k in [k for k, v in saved.items() if v is None]:
+            os.environ.pop(k, None)
 
 
 def free_ports(n: int) -> list[int]:
@@ -73,11 +73,9 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail}")
-        try:
+        with contextlib.suppress(Exception):  # not answering yet
             if check():
                 return
-        except Exception:
-            pass
         time.sleep(0.25)
     raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
 
@@ -85,29 +83,20 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
 def kill_tree(proc: subprocess.Popen | None, marker: str | None = None, grace: float = 10.0) -> None:
     """Stop ``proc``'s process group (SIGTERM, then SIGKILL) and any process whose command line holds
     ``marker`` (daemons that left the group)."""
-    pids: set[int] = set()
     if proc is not None and proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
     if proc is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if marker:
-        pids = pids_with(marker)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    for pid in pids_with(marker) if marker else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     if proc is not None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def pids_with(marker: str) -> set[int]:
@@ -335,11 +324,25 @@ class RayHead:
 
     def submit(self, entrypoint: list[str], *, working_dir: str | Path, timeout: float = 600.0,
                extra_env: dict[str, str] | None = None, echo: bool = False) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir DIR -- ENTRYPOINT``, waiting; the CLI's result (``echo``: shown, not kept)."""
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.dashboard_url,
-               "--working-dir", str(working_dir), "--", *entrypoint]
-        env = {**self.process_env(), **(extra_env or {})}
-        return subprocess.run(cmd, capture_output=not echo, text=True, timeout=timeout, env=env)
+        """``ray job submit --working-dir DIR -- ENTRYPOINT``, waiting; the CLI's result (``echo``: shown, not kept).
+        A submission the job API dropped before creating the job (HTTP 500 "Server disconnected": a Ray flake)
+        is sent again, at most :data:`SUBMIT_TRIES` times; a job the head knows (by its id) never is."""
+        ray, env = str(Path(sys.executable).parent / "ray"), {**self.process_env(), **(extra_env or {})}
+        for _ in range(SUBMIT_TRIES):
+            submission = f"rsclip-{uuid.uuid4().hex[:16]}"
+            cmd = [ray, "job", "submit", "--address", self.dashboard_url, "--submission-id", submission,
+                   "--working-dir", str(working_dir), "--", *entrypoint]
+            res = subprocess.run(cmd, capture_output=not echo, text=True, timeout=timeout, env=env)
+            if res.returncode == 0 or not self._never_created(ray, submission, env):
+                return res
+        return res
+
+    def _never_created(self, ray: str, submission: str, env: dict) -> bool:
+        """Whether the head says it has no job ``submission`` (an unanswered question is not a no)."""
+        res = subprocess.run([ray, "job", "status", "--address", self.dashboard_url, submission],
+                             capture_output=True, text=True, timeout=120, env=env)
+        said = (res.stdout + res.stderr).lower()
+        return res.returncode != 0 and ("does not exist" in said or "not found" in said)
 
     def stop(self) -> None:
         kill_tree(self.proc, marker=str(self.temp_dir) if self.temp_dir else None)
@@ -381,17 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         client = " ".join(f"{k}={v}" for k, v in head.auth_env.items())
         print(f"export RAY_ADDRESS={head.dashboard_url} {client}  # ray job submit; "
               f"ray.init(address='{head.address}')", flush=True)
-        try:
-            wait_for_stop_signal()
-        finally:
-            head.stop()
-        return 0
-    server = SeaweedFS(Path(args.dir), buckets=tuple(args.bucket)).start()
-    print("\n".join(f"export {k}={v}" for k, v in server.env.items()), flush=True)
+        service: RayHead | SeaweedFS = head
+    else:
+        service = SeaweedFS(Path(args.dir), buckets=tuple(args.bucket)).start()
+        print("\n".join(f"export {k}={v}" for k, v in service.env.items()), flush=True)
     try:
         wait_for_stop_signal()
     finally:
-        server.stop()
+        service.stop()
     return 0
 
 
