@@ -40,7 +40,9 @@ def build_tokenizer():
     return CLIPTokenizer(vocab=_byte_vocab(), merges=[])
 
 
-def _export(path: str | os.PathLike, config, seed: int) -> Path:
+def _export(path: str | os.PathLike, config, seed: int, image_size: int | None = None) -> Path:
+    """Save a random CLIP of ``config`` with the tokenizer and an image processor (for ``image_size`` px input
+    when given, else the CLIP default of 224)."""
     from transformers import CLIPImageProcessorPil, CLIPModel
 
     torch.manual_seed(seed)
@@ -49,7 +51,9 @@ def _export(path: str | os.PathLike, config, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer().save_pretrained(out)
-    CLIPImageProcessorPil().save_pretrained(out)
+    sizes = {} if image_size is None else {"size": {"shortest_edge": image_size},
+                                           "crop_size": {"height": image_size, "width": image_size}}
+    CLIPImageProcessorPil(**sizes).save_pretrained(out)
     return out
 
 
@@ -76,6 +80,17 @@ def build_tiny_clip(path: str | os.PathLike, *, seed: int = 0, embed_dim: int = 
     """Write a randomly initialised tiny CLIP (2 layers, width 32, 224 px input) to ``path``."""
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     return _export(path, _clip_config(sizes, sizes, embed_dim), seed)
+
+
+def build_small_clip(path: str | os.PathLike, *, seed: int = 0, size: int = 64) -> Path:
+    """Write a randomly initialised small CLIP (``size`` px input, 8 px patches, width 64, 2 layers): cheap enough
+    to train from scratch on the shared scenes on 2 CPUs."""
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(text_config=_text_config(build_tokenizer(), **sizes),
+                        vision_config=dict(image_size=size, patch_size=8, **sizes), projection_dim=64)
+    return _export(path, config, seed, image_size=size)
 
 
 def build_vit_b32(path: str | os.PathLike, *, seed: int = 0) -> Path:

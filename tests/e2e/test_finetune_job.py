@@ -18,7 +18,7 @@ import torch
 from rsclip.runtime import storage
 from rsclip.model.clip import load_model
 from rsclip.errors import InvalidInput
-from rsclip.testing import _text_config, build_tokenizer
+from rsclip.testing import build_small_clip
 from rsclip.train import data as rdata
 from rsclip.train import metrics as rmetrics
 from rsclip.train import transforms
@@ -40,29 +40,9 @@ SIZE = 64  # a 64-pixel CLIP: the real pipeline and the real scenes, at a cost 2
 TRAIN_BATCH = 32
 
 
-def build_small_clip(path: Path, seed: int = 0) -> Path:
-    """A 64-px CLIP (patch 8, width 64, 2 layers) exported with save_pretrained, processor included."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
-
-    tok = build_tokenizer()
-    config = CLIPConfig(
-        text_config=_text_config(tok, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=2),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=SIZE, patch_size=8),
-        projection_dim=64,
-    )
-    torch.manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    CLIPModel(config).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Path:
-    return build_small_clip(tmp_path_factory.mktemp("models") / "clip64")
+    return build_small_clip(tmp_path_factory.mktemp("models") / "clip64", size=SIZE)
 
 
 def _finetune(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
