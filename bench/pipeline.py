@@ -42,8 +42,11 @@ copies), one per round (rounds interleaved, medians and spreads: bench/common.py
 - ``s3_cpu_us_per_tile``: the S3 server's CPU per tile, for the record (not in the pipeline's budget).
 
 ``driver_rss_ratio``: the driver's peak RSS at the largest ``--chips`` over the smallest, round by round.
-``--listing-only``: no S3, no Ray: the driver's peak RSS listing a local folder of N empty ``.jpg`` files
-(``rsclip.ingest.listing.list_archive``) for each N, and the same ratio. The last line is one JSON object.
+``--listing-only``: no S3: the driver's peak RSS listing a local folder of N empty ``.jpg`` files (1,000 per
+subfolder) for each N, as the job does (``tasks``: listing tasks of a private local Ray, the driver keeping the
+count) and in the driver (``driver``: ``rsclip.ingest.listing.list_archive``, the baseline); ratios
+``listing_rss_ratio`` (tasks, largest N over smallest; target <= 1.2), ``in_driver_rss_ratio``, and
+``tasks_vs_driver_rss`` at the largest N. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -411,13 +414,24 @@ def driver_run(spec: dict) -> dict:
     return out
 
 
-def listing_run(folder: str) -> dict:
-    """Child process: list a local folder as the job's driver does; its peak RSS and CPU."""
-    from rsclip.ingest.listing import list_archive
+def listing_run(payload: str) -> dict:
+    """Child process: list a local folder as the job's driver does (``tasks``: listing tasks of a private local
+    Ray, :mod:`rsclip.ingest.sources`) or in this process (``driver``: ``list_archive``, the baseline); its
+    peak RSS and CPU."""
+    from rsclip.ingest import listing, sources
+    from rsclip.ingest.config import EmbedConfig
+    from rsclip.runtime import cluster
 
+    run = json.loads(payload)
+    if run["mode"] == "tasks":
+        cluster.start_ray(cluster.LOCAL, quiet=True)
     before, start, cpu = peak_rss_mib(), time.monotonic(), self_cpu_s()
-    files = list_archive(folder)
-    return {"files": len(files), "seconds": time.monotonic() - start, "cpu_s": self_cpu_s() - cpu,
+    if run["mode"] == "tasks":
+        config = EmbedConfig(db=tempfile.mkdtemp(), archive=run["folder"], read_cpus=0.5)
+        files = sources.list_sources(config, sources.check_archive(config)).files
+    else:
+        files = len(listing.list_archive(run["folder"]))
+    return {"files": files, "seconds": time.monotonic() - start, "cpu_s": self_cpu_s() - cpu,
             "rss_before_mib": before, "driver_rss_mib": peak_rss_mib()}
 
 
@@ -584,6 +598,9 @@ def run_pipeline(args, bench: Bench) -> dict:
                                    "code": os.environ.get("RSCLIP_BENCH_CODE", "this tree"), **runs.sources})
 
 
+LISTING_MODES = ("driver", "tasks")
+
+
 def run_listing(args, bench: Bench) -> dict:
     """``--listing-only``: the driver's peak RSS listing local folders of N empty .jpg files."""
     root = Path(tempfile.mkdtemp(prefix="rsclip-bench-listing-"))
@@ -596,17 +613,21 @@ def run_listing(args, bench: Bench) -> dict:
                     (folder / f"{i // 1000:04d}").mkdir(parents=True)
                 (folder / f"{i // 1000:04d}" / f"{i:07d}.jpg").touch()
 
-            def listed(n=n, folder=folder) -> dict:
-                got = child("--listing-run", str(folder))
-                assert got["files"] == n, got
-                return {f"list{n}_driver_rss_mib": got["driver_rss_mib"], f"list{n}_seconds": got["seconds"],
-                        f"list{n}_cpu_us_per_file": 1e6 * got["cpu_s"] / n}
-            arms.append(Arm(f"list{n}", listed))
+            for mode in LISTING_MODES:
+                def listed(n=n, folder=folder, mode=mode) -> dict:
+                    got = child("--listing-run", json.dumps({"folder": str(folder), "mode": mode}))
+                    assert got["files"] == n, got
+                    return {f"{mode}{n}_driver_rss_mib": got["driver_rss_mib"], f"{mode}{n}_seconds": got["seconds"],
+                            f"{mode}{n}_cpu_us_per_file": 1e6 * got["cpu_s"] / n}
+                arms.append(Arm(f"{mode}{n}", listed))
         figures = bench.rounds(arms)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     big, small = max(args.chips), min(args.chips)
-    ratios = {"listing_rss_ratio": (f"list{big}_driver_rss_mib", f"list{small}_driver_rss_mib")} if big != small else {}
+    ratios = {"tasks_vs_driver_rss": (f"tasks{big}_driver_rss_mib", f"driver{big}_driver_rss_mib")}
+    if big != small:
+        ratios["listing_rss_ratio"] = (f"tasks{big}_driver_rss_mib", f"tasks{small}_driver_rss_mib")
+        ratios["in_driver_rss_ratio"] = (f"driver{big}_driver_rss_mib", f"driver{small}_driver_rss_mib")
     return bench.finish(figures, ratios=ratios, constants={"files": args.chips, "listing_only": True},
                         targets=[Target("listing_rss_ratio", "<=", TARGET_RSS_RATIO, f"{big} files / {small}")])
 
@@ -618,7 +639,7 @@ def main() -> int:
     p.add_argument("--cogs", type=int, default=0,
                    help=f"copies of {COG.name} (791x718, cut into 224 px windows) as one more arm (default 0)")
     p.add_argument("--listing-only", action="store_true",
-                   help="only the listing's driver memory, on local folders of --chips empty files (no S3, no Ray)")
+                   help="only the listing's driver memory, on local folders of --chips empty files (no S3)")
     p.add_argument("--s3-dir", type=Path, default=None,
                    help="keep SeaweedFS's data here: archives uploaded once are reused by later runs")
     p.add_argument("--upload-threads", type=int, default=32, help="threads uploading the archives (default 32)")

@@ -25,7 +25,13 @@ DATA = "data"  # encoded bytes of a small chip, else b""
 STATUS = "status"
 STAGE = "stage"
 MESSAGE = "message"
-PIXELS = "pixels"  # resized uint8 HWC bytes
+# Set by mark_present for a file the table holds tiles of from another version, or without a version: 1 on
+# each of its rows (the writer tracks the file and tidies up once it is complete); on its first row, the ids
+# stored from other versions (JSON list) and how many are stored without one.
+TRACKED = "tracked"
+STORED_OTHER = "stored_other"
+STORED_UNVERSIONED = "stored_unversioned"
+PIXELS = "pixels"  # resized uint8 HWC arrays (a tensor column in Ray Data; (0, 0, 3) where not read)
 PIXELS_HEIGHT = "pixels_height"
 PIXELS_WIDTH = "pixels_width"
 # Set by the embedder on the first row of each batch it ran the model on: EMBED_BATCH_OK when some tile of the
@@ -46,10 +52,12 @@ MAX_MESSAGE_CHARS = 2000
 # epoch (dates.NULL_MICROS: unknown), item id "" and NaN fractions for null.
 TIME_COLUMNS = tiles.TIME_COLUMNS
 PLAN_COLUMNS = (tiles.ID, tiles.URI, VERSION, FILE_TILES, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS,
-                tiles.FOOTPRINT, *TIME_COLUMNS, KIND, SCENE, DATA, STATUS, STAGE, MESSAGE)
+                tiles.FOOTPRINT, *TIME_COLUMNS, KIND, SCENE, DATA, STATUS, STAGE, MESSAGE, TRACKED, STORED_OTHER,
+                STORED_UNVERSIONED)
 READ_COLUMNS = tuple(c for c in PLAN_COLUMNS if c not in (DATA, SCENE)) + (PIXELS, PIXELS_HEIGHT, PIXELS_WIDTH)
 _FLOAT_COLUMNS = {*tiles.BOUNDS_COLUMNS, tiles.CLOUD_COVER, tiles.NODATA_FRACTION}
-_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, FILE_TILES, PIXELS_HEIGHT, PIXELS_WIDTH, tiles.DATETIME}
+_INT_COLUMNS = {*tiles.WINDOW_COLUMNS, FILE_TILES, TRACKED, STORED_UNVERSIONED, PIXELS_HEIGHT, PIXELS_WIDTH,
+                tiles.DATETIME}
 
 
 def empty_row(uri: str, version: str = "") -> dict[str, Any]:
@@ -60,7 +68,7 @@ def empty_row(uri: str, version: str = "") -> dict[str, Any]:
         **{c: np.nan for c in tiles.BOUNDS_COLUMNS}, tiles.CRS: "", tiles.FOOTPRINT: b"",
         tiles.DATETIME: dates.NULL_MICROS, tiles.ITEM_ID: "", tiles.CLOUD_COVER: np.nan, tiles.NODATA_FRACTION: np.nan,
         KIND: CHIP, SCENE: "", DATA: b"",
-        STATUS: TODO, STAGE: "", MESSAGE: "",
+        STATUS: TODO, STAGE: "", MESSAGE: "", TRACKED: 0, STORED_OTHER: "", STORED_UNVERSIONED: 0,
     }
 
 
@@ -115,8 +123,4 @@ def rows_to_batch(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[st
 
 def batch_images(batch: dict[str, np.ndarray], rows) -> list[np.ndarray]:
     """The ``(h, w, 3)`` uint8 images of ``rows`` of a read batch."""
-    return [
-        np.frombuffer(batch[PIXELS][i], dtype=np.uint8).reshape(
-            int(batch[PIXELS_HEIGHT][i]), int(batch[PIXELS_WIDTH][i]), 3)
-        for i in rows
-    ]
+    return [np.asarray(batch[PIXELS][i], dtype=np.uint8) for i in rows]

@@ -1,19 +1,27 @@
-"""The driver's first step: list an archive (``s3://`` prefix or local folder) and probe its store.
+"""Listing an archive (``s3://`` prefix or local folder), and the probe of its store.
 
-Listing is also the job's probe of the store: a missing bucket, rejected credentials or an unreachable
-endpoint raise :class:`~rsclip.errors.StoreUnavailable` within seconds (the storage layer's timeouts),
-before any cluster work starts.
+The driver cuts the archive into partitions (:func:`partitions`: its folders, a few levels down, through
+S3 delimiters or ``os.scandir``) and listing tasks stream the files of each (:func:`list_partition`, page by
+page), so no process holds the whole listing (:mod:`rsclip.ingest.sources`). Cutting is also the job's probe
+of the store: a missing bucket, rejected credentials or an unreachable endpoint raise
+:class:`~rsclip.errors.StoreUnavailable` within seconds (the storage layer's timeouts), before any cluster
+work starts.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from rsclip.runtime import faults, reporting
 from rsclip.runtime import storage
 from rsclip.geo.images import IMAGE_SUFFIXES
 from rsclip.errors import NotFound, StoreUnavailable
+
+# How far the driver splits an archive for its listing tasks: folder levels, and entries of one level.
+MAX_SPLIT_DEPTH = 3
+MAX_SPLIT_ENTRIES = 10_000
 
 
 class ArchiveFile(NamedTuple):
@@ -106,32 +114,158 @@ def archive_root(uri: str) -> str:
     return f"s3://{root}" if storage.is_remote(uri) else root
 
 
+class Partition(NamedTuple):
+    """A part of an archive that one listing task lists: the files directly in the folder or prefix ``path``
+    (a local absolute path or ``s3://bucket/prefix``; or one local file), and with ``recursive`` those in every
+    folder below it too."""
+
+    path: str
+    recursive: bool
+
+
+def _archive_path(uri: str) -> str:
+    """``uri`` checked (a missing local folder raises NotFound, a bad store StoreUnavailable) and written as
+    the uris listed under it are."""
+    if storage.is_remote(uri):
+        check_bucket(uri)
+    elif not storage.local_path(uri).exists():
+        raise NotFound(f"archive folder not found: {uri}")
+    return archive_root(uri)
+
+
+def partitions(uri: str, want: int = 1) -> list[Partition]:
+    """The archive at ``uri`` (``s3://`` prefix, local folder, or one local file) cut into partitions for
+    listing tasks: its folders split level by level (hidden ones left out) until there are ``want``
+    partitions or :data:`MAX_SPLIT_DEPTH` levels; a folder with more than :data:`MAX_SPLIT_ENTRIES` entries
+    in one level is not split (one task lists it whole: the driver never pages through a large folder).
+    Raises as :func:`list_archive`."""
+    root = _archive_path(uri)
+    if not storage.is_remote(root) and not os.path.isdir(root):
+        return [Partition(root, False)]
+    done: list[Partition] = []
+    todo = [root]
+    for _ in range(MAX_SPLIT_DEPTH):
+        if len(done) + len(todo) >= want or not todo:
+            break
+        below: list[str] = []
+        for folder in todo:
+            level = _level(folder)
+            if level is None:
+                done.append(Partition(folder, True))
+                continue
+            folders, has_files = level
+            if has_files:
+                done.append(Partition(folder, False))
+            below.extend(folders)
+        todo = below
+    return done + [Partition(folder, True) for folder in todo]
+
+
+def _level(folder: str) -> tuple[list[str], bool] | None:
+    """The visible subfolders of ``folder`` and whether it holds files itself; None past
+    :data:`MAX_SPLIT_ENTRIES` entries."""
+    if storage.is_remote(folder):
+        bucket, prefix = _bucket_prefix(folder)
+        folders, has_files, seen = [], False, 0
+        for page in _pages(folder, bucket, prefix, delimiter="/"):
+            folders += [f"s3://{bucket}/{p['Prefix'].rstrip('/')}" for p in page.get("CommonPrefixes", ())
+                        if not p["Prefix"][len(prefix):].startswith(".")]
+            contents = page.get("Contents", ())
+            has_files |= any(not o["Key"].endswith("/") for o in contents)
+            seen += len(contents) + len(page.get("CommonPrefixes", ()))
+            if seen > MAX_SPLIT_ENTRIES:
+                return None
+        return folders, has_files
+    folders, has_files = [], False
+    with os.scandir(folder) as entries:
+        for i, entry in enumerate(entries):
+            if i >= MAX_SPLIT_ENTRIES:
+                return None
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                folders.append(entry.path)
+            else:
+                has_files = True
+    return sorted(folders), has_files
+
+
+def _bucket_prefix(uri: str) -> tuple[str, str]:
+    """Bucket and key prefix (ending in ``/``, or empty for a whole bucket) of an ``s3://`` folder."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    key = key.strip("/")
+    return bucket, f"{key}/" if key else ""
+
+
+def _pages(uri: str, bucket: str, prefix: str, delimiter: str = ""):
+    """The pages of a ListObjectsV2 of ``prefix`` (store faults raise :class:`StoreUnavailable` naming
+    ``uri``)."""
+    fs, _ = storage.filesystem(uri)
+    token = None
+    while True:
+        args = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {}),
+                **({"ContinuationToken": token} if token else {})}
+        try:
+            page = fs.call_s3("list_objects_v2", **args)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise store_error(exc, uri) from None
+        yield page
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def list_partition(part: Partition) -> Iterator[ArchiveFile]:
+    """The image files of one partition (:func:`partitions`), streamed page by page (hidden files and folders
+    below it skipped); in uri order within each folder."""
+    if storage.is_remote(part.path):
+        bucket, prefix = _bucket_prefix(part.path)
+        for page in _pages(part.path, bucket, prefix, "" if part.recursive else "/"):
+            for obj in page.get("Contents", ()):
+                key = obj["Key"]
+                if key.lower().endswith(IMAGE_SUFFIXES) and not _is_hidden(key[len(prefix):]):
+                    yield ArchiveFile(f"s3://{bucket}/{key}", int(obj.get("Size") or 0), _version(obj))
+        return
+    if not os.path.isdir(part.path):
+        yield from _local_files([part.path])
+        return
+    yield from _walk(part.path, part.recursive, set())
+
+
+def _walk(folder: str, recursive: bool, visited: set) -> Iterator[ArchiveFile]:
+    """The image files of a local ``folder`` (and below it when ``recursive``; a folder reached twice through
+    links is listed once)."""
+    stat = os.stat(folder)
+    if (stat.st_dev, stat.st_ino) in visited:
+        return
+    visited.add((stat.st_dev, stat.st_ino))
+    with os.scandir(folder) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    yield from _local_files([e.path for e in entries if not e.is_dir() and e.name.lower().endswith(IMAGE_SUFFIXES)])
+    if recursive:
+        for entry in entries:
+            if entry.is_dir():
+                yield from _walk(entry.path, True, visited)
+
+
+def _local_files(paths: list[str]) -> Iterator[ArchiveFile]:
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:  # removed since it was listed, or a dangling link: not in the archive
+            continue
+        yield ArchiveFile(path, int(stat.st_size), f"{stat.st_size}-{stat.st_mtime}")
+
+
 def list_archive(uri: str) -> list[ArchiveFile]:
-    """Every image file under ``uri`` (``s3://`` prefix, local folder, or one local file), sorted by uri.
+    """Every image file under ``uri`` (``s3://`` prefix, local folder, or one local file), sorted by uri, in
+    this process (the embedding job lists in Ray tasks: :func:`partitions`, :func:`list_partition`).
 
     Hidden files and folders are skipped. A prefix or folder without images gives ``[]``. Raises
     :class:`~rsclip.errors.NotFound` for a missing local folder and
     :class:`~rsclip.errors.StoreUnavailable` for a missing bucket, refused credentials and an
     unreachable endpoint.
     """
-    remote = storage.is_remote(uri)
-    if not remote and not storage.local_path(uri).is_dir():
-        if not storage.local_path(uri).is_file():
-            raise NotFound(f"archive folder not found: {uri}")
-        fs, path = storage.filesystem(uri)
-        return [ArchiveFile(path, int(fs.size(path)), _version(fs.info(path)))]
-    check_bucket(uri)
-    fs, root = storage.filesystem(uri)
-    try:
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
-    except Exception as exc:
-        raise store_error(exc, uri) from None
-    files = []
-    for path, info in found.items():
-        below = path[len(root):] if path.startswith(root) else path  # the listed folder's own path may be hidden
-        if info.get("type", "file") != "file" or not path.lower().endswith(IMAGE_SUFFIXES) or _is_hidden(below):
-            continue
-        files.append(ArchiveFile(f"s3://{path}" if remote else path, int(info.get("size") or 0), _version(info)))
-    return sorted(files)
+    return sorted(f for part in partitions(uri) for f in list_partition(part))

@@ -2,8 +2,9 @@
 
 Roles (clip-retrieval's reader -> mapper -> writer, with Ray Data as the distributor):
 
-- reader: :mod:`~rsclip.ingest.listing` or :mod:`~rsclip.ingest.stac` (the driver), :mod:`~rsclip.ingest.planning` and
-  :mod:`~rsclip.ingest.reading` (CPU tasks: plan tiles, skip those already in the table, decode the rest);
+- reader: :mod:`~rsclip.ingest.sources` (listing tasks, or a STAC search on the driver),
+  :mod:`~rsclip.ingest.planning` and :mod:`~rsclip.ingest.reading` (CPU tasks: plan tiles, skip those already in
+  the table, decode the rest);
 - mapper: :class:`~rsclip.ingest.embedder.ImageEmbedder`, a callable class on a batch dict (actors);
 - writer: :mod:`~rsclip.ingest.writer`, the driver commits the pipeline's output batches.
 
@@ -21,15 +22,13 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 
-from rsclip.geo import dates
 from rsclip.geo.windows import SCENES_WHOLE
 from rsclip.runtime import cluster
-from rsclip.table import anchors, source_versions, tiles
+from rsclip.table import anchors, tiles
 from rsclip.model.sources import ModelIdentity, model_identity
 from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import RsclipError, StoreUnavailable
-from rsclip.ingest import listing, planning, preflight, reading, stac, write_stage
-from rsclip.ingest.batch import MESSAGE, SIZE, VERSION
+from rsclip.ingest import listing, planning, preflight, reading, sources, write_stage
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.writer import (NothingEmbedded, TileWriter, clear_unlisted_errors, errored_uris,
@@ -129,12 +128,13 @@ class ModelFacts:
     identity: ModelIdentity
 
 
-def _probe(config: EmbedConfig) -> tuple[list[listing.ArchiveFile], ModelFacts]:
-    """Files and model facts, found before any cluster work (store and model faults raise)."""
-    files = stac.list_items(config.catalog) if config.catalog.stac else listing.list_archive(config.archive)
+def _probe(config: EmbedConfig) -> tuple[sources.Probed, ModelFacts]:
+    """The sources' probe (:func:`rsclip.ingest.sources.check_archive`) and model facts, found before any
+    cluster work (store and model faults raise)."""
+    probed = sources.check_archive(config)
     check_db(config.db)
     dim, preprocess = model_spec(config.model)
-    return files, ModelFacts(dim, preprocess, model_identity(config.model))
+    return probed, ModelFacts(dim, preprocess, model_identity(config.model))
 
 
 def _open_tables(config: EmbedConfig, model: ModelFacts):
@@ -150,23 +150,11 @@ def _open_tables(config: EmbedConfig, model: ModelFacts):
     return table, open_errors_table(config.db, config.table), grid, whole_scenes
 
 
-def _writer(config: EmbedConfig, table, errors_table, files: list[listing.ArchiveFile]) -> TileWriter:
-    """The writer of this run, told which files need tidying up once written: those the table holds other
-    versions of, and those with recorded errors (found by one scan of each table as the run starts)."""
-    started = dt.datetime.now(dt.timezone.utc)
-    listed = {f.uri: f.version for f in files}
+def _writer(config: EmbedConfig, table, errors_table, started: dt.datetime) -> TileWriter:
+    """The writer of this run, told which files have error rows (one scan of the errors table)."""
     return TileWriter(table, errors_table, commit_rows=config.commit_rows,
                       max_failed_batches=config.max_failed_batches, started=started,
-                      stored=source_versions.stored_versions(table, listed),
-                      errored=errored_uris(errors_table, listed))
-
-
-def listed_rows(files: list[listing.ArchiveFile]) -> list[dict]:
-    """The rows of the pipeline's first dataset: each listed source as plain data (:func:`planning.listed_sources`
-    reads them back)."""
-    return [{tiles.URI: f.uri, SIZE: f.size, VERSION: f.version, MESSAGE: f.problem, tiles.ITEM_ID: f.item_id,
-             tiles.DATETIME: dates.NULL_MICROS if f.datetime is None else f.datetime,
-             tiles.CLOUD_COVER: float("nan") if f.cloud_cover is None else f.cloud_cover} for f in files]
+                      errored=errored_uris(errors_table))
 
 
 def files_per_task(config: EmbedConfig, files: int) -> int:
@@ -179,22 +167,19 @@ def files_per_task(config: EmbedConfig, files: int) -> int:
     return max(1, min(config.files_per_task, -(-files // (TASKS_PER_READ_SLOT * slots))))
 
 
-def build_dataset(config: EmbedConfig, files: list[listing.ArchiveFile], table_version: int, model: ModelFacts,
+def build_dataset(config: EmbedConfig, listed: sources.Listed, table_version: int, model: ModelFacts,
                   grid: str | None = None, whole_scenes: bool = False, write: dict | None = None):
-    """The Ray Dataset of the pipeline: files -> plan -> mark present -> read -> embedder actors -> write
-    (when ``write``, the write stage's arguments: :meth:`~rsclip.ingest.writer.TileWriter.stage_kwargs`).
+    """The Ray Dataset of the pipeline: listed files -> plan -> mark present -> read -> embedder actors ->
+    write (when ``write``, the write stage's arguments: :meth:`~rsclip.ingest.writer.TileWriter.stage_kwargs`).
     ``grid`` and ``whole_scenes``: the table's (:func:`rsclip.table.anchors.settle_grid`, ``settle_scenes``)."""
-    import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    items = listed_rows(files)
     # Read stages state their memory need; the differing resources also keep Ray Data from fusing them into
     # the embedder actors, where decoding would run serially with the model instead of beside it.
     read_args = {"num_cpus": config.read_cpus, "memory": READ_TASK_MEMORY, "batch_format": "numpy",
                  "compute": TaskPoolStrategy(size=config.read_tasks)}
-    per_task = files_per_task(config, len(items))
-    blocks = max(1, min(len(items) // per_task + 1, 1000))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    per_task = files_per_task(config, listed.files)
+    ds = listed.dataset.repartition(target_num_rows_per_block=per_task)
     options = asdict(replace(config.raster, grid=grid or config.raster.grid))
     ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": options,
                                                         "datetime_pattern": config.datetime_from_name,
@@ -270,26 +255,24 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     with the first kinds of failure) and when the run makes no progress for ``stall_abort`` seconds.
     A run over an archive (not a STAC search) deletes the error rows of files no longer listed in it.
     """
-    started = time.monotonic()
-    files, model = _probe(config)
-    if files:  # before LanceDB starts its runtime threads: Ray forks its local daemons
+    started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    probed, model = _probe(config)
+    listed = None
+    if probed:  # before LanceDB starts its runtime threads: Ray forks its local daemons
         cluster.start_ray(ray_address, runtime_env=runtime_env, log_to_driver=False, quiet=not config.verbose)
-        preflight.check_workers(config, files)
+        preflight.check_workers(config, probed.first)
+        listed = sources.list_sources(config, probed)
     table, errors_table, grid, whole_scenes = _open_tables(config, model)
-    if config.archive is not None:  # the whole archive was listed: what is not in it was deleted
-        gone = clear_unlisted_errors(errors_table, listing.archive_root(config.archive), (f.uri for f in files),
-                                     dt.datetime.now(dt.timezone.utc))
-        if gone:
-            log.info("removed the error rows of %d files no longer in %s", gone, config.archive)
-    summary = EmbedSummary(files=len(files))
-    if files:
+    summary = EmbedSummary(files=listed.files if listed else 0)
+    errored_seen: set[str] = set()
+    if summary.files:
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = ctx.print_on_execution_start = progress
-        writer = _writer(config, table, errors_table, files)  # scans the tables: before the watchdog starts
+        writer = _writer(config, table, errors_table, started_at)  # scans the errors table: before the watchdog
         try:
-            ds = build_dataset(config, files, table.version, model, grid, whole_scenes, writer.stage_kwargs())
+            ds = build_dataset(config, listed, table.version, model, grid, whole_scenes, writer.stage_kwargs())
             with Watchdog("embedding", report_after=config.stall_timeout, stop_after=config.stall_abort) as dog, \
                     warnings.catch_warnings():
                 # Ray Data's note that a small archive gives the write stage fewer inputs than --write-tasks
@@ -302,6 +285,11 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
                                   f"{tiles.errors_table_name(config.table)})")
         summary.index = build_index_after(config)
         table.checkout_latest()
+        errored_seen = writer.errored_seen
+    if config.archive is not None:  # the whole archive was listed: what is not in it was deleted
+        gone = clear_unlisted_errors(errors_table, listing.archive_root(config.archive), errored_seen, started_at)
+        if gone:
+            log.info("removed the error rows of %d files no longer in %s", gone, config.archive)
     summary.table_rows = table.count_rows()
     summary.seconds = time.monotonic() - started
     return summary

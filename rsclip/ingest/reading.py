@@ -19,15 +19,18 @@ import numpy as np
 from rsclip import errors
 from rsclip.geo import raster
 from rsclip.runtime import storage
-from rsclip.table import tiles
+from rsclip.table import source_versions, tiles
 from rsclip.geo.images import decode_image
 from rsclip.model.preprocess import ImagePreprocess, resize_shortest_side
 from rsclip.geo.windows import Window
 from rsclip.ingest.batch import (ADOPTED, DATA, ERROR, FILE_TILES, KIND, MESSAGE, NODATA, PIXELS, PIXELS_HEIGHT,
                                  PIXELS_WIDTH, PRESENT, RASTER, READ_COLUMNS, READY, SCENE, STAGE, STAGE_READ, STATUS,
-                                 TODO, VERSION, failure_text)
+                                 STORED_OTHER, STORED_UNVERSIONED, TODO, TRACKED, VERSION, failure_text)
 from rsclip.ingest.listing import store_down
 from rsclip.ingest.planning import MAX_CHIP_BYTES
+
+
+NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)  # the pixels of a row that was not read
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,25 +44,57 @@ def mark_present(batch: dict[str, np.ndarray], db: str, table: str, version: int
     """Ray Data stage: ``todo`` rows whose tile is in the table (as of ``version``, the table when the job
     started) with the version of the object listed now become ``present``, those stored without a version
     (before versions were recorded) ``adopted``; their encoded bytes are dropped. A tile stored with another
-    version stays ``todo``: the object was rewritten, the tile is embedded again and replaces the old row."""
-    status = np.asarray(batch[STATUS]).astype(object)
-    todo = np.flatnonzero(status == TODO)
-    if len(todo) and version > 0:
-        ids = [str(batch[tiles.ID][i]) for i in todo]
-        stored = tiles.existing_versions(_table_at(db, table, version), ids)
-        for i, tile in zip(todo, ids):
-            if tile not in stored:
-                continue
-            if stored[tile] is None:
-                status[i] = ADOPTED
-            elif stored[tile] == str(batch[VERSION][i]):
-                status[i] = PRESENT
+    version stays ``todo``: the object was rewritten, the tile is embedded again and replaces the old row.
+    The rows of a file the table holds tiles of from another version, or without one, are marked
+    :data:`~rsclip.ingest.batch.TRACKED`, its first row naming those tiles (the writer tidies up after it)."""
     out = dict(batch)
+    status = np.asarray(batch[STATUS]).astype(object)
+    if len(status) and version > 0:
+        uris = np.asarray(batch[tiles.URI]).astype(str)
+        listed = dict(zip(uris, np.asarray(batch[VERSION]).astype(str)))
+        stored = source_versions.stored_of(_table_at(db, table, version), listed)
+        _mark_stored(out, status, stored)
+        _mark_tracked(out, uris, listed, stored)
     out[STATUS] = status
     data = np.asarray(batch[DATA]).astype(object)
     data[(status == PRESENT) | (status == ADOPTED)] = b""
     out[DATA] = data
     return out
+
+
+def _mark_stored(batch: dict[str, np.ndarray], status: np.ndarray, stored: list) -> None:
+    """``todo`` rows whose tile is stored with the version listed now become ``present``; without one,
+    ``adopted``."""
+    versions = {tile: version for tile, _, version in stored}
+    for i in np.flatnonzero(status == TODO):
+        tile = str(batch[tiles.ID][i])
+        if tile not in versions:
+            continue
+        if versions[tile] is None:
+            status[i] = ADOPTED
+        elif versions[tile] == str(batch[VERSION][i]):
+            status[i] = PRESENT
+
+
+def _mark_tracked(batch: dict[str, np.ndarray], uris: np.ndarray, listed: dict[str, str], stored: list) -> None:
+    """Mark the rows of files stored in another version or without one (see :func:`mark_present`)."""
+    other: dict[str, list[str]] = {}
+    unversioned: dict[str, int] = {}
+    for tile, uri, version in stored:
+        if version is None:
+            unversioned[uri] = unversioned.get(uri, 0) + 1
+        elif version != listed[uri]:
+            other.setdefault(uri, []).append(tile)
+    if not other and not unversioned:
+        return
+    tracked = np.isin(uris, list({*other, *unversioned})).astype(np.int64)
+    first_other = np.asarray(batch[STORED_OTHER]).astype(object)
+    first_unversioned = np.asarray(batch[STORED_UNVERSIONED]).astype(np.int64)
+    for uri in {*other, *unversioned}:
+        first = int(np.argmax(uris == uri))
+        first_other[first] = json.dumps(other.get(uri, []))
+        first_unversioned[first] = unversioned.get(uri, 0)
+    batch[TRACKED], batch[STORED_OTHER], batch[STORED_UNVERSIONED] = tracked, first_other, first_unversioned
 
 
 class _Sources:
@@ -120,8 +155,9 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
     """
     prep = ImagePreprocess.from_dict(preprocess)
     n = len(batch[tiles.URI])
-    pixels = np.empty(n, dtype=object)
-    pixels[:] = [b""] * n
+    pixels = np.empty(n, dtype=object)  # HWC uint8 arrays: Ray Data keeps them as a tensor column (no copies
+    for i in range(n):                   # through Python bytes, ~12x cheaper per block than binary)
+        pixels[i] = NO_PIXELS
     heights, widths = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     nodata = np.asarray(batch[tiles.NODATA_FRACTION], dtype=np.float64).copy()
     status, stage, message = batch[STATUS].copy(), batch[STAGE].copy(), batch[MESSAGE].copy()
@@ -142,7 +178,7 @@ def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.n
                 status[i], stage[i] = ERROR, STAGE_READ
                 message[i] = failure_text(exc, str(batch[tiles.URI][i]))
                 continue
-            pixels[i] = image.tobytes()
+            pixels[i] = image
             heights[i], widths[i] = image.shape[:2]
             status[i] = READY
     out = {c: batch[c] for c in READ_COLUMNS if c in batch}

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from rsclip.geo import dates, raster, stacked
 from rsclip.runtime import storage
@@ -248,13 +248,19 @@ def list_items(options: StacOptions) -> list[ArchiveFile]:
     other host, ``LimitExceeded`` past a page or request limit (:mod:`rsclip.ingest.stac_io`), and
     :class:`~rsclip.errors.StoreUnavailable` when its store or server cannot be reached.
     """
+    return sorted(iter_items(options))
+
+
+def iter_items(options: StacOptions) -> Iterator[ArchiveFile]:
+    """The sources of :func:`list_items` as the search or walk yields them, page by page (the first of each
+    uri; only the uris seen are kept). Raises as :func:`list_items`, when the pages that fail are reached."""
     if not options.stac:
         raise InvalidInput("no STAC source given (--stac)")
     api = storage.is_http(options.stac)
     found = catalogs.api_items(options.stac, _search(options), other_hosts=options.stac_other_hosts,
                                max_requests=options.stac_max_requests) if api else catalogs.document_items(options.stac)
     rules = asset_rules(options)
-    sources: dict[str, ArchiveFile] = {}
+    seen: set[str] = set()
     for entry in found:
         if isinstance(entry, catalogs.Broken):
             source = ArchiveFile(entry.href, -1, "", problem=entry.problem)
@@ -262,9 +268,11 @@ def list_items(options: StacOptions) -> list[ArchiveFile]:
             source = item_source(entry, options, rules)
         else:
             continue
-        if len(sources) >= options.limit:
+        if source.uri in seen:
+            continue
+        if len(seen) >= options.limit:
             log.warning("more STAC items match than --limit %d: the first %d are embedded", options.limit,
                         options.limit)
-            break
-        sources.setdefault(source.uri, source)
-    return sorted(sources.values())
+            return
+        seen.add(source.uri)
+        yield source

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from rsclip.geo import dates
 from rsclip.ingest.batch import (ADOPTED, EMBED_BATCH, EMBED_BATCH_FAILED, EMBEDDED, ERROR, FILE_TILES, MESSAGE,
-                                 NODATA, PRESENT, STAGE, STAGE_PLAN, STATUS, VERSION)
+                                 NODATA, PRESENT, STAGE, STAGE_PLAN, STATUS, STORED_OTHER, STORED_UNVERSIONED,
+                                 TRACKED, VERSION)
 from rsclip.table import fragments, tiles
 
 REPORT = "report"  # the one column of the stage's output rows
@@ -33,7 +34,9 @@ class WriteReport:
 
     ``marks``: ``[ok, message]`` for each embedder batch whose first row is in this batch, in order;
     ``files``: per tracked uri, ``[seen, planned, version, unplanned, adopted]``; ``replaced``: ``{uri: [tile ids]}``
-    of rewritten files' tiles in ``staged`` (their stored rows go in the commit that adds these)."""
+    of tracked files' tiles in ``staged`` (rows stored under these ids go in the commit that adds them);
+    ``stored``: ``{uri: [ids stored from other versions, number stored without one]}`` of the tracked files
+    whose first row is in this batch (:func:`rsclip.ingest.reading.mark_present`)."""
 
     staged: str = ""
     rows: int = 0
@@ -45,6 +48,7 @@ class WriteReport:
     marks: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     replaced: dict = field(default_factory=dict)
+    stored: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -55,11 +59,11 @@ class WriteReport:
 
 
 def write_tiles(batch: dict[str, np.ndarray], *, location: str, run: str, schema: pa.Schema,
-                tracked=frozenset(), rewritten=frozenset()) -> dict[str, np.ndarray]:
+                tracked=frozenset()) -> dict[str, np.ndarray]:
     """Ray Data stage: write the embedded tiles of ``batch`` as uncommitted fragments of the tile table at
     ``location`` (records under ``run``), return one row with its :class:`WriteReport`. ``tracked``: uris whose
-    rows the driver counts (files to tidy up); ``rewritten``: those the table holds in other versions."""
-    report = report_of(batch, tracked=tracked, rewritten=rewritten)
+    rows the driver counts besides those marked :data:`~rsclip.ingest.batch.TRACKED` (files with error rows)."""
+    report = report_of(batch, tracked=tracked)
     done = np.flatnonzero(np.asarray(batch[STATUS]).astype(str) == EMBEDDED)
     if len(done):
         staged = fragments.write_staged(location, run, tiles_table(batch, done, schema))
@@ -69,7 +73,7 @@ def write_tiles(batch: dict[str, np.ndarray], *, location: str, run: str, schema
     return {REPORT: out}
 
 
-def report_of(batch: dict[str, np.ndarray], *, tracked=frozenset(), rewritten=frozenset()) -> WriteReport:
+def report_of(batch: dict[str, np.ndarray], *, tracked=frozenset()) -> WriteReport:
     """The :class:`WriteReport` of ``batch`` without its fragments."""
     status = np.asarray(batch[STATUS]).astype(str)
     report = WriteReport(rows=len(status), embedded=int((status == EMBEDDED).sum()),
@@ -81,16 +85,21 @@ def report_of(batch: dict[str, np.ndarray], *, tracked=frozenset(), rewritten=fr
     marks = np.asarray(batch.get(EMBED_BATCH, ()))
     report.marks = [[int(marks[i] != EMBED_BATCH_FAILED), text(MESSAGE, i)[:300] if marks[i] == EMBED_BATCH_FAILED
                      else ""] for i in np.flatnonzero(marks)]
-    if tracked:
+    marked = np.asarray(batch[TRACKED]) if TRACKED in batch else np.zeros(len(status), np.int64)
+    for i in np.flatnonzero(marked):
+        if text(STORED_OTHER, i) or int(batch[STORED_UNVERSIONED][i]):
+            report.stored[text(tiles.URI, i)] = [json.loads(text(STORED_OTHER, i) or "[]"),
+                                                 int(batch[STORED_UNVERSIONED][i])]
+    if tracked or marked.any():
         for i, uri in enumerate(batch[tiles.URI]):
             uri = str(uri)
-            if uri not in tracked:
+            if not marked[i] and uri not in tracked:
                 continue
             entry = report.files.setdefault(uri, [0, int(batch[FILE_TILES][i]), text(VERSION, i), False, 0])
             entry[SEEN] += 1
             entry[UNPLANNED] |= bool(status[i] == ERROR and text(STAGE, i) == STAGE_PLAN)
             entry[FILE_ADOPTED] += int(status[i] == ADOPTED)
-            if status[i] == EMBEDDED and uri in rewritten:
+            if status[i] == EMBEDDED:
                 report.replaced.setdefault(uri, []).append(text(tiles.ID, i))
     return report
 

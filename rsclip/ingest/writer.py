@@ -8,14 +8,15 @@ committed, which a rerun fills, and what was written but never committed is remo
 copies) and counts.
 
 Tiles stored without a version (tables of an older rsclip) that are planned again get the current one.
-A rewritten file's stored tiles (other versions, found by one scan when the run starts) are deleted in the
-commit that adds its first new tiles. Once every row of a tracked file has passed the write stage (reports
-count them against the file's row count) and its tiles are committed, the writer tidies up after it: stored
-tiles of a file none of whose tiles embedded again are removed (:mod:`rsclip.table.source_versions`), and
-error rows of the file that this run did not record again are deleted (it reads now, or fails otherwise).
-Only files that the table held in other versions, or that had error rows, when the run started are tracked.
-Error rows of files no longer in an archive's listing are deleted by :func:`clear_unlisted_errors` (a run
-over the whole archive, not a STAC search).
+Tracked files are those the table held in other versions or without a version (found by the read tasks,
+:func:`rsclip.ingest.reading.mark_present`, which name those tiles on the file's first row) and those with
+error rows when the run started. A tracked file's tiles stored under the ids of its new ones are deleted in
+the commit that adds these. Once every row of a tracked file has passed the write stage (reports count them
+against the file's row count) and its tiles are committed, the writer tidies up after it: its tiles stored
+from other versions and not written again are removed (:mod:`rsclip.table.source_versions`), and error rows
+of the file that this run did not record again are deleted (it reads now, or fails otherwise). Error rows of
+files no longer in an archive's listing (errored files no report named) are deleted by
+:func:`clear_unlisted_errors` once a run over the whole archive (not a STAC search) has finished.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ def record_errors(errors_table, rows: list[dict]) -> None:
     keyed_writes.merge_on(errors_table, tiles.ID, batch)
 
 
-def errored_uris(errors_table, uris) -> set[str]:
-    """Those of ``uris`` that have rows in ``errors_table`` (one scan of its uri column)."""
-    wanted, found = set(uris), set()
+def errored_uris(errors_table) -> set[str]:
+    """The uris that have rows in ``errors_table`` (one scan of its uri column)."""
+    found: set[str] = set()
     for batch in errors_table.to_lance().to_batches(columns=[tiles.URI]):
-        found.update(u for u in batch.column(0).to_pylist() if u in wanted)
+        found.update(batch.column(0).to_pylist())
     return found
 
 
@@ -133,8 +134,9 @@ def clear_errors(errors_table, uris, before: dt.datetime) -> None:
 
 def clear_unlisted_errors(errors_table, root: str, listed, before: dt.datetime) -> int:
     """Delete the error rows of files under the archive ``root`` (:func:`~rsclip.ingest.listing.archive_root`)
-    that are not in ``listed`` (deleted from the archive since), recorded before ``before``; how many files'
-    rows went. One scan of the errors table's uri column."""
+    that are not in ``listed`` (deleted from the archive since; a run passes the errored files it listed,
+    :attr:`TileWriter.errored_seen`), recorded before ``before``; how many files' rows went. One scan of the
+    errors table's uri column."""
     listed, prefix, gone = set(listed), root.rstrip("/") + "/", set()
     for batch in errors_table.to_lance().to_batches(columns=[tiles.URI]):
         gone.update(u for u in batch.column(0).to_pylist() if u.startswith(prefix) and u not in listed)
@@ -219,16 +221,14 @@ class TileWriter:
     commits their fragments once they hold ``commit_rows`` tiles (or :data:`COMMIT_SECONDS` after the oldest
     came, and at :meth:`close`) in one transaction each, records error rows, counts everything.
 
-    ``stored``: what the table held of the listed files in other versions when the run started
-    (:func:`~rsclip.table.source_versions.stored_versions`); ``errored``: uris with rows in the errors table
-    then; ``started``: when the run started. The stored tiles of a rewritten file are deleted in the commit
-    that adds its first new tiles; the files are tidied up once complete (module doc). :meth:`write` runs the
-    write stage in this process (no Ray).
+    ``errored``: uris with rows in the errors table when the run started; ``started``: when the run started.
+    A tracked file's tiles stored under the ids of its new ones are deleted in the commit that adds them; the
+    files are tidied up once complete (module doc). :meth:`write` runs the write stage in this process (no
+    Ray).
     """
 
     def __init__(self, table, errors_table, *, commit_rows: int = DEFAULT_COMMIT_ROWS,
-                 max_failed_batches: int = MAX_FAILED_EMBED_BATCHES,
-                 stored: source_versions.StoredVersions | None = None, errored=(),
+                 max_failed_batches: int = MAX_FAILED_EMBED_BATCHES, errored=(),
                  started: dt.datetime | None = None):
         self.table = table
         self.errors_table = errors_table
@@ -237,13 +237,15 @@ class TileWriter:
         self.counts = WriteCounts()
         self.received_bytes = 0
         self._failed_batches = 0
-        self._stored, self._errored = stored or source_versions.StoredVersions(), frozenset(errored)
+        self._errored = frozenset(errored)
+        self.errored_seen: set[str] = set()  # errored files listed in this run
         self._started = started or dt.datetime.now(dt.timezone.utc)
         self._files = FileProgress()
         self._adopted: dict[str, str] = {}  # tile id -> version to record
-        self._replaced: list[str] = []  # stored ids of rewritten files to delete in the next commit
-        self._old: dict[str, set] = {}  # rewritten file -> its stored ids (deleted), until it is complete
-        self._written: dict[str, set] = {}  # rewritten file -> ids of its new tiles
+        self._replaced: list[str] = []  # ids of tracked files' new tiles: rows stored under them go in the next commit
+        self._old: dict[str, set] = {}  # tracked file -> its ids stored from other versions, until it is complete
+        self._unversioned: dict[str, int] = {}  # tracked file -> its tiles stored without a version
+        self._written: dict[str, set] = {}  # tracked file -> ids of its new tiles
         self._oldest = 0.0  # monotonic time the oldest uncommitted fragment came
         self.committer = fragments.Committer(table, tiles.ID, table.version)
         self.run = fragments.RunRecords(self.committer.location).begin()
@@ -251,7 +253,7 @@ class TileWriter:
     def stage_kwargs(self) -> dict:
         """The write stage's arguments (:func:`rsclip.ingest.write_stage.write_tiles`)."""
         return {"location": self.committer.location, "run": self.run.run, "schema": self.table.schema,
-                "tracked": frozenset(self._stored.uris | self._errored), "rewritten": frozenset(self._stored.other)}
+                "tracked": self._errored}
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Write one pipeline batch in this process (the write stage, then :meth:`take`)."""
@@ -269,11 +271,13 @@ class TileWriter:
         if report.staged:
             self._oldest = self._oldest or time.monotonic()
             self.committer.add(fragments.Staged.from_json(report.staged))
+        for uri, (other, unversioned) in report.stored.items():  # a file's first row: every batch of it names all
+            self._old.setdefault(uri, set()).update(other)
+            self._unversioned[uri] = max(self._unversioned.get(uri, 0), int(unversioned))
         for uri, ids in report.replaced.items():
-            if uri in self._stored.other:  # its first new tiles: every stored tile of it goes in their commit
-                self._old[uri] = set(self._stored.other.pop(uri))
-                self._replaced.extend(self._old[uri])
+            self._replaced.extend(ids)
             self._written.setdefault(uri, set()).update(ids)
+        self.errored_seen.update(uri for uri in report.files if uri in self._errored)
         self._files.see(report.files)
         due = self._oldest and time.monotonic() - self._oldest >= COMMIT_SECONDS
         if due or len(self._replaced) >= REPLACED_PER_COMMIT or max(
@@ -304,8 +308,8 @@ class TileWriter:
                                       f"batches; stopping (the model or device is broken): {message[:300]}")
 
     def flush(self) -> None:
-        """Commit the written fragments (one atomic commit, which also deletes the stored tiles of the rewritten
-        files they hold), then record the versions of adopted tiles and tidy up after the files completed."""
+        """Commit the written fragments (one atomic commit, which also deletes the rows stored under the ids of
+        tracked files' new tiles), then record the versions of adopted tiles and tidy up after the files completed."""
         replaced, self._replaced = self._replaced, []
         where = f"{tiles.ID} IN ({', '.join(tiles.sql_text(t) for t in replaced)})" if replaced else None
         rows = self.committer.commit(where)
@@ -319,14 +323,12 @@ class TileWriter:
         self._tidy(self._files.take())
 
     def _tidy(self, done: list[FileDone]) -> None:
-        """After the tiles of ``done`` files are committed: remove their stored tiles of other versions not yet
-        removed (files none of whose tiles embedded), their unversioned tiles when the grid changed (fewer
-        adopted than stored; kept for a file that failed planning: nothing says they are stale), and their
-        older error rows."""
-        stale = [t for f in done for t in self._stored.other.pop(f.uri, ())]
-        for f in done:  # stored tiles deleted with the new ones: those not written again were stale
-            self.counts.stale_removed += len(self._old.pop(f.uri, set()) - self._written.pop(f.uri, set()))
-        leftovers = [f.uri for f in done if not f.unplanned and f.adopted < self._stored.unversioned[f.uri]]
+        """After the tiles of ``done`` files are committed: remove their tiles stored from other versions that
+        were not written again (windows gone, tiles that no longer read), their unversioned tiles when the
+        grid changed (fewer adopted than stored; kept for a file that failed planning: nothing says they are
+        stale), and their older error rows."""
+        stale = [t for f in done for t in self._old.pop(f.uri, set()) - self._written.pop(f.uri, set())]
+        leftovers = [f.uri for f in done if not f.unplanned and f.adopted < self._unversioned.pop(f.uri, 0)]
         self.counts.stale_removed += (source_versions.remove_tiles(self.table, stale)
                                       + source_versions.remove_unversioned(self.table, leftovers))
         clear_errors(self.errors_table, [f.uri for f in done if f.uri in self._errored], self._started)

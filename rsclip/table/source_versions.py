@@ -9,58 +9,35 @@ stored without a version (tables of an older rsclip) are taken as current and gi
 (:func:`record_versions`) without embedding them again; only when the object's tile grid changed are the
 rest of them removed (:func:`remove_unversioned`).
 
-:func:`stored_versions` finds what to tidy up with one streaming scan of two columns when a run starts; the
-removals go by id (the id index) except for the rare unversioned leftovers.
+The embedding job's read tasks find what to tidy up (:func:`stored_of`, by the uri index);
+the removals go by id (the id index) except for the rare unversioned leftovers.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import pyarrow as pa
 
 from rsclip.table import datasets, keyed_writes, tiles
 
-# Rows per batch of the start-of-run scan, and ids or uris named in one filter.
-SCAN_BATCH_ROWS = 65_536
+# Ids or uris named in one filter.
 NAMES_PER_FILTER = 1000
 
 
-@dataclass
-class StoredVersions:
-    """What a tile table held of the listed files when a run started, for the files it must tidy up:
-    ``other``: ``{uri: ids of tiles stored from another version}`` (objects rewritten since: few);
-    ``unversioned``: ``{uri: number of tiles stored without a version}`` (tables of an older rsclip)."""
-
-    other: dict[str, list[str]] = field(default_factory=dict)
-    unversioned: Counter = field(default_factory=Counter)
-
-    @property
-    def uris(self) -> set[str]:
-        """Every file to tidy up once its tiles are written."""
-        return set(self.other) | set(self.unversioned)
-
-
-def stored_versions(table, listed: Mapping[str, str]) -> StoredVersions:
-    """The :class:`StoredVersions` of ``table`` for the files ``listed`` (``{uri: version}``): one streaming
-    scan of the id, uri and version columns."""
-    found = StoredVersions()
-    if not listed:
-        return found
-    versioned = tiles.SOURCE_VERSION in table.schema.names
-    columns = [tiles.ID, tiles.URI, tiles.SOURCE_VERSION] if versioned else [tiles.ID, tiles.URI]
-    for batch in datasets.dataset_of(table).to_batches(columns=columns, batch_size=SCAN_BATCH_ROWS):
-        ids, uris = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-        versions = batch.column(2).to_pylist() if versioned else [None] * len(ids)
-        for tile, uri, version in zip(ids, uris, versions):
-            if uri not in listed or version == listed[uri]:
-                continue
-            if version is None:
-                found.unversioned[uri] += 1
-            else:
-                found.other.setdefault(uri, []).append(tile)
+def stored_of(table, uris: Iterable[str]) -> list[tuple[str, str, str | None]]:
+    """``(id, uri, source_version)`` of every tile of ``table`` from the files ``uris`` (None: no version
+    recorded); one filtered scan per :data:`NAMES_PER_FILTER` uris (the uri index answers it)."""
+    wanted = list(dict.fromkeys(uris))
+    has_version = tiles.SOURCE_VERSION in table.schema.names
+    columns = [tiles.ID, tiles.URI, tiles.SOURCE_VERSION] if has_version else [tiles.ID, tiles.URI]
+    found: list[tuple[str, str, str | None]] = []
+    dataset = datasets.dataset_of(table)
+    for i in range(0, len(wanted), NAMES_PER_FILTER):
+        where = f"{tiles.URI} IN ({', '.join(tiles.sql_text(s) for s in wanted[i : i + NAMES_PER_FILTER])})"
+        res = dataset.to_table(columns=columns, filter=where)
+        versions = res.column(tiles.SOURCE_VERSION).to_pylist() if has_version else [None] * res.num_rows
+        found.extend(zip(res.column(tiles.ID).to_pylist(), res.column(tiles.URI).to_pylist(), versions))
     return found
 
 

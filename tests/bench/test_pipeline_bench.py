@@ -62,7 +62,8 @@ def test_the_cpu_of_a_reaped_child_counts_in_the_tree_and_proc_agrees_with_psuti
 def test_the_listing_only_run_reports_each_size_and_the_memory_ratio():
     line = run_bench("--listing-only", "--chips", "20", "200", "--repeats", "1", "--warmup", "0", timeout=300)
     assert line["bench"] == "pipeline" and line["files"] == [20, 200]
-    for key in ("list20_driver_rss_mib", "list200_driver_rss_mib", "list200_cpu_us_per_file", "listing_rss_ratio"):
+    for key in ("driver20_driver_rss_mib", "tasks20_driver_rss_mib", "tasks200_driver_rss_mib",
+                "tasks200_cpu_us_per_file", "listing_rss_ratio", "in_driver_rss_ratio", "tasks_vs_driver_rss"):
         assert line[key] > 0, key
     assert set(line["targets"]) == {"listing_rss_ratio <= 1.2"}
 

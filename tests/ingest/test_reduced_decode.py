@@ -32,7 +32,9 @@ def _read(path: Path, options: raster.RasterOptions = raster.RasterOptions()) ->
 
 
 def _pixels(out: dict, i: int) -> np.ndarray:
-    return np.frombuffer(out[B.PIXELS][i], np.uint8).reshape(out[B.PIXELS_HEIGHT][i], out[B.PIXELS_WIDTH][i], 3)
+    image = np.asarray(out[B.PIXELS][i])
+    assert image.shape == (out[B.PIXELS_HEIGHT][i], out[B.PIXELS_WIDTH][i], 3)
+    return image
 
 
 def test_decode_reduces_only_jpegs_at_least_twice_the_size_asked_for(tmp_path, rsicd_files):

@@ -303,12 +303,13 @@ def test_a_new_source_version_replaces_the_tile_and_stale_tiles_of_the_object_go
     smaller = {**_rows(uris[1:2], seed=9), "width": [100], tiles.SOURCE_VERSION: ["v3"]}
     tiles.add_tiles(table, smaller)
     listed = {uris[0]: "v2", uris[1]: "v3", uris[2]: "v1"}
-    stored = source_versions.stored_versions(table, listed)
-    assert stored.other == {uris[1]: [ids[1]]} and not stored.unversioned and stored.uris == {uris[1]}
-    assert source_versions.remove_tiles(table, stored.other[uris[1]]) == 1
+    other = lambda: [(t, u) for t, u, v in source_versions.stored_of(table, listed) if v != listed[u]]  # noqa: E731
+    assert other() == [(ids[1], uris[1])]
+    assert len(source_versions.stored_of(table, uris[1:2])) == 2 and source_versions.stored_of(table, ["s3://b/none.jpg"]) == []
+    assert source_versions.remove_tiles(table, [ids[1]]) == 1
     left = table.to_pandas()
     assert sorted(left[tiles.URI]) == sorted(uris) and set(left[tiles.SOURCE_VERSION]) == {"v1", "v2", "v3"}
-    assert source_versions.stored_versions(table, listed).uris == set()
+    assert other() == []
 
 
 def test_an_old_table_is_upgraded_in_place_and_its_weights_are_recorded_then_enforced(tmp_path):
@@ -326,7 +327,7 @@ def test_an_old_table_is_upgraded_in_place_and_its_weights_are_recorded_then_enf
     # reading it needs no upgrade
     reader = tiles.open_table(tmp_path / "db")
     assert tiles.table_weights(reader) is None and set(tiles.existing_versions(reader, [])) == set()
-    assert source_versions.stored_versions(reader, {"a.jpg": "v1"}).unversioned == {"a.jpg": 1}
+    assert [(u, v) for _, u, v in source_versions.stored_of(reader, ["a.jpg"])] == [("a.jpg", None)]
 
     weights = ModelIdentity("/models/m", "ab" * 32)
     table = tiles.create_table(tmp_path / "db", model="m", dim=8, identity=weights)
