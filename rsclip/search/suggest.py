@@ -31,8 +31,9 @@ def suggest_labels(db, label: str, *, k: int = 10, table: str = tiles.DEFAULT_TA
         table: The tile table the detections are of.
 
     Returns:
-        A DataFrame with columns why, id, uri, score, logit, lon, lat (the middle of the tile's WGS84 bounds) and
-        the bound columns: the top tiles best first, then the uncertain ones nearest 0.5 first.
+        A DataFrame with columns why, id, uri, score, logit, lon, lat (the middle of the tile's WGS84 bounds), the
+        bound columns and the window columns (what a preview is cut by): the top tiles best first, then the
+        uncertain ones nearest 0.5 first.
 
     Raises:
         InvalidInput: For a bad label name or ``k``.
@@ -57,13 +58,13 @@ def suggest_labels(db, label: str, *, k: int = 10, table: str = tiles.DEFAULT_TA
     uncertain = rest.assign(_distance=rest[detections.LOGIT].abs()).sort_values(
         ["_distance", tiles.ID], kind="stable").head(k).drop(columns=["_distance"])
     out = pd.concat([top.assign(**{WHY: TOP}), uncertain.assign(**{WHY: UNCERTAIN})], ignore_index=True)
-    uris = rows.rows_by_id(tile_table, out[tiles.ID], [tiles.URI]).to_pandas()
+    uris = rows.rows_by_id(tile_table, out[tiles.ID], [tiles.URI, *tiles.WINDOW_COLUMNS]).to_pandas()
     out = out.merge(uris, on=tiles.ID, how="left")
     out[detections.SCORE] = 1.0 / (1.0 + np.exp(-out[detections.LOGIT].to_numpy(dtype=np.float64)))
     out["lon"] = (out["lon_min"] + out["lon_max"]) / 2
     out["lat"] = (out["lat_min"] + out["lat_max"]) / 2
     order = [WHY, tiles.ID, tiles.URI, detections.SCORE, detections.LOGIT, "lon", "lat", *tiles.BOUNDS_COLUMNS]
-    return out[order]
+    return out[order + [c for c in tiles.WINDOW_COLUMNS if c in out.columns]]
 
 
 __all__ = ["MAX_SUGGESTIONS", "suggest_labels"]

@@ -23,19 +23,20 @@ import pytest
 from infra.local_stack import free_port
 from rsclip.app.web.data import detection_runs, mapdata
 from rsclip.app.web.keys import (KEY_AREA, KEY_AREA_GEOJSON, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS,
-                                 KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_RESULTS,
+                                 KEY_DETECT_THRESHOLD, KEY_IMAGE_RESULTS, KEY_LABEL_NEXT, KEY_LABEL_RESULTS,
                                  KEY_TEXT_RESULTS, VIEW_DETECT, VIEW_LABELS, VIEW_TEXT, view_key)
 from rsclip.app.server import serve, validate_basemap
-from rsclip.app.web.layout import DEFAULT_K
+from rsclip.app.web.layout import DEFAULT_K, GRID_COLUMNS
 from rsclip.app.web.text import source_name
 from rsclip.table import labels, rows, tiles
 from rsclip.search import export
 from rsclip.search.query import query, query_text, similar_tiles
 from rsclip.search.review import review_detections
+from rsclip.search.suggest import TOP, UNCERTAIN, WHY, suggest_labels
 from tests.helpers.browser import (MAP_FRAME, UI_TIMEOUT_MS, assert_no_traceback, assert_only, click_map_tile,
-                                   counts, download, geojson_rows, label_set_named, map_frame, open_app, poll, press,
-                                   recorded_page, search_text, server_and_page, text_of, wait_captions, wait_idle,
-                                   wait_images_loaded, wait_text)
+                                   counts, download, expected_captions, geojson_rows, label_set_named, map_frame,
+                                   open_app, poll, press, recorded_page, search_text, server_and_page, text_of,
+                                   wait_captions, wait_idle, wait_images_loaded, wait_text)
 from tests.helpers.geo import scene_grid_table
 
 QUERY = "a lake beside fields"
@@ -320,8 +321,35 @@ def test_label_tiles_find_more_and_review_detections(map_server, geo_db, page, t
     press(page, f".st-key-{KEY_DETECT_RESULTS}-hit-{rank}", "\u2212")
     counts(page, "2 positive, 3 negative")
     assert labels.read_labels(db, name).set_index(tiles.ID)[labels.VALUE][mistake] == -1
+
+    suggested = suggest_labels(db, name, k=GRID_COLUMNS)  # label next: labelled in place, then gone from the panel
+    assert mistake not in set(suggested[tiles.ID]) and set(suggested[WHY]) == {TOP, UNCERTAIN}
+    wait_suggestions(page, suggested)
+    unsure = suggested[suggested[WHY] == UNCERTAIN][tiles.ID].iloc[0]
+    press(page, f".st-key-{KEY_LABEL_NEXT}-{UNCERTAIN}-1", "+")
+    counts(page, "3 positive, 3 negative")
+    assert labels.read_labels(db, name).set_index(tiles.ID)[labels.VALUE][unsure] == 1
+    after = suggest_labels(db, name, k=GRID_COLUMNS)
+    assert unsure not in set(after[tiles.ID])
+    wait_suggestions(page, after)
     assert "Session State API" not in page.locator("body").inner_text()  # no widget warning either
     assert_no_traceback(page)
+
+
+def wait_suggestions(page, suggested: pd.DataFrame) -> None:
+    """Wait until the Label next panel shows ``suggested``, kind by kind, in order."""
+    def shown():
+        out = {}
+        for kind in (TOP, UNCERTAIN):
+            texts = page.locator(f"[class*='st-key-{KEY_LABEL_NEXT}-{kind}-']").all_inner_texts()
+            found = [re.search(r"(\S+ · x=\d+ y=\d+ \d+x\d+ px)", t) for t in texts]
+            if None in found:
+                return None
+            out[kind] = [m.group(1) for m in found]
+        return out
+
+    want = {kind: expected_captions(suggested[suggested[WHY] == kind]) for kind in (TOP, UNCERTAIN)}
+    assert poll(page, shown, lambda got: got == want) == want
 
 
 def test_downloads_are_what_the_export_writes(map_server, geo_db, page, tmp_path):

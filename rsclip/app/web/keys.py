@@ -57,6 +57,7 @@ KEY_DETECT_RUN = "detect_run"
 KEY_DETECT_BACKGROUND = "detect_background"
 KEY_DETECT_PROGRESS = "detect_progress"
 KEY_DETECT_THRESHOLD = "detect_threshold"
+KEY_LABEL_NEXT = "label_next"  # the Detections view's suggestions (cards: <key>-<top|uncertain>-<rank>)
 KEY_MAP = "map"  # prefix: view_key(KEY_MAP, view)
 KEY_TILE_PANEL = "tile_panel"  # prefix: the opened tile's panel under a view's map
 KEY_DOWNLOADS = "downloads"  # prefix: a view's download buttons

@@ -5,7 +5,8 @@ bounded in number and time) and returns at once; its progress is redrawn every :
 fragment of the page, and the review below refreshes when it ends. The review shows the label set's
 detections scoring at least the chosen threshold under the search area, best first: on the map (the best
 ``MAX_MAP_FEATURES``) and as cards (the best ``k``) with "+" / "-", so mistakes become labels for the next
-run; at most :data:`~rsclip.app.web.data.download_files.MAX_DOWNLOAD_ROWS` are reviewed (and downloadable) at once.
+run, under a panel of the tiles to label next (:mod:`rsclip.app.web.views.label_next`); at most
+:data:`~rsclip.app.web.data.download_files.MAX_DOWNLOAD_ROWS` are reviewed (and downloadable) at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rsclip.app.web.data.download_files import MAX_DOWNLOAD_ROWS
 from rsclip.app.web.keys import (KEY_DETECT_BACKGROUND, KEY_DETECT_PROGRESS, KEY_DETECT_RESULTS, KEY_DETECT_RUN,
                                  KEY_DETECT_THRESHOLD, STATE_MESSAGE, VIEW_DETECT)
 from rsclip.app.web.text import escape_markdown, readable_error
+from rsclip.app.web.views.label_next import label_next
 from rsclip.app.web.views.results import show_results
 from rsclip.detect.probe import DEFAULT_BACKGROUND, quality_sentence
 from rsclip.errors import LimitExceeded, NotFound
@@ -48,6 +50,7 @@ def detect_view(ctx: PageContext) -> None:
     run = runs.current_run(ctx.config.db, ctx.config.table)
     going = run is not None and run.state == runs.RUNNING
     st.fragment(run_every=POLL_S if going else None)(show_progress)(ctx.config.db, ctx.config.table)
+    label_next(ctx)
     review(ctx)
 
 
