@@ -33,7 +33,7 @@ test-fast: install
 demo: install
 	$(BIN)/python infra/demo.py
 
-# The CPU benchmarks (BENCHMARKS.md) with the [bench] extra (FAISS), each figure the median of 3 interleaved
+# The CPU benchmarks (BENCHMARKS.md), each figure the median of 3 interleaved
 # rounds with its spread; ~40 minutes on a quiet 2-core machine (measured 2026-12-02: scaling 1.5, query 7,
 # embed 21, train 10 with one Ray worker: two workers on two cores have no target and would add ~6), plus
 # pipeline ~6 (the embedding job around a stand-in model on 20,000 chips; measured 2026-12-04).
@@ -42,11 +42,7 @@ demo: install
 BENCH_RESULTS ?= bench/results/$(shell date +%Y-%m-%d).jsonl
 BENCH_ARGS ?=
 
-$(VENV)/.bench-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[test,bench]"
-	touch $@
-
-bench: $(VENV)/.bench-installed
+bench: install
 	$(BIN)/python bench/scaling.py --results $(BENCH_RESULTS) $(BENCH_ARGS)
 	$(BIN)/python bench/query.py --torch-threads 1 --results $(BENCH_RESULTS) $(BENCH_ARGS)
 	$(BIN)/python bench/embed.py --results $(BENCH_RESULTS) $(BENCH_ARGS)

@@ -38,7 +38,7 @@ DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"
 RSICD = DATA / "rsicd-aid"
 RSICD_IMAGES = RSICD / "RSICD_images"
 
-INSTALL_BENCH = "install the [bench] extra: .venv/bin/python -m pip install -e '.[bench]', or run make bench"
+INSTALL_BENCH = "install rsclip with its dependencies: make install"
 INSTALL_TEST = "install the [test] extra: .venv/bin/python -m pip install -e '.[test]', or run make install"
 FETCH_DATA = "the shared data set is missing: see ../shared/data/README (or set RSCLIP_SHARED_DATA)"
 

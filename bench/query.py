@@ -1,6 +1,6 @@
 """Query latency and recall on a large synthetic tile table: rsclip (LanceDB IVF_PQ) vs FAISS vs brute force.
 
-    python bench/query.py                         # 1M rows, 3 rounds (needs FAISS: pip install -e '.[bench]')
+    python bench/query.py                         # 1M rows, 3 rounds
     python bench/query.py --rows 20000 --queries 50 --repeats 2 --no-text    # a smoke run
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, like embeddings of an
@@ -11,15 +11,19 @@ The arms, one pass over the queries each per round (rounds interleaved, see benc
 queries of every pass are untimed):
 
 - ``resident``: rsclip's ANN on the resident copy (``searcher_for(table, resident=True)``, the web app's
-  path; loaded once, its load time and memory printed): p50/p95 ms, recall@k;
+  path, here the ``memory`` tier; loaded once, its load time and memory printed): p50/p95 ms, recall@k;
+- ``compact``: the same on a ``compact`` resident copy (what tables too large for the memory tier get: the
+  index in memory, vectors and columns read from the table on demand; ``compact_*``, ``compact_bytes_per_row``);
 - ``lance``: the same search through Lance alone (``LanceSearcher``, ``rsclip.query``'s default);
 - ``faiss``: FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
   ``IndexRefineFlat`` (same re-ranking depth), same nprobes; built once;
+- ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second through the resident path with 1, 4 and 8
+  concurrent callers (threads, as the web app's sessions); ``concurrency_gain`` = 8 callers over 1;
 - ``brute``: numpy brute force (one matrix-vector product + argpartition);
 - ``text``: a text query end to end (``rsclip.search.query.query``: open table, encode with a ViT-B/32-sized
   text tower on this machine's device, search the resident copy);
-- ``bbox_resident`` / ``bbox_lance``: bbox-filtered queries (random boxes 10 to 90 degrees a side), latency
-  and recall vs brute force filtered, on both paths.
+- ``bbox_resident`` / ``bbox_compact`` / ``bbox_lance``: bbox-filtered queries (random boxes 10 to 90 degrees
+  a side), latency and recall vs brute force filtered, on each path.
 
 ``faiss_ratio`` = resident p50 / FAISS p50, taken round by round. A sweep of nprobes x refine_factor (one pass,
 after the rounds) shows where the defaults sit. The last line of output is one JSON object: the ``ann_*``,
@@ -47,6 +51,7 @@ from bench.common import Arm, Bench, Target  # noqa: E402
 
 CHUNK = 100_000
 WARM_QUERIES = 5  # untimed queries at the start of every pass: caches warm after the other arms ran
+CONCURRENCY = (1, 4, 8)  # concurrent callers of the resident path's throughput arms (qps_t<n>)
 TEXTS = ("airport", "storage tanks", "a river crossing farmland", "dense residential area", "harbour with boats",
          "golf course", "bare land", "stadium", "railway station", "forest")
 TARGETS = [
@@ -54,6 +59,8 @@ TARGETS = [
     Target("ann_p50_ms", "<=", 10.0, "single-query ANN latency, resident path"),
     Target("faiss_ratio", "<=", 2.0, "within 2x of FAISS (compare recall10 with faiss_recall10)"),
     Target("bbox_recall10", ">=", 0.95, "bbox-filtered recall vs brute force filtered, the same bar"),
+    Target("compact_recall10", ">=", 0.95, "recall@10 of the compact tier"),
+    Target("concurrency_gain", ">=", 1.6, "8 concurrent queries' throughput over one caller's"),
 ]
 
 
@@ -204,6 +211,18 @@ def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str =
     return Arm(name, run, warm=lambda: timed(fn, items[:WARM_QUERIES], warm=0))
 
 
+def throughput_arm(name: str, fn, items, threads: int) -> Arm:
+    """An arm answering all ``items`` with ``threads`` concurrent callers of ``fn``: ``<name>`` = queries/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run() -> dict:
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(fn, items))
+            return {name: len(items) / (time.perf_counter() - t0)}
+    return Arm(name, run, warm=lambda: [fn(item) for item in items[:WARM_QUERIES]])
+
+
 def build_faiss(vectors, partitions: int, sub_vectors: int, seed: int):
     """FAISS with the same lists, code size, nprobes and re-ranking depth as rsclip's defaults."""
     import faiss
@@ -223,7 +242,7 @@ def build_faiss(vectors, partitions: int, sub_vectors: int, seed: int):
     return index
 
 
-def arms(args, db: Path, table, data: Data, truth: list, faiss_index) -> list[Arm]:
+def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -> list[Arm]:
     """The arms compared in every round (see the module doc)."""
     import numpy as np
 
@@ -242,21 +261,27 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index) -> list[Ar
         top = np.argpartition(-(data.vectors @ q), k)[:k]
         return top[np.argsort(-(data.vectors[top] @ q))]
 
-    def boxed(resident: bool):
-        return lambda i: rows_of(S.search(S.searcher_for(table, resident=resident), data.queries[i], k,
-                                          Filters.of(bbox=data.boxes[i])))
+    def boxed(make):
+        return lambda i: rows_of(S.search(make(), data.queries[i], k, Filters.of(bbox=data.boxes[i])))
+
+    resident, lance = (lambda: S.searcher_for(table, resident=True)), (lambda: S.LanceSearcher(table))
+    compacted = lambda: S.ResidentSearcher(table, compact)
 
     out = [
-        latency_arm("resident", "ann_", lambda q: rows_of(S.search(S.searcher_for(table, resident=True), q, k)),
-                    queries, truth, f"recall{k}"),
-        latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(S.LanceSearcher(table), q, k)),
-                    queries, truth, f"lance_recall{k}"),
+        latency_arm("resident", "ann_", lambda q: rows_of(S.search(resident(), q, k)), queries, truth, f"recall{k}"),
+        latency_arm("compact", "compact_ann_", lambda q: rows_of(S.search(compacted(), q, k)), queries, truth,
+                    f"compact_recall{k}"),
+        latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(lance(), q, k)), queries, truth,
+                    f"lance_recall{k}"),
         latency_arm("faiss", "faiss_", lambda q: faiss_index.search(q[None, :], k)[1][0], queries, truth,
                     f"faiss_recall{k}"),
         latency_arm("brute", "brute_", brute, queries[:50]),
-        latency_arm("bbox_resident", "bbox_", boxed(True), box_items, b_truth, f"bbox_recall{k}"),
-        latency_arm("bbox_lance", "lance_bbox_", boxed(False), box_items, b_truth, f"lance_bbox_recall{k}"),
+        latency_arm("bbox_resident", "bbox_", boxed(resident), box_items, b_truth, f"bbox_recall{k}"),
+        latency_arm("bbox_compact", "compact_bbox_", boxed(compacted), box_items, b_truth, f"compact_bbox_recall{k}"),
+        latency_arm("bbox_lance", "lance_bbox_", boxed(lance), box_items, b_truth, f"lance_bbox_recall{k}"),
     ]
+    for threads in CONCURRENCY:
+        out.append(throughput_arm(f"qps_t{threads}", lambda q: S.search(resident(), q, k), queries, threads))
     if not args.no_text:
         out.append(latency_arm("text", "text_e2e_", lambda s: query(db, s, k=k, resident=True), list(TEXTS) * 2))
     return out
@@ -331,7 +356,9 @@ def measure(args, bench: Bench, db: Path) -> dict:
     """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds."""
     from rsclip.table import index as rindex
     from rsclip.search import searchers as S
+    from rsclip.search import memory_table
     from rsclip.search.memory_table import resident_table
+    from rsclip.table import datasets
 
     print(f"rows={args.rows} dim={args.dim} clusters={args.clusters} queries={args.queries}", flush=True)
     data = make_data(args)
@@ -346,14 +373,23 @@ def measure(args, bench: Bench, db: Path) -> dict:
         raise SystemExit("bench/query.py: the resident copy does not fit the in-memory limit; use fewer --rows")
     once["resident_load_s"], once["resident_mb"] = time.perf_counter() - t0, resident.nbytes / 1e6
     t0 = time.perf_counter()
+    compact = memory_table.ResidentTable(datasets.dataset_of(table), S.fetch_columns(table), indexed=True,
+                                         tier=memory_table.COMPACT)
+    once["compact_load_s"], once["compact_bytes_per_row"] = time.perf_counter() - t0, compact.nbytes / args.rows
+    print(f"compact copy {compact.nbytes / 1e6:.0f} MB ({once['compact_bytes_per_row']:.0f} B/row) in "
+          f"{once['compact_load_s']:.1f}s", flush=True)
+    t0 = time.perf_counter()
     partitions, sub_vectors = rindex.ivf_pq_params(args.rows, args.dim)
     faiss_index = build_faiss(data.vectors, partitions, sub_vectors, args.seed)
     once["faiss_build_s"] = time.perf_counter() - t0
     print(f"resident copy {once['resident_mb']:.0f} MB in {once['resident_load_s']:.1f}s; faiss build "
           f"{once['faiss_build_s']:.1f}s ({partitions} lists, {sub_vectors} x 8-bit codes)", flush=True)
-    figures = bench.rounds(arms(args, db, table, data, truth, faiss_index))
+    figures = bench.rounds(arms(args, db, table, data, truth, faiss_index, compact))
     sweep(args, table, data, truth)
-    return bench.finish(figures, ratios={"faiss_ratio": ("ann_p50_ms", "faiss_p50_ms")}, once=once,
+    ratios = {"faiss_ratio": ("ann_p50_ms", "faiss_p50_ms"),
+              "compact_faiss_ratio": ("compact_ann_p50_ms", "faiss_p50_ms"),
+              "concurrency_gain": (f"qps_t{CONCURRENCY[-1]}", "qps_t1")}
+    return bench.finish(figures, ratios=ratios, once=once,
                         constants={"rows": args.rows}, targets=TARGETS)
 
 

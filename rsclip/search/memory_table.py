@@ -1,99 +1,75 @@
 """In-memory tables: one version of a tile table held in memory (resident), for long-lived searchers (the web app).
 
-A search through Lance alone pays, per query, for reading the full vectors of the ``refine_factor * k``
-candidates it re-ranks and for fetching the answer's columns from the data files: at 1M rows that is most
-of its latency (BENCHMARKS.md, Query). A :class:`ResidentTable` keeps the result columns (~130 MB per
-million rows) and the float32 vectors (2 KB per 512-d row) in memory, addressed by Lance row id, so the
-index is asked for candidate row ids only and re-ranking and the answer's columns come from memory. Scores
-are the exact cosines of the candidates, as an exact scan computes them.
+A search through Lance alone pays, per query, for Lance's scanner, for reading the full vectors of the
+``refine_factor * k`` candidates it re-ranks and for fetching the answer's columns from the data files: at 1M
+rows that is most of its latency (BENCHMARKS.md, Query). A :class:`ResidentTable` keeps what search needs in
+memory, in one of two tiers chosen by what fits (:func:`choose_tier`):
+
+- ``memory``: the result columns (~130 MB per million rows) and the float32 vectors (2 KB per 512-d row):
+  re-ranking and the answer's columns come from memory;
+- ``compact`` (tables too large for that): the index and the fixed-width columns (bounds, window, times),
+  ~350 bytes per 512-d row; the candidates' vectors and the answer's texts (id, uri) are read from the table
+  version on demand (a positional ``take`` of ~100 rows, :class:`TableRows`).
+
+Either way an indexed table gets an in-process IVF index (:mod:`rsclip.search.ivf_index`) that proposes
+candidates; their scores are the exact cosines of the full vectors, as an exact scan computes them.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rsclip.table import datasets, tiles
+from rsclip.table.index import ivf_pq_params
 from rsclip.search.filters import bbox_mask
+from rsclip.search.ivf_index import IvfIndex
 
 ROW_ID = "_rowid"
 SCAN_ROWS = 65_536
+MEMORY, COMPACT = "memory", "compact"
 # Resident copies kept per process, the one being loaded included: each is a full copy of its table, so at
 # most two exist at once (the version serving searches and the next one loading).
 KEEP = 2
-# The largest resident copy (bytes) by default; larger tables are searched through Lance (`cache.max_bytes`,
+# The largest resident copy (bytes) by default, and at most this share of the machine's (or container's)
+# memory; a table whose compact copy is larger still is searched through Lance (`cache.max_bytes`,
 # `rsclip serve --resident-max-gb`).
 MAX_BYTES = 8 * 1024**3
+MEMORY_SHARE = 0.4
 ROW_OVERHEAD_BYTES = 160
+# Per row of a compact copy besides its index entry: four float64 bounds, the window (4 int32), three time and
+# quality columns (8 bytes each), the CRS (a dictionary index) and the row-id lookup (12 bytes).
+COMPACT_ROW_BYTES = 4 * 8 + 4 * 4 + 3 * 8 + 4 + 12
+# A table of fewer rows gets no in-process index: its rows are ranked exactly.
+MIN_INDEX_ROWS = 1_000
 # Seconds a search waits for another thread's first load of a table before searching without it.
 LOAD_WAIT_S = 300.0
 
 
-class ResidentTable:
-    """``columns`` and the vectors of one Lance dataset version, in memory, addressed by row id."""
+class MemoryRows:
+    """The ``memory`` tier's vectors: float32, by position."""
 
-    def __init__(self, dataset, columns: tuple[str, ...], *, indexed: bool):
-        n = dataset.count_rows()
-        self.dataset = dataset  # the version it holds, for the index searches that go with it
-        self.indexed = indexed  # whether the version has an ANN index on its vectors
-        self.column_names = tuple(columns)
-        row_ids = np.empty(n, dtype=np.uint64)
-        vectors: np.ndarray | None = None
-        parts, filled = [], 0
-        for batch in dataset.to_batches(columns=[*columns, tiles.VECTOR], with_row_id=True,
-                                        batch_size=SCAN_ROWS):
-            m = batch.num_rows
-            flat = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False)
-            if vectors is None:
-                vectors = np.empty((n, flat.size // max(m, 1)), dtype=np.float32)
-            vectors[filled : filled + m] = flat.reshape(m, -1)  # (m, D)
-            row_ids[filled : filled + m] = batch.column(ROW_ID).to_numpy()
-            parts.append(batch.select(list(columns)))
-            filled += m
-        if filled != n:
-            raise RuntimeError(f"table changed while being loaded: {filled} rows read, {n} counted")
-        self.vectors = vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32)
-        self._norms = np.maximum(np.linalg.norm(self.vectors, axis=1), 1e-12) if n else np.zeros(0, np.float32)
-        # one chunk per column: Arrow's take on a many-chunk column concatenates it first (~20 ms at 1M rows)
-        self.columns = pa.Table.from_batches(parts).combine_chunks() if parts else pa.table(
-            {c: pa.array([], dataset.schema.field(c).type) for c in columns})
-        # bounds as float arrays, null -> NaN (never inside a box, as SQL's NULL)
-        self._bounds = {c: self.columns.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                        for c in tiles.BOUNDS_COLUMNS if c in self.column_names}
-        self._order = np.argsort(row_ids, kind="stable")
-        self._sorted_ids = row_ids[self._order]
+    kind = MEMORY
 
-    def __len__(self) -> int:
-        return len(self._sorted_ids)
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+        self._norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12) if len(vectors) else np.zeros(0, np.float32)
 
     @property
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes + self._norms.nbytes + self.columns.nbytes + self._order.nbytes
-                   + self._sorted_ids.nbytes + sum(v.nbytes for v in self._bounds.values()))
+        return int(self.vectors.nbytes + self._norms.nbytes)
 
-    def positions(self, row_ids) -> np.ndarray:
-        """Row positions (into :attr:`vectors` and :attr:`columns`) of Lance row ids of this version."""
-        ids = np.asarray(row_ids, dtype=np.uint64)
-        at = np.searchsorted(self._sorted_ids, ids)
-        if len(ids) and (at.max(initial=0) >= len(self._sorted_ids) or (self._sorted_ids[at] != ids).any()):
-            raise KeyError("row ids not in this version of the table")
-        return self._order[at]
-
-    def intersecting(self, bbox) -> np.ndarray:
-        """Boolean mask of the rows whose bounds intersect ``(lon_min, lat_min, lon_max, lat_max)`` (touching
-        counts; rows without bounds never match), as :func:`rsclip.search.filters.bbox_sql` in SQL."""
-        return bbox_mask(self._bounds, bbox)
-
-    def scores(self, positions: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        """Cosine similarity of ``vector`` with the rows at ``positions`` (float64)."""
-        q = np.asarray(vector, dtype=np.float32)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        if len(positions) > len(self) // 4:  # streaming every row beats gathering a large share of them
-            dots = np.empty(len(self), dtype=np.float32)
-            for start in range(0, len(self), SCAN_ROWS):
+    def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64)."""
+        n = len(self.vectors)
+        if len(positions) > n // 4:  # streaming every row beats gathering a large share of them
+            dots = np.empty(n, dtype=np.float32)
+            for start in range(0, n, SCAN_ROWS):
                 dots[start : start + SCAN_ROWS] = self.vectors[start : start + SCAN_ROWS] @ q
             dots = dots[positions]
         else:
@@ -102,9 +78,126 @@ class ResidentTable:
                 dots[start : start + SCAN_ROWS] = self.vectors[positions[start : start + SCAN_ROWS]] @ q
         return dots.astype(np.float64) / self._norms[positions]
 
+
+class TableRows:
+    """The ``compact`` tier's vectors: read from the table version on demand, by position (Lance's ``take``)."""
+
+    kind = COMPACT
+    nbytes = 0
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64), their vectors read now."""
+        scores = np.empty(len(positions), dtype=np.float64)
+        for start in range(0, len(positions), SCAN_ROWS):
+            part = positions[start : start + SCAN_ROWS]
+            order = np.argsort(part, kind="stable")  # Lance reads ascending positions faster
+            found = self.dataset.take(part[order], columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
+            vectors = found.flatten().to_numpy(zero_copy_only=False).reshape(len(part), -1)
+            norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
+            scores[start + order] = (vectors @ q).astype(np.float64) / norms
+        return scores
+
+
+def compact_columns(schema, columns) -> list[str]:
+    """The ``columns`` a compact copy keeps in memory: fixed-width numbers and times, and the CRS (few distinct
+    texts, dictionary-encoded); the other texts (id, uri) are read for the answer's rows only."""
+    def small(field) -> bool:
+        return (field.name == tiles.CRS or pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+                or pa.types.is_timestamp(field.type))
+    return [c for c in columns if small(schema.field(c))]
+
+
+class ResidentTable:
+    """What a search of one Lance dataset version needs, in memory in ``tier`` (module doc), by row position.
+
+    Loaded in one pass over the version (after a sample for the index's training, when it gets one); the
+    index is built when the version has an ANN index on its vectors (``indexed``) or the tier is compact
+    (which cannot rank all rows exactly), and the version has at least :data:`MIN_INDEX_ROWS` rows.
+    """
+
+    def __init__(self, dataset, columns: tuple[str, ...], *, indexed: bool, tier: str = MEMORY):
+        n = dataset.count_rows()
+        self.dataset = dataset  # the version it holds
+        self.column_names = tuple(columns)
+        self.index = _new_index(dataset, n) if (indexed or tier == COMPACT) and n >= MIN_INDEX_ROWS else None
+        self.indexed = self.index is not None
+        kept = list(columns) if tier == MEMORY else compact_columns(dataset.schema, columns)
+        row_ids, vectors, parts = self._scan(dataset, n, kept, keep_vectors=tier == MEMORY)
+        table = pa.Table.from_batches(parts) if parts else pa.table(
+            {c: pa.array([], dataset.schema.field(c).type) for c in kept})
+        if tier == COMPACT and tiles.CRS in kept:
+            table = table.set_column(kept.index(tiles.CRS), tiles.CRS, pc.dictionary_encode(table.column(tiles.CRS)))
+        # one chunk per column: Arrow's take on a many-chunk column concatenates it first (~20 ms at 1M rows)
+        self.columns = table.combine_chunks()
+        self.store = MemoryRows(vectors) if tier == MEMORY else TableRows(dataset)
+        # bounds as float arrays, null -> NaN (never inside a box, as SQL's NULL); float64 columns without
+        # nulls are views of the Arrow columns, not copies
+        self._bounds = {c: self.columns.column(c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                        for c in tiles.BOUNDS_COLUMNS if c in kept}
+        self._copied = sum(self._bounds[c].nbytes for c in self._bounds  # the bounds that are not views
+                           if self.columns.column(c).null_count or not pa.types.is_float64(self.columns.column(c).type))
+        order = np.argsort(row_ids, kind="stable")
+        self._order = order.astype(np.int32) if n < 2**31 else order
+        self._sorted_ids = row_ids[order]
+
+    def _scan(self, dataset, n: int, kept: list[str], *, keep_vectors: bool):
+        """One pass: row ids, the vectors (kept, or only fed to the index) and the ``kept`` columns."""
+        row_ids = np.empty(n, dtype=np.uint64)
+        vectors: np.ndarray | None = None
+        parts, filled = [], 0
+        for batch in dataset.to_batches(columns=[*kept, tiles.VECTOR], with_row_id=True, batch_size=SCAN_ROWS):
+            m = batch.num_rows
+            flat = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(m, -1)
+            if keep_vectors:
+                if vectors is None:
+                    vectors = np.empty((n, flat.shape[1]), dtype=np.float32)
+                vectors[filled : filled + m] = flat
+            if self.index is not None:
+                self.index.add(flat)
+            row_ids[filled : filled + m] = batch.column(ROW_ID).to_numpy()
+            parts.append(batch.select(kept))
+            filled += m
+        if filled != n:
+            raise RuntimeError(f"table changed while being loaded: {filled} rows read, {n} counted")
+        return row_ids, vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32), parts
+
+    @property
+    def kind(self) -> str:
+        """The tier: :data:`MEMORY` or :data:`COMPACT`."""
+        return self.store.kind
+
+    def __len__(self) -> int:
+        return len(self._sorted_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.store.nbytes + self.columns.nbytes + self._order.nbytes + self._sorted_ids.nbytes
+                   + self._copied + (self.index.nbytes if self.index else 0))
+
+    def positions(self, row_ids) -> np.ndarray:
+        """Row positions (scan order of the version) of Lance row ids of this version."""
+        ids = np.asarray(row_ids, dtype=np.uint64)
+        at = np.searchsorted(self._sorted_ids, ids)
+        if len(ids) and (at.max(initial=0) >= len(self._sorted_ids) or (self._sorted_ids[at] != ids).any()):
+            raise KeyError("row ids not in this version of the table")
+        return self._order[at].astype(np.int64)
+
+    def intersecting(self, bbox) -> np.ndarray:
+        """Boolean mask of the rows whose bounds intersect ``(lon_min, lat_min, lon_max, lat_max)`` (touching
+        counts; rows without bounds never match), as :func:`rsclip.search.filters.bbox_sql` in SQL."""
+        return bbox_mask(self._bounds, bbox)
+
+    def nearest(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
+        """Candidate positions from the index (:meth:`IvfIndex.search`)."""
+        return self.index.search(vector, n, nprobe, among)
+
     def top(self, positions: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, scores)`` of the ``k`` rows among ``positions`` most similar to ``vector``, best first."""
-        scores = self.scores(positions, vector)
+        q = np.asarray(vector, dtype=np.float32)
+        scores = self.store.scores(positions, q / max(float(np.linalg.norm(q)), 1e-12))
         if len(scores) > k:
             keep = np.argpartition(-scores, k - 1)[:k]
             positions, scores = positions[keep], scores[keep]
@@ -112,29 +205,75 @@ class ResidentTable:
         return positions[order], scores[order]
 
     def rows(self, positions: np.ndarray) -> pa.Table:
-        """The resident columns of the rows at ``positions``, in that order."""
-        return self.columns.take(pa.array(positions, type=pa.int64()))
+        """The result columns of the rows at ``positions``, in that order (the columns a compact copy does not
+        hold read from the table version)."""
+        at = pa.array(positions, type=pa.int64())
+        held = self.columns.take(at)
+        missing = [c for c in self.column_names if c not in held.column_names]
+        read = self.dataset.take(np.asarray(positions, dtype=np.int64), columns=missing) if missing else None
+        columns = [held.column(c) if c in held.column_names else read.column(c) for c in self.column_names]
+        columns = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in columns]
+        return pa.table(columns, names=list(self.column_names))
 
 
-def estimated_bytes(dataset) -> int:
-    """Memory a resident copy of ``dataset`` would take: its vectors plus ~160 bytes of columns per row."""
+def _new_index(dataset, n: int) -> IvfIndex:
+    """An index for ``dataset``'s vectors, trained on an evenly spread sample of its rows."""
     dim = dataset.schema.field(tiles.VECTOR).type.list_size
-    return int(dataset.count_rows() * (dim * 4 + ROW_OVERHEAD_BYTES))
+    lists = ivf_pq_params(n, dim)[0]
+    index = IvfIndex(dim, lists)
+    sample = np.sort(np.random.default_rng(0).choice(n, IvfIndex.training_rows(lists, n), replace=False))
+    found = dataset.take(sample, columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
+    index.train(found.flatten().to_numpy(zero_copy_only=False).reshape(len(sample), dim))
+    return index
+
+
+def estimated_bytes(dataset, tier: str = MEMORY) -> int:
+    """Memory a resident copy of ``dataset`` would take in ``tier``: the vectors plus ~160 bytes of columns
+    per row (memory), or the index entry and the compact columns (compact); the index is counted in both."""
+    dim = dataset.schema.field(tiles.VECTOR).type.list_size
+    index = dim // 2 + 8
+    per_row = dim * 4 + ROW_OVERHEAD_BYTES + index if tier == MEMORY else index + COMPACT_ROW_BYTES
+    return int(dataset.count_rows() * per_row)
+
+
+def memory_limit() -> int:
+    """The machine's memory, or the container's (cgroup v2 ``memory.max``) when that is lower (bytes)."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            limit = min(limit, int(text))
+    except OSError:
+        pass
+    return int(limit)
+
+
+def choose_tier(dataset, max_bytes: int) -> str | None:
+    """The tier a resident copy of ``dataset`` takes under ``max_bytes``: memory when it fits, else compact when
+    that fits, else None (search through Lance)."""
+    for tier in (MEMORY, COMPACT):
+        if estimated_bytes(dataset, tier) <= max_bytes:
+            return tier
+    return None
 
 
 class ResidentCache:
     """Resident copies of table versions, at most ``keep`` in memory (the one being loaded included) and
-    never more than ``max_bytes`` each.
+    never more than ``max_bytes`` each (by default :data:`MAX_BYTES`, or :data:`MEMORY_SHARE` of the memory
+    when that is less).
 
     A version is loaded outside the cache's lock, once, by the first thread that asks for it; while it loads,
     other threads asking for it get the newest version of that table already in memory (their searches run
-    on that snapshot) or, when none is, wait for the load. A table too large for ``max_bytes`` is not loaded:
-    :meth:`get` returns None and searches go through Lance.
+    on that snapshot) or, when none is, wait for the load. Each copy takes the tier :func:`choose_tier` gives
+    it; a table too large for ``max_bytes`` even compact is not loaded: :meth:`get` returns None and searches
+    go through Lance.
     """
 
-    def __init__(self, keep: int = KEEP, max_bytes: int = MAX_BYTES, loader=None):
-        self.keep, self.max_bytes = max(1, keep), max_bytes
-        self._loader = loader or ResidentTable  # (dataset, columns, indexed=) -> ResidentTable
+    def __init__(self, keep: int = KEEP, max_bytes: int | None = None, loader=None):
+        self.keep = max(1, keep)
+        self.max_bytes = max_bytes if max_bytes is not None else min(MAX_BYTES, int(MEMORY_SHARE * memory_limit()))
+        self._loader = loader or ResidentTable  # (dataset, columns, indexed=, tier=) -> ResidentTable
         self._loaded: "OrderedDict[tuple, ResidentTable]" = OrderedDict()
         self._loading: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
@@ -177,7 +316,8 @@ class ResidentCache:
             if loading is not None and older is not None:
                 return older
             if loading is None:
-                if estimated_bytes(dataset) > self.max_bytes:
+                tier = choose_tier(dataset, self.max_bytes)
+                if tier is None:
                     return None
                 self._make_room(dataset.uri, columns)
                 loading = self._loading[key] = threading.Event()
@@ -188,11 +328,11 @@ class ResidentCache:
             loading.wait(LOAD_WAIT_S)
             with self._lock:
                 return self._loaded.get(key) or self._newest_of(dataset.uri, columns)
-        return self._load(key, dataset, table, columns, loading)
+        return self._load(key, dataset, table, columns, tier, loading)
 
-    def _load(self, key, dataset, table, columns, done: threading.Event) -> ResidentTable:
+    def _load(self, key, dataset, table, columns, tier: str, done: threading.Event) -> ResidentTable:
         try:
-            loaded = self._loader(dataset, columns, indexed=tiles.has_vector_index(table))
+            loaded = self._loader(dataset, columns, indexed=tiles.has_vector_index(table), tier=tier)
             with self._lock:
                 self._loaded[key] = loaded
             return loaded

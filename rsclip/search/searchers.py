@@ -25,7 +25,7 @@ import pandas as pd
 from rsclip.table import datasets, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
-from rsclip.search.memory_table import ROW_ID, resident_table
+from rsclip.search.memory_table import MEMORY, ROW_ID, resident_table
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,17 @@ DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by
 # refine_factor * k candidates with the full vectors is what lifts it above 0.95.
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 40  # 20 gave recall@10 1.0 at 200k rows but 0.937 at 1M; 40 gives 0.99 at 1M
+# A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 4-bit codes of the full vector:
+# 10 x k of them hold the exact top k (recall@10 1.0 at 1M rows, BENCHMARKS.md), and each is one vector read.
+RESIDENT_REFINE_FACTOR = 10
 # A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
 # index: exact and, at this size, as fast as the ANN path.
 EXACT_FILTER_ROWS = 20_000
 # A resident search whose filters keep at most this many rows ranks them all in memory: at 1M rows that is
-# at most one pass over the vectors (~110 ms), against ~300 ms for the prefiltered index (BENCHMARKS.md).
+# at most one pass over the vectors (~110 ms); more go to the index, restricted to the rows kept.
 RESIDENT_EXACT_ROWS = 1_000_000
+# The same for a compact resident copy, whose vectors are read from the table: a few ms per thousand rows.
+COMPACT_EXACT_ROWS = 4_096
 # Lance/DataFusion texts that mean the caller's SQL filter is wrong, not that the table is broken.
 # Evaluating the filter on the rows can fail too (a cast of a text to a number, a division by zero): that is
 # the filter's fault as well.
@@ -62,9 +67,11 @@ Ranker = Callable[[int], pd.DataFrame]
 
 class Searcher(Protocol):
     """What a search needs of a table: how many rows it has, and a ranker for a vector under filters.
-    ``note`` says, for people, anything unusual about how the search runs (empty when nothing is)."""
+    ``path`` names the way it searches (``lance``, ``resident (memory)``, ``resident (compact)``); ``note``
+    says, for people, anything unusual about how the search runs (empty when nothing is)."""
 
     table: object
+    path: str
     note: str
 
     def row_count(self) -> int: ...
@@ -129,7 +136,7 @@ class LanceSearcher:
         self.table = table
         self.dataset = datasets.dataset_of(table)
         self.nprobes, self.refine_factor = nprobes, refine_factor
-        self.note = ""
+        self.path, self.note = "lance", ""
 
     def row_count(self) -> int:
         return self.dataset.count_rows()
@@ -152,67 +159,68 @@ class LanceSearcher:
 
 
 class ResidentSearcher:
-    """Searches an in-memory copy of the table's current version (loaded on first use, kept per process);
-    the index proposes ``refine_factor * k`` candidates from ``nprobes`` lists."""
+    """Searches a resident copy of the table's current version (loaded on first use, kept per process; its
+    tier says where the vectors are, :mod:`rsclip.search.memory_table`): its index proposes
+    ``refine_factor * k`` candidates from ``nprobes`` lists, their exact scores rank them."""
 
     def __init__(self, table, rows, *, nprobes: int = DEFAULT_NPROBES,
-                 refine_factor: int | None = DEFAULT_REFINE_FACTOR):
+                 refine_factor: int | None = RESIDENT_REFINE_FACTOR):
         self.table, self.rows = table, rows
         self.nprobes, self.refine_factor = nprobes, refine_factor
         current = datasets.dataset_of(table).version
+        self.path = f"resident ({rows.kind})"
         self.note = "" if rows.dataset.version == current else (
             f"searching table version {rows.dataset.version} while version {current} loads into memory")
 
     def row_count(self) -> int:
         return len(self.rows)
 
-    def candidates(self, filters: Filters, exact: bool) -> np.ndarray | None:
-        """Row positions to rank exactly in memory, or None: ask the index.
+    @property
+    def exact_rows(self) -> int:
+        """The most filtered rows ranked exactly (their vectors in memory, or read from the table)."""
+        return RESIDENT_EXACT_ROWS if self.rows.kind == MEMORY else COMPACT_EXACT_ROWS
 
-        The box is tested in memory and the other filters by Lance; what they leave is ranked exactly when
-        it is at most ``RESIDENT_EXACT_ROWS`` rows, when the table has no index, or with ``exact``.
+    def candidates(self, filters: Filters, exact: bool) -> np.ndarray | None:
+        """The sorted row positions the filters keep (None: every row).
+
+        The box is tested in memory and the other filters by Lance; without an index every row passes to the
+        exact ranking.
         """
         rows = self.rows
         found = None if filters.bbox is None else np.flatnonzero(rows.intersecting(filters.bbox))
         where = filters.row_sql()
         if where:
             ids = checked_sql(lambda: rows.dataset.to_table(columns=[], with_row_id=True, filter=where), where)
-            matching = rows.positions(ids.column(ROW_ID).to_numpy())
-            found = matching if found is None else np.intersect1d(found, matching)
+            matching = np.sort(rows.positions(ids.column(ROW_ID).to_numpy()))
+            found = matching if found is None else np.intersect1d(found, matching, assume_unique=True)
         if found is None and (exact or not rows.indexed):
             found = np.arange(len(rows))
-        if found is not None and len(found) > RESIDENT_EXACT_ROWS and rows.indexed and not exact:
-            return None
         return found
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
-        rows, candidates = self.rows, self.candidates(filters, exact)
+        rows, kept = self.rows, self.candidates(filters, exact)
+        ranked_exactly = not rows.indexed or (kept is not None and (exact or len(kept) <= self.exact_rows))
 
         def rank(n: int) -> pd.DataFrame:
-            positions = candidates
-            if positions is None:  # the index proposes refine_factor * n candidates (prefiltered)
-                where = filters.sql()
-                nearest = nearest_args(vector, n * max(1, self.refine_factor or 1), where=where,
-                                       nprobes=self.nprobes)
-                found = checked_sql(lambda: rows.dataset.to_table(
-                    columns=[DISTANCE], with_row_id=True, nearest=nearest, filter=where, prefilter=bool(where)),
-                    where)
-                positions = rows.positions(found.column(ROW_ID).to_numpy())
+            positions = kept
+            if not ranked_exactly:  # the index proposes refine_factor * n candidates among the kept rows
+                positions = rows.nearest(vector, n * max(1, self.refine_factor or 1), self.nprobes, among=kept)
             best, scores = rows.top(positions, vector, n)
             return result_frame(rows.rows(best), scores)
         return rank
 
 
 def searcher_for(table, *, resident: bool = False) -> Searcher:
-    """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory (see
-    :class:`~rsclip.search.memory_table.ResidentCache`), else Lance (its ``note`` then says why)."""
+    """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory in either
+    tier (see :class:`~rsclip.search.memory_table.ResidentCache`), else Lance (its ``note`` then says why)."""
     if resident:
         rows = resident_table(table, fetch_columns(table))
         if rows is not None:
             return ResidentSearcher(table, rows)
     searcher = LanceSearcher(table)
     if resident:
-        searcher.note = "the table is larger than the in-memory limit: searching through Lance (slower)"
+        searcher.note = ("the table is larger than the in-memory limit, even compact: searching through Lance "
+                         "(slower)")
         log.warning("%s: %s", table.name, searcher.note)
     return searcher
 
@@ -228,7 +236,7 @@ def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Fi
     filters = filters.on(searcher.table)
     rank = searcher.ranker(vector, filters, exact=exact)
     if filters.exact_in_sql and drop is None:
-        return rank(k)
+        return answered_by(searcher, rank(k))
     limit = k + extra if filters.exact_in_sql else min(MAX_K * 4, max(2 * k, k + 16) + extra)
     total = searcher.row_count()
     while True:
@@ -238,6 +246,12 @@ def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Fi
             mask &= ~drop(frame)
         kept = frame[mask]
         if len(kept) >= k or len(frame) < limit or limit >= total:
-            return kept.head(k).reset_index(drop=True)
+            return answered_by(searcher, kept.head(k).reset_index(drop=True))
         limit *= 4
+
+
+def answered_by(searcher: Searcher, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the searcher's path and note in its ``attrs`` (``search_path``, ``search_note``)."""
+    frame.attrs.update(search_path=searcher.path, search_note=searcher.note)
+    return frame
 

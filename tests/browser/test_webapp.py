@@ -299,6 +299,7 @@ def test_text_search_shows_the_ranked_thumbnails(server, demo, page, tmp_path):
     text = page.locator(results).inner_text()
     assert text.count("score") == DEFAULT_K
     assert f"{expected['score'].iloc[0]:.3f}" in text
+    page.get_by_text("Searched: resident (memory)").wait_for(timeout=UI_TIMEOUT_MS)  # which path answered
     assert_no_traceback(page)
 
 

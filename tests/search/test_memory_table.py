@@ -35,10 +35,10 @@ class GatedLoader:
     def __init__(self):
         self.started, self.go = threading.Event(), threading.Event()
 
-    def __call__(self, dataset, columns, indexed):
+    def __call__(self, dataset, columns, **kwargs):
         self.started.set()
         assert self.go.wait(60)
-        return memory_table.ResidentTable(dataset, columns, indexed=indexed)
+        return memory_table.ResidentTable(dataset, columns, **kwargs)
 
 
 def test_next_version_loads_while_the_previous_one_serves(table):
@@ -79,7 +79,8 @@ def test_never_more_than_two_copies(table):
 
 
 def test_a_table_over_the_memory_cap_is_searched_through_lance_and_says_so(table, monkeypatch):
-    small = memory_table.ResidentCache(max_bytes=memory_table.estimated_bytes(datasets.dataset_of(table)) - 1)
+    compact = memory_table.estimated_bytes(datasets.dataset_of(table), memory_table.COMPACT)
+    small = memory_table.ResidentCache(max_bytes=compact - 1)
     assert small.get(table, FETCH_COLUMNS) is None and len(small) == 0
     monkeypatch.setattr(memory_table, "cache", small)
     monkeypatch.setattr(searchers, "resident_table", small.get)
@@ -89,3 +90,14 @@ def test_a_table_over_the_memory_cap_is_searched_through_lance_and_says_so(table
     got = searchers.search(searcher, query, 5)
     want = searchers.search(searchers.LanceSearcher(table), query, 5)
     assert got["id"].tolist() == want["id"].tolist()
+
+
+def test_the_tier_is_the_largest_that_fits(table):
+    dataset = datasets.dataset_of(table)
+    memory = memory_table.estimated_bytes(dataset)
+    compact = memory_table.estimated_bytes(dataset, memory_table.COMPACT)
+    assert compact < memory
+    assert memory_table.choose_tier(dataset, memory) == memory_table.MEMORY
+    assert memory_table.choose_tier(dataset, memory - 1) == memory_table.COMPACT
+    assert memory_table.choose_tier(dataset, compact - 1) is None
+    assert memory_table.ResidentCache().max_bytes <= min(memory_table.MAX_BYTES, memory_table.memory_limit())

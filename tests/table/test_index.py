@@ -11,24 +11,11 @@ from rsclip.table import index as rindex
 from rsclip.table import tiles
 from rsclip.search import memory_table, searchers
 from rsclip.search.filters import Filters
+from tests.helpers.vectors import clustered, tile_rows
 
 
 DIM = 32
 N_ROWS = 3000
-
-
-def clustered(rng, n, centers, spread=0.6):
-    v = centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, DIM)) * spread / np.sqrt(DIM)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-
-
-def tile_rows(start, vectors, rng):
-    n = len(vectors)
-    lon = rng.uniform(-170, 170, n)
-    lat = rng.uniform(-80, 80, n)
-    return dict(uri=[f"s3://archive/scene-{i}.tif" for i in range(start, start + n)], x=[0] * n, y=[0] * n,
-                width=[224] * n, height=[224] * n, vector=vectors, lon_min=lon, lat_min=lat,
-                lon_max=lon + 1.0, lat_max=lat + 1.0)
 
 
 @pytest.fixture

@@ -55,6 +55,9 @@ def search_and_show(ctx: PageContext, view: str, search) -> None:
     except Exception as exc:
         failed("Search failed", exc)
         return
+    path, note = hits.attrs.get("search_path"), hits.attrs.get("search_note")
+    if path:  # which search answered: the resident copy (in memory or compact) or Lance, and why when unusual
+        st.caption(f"Searched: {path}" + (f" ({escape_markdown(note)})" if note else ""))
     show_results(ctx, hits, view)
 
 

@@ -1,0 +1,22 @@
+"""Synthetic tile rows for search tests: clustered unit vectors (an archive with many scene types) and random
+1-degree WGS84 boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def clustered(rng, n: int, centers: np.ndarray, spread: float = 0.6) -> np.ndarray:
+    """``n`` unit vectors: a random row of ``centers`` plus noise of norm ~``spread``."""
+    dim = centers.shape[1]
+    v = centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, dim)) * spread / np.sqrt(dim)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def tile_rows(start: int, vectors: np.ndarray, rng) -> dict:
+    """Tile columns for ``vectors``: uris ``s3://archive/scene-<start + i>.tif``, 224 px windows, random boxes."""
+    n = len(vectors)
+    lon, lat = rng.uniform(-170, 170, n), rng.uniform(-80, 80, n)
+    return dict(uri=[f"s3://archive/scene-{i}.tif" for i in range(start, start + n)], x=[0] * n, y=[0] * n,
+                width=[224] * n, height=[224] * n, vector=vectors, lon_min=lon, lat_min=lat,
+                lon_max=lon + 1.0, lat_max=lat + 1.0)

@@ -1,0 +1,119 @@
+"""Resident search in both tiers (rsclip.search.memory_table): the in-process index proposes, exact cosines rank;
+filters never lose a row; the compact tier reads vectors and columns from the table and stays small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rsclip
+from rsclip.search import memory_table, searchers
+from rsclip.search.filters import Filters
+from rsclip.table import datasets, tiles
+from rsclip.table import index as rindex
+from tests.helpers.vectors import clustered, tile_rows
+
+DIM = 32
+ROWS = 6000
+
+
+@pytest.fixture(scope="module")
+def indexed_db(tiny_model, tmp_path_factory):
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(60, DIM))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    db = tmp_path_factory.mktemp("tiers") / "db"
+    table = tiles.create_table(db, model=str(tiny_model), dim=DIM)
+    for start in range(0, ROWS, 2000):  # three fragments, and rows deleted from the middle one
+        tiles.add_tiles(table, tile_rows(start, clustered(rng, 2000, centers), rng))
+    table.delete("uri LIKE '%scene-3%'")
+    rindex.build_index(db, min_rows=1000)
+    frame = tiles.open_table(db).to_pandas()
+    return db, clustered(rng, 30, centers), frame
+
+
+@pytest.fixture(params=[memory_table.MEMORY, memory_table.COMPACT])
+def tier(request, indexed_db, monkeypatch):
+    """A fresh resident cache whose limit gives the table the tier asked for."""
+    dataset = datasets.dataset_of(tiles.open_table(indexed_db[0]))
+    limit = memory_table.estimated_bytes(dataset, request.param)
+    cache = memory_table.ResidentCache(max_bytes=limit)
+    monkeypatch.setattr(memory_table, "cache", cache)
+    monkeypatch.setattr(searchers, "resident_table", cache.get)
+    return request.param
+
+
+def exact(frame, q, k, mask=None):
+    rows = frame if mask is None else frame[mask(frame)]
+    scores = np.stack(rows["vector"].to_numpy()) @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    return rows.iloc[order]["id"].tolist(), scores[order]
+
+
+def in_box(box):
+    return lambda f: (f.lon_min <= box[2]) & (f.lon_max >= box[0]) & (f.lat_min <= box[3]) & (f.lat_max >= box[1])
+
+
+def test_the_index_proposes_and_exact_cosines_rank(indexed_db, tier):
+    db, queries, frame = indexed_db
+    table = tiles.open_table(db)
+    searcher = searchers.searcher_for(table, resident=True)
+    assert searcher.path == f"resident ({tier})" and searcher.rows.indexed and len(searcher.rows) == len(frame)
+    hits = []
+    for q in queries:
+        got = searchers.search(searcher, q, 10)
+        assert got.attrs["search_path"] == searcher.path
+        want, _ = exact(frame, q, 10)
+        hits.append(len(set(got["id"]) & set(want)))
+        vectors = np.stack(frame.set_index("id").loc[got["id"], "vector"].to_numpy())
+        np.testing.assert_allclose(got["score"].to_numpy(), vectors @ q, atol=1e-5)
+    assert np.mean(hits) / 10 >= 0.95
+    # the answer's columns are the table's, whichever tier held them
+    got = searchers.search(searcher, queries[0], 10)
+    lance = frame.set_index("id").loc[got["id"]]
+    for column in ("uri", "x", "width", "lon_min", "lat_max"):
+        assert got[column].tolist() == lance[column].tolist()
+
+
+@pytest.mark.parametrize("through_index", [False, True])
+def test_filters_keep_every_row_they_match(indexed_db, tier, monkeypatch, through_index):
+    """Boxes keeping ~0.1 % to ~2 % of the rows, and SQL: the answer is the exact top k of the rows kept,
+    whether those rows are ranked directly or the index is asked among them (all lists probed)."""
+    if through_index:
+        monkeypatch.setattr(searchers, "RESIDENT_EXACT_ROWS", 0)
+        monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)
+    db, queries, frame = indexed_db
+    searcher = searchers.searcher_for(tiles.open_table(db), resident=True)
+    for i, box in enumerate([(-20.0, -10.0, 20.0, 10.0), (0.0, 0.0, 8.0, 8.0), (100.0, -60.0, 170.0, 0.0)]):
+        q = queries[i]
+        got = searchers.search(searcher, q, 10, Filters.of(bbox=box))
+        assert got["id"].tolist() == exact(frame, q, 10, in_box(box))[0]
+    where = "uri LIKE '%7.tif'"
+    got = searchers.search(searcher, queries[5], 10, Filters.of(where=where, bbox=(-170.0, -80.0, 0.0, 80.0)))
+    both = lambda f: in_box((-170.0, -80.0, 0.0, 80.0))(f) & f.uri.str.endswith("7.tif")
+    assert got["id"].tolist() == exact(frame, queries[5], 10, both)[0]
+
+
+def test_query_names_the_path_that_answered(indexed_db, tier):
+    db, queries, _ = indexed_db
+    assert rsclip.query(db, queries[0], k=3, resident=True).attrs["search_path"] == f"resident ({tier})"
+    assert rsclip.query(db, queries[0], k=3).attrs["search_path"] == "lance"
+
+
+def test_a_compact_copy_of_512_d_rows_holds_under_400_bytes_a_row(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    table = tiles.create_table(tmp_path / "db", model=str(tiny_model), dim=512)
+    tiles.add_tiles(table, tile_rows(0, vectors, rng))
+    dataset = datasets.dataset_of(table)
+    compact = memory_table.ResidentTable(dataset, searchers.fetch_columns(table), indexed=True,
+                                         tier=memory_table.COMPACT)
+    memory = memory_table.ResidentTable(dataset, searchers.fetch_columns(table), indexed=True)
+    assert compact.indexed and compact.nbytes / 3000 <= 400 < memory.nbytes / 3000
+    assert memory_table.estimated_bytes(dataset, memory_table.COMPACT) / 3000 <= 400
+    q = vectors[17]
+    for copy in (compact, memory):
+        best, scores = copy.top(copy.nearest(q, 10, searchers.DEFAULT_NPROBES), q, 1)
+        assert copy.rows(best).column("uri").to_pylist() == ["s3://archive/scene-17.tif"]
+        assert scores[0] == pytest.approx(1.0, abs=1e-5)
