@@ -2,6 +2,7 @@
 
     python bench/query.py                         # 1M rows, 3 rounds
     python bench/query.py --rows 20000 --queries 50 --repeats 2 --no-text    # a smoke run
+    python bench/query.py --rows 10000000 --db /data/b10m    # streamed: bench/query_scale.py
 
 Data: ``--rows`` clustered unit vectors (``--clusters`` Gaussian clusters on the sphere, like embeddings of an
 archive with many scene types) with random WGS84 tile bounds, written through ``tiles.add_tiles`` and indexed
@@ -15,6 +16,8 @@ queries of every pass are untimed):
 - ``compact``: the same on a ``compact`` resident copy (what tables too large for the memory tier get: the
   index in memory, vectors and columns read from the table on demand; ``compact_*``, ``compact_bytes_per_row``);
 - ``lance``: the same search through Lance alone (``LanceSearcher``, ``rsclip.query``'s default);
+- ``index``: the resident copy's index and exact re-scoring alone (row positions, no answer built: the work
+  the FAISS arm does); ``index_faiss_ratio`` = its p50 over FAISS's;
 - ``faiss``: FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
   ``IndexRefineFlat`` (same re-ranking depth), same nprobes; built once;
 - ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second through the resident path with 1, 4 and 8
@@ -58,6 +61,7 @@ TARGETS = [
     Target("recall10", ">=", 0.95, "recall@10 with the default nprobes and refine_factor"),
     Target("ann_p50_ms", "<=", 10.0, "single-query ANN latency, resident path"),
     Target("faiss_ratio", "<=", 2.0, "within 2x of FAISS (compare recall10 with faiss_recall10)"),
+    Target("index_faiss_ratio", "<=", 2.0, "the index's share within 2x of FAISS doing the same work"),
     Target("bbox_recall10", ">=", 0.95, "bbox-filtered recall vs brute force filtered, the same bar"),
     Target("compact_recall10", ">=", 0.95, "recall@10 of the compact tier"),
     Target("concurrency_gain", ">=", 1.6, "8 concurrent queries' throughput over one caller's"),
@@ -94,35 +98,64 @@ def random_bounds(rng, n: int) -> dict:
     return {tiles.LON_MIN: lon, tiles.LAT_MIN: lat, tiles.LON_MAX: lon + size, tiles.LAT_MAX: lat + size}
 
 
-def make_data(args) -> Data:
-    """The same data for the same ``--seed``, so that ``--reuse`` finds the table it would write."""
+def generate(args, visit) -> tuple:
+    """Draw the table's rows chunk by chunk, ``visit(start, vectors, bounds)`` each, then the queries and the
+    boxes: the same draws for the same ``--seed`` at any size (so ``--reuse`` finds the table it would write,
+    and bench/query_scale.py streams what this module holds in memory). Returns ``(queries, boxes)``."""
     import numpy as np
-
-    from rsclip.table import tiles
 
     rng = np.random.default_rng(args.seed)
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    vectors = np.empty((args.rows, args.dim), dtype=np.float32)
-    bounds = {c: np.empty(args.rows) for c in tiles.BOUNDS_COLUMNS}
     for start in range(0, args.rows, CHUNK):
         n = min(CHUNK, args.rows - start)
-        vectors[start : start + n] = clustered_vectors(rng, n, args.dim, centers, args.spread)
-        for c, v in random_bounds(rng, n).items():
-            bounds[c][start : start + n] = v
+        vectors = clustered_vectors(rng, n, args.dim, centers, args.spread)
+        visit(start, vectors, random_bounds(rng, n))
     queries = clustered_vectors(rng, args.queries, args.dim, centers, args.spread)
     boxes = []
     for _ in range(min(args.queries, 100)):
         w, h = rng.uniform(10, 90), rng.uniform(10, 90)
         lon, lat = rng.uniform(-180, 180 - w), rng.uniform(-90, 90 - h)
         boxes.append((lon, lat, lon + w, lat + h))
+    return queries, boxes
+
+
+def make_data(args) -> Data:
+    """The table's rows, the queries and the boxes, in memory."""
+    import numpy as np
+
+    from rsclip.table import tiles
+
+    vectors = np.empty((args.rows, args.dim), dtype=np.float32)
+    bounds = {c: np.empty(args.rows) for c in tiles.BOUNDS_COLUMNS}
+
+    def keep(start, chunk, chunk_bounds):
+        vectors[start : start + len(chunk)] = chunk
+        for c, v in chunk_bounds.items():
+            bounds[c][start : start + len(chunk)] = v
+    queries, boxes = generate(args, keep)
     return Data(vectors, bounds, queries, boxes)
+
+
+def add_chunk(table, start: int, vectors, bounds: dict) -> None:
+    """Append rows ``start..`` (``vectors`` and their ``bounds``): row ``j`` is window ``j % 64`` of scene
+    ``j // 64``, so that a result row's number can be read back from its uri and x (:func:`rows_of`)."""
+    import numpy as np
+
+    from rsclip.table import tiles
+
+    n = len(vectors)
+    i = np.arange(start, start + n)
+    tiles.add_tiles(table, {
+        tiles.URI: np.array([f"s3://bench/scene-{j // 64:06d}.tif" for j in i]),
+        tiles.X: (i % 64).astype(np.int32) * 224, tiles.Y: np.zeros(n, np.int32),
+        tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
+        tiles.CRS: ["EPSG:4326"] * n, tiles.VECTOR: vectors, **bounds,
+    })
 
 
 def write_table(db: Path, data: Data, model: str) -> tuple[float, float]:
     """Write ``data`` as a fresh tile table at ``db`` and index it; returns (write s, index s)."""
-    import numpy as np
-
     from rsclip.table import index as rindex
     from rsclip.table import tiles
 
@@ -132,31 +165,21 @@ def write_table(db: Path, data: Data, model: str) -> tuple[float, float]:
     table = tiles.create_table(db, model=model, dim=dim)
     for start in range(0, rows, CHUNK):
         sl = slice(start, min(start + CHUNK, rows))
-        n = sl.stop - sl.start
-        i = np.arange(sl.start, sl.stop)
-        tiles.add_tiles(table, {
-            tiles.URI: np.array([f"s3://bench/scene-{j // 64:06d}.tif" for j in i]),
-            tiles.X: (i % 64).astype(np.int32) * 224, tiles.Y: np.zeros(n, np.int32),
-            tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),
-            tiles.CRS: ["EPSG:4326"] * n, tiles.VECTOR: data.vectors[sl],
-            **{c: data.bounds[c][sl] for c in data.bounds},
-        })
+        add_chunk(table, start, data.vectors[sl], {c: data.bounds[c][sl] for c in data.bounds})
     write_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rindex.build_index(db, min_rows=1)
     return write_s, time.perf_counter() - t0
 
 
-def row_numbers(table):
-    """``rows_of(frame)``: the data's row numbers of a result frame (through uri + x, not write order)."""
+def rows_of(frame):
+    """The data's row numbers of a result frame, from each row's uri and x (as :func:`add_chunk` names them)."""
     import numpy as np
 
-    from rsclip.table import datasets, tiles
+    from rsclip.table import tiles
 
-    ids = datasets.dataset_of(table).to_table(columns=[tiles.ID, tiles.URI, tiles.X]).to_pydict()
-    row_of = {i: int(u.rsplit("-", 1)[1][:-4]) * 64 + x // 224
-              for i, u, x in zip(ids[tiles.ID], ids[tiles.URI], ids[tiles.X])}
-    return lambda frame: np.array([row_of[i] for i in frame[tiles.ID]])
+    scenes = [int(u.rsplit("-", 1)[1][:-4]) for u in frame[tiles.URI]]
+    return np.asarray(scenes, dtype=np.int64) * 64 + frame[tiles.X].to_numpy() // 224
 
 
 def exact_topk(vectors, queries, k: int, mask=None) -> list:
@@ -199,14 +222,15 @@ def pct(times, q: float) -> float:
     return float(np.percentile(times, q))
 
 
-def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str = "") -> Arm:
+def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str = "", k: int | None = None) -> Arm:
     """An arm timing ``fn`` over ``items``: ``<prefix>p50_ms``, ``<prefix>p95_ms`` and, with ``truth``, the
-    recall@k of its answers as ``recall_key``."""
+    recall@``k`` of its answers as ``recall_key`` (``k``: the longest true answer, unless given: a box may
+    hold fewer than k rows)."""
     def run() -> dict:
         found, times = timed(fn, items)
         out = {f"{prefix}p50_ms": pct(times, 50), f"{prefix}p95_ms": pct(times, 95)}
         if truth is not None:
-            out[recall_key] = recall(found, truth, len(truth[0]))
+            out[recall_key] = recall(found, truth, k or max(len(t) for t in truth))
         return out
     return Arm(name, run, warm=lambda: timed(fn, items[:WARM_QUERIES], warm=0))
 
@@ -242,6 +266,14 @@ def build_faiss(vectors, partitions: int, sub_vectors: int, seed: int):
     return index
 
 
+def candidates_then_exact(rows, q, k: int):
+    """The resident copy's share of a search, FAISS's whole work: the index's candidates, re-scored exactly, the
+    top ``k`` positions (the table's rows in write order: positions are row numbers). No answer is built."""
+    from rsclip.search import searchers as S
+
+    return rows.top(rows.nearest(q, k * S.RESIDENT_REFINE_FACTOR, S.RESIDENT_NPROBES), q, k)[0]
+
+
 def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -> list[Arm]:
     """The arms compared in every round (see the module doc)."""
     import numpy as np
@@ -251,7 +283,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     from rsclip.search.filters import Filters
     from rsclip.search.query import query
 
-    rows_of, k, queries = row_numbers(table), args.k, list(data.queries)
+    k, queries = args.k, list(data.queries)
     lon_min, lat_min, lon_max, lat_max = (data.bounds[c] for c in tiles.BOUNDS_COLUMNS)
     masks = [(lon_min <= b[2]) & (lon_max >= b[0]) & (lat_min <= b[3]) & (lat_max >= b[1]) for b in data.boxes]
     b_truth = [exact_topk(data.vectors, data.queries[i : i + 1], k, masks[i])[0] for i in range(len(data.boxes))]
@@ -269,6 +301,8 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
 
     out = [
         latency_arm("resident", "ann_", lambda q: rows_of(S.search(resident(), q, k)), queries, truth, f"recall{k}"),
+        latency_arm("index", "index_", lambda q: candidates_then_exact(resident().rows, q, k), queries, truth,
+                    f"index_recall{k}"),
         latency_arm("compact", "compact_ann_", lambda q: rows_of(S.search(compacted(), q, k)), queries, truth,
                     f"compact_recall{k}"),
         latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(lance(), q, k)), queries, truth,
@@ -292,7 +326,7 @@ def sweep(args, table, data: Data, truth: list) -> None:
     from rsclip.search import searchers as S
     from rsclip.search.memory_table import resident_table
 
-    rows_of, queries = row_numbers(table), list(data.queries[:100])
+    queries = list(data.queries[:100])
     for pair in filter(None, args.sweep.split(",")):
         nprobes, refine = (int(v) for v in pair.split(":"))
         lance_refine = refine if refine > 1 else None  # Lance re-ranks nothing without a factor
@@ -339,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sweep", default="10:1,10:10,20:1,20:10,40:10,80:10",
                    help="nprobes:refine pairs for the one-pass sweep after the rounds ('' to skip)")
     p.add_argument("--no-text", action="store_true", help="skip the ViT-B/32 text query")
+    p.add_argument("--lance-index", action="store_true",
+                   help="above 2M rows (bench/query_scale.py): also build Lance's IVF_PQ index and measure it")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 avoids OpenMP thrashing on an oversubscribed host")
     args = p.parse_args(argv)
@@ -353,7 +389,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(args, bench: Bench, db: Path) -> dict:
-    """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds."""
+    """Build (or reuse) the table, the resident copy and FAISS once, then the interleaved rounds (above
+    ``IN_MEMORY_ROWS`` rows: bench/query_scale.py)."""
+    from bench import query_scale
+
+    if args.rows > query_scale.IN_MEMORY_ROWS:
+        return query_scale.measure(args, bench, db)
     from rsclip.table import index as rindex
     from rsclip.search import searchers as S
     from rsclip.search import memory_table
@@ -387,6 +428,7 @@ def measure(args, bench: Bench, db: Path) -> dict:
     figures = bench.rounds(arms(args, db, table, data, truth, faiss_index, compact))
     sweep(args, table, data, truth)
     ratios = {"faiss_ratio": ("ann_p50_ms", "faiss_p50_ms"),
+              "index_faiss_ratio": ("index_p50_ms", "faiss_p50_ms"),
               "compact_faiss_ratio": ("compact_ann_p50_ms", "faiss_p50_ms"),
               "concurrency_gain": (f"qps_t{CONCURRENCY[-1]}", "qps_t1")}
     return bench.finish(figures, ratios=ratios, once=once,

@@ -48,18 +48,21 @@ MAX_BASEMAP_CHARS = 500
 BASEMAP_PATTERN = re.compile(r"https?://[^\s\"'<>`\\]+")
 # Seconds serve(block=False) waits for the server to answer its health check.
 START_TIMEOUT_S = 60.0
+MAX_RESIDENT_GB = 4096  # rsclip serve --resident-max-gb: at most this many GB
 
 
 @dataclass(frozen=True)
 class WebConfig:
     """What the app serves: the table ``table`` of the LanceDB database ``db`` (local path or ``s3://``);
     ``basemap``: an XYZ tile URL template under the map (None: no basemap, nothing fetched); ``ray_address``:
-    the Ray cluster detection runs use (None: a private local instance per run)."""
+    the Ray cluster detection runs use (None: a private local instance per run); ``resident_max_gb``: the
+    largest resident copy of the table searches keep in memory (None: rsclip.search.memory_table's default)."""
 
     db: str
     table: str = tiles.DEFAULT_TABLE
     basemap: str | None = None
     ray_address: str | None = None
+    resident_max_gb: float | None = None
 
     def arguments(self) -> list[str]:
         """The page's command-line arguments (after ``--``) for this configuration."""
@@ -68,6 +71,8 @@ class WebConfig:
             words += ["--basemap", self.basemap]
         if self.ray_address:
             words += ["--ray-address", self.ray_address]
+        if self.resident_max_gb is not None:
+            words += ["--resident-max-gb", repr(float(self.resident_max_gb))]
         return words
 
 
@@ -173,6 +178,7 @@ def serve(
     hosts: Sequence[str] = (),
     basemap: str | None = None,
     ray_address: str | None = None,
+    resident_max_gb: float | None = None,
 ) -> int | WebServer:
     """Serve the web demo for ``table`` in ``db`` (local path or ``s3://`` URI) on ``http://host:port/``.
 
@@ -180,6 +186,8 @@ def serve(
     (a proxy's public name, see :func:`allowed_hosts`). ``basemap`` is an XYZ URL template
     (``https://host/{z}/{x}/{y}.png``) drawn under the map; without it the page fetches nothing but the app
     itself. ``ray_address`` is the cluster detection runs use (default: a private local Ray per run).
+    ``resident_max_gb`` caps the table's resident copy (:func:`validate_resident_gb`; larger tables are
+    searched compact, then through Lance).
     With ``block`` (the CLI) runs until the server exits
     and returns its exit code; otherwise returns a :class:`WebServer` once the server answers its health
     check. Raises ``ValueError`` for a port outside [1, 65535] and ``RuntimeError`` when the server exits or
@@ -190,7 +198,8 @@ def serve(
         raise ValueError(f"port must be an integer in [1, 65535], got {port!r}")
     if not str(table).strip():
         raise ValueError("table name is empty")
-    config = WebConfig(db=str(db), table=table, basemap=validate_basemap(basemap), ray_address=ray_address)
+    config = WebConfig(db=str(db), table=table, basemap=validate_basemap(basemap), ray_address=ray_address,
+                       resident_max_gb=validate_resident_gb(resident_max_gb))
     cmd = streamlit_command(config, host, port, hosts)
     url = app_url(host, port)
     if block:
@@ -221,6 +230,19 @@ def serve(
         time.sleep(0.25)
     server.stop()
     raise RuntimeError(f"the web demo did not answer at {url} within {START_TIMEOUT_S:.0f}s")
+
+
+def validate_resident_gb(value) -> float | None:
+    """``value`` (GB, None for the default) as a resident-copy cap; ``InvalidInput`` outside (0, 4096]."""
+    if value is None:
+        return None
+    try:
+        gb = float(value)
+    except (TypeError, ValueError):
+        raise errors.InvalidInput(f"resident memory limit must be a number of GB, got {value!r}") from None
+    if not 0 < gb <= MAX_RESIDENT_GB:
+        raise errors.InvalidInput(f"resident memory limit must be in (0, {MAX_RESIDENT_GB}] GB, got {value!r}")
+    return gb
 
 
 def validate_basemap(template: str | None) -> str | None:

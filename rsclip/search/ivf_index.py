@@ -25,6 +25,9 @@ TRAIN_ITERATIONS = 10
 # Neighbours per node of the HNSW graph over the centroids, and the width of its search (> the probes).
 HNSW_NEIGHBOURS = 32
 HNSW_SEARCH = 128
+# The least share of the lists a search probes: lists grow as sqrt(rows), and a neighbourhood spans more of
+# them in a larger table (10 of 1,000 lists at 1M rows, 32 of 3,162 at 10M).
+MIN_PROBED_SHARE = 0.01
 
 
 def _faiss():
@@ -70,7 +73,8 @@ class IvfIndex:
         return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2 + graph + self.dim * 8)
 
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
-        """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists, best first by their codes.
+        """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists (at least
+        :data:`MIN_PROBED_SHARE` of them), best first by their codes.
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table), so a filter keeping few rows
@@ -79,7 +83,8 @@ class IvfIndex:
         faiss = _faiss()
         query = _unit(np.asarray(vector, dtype=np.float32)[None, :])
         params = faiss.SearchParametersIVF()
-        params.nprobe = min(self.lists, max(1, int(nprobe)))
+        nprobe = max(int(nprobe), math.ceil(self.lists * MIN_PROBED_SHARE), 1)
+        params.nprobe = min(self.lists, nprobe)
         packed = None
         if among is not None:
             if len(among) == 0:

@@ -17,6 +17,7 @@ candidates; their scores are the exact cosines of the full vectors, as an exact 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -29,6 +30,8 @@ from rsclip.table import datasets, tiles
 from rsclip.table.index import ivf_pq_params
 from rsclip.search.filters import bbox_mask
 from rsclip.search.ivf_index import IvfIndex
+
+log = logging.getLogger(__name__)
 
 ROW_ID = "_rowid"
 SCAN_ROWS = 65_536
@@ -265,13 +268,15 @@ class ResidentCache:
 
     A version is loaded outside the cache's lock, once, by the first thread that asks for it; while it loads,
     other threads asking for it get the newest version of that table already in memory (their searches run
-    on that snapshot) or, when none is, wait for the load. Each copy takes the tier :func:`choose_tier` gives
+    on that snapshot) or, when none is, wait for the load. With ``wait`` False (a server: a load takes ~100 s
+    per million rows) the first asker does not load it itself but starts a background load, and no asker
+    waits: until the copy is in memory :meth:`get` returns the older one, or None (search through Lance). Each copy takes the tier :func:`choose_tier` gives
     it; a table too large for ``max_bytes`` even compact is not loaded: :meth:`get` returns None and searches
     go through Lance.
     """
 
-    def __init__(self, keep: int = KEEP, max_bytes: int | None = None, loader=None):
-        self.keep = max(1, keep)
+    def __init__(self, keep: int = KEEP, max_bytes: int | None = None, loader=None, wait: bool = True):
+        self.keep, self.wait = max(1, keep), wait
         self.max_bytes = max_bytes if max_bytes is not None else min(MAX_BYTES, int(MEMORY_SHARE * memory_limit()))
         self._loader = loader or ResidentTable  # (dataset, columns, indexed=, tier=) -> ResidentTable
         self._loaded: "OrderedDict[tuple, ResidentTable]" = OrderedDict()
@@ -302,10 +307,11 @@ class ResidentCache:
                 victim = next(iter(self._loaded))
             del self._loaded[victim]
 
-    def get(self, table, columns: tuple[str, ...]) -> ResidentTable | None:
-        """The resident copy of ``table``'s current version, or of its newest version in memory while the
-        current one loads; None when the table is too large to keep (search through Lance instead)."""
-        dataset = datasets.dataset_of(table)
+    def get(self, table, columns: tuple[str, ...], dataset=None) -> ResidentTable | None:
+        """The resident copy of ``table``'s current version (``dataset``, when the caller has it), or of its
+        newest version in memory while the current one loads; None when the table is too large to keep
+        (search through Lance instead)."""
+        dataset = dataset if dataset is not None else datasets.dataset_of(table)
         key, columns = (dataset.uri, dataset.version, tuple(columns)), tuple(columns)
         with self._lock:
             if key in self._loaded:
@@ -325,10 +331,26 @@ class ResidentCache:
             else:
                 owner = False
         if not owner:
-            loading.wait(LOAD_WAIT_S)
+            if self.wait:
+                loading.wait(LOAD_WAIT_S)
             with self._lock:
                 return self._loaded.get(key) or self._newest_of(dataset.uri, columns)
+        if not self.wait:  # load in the background; meanwhile the caller searches what it can
+            threading.Thread(target=self._load_quietly, args=(key, dataset, table, columns, tier, loading),
+                             name=f"resident-load-{dataset.version}", daemon=True).start()
+            return older
         return self._load(key, dataset, table, columns, tier, loading)
+
+    def loading(self, uri: str) -> bool:
+        """Whether a version of the table at ``uri`` is being loaded."""
+        with self._lock:
+            return any(k[0] == uri for k in self._loading)
+
+    def _load_quietly(self, *args) -> None:
+        try:
+            self._load(*args)
+        except Exception:  # the next search starts another load, and searches through Lance meanwhile
+            log.exception("loading a resident copy failed")
 
     def _load(self, key, dataset, table, columns, tier: str, done: threading.Event) -> ResidentTable:
         try:
@@ -345,6 +367,6 @@ class ResidentCache:
 cache = ResidentCache()
 
 
-def resident_table(table, columns: tuple[str, ...]) -> ResidentTable | None:
+def resident_table(table, columns: tuple[str, ...], dataset=None) -> ResidentTable | None:
     """The process's resident copy of ``table`` (:meth:`ResidentCache.get` of :data:`cache`)."""
-    return cache.get(table, columns)
+    return cache.get(table, columns, dataset)

@@ -21,10 +21,12 @@ from typing import Callable, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rsclip.table import datasets, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
+from rsclip.search import memory_table
 from rsclip.search.memory_table import MEMORY, ROW_ID, resident_table
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ DEFAULT_REFINE_FACTOR = 40  # 20 gave recall@10 1.0 at 200k rows but 0.937 at 1M
 # A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 4-bit codes of the full vector:
 # 10 x k of them hold the exact top k (recall@10 1.0 at 1M rows, BENCHMARKS.md), and each is one vector read.
 RESIDENT_REFINE_FACTOR = 10
+# ... from this many of its lists: 10 hold the exact top 10 at 1M rows as well as 20 do (BENCHMARKS.md).
+RESIDENT_NPROBES = 10
 # A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
 # index: exact and, at this size, as fast as the ANN path.
 EXACT_FILTER_ROWS = 20_000
@@ -71,6 +75,7 @@ class Searcher(Protocol):
     says, for people, anything unusual about how the search runs (empty when nothing is)."""
 
     table: object
+    dataset: object  # the Lance dataset version searched (its schema names the columns filters may use)
     path: str
     note: str
 
@@ -110,22 +115,21 @@ def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int 
 
 
 def fetch_columns(table) -> tuple[str, ...]:
-    """The columns a search of ``table`` fetches: :data:`FETCH_COLUMNS` and the optional ones it has."""
+    """The columns a search of ``table`` (a table or its Lance dataset) fetches: :data:`FETCH_COLUMNS` and the
+    optional ones it has."""
     names = set(table.schema.names)
     return FETCH_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in names)
 
 
 def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
     """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first, from Arrow
-    ``columns`` (the fetched columns) and their scores; times as UTC timestamps."""
+    ``columns`` (the fetched columns) and their scores; times as UTC timestamps. Built in Arrow and handed
+    to pandas once: a column at a time cost ~2.5 ms per answer, more than the search."""
     order = np.argsort(-score, kind="stable")
-    frame = {c: columns.column(c).to_numpy(zero_copy_only=False)[order] for c in FETCH_COLUMNS}
-    frame[SCORE] = np.asarray(score, dtype=np.float64)[order]
-    out = pd.DataFrame({c: frame[c] for c in RESULT_COLUMNS})
-    for c in OPTIONAL_COLUMNS:
-        if c in columns.column_names:
-            out[c] = columns.column(c).to_pandas().iloc[order].reset_index(drop=True)
-    return out
+    names = [*RESULT_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in columns.column_names)]
+    ranked = columns.take(pa.array(order, type=pa.int64()))
+    ranked = ranked.append_column(SCORE, pa.array(np.asarray(score, dtype=np.float64)[order], type=pa.float64()))
+    return ranked.select(names).to_pandas()
 
 
 class LanceSearcher:
@@ -163,11 +167,11 @@ class ResidentSearcher:
     tier says where the vectors are, :mod:`rsclip.search.memory_table`): its index proposes
     ``refine_factor * k`` candidates from ``nprobes`` lists, their exact scores rank them."""
 
-    def __init__(self, table, rows, *, nprobes: int = DEFAULT_NPROBES,
-                 refine_factor: int | None = RESIDENT_REFINE_FACTOR):
-        self.table, self.rows = table, rows
+    def __init__(self, table, rows, *, nprobes: int = RESIDENT_NPROBES,
+                 refine_factor: int | None = RESIDENT_REFINE_FACTOR, current: int | None = None):
+        self.table, self.rows, self.dataset = table, rows, rows.dataset
         self.nprobes, self.refine_factor = nprobes, refine_factor
-        current = datasets.dataset_of(table).version
+        current = datasets.dataset_of(table).version if current is None else current
         self.path = f"resident ({rows.kind})"
         self.note = "" if rows.dataset.version == current else (
             f"searching table version {rows.dataset.version} while version {current} loads into memory")
@@ -214,11 +218,14 @@ def searcher_for(table, *, resident: bool = False) -> Searcher:
     """The searcher for ``table``: its resident copy when ``resident`` and the copy fits in memory in either
     tier (see :class:`~rsclip.search.memory_table.ResidentCache`), else Lance (its ``note`` then says why)."""
     if resident:
-        rows = resident_table(table, fetch_columns(table))
+        dataset = datasets.dataset_of(table)  # asked once: each question to LanceDB costs ~0.1 ms
+        rows = resident_table(table, fetch_columns(dataset), dataset=dataset)
         if rows is not None:
-            return ResidentSearcher(table, rows)
+            return ResidentSearcher(table, rows, current=dataset.version)
     searcher = LanceSearcher(table)
-    if resident:
+    if resident and memory_table.cache.loading(dataset.uri):
+        searcher.note = "the table is loading into memory: searching through Lance meanwhile (slower)"
+    elif resident:
         searcher.note = ("the table is larger than the in-memory limit, even compact: searching through Lance "
                          "(slower)")
         log.warning("%s: %s", table.name, searcher.note)
@@ -233,7 +240,7 @@ def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Fi
     Candidates are fetched best first; when the filters' exact tests (``near=``) drop rows, the fetch grows
     until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify.
     """
-    filters = filters.on(searcher.table)
+    filters = filters.on(searcher.dataset)
     rank = searcher.ranker(vector, filters, exact=exact)
     if filters.exact_in_sql and drop is None:
         return answered_by(searcher, rank(k))

@@ -269,6 +269,7 @@ class CountingSearcher:
 
     def __init__(self, inner):
         self.inner, self.table, self.fetched = inner, inner.table, []
+        self.dataset, self.path, self.note = inner.dataset, inner.path, inner.note
 
     def row_count(self) -> int:
         return self.inner.row_count()

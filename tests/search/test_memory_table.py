@@ -101,3 +101,21 @@ def test_the_tier_is_the_largest_that_fits(table):
     assert memory_table.choose_tier(dataset, memory - 1) == memory_table.COMPACT
     assert memory_table.choose_tier(dataset, compact - 1) is None
     assert memory_table.ResidentCache().max_bytes <= min(memory_table.MAX_BYTES, memory_table.memory_limit())
+
+
+def test_a_servers_cache_loads_in_the_background_and_lance_answers_meanwhile(table, monkeypatch):
+    loader = GatedLoader()
+    cache = memory_table.ResidentCache(loader=loader, wait=False)
+    monkeypatch.setattr(memory_table, "cache", cache)
+    monkeypatch.setattr(searchers, "resident_table", cache.get)
+    searcher = searchers.searcher_for(table, resident=True)  # returns at once: nobody waits for the load
+    assert isinstance(searcher, searchers.LanceSearcher) and "loading into memory" in searcher.note
+    assert loader.started.wait(60) and cache.loading(datasets.dataset_of(table).uri)
+    query = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    assert searchers.search(searcher, query, 5).attrs["search_path"] == "lance"
+    loader.go.set()
+    for thread in [t for t in threading.enumerate() if t.name.startswith("resident-load-")]:
+        thread.join(60)
+    resident = searchers.searcher_for(table, resident=True)
+    assert resident.path == "resident (memory)" and len(resident.rows) == 100
+    assert searchers.search(resident, query, 5)["id"].tolist() == searchers.search(searcher, query, 5)["id"].tolist()

@@ -117,3 +117,20 @@ def test_a_compact_copy_of_512_d_rows_holds_under_400_bytes_a_row(tiny_model, tm
         best, scores = copy.top(copy.nearest(q, 10, searchers.DEFAULT_NPROBES), q, 1)
         assert copy.rows(best).column("uri").to_pylist() == ["s3://archive/scene-17.tif"]
         assert scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_servers_resident_limit_reaches_the_page_and_bad_limits_are_refused(capsys, tmp_path):
+    from rsclip.app.cli import main
+    from rsclip.app.server import WebConfig, validate_resident_gb
+    from rsclip.app.web.page import parse_args
+    from rsclip.errors import InvalidInput
+
+    config = WebConfig("db", resident_max_gb=1.5)
+    assert parse_args(config.arguments()) == config
+    assert "--resident-max-gb" not in WebConfig("db").arguments()
+    for bad in (0, -1, "x", 5000, float("nan")):
+        with pytest.raises(InvalidInput, match="resident memory limit"):
+            validate_resident_gb(bad)
+    assert main(["serve", str(tmp_path / "db"), "--resident-max-gb", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resident memory limit" in err[0]

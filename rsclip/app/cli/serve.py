@@ -2,6 +2,7 @@
 (:mod:`rsclip.app.server`; the command line never imports the web app itself).
 
     rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME] [--basemap URL_TEMPLATE]
+                    [--resident-max-gb GB]
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from rsclip.table import tiles
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rsclip serve``: check the basemap and the table, then serve the page until the server exits."""
-    server.validate_basemap(args.basemap)  # fail fast, one line, on a bad template, a wrong DB or table
+    server.validate_basemap(args.basemap)  # fail fast, one line, on a bad template or limit, a wrong DB or table
+    resident_max_gb = server.validate_resident_gb(args.resident_max_gb)
     tiles.open_table(args.db, args.table)
     options = {"port": args.port} if args.port is not None else {}
     return server.serve(args.db, table=args.table, host=args.host, hosts=tuple(args.allowed_host),
-                        basemap=args.basemap, ray_address=args.ray_address, **options)
+                        basemap=args.basemap, ray_address=args.ray_address, resident_max_gb=resident_max_gb,
+                        **options)
 
 
 def add_serve_parser(sub) -> None:
@@ -37,4 +40,8 @@ def add_serve_parser(sub) -> None:
                          "none; the page then fetches nothing but the app itself)")
     sv.add_argument("--ray-address", metavar="ADDRESS",
                     help="Ray cluster that detection runs use (default: RAY_ADDRESS, else a private local Ray)")
+    sv.add_argument("--resident-max-gb", type=float, metavar="GB",
+                    help="largest in-memory copy of the table searches keep (default: 8, at most 40%% of the "
+                         "memory); a larger table is kept compact (~360 bytes per 512-d row), else searched "
+                         "through Lance")
     sv.set_defaults(run=cmd_serve)

@@ -29,6 +29,7 @@ from rsclip.app.web.views.detections import detect_view
 from rsclip.app.web.views.feature_finder import feature_view
 from rsclip.app.web.views.search import empty_map, image_view, labels_view, text_view
 from rsclip.app.web.views.sidebar import sidebar
+from rsclip.search import memory_table
 from rsclip.table import tiles
 
 
@@ -54,6 +55,9 @@ def render_app(config: WebConfig) -> None:
     """Draw the page for ``config`` (called by Streamlit on every interaction)."""
     st.set_page_config(page_title="rsclip search", layout="wide")
     st.title("rsclip: search a satellite archive")
+    memory_table.cache.wait = False  # a copy loads in the background; searches go through Lance meanwhile
+    if config.resident_max_gb is not None:  # the process's cache of resident copies (rsclip serve --resident-max-gb)
+        memory_table.cache.max_bytes = int(config.resident_max_gb * 1024**3)
     try:
         conn = caches.connection(config.db)
         summary = caches.table_summary(config.db, config.table)
@@ -90,8 +94,10 @@ def parse_args(argv: list[str]) -> WebConfig:
     parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="tile table to search")
     parser.add_argument("--basemap", default=None, help="XYZ tile URL template drawn under the map")
     parser.add_argument("--ray-address", default=None, help="Ray cluster for detection runs")
+    parser.add_argument("--resident-max-gb", type=float, default=None, help="largest resident copy (GB)")
     args = parser.parse_args(argv)
-    return WebConfig(db=args.db, table=args.table, basemap=args.basemap, ray_address=args.ray_address)
+    return WebConfig(db=args.db, table=args.table, basemap=args.basemap, ray_address=args.ray_address,
+                     resident_max_gb=args.resident_max_gb)
 
 
 if __name__ == "__main__":
