@@ -137,16 +137,19 @@ def make_data(args) -> Data:
     return Data(vectors, bounds, queries, boxes)
 
 
-def add_chunk(table, start: int, vectors, bounds: dict) -> None:
+def add_chunk(table, start: int, vectors, bounds: dict, *, keyed: bool = True) -> None:
     """Append rows ``start..`` (``vectors`` and their ``bounds``): row ``j`` is window ``j % 64`` of scene
-    ``j // 64``, so that a result row's number can be read back from its uri and x (:func:`rows_of`)."""
+    ``j // 64``, so that a result row's number can be read back from its uri and x (:func:`rows_of`).
+    ``keyed``: through ``tiles.add_tiles`` (a merge on the id, as the jobs write); else a plain append of the
+    same rows (ids are unique by construction: a merge against 10M stored ids per chunk takes hours)."""
     import numpy as np
 
     from rsclip.table import tiles
 
     n = len(vectors)
     i = np.arange(start, start + n)
-    tiles.add_tiles(table, {
+    write = tiles.add_tiles if keyed else (lambda t, rows: t.add(tiles.tiles_to_arrow(rows, t.schema)))
+    write(table, {
         tiles.URI: np.array([f"s3://bench/scene-{j // 64:06d}.tif" for j in i]),
         tiles.X: (i % 64).astype(np.int32) * 224, tiles.Y: np.zeros(n, np.int32),
         tiles.WIDTH: np.full(n, 224, np.int32), tiles.HEIGHT: np.full(n, 224, np.int32),

@@ -106,7 +106,7 @@ def write_or_draw(args, db: Path) -> tuple:
             raise SystemExit(f"bench/query.py: --reuse: {db} does not hold --rows {args.rows} rows")
         return queries, once
     table = tiles.create_table(db, model="bench", dim=args.dim)
-    queries, _ = Q.generate(args, lambda start, v, b: Q.add_chunk(table, start, v, b))
+    queries, _ = Q.generate(args, lambda start, v, b: Q.add_chunk(table, start, v, b, keyed=False))
     once["table_write_s"] = time.perf_counter() - t0
     if args.lance_index:
         t0 = time.perf_counter()

@@ -6,6 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def unit_centers(rng, n: int, dim: int) -> np.ndarray:
+    """``n`` random unit vectors of ``dim`` dimensions: the centres of :func:`clustered`'s scene types."""
+    centers = rng.normal(size=(n, dim))
+    return centers / np.linalg.norm(centers, axis=1, keepdims=True)
+
+
 def clustered(rng, n: int, centers: np.ndarray, spread: float = 0.6) -> np.ndarray:
     """``n`` unit vectors: a random row of ``centers`` plus noise of norm ~``spread``."""
     dim = centers.shape[1]

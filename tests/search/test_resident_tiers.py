@@ -11,7 +11,7 @@ from rsclip.search import memory_table, searchers
 from rsclip.search.filters import Filters
 from rsclip.table import datasets, tiles
 from rsclip.table import index as rindex
-from tests.helpers.vectors import clustered, tile_rows
+from tests.helpers.vectors import clustered, tile_rows, unit_centers
 
 DIM = 32
 ROWS = 6000
@@ -20,8 +20,7 @@ ROWS = 6000
 @pytest.fixture(scope="module")
 def indexed_db(tiny_model, tmp_path_factory):
     rng = np.random.default_rng(3)
-    centers = rng.normal(size=(60, DIM))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = unit_centers(rng, 60, DIM)
     db = tmp_path_factory.mktemp("tiers") / "db"
     table = tiles.create_table(db, model=str(tiny_model), dim=DIM)
     for start in range(0, ROWS, 2000):  # three fragments, and rows deleted from the middle one

@@ -11,7 +11,7 @@ from rsclip.search.filters import Filters
 from rsclip.search.shards import search_shards
 from rsclip.table import index as rindex
 from rsclip.table import tiles
-from tests.helpers.vectors import clustered, tile_rows
+from tests.helpers.vectors import clustered, tile_rows, unit_centers
 
 ROWS = 4000
 DIM = 32
@@ -20,8 +20,7 @@ DIM = 32
 @pytest.fixture(scope="module")
 def whole_and_shards(tiny_model, tmp_path_factory):
     rng = np.random.default_rng(5)
-    centers = rng.normal(size=(30, DIM))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = unit_centers(rng, 30, DIM)
     rows = tile_rows(0, clustered(rng, ROWS, centers), rng)
     root = tmp_path_factory.mktemp("shards")
     whole = tiles.create_table(root / "whole", model=str(tiny_model), dim=DIM)
