@@ -204,19 +204,29 @@ def serve(
     url = app_url(host, port)
     if block:
         print(f"rsclip web demo for table {table!r} in {db}: open {url}", flush=True)
-        proc = subprocess.Popen(cmd)
-        # `kill <pid>` of this process must not leave the server running: pass SIGTERM on.
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            return proc.wait()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        return run_until_exit(cmd)
+    return start(cmd, url)
+
+
+def run_until_exit(cmd: list[str]) -> int:
+    """Run the server ``cmd`` in the foreground; its exit code. ``kill <pid>`` of this process and Ctrl-C
+    end the server too."""
+    proc = subprocess.Popen(cmd)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # pass SIGTERM on
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def start(cmd: list[str], url: str) -> WebServer:
+    """Start the server ``cmd`` in the background; returns once ``url`` answers its health check."""
     # the server's output goes to a file, not a pipe: a pipe nobody reads would stop the server once full
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
