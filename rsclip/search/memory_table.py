@@ -67,6 +67,10 @@ class MemoryRows:
     def nbytes(self) -> int:
         return int(self.vectors.nbytes + self._norms.nbytes)
 
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The vectors at ``positions``, in that order."""
+        return self.vectors[positions]
+
     def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64)."""
         n = len(self.vectors)
@@ -91,16 +95,22 @@ class TableRows:
     def __init__(self, dataset):
         self.dataset = dataset
 
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The vectors at ``positions`` (at most SCAN_ROWS of them), in that order, read now."""
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")  # Lance reads ascending positions faster
+        found = self.dataset.take(positions[order], columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
+        vectors = np.empty((len(positions), found.type.list_size), dtype=np.float32)
+        vectors[order] = found.flatten().to_numpy(zero_copy_only=False).reshape(len(positions), found.type.list_size)
+        return vectors
+
     def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64), their vectors read now."""
         scores = np.empty(len(positions), dtype=np.float64)
         for start in range(0, len(positions), SCAN_ROWS):
-            part = positions[start : start + SCAN_ROWS]
-            order = np.argsort(part, kind="stable")  # Lance reads ascending positions faster
-            found = self.dataset.take(part[order], columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
-            vectors = found.flatten().to_numpy(zero_copy_only=False).reshape(len(part), -1)
+            vectors = self.at(positions[start : start + SCAN_ROWS])
             norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-            scores[start + order] = (vectors @ q).astype(np.float64) / norms
+            scores[start : start + len(vectors)] = (vectors @ q).astype(np.float64) / norms
         return scores
 
 
@@ -210,6 +220,12 @@ class ResidentTable:
             positions, scores = positions[keep], scores[keep]
         order = np.argsort(-scores, kind="stable")
         return positions[order], scores[order]
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions``, in that order (read from the table version in the compact tier)."""
+        if not len(positions):
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate([self.store.at(positions[s : s + SCAN_ROWS]) for s in range(0, len(positions), SCAN_ROWS)])
 
     def rows(self, positions: np.ndarray) -> pa.Table:
         """The result columns of the rows at ``positions``, in that order (the columns a compact copy does not

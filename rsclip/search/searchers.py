@@ -121,11 +121,25 @@ def fetch_columns(table) -> tuple[str, ...]:
     return FETCH_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in names)
 
 
+def cosines(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The scores answers carry: cosines of the rows of ``vectors`` with ``query``, in float64 from their float32
+    values (the products are exact) summed in one fixed order, so every path (Lance, either resident tier, a
+    service or this process) reports the same score for the same stored vector and query, to the last bit."""
+    v = np.asarray(vectors, dtype=np.float32).astype(np.float64)
+    q = np.asarray(query, dtype=np.float32).astype(np.float64)
+    if v.ndim != 2 or not len(v):
+        return np.zeros(len(v), dtype=np.float64)
+    norms = np.sqrt((v * v).sum(axis=1)) * np.sqrt((q * q).sum())
+    return (v * q).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
 def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
-    """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first, from Arrow
-    ``columns`` (the fetched columns) and their scores; times as UTC timestamps. Built in Arrow and handed
-    to pandas once: a column at a time cost ~2.5 ms per answer, more than the search."""
-    order = np.argsort(-score, kind="stable")
+    """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first (then by id: one
+    order whichever path found them), from Arrow ``columns`` (the fetched columns) and their scores; times as
+    UTC timestamps. Built in Arrow and handed to pandas once: a column at a time cost ~2.5 ms per answer, more
+    than the search."""
+    ids = columns.column(tiles.ID).to_numpy(zero_copy_only=False)
+    order = np.lexsort((ids, -np.asarray(score, dtype=np.float64)))
     names = [*RESULT_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in columns.column_names)]
     ranked = columns.take(pa.array(order, type=pa.int64()))
     ranked = ranked.append_column(SCORE, pa.array(np.asarray(score, dtype=np.float64)[order], type=pa.float64()))
@@ -155,10 +169,11 @@ class LanceSearcher:
             nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=self.nprobes,
                                    refine_factor=self.refine_factor)
             result = checked_sql(lambda: self.dataset.to_table(
-                columns=[*fetch_columns(self.table), DISTANCE], nearest=nearest, filter=where,
+                columns=[*fetch_columns(self.table), tiles.VECTOR, DISTANCE], nearest=nearest, filter=where,
                 prefilter=bool(where)), where)
-            distance = result.column(DISTANCE).to_numpy(zero_copy_only=False).astype(np.float64)
-            return result_frame(result, 1.0 - distance)
+            found = result.column(tiles.VECTOR).combine_chunks()
+            vectors = found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
+            return result_frame(result, cosines(vectors, vector))
         return rank
 
 
@@ -209,8 +224,8 @@ class ResidentSearcher:
             positions = kept
             if not ranked_exactly:  # the index proposes refine_factor * n candidates among the kept rows
                 positions = rows.nearest(vector, n * max(1, self.refine_factor or 1), self.nprobes, among=kept)
-            best, scores = rows.top(positions, vector, n)
-            return result_frame(rows.rows(best), scores)
+            best, _ = rows.top(positions, vector, n)
+            return result_frame(rows.rows(best), cosines(rows.vectors(best), vector))
         return rank
 
 
