@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from lancedb.index import BTree, IvfPq
-
 from rsclip.table import keyed_writes, tiles
 from rsclip.errors import InvalidInput
 
@@ -190,6 +188,8 @@ def build_index(
 
 
 def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexState:
+    from lancedb import index as lance_index  # a second to import: not for `rsclip --help`
+
     tbl = tiles.open_table(db, table)
     _, dim = tiles.table_model(tbl)
     rows = tbl.count_rows()
@@ -205,7 +205,8 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
         partitions, sub_vectors = ivf_pq_params(rows, dim)
         tbl.create_index(
             tiles.VECTOR,
-            config=IvfPq(distance_type=tiles.METRIC, num_partitions=partitions, num_sub_vectors=sub_vectors),
+            config=lance_index.IvfPq(distance_type=tiles.METRIC, num_partitions=partitions,
+                                     num_sub_vectors=sub_vectors),
             replace=True,
             name=VECTOR_INDEX,
         )
@@ -214,7 +215,7 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
         actions.append(f"no vector index: {rows} rows < {min_rows}, exact scan is used")
     for column in SCALAR_COLUMNS:
         if column not in existing and column in tbl.schema.names:  # older tables lack newer columns
-            tbl.create_index(column, config=BTree(), replace=True, name=f"{column}_idx")
+            tbl.create_index(column, config=lance_index.BTree(), replace=True, name=f"{column}_idx")
             actions.append(f"btree {column}")
     if existing:
         actions.append("refreshed")
@@ -225,6 +226,7 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
 def _needs_retrain(tbl, name: str, rows: int, dim: int) -> bool:
     """An existing vector index is retrained when most rows came after its training or its lists are far
     fewer than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`)."""
+
     if tbl.index_stats(name).num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows:
         return True
     lists = vector_partitions(tbl, name)
