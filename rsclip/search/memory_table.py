@@ -225,7 +225,8 @@ class ResidentTable:
         """The stored vectors at ``positions``, in that order (read from the table version in the compact tier)."""
         if not len(positions):
             return np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate([self.store.at(positions[s : s + SCAN_ROWS]) for s in range(0, len(positions), SCAN_ROWS)])
+        parts = range(0, len(positions), SCAN_ROWS)
+        return np.concatenate([self.store.at(positions[s : s + SCAN_ROWS]) for s in parts])
 
     def rows(self, positions: np.ndarray) -> pa.Table:
         """The result columns of the rows at ``positions``, in that order (the columns a compact copy does not
