@@ -247,8 +247,14 @@ def export_labels(db, label: str, out: str, *, format: str | None = None,
         InvalidInput: For an unknown format or an unwritable ``out``.
     """
     format = export_format(out, format)
+    return write_features(label_features(db, label, table=table), out, format)
+
+
+def label_features(db, label: str, *, table: str = tiles.DEFAULT_TABLE):
+    """The GeoDataFrame (CRS84) of label set ``label``: one feature per labelled tile still in the table, with
+    its ``value`` (+1/-1) and ``note``. Raises ``NotFound`` for an unknown label set."""
     frame = labels.read_labels(db, label, table=table)
     tile_table = tiles.open_table(db, table)
     columns = (tiles.URI, *tiles.WINDOW_COLUMNS, *tiles.BOUNDS_COLUMNS, tiles.CRS, *tiles.TIME_COLUMNS)
     found = rows.rows_by_id(tile_table, frame[tiles.ID], columns).to_pandas()
-    return write_features(features(frame.merge(found, on=tiles.ID, how="inner"), tile_table), out, format)
+    return features(frame.merge(found, on=tiles.ID, how="inner"), tile_table)

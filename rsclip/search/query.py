@@ -167,7 +167,7 @@ def tile_vector(table, tile_id: str) -> np.ndarray:
 
 def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE, bbox: BBox | None = None,
                   resident: bool = False, allow_model_mismatch: bool = False, polygon=None, date=None,
-                  max_cloud=None, max_nodata=None) -> pd.DataFrame:
+                  max_cloud=None, max_nodata=None, near=None, where=None) -> pd.DataFrame:
     """The ``k`` tiles most similar to the stored tile ``tile_id`` (its own embedding), the tile left out.
 
     Args:
@@ -183,6 +183,8 @@ def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE,
         date: As for :func:`query`.
         max_cloud: As for :func:`query`.
         max_nodata: As for :func:`query`.
+        near: As for :func:`query`.
+        where: As for :func:`query`.
 
     Returns:
         The DataFrame of :func:`query`.
@@ -191,8 +193,8 @@ def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE,
         InvalidInput: For a malformed tile id, ``k`` or filter.
         NotFound: For an unknown table, or a tile id not in the table.
     """
-    request = Request.of(db, table, k, bbox=bbox, polygon=polygon, date=date, max_cloud=max_cloud,
-                         max_nodata=max_nodata)
+    request = Request.of(db, table, k, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
+                         max_cloud=max_cloud, max_nodata=max_nodata)
     vector = tile_vector(request.table, tile_id)
     drop = lambda frame: (frame[tiles.ID] == tile_id).to_numpy()  # noqa: E731
     return search(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,

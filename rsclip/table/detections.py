@@ -107,6 +107,16 @@ def open_progress(db, table: str = tiles.DEFAULT_TABLE, *, create: bool = False)
     return rows.open_companion(db, progress_table_name(table), PROGRESS_SCHEMA, create=create)
 
 
+def detected_labels(db, table: str = tiles.DEFAULT_TABLE) -> list[str]:
+    """The labels whose detections the job has committed for ``table`` (read from the small progress table),
+    sorted."""
+    progress = open_progress(db, table)
+    if progress is None:
+        return []
+    column = datasets.dataset_of(progress).to_table(columns=[LABEL]).column(LABEL)
+    return sorted(set(column.to_pylist()))
+
+
 def upsert(target, batch: pa.Table) -> None:
     """Write ``batch`` into ``target`` keyed on ``key`` (replace or insert) as one atomic commit."""
     keyed_writes.merge_on(target, KEY, batch)

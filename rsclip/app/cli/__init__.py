@@ -13,6 +13,7 @@
     rsclip export DB (--query TEXT | --positive ID... | --detections LABEL --min-score S) --out PATH  (exports)
     rsclip timeline DB (TILE_ID | --at LON LAT) | changes DB DATE_A DATE_B          (timeline)
     rsclip serve DB [--host 127.0.0.1] [--port N] [--allowed-host NAME] [--basemap URL_TEMPLATE]   (serve)
+    rsclip api DB [--host 127.0.0.1] [--port N] [--token-file F]; rsclip query ... --api URL        (api)
     rsclip convert-model RemoteCLIP-ViT-B-32.pt models/remoteclip-b32 --arch ViT-B-32-quickgelu   (models)
 
 One module per command group (named in brackets); none imports this module or another group, what they share
@@ -31,7 +32,7 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from rsclip.app.cli import detect, exports, labels, models, search, serve, tables, timeline
+from rsclip.app.cli import api, detect, exports, labels, models, search, serve, tables, timeline
 from rsclip.app.cli.options import Parser
 from rsclip.runtime.reporting import run_reporting
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_index_parser(sub)
     tables.add_info_parser(sub)
     serve.add_serve_parser(sub)
+    api.add_api_parser(sub)
     models.add_convert_parser(sub)
     labels.add_label_parser(sub)
     detect.add_detect_parser(sub)

@@ -3,34 +3,18 @@ stderr while a model loads (stderr is for errors)."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from rsclip.app.records import dumps, records
 
-def records(frame: pd.DataFrame) -> list[dict]:
-    """DataFrame rows as JSON-safe dicts (NaN, NaT, NA, infinities and None become null)."""
-    out = []
-    for row in frame.to_dict(orient="records"):
-        clean = {}
-        for k, v in row.items():
-            if pd.api.types.is_scalar(v) and pd.isna(v):  # NaN, NaT (an unknown date), NA, None
-                v = None
-            elif isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
-                v = None
-            elif isinstance(v, np.generic):
-                v = v.item()
-            clean[k] = v
-        out.append(clean)
-    return out
+__all__ = ["dumps", "records", "print_json", "print_table", "say", "quiet_model_loading"]
 
 
 def print_json(obj: Any) -> None:
     """``obj`` as one line of JSON on stdout (values JSON does not know written as text)."""
-    print(json.dumps(obj, indent=None, default=str))
+    print(dumps(obj))
 
 
 def print_table(frame: pd.DataFrame, floats: str = "{:.4f}") -> None:

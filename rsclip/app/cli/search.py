@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rsclip.app.cli import api
 from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
@@ -19,23 +20,35 @@ from rsclip.table import tiles
 def cmd_query(args: argparse.Namespace) -> None:
     """``rsclip query``: the best ``k`` tiles for a text, an image or examples, under the area and time filters.
     The table shows each tile's ``id`` (what ``rsclip label add --positive ID`` takes); JSON has every column."""
+    examples = bool(args.positive or args.negative)
+    if [args.text is not None, args.image is not None, examples].count(True) != 1:
+        raise InvalidInput("give either a text, --image PATH or --positive/--negative examples (one of them)")
+    url = api.client.api_url(args.api)
+    if url is not None:
+        show(args, api.ask_query(url, args, area(args)))
+        return
     from rsclip.search.encoding import Text  # torch takes seconds to import: not for --help
     from rsclip.search.query import query
 
     quiet_model_loading()
-    examples = bool(args.positive or args.negative)
-    if [args.text is not None, args.image is not None, examples].count(True) != 1:
-        raise InvalidInput("give either a text, --image PATH or --positive/--negative examples (one of them)")
     what = Text(args.text) if args.text is not None else None  # the positional text is text, never a path
     if args.image is not None:  # a path here is always an image, so a missing file is an error, not text
         what = args.image if storage.is_remote(args.image) else Path(args.image)
     frame = query(args.db, what, k=args.k, table=args.table, exclude_self=not args.include_self,
                   allow_model_mismatch=args.allow_model_mismatch, positive=args.positive if examples else None,
                   negative=args.negative, **area(args))
+    show(args, records(frame))
+
+
+def show(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Result rows as ``rsclip query`` prints them: JSON, or a table without the crs column."""
     if args.json:
-        print_json(records(frame))
+        print_json(rows)
         return
-    print_table(frame.drop(columns=[tiles.CRS]))
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    print_table(frame.drop(columns=[tiles.CRS], errors="ignore"))
 
 
 def cmd_locate(args: argparse.Namespace) -> None:
@@ -85,6 +98,7 @@ def add_query_parser(sub) -> None:
     q.add_argument("--allow-model-mismatch", action="store_true", help="search even if the weights changed")
     add_example_arguments(q)
     add_time_arguments(q)
+    api.add_api_option(q)
     q.set_defaults(run=cmd_query)
 
 

@@ -1,0 +1,145 @@
+"""The API's JSON requests as library calls, each validated field by field before the library sees it:
+searches (:func:`search`), labels, detections, previews and table info. Every function here is synchronous and
+runs on a worker thread; what it returns is JSON-ready."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from rsclip.app.api import settings
+from rsclip.app.records import records
+from rsclip.errors import InvalidInput, LimitExceeded
+from rsclip.table import tiles
+from rsclip.table.rows import is_tile_id
+
+# The fields a search body may carry: one query (text, vector, tile_id, image or positive/negative examples)
+# and these options and filters (those of rsclip.query).
+QUERY_FIELDS = ("text", "vector", "tile_id", "image", "positive")
+FILTER_FIELDS = ("bbox", "near", "polygon", "where", "date", "max_cloud", "max_nodata")
+OPTION_FIELDS = ("k", "negative", "include_self", "allow_model_mismatch", "db", "table")
+
+
+def checked_fields(body: dict, allowed) -> None:
+    """Refuse a body with a field outside ``allowed``, naming it (a typo must not be silently ignored)."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+def filters_of(body: dict) -> dict:
+    """The filter keywords of a body (a GeoJSON polygon object becomes its text)."""
+    found = {name: body.get(name) for name in FILTER_FIELDS}
+    if isinstance(found["polygon"], dict):
+        found["polygon"] = json.dumps(found["polygon"])
+    for name in ("bbox", "near"):
+        if found[name] is not None and not isinstance(found[name], list):
+            raise InvalidInput(f"{name} must be a list of numbers")
+    return found
+
+
+def example_ids(value, what: str) -> list[str] | None:
+    """Example tile ids of a body: a list of tile ids (never paths or texts: a service opens no file a
+    client names)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > settings.MAX_EXAMPLES:
+        raise InvalidInput(f"{what} must be a list of at most {settings.MAX_EXAMPLES} tile ids")
+    bad = [v for v in value if not is_tile_id(v)]
+    if bad:
+        raise InvalidInput(f"{what} takes tile ids (32 hex characters), got {str(bad[0])[:80]!r}")
+    return value
+
+
+def vector_of(value) -> np.ndarray:
+    """A query vector: a list of at most :data:`~settings.MAX_VECTOR_VALUES` finite numbers."""
+    if not isinstance(value, list) or not value or len(value) > settings.MAX_VECTOR_VALUES:
+        raise InvalidInput(f"vector must be a list of 1-{settings.MAX_VECTOR_VALUES} numbers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise InvalidInput("vector must hold finite numbers only")
+    return np.asarray(value, dtype=np.float32)
+
+
+def image_of(value) -> np.ndarray:
+    """A query image: ``{"name": "scene.png", "data": "<base64>"}``, decoded as the format its name claims
+    under the web app's upload limits."""
+    from rsclip.app.web.data.uploads import MAX_UPLOAD_BYTES, decode_upload
+
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not isinstance(value.get("data"), str):
+        raise InvalidInput('image must be {"name": "file.png", "data": "<base64 bytes>"}')
+    name = os.path.basename(value["name"])[:200] or "upload"
+    if len(value["data"]) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
+        raise LimitExceeded(f"{name}: larger than the upload limit of {MAX_UPLOAD_BYTES:,} bytes")
+    try:
+        data = base64.b64decode(value["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{name}: data is not base64") from None
+    return decode_upload(data, name)
+
+
+def search(db: str, table: str, body: dict, *, resident: bool = True):
+    """The result frame of a search body: exactly one query field, the options and filters of
+    :func:`rsclip.query`."""
+    from rsclip.search.encoding import Text
+    from rsclip.search.query import query, similar_tiles
+
+    checked_fields(body, QUERY_FIELDS + FILTER_FIELDS + OPTION_FIELDS)
+    given = [name for name in QUERY_FIELDS if body.get(name) is not None]
+    if len(given) != 1 and not (given == [] and body.get("negative") is not None):
+        raise InvalidInput(f"give exactly one of {', '.join(QUERY_FIELDS)} (with negative for examples), "
+                           f"got {len(given)}")
+    common = dict(table=table, resident=resident, **filters_of(body),
+                  allow_model_mismatch=bool(body.get("allow_model_mismatch", False)))
+    k = body.get("k", 10)
+    mode = given[0] if given else "positive"
+    if mode == "tile_id":
+        return similar_tiles(db, body["tile_id"], k, **common)
+    if mode == "positive":
+        return query(db, k=k, positive=example_ids(body.get("positive"), "positive") or [],
+                     negative=example_ids(body.get("negative"), "negative"), **common)
+    if body.get("negative") is not None:
+        raise InvalidInput("negative examples go with positive examples only")
+    what = {"text": lambda v: Text(v) if isinstance(v, str) else _not_text(), "vector": vector_of,
+            "image": image_of}[mode](body[mode])
+    return query(db, what, k, exclude_self=not bool(body.get("include_self", False)), **common)
+
+
+def _not_text():
+    raise InvalidInput("text must be a string")
+
+
+def answer_of(frame) -> dict[str, Any]:
+    """A result frame as the API answers it: its rows (as ``rsclip ... --json`` prints them) and the path
+    that answered."""
+    return {"results": records(frame), "search_path": frame.attrs.get("search_path"),
+            "search_note": frame.attrs.get("search_note")}
+
+
+def preview_png(db: str, table: str, tile_id: str, size: int) -> bytes:
+    """A PNG preview of tile ``tile_id`` (its window read from its source), at most ``size`` pixels a side."""
+    from PIL import Image
+
+    from rsclip.app.web.data.previews import read_preview
+    from rsclip.errors import NotFound
+    from rsclip.geo.windows import Window
+    from rsclip.table.rows import rows_by_id
+
+    if not is_tile_id(tile_id):
+        raise InvalidInput(f"not a tile id: {tile_id[:80]!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
+        raise InvalidInput("size must be an integer in [16, 1024]")
+    found = rows_by_id(tiles.open_table(db, table), [tile_id], (tiles.URI, *tiles.WINDOW_COLUMNS)).to_pylist()
+    if not found:
+        raise NotFound(f"tile {tile_id} is not in the table")
+    row = found[0]
+    pixels = read_preview(row[tiles.URI], Window(*(row[c] for c in tiles.WINDOW_COLUMNS)), size)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()

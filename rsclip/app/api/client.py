@@ -1,0 +1,56 @@
+"""Asking a running ``rsclip api`` (``RSCLIP_API=http://host:port`` or ``--api URL``): what the command line
+uses to answer through a service in milliseconds. Standard library only, so a command answered this way loads
+neither torch nor LanceDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable
+
+API_ENV = "RSCLIP_API"
+TOKEN_ENV = "RSCLIP_API_TOKEN"
+TIMEOUT_S = 120.0
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+ERRORS = {400: InvalidInput, 404: NotFound, 409: InvalidInput, 413: LimitExceeded}
+
+
+def api_url(given: str | None) -> str | None:
+    """The service to ask: ``given`` (``--api``), else ``$RSCLIP_API``, else None (answer locally)."""
+    url = given or os.environ.get(API_ENV) or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"the API address must be an http(s) URL, got {url[:100]!r}")
+    return url.rstrip("/") + "/" if url else None
+
+
+def call(url: str, path: str, body: dict | None = None, method: str | None = None) -> dict:
+    """The JSON answer of ``path`` on the service at ``url`` (POST ``body`` when given). Errors the service
+    reports come back as rsclip's errors with its one-line description; an unreachable service is
+    ``StoreUnavailable``."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path.lstrip("/"), data=data, method=method or ("POST" if data else "GET"))
+    request.add_header("Content-Type", "application/json")
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        request.add_header("Authorization", f"Bearer {token.strip()}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
+            return json.loads(answer.read(MAX_ANSWER_BYTES + 1)[:MAX_ANSWER_BYTES])
+    except urllib.error.HTTPError as error:
+        raise failure(error) from None
+    except (urllib.error.URLError, OSError) as error:
+        raise StoreUnavailable(f"the rsclip API at {url} cannot be reached ({getattr(error, 'reason', error)})") \
+            from None
+
+
+def failure(error: "urllib.error.HTTPError") -> RsclipError:
+    """The rsclip error of an HTTP error answer."""
+    try:
+        description = json.loads(error.read(64 * 1024)).get("description") or error.reason
+    except (ValueError, AttributeError):
+        description = str(error.reason)
+    kind = ERRORS.get(error.code, RsclipError if error.code < 500 else StoreUnavailable)
+    return kind(f"rsclip API: {description}")

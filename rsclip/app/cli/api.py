@@ -1,0 +1,71 @@
+"""``rsclip api``: serve a tile table over HTTP (the service runs as ``python -m rsclip.app.api``, which this
+command becomes), and what the search commands send to a running one (``--api URL`` or ``$RSCLIP_API``)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from pathlib import Path
+
+from rsclip.app.api import client, settings
+from rsclip.errors import InvalidInput, LimitExceeded
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    """``rsclip api``: check the configuration here (errors are one line), then become the service process."""
+    config = settings.config_of(args)
+    env = dict(os.environ)
+    if config.token:
+        env[settings.TOKEN_ENV] = config.token
+    else:
+        env.pop(settings.TOKEN_ENV, None)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "rsclip.app.api", *settings.arguments(config)], env)
+
+
+def add_api_parser(sub) -> None:
+    """The ``api`` sub-command."""
+    parser = sub.add_parser("api", help="serve a tile table over HTTP (search, labels, detections, OGC API - "
+                                        "Features)")
+    settings.add_arguments(parser)
+    parser.set_defaults(run=cmd_api)
+
+
+def add_api_option(parser: argparse.ArgumentParser) -> None:
+    """``--api URL`` on a command a running service can answer."""
+    parser.add_argument("--api", metavar="URL", help=f"answer through a running `rsclip api` (default: "
+                                                     f"${client.API_ENV} when set)")
+
+
+def query_body(args: argparse.Namespace, filters: dict) -> dict:
+    """The search body of ``rsclip query``'s arguments: the same query, options and filters."""
+    body = {"db": args.db, "table": args.table, "k": args.k, "include_self": args.include_self,
+            "allow_model_mismatch": args.allow_model_mismatch}
+    body.update({name: list(value) if isinstance(value, tuple) else value for name, value in filters.items()
+                 if value is not None})
+    if args.positive or args.negative:
+        body.update(positive=args.positive or [], negative=args.negative)
+    elif args.image is not None:
+        body["image"] = upload(args.image)
+    else:
+        body["text"] = args.text
+    return body
+
+
+def upload(path: str) -> dict:
+    """A local image file as the API's ``image`` field (at most the upload limit)."""
+    from rsclip.app.server import MAX_UPLOAD_MB
+
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInput(f"image {path} not found (through the API, --image is a local file)")
+    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise LimitExceeded(f"{path}: larger than the upload limit of {MAX_UPLOAD_MB} MB")
+    return {"name": file.name, "data": base64.b64encode(file.read_bytes()).decode()}
+
+
+def ask_query(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
+    """The result rows of ``rsclip query`` answered by the service at ``url``."""
+    return client.call(url, "api/search", query_body(args, filters))["results"]

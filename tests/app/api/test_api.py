@@ -1,0 +1,292 @@
+"""``rsclip api`` as users run it: a real service on loopback, called over HTTP. Every search mode answers what
+the library answers; GDAL's OAPIF driver reads the detections collection page by page and gets the features
+``rsclip export`` writes; labels written through the API show in the next request; hostile requests get
+one-line errors that name no server path; a token guards it; a burst is answered or refused, never queued
+without bound; slow clients hold no search slot; ``rsclip query --api`` prints what ``rsclip query`` prints."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+
+import rsclip
+from rsclip.app.api.settings import ApiConfig
+from rsclip.app.cli import main
+from rsclip.app.records import records
+from rsclip.detect.pipeline import DetectConfig, run_detection
+from rsclip.errors import InvalidInput
+from rsclip.search import export as ex
+from rsclip.search.encoding import Text
+from rsclip.search.query import similar_tiles
+from rsclip.table import labels, tiles
+from tests.helpers.api import start_api
+from tests.helpers.geo import LANDSAT, NAIP, scene_grid_table
+
+pytestmark = pytest.mark.slow  # a service process, and a detection run on Ray
+
+TOKEN = "t0ken-for-the-tests-only-0123456789"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory, tiny_model):
+    """NAIP and Landsat scenes cut into 128 px tiles, a label set and its detections."""
+    db = tmp_path_factory.mktemp("api") / "db"
+    rows = scene_grid_table(db, tiny_model, names=(NAIP, LANDSAT), tile_size=128)
+    ids = [tiles.tile_id(r[tiles.URI], *[r[c] for c in tiles.WINDOW_COLUMNS]) for r in rows]
+    naip = [i for i, r in zip(ids, rows) if r[tiles.URI].endswith(NAIP)]
+    other = [i for i in ids if i not in naip]
+    labels.add_labels(db, "fields", naip[:4], other[:6])
+    run_detection(DetectConfig(db=str(db), label="fields"), local=True)
+    return db, ids
+
+
+@pytest.fixture(scope="module")
+def api_service(scenes, tmp_path_factory):
+    served = start_api(scenes[0], tmp_path_factory.mktemp("api-logs"), "--min-score", "0")
+    yield served
+    served.stop()
+
+
+def same_rows(answer: list[dict], frame) -> None:
+    """The API's rows are the library's: every field equal, the scores to float32 precision (the service
+    answers from its resident copy once loaded, whose exact cosines round apart from Lance's in the 7th
+    digit)."""
+    expected = json.loads(json.dumps(records(frame), default=str))
+    assert [r["id"] for r in answer] == [r["id"] for r in expected]
+    np.testing.assert_allclose([r["score"] for r in answer], [r["score"] for r in expected], rtol=1e-5, atol=1e-6)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "score"} for r in rows]  # noqa: E731
+    assert strip(answer) == strip(expected)
+
+
+def test_every_search_mode_answers_what_the_library_answers(scenes, api_service):
+    db, ids = scenes
+    area = [-180, -90, 180, 90]
+    cases = [
+        ({"text": "farmland", "k": 5}, lambda: rsclip.query(db, Text("farmland"), 5)),
+        ({"text": "farmland", "k": 7, "bbox": area, "where": "x >= 128"},
+         lambda: rsclip.query(db, Text("farmland"), 7, bbox=area, where="x >= 128")),
+        ({"tile_id": ids[3], "k": 4}, lambda: similar_tiles(db, ids[3], 4)),
+        ({"positive": ids[:2], "negative": ids[-1:], "k": 6},
+         lambda: rsclip.query(db, k=6, positive=ids[:2], negative=ids[-1:])),
+    ]
+    dim = tiles.table_model(tiles.open_table(db, tiles.DEFAULT_TABLE))[1]
+    vector = np.random.default_rng(0).standard_normal(dim).astype(np.float32)
+    cases.append(({"vector": vector.tolist(), "k": 3}, lambda: rsclip.query(db, vector, 3)))
+    for body, library in cases:
+        answer = api_service.call("api/search", body)
+        assert answer.status == 200, answer.body
+        same_rows(answer.json()["results"], library())
+
+
+def test_an_uploaded_image_is_searched_as_the_library_searches_its_pixels(scenes, api_service, rsicd_files):
+    from PIL import Image
+
+    db, _ = scenes
+    data = rsicd_files[0].read_bytes()
+    body = {"image": {"name": rsicd_files[0].name, "data": base64.b64encode(data).decode()}, "k": 5}
+    answer = api_service.call("api/search", body)
+    assert answer.status == 200, answer.body
+    pixels = np.asarray(Image.open(rsicd_files[0]).convert("RGB"))
+    same_rows(answer.json()["results"], rsclip.query(db, pixels, 5))
+
+
+def test_gdal_reads_the_detections_collection_page_by_page_as_rsclip_export_writes_it(scenes, api_service):
+    db, _ = scenes
+    source = f"OAPIF:{api_service.url}"
+    layers = [name for name, _ in pyogrio.list_layers(source)]
+    assert "detections-fields" in layers and "labels-fields" in layers
+    served = pyogrio.read_dataframe(source, layer="detections-fields", PAGE_SIZE=7)
+    exported = ex.export_frame(db, detections="fields", min_score=0.0)
+    assert len(served) == len(exported) > 14  # more than two pages
+    served = served.set_index("id").loc[exported["id"]]
+    np.testing.assert_allclose(served["score"].to_numpy(dtype=float), exported["score"].to_numpy(dtype=float),
+                               rtol=1e-6)
+    assert list(served["uri"]) == list(exported["uri"])
+    for got, want in zip(served.geometry, exported.geometry):
+        assert shapely.equals_exact(got, want, tolerance=1e-9)
+
+
+def test_items_page_with_next_links_bbox_and_threshold(scenes, api_service):
+    db, _ = scenes
+    exported = ex.export_frame(db, detections="fields", min_score=0.0)
+    first = api_service.call("collections/detections-fields/items?limit=5").json()
+    assert first["numberMatched"] == len(exported) and first["numberReturned"] == 5
+    nxt = next(link["href"] for link in first["links"] if link["rel"] == "next")
+    second = api_service.call(nxt.removeprefix(api_service.url)).json()
+    seen = [f["id"] for f in first["features"] + second["features"]]
+    assert seen == list(exported["id"][:10])
+    west, south, east, north = exported.total_bounds
+    box = [west, south, (west + east) / 2, north]
+    boxed = api_service.call("collections/detections-fields/items?limit=1000&bbox=" + ",".join(map(str, box))).json()
+    assert 0 < boxed["numberReturned"] < len(exported)
+    assert all(shapely.geometry.shape(f["geometry"]).intersects(shapely.box(*box)) for f in boxed["features"])
+    high = api_service.call("collections/detections-fields/items?limit=1000&min_score=0.5").json()
+    assert all(f["properties"]["score"] >= 0.5 for f in high["features"])
+    assert high["numberMatched"] == int((exported["score"] >= 0.5).sum())
+    one = api_service.call(f"collections/detections-fields/items/{exported['id'][0]}").json()
+    assert one["id"] == exported["id"][0] and one["properties"]["score"] == pytest.approx(exported["score"][0])
+
+
+def test_labels_written_through_the_api_show_in_the_next_request(scenes, api_service):
+    db, ids = scenes
+    before = api_service.call("collections/labels-roads/items")
+    assert before.status == 404
+    added = api_service.call("api/labels/roads", {"positive": ids[5:7], "negative": ids[8:9], "note": "api"})
+    assert added.status == 200 and added.json() == {"written": 3}
+    items = api_service.call("collections/labels-roads/items").json()
+    assert sorted(f["id"] for f in items["features"]) == sorted(ids[5:7] + ids[8:9])
+    assert {f["properties"]["value"] for f in items["features"]} == {1, -1}
+    listed = api_service.call("api/labels/roads").json()["labels"]
+    assert len(listed) == 3
+    removed = api_service.call("api/labels/roads", {"ids": ids[8:9]}, method="DELETE").json()
+    assert removed == {"removed": 1}
+    assert api_service.call("collections/labels-roads/items").json()["numberMatched"] == 2
+    collections = [c["id"] for c in api_service.call("collections").json()["collections"]]
+    assert "labels-roads" in collections
+
+
+def ring(vertices: int) -> str:
+    """A valid WKT polygon of ``vertices`` points on a circle."""
+    angles = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    points = [f"{10 + 10 * np.cos(a):.4f} {45 + 10 * np.sin(a):.4f}" for a in angles]
+    return f"POLYGON(({', '.join(points + points[:1])}))"
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("api/search", {"text": "x", "colour": "red"}, 400, "unknown field 'colour'"),
+    ("api/search", {"text": "x", "k": 0}, 400, "k must be"),
+    ("api/search", {"text": "x", "tile_id": "ab"}, 400, "exactly one of"),
+    ("api/search", {"positive": ["/etc/passwd"]}, 400, "takes tile ids"),
+    ("api/search", {"tile_id": "../../etc/passwd"}, 400, "not a tile id"),
+    ("api/search", {"vector": [1.0, "x"]}, 400, "finite numbers"),
+    ("api/search", {"image": {"name": "a.exe", "data": "AAAA"}}, 400, "not an image type"),
+    ("api/search", {"image": {"name": "a.png", "data": "!!"}}, 400, "not base64"),
+    ("api/search", {"text": "x", "polygon": ring(250_000)}, 413, "vertices"),
+    ("api/search", {"text": "x", "where": "no_such_column = 1"}, 400, ""),
+    ("api/search", {"text": "x", "db": "/somewhere/else"}, 400, "serves another database"),
+    ("api/tiles/..%2F..%2Fetc%2Fpasswd/preview.png", None, 404, ""),
+    ("api/tiles/..passwd/preview.png", None, 400, "not a tile id"),
+    ("api/tiles/" + "0" * 32 + "/preview.png", None, 404, "not in the table"),
+    ("collections/tiles-x/items", None, 404, "no collection"),
+    ("collections/detections-fields/items?limit=0", None, 400, "limit must be"),
+    ("collections/detections-fields/items?bbox=1,2,3", None, 400, "bbox must be"),
+    ("collections/detections-fields/items?sql=1", None, 400, "unknown parameter"),
+    ("collections/detections-nothing/items", None, 404, "no detections of 'nothing'"),
+    ("no/such/route", None, 404, ""),
+])
+def test_hostile_requests_get_one_line_errors_naming_no_server_path(scenes, api_service, path, body, status, words):
+    answer = api_service.call(path, body)
+    assert answer.status == status, answer.body
+    found = answer.json()
+    assert set(found) == {"code", "description"} and "\n" not in found["description"]
+    assert words in found["description"]
+    assert str(scenes[0]) not in answer.body.decode() and str(scenes[0].parent) not in answer.body.decode()
+
+
+def test_bodies_over_the_limit_or_not_json_are_refused(api_service):
+    from rsclip.app.api.settings import MAX_BODY_BYTES
+
+    assert api_service.call("api/search", raw=b"{" * 1000).status == 400
+    assert api_service.call("api/search", raw=b"[1, 2]").json()["description"] == "the body must be a JSON object"
+    host, port = api_service.url.removeprefix("http://").rstrip("/").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest("POST", "/api/search")
+    connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+    connection.endheaders()  # the body is never sent: the declared size is refused before any is read
+    big = connection.getresponse()
+    assert big.status == 413 and "larger than" in json.loads(big.read())["description"]
+    connection.close()
+
+
+def test_a_preview_is_a_png_of_the_tile(scenes, api_service):
+    from io import BytesIO
+
+    from PIL import Image
+
+    answer = api_service.call(f"api/tiles/{scenes[1][0]}/preview.png?size=64")
+    assert answer.status == 200 and answer.headers["content-type"] == "image/png"
+    assert max(Image.open(BytesIO(answer.body)).size) <= 64
+
+
+def test_info_and_openapi_name_no_server_path(scenes, api_service):
+    info = api_service.call("api/info")
+    assert info.status == 200 and info.json()["rows"] == len(scenes[1])
+    assert str(scenes[0]) not in info.body.decode()
+    description = api_service.call("openapi.json").json()
+    assert description["openapi"].startswith("3.") and "/api/search" in description["paths"]
+    conformance = api_service.call("conformance").json()["conformsTo"]
+    assert any(c.endswith("/conf/geojson") for c in conformance)
+
+
+def test_the_cli_through_the_api_prints_what_it_prints_alone(scenes, api_service, capsys):
+    db, ids = scenes
+    for argv in (["farmland", "-k", "5"], ["--positive", ids[0], ids[1], "-k", "4", "--bbox", "-180,-90,180,90"]):
+        for json_flag in (["--json"], []):
+            assert main(["query", str(db), *argv, *json_flag]) == 0
+            alone = capsys.readouterr().out
+            assert main(["query", str(db), *argv, *json_flag, "--api", api_service.url]) == 0
+            through = capsys.readouterr().out
+            assert through == alone
+    assert main(["query", str(db), "farmland", "--api", api_service.url, "--table", "other"]) == 2
+    assert "serves another table" in capsys.readouterr().err
+
+
+def test_a_query_through_the_api_loads_no_model_or_table_library(scenes, api_service):
+    heavy = ("torch", "transformers", "lancedb", "lance")
+    code = (f"import sys; from rsclip.app.cli import main; sys.stdout = open('/dev/null', 'w'); "
+            f"code = main({['query', str(scenes[0]), 'farmland', '--json', '--api', api_service.url]!r}); "
+            f"sys.stdout = sys.__stdout__; print(code, sorted(m for m in {heavy!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.strip() == "0 []", res.stdout + res.stderr[-2000:]
+
+
+def test_a_token_guards_every_route_and_exposure_needs_one(scenes, tmp_path):
+    with pytest.raises(InvalidInput, match="give a token"):
+        ApiConfig(db=str(scenes[0]), host="0.0.0.0")
+    served = start_api(scenes[0], tmp_path, token=TOKEN)
+    try:
+        for path in ("", "collections", "api/info"):
+            assert served.call(path, token=None).status == 401
+            assert served.call(path, token=TOKEN[:-1] + "x").status == 401
+            assert served.call(path).status == 200
+        assert TOKEN not in served.output()
+        pyogrio.set_gdal_config_options({"GDAL_HTTP_AUTH": "BEARER", "GDAL_HTTP_BEARER": TOKEN})
+        try:  # GDAL (and QGIS through it) sends the token as a header
+            assert "detections-fields" in [name for name, _ in pyogrio.list_layers(f"OAPIF:{served.url}")]
+        finally:
+            pyogrio.set_gdal_config_options({"GDAL_HTTP_AUTH": None, "GDAL_HTTP_BEARER": None})
+    finally:
+        served.stop()
+
+
+def test_a_burst_is_answered_or_refused_and_slow_clients_hold_no_slot(scenes, tmp_path):
+    served = start_api(scenes[0], tmp_path, "--workers", "1", "--queue", "2")
+    slow = []
+    try:
+        host, port = served.url.removeprefix("http://").rstrip("/").split(":")
+        for _ in range(6):  # more than the slots: each sends headers, then never its body
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+            slow.append(sock)
+        assert served.call("api/search", {"text": "farmland", "k": 3}).status == 200
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            statuses = list(pool.map(lambda _: served.call("api/search", {"text": "farmland", "k": 3}).status,
+                                     range(200)))
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 3 and 503 in statuses
+        assert served.call("api/search", {"text": "farmland", "k": 3}).status == 200
+        assert served.process.poll() is None
+    finally:
+        for sock in slow:
+            sock.close()
+        served.stop()
