@@ -26,7 +26,9 @@ queries of every pass are untimed):
 - ``text``: a text query end to end (``rsclip.search.query.query``: open table, encode with a ViT-B/32-sized
   text tower on this machine's device, search the resident copy);
 - ``bbox_resident`` / ``bbox_compact`` / ``bbox_lance``: bbox-filtered queries (random boxes 10 to 90 degrees
-  a side), latency and recall vs brute force filtered, on each path.
+  a side), latency and recall vs brute force filtered, on each path;
+- ``far_resident`` / ``far_lance``: queries near no cluster of the table (random unit vectors: the worst case of
+  a text query across CLIP's modality gap), latency and recall (``ood_*``, ``lance_ood_*``).
 
 ``faiss_ratio`` = resident p50 / FAISS p50, taken round by round. A sweep of nprobes x refine_factor (one pass,
 after the rounds) shows where the defaults sit. The last line of output is one JSON object: the ``ann_*``,
@@ -65,6 +67,7 @@ TARGETS = [
     Target("bbox_recall10", ">=", 0.95, "bbox-filtered recall vs brute force filtered, the same bar"),
     Target("compact_recall10", ">=", 0.95, "recall@10 of the compact tier"),
     Target("concurrency_gain", ">=", 1.6, "8 concurrent queries' throughput over one caller's"),
+    Target("ood_recall10", ">=", 0.95, "recall@10 of queries near no cluster (random directions)"),
 ]
 
 
@@ -302,8 +305,14 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     resident, lance = (lambda: S.searcher_for(table, resident=True)), (lambda: S.LanceSearcher(table))
     compacted = lambda: S.ResidentSearcher(table, compact)
 
+    far = list(far_queries(args))  # far from every cluster (texts across CLIP's gap, anything unlike the archive)
+    far_truth = exact_topk(data.vectors, np.asarray(far), k)
     out = [
         latency_arm("resident", "ann_", lambda q: rows_of(S.search(resident(), q, k)), queries, truth, f"recall{k}"),
+        latency_arm("far_resident", "ood_", lambda q: rows_of(S.search(resident(), q, k)), far, far_truth,
+                    f"ood_recall{k}"),
+        latency_arm("far_lance", "lance_ood_", lambda q: rows_of(S.search(lance(), q, k)), far, far_truth,
+                    f"lance_ood_recall{k}"),
         latency_arm("index", "index_", lambda q: candidates_then_exact(resident().rows, q, k), queries, truth,
                     f"index_recall{k}"),
         latency_arm("compact", "compact_ann_", lambda q: rows_of(S.search(compacted(), q, k)), queries, truth,
@@ -322,6 +331,16 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     if not args.no_text:
         out.append(latency_arm("text", "text_e2e_", lambda s: query(db, s, k=k, resident=True), list(TEXTS) * 2))
     return out
+
+
+def far_queries(args):
+    """Random unit vectors (their own draws: the table's and the other queries' stay the same): queries near no
+    cluster of the table, where every list is about as close as any other (``ood_*`` figures)."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed + 1)
+    far = rng.standard_normal((min(args.queries, 100), args.dim)).astype(np.float32)
+    return far / np.linalg.norm(far, axis=1, keepdims=True)
 
 
 def sweep(args, table, data: Data, truth: list) -> None:

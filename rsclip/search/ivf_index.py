@@ -28,6 +28,16 @@ HNSW_SEARCH = 128
 # The least share of the lists a search probes: lists grow as sqrt(rows), and a neighbourhood spans more of
 # them in a larger table (10 of 1,000 lists at 1M rows, 32 of 3,162 at 10M).
 MIN_PROBED_SHARE = 0.01
+# Lists whose centroid is about as close to the query as the nearest one (within PROBE_SPREAD standard
+# deviations of the query's similarities to all centroids: a measure that holds at any dimension and scale) are
+# probed too, up to MAX_PROBED_SHARE of the lists and MAX_PROBED_ROWS rows (a scan of ~25 ms here). A query near
+# one cluster of the table (an image like the archive's) stands out from the rest and probes the minimum; a
+# query far from every cluster (a text across CLIP's modality gap, anything unlike the archive) sees many lists
+# about equally close, and its best rows may lie in any of them: with 10 fixed lists such queries lost part of
+# their true top 10 (BENCHMARKS.md, Query: ood_recall10).
+PROBE_SPREAD = 2.5
+MAX_PROBED_SHARE = 0.25
+MAX_PROBED_ROWS = 200_000
 
 
 def _faiss():
@@ -58,6 +68,19 @@ class IvfIndex:
     def train(self, sample: np.ndarray) -> None:
         """Fit the list centroids and the quantizer's ranges on ``sample`` (rows x D)."""
         self._index.train(_unit(sample))
+        self._centroids = self._quantizer.reconstruct_n(0, self.lists)
+
+    def probes(self, query: np.ndarray, nprobe: int) -> int:
+        """How many lists a search for ``query`` (a unit row) probes: at least ``nprobe`` (and
+        :data:`MIN_PROBED_SHARE` of the lists), more when many centroids are about as close as the nearest
+        (:data:`PROBE_SPREAD`), for that reason at most :data:`MAX_PROBED_SHARE` of them and
+        :data:`MAX_PROBED_ROWS` rows."""
+        least = max(int(nprobe), math.ceil(self.lists * MIN_PROBED_SHARE), 1)
+        sims = self._centroids @ query
+        close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
+        per_list = max(1.0, len(self) / self.lists)
+        most = min(math.ceil(self.lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
+        return min(self.lists, max(least, min(close, most)))
 
     def add(self, vectors: np.ndarray) -> None:
         """Append rows (their ids follow the rows already added)."""
@@ -73,8 +96,8 @@ class IvfIndex:
         return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2 + graph + self.dim * 8)
 
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
-        """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists (at least
-        :data:`MIN_PROBED_SHARE` of them), best first by their codes.
+        """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
+        best first by their codes.
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table), so a filter keeping few rows
@@ -83,8 +106,8 @@ class IvfIndex:
         faiss = _faiss()
         query = _unit(np.asarray(vector, dtype=np.float32)[None, :])
         params = faiss.SearchParametersIVF()
-        nprobe = max(int(nprobe), math.ceil(self.lists * MIN_PROBED_SHARE), 1)
-        params.nprobe = min(self.lists, nprobe)
+        nprobe = self.probes(query[0], nprobe)
+        params.nprobe = nprobe
         packed = None
         if among is not None:
             if len(among) == 0:
