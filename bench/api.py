@@ -1,0 +1,186 @@
+"""Search through ``rsclip api`` (HTTP included) against the library call in one process, throughput with 1, 4
+and 16 concurrent clients, and ``rsclip query --api`` against the cold command line.
+
+    python bench/api.py --db /tmp/q1m --reuse          # the 1M-row table bench/query.py wrote there
+    python bench/api.py --rows 20000 --queries 50 --repeats 2     # a smoke run (writes its own table)
+
+The table is bench/query.py's (same ``--rows``/``--seed`` draws; written when not ``--reuse``d, its
+ViT-B/32-sized model beside it). The service is started the way users start it (``python -m rsclip api DB``)
+and searched once its resident copy is loaded (``search_path`` says so); this process loads its own copy.
+The arms, interleaved in rounds (bench/common.py):
+
+- ``library``: ``rsclip.query(db, vector, k, resident=True)`` in this process: p50/p95 ms;
+- ``api``: the same vector searches POSTed to ``/api/search`` over one keep-alive HTTP connection (JSON
+  encoding and decoding included): p50/p95 ms; ``api_overhead_ms`` = its p50 minus the library's, per round;
+- ``qps_c1`` / ``qps_c4`` / ``qps_c16``: searches per second with 1, 4 and 16 concurrent HTTP clients (each
+  its own connection); ``api_gain_4`` = 4 clients over 1;
+- ``cli_cold`` / ``cli_api``: wall seconds of ``rsclip query DB "airport" --json`` in a fresh interpreter,
+  alone (imports, model load, table open) and with ``--api``; ``cli_same_ids``: the share of tiles both print.
+
+Targets (issue 29): ``api_overhead_ms`` <= 2, ``cli_api_s`` <= 0.5, ``api_gain_4`` >= 1.6 (2 cores).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import common, query as query_bench  # noqa: E402
+from bench.common import Arm, Bench, Target  # noqa: E402
+
+CLIENTS = (1, 4, 16)
+TEXT = "airport"
+READY_TIMEOUT_S = 1800.0  # the service's resident copy of 1M rows loads in ~2 minutes on 2 cores
+TARGETS = [Target("api_overhead_ms", "<=", 2.0, "API p50 within 2 ms of the library's"),
+           Target("cli_api_s", "<=", 0.5, "rsclip query --api in under half a second"),
+           Target("api_gain_4", ">=", 1.6, "4 clients >= 1.6x one")]
+
+
+class Client:
+    """One keep-alive HTTP connection to the service."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=600)
+
+    def search(self, body: dict) -> dict:
+        data = json.dumps(body)
+        self.connection.request("POST", "/api/search", data, {"Content-Type": "application/json"})
+        answer = self.connection.getresponse()
+        found = json.loads(answer.read())
+        if answer.status != 200:
+            raise RuntimeError(f"the service answered {answer.status}: {found}")
+        return found
+
+
+def start_service(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``rsclip api DB`` on a free port, once it answers."""
+    from infra.local_stack import free_port
+
+    port = free_port()
+    out = open(log, "wb")
+    process = subprocess.Popen([sys.executable, "-m", "rsclip", "api", str(db), "--port", str(port), "--queue", "64"],
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench/api.py: rsclip api exited: {log.read_text()[-2000:]}")
+        try:
+            Client(url).connection.request("GET", "/conformance")
+            return process, url
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("bench/api.py: rsclip api did not answer")
+
+
+def wait_resident(url: str, vector) -> float:
+    """Seconds until the service answers from its resident copy (it loads in the background)."""
+    t0 = time.monotonic()
+    client = Client(url)
+    while time.monotonic() - t0 < READY_TIMEOUT_S:
+        if (client.search({"vector": vector, "k": 1}).get("search_path") or "").startswith("resident"):
+            return time.monotonic() - t0
+        time.sleep(2.0)
+    raise SystemExit("bench/api.py: the service's resident copy did not load")
+
+
+def cli_seconds(db: Path, extra: list[str]) -> tuple[float, str]:
+    """Wall seconds and output of ``rsclip query DB TEXT --json EXTRA`` in a fresh interpreter."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "rsclip", "query", str(db), TEXT, "--json", *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if done.returncode:
+        raise SystemExit(f"bench/api.py: rsclip query failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - t0, done.stdout
+
+
+def shared_ids(alone: str, through: str) -> float:
+    """The share of the tiles ``rsclip query --json`` printed alone that it printed through the API too: the
+    command alone searches through Lance (IVF_PQ), the service its resident copy, and the two approximate
+    searches can differ on a table this large (on a small or unindexed table both are exact and equal)."""
+    a, b = ({row["id"] for row in json.loads(text)} for text in (alone, through))
+    return len(a & b) / max(1, len(a))
+
+
+def throughput_arm(url: str, bodies: list[dict], clients: int) -> Arm:
+    def run() -> dict:
+        connections = [Client(url) for _ in range(clients)]
+        shares = [bodies[i::clients] for i in range(clients)]
+        with ThreadPoolExecutor(clients) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda pair: [pair[0].search(b) for b in pair[1]], zip(connections, shares)))
+            return {f"qps_c{clients}": len(bodies) / (time.perf_counter() - t0)}
+    return Arm(f"qps_c{clients}", run)
+
+
+def arms(db: Path, url: str, queries, k: int) -> list[Arm]:
+    from rsclip.search.query import query
+
+    bodies = [{"vector": q.tolist(), "k": k} for q in queries]
+    client = Client(url)
+    out = [query_bench.latency_arm("library", "library_", lambda q: query(db, q, k, resident=True), list(queries)),
+           query_bench.latency_arm("api", "api_", client.search, bodies)]
+    out += [throughput_arm(url, bodies, n) for n in CLIENTS]
+    out += [Arm("cli_cold", lambda: {"cli_cold_s": cli_seconds(db, [])[0]}, warm=common.NO_WARMUP),
+            Arm("cli_api", lambda: {"cli_api_s": cli_seconds(db, ["--api", url])[0]}, warm=common.NO_WARMUP)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=0.8)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--db", default=None, help="table folder (default: a temporary folder, removed at the end)")
+    p.add_argument("--reuse", action="store_true", help="reuse bench/query.py's table at --db (same --rows/--seed)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.no_text = False
+    if args.reuse and not args.db:
+        p.error("--reuse needs --db")
+    bench = Bench("api", args, needs=[common.module_need("uvicorn")]).start()
+    return common.in_table_folder("api", args.db, lambda db: measure(args, bench, db))
+
+
+def measure(args, bench: Bench, db: Path) -> dict:
+    from rsclip.search import memory_table
+    from rsclip.search import searchers as S
+    from rsclip.table import tiles
+
+    data = query_bench.make_data(args)
+    table, once = query_bench.open_or_write(args, db, data)
+    process, url = start_service(db, Path(f"{db}-api.log"))
+    try:
+        once["service_resident_s"] = wait_resident(url, data.queries[0].tolist())
+        t0 = time.perf_counter()
+        memory_table.cache.wait = True
+        S.searcher_for(tiles.open_table(db), resident=True)
+        once["library_resident_s"] = time.perf_counter() - t0
+        (_, alone), (_, through) = cli_seconds(db, []), cli_seconds(db, ["--api", url])
+        once["cli_same_ids"] = shared_ids(alone, through)
+        figures = bench.rounds(arms(db, url, list(data.queries), args.k))
+    finally:
+        from rsclip.app.processes import stop_process_group
+
+        stop_process_group(process, 15.0)
+    figures["api_overhead_ms"] = [a - b for a, b in zip(figures["api_p50_ms"], figures["library_p50_ms"])]
+    return bench.finish(figures, ratios={"api_gain_4": ("qps_c4", "qps_c1"), "api_gain_16": ("qps_c16", "qps_c1"),
+                                         "cli_speedup": ("cli_cold_s", "cli_api_s")},
+                        once=once, constants={"rows": args.rows, "dim": args.dim, "k": args.k}, targets=TARGETS)
+
+
+if __name__ == "__main__":
+    main()
