@@ -54,3 +54,49 @@ def failure(error: "urllib.error.HTTPError") -> RsclipError:
         description = str(error.reason)
     kind = ERRORS.get(error.code, RsclipError if error.code < 500 else StoreUnavailable)
     return kind(f"rsclip API: {description}")
+
+
+class ApiClient:
+    """Python's way to a running service: ``ApiClient("http://127.0.0.1:8600").query("airport", k=10,
+    bbox=...)`` answers what ``rsclip.query(db, "airport", k=10, bbox=...)`` answers on the service's table,
+    as a DataFrame (``attrs["search_path"]`` names the path that answered). ``url`` defaults to
+    ``$RSCLIP_API``; the token is read from ``$RSCLIP_API_TOKEN``."""
+
+    def __init__(self, url: str | None = None):
+        found = api_url(url)
+        if found is None:
+            raise InvalidInput(f"no API address: pass one or set {API_ENV}")
+        self.url = found
+
+    def query(self, query=None, k: int = 10, *, positive=None, negative=None, include_self: bool = False,
+              **filters):
+        """Rank the service's tiles against ``query`` (a text, a vector, or the path of a local image) or
+        ``positive``/``negative`` tile ids, under the filters of :func:`rsclip.query`."""
+        import pandas as pd
+
+        body = {"k": k, "include_self": include_self,
+                **{name: list(v) if isinstance(v, tuple) else v for name, v in filters.items() if v is not None}}
+        if positive is not None or negative is not None:
+            body.update(positive=list(positive or []), negative=None if negative is None else list(negative))
+        elif isinstance(query, str):
+            body["text"] = query
+        elif isinstance(query, os.PathLike):
+            body["image"] = image_upload(query)
+        else:
+            body["vector"] = [float(v) for v in query]
+        answer = call(self.url, "api/search", body)
+        frame = pd.DataFrame(answer["results"])
+        frame.attrs.update(search_path=answer.get("search_path"), search_note=answer.get("search_note"))
+        return frame
+
+
+def image_upload(path) -> dict:
+    """A local image file as the API's ``image`` field (base64); the service checks its type and size."""
+    import base64
+
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise NotFound(f"image {path} not found")
+    return {"name": file.name, "data": base64.b64encode(file.read_bytes()).decode()}

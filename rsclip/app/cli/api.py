@@ -4,13 +4,12 @@ command becomes), and what the search commands send to a running one (``--api UR
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 from pathlib import Path
 
 from rsclip.app.api import client, settings
-from rsclip.errors import InvalidInput, LimitExceeded
+from rsclip.errors import LimitExceeded
 
 
 def cmd_api(args: argparse.Namespace) -> None:
@@ -59,11 +58,9 @@ def upload(path: str) -> dict:
     from rsclip.app.server import MAX_UPLOAD_MB
 
     file = Path(path)
-    if not file.is_file():
-        raise InvalidInput(f"image {path} not found (through the API, --image is a local file)")
-    if file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
+    if file.is_file() and file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
         raise LimitExceeded(f"{path}: larger than the upload limit of {MAX_UPLOAD_MB} MB")
-    return {"name": file.name, "data": base64.b64encode(file.read_bytes()).decode()}
+    return client.image_upload(file)
 
 
 def ask_query(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:

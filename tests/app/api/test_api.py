@@ -23,14 +23,13 @@ import rsclip
 from rsclip.app.api.settings import ApiConfig
 from rsclip.app.cli import main
 from rsclip.app.records import records
-from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.errors import InvalidInput
 from rsclip.search import export as ex
 from rsclip.search.encoding import Text
 from rsclip.search.query import similar_tiles
-from rsclip.table import labels, tiles
+from rsclip.table import tiles
 from tests.helpers.api import start_api
-from tests.helpers.geo import LANDSAT, NAIP, scene_grid_table
+from tests.helpers.geo import detected_scene_table
 
 pytestmark = pytest.mark.slow  # a service process, and a detection run on Ray
 
@@ -41,13 +40,7 @@ TOKEN = "t0ken-for-the-tests-only-0123456789"
 def scenes(tmp_path_factory, tiny_model):
     """NAIP and Landsat scenes cut into 128 px tiles, a label set and its detections."""
     db = tmp_path_factory.mktemp("api") / "db"
-    rows = scene_grid_table(db, tiny_model, names=(NAIP, LANDSAT), tile_size=128)
-    ids = [tiles.tile_id(r[tiles.URI], *[r[c] for c in tiles.WINDOW_COLUMNS]) for r in rows]
-    naip = [i for i, r in zip(ids, rows) if r[tiles.URI].endswith(NAIP)]
-    other = [i for i in ids if i not in naip]
-    labels.add_labels(db, "fields", naip[:4], other[:6])
-    run_detection(DetectConfig(db=str(db), label="fields"), local=True)
-    return db, ids
+    return db, detected_scene_table(db, tiny_model)[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +79,19 @@ def test_every_search_mode_answers_what_the_library_answers(scenes, api_service)
         answer = api_service.call("api/search", body)
         assert answer.status == 200, answer.body
         same_rows(answer.json()["results"], library())
+
+
+def test_the_python_client_answers_as_rsclip_query(scenes, api_service, rsicd_files, monkeypatch):
+    from rsclip.app.api.client import ApiClient
+
+    db, ids = scenes
+    monkeypatch.setenv("RSCLIP_API", api_service.url)
+    client = ApiClient()
+    frame = client.query("farmland", 6, bbox=(-180, -90, 180, 90))
+    same_rows(records(frame), rsclip.query(db, Text("farmland"), 6, bbox=(-180, -90, 180, 90)))
+    assert frame.attrs["search_path"] in ("lance", "resident (memory)")
+    same_rows(records(client.query(positive=ids[:2], k=3)), rsclip.query(db, k=3, positive=ids[:2]))
+    same_rows(records(client.query(rsicd_files[1], 4)), rsclip.query(db, rsicd_files[1], 4))
 
 
 def test_an_uploaded_image_is_searched_as_the_library_searches_its_pixels(scenes, api_service, rsicd_files):
