@@ -43,6 +43,21 @@ def scene_grid_table(db: Path, model: Path, names=(NAIP, LANDSAT), *, tile_size:
     return rows
 
 
+def detected_scene_table(db: Path, model: Path) -> tuple[list[dict], list[str], list[str]]:
+    """NAIP and Landsat scenes cut into 128 px tiles at ``db``, the label set ``fields`` (4 NAIP tiles positive,
+    6 others negative) and its detections (a local detection run); returns the rows, all tile ids and the NAIP
+    ones."""
+    from rsclip.detect.pipeline import DetectConfig, run_detection
+    from rsclip.table import labels, tiles
+
+    rows = scene_grid_table(db, model, names=(NAIP, LANDSAT), tile_size=128)
+    ids = [tiles.tile_id(r[tiles.URI], *[r[c] for c in tiles.WINDOW_COLUMNS]) for r in rows]
+    naip = [i for i, r in zip(ids, rows) if r[tiles.URI].endswith(NAIP)]
+    labels.add_labels(db, "fields", naip[:4], [i for i in ids if i not in naip][:6])
+    run_detection(DetectConfig(db=str(db), label="fields"), local=True)
+    return rows, ids, naip
+
+
 def class_files(classes: list[str], per_class: int) -> list[Path]:
     """The first ``per_class`` RSICD/AID scenes of each class (file-name prefix), class by class."""
     files = sorted(RSICD_IMAGES.glob("*.jpg"))

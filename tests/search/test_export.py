@@ -24,10 +24,9 @@ import rsclip
 from rsclip.app.cli import main
 from rsclip.geo import footprints
 from rsclip.table import labels, tiles
-from rsclip.detect.pipeline import DetectConfig, run_detection
 from rsclip.errors import InvalidInput, NotFound
 from rsclip.search import export as ex
-from tests.helpers.geo import LANDSAT, NAIP, scene_grid_table
+from tests.helpers.geo import NAIP, detected_scene_table
 from tests.helpers import GEOTIFF_DIR, spread_files, write_scene_table
 from tests.geo.test_footprints import corners_wgs84
 
@@ -36,13 +35,7 @@ from tests.geo.test_footprints import corners_wgs84
 def scenes(tmp_path_factory, tiny_model):
     """NAIP and Landsat scenes cut into 128 px tiles, a label set and its detections."""
     db = tmp_path_factory.mktemp("export") / "db"
-    rows = scene_grid_table(db, tiny_model, names=(NAIP, LANDSAT), tile_size=128)
-    ids = [tiles.tile_id(r[tiles.URI], *[r[c] for c in tiles.WINDOW_COLUMNS]) for r in rows]
-    naip = [i for i, r in zip(ids, rows) if r[tiles.URI].endswith(NAIP)]
-    other = [i for i in ids if i not in naip]
-    labels.add_labels(db, "fields", naip[:4], other[:6])
-    run_detection(DetectConfig(db=str(db), label="fields"), local=True)
-    return db, rows, ids, naip
+    return (db, *detected_scene_table(db, tiny_model))
 
 
 def spatial_duckdb() -> duckdb.DuckDBPyConnection:
