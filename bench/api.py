@@ -54,12 +54,19 @@ class Client:
 
     def search(self, body: dict) -> dict:
         data = json.dumps(body)
-        self.connection.request("POST", "/api/search", data, {"Content-Type": "application/json"})
-        answer = self.connection.getresponse()
+        try:
+            answer = self.post(data)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.connection.close()  # the service closed it after its keep-alive timeout: open another
+            answer = self.post(data)
         found = json.loads(answer.read())
         if answer.status != 200:
             raise RuntimeError(f"the service answered {answer.status}: {found}")
         return found
+
+    def post(self, data: str):
+        self.connection.request("POST", "/api/search", data, {"Content-Type": "application/json"})
+        return self.connection.getresponse()
 
 
 def start_service(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
