@@ -128,7 +128,7 @@ def test_a_missing_prerequisite_stops_the_run_with_one_line(tmp_path, capsys):
         Bench("fake", args(), needs=needs[:1]).start()
     assert stop.value.code == common.EXIT_PREREQUISITE
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no_such_module_rsclip" in err[0] and "pip install" in err[0]
+    assert len(err) == 1 and "no_such_module_rsclip" in err[0] and "make install" in err[0]
 
 
 def test_the_load_average_is_reported_and_a_busy_machine_warned_about(monkeypatch):
