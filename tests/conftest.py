@@ -35,6 +35,16 @@ def clip_bpe(tmp_path_factory) -> Path:
         yield path
 
 
+@pytest.fixture(autouse=True)
+def fresh_resident_cache(monkeypatch):
+    """Each test its own cache of resident copies, as a new process has (waiting for loads, the default size):
+    copies, background loads and settings of earlier tests (the web page run in-process sets a server's) do
+    not reach it."""
+    from rsclip.search import memory_table
+
+    monkeypatch.setattr(memory_table, "cache", memory_table.ResidentCache())
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with bucket ``rsclip-test``; the AWS variables point at it."""

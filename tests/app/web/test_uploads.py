@@ -74,15 +74,11 @@ def test_the_sidebar_names_the_table_and_model_but_no_server_path(tiny_model, rs
     from streamlit.testing.v1 import AppTest
 
     from rsclip.app.server import APP_SCRIPT
-    from rsclip.search import memory_table
     from tests.helpers import spread_files, write_scene_table
 
     db = tmp_path / "server-only" / "db"
     write_scene_table(db, tiny_model, spread_files(rsicd_files, 4))
     monkeypatch.setattr("sys.argv", [str(APP_SCRIPT), "--db", str(db)])
-    # the page runs in this process and sets the process's cache of resident copies as a server's: restored after
-    monkeypatch.setattr(memory_table.cache, "wait", memory_table.cache.wait)
-    monkeypatch.setattr(memory_table.cache, "max_bytes", memory_table.cache.max_bytes)
     app = AppTest.from_file(str(APP_SCRIPT), default_timeout=120)
     app.run()
     assert not app.exception, [e.value for e in app.exception]
