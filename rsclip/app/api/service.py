@@ -159,7 +159,7 @@ def api_routes(service: Service) -> list[Route]:
         label, params = request.path_params["label"], dict(request.query_params)
         calls.checked_fields(params, ("min_score", "limit", "bbox", "date"))
         options = dict(min_score=features.number(params.get("min_score"), "min_score", config.min_score),
-                       limit=features.integer(params.get("limit"), "limit", 10_000, 1, 1_000_000),
+                       limit=features.integer(params.get("limit"), "limit", settings.MAX_PAGE, 1, settings.MAX_PAGE),
                        bbox=features.bbox_of(params.get("bbox")), date=params.get("date"), table=table)
         return JSON({"results": records(await service.run(lambda: review_detections(db, label, **options)))})
 

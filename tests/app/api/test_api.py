@@ -188,6 +188,8 @@ def ring(vertices: int) -> str:
     ("collections/detections-fields/items?bbox=1,2,3", None, 400, "bbox must be"),
     ("collections/detections-fields/items?sql=1", None, 400, "unknown parameter"),
     ("collections/detections-nothing/items", None, 404, "no detections of 'nothing'"),
+    ("api/detections/fields?limit=10001", None, 400, "limit must be"),
+    ("api/detections/fields?limit=2&min_score=0", None, 413, "more than 2"),
     ("no/such/route", None, 404, ""),
 ])
 def test_hostile_requests_get_one_line_errors_naming_no_server_path(scenes, api_service, path, body, status, words):
