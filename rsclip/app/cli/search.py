@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rsclip.app.cli import api
+from rsclip.app.api import client
+from rsclip.app.cli.api import add_api_option, ask_query
 from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
@@ -23,9 +24,9 @@ def cmd_query(args: argparse.Namespace) -> None:
     examples = bool(args.positive or args.negative)
     if [args.text is not None, args.image is not None, examples].count(True) != 1:
         raise InvalidInput("give either a text, --image PATH or --positive/--negative examples (one of them)")
-    url = api.client.api_url(args.api)
+    url = client.api_url(args.api)
     if url is not None:
-        show(args, api.ask_query(url, args, area(args)))
+        show(args, ask_query(url, args, area(args)))
         return
     from rsclip.search.encoding import Text  # torch takes seconds to import: not for --help
     from rsclip.search.query import query
@@ -98,7 +99,7 @@ def add_query_parser(sub) -> None:
     q.add_argument("--allow-model-mismatch", action="store_true", help="search even if the weights changed")
     add_example_arguments(q)
     add_time_arguments(q)
-    api.add_api_option(q)
+    add_api_option(q)
     q.set_defaults(run=cmd_query)
 
 
