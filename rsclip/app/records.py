@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # a frame comes with pandas loaded; the rows of a running service need neither
+    import pandas as pd
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
     """DataFrame rows as JSON-safe dicts (NaN, NaT, NA, infinities and None become null)."""
+    import numpy as np
+    import pandas as pd
+
     out = []
     for row in frame.to_dict(orient="records"):
         clean = {}

@@ -27,7 +27,7 @@ from typing import IO, Mapping, Sequence
 
 from rsclip import errors
 from rsclip.app.processes import stop_process_group
-from rsclip.table import tiles
+from rsclip.table import names
 
 # The page Streamlit runs as a script (a file, not an import: see the module).
 APP_SCRIPT = Path(__file__).parent / "web" / "page.py"
@@ -59,7 +59,7 @@ class WebConfig:
     largest resident copy of the table searches keep in memory (None: rsclip.search.memory_table's default)."""
 
     db: str
-    table: str = tiles.DEFAULT_TABLE
+    table: str = names.DEFAULT_TABLE
     basemap: str | None = None
     ray_address: str | None = None
     resident_max_gb: float | None = None
@@ -144,7 +144,7 @@ def streamlit_command(config: WebConfig, host: str, port: int, hosts: Sequence[s
 def open_instructions(
     db,
     *,
-    table: str = tiles.DEFAULT_TABLE,
+    table: str = names.DEFAULT_TABLE,
     port: int = DEFAULT_PORT,
     env: Mapping[str, str] | None = None,
     program: str = "rsclip",
@@ -153,7 +153,7 @@ def open_instructions(
     and the URL to open. ``env`` (e.g. a local S3 server's AWS variables) is prefixed to the command."""
     words = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
     words += [program, "serve", shlex.quote(str(db))]
-    if table != tiles.DEFAULT_TABLE:
+    if table != names.DEFAULT_TABLE:
         words += ["--table", shlex.quote(table)]
     if port != DEFAULT_PORT:
         words += ["--port", str(port)]
@@ -171,7 +171,7 @@ def _healthy(url: str) -> bool:
 def serve(
     db,
     *,
-    table: str = tiles.DEFAULT_TABLE,
+    table: str = names.DEFAULT_TABLE,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     block: bool = True,

@@ -21,14 +21,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 from contextlib import contextmanager
-from typing import Iterator
-
-import fsspec
+from typing import TYPE_CHECKING, Iterator
 
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound, RsclipError, StoreUnavailable, UnsafeInput
 from rsclip.runtime import hosts
 from rsclip.runtime.faults import store_fault
 from rsclip.runtime.reporting import one_line
+
+if TYPE_CHECKING:  # fsspec is imported where a filesystem is made: the command line answers without it
+    import fsspec
 
 S3_SCHEMES = ("s3", "s3a")
 # Rasters (COGs) named by a STAC catalog are also read over plain HTTP(S), by GDAL only (/vsicurl/ range reads).
@@ -181,6 +182,8 @@ def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     ``s3://bucket/key`` gives an s3fs filesystem configured by :func:`s3fs_options` and ``bucket/key``;
     anything else gives the local filesystem and an absolute path.
     """
+    import fsspec
+
     text = str(uri)
     if is_remote(text):
         parsed = urlparse(text)

@@ -1,6 +1,6 @@
 """The tile table: one LanceDB table per archive, one row per embedded tile.
 
-Schema (column names are the constants below):
+Schema (column names are the constants of :mod:`rsclip.table.names`, imported here):
 
 =========================  =============================  ===============================================
 column                     type                           meaning
@@ -51,6 +51,8 @@ import pyarrow as pa
 from rsclip.runtime import storage
 from rsclip.table import datasets
 from rsclip.table.keyed_writes import merge_on, retry_on_conflict
+from rsclip.table.names import (CLOUD_COVER, CRS, DATETIME, DEFAULT_TABLE, FOOTPRINT, HEIGHT, ID, ITEM_ID, LAT_MAX,
+                                LAT_MIN, LON_MAX, LON_MIN, NODATA_FRACTION, SOURCE_VERSION, URI, VECTOR, WIDTH, X, Y)
 from rsclip.model.sources import ModelIdentity
 from rsclip.geo.windows import GRID_CRS, SCENES_TILED
 from rsclip.errors import InvalidInput, ModelMismatch, NotFound
@@ -58,19 +60,12 @@ from rsclip.errors import InvalidInput, ModelMismatch, NotFound
 if TYPE_CHECKING:  # LanceDB is imported where a table is opened: decode workers never import it
     import lancedb
 
-DEFAULT_TABLE = "tiles"
 # The one distance type: the ANN index is built with it and every search asks for it. A mismatch makes
 # LanceDB search the index with the wrong metric and silently return wrong neighbours.
 METRIC = "cosine"
 
-ID, URI, X, Y, WIDTH, HEIGHT = "id", "uri", "x", "y", "width", "height"
-LON_MIN, LAT_MIN, LON_MAX, LAT_MAX, CRS, VECTOR = "lon_min", "lat_min", "lon_max", "lat_max", "crs", "vector"
 WINDOW_COLUMNS = (X, Y, WIDTH, HEIGHT)
 BOUNDS_COLUMNS = (LON_MIN, LAT_MIN, LON_MAX, LAT_MAX)
-SOURCE_VERSION = "source_version"
-FOOTPRINT = "footprint"  # WKB polygon in WGS84; tables written before it lack the column
-# When and how well a tile was seen (tables written before them lack these columns: read as all null).
-DATETIME, ITEM_ID, CLOUD_COVER, NODATA_FRACTION = "datetime", "item_id", "cloud_cover", "nodata_fraction"
 TIME_COLUMNS = (DATETIME, ITEM_ID, CLOUD_COVER, NODATA_FRACTION)
 # last, so that a table upgraded in place (the columns appended) has the same column order as a new one
 COLUMNS = (ID, URI, *WINDOW_COLUMNS, *BOUNDS_COLUMNS, CRS, VECTOR, SOURCE_VERSION, FOOTPRINT, *TIME_COLUMNS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rsclip.app.server import LOOPBACK_NAMES, MAX_UPLOAD_MB
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.table import tiles
+from rsclip.table import names
 
 DEFAULT_PORT = 8600
 TOKEN_ENV = "RSCLIP_API_TOKEN"
@@ -45,7 +45,7 @@ class ApiConfig:
     copy kept in memory (None: rsclip.search.memory_table's default)."""
 
     db: str
-    table: str = tiles.DEFAULT_TABLE
+    table: str = names.DEFAULT_TABLE
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token: str | None = field(default=None, repr=False)
@@ -98,7 +98,7 @@ def read_token(path: str | None) -> str | None:
 def add_arguments(parser) -> None:
     """The options of ``rsclip api`` (and of ``python -m rsclip.app.api``, which it runs)."""
     parser.add_argument("db", metavar="DB", help="database: the folder (local path or s3:// URI) of the tile table")
-    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="tile table in DB (default: %(default)s)")
+    parser.add_argument("--table", default=names.DEFAULT_TABLE, help="tile table in DB (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; any other "
                                                             "needs a token)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")

@@ -19,7 +19,9 @@
 One module per command group (named in brackets); none imports this module or another group, what they share
 is in :mod:`~rsclip.app.cli.options` and :mod:`~rsclip.app.cli.output`; this module puts them together.
 The command modules import the library rooms a command needs when it runs, so that ``rsclip --help`` and
-``rsclip --version`` answer without loading torch, transformers or LanceDB. Human-readable tables by default,
+``rsclip --version`` answer without loading torch, transformers or LanceDB; a command imports only its own
+module (:data:`COMMANDS`), so that ``rsclip query --api URL`` loads no array or table library either.
+Human-readable tables by default,
 ``--json`` for scripts. Expected failures (bad input, unknown tables, unreadable or refused images,
 unreachable stores) end with exit status 2 and one line ``rsclip: error: ...`` on stderr; anything else is a
 bug and shows its traceback.
@@ -28,37 +30,45 @@ bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import metadata
 from typing import Sequence
 
-from rsclip.app.cli import api, detect, exports, labels, models, search, serve, tables, timeline
 from rsclip.app.cli.options import Parser
 from rsclip.runtime.reporting import run_reporting
 
+# Every sub-command, in the order ``rsclip --help`` lists them: its name, module and the function adding it.
+COMMANDS = (("query", "search", "add_query_parser"), ("locate", "search", "add_locate_parser"),
+            ("classify", "search", "add_classify_parser"), ("index", "tables", "add_index_parser"),
+            ("info", "tables", "add_info_parser"), ("serve", "serve", "add_serve_parser"),
+            ("api", "api", "add_api_parser"), ("convert-model", "models", "add_convert_parser"),
+            ("label", "labels", "add_label_parser"), ("detect", "detect", "add_detect_parser"),
+            ("review", "detect", "add_review_parser"), ("suggest", "detect", "add_suggest_parser"),
+            ("export", "exports", "add_export_parser"), ("timeline", "timeline", "add_timeline_parser"),
+            ("changes", "timeline", "add_changes_parser"), ("upgrade", "tables", "add_upgrade_parser"))
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``rsclip`` argument parser: every sub-command, in the order ``rsclip --help`` lists them."""
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``rsclip`` argument parser: every sub-command, or (given ``command``) that one in full and the others
+    by name only, so that a command imports only its own module (``rsclip query --api`` answers in a fraction
+    of a second)."""
     parser = Parser(prog="rsclip", description="CLIP search over satellite archives.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    search.add_query_parser(sub)
-    search.add_locate_parser(sub)
-    search.add_classify_parser(sub)
-    tables.add_index_parser(sub)
-    tables.add_info_parser(sub)
-    serve.add_serve_parser(sub)
-    api.add_api_parser(sub)
-    models.add_convert_parser(sub)
-    labels.add_label_parser(sub)
-    detect.add_detect_parser(sub)
-    detect.add_review_parser(sub)
-    detect.add_suggest_parser(sub)
-    exports.add_export_parser(sub)
-    timeline.add_timeline_parser(sub)
-    timeline.add_changes_parser(sub)
-    tables.add_upgrade_parser(sub)
+    for name, module, adder in COMMANDS:
+        if command in (None, name):
+            getattr(importlib.import_module(f"rsclip.app.cli.{module}"), adder)(sub)
+        else:
+            sub.add_parser(name)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option: ``rsclip``'s own options take no
+    value), or None when that is no sub-command's name (the whole parser then says what went wrong)."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in {name for name, _, _ in COMMANDS} else None
 
 
 def package_version() -> str:
@@ -71,7 +81,8 @@ def package_version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input or usage)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     return run_reporting("rsclip", lambda: args.run(args), progress_logs=False)
 

@@ -16,8 +16,7 @@ from typing import Sequence
 
 from rsclip.errors import InvalidInput
 from rsclip.runtime import storage
-from rsclip.search.polygons import MAX_POLYGON_CHARS
-from rsclip.table import tiles
+from rsclip.table import names
 
 POLYGON_FILE_SUFFIXES = (".geojson", ".json", ".wkt")
 # A command-line word that is a number or starts a list of them: a minus, then a digit (or a point and one).
@@ -39,7 +38,7 @@ def add_db_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """``parser`` with the table a command works on: ``DB`` and ``--table``."""
     parser.add_argument("db", metavar="DB", help="database: the folder (local path or s3:// URI) that holds the "
                                                  "tile table and the tables beside it")
-    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="tile table in DB (default: %(default)s)")
+    parser.add_argument("--table", default=names.DEFAULT_TABLE, help="tile table in DB (default: %(default)s)")
     return parser
 
 
@@ -68,6 +67,8 @@ def polygon_option(value: str | None) -> str | None:
     or ``s3://``, at most ``MAX_POLYGON_CHARS`` bytes), else the value itself (WKT or GeoJSON text)."""
     if value is None:
         return None
+    from rsclip.search.polygons import MAX_POLYGON_CHARS
+
     named = value.strip().lower().endswith(POLYGON_FILE_SUFFIXES) and not value.lstrip().startswith("{")
     if named and (storage.is_remote(value) or Path(value).is_file()):
         return storage.read_bytes(value, max_bytes=MAX_POLYGON_CHARS).decode("utf-8", errors="replace")

@@ -1,15 +1,20 @@
 """What the ``rsclip`` commands print: tables for people, JSON for scripts (``--json``), and nothing else on
-stderr while a model loads (stderr is for errors)."""
+stderr while a model loads (stderr is for errors). Tables are drawn from JSON rows (:func:`records`), so a
+command answered by a running service (``--api``) prints what it prints alone, without loading pandas."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rsclip.app.records import dumps, records
 
-__all__ = ["dumps", "records", "print_json", "print_table", "say", "quiet_model_loading"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["dumps", "records", "print_json", "print_table", "table_text", "say", "quiet_model_loading"]
+
+MAX_CELL = 80  # characters of one cell; longer texts end in "..."
+MISSING = "-"
 
 
 def print_json(obj: Any) -> None:
@@ -17,13 +22,36 @@ def print_json(obj: Any) -> None:
     print(dumps(obj))
 
 
-def print_table(frame: pd.DataFrame, floats: str = "{:.4f}") -> None:
-    """``frame`` as a plain-text table on stdout (``(no results)`` when empty)."""
-    if frame.empty:
-        print("(no results)")
-        return
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(frame.to_string(index=False, float_format=floats.format, na_rep="-"))
+def print_table(frame: pd.DataFrame | Sequence[dict], floats: str = "{:.4f}") -> None:
+    """``frame`` (a DataFrame, or rows as :func:`records` gives them) as a plain-text table on stdout."""
+    print(table_text(frame if isinstance(frame, Sequence) else records(frame), floats))
+
+
+def table_text(rows: Sequence[dict], floats: str = "{:.4f}") -> str:
+    """Rows as a plain-text table: a header of the first row's keys, numbers right-aligned, texts left-aligned,
+    missing values ``-``; ``(no results)`` when there are no rows."""
+    if not rows:
+        return "(no results)"
+    columns = list(rows[0])
+    cells = [[cell_text(row.get(c), floats) for c in columns] for row in rows]
+    lines = [columns, *cells]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    numeric = [all(is_number(row.get(c)) or row.get(c) is None for row in rows) for c in columns]
+    return "\n".join(" ".join(text.rjust(w) if right else text.ljust(w)
+                              for text, w, right in zip(line, widths, numeric)).rstrip() for line in lines)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def cell_text(value: Any, floats: str) -> str:
+    """One value as a table cell."""
+    if value is None:
+        return MISSING
+    text = floats.format(value) if isinstance(value, float) else str(value)
+    text = " ".join(text.split())  # one line per row
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 3] + "..."
 
 
 def say(args, record: dict, text: str) -> None:

@@ -12,10 +12,9 @@ from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, a
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
 from rsclip.errors import InvalidInput
-from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
 from rsclip.model.sources import DEFAULT_MODEL
 from rsclip.runtime import storage
-from rsclip.table import tiles
+from rsclip.table import names
 
 
 def cmd_query(args: argparse.Namespace) -> None:
@@ -46,10 +45,7 @@ def show(args: argparse.Namespace, rows: list[dict]) -> None:
     if args.json:
         print_json(rows)
         return
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
-    print_table(frame.drop(columns=[tiles.CRS], errors="ignore"))
+    print_table([{k: v for k, v in row.items() if k != names.CRS} for row in rows])
 
 
 def cmd_locate(args: argparse.Namespace) -> None:
@@ -76,6 +72,7 @@ def cmd_locate(args: argparse.Namespace) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> None:
     """``rsclip classify``: zero-shot label probabilities of each image."""
+    from rsclip.model.prompts import SEED_TEMPLATE, TEMPLATES
     from rsclip.search.zeroshot import classify  # torch takes seconds to import: not for --help
 
     quiet_model_loading()
@@ -108,7 +105,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"CLIP model: hub id, folder or s3:// prefix (default: the model of the "
                                         f"--db table, else {DEFAULT_MODEL})")
     parser.add_argument("--db", help="tile table folder (local or s3://) whose model to use when --model is not given")
-    parser.add_argument("--table", default=tiles.DEFAULT_TABLE, help="table name in --db (default: %(default)s)")
+    parser.add_argument("--table", default=names.DEFAULT_TABLE, help="table name in --db (default: %(default)s)")
 
 
 def add_locate_parser(sub) -> None:

@@ -249,13 +249,15 @@ def test_the_cli_through_the_api_prints_what_it_prints_alone(scenes, api_service
     assert "serves another table" in capsys.readouterr().err
 
 
-def test_a_query_through_the_api_loads_no_model_or_table_library(scenes, api_service):
-    heavy = ("torch", "transformers", "lancedb", "lance")
-    code = (f"import sys; from rsclip.app.cli import main; sys.stdout = open('/dev/null', 'w'); "
-            f"code = main({['query', str(scenes[0]), 'farmland', '--json', '--api', api_service.url]!r}); "
-            f"sys.stdout = sys.__stdout__; print(code, sorted(m for m in {heavy!r} if m in sys.modules))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.stdout.strip() == "0 []", res.stdout + res.stderr[-2000:]
+def test_a_query_through_the_api_loads_no_model_table_or_array_library(scenes, api_service):
+    heavy = ("torch", "transformers", "lancedb", "lance", "numpy", "pandas", "pyarrow", "fsspec")
+    for output in (["--json"], []):
+        argv = ["query", str(scenes[0]), "farmland", *output, "--api", api_service.url]
+        code = (f"import sys; from rsclip.app.cli import main; sys.stdout = open('/dev/null', 'w'); "
+                f"code = main({argv!r}); "
+                f"sys.stdout = sys.__stdout__; print(code, sorted(m for m in {heavy!r} if m in sys.modules))")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert res.stdout.strip() == "0 []", res.stdout + res.stderr[-2000:]
 
 
 def test_a_token_guards_every_route_and_exposure_needs_one(scenes, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from rsclip.app.cli import build_parser, main
 from rsclip.app.cli.options import numbers
-from rsclip.app.cli.output import print_json, records
+from rsclip.app.cli.output import print_json, records, table_text
 from tests.helpers import ROOT
 
 HEAVY = ("torch", "transformers", "lancedb", "lance")
@@ -39,6 +39,38 @@ def test_help_and_version_import_no_model_or_table_library():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_a_command_imports_only_its_own_module():
+    """``rsclip query --api URL`` (a service that is not there: exit 2) and ``rsclip query --help`` load no
+    array, table or storage library: what makes a query through the API answer in a fraction of a second."""
+    light = (*HEAVY, "numpy", "pandas", "pyarrow", "fsspec", "rsclip.app.cli.detect")
+    code = STARTUP.format(argvs=[["query", "--help"], ["query", "db", "x", "--api", "http://127.0.0.1:9"]],
+                          heavy=light).replace("assert exc.code == 0", "assert exc.code in (0, 2)")
+    code = code.replace("main(argv)", "assert main(argv) == 2, argv")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_a_mistyped_command_names_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["qurey", "db", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid choice: 'qurey'" in err and "query" in err and "label" in err
+
+
+def test_tables_align_numbers_right_and_texts_left_with_missing_values_as_dashes():
+    rows = [{"id": "a", "score": 0.5, "count": 3, "crs": None, "note": "x" * 100},
+            {"id": "bbbb", "score": 0.12345, "count": None, "crs": "EPSG:4326", "note": "two\nlines"}]
+    lines = table_text(rows).splitlines()
+    assert lines[0].split() == ["id", "score", "count", "crs", "note"]
+    assert lines[1].startswith("a    ") and "0.5000" in lines[1] and lines[1].endswith("x" * 77 + "...")
+    assert "0.1235" in lines[2] and " - " in lines[2] and lines[2].endswith("two lines")
+    assert lines[1].index("0.5000") + 6 == lines[2].index("0.1235") + 6 == lines[0].index("score") + 5
+    assert table_text([]) == "(no results)"
+    rows = records(pd.DataFrame(rows))  # what a command prints alone, and what the API's JSON gives back
+    assert table_text(rows) == table_text(json.loads(json.dumps(rows)))
 
 
 def test_the_check_sees_a_heavy_import():
