@@ -131,3 +131,33 @@ def test_json_records_write_null_for_unknown_values(capsys):
     assert rows[0]["datetime"].startswith("2020-08-31 10:00:00") and rows[0]["plain"].startswith("2020-01-01")
     assert [rows[1][c] for c in ("datetime", "plain", "cloud", "count")] == [None] * 4
     assert rows[0]["cloud"] is None and rows[0]["count"] == 1 and "NaT" not in json.dumps(rows)
+
+
+def row_by_row(frame: pd.DataFrame) -> list[dict]:
+    """What records() must give, the slow way: pandas' rows, each value made JSON-safe."""
+    out = []
+    for row in frame.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if pd.api.types.is_scalar(v) and pd.isna(v):
+                v = None
+            elif isinstance(v, (float, np.floating)) and not np.isfinite(float(v)):
+                v = None
+            clean[k] = v.item() if isinstance(v, np.generic) else v
+        out.append(clean)
+    return out
+
+
+def test_records_are_the_rows_made_json_safe_for_every_column_type():
+    frame = pd.DataFrame({"id": ["a", None, "c"], "f64": [0.1, np.nan, -np.inf],
+                          "f32": np.array([0.5, np.nan, 1e-8], dtype=np.float32),
+                          "i32": np.array([1, 2, 3], dtype=np.int32), "u8": np.array([1, 2, 255], dtype=np.uint8),
+                          "flag": [True, False, True], "Int64": pd.array([1, None, 3], dtype="Int64"),
+                          "when": pd.to_datetime(["2020-08-31T10:00:00Z", None, "2021-01-01T00:00:00Z"], utc=True),
+                          "obj": [np.float32(2.5), {"a": 1}, np.int64(7)]})
+    rows = records(frame)
+    assert rows == row_by_row(frame)
+    assert [type(v) for v in rows[0].values()] == [type(v) for v in row_by_row(frame)[0].values()]
+    assert json.loads(json.dumps(rows, default=str))[1] == {name: None for name in frame.columns} | {
+        "i32": 2, "u8": 2, "flag": False, "obj": {"a": 1}}
+    assert records(frame.head(0)) == [] and records(frame[[]]) == [{}, {}, {}]
