@@ -9,7 +9,10 @@ and after a write until the new version's copy is loaded: rsclip.search.memory_t
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
 from functools import partial
 from urllib.parse import quote
 
@@ -231,9 +234,24 @@ def build_app(config: ApiConfig) -> Starlette:
 
 
 def serve(config: ApiConfig) -> None:
-    """Serve ``config`` until interrupted (uvicorn, one process; connections beyond a bound get 503)."""
+    """Serve ``config`` until interrupted: uvicorn, one process or ``config.processes`` sharing the port (each
+    builds its app from the arguments passed in the environment); connections beyond a bound get 503."""
     import uvicorn
 
-    uvicorn.run(build_app(config), host=config.host, port=config.port, log_level="warning",
-                limit_concurrency=4 * (config.workers + config.queue) + 16, timeout_keep_alive=5,
-                server_header=False, date_header=False, access_log=False)
+    options = dict(host=config.host, port=config.port, log_level="warning", timeout_keep_alive=5,
+                   limit_concurrency=4 * (config.workers + config.queue) + 16, server_header=False,
+                   date_header=False, access_log=False)
+    if config.processes == 1:
+        uvicorn.run(build_app(config), **options)
+        return
+    os.environ[settings.ARGUMENTS_ENV] = json.dumps(settings.arguments(config))
+    if config.token:
+        os.environ[settings.TOKEN_ENV] = config.token
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=config.processes, **options)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one of several service processes: the configuration its parent passed (:func:`serve`)."""
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    return build_app(settings.config_of(parser.parse_args(json.loads(os.environ[settings.ARGUMENTS_ENV]))))

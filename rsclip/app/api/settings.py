@@ -14,6 +14,9 @@ from rsclip.table import names
 DEFAULT_PORT = 8600
 TOKEN_ENV = "RSCLIP_API_TOKEN"
 MIN_TOKEN_CHARS = 16
+# How a service of several processes passes its arguments (never the token) to the processes uvicorn starts.
+ARGUMENTS_ENV = "RSCLIP_API_ARGUMENTS"
+MAX_PROCESSES = 32
 MAX_TOKEN_FILE_BYTES = 4096
 # A JSON body: an image upload (MAX_UPLOAD_MB, base64 in JSON: 4/3 of it) and some room for the fields.
 MAX_BODY_BYTES = MAX_UPLOAD_MB * 1024 * 1024 * 4 // 3 + 64 * 1024
@@ -42,7 +45,9 @@ class ApiConfig:
     loopback only); ``workers`` searches at once and ``queue`` more waiting (beyond: 503); ``min_score``: the
     score threshold of the detections collections; ``cors_origins``: browser origins allowed (none: CORS off);
     ``allowed_hosts``: Host names accepted besides the loopback names; ``resident_max_gb``: the largest resident
-    copy kept in memory (None: rsclip.search.memory_table's default)."""
+    copy kept in memory (None: rsclip.search.memory_table's default); ``processes``: service processes sharing
+    the port, each with its own model, resident copy, ``workers`` and ``queue`` (searches on that many cores at
+    once: Python runs one search's own work at a time per process)."""
 
     db: str
     table: str = names.DEFAULT_TABLE
@@ -55,6 +60,7 @@ class ApiConfig:
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     resident_max_gb: float | None = None
+    processes: int = 1
 
     def __post_init__(self):
         if not is_loopback(self.host) and not self.token:
@@ -62,6 +68,8 @@ class ApiConfig:
                                f"(--token-file FILE or {TOKEN_ENV})")
         if not 1 <= self.workers <= 64 or not 0 <= self.queue <= 1024:
             raise InvalidInput("workers must be in [1, 64] and queue in [0, 1024]")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise InvalidInput(f"processes must be in [1, {MAX_PROCESSES}], got {self.processes}")
         if not 0.0 <= self.min_score <= 1.0:
             raise InvalidInput(f"min score must be in [0, 1], got {self.min_score!r}")
 
@@ -114,6 +122,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="a Host name accepted besides the loopback names (behind a proxy)")
     parser.add_argument("--resident-max-gb", type=float, help="largest resident copy of the table kept in memory")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="service processes sharing the port, each holding its own model and resident copy "
+                             "(memory x N) and its own --workers and --queue (default: %(default)s)")
 
 
 def config_of(args) -> ApiConfig:
@@ -121,14 +132,15 @@ def config_of(args) -> ApiConfig:
     return ApiConfig(db=args.db, table=args.table, host=args.host, port=args.port, token=read_token(args.token_file),
                      workers=args.workers, queue=args.queue, min_score=args.min_score,
                      cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host),
-                     resident_max_gb=args.resident_max_gb)
+                     resident_max_gb=args.resident_max_gb, processes=args.processes)
 
 
 def arguments(config: ApiConfig) -> list[str]:
     """``config`` as the arguments of ``python -m rsclip.app.api`` (the token travels in :data:`TOKEN_ENV`,
     never on a command line other processes can read)."""
     words = [config.db, "--table", config.table, "--host", config.host, "--port", str(config.port),
-             "--workers", str(config.workers), "--queue", str(config.queue), "--min-score", repr(config.min_score)]
+             "--workers", str(config.workers), "--queue", str(config.queue), "--min-score", repr(config.min_score),
+             "--processes", str(config.processes)]
     words += [w for origin in config.cors_origins for w in ("--cors-origin", origin)]
     words += [w for host in config.allowed_hosts for w in ("--allowed-host", host)]
     if config.resident_max_gb is not None:

@@ -279,6 +279,29 @@ def test_a_token_guards_every_route_and_exposure_needs_one(scenes, tmp_path):
         served.stop()
 
 
+def test_a_service_of_two_processes_answers_as_one_and_shares_what_is_written(scenes, tmp_path):
+    db, ids = scenes
+    served = start_api(db, tmp_path, "--processes", "2", token=TOKEN)
+    try:
+        workers = subprocess.run(["ps", "-o", "args=", "--ppid", str(served.process.pid)], capture_output=True,
+                                 text=True).stdout
+        assert workers.count("multiprocessing") >= 2 and TOKEN not in workers, workers
+        assert served.call("api/search", {"text": "farmland", "k": 3}, token=None).status == 401
+        expected = rsclip.query(db, Text("farmland"), 5)
+        for _ in range(6):  # each call a new connection: either process may answer
+            answer = served.call("api/search", {"text": "farmland", "k": 5})
+            assert answer.status == 200, answer.body
+            same_rows(answer.json()["results"], expected)
+        assert served.call("api/labels/ships-procs", {"positive": ids[1:3]}).json() == {"written": 2}
+        for _ in range(6):
+            assert served.call("collections/labels-ships-procs/items").json()["numberMatched"] == 2
+        assert TOKEN not in served.output()
+    finally:
+        served.stop()
+    assert subprocess.run(["ps", "-o", "pid=", "--ppid", str(served.process.pid)], capture_output=True,
+                          text=True).stdout.strip() == ""
+
+
 def test_a_burst_is_answered_or_refused_and_slow_clients_hold_no_slot(scenes, tmp_path):
     served = start_api(scenes[0], tmp_path, "--workers", "1", "--queue", "2")
     slow = []

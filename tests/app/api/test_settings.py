@@ -18,6 +18,24 @@ def test_binding_beyond_loopback_needs_a_token(host):
     assert "127.0.0.1" in ApiConfig(db="/data/db").hosts
 
 
+def test_processes_are_bounded_and_travel_in_the_arguments(monkeypatch):
+    import argparse
+
+    from rsclip.app.api import settings
+
+    monkeypatch.delenv(settings.TOKEN_ENV, raising=False)
+    for bad in (0, settings.MAX_PROCESSES + 1):
+        with pytest.raises(InvalidInput, match="processes"):
+            ApiConfig(db="/data/db", processes=bad)
+    config = ApiConfig(db="/data/db", processes=3, workers=5, token="x" * 20, cors_origins=("http://a",))
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    words = settings.arguments(config)
+    assert "x" * 20 not in " ".join(words)
+    again = settings.config_of(parser.parse_args(words))
+    assert (again.processes, again.workers, again.cors_origins, again.token) == (3, 5, ("http://a",), None)
+
+
 def test_tokens_come_from_a_file_or_the_environment_and_are_never_shown(tmp_path, monkeypatch):
     monkeypatch.delenv("RSCLIP_API_TOKEN", raising=False)
     assert read_token(None) is None
