@@ -30,12 +30,10 @@ import pandas as pd
 from rsclip.runtime import storage
 from rsclip.table import detections as detection_table, labels, rows, tiles
 from rsclip.errors import InvalidInput
+from rsclip.search.export_formats import FORMATS, SUFFIXES
 from rsclip.search.review import DATETIME, review_detections
 from rsclip.search.searchers import SCORE
 
-FORMATS = ("geojson", "geoparquet", "csv")
-SUFFIXES = {".geojson": "geojson", ".json": "geojson", ".parquet": "geoparquet", ".geoparquet": "geoparquet",
-            ".csv": "csv"}
 WINDOW, GEOMETRY, WKT = "window", "geometry", "WKT"
 CRS84 = "OGC:CRS84"  # WGS84 in lon/lat axis order: what GeoJSON and GeoParquet mean by default
 GEOPARQUET_VERSION = "1.1.0"

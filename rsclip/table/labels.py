@@ -191,6 +191,16 @@ def read_labels(db, label: str | None = None, *, table: str = tiles.DEFAULT_TABL
     return frame.sort_values([LABEL, TIME, tiles.ID], kind="stable").reset_index(drop=True)
 
 
+def labels_with_uris(db, label: str, *, table: str = tiles.DEFAULT_TABLE) -> pd.DataFrame:
+    """:func:`read_labels` of ``label`` with the ``uri`` of each tile after its id (null for a tile no longer in
+    the table): an id alone does not say which image a label is about."""
+    frame = read_labels(db, label, table=table)
+    found = rows.rows_by_id(tiles.open_table(db, table), frame[tiles.ID], [tiles.URI])
+    uris = dict(zip(found.column(tiles.ID).to_pylist(), found.column(tiles.URI).to_pylist()))
+    frame.insert(frame.columns.get_loc(tiles.ID) + 1, tiles.URI, [uris.get(i) for i in frame[tiles.ID]])
+    return frame
+
+
 def label_sets(db, *, table: str = tiles.DEFAULT_TABLE) -> pd.DataFrame:
     """The label sets of a tile table.
 

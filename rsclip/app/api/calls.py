@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rsclip.app.api import settings
+from rsclip.app.api import features, settings
 from rsclip.app.records import records
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.table import tiles
@@ -25,6 +25,9 @@ from rsclip.table.rows import is_tile_id
 QUERY_FIELDS = ("text", "vector", "tile_id", "image", "positive")
 FILTER_FIELDS = ("bbox", "near", "polygon", "where", "date", "max_cloud", "max_nodata")
 OPTION_FIELDS = ("k", "negative", "include_self", "allow_model_mismatch", "db", "table")
+# The fields of a detections request (query parameters of a GET, a JSON body of a POST).
+DETECTION_FIELDS = ("min_score", "k", *FILTER_FIELDS, "db", "table")
+DEFAULT_DETECTIONS = 20  # as rsclip review
 
 
 def checked_fields(body: dict, allowed) -> None:
@@ -120,6 +123,38 @@ def answer_of(frame) -> dict[str, Any]:
     that answered."""
     return {"results": records(frame), "search_path": frame.attrs.get("search_path"),
             "search_note": frame.attrs.get("search_note")}
+
+
+def detection_params(params: dict[str, str]) -> dict:
+    """A detections GET's query parameters as the body of a POST: numbers read, ``bbox`` and ``near`` as
+    comma-separated numbers."""
+    checked_fields(params, DETECTION_FIELDS)
+    body: dict[str, Any] = dict(params)
+    for name in ("bbox", "near"):
+        if name in body:
+            body[name] = [features.number(part, name, 0.0) for part in body[name].split(",")]
+    for name in ("min_score", "max_cloud", "max_nodata"):
+        if name in body:
+            body[name] = features.number(body[name], name, 0.0)
+    if "k" in body:
+        body["k"] = int(body["k"]) if body["k"].isdigit() else body["k"]
+    return body
+
+
+def detections(db: str, table: str, label: str, body: dict, min_score: float) -> dict[str, Any]:
+    """The ``k`` best detections of ``label`` at or above ``min_score`` (the body's, else the service's) under the
+    filters of a search, as ``rsclip review`` lists them (without footprints: the collections carry them), and
+    how many qualify (``matched``)."""
+    from rsclip.search.review import review_detections
+
+    checked_fields(body, DETECTION_FIELDS)
+    k = body.get("k", DEFAULT_DETECTIONS)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= settings.MAX_PAGE:
+        raise InvalidInput(f"k must be an integer in [1, {settings.MAX_PAGE}]")
+    floor = body.get("min_score", min_score)
+    frame = review_detections(db, label, min_score=floor, table=table, **filters_of(body))
+    shown = frame.head(k).drop(columns=[tiles.FOOTPRINT], errors="ignore")
+    return {"results": records(shown), "matched": len(frame)}
 
 
 def preview_png(db: str, table: str, tile_id: str, size: int) -> bytes:

@@ -30,6 +30,20 @@ SEARCH_BODY = {
 }
 LABEL_BODY = {"type": "object", "properties": {"positive": {"type": "array"}, "negative": {"type": "array"},
                                                "ids": {"type": "array"}, "note": {"type": "string"}}}
+DETECTIONS_BODY = {
+    "type": "object", "additionalProperties": False,
+    "description": f"min_score (default: the service's), k (1-{settings.MAX_PAGE}, default "
+                   f"{calls.DEFAULT_DETECTIONS}) and the filters of rsclip.query",
+    "properties": {name: {} for name in calls.DETECTION_FIELDS},
+}
+DETECTION_PARAMETERS = [parameter("min_score", "query", "number", "lowest score (default: the service's)"),
+                        parameter("k", "query", "integer", f"rows, best first (1-{settings.MAX_PAGE})"),
+                        parameter("bbox", "query", "string", "lon_min,lat_min,lon_max,lat_max"),
+                        parameter("near", "query", "string", "lon,lat,radius_km"),
+                        *(parameter(name, "query", "string", f"as rsclip.query's {name}")
+                          for name in ("polygon", "where", "date")),
+                        *(parameter(name, "query", "number", f"as rsclip.query's {name}")
+                          for name in ("max_cloud", "max_nodata"))]
 COLLECTION = parameter("collectionId", "path", "string", "detections-LABEL or labels-LABEL")
 ITEM_PARAMETERS = [parameter("limit", "query", "integer", f"page size, 1-{settings.MAX_PAGE}"),
                    parameter("offset", "query", "integer", "features to skip"),
@@ -58,9 +72,9 @@ def description() -> dict:
         "/api/labels/{label}": {"get": operation("a label set's tiles", [LABEL]),
                                 "post": operation("add labels", [LABEL], LABEL_BODY),
                                 "delete": operation("remove labels (ids, or all)", [LABEL], LABEL_BODY)},
-        "/api/detections/{label}": {"get": operation("a label's detections, best first", [
-            LABEL, parameter("min_score", "query", "number", "lowest score"),
-            parameter("limit", "query", "integer", "most rows")])},
+        "/api/detections/{label}": {
+            "get": operation("a label's k best detections and how many qualify", [LABEL, *DETECTION_PARAMETERS]),
+            "post": operation("the same, the options as a JSON body", [LABEL], DETECTIONS_BODY)},
         "/api/tiles/{tileId}/preview.png": {"get": operation("a tile's preview", [
             parameter("tileId", "path", "string", "a tile id"),
             parameter("size", "query", "integer", "longest side, 16-1024")], answer="image/png")},

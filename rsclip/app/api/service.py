@@ -151,20 +151,20 @@ def api_routes(service: Service) -> list[Route]:
     async def label_sets(request):
         from rsclip.table.labels import label_sets as read_sets
 
+        service.checked_target(dict(request.query_params))
         return JSON({"labels": records(await service.run(lambda: read_sets(db, table=table)))})
 
     async def labels(request):
         return JSON(await label_call(service, request, db, table))
 
     async def detections(request):
-        from rsclip.search.review import review_detections
-
-        label, params = request.path_params["label"], dict(request.query_params)
-        calls.checked_fields(params, ("min_score", "limit", "bbox", "date"))
-        options = dict(min_score=features.number(params.get("min_score"), "min_score", config.min_score),
-                       limit=features.integer(params.get("limit"), "limit", settings.MAX_PAGE, 1, settings.MAX_PAGE),
-                       bbox=features.bbox_of(params.get("bbox")), date=params.get("date"), table=table)
-        return JSON({"results": records(await service.run(lambda: review_detections(db, label, **options)))})
+        if request.method == "POST":
+            body = await guards.read_json(request, service.bodies)
+        else:
+            body = calls.detection_params(dict(request.query_params))
+        service.checked_target(body)
+        label = request.path_params["label"]
+        return JSON(await service.run(calls.detections, db, table, label, body, config.min_score))
 
     async def preview(request):
         size = features.integer(request.query_params.get("size"), "size", 256, 16, 1024)
@@ -173,7 +173,7 @@ def api_routes(service: Service) -> list[Route]:
 
     return [Route("/api/info", info), Route("/api/search", search, methods=["POST"]),
             Route("/api/labels", label_sets), Route("/api/labels/{label}", labels, methods=["GET", "POST", "DELETE"]),
-            Route("/api/detections/{label}", detections), Route("/api/tiles/{tile}/preview.png", preview)]
+            Route("/api/detections/{label}", detections, methods=["GET", "POST"]), Route("/api/tiles/{tile}/preview.png", preview)]
 
 
 def table_info(db: str, table: str) -> dict:
@@ -192,7 +192,8 @@ async def label_call(service: Service, request: Request, db: str, table: str) ->
 
     label = request.path_params["label"]
     if request.method == "GET":
-        return {"labels": records(await service.run(lambda: lab.read_labels(db, label, table=table)))}
+        service.checked_target(dict(request.query_params))
+        return {"labels": records(await service.run(lambda: lab.labels_with_uris(db, label, table=table)))}
     body = await guards.read_json(request, service.bodies)
     service.checked_target(body)
     if request.method == "POST":

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from rsclip.app.api import client, settings
 from rsclip.errors import LimitExceeded
@@ -63,6 +64,28 @@ def upload(path: str) -> dict:
     return client.image_upload(file)
 
 
+def ask(url: str, path: str, args: argparse.Namespace, body: dict | None = None, method: str | None = None) -> dict:
+    """The service's answer to a command on ``args.db`` and ``args.table``: the body (a GET: the query) names
+    them, so that a service of another table refuses the command instead of answering for its own."""
+    target = {"db": args.db, "table": args.table}
+    if body is None:
+        return client.call(url, f"{path}?{urlencode(target)}", method=method)
+    return client.call(url, path, {**body, **target}, method=method)
+
+
 def ask_query(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
     """The result rows of ``rsclip query`` answered by the service at ``url``."""
-    return client.call(url, "api/search", query_body(args, filters))["results"]
+    return ask(url, "api/search", args, query_body(args, filters))["results"]
+
+
+def ask_review(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
+    """The rows of ``rsclip review`` answered by the service at ``url`` (no ``--min-score``: null, every score;
+    ``-k 0``, all: at most a page of the API, and an error when more qualify)."""
+    k = args.k or settings.MAX_PAGE
+    body = {"min_score": args.min_score, "k": k,
+            **{name: list(v) if isinstance(v, tuple) else v for name, v in filters.items() if v is not None}}
+    answer = ask(url, f"api/detections/{quote(args.label, safe='')}", args, body, "POST")
+    if not args.k and answer["matched"] > len(answer["results"]):
+        raise LimitExceeded(f"{answer['matched']:,} detections qualify; through the API -k 0 lists at most "
+                            f"{settings.MAX_PAGE:,}: raise --min-score, narrow the area or give -k")
+    return answer["results"]

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from rsclip.app.api import client
+from rsclip.app.cli.api import add_api_option, ask_review
 from rsclip.app.cli.options import add_area_arguments, add_db_arguments, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
-from rsclip.detect.pipeline import DetectConfig
 from rsclip.errors import InvalidInput
 from rsclip.runtime import flags, jobs
 
@@ -31,7 +32,7 @@ POSITIONAL = ("db", "label")  # DetectConfig fields given as DB and LABEL
 
 def cmd_detect(args: argparse.Namespace) -> None:
     """``rsclip detect``: the detection job on ``RAY_ADDRESS`` or a private local Ray; prints its summary."""
-    from rsclip.detect.pipeline import run_detection
+    from rsclip.detect.pipeline import DetectConfig, run_detection
     from rsclip.runtime import cluster
 
     config = flags.from_arguments(args, DetectConfig)
@@ -40,19 +41,37 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> None:
-    """``rsclip review``: the ``-k`` best detections of a label set under the area, time and score filters."""
-    from rsclip.search.review import review_detections
-
+    """``rsclip review``: the ``-k`` best detections of a label set under the area, time and score filters
+    (through a running service when given one: ``--api`` or ``$RSCLIP_API``)."""
     if args.k < 0:
         raise InvalidInput(f"-k must be 0 (all) or more, got {args.k}")
-    frame = review_detections(args.db, args.label, min_score=args.min_score, table=args.table, **area(args))
-    frame = frame.head(args.k) if args.k else frame
-    frame.insert(3, "lon", (frame["lon_min"] + frame["lon_max"]) / 2)
-    frame.insert(4, "lat", (frame["lat_min"] + frame["lat_max"]) / 2)
+    url = client.api_url(args.api)
+    if url is not None:
+        rows = ask_review(url, args, area(args))
+    else:
+        from rsclip.search.review import review_detections
+
+        frame = review_detections(args.db, args.label, min_score=args.min_score, table=args.table, **area(args))
+        frame = frame.head(args.k) if args.k else frame
+        rows = records(frame.drop(columns=["footprint"], errors="ignore"))
+    rows = [with_position(row) for row in rows]
     if args.json:
-        print_json(records(frame.drop(columns=["footprint"], errors="ignore")))
+        print_json(rows)
         return
-    print_table(frame[[c for c in SHOWN if c in frame.columns]], floats="{:.6g}")
+    print_table([{c: row[c] for c in SHOWN if c in row} for row in rows], floats="{:.6g}")
+
+
+def with_position(row: dict) -> dict:
+    """A detection's row with ``lon`` and ``lat`` (its tile's centre; null without georeference) after its
+    score."""
+    centre = {"lon": middle(row.get("lon_min"), row.get("lon_max")), "lat": middle(row.get("lat_min"),
+                                                                                  row.get("lat_max"))}
+    items = list(row.items())
+    return dict(items[:3] + list(centre.items()) + items[3:])
+
+
+def middle(low, high) -> float | None:
+    return None if low is None or high is None else (low + high) / 2
 
 
 def cmd_suggest(args: argparse.Namespace) -> None:
@@ -81,6 +100,8 @@ def add_detect_parser(sub) -> None:
                                    "(jobs/detect.py): on RAY_ADDRESS when set, else on a private local Ray.")
     d.add_argument("db", metavar="DB", help="database: the folder (local path or s3:// URI) that holds the tables")
     d.add_argument("label", metavar="LABEL", help="the label set to train on (rsclip label add ...)")
+    from rsclip.detect.pipeline import DetectConfig  # the job's own flags: imported for this command only
+
     flags.add_arguments(d, DetectConfig, exclude=POSITIONAL)
     jobs.add_progress_argument(d)
     d.add_argument("--json", action="store_true", help="the summary as JSON")
@@ -96,4 +117,5 @@ def add_review_parser(sub) -> None:
     add_area_arguments(r)
     add_time_arguments(r)
     r.add_argument("--json", action="store_true", help="machine-readable JSON output (every column)")
+    add_api_option(r)
     r.set_defaults(run=cmd_review)

@@ -15,13 +15,17 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import quiet_model_loading, say
 from rsclip.errors import InvalidInput
 from rsclip.runtime import storage
-from rsclip.search.export import FORMATS, ExportResult, export, export_format
+from rsclip.search.export_formats import FORMATS
+
+if TYPE_CHECKING:
+    from rsclip.search.export import ExportResult
 
 STDOUT = "/dev/stdout"  # what --out - means
 
@@ -29,6 +33,8 @@ STDOUT = "/dev/stdout"  # what --out - means
 def export_target(args: argparse.Namespace) -> tuple[str, str]:
     """Where and in which format an export command writes: ``--out`` (``-``: stdout) and ``--format`` (else
     from the suffix of ``--out``). Errors name the command line's flags, not the library's keywords."""
+    from rsclip.search.export import export_format
+
     return (STDOUT if args.out == "-" else args.out), export_format(args.out, args.format, option="--format")
 
 
@@ -51,6 +57,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.query is not None or args.image is not None or args.positive or args.negative:
         quiet_model_loading()
     from rsclip.search.encoding import Text  # torch takes seconds to import: not for --help
+    from rsclip.search.export import export
 
     query = Text(args.query) if args.query is not None else None
     if args.image is not None:

@@ -13,25 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from urllib.parse import quote
 
-import pandas as pd
-
+from rsclip.app.api import client
+from rsclip.app.cli.api import add_api_option, ask
 from rsclip.app.cli.exports import export_target, say_written
 from rsclip.app.cli.options import with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput
-from rsclip.search.export import FORMATS, export_labels
-from rsclip.table import labels, rows, tiles
-
-
-def with_uris(frame: pd.DataFrame, db, table: str) -> pd.DataFrame:
-    """The labels in ``frame`` with the ``uri`` of each tile after its id (null for a tile no longer in the
-    table): an id alone does not say which image a label is about."""
-    found = rows.rows_by_id(tiles.open_table(db, table), frame[tiles.ID], [tiles.URI])
-    uris = dict(zip(found.column(tiles.ID).to_pylist(), found.column(tiles.URI).to_pylist()))
-    listed = frame.copy()
-    listed.insert(listed.columns.get_loc(tiles.ID) + 1, tiles.URI, [uris.get(i) for i in listed[tiles.ID]])
-    return listed
+from rsclip.search.export_formats import FORMATS
 
 
 STDIN = "-"  # --positive - / --negative -: the ids piped in
@@ -70,26 +60,57 @@ def piped_ids(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    """``rsclip label ACTION``: add, remove, list or export labels."""
-    if args.action == "add":
-        if not args.positive and not args.negative:
-            raise InvalidInput("give tile ids with --positive and/or --negative")
-        positive, negative = piped_ids(args)
-        n = labels.add_labels(args.db, args.label, positive, negative, table=args.table, note=args.note)
-        say(args, {"label": args.label, "written": n}, f"{args.label}: {n} label(s) written")
-    elif args.action == "remove":
-        if bool(args.ids) == bool(args.all):
-            raise InvalidInput("give the tile ids to remove, or --all to remove the whole label set")
-        n = labels.remove_labels(args.db, args.label, None if args.all else args.ids, table=args.table)
-        say(args, {"label": args.label, "removed": n}, f"{args.label}: {n} label(s) removed")
-    elif args.action == "list":
-        frame = (with_uris(labels.read_labels(args.db, args.label, table=args.table), args.db, args.table)
-                 if args.label else labels.label_sets(args.db, table=args.table))
-        print_json(records(frame)) if args.json else print_table(frame)
+    """``rsclip label ACTION``: add, remove, list or export labels (all but export through a running service
+    when given one: ``--api`` or ``$RSCLIP_API``)."""
+    url = None if args.action == "export" else client.api_url(args.api)
+    {"add": label_add, "remove": label_remove, "list": label_list, "export": label_export}[args.action](args, url)
+
+
+def label_add(args: argparse.Namespace, url: str | None) -> None:
+    if not args.positive and not args.negative:
+        raise InvalidInput("give tile ids with --positive and/or --negative")
+    positive, negative = piped_ids(args)
+    if url is not None:
+        body = {"positive": positive, "negative": negative, "note": args.note}
+        n = ask(url, f"api/labels/{quote(args.label, safe='')}", args, body, "POST")["written"]
     else:
-        out, format = export_target(args)
-        result = export_labels(args.db, args.label, out, format=format, table=args.table)
-        say_written(args, result, f"{result.rows} labelled tiles written to {result.path} ({result.format})")
+        from rsclip.table import labels
+
+        n = labels.add_labels(args.db, args.label, positive, negative, table=args.table, note=args.note)
+    say(args, {"label": args.label, "written": n}, f"{args.label}: {n} label(s) written")
+
+
+def label_remove(args: argparse.Namespace, url: str | None) -> None:
+    if bool(args.ids) == bool(args.all):
+        raise InvalidInput("give the tile ids to remove, or --all to remove the whole label set")
+    ids = None if args.all else args.ids
+    if url is not None:
+        n = ask(url, f"api/labels/{quote(args.label, safe='')}", args, {"ids": ids}, "DELETE")["removed"]
+    else:
+        from rsclip.table import labels
+
+        n = labels.remove_labels(args.db, args.label, ids, table=args.table)
+    say(args, {"label": args.label, "removed": n}, f"{args.label}: {n} label(s) removed")
+
+
+def label_list(args: argparse.Namespace, url: str | None) -> None:
+    """The label sets, or one set's labels with the uri of each tile."""
+    if url is not None:
+        rows = ask(url, "api/labels" + (f"/{quote(args.label, safe='')}" if args.label else ""), args)["labels"]
+    else:
+        from rsclip.table import labels
+
+        rows = records(labels.labels_with_uris(args.db, args.label, table=args.table) if args.label
+                       else labels.label_sets(args.db, table=args.table))
+    print_json(rows) if args.json else print_table(rows)
+
+
+def label_export(args: argparse.Namespace, url: None) -> None:
+    from rsclip.search.export import export_labels
+
+    out, format = export_target(args)
+    result = export_labels(args.db, args.label, out, format=format, table=args.table)
+    say_written(args, result, f"{result.rows} labelled tiles written to {result.path} ({result.format})")
 
 
 def add_label_parser(sub) -> None:
@@ -104,12 +125,15 @@ def add_label_parser(sub) -> None:
     add.add_argument("--negative", nargs="+", action="extend", metavar="ID",
                      help="tile ids that are not (-: the ids piped in)")
     add.add_argument("--note", help="free text kept with the labels")
+    add_api_option(add)
     rm = with_table(actions.add_parser("remove", help="remove tiles from a label set (or the whole set)"))
     rm.add_argument("label", metavar="LABEL")
     rm.add_argument("ids", nargs="*", metavar="ID")
     rm.add_argument("--all", action="store_true", help="remove every label of the set")
+    add_api_option(rm)
     ls = with_table(actions.add_parser("list", help="the label sets, or the labels of one set"))
     ls.add_argument("label", metavar="LABEL", nargs="?")
+    add_api_option(ls)
     ex = with_table(actions.add_parser("export", help="the labelled tiles as GeoJSON/GeoParquet/CSV"))
     ex.add_argument("label", metavar="LABEL")
     ex.add_argument("--out", required=True, help="file or s3:// object to write (-: stdout)")
