@@ -8,6 +8,8 @@ footprint intersects it, ``datetime`` those acquired then."""
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -158,6 +160,41 @@ def selected(db: str, table: str, collection: Collection, asked: ItemQuery):
                                    bbox=asked.bbox, date=asked.date)
     gdf = export.label_features(db, collection.label, table=table)
     return gdf[kept(gdf, asked)].reset_index(drop=True)
+
+
+def tables_state(db: str, table: str) -> tuple:
+    """The versions of the tables collections are read from (tiles, detections, labels; None for one not
+    written yet): a collection built at one state stays what it is until one of them changes."""
+    from rsclip.table import detections, labels
+
+    found = [detections.open_detections(db, table), labels.open_labels(db, table)]
+    return tuple(None if t is None else t.version for t in [tiles.open_table(db, table), *found])
+
+
+class BuiltCollections:
+    """The collections built lately, with the state of the tables they were built from (:func:`tables_state`):
+    paging through one (QGIS and GDAL ask page after page) builds it once; a review, a label or a detection run
+    writes a new version and the next request builds anew. At most ``size`` collections and ``max_features``
+    features in all are kept (the oldest go first; a larger one is built for its request and not kept)."""
+
+    def __init__(self, size: int = 4, max_features: int = 500_000):
+        self.size, self.max_features = size, max_features
+        self._built: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, db: str, table: str, collection: Collection, asked: ItemQuery):
+        key = (collection, asked.bbox, asked.date, asked.min_score, tables_state(db, table))
+        with self._lock:
+            if key in self._built:
+                self._built.move_to_end(key)
+                return self._built[key]
+        gdf = selected(db, table, collection, asked)
+        if len(gdf) <= self.max_features:
+            with self._lock:
+                self._built[key] = gdf
+                while len(self._built) > self.size or sum(map(len, self._built.values())) > self.max_features:
+                    self._built.popitem(last=False)
+        return gdf
 
 
 def kept(gdf, asked: ItemQuery) -> np.ndarray:

@@ -53,6 +53,7 @@ class Service:
         self.limiter = anyio.CapacityLimiter(config.workers)
         self.slots = guards.Slots(config.workers + config.queue, "requests")
         self.bodies = guards.Slots(settings.LARGE_BODY_SLOTS, "large uploads")
+        self.collections = features.BuiltCollections()
 
     async def run(self, call, *args):
         """``call(*args)`` on a worker thread, holding a request slot (503 when none is free)."""
@@ -109,21 +110,21 @@ def feature_routes(service: Service) -> list[Route]:
     async def collection(request):
         chosen = features.Collection.parse(request.path_params["collection"])
         asked = features.ItemQuery.of({}, config.min_score)
-        gdf = await service.run(features.selected, db, table, chosen, asked)
+        gdf = await service.run(service.collections.get, db, table, chosen, asked)
         return JSON(features.describe(base_url(request), chosen, config.min_score, features.extent_of(gdf)))
 
     async def items(request):
         chosen = features.Collection.parse(request.path_params["collection"])
         params = dict(request.query_params)
         asked = features.ItemQuery.of(params, config.min_score)
-        gdf = await service.run(features.selected, db, table, chosen, asked)
+        gdf = await service.run(service.collections.get, db, table, chosen, asked)
         url = f"{base_url(request)}collections/{quote(chosen.id)}/items"
         return GeoJSON(features.items(gdf, asked, url, params))
 
     async def item(request):
         chosen = features.Collection.parse(request.path_params["collection"])
         wanted = request.path_params["feature"]
-        gdf = await service.run(features.selected, db, table, chosen, features.ItemQuery.of({}, config.min_score))
+        gdf = await service.run(service.collections.get, db, table, chosen, features.ItemQuery.of({}, config.min_score))
         match = gdf[gdf["id"] == wanted]
         if not len(match):
             raise guards.ApiError(404, f"no feature {wanted[:80]!r} in {chosen.id}")

@@ -161,6 +161,28 @@ def test_labels_written_through_the_api_show_in_the_next_request(scenes, api_ser
     assert "labels-roads" in collections
 
 
+def test_a_collection_is_built_once_while_its_tables_stay_as_they_are(scenes, monkeypatch):
+    from rsclip.app.api import features
+
+    db, ids = scenes
+    builds, original = [], features.selected
+    monkeypatch.setattr(features, "selected", lambda *a: builds.append(a) or original(*a))  # counts the builds
+    built = features.BuiltCollections(size=2)
+    labels_of = features.Collection("labels", "built-once")
+    asked = features.ItemQuery.of({}, 0.5)
+    rsclip.add_labels(db, "built-once", ids[:2])
+    first = built.get(str(db), "tiles", labels_of, asked)
+    assert len(first) == 2 and built.get(str(db), "tiles", labels_of, asked) is first and len(builds) == 1
+    rsclip.add_labels(db, "built-once", ids[2:3])  # a new version of the labels table: built anew
+    assert len(built.get(str(db), "tiles", labels_of, asked)) == 3 and len(builds) == 2
+    detections = features.Collection("detections", "fields")
+    for threshold in (0.1, 0.2, 0.3):  # a third collection pushes the oldest out
+        built.get(str(db), "tiles", detections, features.ItemQuery.of({"min_score": str(threshold)}, 0.5))
+    assert len(builds) == 5
+    built.get(str(db), "tiles", labels_of, asked)
+    assert len(builds) == 6
+
+
 def ring(vertices: int) -> str:
     """A valid WKT polygon of ``vertices`` points on a circle."""
     angles = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
