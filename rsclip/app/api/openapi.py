@@ -75,6 +75,8 @@ def description() -> dict:
         "/api/detections/{label}": {
             "get": operation("a label's k best detections and how many qualify", [LABEL, *DETECTION_PARAMETERS]),
             "post": operation("the same, the options as a JSON body", [LABEL], DETECTIONS_BODY)},
+        "/api/suggest/{label}": {"get": operation("tiles to label next: the k top-ranked and k least certain", [
+            LABEL, parameter("k", "query", "integer", "tiles of each kind")])},
         "/api/tiles/{tileId}/preview.png": {"get": operation("a tile's preview", [
             parameter("tileId", "path", "string", "a tile id"),
             parameter("size", "query", "integer", "longest side, 16-1024")], answer="image/png")},

@@ -167,6 +167,16 @@ def api_routes(service: Service) -> list[Route]:
         label = request.path_params["label"]
         return JSON(await service.run(calls.detections, db, table, label, body, config.min_score))
 
+    async def suggest(request):
+        from rsclip.search.suggest import suggest_labels
+
+        params = dict(request.query_params)
+        calls.checked_fields(params, ("k", "db", "table"))
+        service.checked_target(params)
+        k = features.integer(params.get("k"), "k", 10, 1, settings.MAX_PAGE)
+        found = await service.run(lambda: suggest_labels(db, request.path_params["label"], k=k, table=table))
+        return JSON({"results": records(found)})
+
     async def preview(request):
         size = features.integer(request.query_params.get("size"), "size", 256, 16, 1024)
         png = await service.run(calls.preview_png, db, table, request.path_params["tile"], size)
@@ -174,7 +184,8 @@ def api_routes(service: Service) -> list[Route]:
 
     return [Route("/api/info", info), Route("/api/search", search, methods=["POST"]),
             Route("/api/labels", label_sets), Route("/api/labels/{label}", labels, methods=["GET", "POST", "DELETE"]),
-            Route("/api/detections/{label}", detections, methods=["GET", "POST"]), Route("/api/tiles/{tile}/preview.png", preview)]
+            Route("/api/detections/{label}", detections, methods=["GET", "POST"]),
+            Route("/api/suggest/{label}", suggest), Route("/api/tiles/{tile}/preview.png", preview)]
 
 
 def table_info(db: str, table: str) -> dict:

@@ -69,7 +69,7 @@ def ask(url: str, path: str, args: argparse.Namespace, body: dict | None = None,
     them, so that a service of another table refuses the command instead of answering for its own."""
     target = {"db": args.db, "table": args.table}
     if body is None:
-        return client.call(url, f"{path}?{urlencode(target)}", method=method)
+        return client.call(url, f"{path}{'&' if '?' in path else '?'}{urlencode(target)}", method=method)
     return client.call(url, path, {**body, **target}, method=method)
 
 

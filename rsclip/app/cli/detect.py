@@ -11,16 +11,18 @@ Ray cluster of ``RAY_ADDRESS`` when it is set, else on a private local Ray. Its 
 ``review`` prints the detections best first (highest logit): tile id, uri, score, logit and the centre of the
 tile's footprint (``lon``, ``lat``: the middle of its WGS84 bounds, the centroid of a parallelogram tile).
 ``suggest`` prints the tiles to label next (:mod:`rsclip.search.suggest`): the unlabelled tiles ranked highest
-and those the probe is least sure of, with the same columns and ``why``.
+and those the probe is least sure of, with the same columns and ``why``. Both answer through a running
+``rsclip api`` when given one (``--api URL`` or ``$RSCLIP_API``), printing what they print alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from urllib.parse import quote
 
 from rsclip.app.api import client
-from rsclip.app.cli.api import add_api_option, ask_review
+from rsclip.app.cli.api import add_api_option, ask, ask_review
 from rsclip.app.cli.options import add_area_arguments, add_db_arguments, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput
@@ -75,14 +77,19 @@ def middle(low, high) -> float | None:
 
 
 def cmd_suggest(args: argparse.Namespace) -> None:
-    """``rsclip suggest``: the ``-k`` top-ranked and ``-k`` least certain unlabelled tiles of a label set."""
-    from rsclip.search.suggest import suggest_labels
+    """``rsclip suggest``: the ``-k`` top-ranked and ``-k`` least certain unlabelled tiles of a label set
+    (through a running service when given one)."""
+    url = client.api_url(args.api)
+    if url is not None:
+        rows = ask(url, f"api/suggest/{quote(args.label, safe='')}?k={args.k}", args)["results"]
+    else:
+        from rsclip.search.suggest import suggest_labels
 
-    frame = suggest_labels(args.db, args.label, k=args.k, table=args.table)
+        rows = records(suggest_labels(args.db, args.label, k=args.k, table=args.table))
     if args.json:
-        print_json(records(frame))
+        print_json(rows)
         return
-    print_table(frame[["why", *SHOWN]], floats="{:.6g}")
+    print_table([{c: row[c] for c in ("why", *SHOWN) if c in row} for row in rows], floats="{:.6g}")
 
 
 def add_suggest_parser(sub) -> None:
@@ -90,6 +97,7 @@ def add_suggest_parser(sub) -> None:
     s = with_table(sub.add_parser("suggest", help="tiles to label next: the top-ranked and the least certain"))
     s.add_argument("label", metavar="LABEL", help="the label set (rsclip detect DB LABEL first)")
     s.add_argument("-k", type=int, default=10, help="tiles of each kind (default: %(default)s)")
+    add_api_option(s)
     s.set_defaults(run=cmd_suggest)
 
 

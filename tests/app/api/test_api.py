@@ -294,6 +294,8 @@ def test_labels_and_review_through_the_api_print_what_they_print_alone(scenes, a
         for review in (["-k", "5"], ["-k", "0", "--min-score", "0.2"], ["--bbox", "-180,-90,180,90", "-k", "3"]):
             argv = ["review", str(db), "fields", *review, *json_flag]
             assert printed(argv + api) == printed(argv)
+        suggest = ["suggest", str(db), "fields", "-k", "3", *json_flag]
+        assert printed(suggest + api) == printed(suggest)
     rows = json.loads(printed(["review", str(db), "fields", "-k", "4", "--json"] + api))
     assert len(rows) == 4 and list(rows[0])[:5] == ["id", "uri", "score", "lon", "lat"] and "footprint" not in rows[0]
     assert main(["label", "list", str(db), "--table", "other", *api]) == 2
@@ -304,7 +306,7 @@ def test_commands_through_the_api_load_no_model_table_or_array_library(scenes, a
     heavy = ("torch", "transformers", "lancedb", "lance", "numpy", "pandas", "pyarrow", "fsspec")
     db = str(scenes[0])
     for argv in (["query", db, "farmland", "--json"], ["query", db, "farmland"], ["review", db, "fields"],
-                 ["label", "list", db, "--json"]):
+                 ["suggest", db, "fields"], ["label", "list", db, "--json"]):
         argv = [*argv, "--api", api_service.url]
         code = (f"import sys; from rsclip.app.cli import main; sys.stdout = open('/dev/null', 'w'); "
                 f"code = main({argv!r}); "
