@@ -98,6 +98,30 @@ def checked_sql(run: Callable, where: str | None):
         raise
 
 
+# Threads of the BLAS libraries in a process that serves searches (the web app, the API): one search's matrix
+# products are small, and with two threads OpenBLAS spins the second core while it waits (at 1M rows a search
+# cost 25 ms of CPU in 13 ms of wall time; 13 in 13 with one thread, BENCHMARKS.md "HTTP API"), so concurrent
+# searches each get a core. Loading a resident copy (its k-means) is a few seconds slower on one.
+SERVICE_BLAS_THREADS = 1
+
+
+def serve_searches(resident_max_gb: float | None = None) -> None:
+    """Set this process up to serve searches: resident copies load in the background (Lance answers meanwhile),
+    at most ``resident_max_gb`` each when given, and the BLAS libraries run :data:`SERVICE_BLAS_THREADS`."""
+    global _serving
+    memory_table.cache.wait = False
+    if resident_max_gb is not None:
+        memory_table.cache.max_bytes = int(resident_max_gb * 1024**3)
+    if not _serving:  # finding the loaded libraries takes milliseconds: once per process
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas")
+        _serving = True
+
+
+_serving = False
+
+
 def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int = DEFAULT_NPROBES,
                  exact: bool = False, refine_factor: int | None = None) -> dict:
     """Lance's ``nearest`` argument for a search of ``k`` rows."""

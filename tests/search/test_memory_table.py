@@ -3,6 +3,9 @@ next loads, at most two copies, a memory cap beyond which searches go through La
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -119,3 +122,20 @@ def test_a_servers_cache_loads_in_the_background_and_lance_answers_meanwhile(tab
     resident = searchers.searcher_for(table, resident=True)
     assert resident.path == "resident (memory)" and len(resident.rows) == 100
     assert searchers.search(resident, query, 5)["id"].tolist() == searchers.search(searcher, query, 5)["id"].tolist()
+
+
+def test_a_serving_process_loads_in_the_background_and_runs_blas_on_one_thread():
+    code = """
+import json, threadpoolctl
+import faiss, numpy
+from rsclip.search import memory_table
+from rsclip.search.searchers import serve_searches
+serve_searches(1.5)
+serve_searches()
+blas = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps([memory_table.cache.wait, memory_table.cache.max_bytes, blas]))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    wait, max_bytes, blas = json.loads(res.stdout.strip().splitlines()[-1])
+    assert wait is False and max_bytes == int(1.5 * 1024**3) and blas and set(blas) == {1}

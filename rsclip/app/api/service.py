@@ -222,11 +222,9 @@ async def label_call(service: Service, request: Request, db: str, table: str) ->
 
 def build_app(config: ApiConfig) -> Starlette:
     """The ASGI app serving ``config``: routes, errors as JSON, Host check, CORS when configured, the token."""
-    from rsclip.search import memory_table
+    from rsclip.search.searchers import serve_searches
 
-    memory_table.cache.wait = False  # a copy loads in the background; searches go through Lance meanwhile
-    if config.resident_max_gb is not None:
-        memory_table.cache.max_bytes = int(config.resident_max_gb * 1024**3)
+    serve_searches(config.resident_max_gb)
     service = Service(config)
 
     async def on_error(request, error):

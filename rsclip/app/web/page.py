@@ -29,7 +29,7 @@ from rsclip.app.web.views.detections import detect_view
 from rsclip.app.web.views.feature_finder import feature_view
 from rsclip.app.web.views.search import empty_map, image_view, labels_view, text_view
 from rsclip.app.web.views.sidebar import sidebar
-from rsclip.search import memory_table
+from rsclip.search.searchers import serve_searches
 from rsclip.table import tiles
 
 
@@ -55,9 +55,7 @@ def render_app(config: WebConfig) -> None:
     """Draw the page for ``config`` (called by Streamlit on every interaction)."""
     st.set_page_config(page_title="rsclip search", layout="wide")
     st.title("rsclip: search a satellite archive")
-    memory_table.cache.wait = False  # a copy loads in the background; searches go through Lance meanwhile
-    if config.resident_max_gb is not None:  # the process's cache of resident copies (rsclip serve --resident-max-gb)
-        memory_table.cache.max_bytes = int(config.resident_max_gb * 1024**3)
+    serve_searches(config.resident_max_gb)  # rsclip serve --resident-max-gb
     try:
         conn = caches.connection(config.db)
         summary = caches.table_summary(config.db, config.table)
