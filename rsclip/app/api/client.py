@@ -75,7 +75,7 @@ class ApiClient:
         import pandas as pd
 
         body = {"k": k, "include_self": include_self,
-                **{name: list(v) if isinstance(v, tuple) else v for name, v in filters.items() if v is not None}}
+                **filter_fields(filters)}
         if positive is not None or negative is not None:
             body.update(positive=list(positive or []), negative=None if negative is None else list(negative))
         elif isinstance(query, str):
@@ -88,6 +88,11 @@ class ApiClient:
         frame = pd.DataFrame(answer["results"])
         frame.attrs.update(search_path=answer.get("search_path"), search_note=answer.get("search_note"))
         return frame
+
+
+def filter_fields(filters: dict) -> dict:
+    """The filters given (not None) as the fields of a request body (tuples as lists)."""
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in filters.items() if v is not None}
 
 
 def image_upload(path) -> dict:

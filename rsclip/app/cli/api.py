@@ -41,10 +41,9 @@ def add_api_option(parser: argparse.ArgumentParser) -> None:
 
 def query_body(args: argparse.Namespace, filters: dict) -> dict:
     """The search body of ``rsclip query``'s arguments: the same query, options and filters."""
-    body = {"db": args.db, "table": args.table, "k": args.k, "include_self": args.include_self,
+    body = {"k": args.k, "include_self": args.include_self,
             "allow_model_mismatch": args.allow_model_mismatch}
-    body.update({name: list(value) if isinstance(value, tuple) else value for name, value in filters.items()
-                 if value is not None})
+    body.update(client.filter_fields(filters))
     if args.positive or args.negative:
         body.update(positive=args.positive or [], negative=args.negative)
     elif args.image is not None:
@@ -82,8 +81,7 @@ def ask_review(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
     """The rows of ``rsclip review`` answered by the service at ``url`` (no ``--min-score``: null, every score;
     ``-k 0``, all: at most a page of the API, and an error when more qualify)."""
     k = args.k or settings.MAX_PAGE
-    body = {"min_score": args.min_score, "k": k,
-            **{name: list(v) if isinstance(v, tuple) else v for name, v in filters.items() if v is not None}}
+    body = {"min_score": args.min_score, "k": k, **client.filter_fields(filters)}
     answer = ask(url, f"api/detections/{quote(args.label, safe='')}", args, body, "POST")
     if not args.k and answer["matched"] > len(answer["results"]):
         raise LimitExceeded(f"{answer['matched']:,} detections qualify; through the API -k 0 lists at most "
