@@ -225,6 +225,7 @@ def build_app(config: ApiConfig) -> Starlette:
     from rsclip.search.searchers import serve_searches
 
     serve_searches(config.resident_max_gb)
+    warm_up(config.db, config.table)  # before any request: a model loaded by two threads at once can fail
     service = Service(config)
 
     async def on_error(request, error):
@@ -242,6 +243,21 @@ def build_app(config: ApiConfig) -> Starlette:
 
     handlers = {RsclipError: on_error, guards.ApiError: on_error, HTTPException: on_http_error, Exception: on_error}
     return Starlette(routes=routes(service), middleware=middleware, exception_handlers=handlers)
+
+
+def warm_up(db: str, table: str) -> None:
+    """Load the table's model and start loading its resident copy (in the background), so that the first
+    requests of each service process do not pay for them; a failure is left to the requests to report."""
+    from rsclip.model.clip import cached_model
+    from rsclip.search.searchers import searcher_for
+    from rsclip.table import tiles
+
+    try:
+        found = tiles.open_table(db, table)
+        searcher_for(found, resident=True)
+        cached_model(tiles.table_model(found)[0])
+    except Exception as exc:  # noqa: BLE001 - the requests report it
+        log.warning("warming up: %s", guards.scrubbed(str(exc), db))
 
 
 def serve(config: ApiConfig) -> None:
