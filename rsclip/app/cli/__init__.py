@@ -17,7 +17,8 @@
     rsclip convert-model RemoteCLIP-ViT-B-32.pt models/remoteclip-b32 --arch ViT-B-32-quickgelu   (models)
 
 One module per command group (named in brackets); none imports this module or another group, what they share
-is in :mod:`~rsclip.app.cli.options` and :mod:`~rsclip.app.cli.output`; this module puts them together.
+is in :mod:`~rsclip.app.cli.options`, :mod:`~rsclip.app.cli.output` and :mod:`~rsclip.app.cli.remote`
+(asking a running service); this module puts them together.
 The command modules import the library rooms a command needs when it runs, so that ``rsclip --help`` and
 ``rsclip --version`` answer without loading torch, transformers or LanceDB; a command imports only its own
 module (:data:`COMMANDS`), so that ``rsclip query --api URL`` loads no array or table library either.

@@ -1,16 +1,13 @@
 """``rsclip api``: serve a tile table over HTTP (the service runs as ``python -m rsclip.app.api``, which this
-command becomes), and what the search commands send to a running one (``--api URL`` or ``$RSCLIP_API``)."""
+command becomes). What the other commands send to a running one is :mod:`~rsclip.app.cli.remote`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from pathlib import Path
-from urllib.parse import quote, urlencode
 
-from rsclip.app.api import client, settings
-from rsclip.errors import LimitExceeded
+from rsclip.app.api import settings
 
 
 def cmd_api(args: argparse.Namespace) -> None:
@@ -31,59 +28,3 @@ def add_api_parser(sub) -> None:
                                         "Features)")
     settings.add_arguments(parser)
     parser.set_defaults(run=cmd_api)
-
-
-def add_api_option(parser: argparse.ArgumentParser) -> None:
-    """``--api URL`` on a command a running service can answer."""
-    parser.add_argument("--api", metavar="URL", help=f"answer through a running `rsclip api` (default: "
-                                                     f"${client.API_ENV} when set)")
-
-
-def query_body(args: argparse.Namespace, filters: dict) -> dict:
-    """The search body of ``rsclip query``'s arguments: the same query, options and filters."""
-    body = {"k": args.k, "include_self": args.include_self,
-            "allow_model_mismatch": args.allow_model_mismatch}
-    body.update(client.filter_fields(filters))
-    if args.positive or args.negative:
-        body.update(positive=args.positive or [], negative=args.negative)
-    elif args.image is not None:
-        body["image"] = upload(args.image)
-    else:
-        body["text"] = args.text
-    return body
-
-
-def upload(path: str) -> dict:
-    """A local image file as the API's ``image`` field (at most the upload limit)."""
-    from rsclip.app.server import MAX_UPLOAD_MB
-
-    file = Path(path)
-    if file.is_file() and file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
-        raise LimitExceeded(f"{path}: larger than the upload limit of {MAX_UPLOAD_MB} MB")
-    return client.image_upload(file)
-
-
-def ask(url: str, path: str, args: argparse.Namespace, body: dict | None = None, method: str | None = None) -> dict:
-    """The service's answer to a command on ``args.db`` and ``args.table``: the body (a GET: the query) names
-    them, so that a service of another table refuses the command instead of answering for its own."""
-    target = {"db": args.db, "table": args.table}
-    if body is None:
-        return client.call(url, f"{path}{'&' if '?' in path else '?'}{urlencode(target)}", method=method)
-    return client.call(url, path, {**body, **target}, method=method)
-
-
-def ask_query(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
-    """The result rows of ``rsclip query`` answered by the service at ``url``."""
-    return ask(url, "api/search", args, query_body(args, filters))["results"]
-
-
-def ask_review(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
-    """The rows of ``rsclip review`` answered by the service at ``url`` (no ``--min-score``: null, every score;
-    ``-k 0``, all: at most a page of the API, and an error when more qualify)."""
-    k = args.k or settings.MAX_PAGE
-    body = {"min_score": args.min_score, "k": k, **client.filter_fields(filters)}
-    answer = ask(url, f"api/detections/{quote(args.label, safe='')}", args, body, "POST")
-    if not args.k and answer["matched"] > len(answer["results"]):
-        raise LimitExceeded(f"{answer['matched']:,} detections qualify; through the API -k 0 lists at most "
-                            f"{settings.MAX_PAGE:,}: raise --min-score, narrow the area or give -k")
-    return answer["results"]

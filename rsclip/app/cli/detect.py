@@ -22,7 +22,7 @@ import json
 from urllib.parse import quote
 
 from rsclip.app.api import client
-from rsclip.app.cli.api import add_api_option, ask, ask_review
+from rsclip.app.cli.remote import add_api_option, ask, ask_review
 from rsclip.app.cli.options import add_area_arguments, add_db_arguments, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput

@@ -16,7 +16,7 @@ import sys
 from urllib.parse import quote
 
 from rsclip.app.api import client
-from rsclip.app.cli.api import add_api_option, ask
+from rsclip.app.cli.remote import add_api_option, ask
 from rsclip.app.cli.exports import export_target, say_written
 from rsclip.app.cli.options import with_table
 from rsclip.app.cli.output import print_json, print_table, records, say

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from rsclip.app.api import client
-from rsclip.app.cli.api import add_api_option, ask_query
+from rsclip.app.cli.remote import add_api_option, ask_query
 from rsclip.app.cli.options import (add_area_arguments, add_example_arguments, add_time_arguments, area,
                                     with_table)
 from rsclip.app.cli.output import print_json, print_table, quiet_model_loading, records
