@@ -192,7 +192,8 @@ def measure(args, bench: Bench, db: Path) -> dict:
     figures["api_overhead_ms"] = [a - b for a, b in zip(figures["api_p50_ms"], figures["library_p50_ms"])]
     return bench.finish(figures, ratios={"api_gain_4": ("qps_c4", "qps_c1"), "api_gain_16": ("qps_c16", "qps_c1"),
                                          "cli_speedup": ("cli_cold_s", "cli_api_s")},
-                        once=once, constants={"rows": args.rows, "dim": args.dim, "k": args.k, "processes": args.processes}, targets=TARGETS)
+                        once=once, targets=TARGETS,
+                        constants={"rows": args.rows, "dim": args.dim, "k": args.k, "processes": args.processes})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # a frame comes with pandas loaded; the rows of a running ser
 
 def records(frame: pd.DataFrame) -> list[dict]:
     """DataFrame rows as JSON-safe dicts (NaN, NaT, NA, infinities and None become null; NumPy scalars Python
-    ones). Converted through one array of objects: the rows of an answer cost ~0.5 ms, not the ~3 ms of pandas'
+    ones). Converted through one array of objects: the rows of an answer cost ~0.8 ms, not the ~2.9 ms of pandas'
     ``to_dict`` (the HTTP API answers every search with them)."""
     names = list(frame.columns)
     return [dict(zip(names, map(json_safe, row))) for row in frame.to_numpy(dtype=object).tolist()]

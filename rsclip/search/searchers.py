@@ -103,6 +103,7 @@ def checked_sql(run: Callable, where: str | None):
 # cost 25 ms of CPU in 13 ms of wall time; 13 in 13 with one thread, BENCHMARKS.md "HTTP API"), so concurrent
 # searches each get a core. Loading a resident copy (its k-means) is a few seconds slower on one.
 SERVICE_BLAS_THREADS = 1
+_serving = False  # whether this process has set its BLAS threads (serve_searches)
 
 
 def serve_searches(resident_max_gb: float | None = None) -> None:
@@ -117,9 +118,6 @@ def serve_searches(resident_max_gb: float | None = None) -> None:
 
         threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas")
         _serving = True
-
-
-_serving = False
 
 
 def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int = DEFAULT_NPROBES,

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from urllib.parse import quote
 
 from rsclip.app.api import client
-from rsclip.app.cli.remote import add_api_option, ask, ask_review
+from rsclip.app.cli.remote import add_api_option, ask, ask_review, route
 from rsclip.app.cli.options import add_area_arguments, add_db_arguments, add_time_arguments, area, with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput
@@ -81,7 +80,7 @@ def cmd_suggest(args: argparse.Namespace) -> None:
     (through a running service when given one)."""
     url = client.api_url(args.api)
     if url is not None:
-        rows = ask(url, f"api/suggest/{quote(args.label, safe='')}?k={args.k}", args)["results"]
+        rows = ask(url, f"{route('suggest', args.label)}?k={args.k}", args)["results"]
     else:
         from rsclip.search.suggest import suggest_labels
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from urllib.parse import quote
 
 from rsclip.app.api import client
-from rsclip.app.cli.remote import add_api_option, ask
+from rsclip.app.cli.remote import add_api_option, ask, route
 from rsclip.app.cli.exports import export_target, say_written
 from rsclip.app.cli.options import with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
@@ -72,7 +71,7 @@ def label_add(args: argparse.Namespace, url: str | None) -> None:
     positive, negative = piped_ids(args)
     if url is not None:
         body = {"positive": positive, "negative": negative, "note": args.note}
-        n = ask(url, f"api/labels/{quote(args.label, safe='')}", args, body, "POST")["written"]
+        n = ask(url, route("labels", args.label), args, body, "POST")["written"]
     else:
         from rsclip.table import labels
 
@@ -85,7 +84,7 @@ def label_remove(args: argparse.Namespace, url: str | None) -> None:
         raise InvalidInput("give the tile ids to remove, or --all to remove the whole label set")
     ids = None if args.all else args.ids
     if url is not None:
-        n = ask(url, f"api/labels/{quote(args.label, safe='')}", args, {"ids": ids}, "DELETE")["removed"]
+        n = ask(url, route("labels", args.label), args, {"ids": ids}, "DELETE")["removed"]
     else:
         from rsclip.table import labels
 
@@ -96,7 +95,7 @@ def label_remove(args: argparse.Namespace, url: str | None) -> None:
 def label_list(args: argparse.Namespace, url: str | None) -> None:
     """The label sets, or one set's labels with the uri of each tile."""
     if url is not None:
-        rows = ask(url, "api/labels" + (f"/{quote(args.label, safe='')}" if args.label else ""), args)["labels"]
+        rows = ask(url, route("labels", args.label), args)["labels"]
     else:
         from rsclip.table import labels
 

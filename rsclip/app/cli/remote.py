@@ -42,6 +42,12 @@ def upload(path: str) -> dict:
     return client.image_upload(file)
 
 
+def route(kind: str, label: str | None = None) -> str:
+    """The API path of ``kind`` (``labels``, ``detections``, ``suggest``), of one label set when given (quoted:
+    a label is a path segment)."""
+    return f"api/{kind}" + (f"/{quote(label, safe='')}" if label else "")
+
+
 def ask(url: str, path: str, args: argparse.Namespace, body: dict | None = None, method: str | None = None) -> dict:
     """The service's answer to a command on ``args.db`` and ``args.table``: the body (a GET: the query) names
     them, so that a service of another table refuses the command instead of answering for its own."""
@@ -61,7 +67,7 @@ def ask_review(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
     ``-k 0``, all: at most a page of the API, and an error when more qualify)."""
     k = args.k or settings.MAX_PAGE
     body = {"min_score": args.min_score, "k": k, **client.filter_fields(filters)}
-    answer = ask(url, f"api/detections/{quote(args.label, safe='')}", args, body, "POST")
+    answer = ask(url, route("detections", args.label), args, body, "POST")
     if not args.k and answer["matched"] > len(answer["results"]):
         raise LimitExceeded(f"{answer['matched']:,} detections qualify; through the API -k 0 lists at most "
                             f"{settings.MAX_PAGE:,}: raise --min-score, narrow the area or give -k")
