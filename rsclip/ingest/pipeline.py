@@ -42,6 +42,10 @@ READ_TASK_MEMORY = 512 * 1024 * 1024
 TASKS_PER_READ_SLOT = 4
 # Memory a write task may use: --commit-rows tiles with their vectors, as numpy and as Arrow (~3 x 2.3 KB each).
 WRITE_TASK_MEMORY = 256 * 1024 * 1024
+# Ray Data's wait for the embedder actors outlasts the watchdog's stop by this much (see _set_data_context);
+# with the watchdog's stop turned off (--stall-abort 0) it waits as long as the user asked: for ever.
+ACTOR_START_MARGIN_S = 60
+NEVER_S = 10**9
 
 
 @dataclass
@@ -212,6 +216,18 @@ def build_dataset(config: EmbedConfig, listed: sources.Listed, table_version: in
                           compute=TaskPoolStrategy(size=config.write_tasks))
 
 
+def _set_data_context(config: EmbedConfig, progress: bool) -> None:
+    """Ray Data's settings for this run: progress bars, and tiles read only once every embedder actor has
+    started. Read tasks scheduled first took the CPUs a pending actor needed, on the node that held its GPU,
+    and a run went on with one of its two actors (CI, 2026-12-05). The watchdog (``stall_abort``), not Ray
+    Data, bounds the wait: Ray's own limit lies beyond it so that the stop names the actor still starting."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+    ctx.wait_for_min_actors_s = int(config.stall_abort) + ACTOR_START_MARGIN_S if config.stall_abort else NEVER_S
+
+
 def _write(ds, writer: TileWriter, summary: EmbedSummary, watchdog: Watchdog) -> float:
     """Drain the write stage's reports into the writer and count; the monotonic time the first embedded
     tiles were written (the end when none were)."""
@@ -266,10 +282,7 @@ def run_embedding(config: EmbedConfig, *, progress: bool = False, ray_address: s
     summary = EmbedSummary(files=listed.files if listed else 0)
     errored_seen: set[str] = set()
     if summary.files:
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+        _set_data_context(config, progress)
         writer = _writer(config, table, errors_table, started_at)  # scans the errors table: before the watchdog
         try:
             ds = build_dataset(config, listed, table.version, model, grid, whole_scenes, writer.stage_kwargs())

@@ -200,6 +200,7 @@ def test_embedding_spreads_actors_and_loses_no_tile_when_a_node_dies(cluster, s3
     head = cluster.head_node.node_id
     # Workers write and the driver commits afterwards, so commits trail the embedders: watch the actors
     # themselves and kill a node holding one while the job runs (Ray adds nodes from the main thread only).
+    # The job reads no tile before both embedders have started, so both are seen before it can end.
     thread, out = run_in_thread(run_embedding, config)
     while thread.is_alive() and not killed:
         alive = alive_actor_nodes(cluster, "ImageEmbedder")
