@@ -65,9 +65,16 @@ def vector_of(value) -> np.ndarray:
     """A query vector: a list of at most :data:`~settings.MAX_VECTOR_VALUES` finite numbers."""
     if not isinstance(value, list) or not value or len(value) > settings.MAX_VECTOR_VALUES:
         raise InvalidInput(f"vector must be a list of 1-{settings.MAX_VECTOR_VALUES} numbers")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if not set(map(type, value)) <= {int, float}:  # never strings, booleans or lists NumPy would convert
         raise InvalidInput("vector must hold finite numbers only")
-    return np.asarray(value, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):
+            vector = np.asarray(value, dtype=np.float32)
+    except OverflowError:  # an integer beyond any float
+        vector = np.asarray([math.inf])
+    if not np.isfinite(vector).all():  # NaN, infinities and numbers beyond float32 (which become infinite)
+        raise InvalidInput("vector must hold finite numbers only")
+    return vector
 
 
 def image_of(value) -> np.ndarray:

@@ -197,6 +197,11 @@ def ring(vertices: int) -> str:
     ("api/search", {"positive": ["/etc/passwd"]}, 400, "takes tile ids"),
     ("api/search", {"tile_id": "../../etc/passwd"}, 400, "not a tile id"),
     ("api/search", {"vector": [1.0, "x"]}, 400, "finite numbers"),
+    ("api/search", {"vector": [True, 1.0]}, 400, "finite numbers"),
+    ("api/search", {"vector": [[1.0], 1.0]}, 400, "finite numbers"),
+    ("api/search", {"vector": [1e39, 1.0]}, 400, "finite numbers"),  # beyond float32
+    ("api/search", {"vector": [10**400, 1.0]}, 400, "finite numbers"),  # beyond any float
+    ("api/search", {"vector": [float("nan"), 1.0]}, 400, "finite numbers"),
     ("api/search", {"image": {"name": "a.exe", "data": "AAAA"}}, 400, "not an image type"),
     ("api/search", {"image": {"name": "a.png", "data": "!!"}}, 400, "not base64"),
     ("api/search", {"text": "x", "polygon": ring(250_000)}, 413, "vertices"),
