@@ -21,7 +21,8 @@ queries of every pass are untimed):
 - ``faiss``: FAISS ``IndexIVFPQ`` (same list count, same code size, 8-bit codes, inner product) wrapped in
   ``IndexRefineFlat`` (same re-ranking depth), same nprobes; built once;
 - ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second through the resident path with 1, 4 and 8
-  concurrent callers (threads, as the web app's sessions); ``concurrency_gain`` = 8 callers over 1;
+  concurrent callers (threads, as the web app's sessions and the API's workers, with the BLAS threads a
+  serving process runs: ``searchers.SERVICE_BLAS_THREADS``); ``concurrency_gain`` = 8 callers over 1;
 - ``brute``: numpy brute force (one matrix-vector product + argpartition);
 - ``text``: a text query end to end (``rsclip.search.query.query``: open table, encode with a ViT-B/32-sized
   text tower on this machine's device, search the resident copy);
@@ -242,11 +243,16 @@ def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str =
 
 
 def throughput_arm(name: str, fn, items, threads: int) -> Arm:
-    """An arm answering all ``items`` with ``threads`` concurrent callers of ``fn``: ``<name>`` = queries/s."""
+    """An arm answering all ``items`` with ``threads`` concurrent callers of ``fn``, the BLAS libraries
+    running the threads a process serving searches runs (``serve_searches``): ``<name>`` = queries/s."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from threadpoolctl import threadpool_limits
+
+    from rsclip.search.searchers import SERVICE_BLAS_THREADS
+
     def run() -> dict:
-        with ThreadPoolExecutor(threads) as pool:
+        with threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas"), ThreadPoolExecutor(threads) as pool:
             t0 = time.perf_counter()
             list(pool.map(fn, items))
             return {name: len(items) / (time.perf_counter() - t0)}
