@@ -13,6 +13,10 @@ The arms, interleaved in rounds (bench/common.py):
 - ``library``: ``rsclip.query(db, vector, k, resident=True)`` in this process: p50/p95 ms;
 - ``api``: the same vector searches POSTed to ``/api/search`` over one keep-alive HTTP connection (JSON
   encoding and decoding included): p50/p95 ms; ``api_overhead_ms`` = its p50 minus the library's, per round;
+- ``library_1blas``: the library call with the BLAS libraries on the service's threads (one: ``serve_searches``);
+  ``api_http_ms`` = the API's p50 minus its p50: what HTTP, JSON and the service add to the same search;
+- ``library_reopen``: the library call with the table opened afresh for each search, as every search did before
+  ``rsclip.table.snapshots.read_table`` (``reopen_*``); ``reopen_cost_ms`` = its p50 minus the library's;
 - ``qps_c1`` / ``qps_c4`` / ``qps_c16``: searches per second with 1, 4 and 16 concurrent HTTP clients (each
   its own connection); ``api_gain_4`` = 4 clients over 1;
 - ``cli_cold`` / ``cli_api``: wall seconds of ``rsclip query DB "airport" --json`` in a fresh interpreter,
@@ -135,12 +139,34 @@ def throughput_arm(url: str, bodies: list[dict], clients: int) -> Arm:
     return Arm(f"qps_c{clients}", run)
 
 
+def service_threads(arm: Arm) -> Arm:
+    """``arm`` run with the BLAS libraries on the threads a service process runs (``serve_searches``)."""
+    from threadpoolctl import threadpool_limits
+
+    from rsclip.search.searchers import SERVICE_BLAS_THREADS
+
+    def run():
+        with threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas"):
+            return arm.run()
+    return Arm(arm.name, run, warm=arm.warm)
+
+
 def arms(db: Path, url: str, queries, k: int) -> list[Arm]:
     from rsclip.search.query import query
+    from rsclip.table import datasets
 
     bodies = [{"vector": q.tolist(), "k": k} for q in queries]
     client = Client(url)
-    out = [query_bench.latency_arm("library", "library_", lambda q: query(db, q, k, resident=True), list(queries)),
+    def reopened(q):  # the table opened afresh for the search, as every search did before snapshots.read_table
+        datasets._snapshots.clear()  # the snapshot only: the datasets (and their index caches) stay open
+        return query(db, q, k, resident=True)
+
+    def library(q):
+        return query(db, q, k, resident=True)
+
+    out = [query_bench.latency_arm("library", "library_", library, list(queries)),
+           service_threads(query_bench.latency_arm("library_1blas", "library_1blas_", library, list(queries))),
+           query_bench.latency_arm("library_reopen", "reopen_", reopened, list(queries)),
            query_bench.latency_arm("api", "api_", client.search, bodies)]
     out += [throughput_arm(url, bodies, n) for n in CLIENTS]
     out += [Arm("cli_cold", lambda: {"cli_cold_s": cli_seconds(db, [])[0]}, warm=common.NO_WARMUP),
@@ -189,7 +215,10 @@ def measure(args, bench: Bench, db: Path) -> dict:
         from rsclip.app.processes import stop_process_group
 
         stop_process_group(process, 15.0)
-    figures["api_overhead_ms"] = [a - b for a, b in zip(figures["api_p50_ms"], figures["library_p50_ms"])]
+    for name, arm, base in (("api_overhead_ms", "api_p50_ms", "library_p50_ms"),
+                            ("api_http_ms", "api_p50_ms", "library_1blas_p50_ms"),
+                            ("reopen_cost_ms", "reopen_p50_ms", "library_p50_ms")):
+        figures[name] = [a - b for a, b in zip(figures[arm], figures[base])]
     return bench.finish(figures, ratios={"api_gain_4": ("qps_c4", "qps_c1"), "api_gain_16": ("qps_c16", "qps_c1"),
                                          "cli_speedup": ("cli_cold_s", "cli_api_s")},
                         once=once, targets=TARGETS,

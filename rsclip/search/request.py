@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rsclip.table import datasets, tiles
+from rsclip.table import snapshots, tiles
 from rsclip.model.sources import model_identity
 from rsclip.errors import InvalidInput, ModelMismatch
 from rsclip.search.filters import Filters
@@ -68,7 +68,7 @@ class Request:
         k = None if k is None else validate_k(k)
         filters = Filters.of(bbox=bbox, near=near, where=where, polygon=polygon, date=date, max_cloud=max_cloud,
                              max_nodata=max_nodata)
-        opened = datasets.read_table(db, table)
+        opened = snapshots.read_table(db, table)
         return cls(opened, filters.on(opened), k)
 
     @cached_property

@@ -159,13 +159,14 @@ def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
     """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first (then by id: one
     order whichever path found them), from Arrow ``columns`` (the fetched columns) and their scores; times as
     UTC timestamps. Built in Arrow and handed to pandas once: a column at a time cost ~2.5 ms per answer, more
-    than the search."""
+    than the search; on the calling thread: Arrow's thread pool cost ~0.4 ms a call, more than converting
+    10 to 10,000 rows (0.23 ms for 10 rows instead of 0.62, BENCHMARKS.md "The table opened once")."""
     ids = columns.column(tiles.ID).to_numpy(zero_copy_only=False)
     order = np.lexsort((ids, -np.asarray(score, dtype=np.float64)))
     names = [*RESULT_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in columns.column_names)]
     ranked = columns.take(pa.array(order, type=pa.int64()))
     ranked = ranked.append_column(SCORE, pa.array(np.asarray(score, dtype=np.float64)[order], type=pa.float64()))
-    return ranked.select(names).to_pandas()
+    return ranked.select(names).to_pandas(use_threads=False)
 
 
 class LanceSearcher:

@@ -1,14 +1,12 @@
-"""The Lance datasets behind tables, and tables opened for reading, kept once per process.
+"""The Lance datasets behind tables, and the tables opened for reading, kept open per process.
 
 A search on a dataset opened afresh reloads the index pieces it touches; :func:`dataset_of` keeps the newest
-few open per (location, version), and :func:`forget_datasets` drops those of a table created again.
-Opening a table costs ~0.8 ms and each question to an opened one (its schema, its version) ~0.1 ms through
-LanceDB's event loop: :func:`read_table` hands out one :class:`Snapshot` per table while it is the latest version.
+few open per (location, version), and :func:`forget_datasets` drops those of a table created again, with the
+snapshots :mod:`rsclip.table.snapshots` keeps here (:func:`kept_snapshot`, :func:`keep_snapshot`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 
@@ -16,7 +14,7 @@ from collections import OrderedDict
 OPEN_DATASETS = 8
 
 _datasets: "OrderedDict[tuple, object]" = OrderedDict()
-_snapshots: "OrderedDict[tuple[str, str], Snapshot]" = OrderedDict()
+_snapshots: "OrderedDict[tuple[str, str], object]" = OrderedDict()  # (database, table) -> its Snapshot
 _datasets_lock = threading.Lock()
 
 
@@ -51,7 +49,7 @@ def _keep(cache: OrderedDict, key, value):
 
 
 def forget_datasets(uri: str) -> None:
-    """Drop the datasets :func:`dataset_of` keeps, and the snapshots :func:`read_table` keeps, of the table at
+    """Drop the datasets :func:`dataset_of` keeps, and the snapshots kept here, of the table at
     ``uri``: a table dropped and created again starts its versions over, so (location, version) no longer names
     the same data. Called where rsclip creates a table; a process that outlives a table recreated elsewhere
     under the same name (a long-running ``rsclip serve``) must be restarted."""
@@ -62,50 +60,16 @@ def forget_datasets(uri: str) -> None:
             del _snapshots[key]
 
 
-class Snapshot:
-    """A table opened at one version for reading: its name, uri, version and schema asked once, its writes
-    refused (a writer opens its own: ``tiles.open_table``); the rest is the LanceDB table's (``search``,
-    ``count_rows``, ``list_indices``...)."""
-
-    WRITES = frozenset({"add", "merge_insert", "delete", "update", "restore", "checkout", "checkout_latest",
-                        "create_index", "create_scalar_index", "create_fts_index", "optimize", "compact_files",
-                        "cleanup_old_versions", "add_columns", "alter_columns", "drop_columns"})
-
-    def __init__(self, table):
-        self.table = table
-        self.name, self.uri, self.version, self.schema = table.name, table.uri, table.version, table.schema
-        self.dataset = dataset_of(table)
-
-    def __getattr__(self, attr: str):
-        table = self.__dict__.get("table")
-        if table is None or attr in self.WRITES:
-            raise AttributeError(f"{attr!r}: not on a table opened for reading (open it with tiles.open_table)")
-        return getattr(table, attr)
-
-    def is_latest(self) -> bool:
-        """Whether no version was committed since (a listing of the table's versions: ~5 µs on a local disk,
-        one LIST on object storage); False when that cannot be told (a table dropped, a store unreachable)."""
-        try:
-            return self.dataset.latest_version == self.version
-        except Exception:  # noqa: BLE001 - opening anew reports it
-            return False
-
-
-def read_table(db, name: str):
-    """The tile table ``name`` of ``db`` opened for reading (a :class:`Snapshot`), kept per process while no
-    version is committed after it: a search sees each commit on its next call and pays for no reopening in
-    between. Raises as ``tiles.open_table`` (which opens it; a connection ``db`` is opened every time)."""
-    from rsclip.table import tiles
-
-    if not isinstance(db, (str, os.PathLike)):
-        return Snapshot(tiles.open_table(db, name))
-    key = (os.fspath(db), name)
+def kept_snapshot(key: tuple[str, str]):
+    """The snapshot kept for ``key`` (database, table), or None."""
     with _datasets_lock:
-        found = _snapshots.get(key)
-    if found is not None and found.is_latest():
-        return found
-    opened = Snapshot(tiles.open_table(db, name))
+        return _snapshots.get(key)
+
+
+def keep_snapshot(key: tuple[str, str], snapshot, replacing=None):
+    """Keep ``snapshot`` for ``key`` in place of ``replacing`` (the one found stale), unless another thread kept
+    a newer one meanwhile (that one is returned); the oldest beyond :data:`OPEN_DATASETS` go."""
     with _datasets_lock:
-        if _snapshots.get(key) is found:  # not replaced by another thread meanwhile
-            _snapshots.pop(key, None)
-        return _keep(_snapshots, key, opened)
+        if replacing is not None and _snapshots.get(key) is replacing:
+            del _snapshots[key]
+        return _keep(_snapshots, key, snapshot)

@@ -17,7 +17,7 @@ import numpy as np
 from rsclip.app.api import features, settings
 from rsclip.app.records import records
 from rsclip.errors import InvalidInput, LimitExceeded
-from rsclip.table import datasets, tiles
+from rsclip.table import snapshots, tiles
 from rsclip.table.rows import is_tile_id
 
 # The fields a search body may carry: one query (text, vector, tile_id, image or positive/negative examples)
@@ -177,7 +177,7 @@ def preview_png(db: str, table: str, tile_id: str, size: int) -> bytes:
         raise InvalidInput(f"not a tile id: {tile_id[:80]!r}")
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
         raise InvalidInput("size must be an integer in [16, 1024]")
-    found = rows_by_id(datasets.read_table(db, table), [tile_id], (tiles.URI, *tiles.WINDOW_COLUMNS)).to_pylist()
+    found = rows_by_id(snapshots.read_table(db, table), [tile_id], (tiles.URI, *tiles.WINDOW_COLUMNS)).to_pylist()
     if not found:
         raise NotFound(f"tile {tile_id} is not in the table")
     row = found[0]

@@ -17,7 +17,7 @@ import numpy as np
 
 from rsclip.app.api import settings
 from rsclip.errors import InvalidInput, NotFound
-from rsclip.table import datasets, tiles
+from rsclip.table import snapshots, tiles
 
 CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
@@ -168,7 +168,7 @@ def tables_state(db: str, table: str) -> tuple:
     from rsclip.table import detections, labels
 
     found = [detections.open_detections(db, table), labels.open_labels(db, table)]
-    return tuple(None if t is None else t.version for t in [datasets.read_table(db, table), *found])
+    return tuple(None if t is None else t.version for t in [snapshots.read_table(db, table), *found])
 
 
 class BuiltCollections:

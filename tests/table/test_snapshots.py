@@ -1,4 +1,4 @@
-"""rsclip.table.datasets: tables opened for reading are kept while no version is committed after them."""
+"""rsclip.table.snapshots: tables opened for reading are kept while no version is committed after them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import rsclip
 from rsclip.errors import NotFound
-from rsclip.table import datasets, tiles
+from rsclip.table import snapshots, tiles
 
 
 def _rows(first: int, n: int, dim: int = 8):
@@ -28,14 +28,14 @@ def _table(db, n: int):
 def test_one_snapshot_is_read_until_a_version_is_committed_after_it(tmp_path):
     db = str(tmp_path / "db")
     writer = _table(db, 10)
-    first = datasets.read_table(db, tiles.DEFAULT_TABLE)
-    assert datasets.read_table(db, tiles.DEFAULT_TABLE) is first
+    first = snapshots.read_table(db, tiles.DEFAULT_TABLE)
+    assert snapshots.read_table(db, tiles.DEFAULT_TABLE) is first
     assert first.version == writer.version and first.count_rows() == 10
     assert tiles.table_model(first) == ("m", 8)
 
     added = _rows(10, 5)
     tiles.add_tiles(writer, added)
-    second = datasets.read_table(db, tiles.DEFAULT_TABLE)
+    second = snapshots.read_table(db, tiles.DEFAULT_TABLE)
     assert second is not first and second.version == writer.version and second.count_rows() == 15
     assert first.count_rows() == 10  # a snapshot in use stays what it was
     # a search sees the commit on its next call
@@ -47,7 +47,7 @@ def test_one_snapshot_is_read_until_a_version_is_committed_after_it(tmp_path):
 def test_a_snapshot_refuses_writes(tmp_path):
     db = str(tmp_path / "db")
     _table(db, 3)
-    snapshot = datasets.read_table(db, tiles.DEFAULT_TABLE)
+    snapshot = snapshots.read_table(db, tiles.DEFAULT_TABLE)
     for write in ("add", "merge_insert", "delete", "checkout_latest", "create_index"):
         with pytest.raises(AttributeError, match="opened for reading"):
             getattr(snapshot, write)
@@ -57,26 +57,26 @@ def test_a_snapshot_refuses_writes(tmp_path):
 def test_a_table_dropped_or_created_again_is_not_read_from_an_old_snapshot(tmp_path):
     db = str(tmp_path / "db")
     _table(db, 20)
-    old = datasets.read_table(db, tiles.DEFAULT_TABLE)
+    old = snapshots.read_table(db, tiles.DEFAULT_TABLE)
     tiles.connect(db).drop_table(tiles.DEFAULT_TABLE)
     with pytest.raises(NotFound, match="unknown table"):
-        datasets.read_table(db, tiles.DEFAULT_TABLE)
+        snapshots.read_table(db, tiles.DEFAULT_TABLE)
 
     writer, rows = _table(db, 1), 1
     while writer.version < old.version:  # as many commits again: the same version number, other rows
         tiles.add_tiles(writer, _rows(100 + rows, 1))
         rows += 1
-    fresh = datasets.read_table(db, tiles.DEFAULT_TABLE)
+    fresh = snapshots.read_table(db, tiles.DEFAULT_TABLE)
     assert fresh.version == old.version and fresh.count_rows() == rows < 20
 
     shutil.rmtree(db)
     with pytest.raises(NotFound, match="no database"):
-        datasets.read_table(db, tiles.DEFAULT_TABLE)
+        snapshots.read_table(db, tiles.DEFAULT_TABLE)
 
 
 def test_a_connection_is_opened_afresh(tmp_path):
     db = tmp_path / "db"
     _table(db, 4)
     conn = tiles.connect(db)
-    assert datasets.read_table(conn, tiles.DEFAULT_TABLE).count_rows() == 4
-    assert datasets.read_table(db, tiles.DEFAULT_TABLE).count_rows() == 4  # a path as well as its text
+    assert snapshots.read_table(conn, tiles.DEFAULT_TABLE).count_rows() == 4
+    assert snapshots.read_table(db, tiles.DEFAULT_TABLE).count_rows() == 4  # a path as well as its text
