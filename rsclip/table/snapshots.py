@@ -45,9 +45,10 @@ class Snapshot:
 
 
 def read_table(db, name: str) -> Snapshot:
-    """The tile table ``name`` of ``db`` opened for reading (a :class:`Snapshot`), kept per process while no
-    version is committed after it: a search sees each commit on its next call and pays for no reopening in
-    between. Raises as ``tiles.open_table`` (which opens it; a connection ``db`` is opened every time)."""
+    """The table ``name`` of ``db`` (a tile table or a companion: labels, detections) opened for reading (a
+    :class:`Snapshot`), kept per process while no version is committed after it: a search sees each commit on
+    its next call and pays for no reopening in between. Raises as ``tiles.open_table`` (which opens it; a
+    connection ``db`` is opened every time)."""
     if not isinstance(db, (str, os.PathLike)):
         return Snapshot(tiles.open_table(db, name))
     key = (os.fspath(db), name)

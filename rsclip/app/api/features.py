@@ -164,11 +164,22 @@ def selected(db: str, table: str, collection: Collection, asked: ItemQuery):
 
 def tables_state(db: str, table: str) -> tuple:
     """The versions of the tables collections are read from (tiles, detections, labels; None for one not
-    written yet): a collection built at one state stays what it is until one of them changes."""
-    from rsclip.table import detections, labels
+    written yet): a collection built at one state stays what it is until one of them changes. Each is read
+    as a search reads its table (:func:`rsclip.table.snapshots.read_table`): a page of a collection reopens
+    none that is unchanged."""
+    from rsclip.table.detections import detections_table_name
+    from rsclip.table.labels import labels_table_name
 
-    found = [detections.open_detections(db, table), labels.open_labels(db, table)]
-    return tuple(None if t is None else t.version for t in [snapshots.read_table(db, table), *found])
+    companions = (detections_table_name(table), labels_table_name(table))
+    return (snapshots.read_table(db, table).version, *(companion_version(db, name) for name in companions))
+
+
+def companion_version(db: str, name: str) -> int | None:
+    """The version of the companion table ``name`` (labels, detections), None while it is not written."""
+    try:
+        return snapshots.read_table(db, name).version
+    except NotFound:
+        return None
 
 
 class BuiltCollections:
