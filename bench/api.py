@@ -141,12 +141,10 @@ def throughput_arm(url: str, bodies: list[dict], clients: int) -> Arm:
 
 def service_threads(arm: Arm) -> Arm:
     """``arm`` run with the BLAS libraries on the threads a service process runs (``serve_searches``)."""
-    from threadpoolctl import threadpool_limits
-
-    from rsclip.search.searchers import SERVICE_BLAS_THREADS
+    from rsclip.search.searchers import service_blas_threads
 
     def run():
-        with threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas"):
+        with service_blas_threads():
             return arm.run()
     return Arm(arm.name, run, warm=arm.warm)
 

@@ -247,12 +247,10 @@ def throughput_arm(name: str, fn, items, threads: int) -> Arm:
     running the threads a process serving searches runs (``serve_searches``): ``<name>`` = queries/s."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
-    from rsclip.search.searchers import SERVICE_BLAS_THREADS
+    from rsclip.search.searchers import service_blas_threads
 
     def run() -> dict:
-        with threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        with service_blas_threads(), ThreadPoolExecutor(threads) as pool:
             t0 = time.perf_counter()
             list(pool.map(fn, items))
             return {name: len(items) / (time.perf_counter() - t0)}

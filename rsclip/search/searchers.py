@@ -114,10 +114,16 @@ def serve_searches(resident_max_gb: float | None = None) -> None:
     if resident_max_gb is not None:
         memory_table.cache.max_bytes = int(resident_max_gb * 1024**3)
     if not _serving:  # finding the loaded libraries takes milliseconds: once per process
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas")
+        service_blas_threads()
         _serving = True
+
+
+def service_blas_threads():
+    """The BLAS libraries set to :data:`SERVICE_BLAS_THREADS`: for the whole process as called (what
+    :func:`serve_searches` does), until the block ends as a ``with`` (what the benchmarks' serving arms do)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(SERVICE_BLAS_THREADS, user_api="blas")
 
 
 def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int = DEFAULT_NPROBES,
