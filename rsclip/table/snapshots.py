@@ -27,7 +27,7 @@ class Snapshot:
     def __init__(self, table):
         self.table = table
         self.name, self.uri, self.version, self.schema = table.name, table.uri, table.version, table.schema
-        self.dataset = datasets.dataset_of(table)
+        self.dataset = datasets.dataset_of(self)  # its uri and version as just asked, not asked of LanceDB again
 
     def __getattr__(self, attr: str):
         table = self.__dict__.get("table")
