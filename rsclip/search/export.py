@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ import pandas as pd
 from rsclip.runtime import storage
 from rsclip.table import detections as detection_table, labels, rows, tiles
 from rsclip.errors import InvalidInput
-from rsclip.search.export_formats import FORMATS, SUFFIXES
+from rsclip.search.export_formats import export_format
 from rsclip.search.review import DATETIME, review_detections
 from rsclip.search.searchers import SCORE
 
@@ -52,21 +51,6 @@ class ExportResult:
     path: str
     format: str
     rows: int
-
-
-def export_format(out: str, format: str | None = None, *, option: str = "format=") -> str:
-    """The format of an export to ``out``: ``format`` when given, else from the suffix. Raises
-    ``InvalidInput`` for an unknown format or suffix, naming the caller's ``option`` (``--format`` on the
-    command line)."""
-    if format is None:
-        suffix = PurePosixPath(str(out)).suffix.lower()
-        if suffix not in SUFFIXES:
-            raise InvalidInput(f"cannot tell the format of {out!r} from its suffix: pass {option} one of "
-                               f"{', '.join(FORMATS)}")
-        return SUFFIXES[suffix]
-    if format not in FORMATS:
-        raise InvalidInput(f"{option.rstrip('=')} must be one of {', '.join(FORMATS)}, got {format!r}")
-    return format
 
 
 def features(frame: pd.DataFrame, table=None):
@@ -117,7 +101,7 @@ def dissolve(gdf):
 
 
 def encode(gdf, format: str) -> bytes:
-    """The bytes of ``gdf`` in ``format`` (:data:`FORMATS`)."""
+    """The bytes of ``gdf`` in ``format`` (:data:`~rsclip.search.export_formats.FORMATS`)."""
     if format == "geojson":
         collection = gdf.to_geo_dict(na="null", drop_id=True)
         collection.pop("crs", None)  # RFC 7946: lon/lat WGS84 always, no crs member
@@ -159,10 +143,12 @@ def write_features(gdf, out: str, format: str | None = None) -> ExportResult:
 
 def select(db, *, query=None, positive=None, negative=None, detections: str | None = None,
            min_score: float | None = None, k: int = 100, table: str = tiles.DEFAULT_TABLE, bbox=None, near=None,
-           polygon=None, where=None, date=None, max_cloud=None, max_nodata=None) -> pd.DataFrame:
+           polygon=None, where=None, date=None, max_cloud=None, max_nodata=None,
+           resident: bool = False) -> pd.DataFrame:
     """The rows an export writes: a query (text, image or vector), an example search (``positive`` /
-    ``negative``) or the ``detections`` of a label set at ``min_score``, under the filters.
-    Raises ``InvalidInput`` unless exactly one source is given."""
+    ``negative``) or the ``detections`` of a label set at ``min_score``, under the filters (a search through
+    the resident copy when ``resident``, as :func:`rsclip.query`). Raises ``InvalidInput`` unless exactly one
+    source is given."""
     from rsclip.search.query import query as run_query
 
     given = [query is not None, positive is not None or negative is not None, detections is not None]
@@ -174,7 +160,7 @@ def select(db, *, query=None, positive=None, negative=None, detections: str | No
         return review_detections(db, detections, min_score=min_score, **filters)
     if min_score is not None:
         raise InvalidInput("min score applies to detections only")
-    return run_query(db, query, k, positive=positive, negative=negative, **filters)
+    return run_query(db, query, k, positive=positive, negative=negative, resident=resident, **filters)
 
 
 def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABLE, **selection):
@@ -192,7 +178,12 @@ def export_frame(db, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABL
     Raises:
         InvalidInput: For bad input (as :func:`select`), and for a dissolve of tiles none of which has a footprint.
     """
-    frame = select(db, table=table, **selection)
+    return frame_features(db, select(db, table=table, **selection), dissolved=dissolved, table=table)
+
+
+def frame_features(db, frame: pd.DataFrame, *, dissolved: bool = False, table: str = tiles.DEFAULT_TABLE):
+    """The features of ``frame`` (rows of :func:`select`): one per tile, or per dissolved group when
+    ``dissolved`` (``InvalidInput`` when none of the tiles has a footprint)."""
     gdf = features(frame, tiles.open_table(db, table))
     if not dissolved:
         return gdf
@@ -211,7 +202,7 @@ def export(db, out: str, *, format: str | None = None, dissolved: bool = False,
     Args:
         db: A local path, an ``s3://`` URI or a LanceDB connection.
         out: Where to write: a local path or ``s3://`` URI.
-        format: One of :data:`FORMATS` (None: from the suffix of ``out``).
+        format: One of :data:`~rsclip.search.export_formats.FORMATS` (None: from the suffix of ``out``).
         dissolved: Merge touching footprints (:func:`dissolve`).
         table: The name of the tile table.
         **selection: The keywords of :func:`select`: what to export and under which filters.
@@ -234,7 +225,7 @@ def export_labels(db, label: str, out: str, *, format: str | None = None,
         db: A local path, an ``s3://`` URI or a LanceDB connection.
         label: The label set.
         out: Where to write: a local path or ``s3://`` URI.
-        format: One of :data:`FORMATS` (None: from the suffix of ``out``).
+        format: One of :data:`~rsclip.search.export_formats.FORMATS` (None: from the suffix of ``out``).
         table: The name of the tile table.
 
     Returns:

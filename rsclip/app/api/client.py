@@ -30,6 +30,12 @@ def call(url: str, path: str, body: dict | None = None, method: str | None = Non
     """The JSON answer of ``path`` on the service at ``url`` (POST ``body`` when given). Errors the service
     reports come back as rsclip's errors with its one-line description; an unreachable service is
     ``StoreUnavailable``."""
+    return json.loads(fetch(url, path, body, method)[0])
+
+
+def fetch(url: str, path: str, body: dict | None = None, method: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The bytes (at most :data:`MAX_ANSWER_BYTES`) and headers (lower-case names) of the answer to ``path``,
+    with the errors of :func:`call`."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path.lstrip("/"), data=data, method=method or ("POST" if data else "GET"))
     request.add_header("Content-Type", "application/json")
@@ -38,7 +44,10 @@ def call(url: str, path: str, body: dict | None = None, method: str | None = Non
         request.add_header("Authorization", f"Bearer {token.strip()}")
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
-            return json.loads(answer.read(MAX_ANSWER_BYTES + 1)[:MAX_ANSWER_BYTES])
+            content = answer.read(MAX_ANSWER_BYTES + 1)
+            if len(content) > MAX_ANSWER_BYTES:
+                raise LimitExceeded(f"the rsclip API answered more than {MAX_ANSWER_BYTES:,} bytes")
+            return content, {name.lower(): value for name, value in answer.headers.items()}
     except urllib.error.HTTPError as error:
         raise failure(error) from None
     except (urllib.error.URLError, OSError) as error:

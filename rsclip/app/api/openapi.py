@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rsclip.app.api import calls, settings
+from rsclip.app.api import calls, exports, settings
+from rsclip.search.export_formats import MEDIA_TYPES
 
 
 def parameter(name: str, where: str, kind: str, text: str, required: bool = False) -> dict:
@@ -10,9 +11,10 @@ def parameter(name: str, where: str, kind: str, text: str, required: bool = Fals
             "schema": {"type": kind}}
 
 
-def operation(summary: str, parameters=(), body: dict | None = None, answer: str = "application/json") -> dict:
+def operation(summary: str, parameters=(), body: dict | None = None, answer=("application/json",)) -> dict:
+    """An operation answering 200 with one of the media types ``answer`` (or rsclip's errors)."""
     found = {"summary": summary, "parameters": list(parameters),
-             "responses": {"200": {"description": "the answer", "content": {answer: {}}},
+             "responses": {"200": {"description": "the answer", "content": {kind: {} for kind in answer}},
                            "400": {"description": "bad input (one-line description)"},
                            "401": {"description": "no or a wrong bearer token"},
                            "404": {"description": "not found"}, "413": {"description": "over a limit"},
@@ -44,6 +46,14 @@ DETECTION_PARAMETERS = [parameter("min_score", "query", "number", "lowest score 
                           for name in ("polygon", "where", "date")),
                         *(parameter(name, "query", "number", f"as rsclip.query's {name}")
                           for name in ("max_cloud", "max_nodata"))]
+EXPORT_BODY = {
+    "type": "object", "additionalProperties": False, "required": ["format"],
+    "description": "exactly one of text, vector, image, positive (with negative), detections (a label set, by "
+                   "min_score) or labels (a label set); format (geojson, geoparquet, csv), k (a query or examples, "
+                   f"1-{settings.MAX_EXPORT_FEATURES}), dissolve and the filters of rsclip.query. The answer is "
+                   f"the file; its {settings.FEATURES_HEADER} header says how many features it holds",
+    "properties": {name: {} for name in exports.EXPORT_FIELDS},
+}
 COLLECTION = parameter("collectionId", "path", "string", "detections-LABEL or labels-LABEL")
 ITEM_PARAMETERS = [parameter("limit", "query", "integer", f"page size, 1-{settings.MAX_PAGE}"),
                    parameter("offset", "query", "integer", "features to skip"),
@@ -62,10 +72,10 @@ def description() -> dict:
         "/collections": {"get": operation("the collections: detections and labels of each label")},
         "/collections/{collectionId}": {"get": operation("one collection", [COLLECTION])},
         "/collections/{collectionId}/items": {"get": operation("its features, a page", [COLLECTION, *ITEM_PARAMETERS],
-                                                                answer="application/geo+json")},
+                                                                answer=("application/geo+json",))},
         "/collections/{collectionId}/items/{featureId}": {"get": operation(
             "one feature", [COLLECTION, parameter("featureId", "path", "string", "a tile id")],
-            answer="application/geo+json")},
+            answer=("application/geo+json",))},
         "/api/info": {"get": operation("the table: rows, model, index, versions")},
         "/api/search": {"post": operation("rank tiles: text, vector, tile id, image or examples", body=SEARCH_BODY)},
         "/api/labels": {"get": operation("the label sets")},
@@ -77,9 +87,11 @@ def description() -> dict:
             "post": operation("the same, the options as a JSON body", [LABEL], DETECTIONS_BODY)},
         "/api/suggest/{label}": {"get": operation("tiles to label next: the k top-ranked and k least certain", [
             LABEL, parameter("k", "query", "integer", "tiles of each kind")])},
+        "/api/export": {"post": operation("the file rsclip export or rsclip label export writes",
+                                          body=EXPORT_BODY, answer=tuple(MEDIA_TYPES.values()))},
         "/api/tiles/{tileId}/preview.png": {"get": operation("a tile's preview", [
             parameter("tileId", "path", "string", "a tile id"),
-            parameter("size", "query", "integer", "longest side, 16-1024")], answer="image/png")},
+            parameter("size", "query", "integer", "longest side, 16-1024")], answer=("image/png",))},
     }
     return {"openapi": "3.0.3", "info": {"title": "rsclip", "version": "1"}, "paths": paths,
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

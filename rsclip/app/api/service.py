@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rsclip.app.api import calls, features, guards, openapi, settings
+from rsclip.app.api import calls, exports, features, guards, openapi, settings
 from rsclip.app.api.settings import ApiConfig
 from rsclip.app.records import dumps, records
 from rsclip.errors import InvalidInput, RsclipError
@@ -138,7 +138,7 @@ def feature_routes(service: Service) -> list[Route]:
 
 
 def api_routes(service: Service) -> list[Route]:
-    """The rsclip API: table info, search, labels, detections and tile previews."""
+    """The rsclip API: table info, search, labels, detections, exports and tile previews."""
     db, table, config = service.config.db, service.config.table, service.config
 
     async def info(request):
@@ -177,6 +177,15 @@ def api_routes(service: Service) -> list[Route]:
         found = await service.run(lambda: suggest_labels(db, request.path_params["label"], k=k, table=table))
         return JSON({"results": records(found)})
 
+    async def export(request):
+        from rsclip.search.export_formats import MEDIA_TYPES
+
+        body = await guards.read_json(request, service.bodies)
+        service.checked_target(body)
+        found = await service.run(exports.export_file, db, table, body)
+        return Response(found.data, media_type=MEDIA_TYPES[found.format],
+                        headers={settings.FEATURES_HEADER: str(found.features)})
+
     async def preview(request):
         size = features.integer(request.query_params.get("size"), "size", 256, 16, 1024)
         png = await service.run(calls.preview_png, db, table, request.path_params["tile"], size)
@@ -185,7 +194,8 @@ def api_routes(service: Service) -> list[Route]:
     return [Route("/api/info", info), Route("/api/search", search, methods=["POST"]),
             Route("/api/labels", label_sets), Route("/api/labels/{label}", labels, methods=["GET", "POST", "DELETE"]),
             Route("/api/detections/{label}", detections, methods=["GET", "POST"]),
-            Route("/api/suggest/{label}", suggest), Route("/api/tiles/{tile}/preview.png", preview)]
+            Route("/api/suggest/{label}", suggest), Route("/api/export", export, methods=["POST"]),
+            Route("/api/tiles/{tile}/preview.png", preview)]
 
 
 def table_info(db: str, table: str) -> dict:

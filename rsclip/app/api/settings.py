@@ -31,6 +31,9 @@ MAX_EXAMPLES = 1000
 # OGC API - Features paging (the `limit` parameter): default and largest page.
 DEFAULT_PAGE = 100
 MAX_PAGE = 10_000
+# Features in one export answer (POST /api/export): ~40 MB of GeoJSON.
+MAX_EXPORT_FEATURES = 100_000
+FEATURES_HEADER = "X-Rsclip-Features"  # how many features an export answer's file holds
 DEFAULT_MIN_SCORE = 0.5
 
 

@@ -37,7 +37,8 @@ def cmd_detect(args: argparse.Namespace) -> None:
     from rsclip.runtime import cluster
 
     config = flags.from_arguments(args, DetectConfig)
-    summary = run_detection(config, progress=jobs.wants_progress(args), ray_address=cluster.job_address() or cluster.LOCAL)
+    summary = run_detection(config, progress=jobs.wants_progress(args),
+                            ray_address=cluster.job_address() or cluster.LOCAL)
     say(args, json.loads(summary.to_json()), summary.to_text())
 
 

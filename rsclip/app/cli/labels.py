@@ -16,7 +16,7 @@ import sys
 
 from rsclip.app.api import client
 from rsclip.app.cli.remote import add_api_option, ask, route
-from rsclip.app.cli.exports import export_target, say_written
+from rsclip.app.cli.exports import export_target, say_written, write_answer
 from rsclip.app.cli.options import with_table
 from rsclip.app.cli.output import print_json, print_table, records, say
 from rsclip.errors import InvalidInput
@@ -59,9 +59,9 @@ def piped_ids(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    """``rsclip label ACTION``: add, remove, list or export labels (all but export through a running service
-    when given one: ``--api`` or ``$RSCLIP_API``)."""
-    url = None if args.action == "export" else client.api_url(args.api)
+    """``rsclip label ACTION``: add, remove, list or export labels (through a running service when given one:
+    ``--api`` or ``$RSCLIP_API``)."""
+    url = client.api_url(args.api)
     {"add": label_add, "remove": label_remove, "list": label_list, "export": label_export}[args.action](args, url)
 
 
@@ -104,12 +104,15 @@ def label_list(args: argparse.Namespace, url: str | None) -> None:
     print_json(rows) if args.json else print_table(rows)
 
 
-def label_export(args: argparse.Namespace, url: None) -> None:
-    from rsclip.search.export import export_labels
+def label_export(args: argparse.Namespace, url: str | None) -> None:
+    if url is not None:
+        written = write_answer(url, args, {"labels": args.label})
+    else:
+        from rsclip.search.export import export_labels
 
-    out, format = export_target(args)
-    result = export_labels(args.db, args.label, out, format=format, table=args.table)
-    say_written(args, result, f"{result.rows} labelled tiles written to {result.path} ({result.format})")
+        out, format = export_target(args)
+        written = vars(export_labels(args.db, args.label, out, format=format, table=args.table))
+    say_written(args, written, f"{written['rows']} labelled tiles written to {written['path']} ({written['format']})")
 
 
 def add_label_parser(sub) -> None:
@@ -137,4 +140,5 @@ def add_label_parser(sub) -> None:
     ex.add_argument("label", metavar="LABEL")
     ex.add_argument("--out", required=True, help="file or s3:// object to write (-: stdout)")
     ex.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
+    add_api_option(ex)
     label.set_defaults(run=cmd_label)

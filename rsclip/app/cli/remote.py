@@ -1,11 +1,13 @@
 """What the commands a running ``rsclip api`` can answer send to it (``--api URL`` or ``$RSCLIP_API``):
-``query``, ``review``, ``suggest`` and ``label add|remove|list``. Each names the DB and table it was given, so
-that a service of another table refuses it; what comes back prints as the command prints alone."""
+``query``, ``review``, ``suggest``, ``export`` and ``label add|remove|list|export``. Each names the DB and table it
+was given, so that a service of another table refuses it; what comes back prints (or is written) as the command
+prints (or writes) alone."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import base64
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
 from rsclip.app.api import client, settings
@@ -33,11 +35,17 @@ def query_body(args: argparse.Namespace, filters: dict) -> dict:
 
 
 def upload(path: str) -> dict:
-    """A local image file as the API's ``image`` field (at most the upload limit)."""
+    """An image file (local, or an ``s3://`` object read with this machine's credentials: the service opens no
+    file a client names) as the API's ``image`` field, at most the upload limit."""
     from rsclip.app.server import MAX_UPLOAD_MB
+    from rsclip.runtime import storage
 
+    limit = MAX_UPLOAD_MB * 1024 * 1024
+    if storage.is_remote(path):
+        data = storage.read_bytes(path, max_bytes=limit)
+        return {"name": PurePosixPath(path).name, "data": base64.b64encode(data).decode()}
     file = Path(path)
-    if file.is_file() and file.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024:
+    if file.is_file() and file.stat().st_size > limit:
         raise LimitExceeded(f"{path}: larger than the upload limit of {MAX_UPLOAD_MB} MB")
     return client.image_upload(file)
 
@@ -72,3 +80,10 @@ def ask_review(url: str, args: argparse.Namespace, filters: dict) -> list[dict]:
         raise LimitExceeded(f"{answer['matched']:,} detections qualify; through the API -k 0 lists at most "
                             f"{settings.MAX_PAGE:,}: raise --min-score, narrow the area or give -k")
     return answer["results"]
+
+
+def ask_export(url: str, args: argparse.Namespace, body: dict) -> tuple[bytes, int]:
+    """The file an export command writes, made by the service at ``url``, and how many features it holds."""
+    target = {"db": args.db, "table": args.table}
+    data, headers = client.fetch(url, "api/export", {**body, **target})
+    return data, int(headers.get(settings.FEATURES_HEADER.lower(), "0"))

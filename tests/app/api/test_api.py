@@ -29,25 +29,10 @@ from rsclip.search.encoding import Text
 from rsclip.search.query import similar_tiles
 from rsclip.table import tiles
 from tests.helpers.api import start_api
-from tests.helpers.geo import detected_scene_table
 
 pytestmark = pytest.mark.slow  # a service process, and a detection run on Ray
 
 TOKEN = "t0ken-for-the-tests-only-0123456789"
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory, tiny_model):
-    """NAIP and Landsat scenes cut into 128 px tiles, a label set and its detections."""
-    db = tmp_path_factory.mktemp("api") / "db"
-    return db, detected_scene_table(db, tiny_model)[1]
-
-
-@pytest.fixture(scope="module")
-def api_service(scenes, tmp_path_factory):
-    served = start_api(scenes[0], tmp_path_factory.mktemp("api-logs"), "--min-score", "0")
-    yield served
-    served.stop()
 
 
 def same_rows(answer: list[dict], frame) -> None:

@@ -16,11 +16,12 @@ import pandas as pd
 
 from rsclip.table import tiles
 from rsclip.search import export
+from rsclip.search.export_formats import MEDIA_TYPES
 
 MAX_DOWNLOAD_ROWS = 10_000
 # Button text -> (export format, file suffix, MIME type).
-FORMATS = {"GeoJSON": ("geojson", ".geojson", "application/geo+json"),
-           "GeoParquet": ("geoparquet", ".parquet", "application/vnd.apache.parquet")}
+FORMATS = {"GeoJSON": ("geojson", ".geojson", MEDIA_TYPES["geojson"]),
+           "GeoParquet": ("geoparquet", ".parquet", MEDIA_TYPES["geoparquet"])}
 SUFFIXES = {fmt: suffix for fmt, suffix, _ in FORMATS.values()}
 
 
