@@ -15,6 +15,10 @@ The arms, interleaved in rounds (bench/common.py):
   encoding and decoding included): p50/p95 ms; ``api_overhead_ms`` = its p50 minus the library's, per round;
 - ``library_1blas``: the library call with the BLAS libraries on the service's threads (one: ``serve_searches``);
   ``api_http_ms`` = the API's p50 minus its p50: what HTTP, JSON and the service add to the same search;
+- from the API's ``Server-Timing`` header: ``service_wait_p50_ms``, ``service_search_p50_ms``,
+  ``service_rows_p50_ms`` (the service's own spans), ``api_outside_p50_ms`` (the rest of each request) and
+  ``service_search_extra_ms`` = the service's search p50 minus ``library_1blas``'s: the same search, slower or
+  not in the service process;
 - ``library_reopen``: the library call with the table opened afresh for each search, as every search did before
   ``rsclip.table.snapshots.read_table`` (``reopen_*``); ``reopen_cost_ms`` = its p50 minus the library's;
 - ``qps_c1`` / ``qps_c4`` / ``qps_c16``: searches per second with 1, 4 and 16 concurrent HTTP clients (each
@@ -67,11 +71,34 @@ class Client:
         found = json.loads(answer.read())
         if answer.status != 200:
             raise RuntimeError(f"the service answered {answer.status}: {found}")
+        found["server_timing"] = spans_ms(answer.getheader("Server-Timing") or "")
         return found
 
     def post(self, data: str):
         self.connection.request("POST", "/api/search", data, {"Content-Type": "application/json"})
         return self.connection.getresponse()
+
+
+def spans_ms(header: str) -> dict[str, float]:
+    """The spans of a ``Server-Timing`` header (``name;dur=ms, ...``) in ms."""
+    spans = (part.strip().split(";dur=") for part in header.split(",") if ";dur=" in part)
+    return {name: float(ms) for name, ms in spans}
+
+
+def api_arm(client: Client, bodies: list[dict]) -> Arm:
+    """``api``: the searches POSTed one at a time: p50/p95 ms, and from each answer's ``Server-Timing`` the
+    service's own p50 of waiting for a worker (``service_wait``), searching (``service_search``) and making
+    records of the rows (``service_rows``), and the p50 of the rest (``api_outside_p50_ms``: HTTP, JSON, the
+    event loop and the hand-over to the worker thread)."""
+    def run() -> dict:
+        found, times = query_bench.timed(client.search, bodies)
+        out = {"api_p50_ms": query_bench.pct(times, 50), "api_p95_ms": query_bench.pct(times, 95)}
+        for span in found[0]["server_timing"]:
+            out[f"service_{span}_p50_ms"] = query_bench.pct([f["server_timing"][span] for f in found], 50)
+        outside = [t - sum(f["server_timing"].values()) for t, f in zip(times, found)]
+        out["api_outside_p50_ms"] = query_bench.pct(outside, 50)
+        return out
+    return Arm("api", run, warm=lambda: query_bench.timed(client.search, bodies[:query_bench.WARM_QUERIES], warm=0))
 
 
 def start_service(db: Path, log: Path, processes: int) -> tuple[subprocess.Popen, str]:
@@ -165,7 +192,7 @@ def arms(db: Path, url: str, queries, k: int) -> list[Arm]:
     out = [query_bench.latency_arm("library", "library_", library, list(queries)),
            service_threads(query_bench.latency_arm("library_1blas", "library_1blas_", library, list(queries))),
            query_bench.latency_arm("library_reopen", "reopen_", reopened, list(queries)),
-           query_bench.latency_arm("api", "api_", client.search, bodies)]
+           api_arm(client, bodies)]
     out += [throughput_arm(url, bodies, n) for n in CLIENTS]
     out += [Arm("cli_cold", lambda: {"cli_cold_s": cli_seconds(db, [])[0]}, warm=common.NO_WARMUP),
             Arm("cli_api", lambda: {"cli_api_s": cli_seconds(db, ["--api", url])[0]}, warm=common.NO_WARMUP)]
@@ -215,6 +242,7 @@ def measure(args, bench: Bench, db: Path) -> dict:
         stop_process_group(process, 15.0)
     for name, arm, base in (("api_overhead_ms", "api_p50_ms", "library_p50_ms"),
                             ("api_http_ms", "api_p50_ms", "library_1blas_p50_ms"),
+                            ("service_search_extra_ms", "service_search_p50_ms", "library_1blas_p50_ms"),
                             ("reopen_cost_ms", "reopen_p50_ms", "library_p50_ms")):
         figures[name] = [a - b for a, b in zip(figures[arm], figures[base])]
     return bench.finish(figures, ratios={"api_gain_4": ("qps_c4", "qps_c1"), "api_gain_16": ("qps_c16", "qps_c1"),

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import time
 from functools import partial
 from urllib.parse import quote
 
@@ -147,7 +148,8 @@ def api_routes(service: Service) -> list[Route]:
     async def search(request):
         body = await guards.read_json(request, service.bodies)
         service.checked_target(body)
-        return JSON(await service.run(lambda: calls.answer_of(calls.search(db, table, body))))
+        answer, spans = await service.run(timed_search, db, table, body, time.perf_counter())
+        return JSON(answer, headers={"Server-Timing": server_timing(spans)})
 
     async def label_sets(request):
         from rsclip.table.labels import label_sets as read_sets
@@ -196,6 +198,22 @@ def api_routes(service: Service) -> list[Route]:
             Route("/api/detections/{label}", detections, methods=["GET", "POST"]),
             Route("/api/suggest/{label}", suggest), Route("/api/export", export, methods=["POST"]),
             Route("/api/tiles/{tile}/preview.png", preview)]
+
+
+def timed_search(db: str, table: str, body: dict, arrived: float) -> tuple[dict, dict[str, float]]:
+    """The answer to a search body and the seconds it spent waiting for a worker thread (``wait``), searching
+    (``search``) and turning its rows into records (``rows``)."""
+    started = time.perf_counter()
+    frame = calls.search(db, table, body)
+    searched = time.perf_counter()
+    answer = calls.answer_of(frame)
+    return answer, {"wait": started - arrived, "search": searched - started, "rows": time.perf_counter() - searched}
+
+
+def server_timing(spans: dict[str, float]) -> str:
+    """A ``Server-Timing`` header (W3C) of spans in seconds: what a client (bench/api.py, a browser's developer
+    tools) sees the service spend on a request, apart from HTTP and the network."""
+    return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in spans.items())
 
 
 def table_info(db: str, table: str) -> dict:

@@ -64,6 +64,8 @@ def test_every_search_mode_answers_what_the_library_answers(scenes, api_service)
         answer = api_service.call("api/search", body)
         assert answer.status == 200, answer.body
         same_rows(answer.json()["results"], library())
+        spans = dict(part.strip().split(";dur=") for part in answer.headers["server-timing"].split(","))
+        assert list(spans) == ["wait", "search", "rows"] and all(float(ms) >= 0 for ms in spans.values())
 
 
 def test_the_python_client_answers_as_rsclip_query(scenes, api_service, rsicd_files, monkeypatch):
