@@ -75,12 +75,7 @@ class IvfIndex:
         :data:`MIN_PROBED_SHARE` of the lists), more when many centroids are about as close as the nearest
         (:data:`PROBE_SPREAD`), for that reason at most :data:`MAX_PROBED_SHARE` of them and
         :data:`MAX_PROBED_ROWS` rows."""
-        least = max(int(nprobe), math.ceil(self.lists * MIN_PROBED_SHARE), 1)
-        sims = self._centroids @ query
-        close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
-        per_list = max(1.0, len(self) / self.lists)
-        most = min(math.ceil(self.lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
-        return min(self.lists, max(least, min(close, most)))
+        return probe_count(self._centroids, query, nprobe, len(self))
 
     def add(self, vectors: np.ndarray) -> None:
         """Append rows (their ids follow the rows already added)."""
@@ -121,6 +116,18 @@ class IvfIndex:
         return found[0][found[0] >= 0]
 
 
+def probe_count(centroids: np.ndarray, query: np.ndarray, nprobe: int, rows: int) -> int:
+    """How many of the lists of ``centroids`` (lists x D) a search for ``query`` (a unit vector) over ``rows``
+    rows probes: the rule of :meth:`IvfIndex.probes`, for any IVF index whose centroids are known (Lance's too)."""
+    lists = len(centroids)
+    least = max(int(nprobe), math.ceil(lists * MIN_PROBED_SHARE), 1)
+    sims = centroids @ query
+    close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
+    per_list = max(1.0, rows / lists)
+    most = min(math.ceil(lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
+    return min(lists, max(least, min(close, most)))
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Float32, C-contiguous rows of norm 1 (zero rows stay zero)."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -128,4 +135,4 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-__all__ = ["IvfIndex"]
+__all__ = ["IvfIndex", "probe_count"]

@@ -26,6 +26,7 @@ import pyarrow as pa
 from rsclip.table import datasets, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
+from rsclip.search.lance_probes import Probing, probing
 from rsclip.search import memory_table
 from rsclip.search.memory_table import MEMORY, ROW_ID, resident_table
 
@@ -127,10 +128,10 @@ def service_blas_threads():
 
 
 def nearest_args(vector: np.ndarray, k: int, *, where: str | None, nprobes: int = DEFAULT_NPROBES,
-                 exact: bool = False, refine_factor: int | None = None) -> dict:
-    """Lance's ``nearest`` argument for a search of ``k`` rows."""
+                 exact: bool = False, refine_factor: int | None = None, metric: str = tiles.METRIC) -> dict:
+    """Lance's ``nearest`` argument for a search of ``k`` rows (``metric``: the vector index's, through it)."""
     nearest: dict = {"column": tiles.VECTOR, "q": np.asarray(vector, dtype=np.float32), "k": int(k),
-                     "metric": tiles.METRIC}
+                     "metric": metric}
     if exact:
         nearest["use_index"] = False
         return nearest
@@ -176,8 +177,9 @@ def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
 
 
 class LanceSearcher:
-    """Searches the table's Lance dataset (the current version, kept open per process); ``nprobes`` and
-    ``refine_factor`` tune the ANN index's search."""
+    """Searches the table's Lance dataset (the current version, kept open per process); ``nprobes`` (the fewest
+    lists probed: more for a query near no cluster, :mod:`rsclip.search.lance_probes`) and ``refine_factor``
+    tune the ANN index's search."""
 
     def __init__(self, table, *, nprobes: int = DEFAULT_NPROBES, refine_factor: int | None = DEFAULT_REFINE_FACTOR):
         self.table = table
@@ -194,9 +196,11 @@ class LanceSearcher:
             count = checked_sql(lambda: self.dataset.count_rows(filter=where), where)
             exact = count <= EXACT_FILTER_ROWS
 
+        probe = Probing(tiles.METRIC, self.nprobes) if exact else probing(self.dataset, vector, self.nprobes)
+
         def rank(n: int) -> pd.DataFrame:
-            nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=self.nprobes,
-                                   refine_factor=self.refine_factor)
+            nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=probe.nprobes,
+                                   refine_factor=self.refine_factor, metric=probe.metric)
             result = checked_sql(lambda: self.dataset.to_table(
                 columns=[*fetch_columns(self.table), tiles.VECTOR, DISTANCE], nearest=nearest, filter=where,
                 prefilter=bool(where)), where)

@@ -3,7 +3,8 @@
 Build once after a large write, refresh after appends. LanceDB answers a query from the index for the rows
 it covers and by an exact flat scan for rows appended since, so new tiles are searchable immediately; a
 refresh (:func:`refresh_indexes`) folds them into the index so the scan stays short. The vector index is built
-with ``tiles.METRIC``, the one distance type every search asks for.
+for the dot product (:data:`INDEX_METRIC`: the cosine of unit vectors, with better lists for far queries), the
+metric searches through it ask for.
 
 A refresh never lets Lance re-partition the vector index. Asked to optimize an IVF index without a count of
 deltas to merge (as LanceDB's ``Table.optimize()`` asks), pylance 14 splits and joins its lists to Lance's own
@@ -23,11 +24,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING, NamedTuple
 
 from rsclip.table import keyed_writes, tiles
 from rsclip.errors import InvalidInput
 
+if TYPE_CHECKING:
+    import numpy as np
+
 VECTOR_INDEX = f"{tiles.VECTOR}_idx"
+# The vector index's metric: the dot product. Stored vectors are unit length (the embedder normalises them), so it
+# ranks rows as the cosine (tiles.METRIC) does; but an index built for the cosine picks the lists a search probes
+# by the cosine to each list's centroid, the centroid normalised, which prefers diffuse lists, and a query near no
+# cluster of the table (a text across CLIP's modality gap) then missed its best rows: recall@10 0.02 against 0.58
+# with the dot product (20 lists, 200k rows of bench/query.py; BENCHMARKS.md "Far queries through Lance"). A
+# search asks the metric its index was built with (rsclip.search.lance_probes): Lance scans every row otherwise.
+INDEX_METRIC = "dot"
+# Lance's switch that keeps an IVF index's centroids in its statistics (vector_centroids reads them there).
+CENTROIDS_ENV = "LANCE_INCLUDE_VECTOR_CENTROIDS"
 SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS, tiles.DATETIME)
 # Below this many rows an exact scan is fast (a few ms) and exact, and PQ training has too few samples
 # (256 centroids per sub-vector); the vector index is not built.
@@ -133,6 +147,37 @@ def vector_partitions(table, name: str = VECTOR_INDEX) -> int | None:
     return min(counts) if counts else None
 
 
+class VectorIndex(NamedTuple):
+    """A Lance dataset's vector index: its ``name``, the ``metric`` it was built for and its segments' uuids."""
+
+    name: str
+    metric: str
+    segments: tuple[str, ...]
+
+
+def vector_index(dataset) -> VectorIndex | None:
+    """The vector index of a Lance ``dataset`` (None without one), from the manifest: no index file is read."""
+    for index in dataset.describe_indices():
+        if list(index.field_names) == [tiles.VECTOR]:
+            metric = str((index.details or {}).get("metric_type") or tiles.METRIC).lower()
+            return VectorIndex(index.name, metric, tuple(sorted(str(s.uuid) for s in index.segments)))
+    return None
+
+
+def vector_centroids(dataset, name: str) -> "np.ndarray | None":
+    """The centroids of the IVF lists of vector index ``name`` of a Lance ``dataset`` (lists x D float32, of its
+    first segment: deltas share the lists), None when Lance does not say. Read from Lance's index statistics,
+    which carry them while ``LANCE_INCLUDE_VECTOR_CENTROIDS`` is true (set here unless the environment decided;
+    ~0.5 s for 1,000 lists of 512-d, so read once per index)."""
+    import os
+
+    import numpy as np
+
+    os.environ.setdefault(CENTROIDS_ENV, "true")
+    centroids = ((dataset.stats.index_stats(name).get("indices") or [{}])[0]).get("centroids")
+    return np.asarray(centroids, dtype=np.float32) if centroids else None
+
+
 def refresh_indexes(table, *, vector: bool = True) -> None:
     """Compact ``table``'s files, prune versions older than :data:`KEEP_VERSIONS`, and bring its indexes up to
     date: scalar indexes as Lance does, the vector index (unless ``vector`` is False: it is about to be
@@ -160,7 +205,7 @@ def build_index(
 ) -> IndexState:
     """Build or refresh the indexes of tile table ``table`` in ``db``.
 
-    - No vector index and at least ``min_rows`` rows: train IVF_PQ (``tiles.METRIC``, sizes from
+    - No vector index and at least ``min_rows`` rows: train IVF_PQ (:data:`INDEX_METRIC`, sizes from
       :func:`ivf_pq_params`).
     - Existing indexes are refreshed first (:func:`refresh_indexes`: compaction, then new rows folded in; the
       vector index keeps its lists), or the vector index is retrained when ``rebuild`` is set, the unindexed
@@ -205,7 +250,7 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
         partitions, sub_vectors = ivf_pq_params(rows, dim)
         tbl.create_index(
             tiles.VECTOR,
-            config=lance_index.IvfPq(distance_type=tiles.METRIC, num_partitions=partitions,
+            config=lance_index.IvfPq(distance_type=INDEX_METRIC, num_partitions=partitions,
                                      num_sub_vectors=sub_vectors),
             replace=True,
             name=VECTOR_INDEX,
@@ -224,10 +269,11 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
 
 
 def _needs_retrain(tbl, name: str, rows: int, dim: int) -> bool:
-    """An existing vector index is retrained when most rows came after its training or its lists are far
-    fewer than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`)."""
-
-    if tbl.index_stats(name).num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows:
+    """An existing vector index is retrained when most rows came after its training, its lists are far fewer
+    than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`) or it was built for another
+    metric than :data:`INDEX_METRIC` (the cosine of earlier versions)."""
+    stats = tbl.index_stats(name)
+    if stats.num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows or stats.distance_type != INDEX_METRIC:
         return True
     lists = vector_partitions(tbl, name)
     return lists is not None and lists < RETRAIN_PARTITION_SHARE * ivf_pq_params(rows, dim)[0]

@@ -1,4 +1,4 @@
-"""Index upkeep: IVF_PQ with the one metric, BTREE on id and bounds, appended rows searchable, refresh, S3."""
+"""Index upkeep: IVF_PQ for the dot product, BTREE on id and bounds, appended rows searchable, refresh, S3."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_ivf_pq_params():
         rindex.ivf_pq_params(0, 512)
 
 
-def test_build_gives_cosine_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
+def test_build_gives_a_dot_product_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
     db, rng, centers = synthetic_db
     state = rsclip.build_index(db, min_rows=1000)
     assert "IVF_PQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
@@ -55,7 +55,7 @@ def test_build_gives_cosine_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
     assert state.num_sub_vectors == 4
     table = tiles.open_table(db)
     vec = [c for c in table.list_indices() if list(c.columns) == ["vector"]][0]
-    assert table.index_stats(vec.name).distance_type == tiles.METRIC
+    assert table.index_stats(vec.name).distance_type == rindex.INDEX_METRIC
     queries = clustered(rng, 30, centers)
     hits = [len(set(rsclip.query(db, q, k=10)["id"]) & set(exact_ids(db, q, 10))) for q in queries]
     assert np.mean(hits) / 10 >= 0.95

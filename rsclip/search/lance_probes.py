@@ -1,0 +1,53 @@
+"""How a search through Lance uses the table's vector index: the metric it was built with (a search asking
+another scans every row) and how many IVF lists to probe: at least the searcher's ``nprobes``, more for a query
+near no cluster of the table (a text across CLIP's modality gap, anything unlike the archive), by the rule a
+resident copy's own index follows (:func:`rsclip.search.ivf_index.probe_count`) applied to the centroids of the
+Lance index (BENCHMARKS.md "Far queries through Lance"), read once per index and process."""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from rsclip.search.ivf_index import probe_count
+from rsclip.table import index as table_index, tiles
+
+KEPT = 8  # indexes a process remembers (a long-lived service sees a new one per index rebuild)
+_lock = threading.Lock()
+_centroids: dict[tuple[str, ...], np.ndarray | None] = {}  # an index's segments' uuids -> its lists' centroids
+
+
+class Probing(NamedTuple):
+    """What a search through the index asks: its ``metric`` and the ``nprobes`` lists to probe."""
+
+    metric: str
+    nprobes: int
+
+
+def probing(dataset, vector: np.ndarray, nprobes: int) -> Probing:
+    """How a search of ``dataset`` (a Lance dataset at one version) for ``vector`` uses its vector index
+    (without one: ``tiles.METRIC`` and ``nprobes``, unused by an exact scan)."""
+    index = table_index.vector_index(dataset)
+    if index is None:
+        return Probing(tiles.METRIC, nprobes)
+    centroids = index_centroids(dataset, index)
+    if centroids is None:
+        return Probing(index.metric, nprobes)
+    query = np.asarray(vector, dtype=np.float32)
+    query = query / max(float(np.linalg.norm(query)), 1e-12)
+    return Probing(index.metric, probe_count(centroids, query, nprobes, dataset.count_rows()))
+
+
+def index_centroids(dataset, index: table_index.VectorIndex) -> np.ndarray | None:
+    """The centroids of the lists of ``index`` (of ``dataset``), read once per index and process."""
+    with _lock:
+        if index.segments in _centroids:
+            return _centroids[index.segments]
+    centroids = table_index.vector_centroids(dataset, index.name)
+    with _lock:
+        while len(_centroids) >= KEPT:
+            _centroids.pop(next(iter(_centroids)))
+        _centroids[index.segments] = centroids
+    return centroids

@@ -1,0 +1,87 @@
+"""Searches through Lance's vector index: built for the dot product (the cosine of unit vectors, with better lists
+for a query near no cluster), asked with the metric the index was built with (an older cosine index keeps being
+used until a build retrains it), and probing more lists for a query near no cluster than for one near a
+cluster; far queries keep their top 10."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lancedb import index as lance_index
+
+import rsclip
+from rsclip.search import lance_probes, searchers
+from rsclip.search.ivf_index import MAX_PROBED_SHARE, probe_count
+from rsclip.table import index as rindex, tiles
+from tests.helpers.vectors import clustered, tile_rows, unit_centers
+
+DIM = 512
+
+
+def write_table(db, model, rows: int, rng, clusters: int = 200):
+    """A table of ``rows`` clustered unit vectors (``clusters`` scene types) and its centres."""
+    centers = unit_centers(rng, clusters, DIM)
+    table = tiles.create_table(db, model=str(model), dim=DIM)
+    tiles.add_tiles(table, tile_rows(0, clustered(rng, rows, centers, spread=0.8), rng))
+    return centers
+
+
+def far_queries(rng, n: int) -> np.ndarray:
+    """Random unit directions: near no cluster of the table, as a text across CLIP's modality gap."""
+    far = rng.normal(size=(n, DIM)).astype(np.float32)
+    return far / np.linalg.norm(far, axis=1, keepdims=True)
+
+
+def test_a_far_query_probes_more_lists_than_a_near_one():
+    rng = np.random.default_rng(0)
+    centroids = unit_centers(rng, 400, DIM).astype(np.float32) * 0.7  # means of unit vectors: shorter
+    near = centroids[3] / np.linalg.norm(centroids[3])
+    assert probe_count(centroids, near, 10, 400_000) == 10
+    far = far_queries(rng, 5)
+    counts = [probe_count(centroids, q, 10, 400_000) for q in far]
+    assert all(20 < c <= int(400 * MAX_PROBED_SHARE) for c in counts), counts
+    assert probe_count(centroids, far[0], 10, 400 * 2000) == 100  # at most 200,000 rows: 100 lists of 2,000
+
+
+@pytest.mark.slow  # a 30,000-row table of 512-d vectors and its index (~30 s)
+def test_far_queries_through_lance_keep_their_top_10(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    db = tmp_path / "db"
+    write_table(db, tiny_model, 30_000, rng)
+    state = rsclip.build_index(db, min_rows=1000)
+    table = tiles.open_table(db)
+    assert table.index_stats(rindex.VECTOR_INDEX).distance_type == rindex.INDEX_METRIC == "dot"
+    assert "IVF_PQ" in state.action
+    frame = table.to_pandas()
+    vectors = np.stack(frame[tiles.VECTOR].to_numpy())
+    recalls = []
+    for q in far_queries(rng, 30):
+        truth = set(frame[tiles.ID].iloc[np.argsort(-(vectors @ q))[:10]])
+        found = searchers.search(searchers.LanceSearcher(table), q, 10)
+        assert found.attrs.get("search_path", "lance") == "lance"
+        recalls.append(len(truth & set(found[tiles.ID])) / 10)
+    # an index built for the cosine, probing 20 lists: 0.48 on this table; the dot product and the lists the far
+    # query needs: 0.83-0.89 (k-means draws its own seeds)
+    assert np.mean(recalls) >= 0.7, recalls
+
+
+def test_an_index_built_for_the_cosine_is_used_until_a_build_retrains_it(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    db = tmp_path / "db"
+    write_table(db, tiny_model, 3000, rng, clusters=20)
+    table = tiles.open_table(db)
+    table.create_index(tiles.VECTOR, config=lance_index.IvfPq(distance_type="cosine", num_partitions=8,
+                                                              num_sub_vectors=16), name=rindex.VECTOR_INDEX)
+    table = tiles.open_table(db)
+    q = far_queries(rng, 1)[0]
+    probe = lance_probes.probing(searchers.LanceSearcher(table).dataset, q, 4)
+    assert probe.metric == "cosine" and 4 <= probe.nprobes <= 8  # the index's own metric: else a full scan
+    nearest = searchers.nearest_args(q, 10, where=None, nprobes=probe.nprobes, metric=probe.metric)
+    plan = searchers.LanceSearcher(table).dataset.scanner(columns=[tiles.ID], nearest=nearest).explain_plan()
+    assert "ANN" in plan  # the index answered, not a scan of every row
+    assert len(rsclip.query(db, q, 5)) == 5
+    state = rsclip.build_index(db, min_rows=1000)
+    assert "built IVF_PQ" in state.action
+    table = tiles.open_table(db)
+    assert table.index_stats(rindex.VECTOR_INDEX).distance_type == "dot"
+    assert lance_probes.probing(searchers.LanceSearcher(table).dataset, q, 4).metric == "dot"
