@@ -149,7 +149,7 @@ def cli_seconds(db: Path, extra: list[str]) -> tuple[float, str]:
 
 def shared_ids(alone: str, through: str) -> float:
     """The share of the tiles ``rsclip query --json`` printed alone that it printed through the API too: the
-    command alone searches through Lance (IVF_PQ), the service its resident copy, and the two approximate
+    command alone searches through Lance (its IVF_SQ index), the service its resident copy, and the two approximate
     searches can differ on a table this large (on a small or unindexed table both are exact and equal)."""
     a, b = ({row["id"] for row in json.loads(text)} for text in (alone, through))
     return len(a & b) / max(1, len(a))

@@ -1,4 +1,4 @@
-"""Query latency and recall on a large synthetic tile table: rsclip (LanceDB IVF_PQ) vs FAISS vs brute force.
+"""Query latency and recall on a large synthetic tile table: rsclip (resident, and LanceDB IVF_SQ) vs FAISS IVF-PQ vs brute force.
 
     python bench/query.py                         # 1M rows, 3 rounds
     python bench/query.py --rows 20000 --queries 50 --repeats 2 --no-text    # a smoke run
@@ -337,6 +337,12 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     return out
 
 
+def faiss_sub_vectors(dim: int) -> int:
+    """FAISS IVF-PQ's sub-vectors (the anchor's codes): the largest divisor of ``dim`` not above ``dim / 8``, one
+    byte per ~8 dimensions (64 bytes at 512-d)."""
+    return max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
+
+
 def far_queries(args):
     """Random unit vectors (their own draws: the table's and the other queries' stay the same): queries near no
     cluster of the table, where every list is about as close as any other (``ood_*`` figures)."""
@@ -400,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="nprobes:refine pairs for the one-pass sweep after the rounds ('' to skip)")
     p.add_argument("--no-text", action="store_true", help="skip the ViT-B/32 text query")
     p.add_argument("--lance-index", action="store_true",
-                   help="above 2M rows (bench/query_scale.py): also build Lance's IVF_PQ index and measure it")
+                   help="above 2M rows (bench/query_scale.py): also build Lance's vector index (IVF_SQ) and measure it")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 avoids OpenMP thrashing on an oversubscribed host")
     args = p.parse_args(argv)
@@ -446,7 +452,7 @@ def measure(args, bench: Bench, db: Path) -> dict:
     print(f"compact copy {compact.nbytes / 1e6:.0f} MB ({once['compact_bytes_per_row']:.0f} B/row) in "
           f"{once['compact_load_s']:.1f}s", flush=True)
     t0 = time.perf_counter()
-    partitions, sub_vectors = rindex.ivf_pq_params(args.rows, args.dim)
+    partitions, sub_vectors = rindex.ivf_lists(args.rows), faiss_sub_vectors(args.dim)
     faiss_index = build_faiss(data.vectors, partitions, sub_vectors, args.seed)
     once["faiss_build_s"] = time.perf_counter() - t0
     print(f"resident copy {once['resident_mb']:.0f} MB in {once['resident_load_s']:.1f}s; faiss build "

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsclip.table import datasets, tiles
-from rsclip.table.index import ivf_pq_params
+from rsclip.table.index import ivf_lists
 from rsclip.search.filters import bbox_mask
 from rsclip.search.ivf_index import IvfIndex
 
@@ -243,7 +243,7 @@ class ResidentTable:
 def _new_index(dataset, n: int) -> IvfIndex:
     """An index for ``dataset``'s vectors, trained on an evenly spread sample of its rows."""
     dim = dataset.schema.field(tiles.VECTOR).type.list_size
-    lists = ivf_pq_params(n, dim)[0]
+    lists = ivf_lists(n)
     index = IvfIndex(dim, lists)
     sample = np.sort(np.random.default_rng(0).choice(n, IvfIndex.training_rows(lists, n), replace=False))
     found = dataset.take(sample, columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()

@@ -1,27 +1,30 @@
-"""Index upkeep for a tile table: the IVF_PQ vector index and BTREE scalar indexes on id, uri, bounds, datetime.
+"""Index upkeep for a tile table: the IVF_SQ vector index and BTREE scalar indexes on id, uri, bounds, datetime.
 
 Build once after a large write, refresh after appends. LanceDB answers a query from the index for the rows
 it covers and by an exact flat scan for rows appended since, so new tiles are searchable immediately; a
 refresh (:func:`refresh_indexes`) folds them into the index so the scan stays short. The vector index is built
 for the dot product (:data:`INDEX_METRIC`: the cosine of unit vectors, with better lists for far queries), the
-metric searches through it ask for.
+metric searches through it ask for, as an IVF_SQ index (:data:`INDEX_TYPE`: 8-bit codes of every dimension).
 
 A refresh never lets Lance re-partition the vector index. Asked to optimize an IVF index without a count of
 deltas to merge (as LanceDB's ``Table.optimize()`` asks), pylance 14 splits and joins its lists to Lance's own
 target size: the ~1,000 lists of a 1M-row table became 31 (~32k rows each), every query scanned 20 of them
 (3x slower) with codes trained for the old lists (recall@10 0.99 -> 0.89). Up to ~700k rows the 20 probed lists
 cover about all of them and only latency shows it. ``rsclip`` folds new rows into the lists the index has, and a
-build that finds an index with far fewer lists than :func:`ivf_pq_params` plans retrains it.
+build that finds an index with far fewer lists than :func:`ivf_lists` plans retrains it.
 
-Sizing (see ``ivf_pq_params``): about ``sqrt(rows)`` IVF lists (k-means cost and the per-query list scan
-balance there), and 8 dimensions per PQ sub-vector (64 bytes per 512-d vector). Searches read
-``query.DEFAULT_NPROBES`` lists and re-rank ``DEFAULT_REFINE_FACTOR * k`` candidates with the exact vectors,
-which is what makes recall@10 reach 0.95 on the benchmark (``bench/query.py``).
+Sizing (see :func:`ivf_lists`): about ``sqrt(rows)`` IVF lists (k-means cost and the per-query list scan balance
+there) and one byte per dimension (512 bytes per 512-d vector, a quarter of the vector itself). Searches read at
+least ``searchers.DEFAULT_NPROBES`` lists and re-rank ``DEFAULT_REFINE_FACTOR * k`` candidates with the exact
+vectors (bench/query.py, BENCHMARKS.md "Far queries through Lance": 64-byte PQ codes ranked a query near no
+cluster too loosely for any refine factor, 0.61 at 1M rows, and near ones 0.93-0.97; the 8-bit codes 0.97 and 1.0,
+and they train in 48 s instead of 139).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
@@ -40,8 +43,13 @@ VECTOR_INDEX = f"{tiles.VECTOR}_idx"
 # with the dot product (20 lists, 200k rows of bench/query.py; BENCHMARKS.md "Far queries through Lance"). A
 # search asks the metric its index was built with (rsclip.search.lance_probes): Lance scans every row otherwise.
 INDEX_METRIC = "dot"
-# Lance's switch that keeps an IVF index's centroids in its statistics (vector_centroids reads them there).
+# ... with 8-bit scalar codes of every dimension (see the module doc for why not product quantization).
+INDEX_TYPE = "IVF_SQ"
+# Lance's switch that keeps an IVF index's centroids in its statistics (vector_centroids reads them there), set
+# for the process unless the environment decided: without it every statistics call (LanceDB's index_stats too)
+# logs a warning that a future release drops them.
 CENTROIDS_ENV = "LANCE_INCLUDE_VECTOR_CENTROIDS"
+os.environ.setdefault(CENTROIDS_ENV, "true")
 SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS, tiles.DATETIME)
 # Below this many rows an exact scan is fast (a few ms) and exact, and PQ training has too few samples
 # (256 centroids per sub-vector); the vector index is not built.
@@ -49,11 +57,10 @@ MIN_ANN_ROWS = 10_000
 MAX_PARTITIONS = 4096
 # Lance trains at most one list per this many rows (its k-means wants 256 samples a centroid).
 MIN_ROWS_PER_PARTITION = 256
-DIMS_PER_SUBVECTOR = 8
 # Rebuild (retrain) the vector index when rows not covered by its training exceed this share of the table:
 # lists trained for the old row count grow long and the centroids stop describing the data.
 RETRAIN_UNINDEXED_SHARE = 0.5
-# ... or when its lists are fewer than this share of what ivf_pq_params plans for the table (an index that
+# ... or when its lists are fewer than this share of what ivf_lists plans for the table (an index that
 # another tool's optimize re-partitioned, see the module doc).
 RETRAIN_PARTITION_SHARE = 0.5
 # A refresh folds the vector index's new rows into its one index (a count makes Lance keep the lists).
@@ -90,19 +97,12 @@ class IndexState:
         }
 
 
-def ivf_pq_params(rows: int, dim: int) -> tuple[int, int]:
-    """``(num_partitions, num_sub_vectors)`` for an IVF_PQ index over ``rows`` vectors of size ``dim``.
-
-    Partitions: ``round(sqrt(rows))`` clamped to [1, 4096] and to one per 256 rows, as Lance caps them (so
-    this is the count an index holds, and a re-partitioned index can be told). Sub-vectors: the largest
-    divisor of ``dim`` not above ``dim / 8`` (at least 1), so each PQ code covers about 8 dimensions.
-    """
-    if rows < 1 or dim < 1:
-        raise InvalidInput(f"need rows >= 1 and dim >= 1, got rows={rows}, dim={dim}")
-    partitions = max(1, min(MAX_PARTITIONS, round(math.sqrt(rows)), rows // MIN_ROWS_PER_PARTITION))
-    target = max(1, dim // DIMS_PER_SUBVECTOR)
-    sub_vectors = max(d for d in range(1, target + 1) if dim % d == 0)
-    return partitions, sub_vectors
+def ivf_lists(rows: int) -> int:
+    """The IVF lists of an index over ``rows`` vectors: ``round(sqrt(rows))`` clamped to [1, 4096] and to one per
+    256 rows, as Lance caps them (so this is the count an index holds, and a re-partitioned index can be told)."""
+    if rows < 1:
+        raise InvalidInput(f"need rows >= 1, got {rows}")
+    return max(1, min(MAX_PARTITIONS, round(math.sqrt(rows)), rows // MIN_ROWS_PER_PARTITION))
 
 
 def _vector_index_config(table):
@@ -167,13 +167,10 @@ def vector_index(dataset) -> VectorIndex | None:
 def vector_centroids(dataset, name: str) -> "np.ndarray | None":
     """The centroids of the IVF lists of vector index ``name`` of a Lance ``dataset`` (lists x D float32, of its
     first segment: deltas share the lists), None when Lance does not say. Read from Lance's index statistics,
-    which carry them while ``LANCE_INCLUDE_VECTOR_CENTROIDS`` is true (set here unless the environment decided;
+    which carry them while ``LANCE_INCLUDE_VECTOR_CENTROIDS`` is true (:data:`CENTROIDS_ENV`;
     ~0.5 s for 1,000 lists of 512-d, so read once per index)."""
-    import os
-
     import numpy as np
 
-    os.environ.setdefault(CENTROIDS_ENV, "true")
     centroids = ((dataset.stats.index_stats(name).get("indices") or [{}])[0]).get("centroids")
     return np.asarray(centroids, dtype=np.float32) if centroids else None
 
@@ -205,11 +202,12 @@ def build_index(
 ) -> IndexState:
     """Build or refresh the indexes of tile table ``table`` in ``db``.
 
-    - No vector index and at least ``min_rows`` rows: train IVF_PQ (:data:`INDEX_METRIC`, sizes from
-      :func:`ivf_pq_params`).
+    - No vector index and at least ``min_rows`` rows: train :data:`INDEX_TYPE` (:data:`INDEX_METRIC`, lists
+      from :func:`ivf_lists`).
     - Existing indexes are refreshed first (:func:`refresh_indexes`: compaction, then new rows folded in; the
       vector index keeps its lists), or the vector index is retrained when ``rebuild`` is set, the unindexed
-      rows exceed half of the table or its lists are fewer than half of what :func:`ivf_pq_params` plans.
+      rows exceed half of the table, its lists are fewer than half of what :func:`ivf_lists` plans or it is
+      of another type or metric (an index of earlier versions).
     - BTREE indexes on ``id``, ``uri``, the four bound columns and ``datetime`` are created when missing (and
       the table has the column) and refreshed with the rest.
 
@@ -236,26 +234,21 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
     from lancedb import index as lance_index  # a second to import: not for `rsclip --help`
 
     tbl = tiles.open_table(db, table)
-    _, dim = tiles.table_model(tbl)
+    tiles.table_model(tbl)  # InvalidInput for a table without rsclip's metadata
     rows = tbl.count_rows()
     if rows == 0:
         return index_state(tbl, action="empty table: nothing to index")
     actions: list[str] = []
     existing = {c for cfg in tbl.list_indices() for c in cfg.columns}
     vector_cfg = _vector_index_config(tbl)
-    retrain = rebuild or (vector_cfg is not None and _needs_retrain(tbl, vector_cfg.name, rows, dim))
+    retrain = rebuild or (vector_cfg is not None and _needs_retrain(tbl, vector_cfg.name, rows))
     if existing:  # before a build: the vector index is trained on compacted files, never remapped after
         refresh_indexes(tbl, vector=not retrain)
     if (vector_cfg is None or retrain) and rows >= min_rows:
-        partitions, sub_vectors = ivf_pq_params(rows, dim)
-        tbl.create_index(
-            tiles.VECTOR,
-            config=lance_index.IvfPq(distance_type=INDEX_METRIC, num_partitions=partitions,
-                                     num_sub_vectors=sub_vectors),
-            replace=True,
-            name=VECTOR_INDEX,
-        )
-        actions.append(f"built IVF_PQ ({partitions} lists, {sub_vectors} sub-vectors)")
+        partitions = ivf_lists(rows)
+        tbl.create_index(tiles.VECTOR, config=lance_index.IvfSq(distance_type=INDEX_METRIC, num_partitions=partitions),
+                         replace=True, name=VECTOR_INDEX)
+        actions.append(f"built {INDEX_TYPE} ({partitions} lists, {INDEX_METRIC})")
     elif vector_cfg is None:
         actions.append(f"no vector index: {rows} rows < {min_rows}, exact scan is used")
     for column in SCALAR_COLUMNS:
@@ -268,12 +261,14 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
     return index_state(tbl, action="; ".join(actions))
 
 
-def _needs_retrain(tbl, name: str, rows: int, dim: int) -> bool:
+def _needs_retrain(tbl, name: str, rows: int) -> bool:
     """An existing vector index is retrained when most rows came after its training, its lists are far fewer
-    than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`) or it was built for another
-    metric than :data:`INDEX_METRIC` (the cosine of earlier versions)."""
+    than planned (:data:`RETRAIN_UNINDEXED_SHARE`, :data:`RETRAIN_PARTITION_SHARE`) or it is not the index
+    :data:`INDEX_TYPE` for :data:`INDEX_METRIC` builds (the cosine IVF_PQ of earlier versions)."""
     stats = tbl.index_stats(name)
-    if stats.num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows or stats.distance_type != INDEX_METRIC:
+    if stats.num_unindexed_rows > RETRAIN_UNINDEXED_SHARE * rows:
+        return True
+    if (str(stats.index_type).upper(), str(stats.distance_type).lower()) != (INDEX_TYPE, INDEX_METRIC):
         return True
     lists = vector_partitions(tbl, name)
-    return lists is not None and lists < RETRAIN_PARTITION_SHARE * ivf_pq_params(rows, dim)[0]
+    return lists is not None and lists < RETRAIN_PARTITION_SHARE * ivf_lists(rows)

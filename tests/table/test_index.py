@@ -1,4 +1,4 @@
-"""Index upkeep: IVF_PQ for the dot product, BTREE on id and bounds, appended rows searchable, refresh, S3."""
+"""Index upkeep: IVF_SQ for the dot product, BTREE on id and bounds, appended rows searchable, refresh, S3."""
 
 from __future__ import annotations
 
@@ -37,22 +37,22 @@ def exact_ids(db, q, k, mask=None):
     return frame.iloc[np.argsort(-scores, kind="stable")[:k]]["id"].tolist()
 
 
-def test_ivf_pq_params():
-    assert rindex.ivf_pq_params(1_000_000, 512) == (1000, 64)
-    assert rindex.ivf_pq_params(3000, 32) == (11, 4)  # one list per 256 rows at most, as Lance trains
-    assert rindex.ivf_pq_params(100_000, 32) == (316, 4)
-    assert rindex.ivf_pq_params(10, 100) == (1, 10)  # largest divisor of 100 not above 12
-    assert rindex.ivf_pq_params(10**9, 7) == (4096, 1)
+def test_ivf_lists():
+    assert rindex.ivf_lists(1_000_000) == 1000
+    assert rindex.ivf_lists(3000) == 11  # one list per 256 rows at most, as Lance trains
+    assert rindex.ivf_lists(100_000) == 316
+    assert rindex.ivf_lists(10) == 1
+    assert rindex.ivf_lists(10**9) == 4096
     with pytest.raises(ValueError):
-        rindex.ivf_pq_params(0, 512)
+        rindex.ivf_lists(0)
 
 
-def test_build_gives_a_dot_product_ivf_pq_and_btrees_and_keeps_recall(synthetic_db):
+def test_build_gives_a_dot_product_ivf_sq_and_btrees_and_keeps_recall(synthetic_db):
     db, rng, centers = synthetic_db
     state = rsclip.build_index(db, min_rows=1000)
-    assert "IVF_PQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
+    assert "IVF_SQ" in state.action and state.indexed_rows == N_ROWS and state.unindexed_rows == 0
     assert set(state.scalar_indexes) == {"id", "uri", "lon_min", "lat_min", "lon_max", "lat_max", "datetime"}
-    assert state.num_sub_vectors == 4
+    assert state.num_sub_vectors is None and state.num_partitions == rindex.ivf_lists(N_ROWS)
     table = tiles.open_table(db)
     vec = [c for c in table.list_indices() if list(c.columns) == ["vector"]][0]
     assert table.index_stats(vec.name).distance_type == rindex.INDEX_METRIC
@@ -82,7 +82,7 @@ def test_build_and_refresh_keep_the_planned_lists(synthetic_db):
     own list size (55 lists -> 1 here, 1,000 -> 31 at 1M rows: recall@10 0.99 -> 0.89)."""
     db, rng, centers = synthetic_db
     assert "id" in rindex.index_state(tiles.open_table(db)).scalar_indexes  # what the keyed writes leave
-    planned, _ = rindex.ivf_pq_params(N_ROWS, DIM)
+    planned = rindex.ivf_lists(N_ROWS)
     assert rindex.build_index(db, min_rows=1000).num_partitions == planned
     tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, clustered(rng, 200, centers), rng))
     state = rindex.build_index(db, min_rows=1000)
@@ -92,13 +92,13 @@ def test_build_and_refresh_keep_the_planned_lists(synthetic_db):
 
 def test_an_index_that_lance_re_partitioned_is_retrained(synthetic_db):
     db, _, _ = synthetic_db
-    planned, _ = rindex.ivf_pq_params(N_ROWS, DIM)
+    planned = rindex.ivf_lists(N_ROWS)
     rindex.build_index(db, min_rows=1000)
     table = tiles.open_table(db)
     table.optimize()  # LanceDB's own optimize, as a user may call it: pylance 14 joins the small lists
     assert rindex.vector_partitions(table) < planned * rindex.RETRAIN_PARTITION_SHARE
     state = rindex.build_index(db, min_rows=1000)
-    assert state.action.startswith("built IVF_PQ") and state.num_partitions == planned
+    assert state.action.startswith("built IVF_SQ") and state.num_partitions == planned
 
 
 def test_large_growth_retrains_and_rebuild_flag(synthetic_db):
@@ -106,8 +106,8 @@ def test_large_growth_retrains_and_rebuild_flag(synthetic_db):
     rindex.build_index(db, min_rows=1000)
     tiles.add_tiles(tiles.open_table(db), tile_rows(N_ROWS, clustered(rng, N_ROWS + 10, centers), rng))
     state = rindex.build_index(db, min_rows=1000)
-    assert "built IVF_PQ" in state.action and state.unindexed_rows == 0
-    assert rindex.build_index(db, min_rows=1000, rebuild=True).action.startswith("built IVF_PQ")
+    assert "built IVF_SQ" in state.action and state.unindexed_rows == 0
+    assert rindex.build_index(db, min_rows=1000, rebuild=True).action.startswith("built IVF_SQ")
 
 
 def test_small_table_gets_scalar_indexes_only(synthetic_db):
@@ -272,4 +272,4 @@ def test_recall_at_a_million_rows_written_by_the_embedding_jobs_writer(tiny_mode
                 for q in queries]
         assert np.mean(hits) / 10 >= 0.95, type(searcher).__name__
     state = rindex.index_state(table)
-    assert state.indexed_rows == GUARD_ROWS and state.num_partitions == rindex.ivf_pq_params(GUARD_ROWS, GUARD_DIM)[0]
+    assert state.indexed_rows == GUARD_ROWS and state.num_partitions == rindex.ivf_lists(GUARD_ROWS)

@@ -94,6 +94,7 @@ def label_name(value) -> str:
 
 
 def flag(value) -> bool:
+    """``dissolve`` as a body gives it: true or false, nothing a JSON parser would call truthy."""
     if not isinstance(value, bool):
         raise InvalidInput("dissolve must be true or false")
     return value
