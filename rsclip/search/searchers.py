@@ -40,10 +40,12 @@ FETCH_COLUMNS = tuple(c for c in RESULT_COLUMNS if c != SCORE)
 OPTIONAL_COLUMNS = tiles.TIME_COLUMNS
 DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by name (else it warns)
 # ANN search settings used when the table has a vector index (ignored by an exact scan). Chosen on
-# bench/query.py (see BENCHMARKS.md): recall@10 is limited by the PQ codes, not by nprobes, so re-ranking
-# refine_factor * k candidates with the full vectors is what lifts it above 0.95.
+# bench/query.py (see BENCHMARKS.md) for the PQ codes of earlier indexes, whose recall@10 the re-ranking of
+# refine_factor * k candidates with the full vectors lifted above 0.95 (20 gave 1.0 at 200k rows but 0.937 at
+# 1M; 40 gave 0.99). The 8-bit codes of today's IVF_SQ index keep 1.0 at 1M rows with 10 or 40 (sweep of
+# 2026-12-05); 40 stays for the PQ indexes of tables not rebuilt yet.
 DEFAULT_NPROBES = 20
-DEFAULT_REFINE_FACTOR = 40  # 20 gave recall@10 1.0 at 200k rows but 0.937 at 1M; 40 gives 0.99 at 1M
+DEFAULT_REFINE_FACTOR = 40
 # A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 4-bit codes of the full vector:
 # 10 x k of them hold the exact top k (recall@10 1.0 at 1M rows, BENCHMARKS.md), and each is one vector read.
 RESIDENT_REFINE_FACTOR = 10

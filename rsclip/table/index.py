@@ -51,8 +51,8 @@ INDEX_TYPE = "IVF_SQ"
 CENTROIDS_ENV = "LANCE_INCLUDE_VECTOR_CENTROIDS"
 os.environ.setdefault(CENTROIDS_ENV, "true")
 SCALAR_COLUMNS = (tiles.ID, tiles.URI, *tiles.BOUNDS_COLUMNS, tiles.DATETIME)
-# Below this many rows an exact scan is fast (a few ms) and exact, and PQ training has too few samples
-# (256 centroids per sub-vector); the vector index is not built.
+# Below this many rows an exact scan is fast (a few ms) and exact, and the lists' k-means has few samples; the
+# vector index is not built.
 MIN_ANN_ROWS = 10_000
 MAX_PARTITIONS = 4096
 # Lance trains at most one list per this many rows (its k-means wants 256 samples a centroid).
