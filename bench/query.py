@@ -1,4 +1,5 @@
-"""Query latency and recall on a large synthetic tile table: rsclip (resident, and LanceDB IVF_SQ) vs FAISS IVF-PQ vs brute force.
+"""Query latency and recall on a large synthetic tile table: rsclip (resident, and LanceDB IVF_SQ) vs FAISS
+IVF-PQ vs brute force.
 
     python bench/query.py                         # 1M rows, 3 rounds
     python bench/query.py --rows 20000 --queries 50 --repeats 2 --no-text    # a smoke run

@@ -135,10 +135,15 @@ def write_features(gdf, out: str, format: str | None = None) -> ExportResult:
     cannot be written (``storage.write_bytes``: nothing is left behind).
     """
     format = export_format(out, format)
-    if len(gdf) == 0:
-        raise InvalidInput(f"nothing to export to {out}: no tile matched")
+    require_features(gdf, str(out))
     storage.write_bytes(str(out), encode(gdf, format))
     return ExportResult(str(out), format, len(gdf))
+
+
+def require_features(gdf, target: str = "") -> None:
+    """Refuse an export of no feature, naming where it was to go (``target``) when given."""
+    if len(gdf) == 0:
+        raise InvalidInput(f"nothing to export{f' to {target}' if target else ''}: no tile matched")
 
 
 def select(db, *, query=None, positive=None, negative=None, detections: str | None = None,

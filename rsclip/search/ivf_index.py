@@ -2,9 +2,10 @@
 
 Lance's vector index is searched through Lance's scanner, which costs more than the probing itself (its
 earlier 64-byte PQ codes also ranked candidates so loosely that 400 of them had to be re-scored exactly for
-recall@10 0.99; BENCHMARKS.md, Query). A resident copy therefore builds its own index from the vectors it streams in: an inverted file of
-``lists`` lists (an HNSW graph over their centroids, so that assigning 10M vectors costs seconds, not the
-hour a flat assignment would) whose rows are 4-bit scalar-quantized residuals (D/2 bytes: 256 at 512-d).
+recall@10 0.99; BENCHMARKS.md, Query). A resident copy therefore builds its own index from the vectors it
+streams in: an inverted file of ``lists`` lists (an HNSW graph over their centroids, so that assigning 10M
+vectors costs seconds, not the hour a flat assignment would) whose rows are 4-bit scalar-quantized residuals
+(D/2 bytes: 256 at 512-d).
 Those codes rank well enough that the best 100 candidates of 20 lists hold the exact top 10 (recall@10 1.0
 at 1M clustered rows, against 0.96 for 400 PQ-64 candidates): few full vectors are read to re-score them.
 Ids are the rows' positions in the version's scan order; the index proposes, exact cosines decide.

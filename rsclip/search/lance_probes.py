@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rsclip.model.vectors import unit
 from rsclip.search.ivf_index import probe_count
 from rsclip.table import index as table_index, tiles
 
@@ -35,9 +36,7 @@ def probing(dataset, vector: np.ndarray, nprobes: int) -> Probing:
     centroids = index_centroids(dataset, index)
     if centroids is None:
         return Probing(index.metric, nprobes)
-    query = np.asarray(vector, dtype=np.float32)
-    query = query / max(float(np.linalg.norm(query)), 1e-12)
-    return Probing(index.metric, probe_count(centroids, query, nprobes, dataset.count_rows()))
+    return Probing(index.metric, probe_count(centroids, unit(vector), nprobes, dataset.count_rows()))
 
 
 def index_centroids(dataset, index: table_index.VectorIndex) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """Searches through Lance's vector index: an IVF_SQ index built for the dot product (the cosine of unit vectors,
 with better lists for a query near no cluster), asked with the metric the index was built with (an older cosine
-IVF_PQ index keeps being used until a build retrains it), and probing more lists for a query near no cluster than for one near a
-cluster; far queries keep their top 10."""
+IVF_PQ index keeps being used until a build retrains it), and probing more lists for a query near no cluster
+than for one near a cluster; far queries keep their top 10."""
 
 from __future__ import annotations
 

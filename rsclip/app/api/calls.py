@@ -97,7 +97,6 @@ def image_of(value) -> np.ndarray:
 def search(db: str, table: str, body: dict, *, resident: bool = True):
     """The result frame of a search body: exactly one query field, the options and filters of
     :func:`rsclip.query`."""
-    from rsclip.search.encoding import Text
     from rsclip.search.query import query, similar_tiles
 
     checked_fields(body, QUERY_FIELDS + FILTER_FIELDS + OPTION_FIELDS)
@@ -114,15 +113,24 @@ def search(db: str, table: str, body: dict, *, resident: bool = True):
     if mode == "positive":
         return query(db, k=k, positive=example_ids(body.get("positive"), "positive") or [],
                      negative=example_ids(body.get("negative"), "negative"), **common)
+    return query(db, query_of(body, mode), k, exclude_self=not bool(body.get("include_self", False)), **common)
+
+
+def query_of(body: dict, mode: str):
+    """The query of a body's ``text``, ``vector`` or ``image`` field (``mode``), checked; negative examples go
+    with positive examples only."""
     if body.get("negative") is not None:
         raise InvalidInput("negative examples go with positive examples only")
-    what = {"text": lambda v: Text(v) if isinstance(v, str) else _not_text(), "vector": vector_of,
-            "image": image_of}[mode](body[mode])
-    return query(db, what, k, exclude_self=not bool(body.get("include_self", False)), **common)
+    return {"text": text_of, "vector": vector_of, "image": image_of}[mode](body[mode])
 
 
-def _not_text():
-    raise InvalidInput("text must be a string")
+def text_of(value):
+    """A text query: a string (the model bounds its length)."""
+    from rsclip.search.encoding import Text
+
+    if not isinstance(value, str):
+        raise InvalidInput("text must be a string")
+    return Text(value)
 
 
 def answer_of(frame) -> dict[str, Any]:

@@ -106,11 +106,16 @@ def filter_fields(filters: dict) -> dict:
 
 def image_upload(path) -> dict:
     """A local image file as the API's ``image`` field (base64); the service checks its type and size."""
-    import base64
-
     from pathlib import Path
 
     file = Path(path)
     if not file.is_file():
         raise NotFound(f"image {path} not found")
-    return {"name": file.name, "data": base64.b64encode(file.read_bytes()).decode()}
+    return image_field(file.name, file.read_bytes())
+
+
+def image_field(name: str, data: bytes) -> dict:
+    """An image's file name and bytes as the API's ``image`` field (the bytes in base64)."""
+    import base64
+
+    return {"name": name, "data": base64.b64encode(data).decode()}

@@ -12,8 +12,7 @@ from rsclip.app.api import calls, settings
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.export_formats import FORMATS, export_format
 
-QUERY_SOURCES = ("text", "vector", "image")
-SOURCES = (*QUERY_SOURCES, "positive", "detections", "labels")
+SOURCES = ("text", "vector", "image", "positive", "detections", "labels")
 EXPORT_FIELDS = (*SOURCES, "negative", "k", "min_score", "dissolve", "format", *calls.FILTER_FIELDS, "db", "table")
 LABEL_EXPORT_FIELDS = ("labels", "format", "db", "table")
 DEFAULT_K = 100  # as rsclip export
@@ -45,16 +44,13 @@ def export_file(db: str, table: str, body: dict, resident: bool = True) -> Expor
         bounded(len(frame))
         gdf = export.frame_features(db, frame, dissolved=flag(body.get("dissolve", False)), table=table)
     bounded(len(gdf))
-    if not len(gdf):
-        raise InvalidInput("nothing to export: no tile matched")
+    export.require_features(gdf)
     return ExportFile(export.encode(gdf, format), format, len(gdf))
 
 
 def selection(body: dict) -> dict:
     """The keywords of :func:`rsclip.search.export.select` of a body: exactly one source, its ``k`` (a query
     or examples) or ``min_score`` (detections)."""
-    from rsclip.search.encoding import Text
-
     what = source(body)
     if what == "detections":
         if body.get("k") is not None:
@@ -67,13 +63,7 @@ def selection(body: dict) -> dict:
         return {"positive": calls.example_ids(body.get("positive"), "positive") or [],
                 "negative": calls.example_ids(body.get("negative"), "negative"), "k": k,
                 "min_score": body.get("min_score")}
-    if body.get("negative") is not None:
-        raise InvalidInput("negative examples go with positive examples only")
-    value = body[what]
-    if what == "text" and not isinstance(value, str):
-        raise InvalidInput("text must be a string")
-    query = Text(value) if what == "text" else calls.vector_of(value) if what == "vector" else calls.image_of(value)
-    return {"query": query, "k": k, "min_score": body.get("min_score")}
+    return {"query": calls.query_of(body, what), "k": k, "min_score": body.get("min_score")}
 
 
 def source(body: dict) -> str:

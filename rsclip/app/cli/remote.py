@@ -6,7 +6,6 @@ prints (or writes) alone."""
 from __future__ import annotations
 
 import argparse
-import base64
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
@@ -42,8 +41,7 @@ def upload(path: str) -> dict:
 
     limit = MAX_UPLOAD_MB * 1024 * 1024
     if storage.is_remote(path):
-        data = storage.read_bytes(path, max_bytes=limit)
-        return {"name": PurePosixPath(path).name, "data": base64.b64encode(data).decode()}
+        return client.image_field(PurePosixPath(path).name, storage.read_bytes(path, max_bytes=limit))
     file = Path(path)
     if file.is_file() and file.stat().st_size > limit:
         raise LimitExceeded(f"{path}: larger than the upload limit of {MAX_UPLOAD_MB} MB")
