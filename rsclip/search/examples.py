@@ -26,7 +26,7 @@ from rsclip.table.rows import is_tile_id
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.encoding import is_image_query, query_vector, read_query_image, self_ids
 from rsclip.search.request import Request
-from rsclip.search.searchers import search, searcher_for
+from rsclip.search.searchers import Found, find, searcher_for
 
 # Most examples of one search (positives and negatives together).
 MAX_EXAMPLES = 1000
@@ -97,13 +97,13 @@ def example_query(request: Request, positive, negative=(), *, allow_model_mismat
 
 
 def search_examples(request: Request, positive, negative=(), *, resident: bool = False,
-                    allow_model_mismatch: bool = False) -> pd.DataFrame:
+                    allow_model_mismatch: bool = False) -> Found:
     """The ``request.k`` tiles nearest the query vector of the examples under the request's filters, the
-    examples left out (:func:`query_examples`)."""
+    examples left out (:func:`query_examples`; its frame: ``.frame()``)."""
     vector, leave_out = example_query(request, positive, negative, allow_model_mismatch=allow_model_mismatch)
     drop = lambda frame: frame[tiles.ID].isin(leave_out).to_numpy()  # noqa: E731
-    return search(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
-                  extra=len(leave_out))
+    return find(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
+                extra=len(leave_out))
 
 
 def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None,
@@ -139,4 +139,5 @@ def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles
     """
     request = Request.of(db, table, k, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
                          max_cloud=max_cloud, max_nodata=max_nodata)
-    return search_examples(request, positive, negative, resident=resident, allow_model_mismatch=allow_model_mismatch)
+    return search_examples(request, positive, negative, resident=resident,
+                           allow_model_mismatch=allow_model_mismatch).frame()

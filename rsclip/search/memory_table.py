@@ -145,6 +145,9 @@ class ResidentTable:
             table = table.set_column(kept.index(tiles.CRS), tiles.CRS, pc.dictionary_encode(table.column(tiles.CRS)))
         # one chunk per column: Arrow's take on a many-chunk column concatenates it first (~20 ms at 1M rows)
         self.columns = table.combine_chunks()
+        # what each answer's rows need besides a take: the columns read from the table, those decoded
+        self._missing = [c for c in self.column_names if c not in self.columns.column_names]
+        self._encoded = [f.name for f in self.columns.schema if pa.types.is_dictionary(f.type)]
         self.store = MemoryRows(vectors) if tier == MEMORY else TableRows(dataset)
         # bounds as float arrays, null -> NaN (never inside a box, as SQL's NULL); float64 columns without
         # nulls are views of the Arrow columns, not copies
@@ -231,13 +234,15 @@ class ResidentTable:
     def rows(self, positions: np.ndarray) -> pa.Table:
         """The result columns of the rows at ``positions``, in that order (the columns a compact copy does not
         hold read from the table version)."""
-        at = pa.array(positions, type=pa.int64())
-        held = self.columns.take(at)
-        missing = [c for c in self.column_names if c not in held.column_names]
-        read = self.dataset.take(np.asarray(positions, dtype=np.int64), columns=missing) if missing else None
-        columns = [held.column(c) if c in held.column_names else read.column(c) for c in self.column_names]
-        columns = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in columns]
-        return pa.table(columns, names=list(self.column_names))
+        held = self.columns.take(pa.array(positions, type=pa.int64()))
+        if self._missing:
+            read = self.dataset.take(np.asarray(positions, dtype=np.int64), columns=self._missing)
+            for name in self._missing:
+                held = held.append_column(name, read.column(name))
+        for name in self._encoded:
+            at = held.schema.get_field_index(name)
+            held = held.set_column(at, name, held.column(at).cast(held.schema.field(at).type.value_type))
+        return held.select(list(self.column_names))
 
 
 def _new_index(dataset, n: int) -> IvfIndex:

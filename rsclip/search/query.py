@@ -22,7 +22,7 @@ from rsclip.search.encoding import (QueryLike, Text, checked_text, is_image_quer
 from rsclip.search.examples import search_examples
 from rsclip.search.filters import BBox
 from rsclip.search.request import Request
-from rsclip.search.searchers import SCORE, search, searcher_for
+from rsclip.search.searchers import SCORE, Found, find, searcher_for
 
 # Image queries drop the row whose embedding equals the query's within this cosine distance (the query
 # tile under another name) when none of the query's own tile ids is among the results.
@@ -97,15 +97,15 @@ def query(db, query: QueryLike | None = None, k: int = 10, *, table: str = tiles
                          max_cloud=max_cloud, max_nodata=max_nodata)
     if examples:
         return search_examples(request, positive, negative, resident=resident,
-                               allow_model_mismatch=allow_model_mismatch)
+                               allow_model_mismatch=allow_model_mismatch).frame()
     return search_query(request, query, exclude_self=exclude_self, resident=resident,
-                        allow_model_mismatch=allow_model_mismatch)
+                        allow_model_mismatch=allow_model_mismatch).frame()
 
 
 def search_query(request: Request, query: QueryLike, *, exclude_self: bool = True, resident: bool = False,
-                 allow_model_mismatch: bool = False) -> pd.DataFrame:
+                 allow_model_mismatch: bool = False) -> Found:
     """The ``request.k`` tiles nearest to ``query`` (text, image or vector) under the request's filters, as
-    :func:`query` ranks them."""
+    :func:`query` ranks them (its frame: ``.frame()``)."""
     if isinstance(query, str) or is_image_query(query):  # encoded with the model; a vector is not
         request.check_weights(allow_model_mismatch)
     if is_image_query(query) and isinstance(query, (str, os.PathLike)):
@@ -116,8 +116,8 @@ def search_query(request: Request, query: QueryLike, *, exclude_self: bool = Tru
         vector = query_vector(query, request.model, request.dim)
         drop = self_match(set()) if exclude_self and is_image_query(query) else None
     extra = 0 if drop is None else 8  # the query's own tile under its few possible ids
-    return search(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
-                  extra=extra)
+    return find(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
+                extra=extra)
 
 
 def query_text(db, text: str, k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None, where=None,
@@ -195,7 +195,13 @@ def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE,
     """
     request = Request.of(db, table, k, bbox=bbox, near=near, where=where, polygon=polygon, date=date,
                          max_cloud=max_cloud, max_nodata=max_nodata)
+    return search_similar(request, tile_id, resident=resident).frame()
+
+
+def search_similar(request: Request, tile_id: str, *, resident: bool = False) -> Found:
+    """The ``request.k`` tiles most similar to the stored tile ``tile_id`` under the request's filters, the tile
+    left out, as :func:`similar_tiles` ranks them (its frame: ``.frame()``)."""
     vector = tile_vector(request.table, tile_id)
     drop = lambda frame: (frame[tiles.ID] == tile_id).to_numpy()  # noqa: E731
-    return search(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
-                  extra=1)
+    return find(searcher_for(request.table, resident=resident), vector, request.k, request.filters, drop=drop,
+                extra=1)

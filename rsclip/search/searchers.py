@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
@@ -69,7 +70,25 @@ _SQL_ERROR_MARKERS = ("parse", "Parse", "SQL", "sql", "No field named", "Schema 
 # path of the machine that built Lance, which says nothing to the user.
 _RUST_SOURCE = re.compile(r",?\s*\S+\.rs:\d+(?::\d+)?")
 
-Ranker = Callable[[int], pd.DataFrame]
+Ranker = Callable[[int], pa.Table]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a search found: its ``rows`` (Arrow, best first: :data:`RESULT_COLUMNS`, then the
+    :data:`OPTIONAL_COLUMNS` fetched) and the ``path`` and ``note`` of the searcher that found them. Callers that
+    want a frame ask :meth:`frame`; a service answering JSON reads the Arrow rows and never builds one."""
+
+    rows: pa.Table
+    path: str
+    note: str
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a frame (times as UTC timestamps), the path and note in its ``attrs`` (``search_path``,
+        ``search_note``)."""
+        frame = as_frame(self.rows)
+        frame.attrs.update(search_path=self.path, search_note=self.note)
+        return frame
 
 
 class Searcher(Protocol):
@@ -85,7 +104,7 @@ class Searcher(Protocol):
     def row_count(self) -> int: ...
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
-        """A function ``n -> frame`` of the ``n`` best rows passing ``filters.sql()`` (best first, columns
+        """A function ``n -> rows`` (Arrow) of the ``n`` best rows passing ``filters.sql()`` (best first, columns
         :data:`RESULT_COLUMNS`); the filters are evaluated once, whatever ``n`` is asked later."""
         ...
 
@@ -164,18 +183,23 @@ def cosines(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     return (v * q).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
 
 
-def result_frame(columns, score: np.ndarray) -> pd.DataFrame:
+def ranked_rows(columns: pa.Table, score: np.ndarray) -> pa.Table:
     """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first (then by id: one
-    order whichever path found them), from Arrow ``columns`` (the fetched columns) and their scores; times as
-    UTC timestamps. Built in Arrow and handed to pandas once: a column at a time cost ~2.5 ms per answer, more
-    than the search; on the calling thread: Arrow's thread pool cost ~0.4 ms a call, more than converting
-    10 to 10,000 rows (0.23 ms for 10 rows instead of 0.62, BENCHMARKS.md "The table opened once")."""
+    order whichever path found them), from Arrow ``columns`` (the fetched columns) and their scores. Built in
+    Arrow: a frame built a column at a time cost ~2.5 ms per answer, more than the search."""
     ids = columns.column(tiles.ID).to_numpy(zero_copy_only=False)
     order = np.lexsort((ids, -np.asarray(score, dtype=np.float64)))
     names = [*RESULT_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in columns.column_names)]
     ranked = columns.take(pa.array(order, type=pa.int64()))
     ranked = ranked.append_column(SCORE, pa.array(np.asarray(score, dtype=np.float64)[order], type=pa.float64()))
-    return ranked.select(names).to_pandas(use_threads=False)
+    return ranked.select(names)
+
+
+def as_frame(rows: pa.Table) -> pd.DataFrame:
+    """Ranked rows as a frame, handed to pandas once, on the calling thread: Arrow's thread pool cost ~0.4 ms a
+    call, more than converting 10 to 10,000 rows (0.23 ms for 10 rows instead of 0.62, BENCHMARKS.md "The table
+    opened once")."""
+    return rows.to_pandas(use_threads=False)
 
 
 class LanceSearcher:
@@ -200,7 +224,7 @@ class LanceSearcher:
 
         probe = Probing(tiles.METRIC, self.nprobes) if exact else probing(self.dataset, vector, self.nprobes)
 
-        def rank(n: int) -> pd.DataFrame:
+        def rank(n: int) -> pa.Table:
             nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=probe.nprobes,
                                    refine_factor=self.refine_factor, metric=probe.metric)
             result = checked_sql(lambda: self.dataset.to_table(
@@ -208,7 +232,7 @@ class LanceSearcher:
                 prefilter=bool(where)), where)
             found = result.column(tiles.VECTOR).combine_chunks()
             vectors = found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
-            return result_frame(result, cosines(vectors, vector))
+            return ranked_rows(result, cosines(vectors, vector))
         return rank
 
 
@@ -255,12 +279,12 @@ class ResidentSearcher:
         rows, kept = self.rows, self.candidates(filters, exact)
         ranked_exactly = not rows.indexed or (kept is not None and (exact or len(kept) <= self.exact_rows))
 
-        def rank(n: int) -> pd.DataFrame:
+        def rank(n: int) -> pa.Table:
             positions = kept
             if not ranked_exactly:  # the index proposes refine_factor * n candidates among the kept rows
                 positions = rows.nearest(vector, n * max(1, self.refine_factor or 1), self.nprobes, among=kept)
             best, _ = rows.top(positions, vector, n)
-            return result_frame(rows.rows(best), cosines(rows.vectors(best), vector))
+            return ranked_rows(rows.rows(best), cosines(rows.vectors(best), vector))
         return rank
 
 
@@ -285,30 +309,31 @@ def searcher_for(table, *, resident: bool = False) -> Searcher:
 def search(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Filters(), *,
            drop: Callable[[pd.DataFrame], np.ndarray] | None = None, extra: int = 0,
            exact: bool = False) -> pd.DataFrame:
+    """The frame of :func:`find` (its path and note in the frame's ``attrs``)."""
+    return find(searcher, vector, k, filters, drop=drop, extra=extra, exact=exact).frame()
+
+
+def find(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Filters(), *,
+         drop: Callable[[pd.DataFrame], np.ndarray] | None = None, extra: int = 0, exact: bool = False) -> Found:
     """The ``k`` best rows under ``filters``, less the rows ``drop(frame)`` marks (at most ``extra`` of them).
 
     Candidates are fetched best first; when the filters' exact tests (``near=``) drop rows, the fetch grows
-    until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify.
+    until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify. Those
+    tests and ``drop`` see the candidates as a frame; a search that needs neither builds none.
     """
     filters = filters.on(searcher.dataset)
     rank = searcher.ranker(vector, filters, exact=exact)
     if filters.exact_in_sql and drop is None:
-        return answered_by(searcher, rank(k))
+        return Found(rank(k), searcher.path, searcher.note)
     limit = k + extra if filters.exact_in_sql else min(MAX_K * 4, max(2 * k, k + 16) + extra)
     total = searcher.row_count()
     while True:
-        frame = rank(limit)
+        found = rank(limit)
+        frame = as_frame(found)
         mask = filters.keep(frame, searcher.table)
         if drop is not None:
             mask &= ~drop(frame)
-        kept = frame[mask]
-        if len(kept) >= k or len(frame) < limit or limit >= total:
-            return answered_by(searcher, kept.head(k).reset_index(drop=True))
+        kept = found.filter(pa.array(mask, type=pa.bool_()))
+        if kept.num_rows >= k or found.num_rows < limit or limit >= total:
+            return Found(kept.slice(0, k), searcher.path, searcher.note)
         limit *= 4
-
-
-def answered_by(searcher: Searcher, frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the searcher's path and note in its ``attrs`` (``search_path``, ``search_note``)."""
-    frame.attrs.update(search_path=searcher.path, search_note=searcher.note)
-    return frame
-

@@ -10,15 +10,18 @@ import io
 import json
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rsclip.app.api import features, settings
-from rsclip.app.records import records
+from rsclip.app.records import arrow_records, records
 from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.table import snapshots, tiles
 from rsclip.table.rows import is_tile_id
+
+if TYPE_CHECKING:
+    from rsclip.search.searchers import Found
 
 # The fields a search body may carry: one query (text, vector, tile_id, image or positive/negative examples)
 # and these options and filters (those of rsclip.query).
@@ -94,26 +97,31 @@ def image_of(value) -> np.ndarray:
     return decode_upload(data, name)
 
 
-def search(db: str, table: str, body: dict, *, resident: bool = True):
-    """The result frame of a search body: exactly one query field, the options and filters of
-    :func:`rsclip.query`."""
-    from rsclip.search.query import query, similar_tiles
+def search(db: str, table: str, body: dict, *, resident: bool = True) -> Found:
+    """What a search body finds: exactly one query field, the options and filters of :func:`rsclip.query`
+    (checked in its order: the query, then ``k`` and the filters), ranked as it ranks them."""
+    from rsclip.search.examples import search_examples
+    from rsclip.search.query import search_query, search_similar
+    from rsclip.search.request import Request
 
     checked_fields(body, QUERY_FIELDS + FILTER_FIELDS + OPTION_FIELDS)
     given = [name for name in QUERY_FIELDS if body.get(name) is not None]
     if len(given) != 1 and not (given == [] and body.get("negative") is not None):
         raise InvalidInput(f"give exactly one of {', '.join(QUERY_FIELDS)} (with negative for examples), "
                            f"got {len(given)}")
-    common = dict(table=table, resident=resident, **filters_of(body),
-                  allow_model_mismatch=bool(body.get("allow_model_mismatch", False)))
-    k = body.get("k", 10)
     mode = given[0] if given else "positive"
-    if mode == "tile_id":
-        return similar_tiles(db, body["tile_id"], k, **common)
+    asked = query_of(body, mode) if mode in ("text", "vector", "image") else None
     if mode == "positive":
-        return query(db, k=k, positive=example_ids(body.get("positive"), "positive") or [],
-                     negative=example_ids(body.get("negative"), "negative"), **common)
-    return query(db, query_of(body, mode), k, exclude_self=not bool(body.get("include_self", False)), **common)
+        positive = example_ids(body.get("positive"), "positive") or []
+        negative = example_ids(body.get("negative"), "negative")
+    request = Request.of(db, table, body.get("k", 10), **filters_of(body))
+    allow = bool(body.get("allow_model_mismatch", False))
+    if mode == "tile_id":
+        return search_similar(request, body["tile_id"], resident=resident)
+    if mode == "positive":
+        return search_examples(request, positive, negative, resident=resident, allow_model_mismatch=allow)
+    return search_query(request, asked, exclude_self=not bool(body.get("include_self", False)), resident=resident,
+                        allow_model_mismatch=allow)
 
 
 def query_of(body: dict, mode: str):
@@ -133,11 +141,10 @@ def text_of(value):
     return Text(value)
 
 
-def answer_of(frame) -> dict[str, Any]:
-    """A result frame as the API answers it: its rows (as ``rsclip ... --json`` prints them) and the path
+def answer_of(found: Found) -> dict[str, Any]:
+    """What a search found as the API answers it: its rows (as ``rsclip ... --json`` prints them) and the path
     that answered."""
-    return {"results": records(frame), "search_path": frame.attrs.get("search_path"),
-            "search_note": frame.attrs.get("search_note")}
+    return {"results": arrow_records(found.rows), "search_path": found.path, "search_note": found.note}
 
 
 def detection_params(params: dict[str, str]) -> dict:

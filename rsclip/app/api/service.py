@@ -204,9 +204,9 @@ def timed_search(db: str, table: str, body: dict, arrived: float) -> tuple[dict,
     """The answer to a search body and the seconds it spent waiting for a worker thread (``wait``), searching
     (``search``) and turning its rows into records (``rows``)."""
     started = time.perf_counter()
-    frame = calls.search(db, table, body)
+    found = calls.search(db, table, body)
     searched = time.perf_counter()
-    answer = calls.answer_of(frame)
+    answer = calls.answer_of(found)
     return answer, {"wait": started - arrived, "search": searched - started, "rows": time.perf_counter() - searched}
 
 

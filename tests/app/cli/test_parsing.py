@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from importlib import metadata
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from rsclip.app.cli import build_parser, main
 from rsclip.app.cli.options import numbers
 from rsclip.app.cli.output import print_json, records, table_text
+from rsclip.app.records import dumps
 from tests.helpers import ROOT
 
 HEAVY = ("torch", "transformers", "lancedb", "lance")
@@ -161,3 +163,21 @@ def test_records_are_the_rows_made_json_safe_for_every_column_type():
     assert json.loads(json.dumps(rows, default=str))[1] == {name: None for name in frame.columns} | {
         "i32": 2, "u8": 2, "flag": False, "obj": {"a": 1}}
     assert records(frame.head(0)) == [] and records(frame[[]]) == [{}, {}, {}]
+
+
+def test_arrow_records_are_the_records_of_the_rows_frame():
+    """A service answers a search from its Arrow rows: the JSON is what the command prints of their frame."""
+    import pyarrow as pa
+
+    from rsclip.app.records import arrow_records
+
+    utc = pa.timestamp("us", tz="UTC")
+    rows = pa.table({"id": ["a" * 32, "b" * 32, "c" * 32], "score": [0.9, 0.5, np.nan],
+                     "x": pa.array([0, 224, 448], pa.int32()), "lon_min": [-1.5, np.inf, 2.25],
+                     "crs": ["EPSG:32633", None, "EPSG:4326"], "cloud_cover": pa.array([0.1, None, 0.3], pa.float32()),
+                     "datetime": pa.array([datetime(2020, 8, 31, 10, 0, 0, 500, tzinfo=timezone.utc), None,
+                                           datetime(2021, 1, 1, tzinfo=timezone.utc)], utc),
+                     "item_id": ["S2A_1", None, "S2B_2"]})
+    found = arrow_records(rows)
+    assert dumps(found) == dumps(records(rows.to_pandas())) and found[1]["datetime"] is None
+    assert arrow_records(rows.slice(0, 0)) == []
