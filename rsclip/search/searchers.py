@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from rsclip.table import datasets, tiles
+from rsclip.table import datasets, index as table_index, tiles
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.lance_probes import Probing, probing
@@ -218,11 +218,14 @@ class LanceSearcher:
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
         where = filters.sql()
-        if where and not exact and tiles.has_vector_index(self.table):
+        index = None if exact else table_index.vector_index(self.dataset)  # asked once: from the manifest
+        if where and index is not None:
             count = checked_sql(lambda: self.dataset.count_rows(filter=where), where)
             exact = count <= EXACT_FILTER_ROWS
-
-        probe = Probing(tiles.METRIC, self.nprobes) if exact else probing(self.dataset, vector, self.nprobes)
+        if exact or index is None:
+            probe = Probing(tiles.METRIC, self.nprobes)
+        else:
+            probe = probing(self.dataset, vector, self.nprobes, index)
 
         def rank(n: int) -> pa.Table:
             nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=probe.nprobes,
