@@ -3,14 +3,16 @@
 Two implementations of one interface (:class:`Searcher`):
 
 - :class:`LanceSearcher` searches the table's Lance dataset directly (the index when there is one, an exact
-  scan of the filtered rows when the filter keeps few) and builds the frame from Arrow columns: LanceDB's
+  scan of the filtered rows when the filter keeps few) and ranks the Arrow columns it reads: LanceDB's
   query builder and ``to_pandas`` cost more than the search itself on a 10-row answer (BENCHMARKS.md, Query).
 - :class:`ResidentSearcher` answers from an in-memory copy of the table version (:mod:`rsclip.search.memory_table`,
   for long-lived processes such as the web app): the index is asked for candidate row ids only, re-ranking,
   the answer's columns and the box test run in memory.
 
-:func:`search` adds what neither does alone: the exact row tests of the filters and the rows a caller
-leaves out, fetching more candidates when needed so that ``k`` rows come back whenever ``k`` qualify.
+:func:`find` adds what neither does alone: the exact row tests of the filters and the rows a caller
+leaves out, fetching more candidates when needed so that ``k`` rows come back whenever ``k`` qualify. It answers
+Arrow rows (:class:`Found`); :func:`search` and the library's query functions hand them to pandas once, while a
+service answering JSON never builds a frame.
 """
 
 from __future__ import annotations
