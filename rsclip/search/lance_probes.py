@@ -27,10 +27,10 @@ class Probing(NamedTuple):
     nprobes: int
 
 
-def probing(dataset, vector: np.ndarray, nprobes: int, index: table_index.VectorIndex | None = None) -> Probing:
-    """How a search of ``dataset`` (a Lance dataset at one version) for ``vector`` uses its vector ``index`` (read
-    from the manifest when not given; without one: ``tiles.METRIC`` and ``nprobes``, unused by an exact scan)."""
-    index = table_index.vector_index(dataset) if index is None else index
+def probing(dataset, vector: np.ndarray, nprobes: int, index: table_index.VectorIndex | None) -> Probing:
+    """How a search of ``dataset`` (a Lance dataset at one version) for ``vector`` uses its vector ``index``
+    (``table.index.vector_index`` of the dataset; None: ``tiles.METRIC`` and ``nprobes``, unused by an exact
+    scan)."""
     if index is None:
         return Probing(tiles.METRIC, nprobes)
     centroids = index_centroids(dataset, index)

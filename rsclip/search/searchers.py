@@ -224,10 +224,7 @@ class LanceSearcher:
         if where and index is not None:
             count = checked_sql(lambda: self.dataset.count_rows(filter=where), where)
             exact = count <= EXACT_FILTER_ROWS
-        if exact or index is None:
-            probe = Probing(tiles.METRIC, self.nprobes)
-        else:
-            probe = probing(self.dataset, vector, self.nprobes, index)
+        probe = Probing(tiles.METRIC, self.nprobes) if exact else probing(self.dataset, vector, self.nprobes, index)
 
         def rank(n: int) -> pa.Table:
             nearest = nearest_args(vector, n, where=where, exact=exact, nprobes=probe.nprobes,

@@ -74,7 +74,8 @@ def test_a_cosine_ivf_pq_index_is_used_until_a_build_retrains_it(tiny_model, tmp
                                                               num_sub_vectors=16), name=rindex.VECTOR_INDEX)
     table = tiles.open_table(db)
     q = far_queries(rng, 1)[0]
-    probe = lance_probes.probing(searchers.LanceSearcher(table).dataset, q, 4)
+    dataset = searchers.LanceSearcher(table).dataset
+    probe = lance_probes.probing(dataset, q, 4, rindex.vector_index(dataset))
     assert probe.metric == "cosine" and 4 <= probe.nprobes <= 8  # the index's own metric: else a full scan
     nearest = searchers.nearest_args(q, 10, where=None, nprobes=probe.nprobes, metric=probe.metric)
     plan = searchers.LanceSearcher(table).dataset.scanner(columns=[tiles.ID], nearest=nearest).explain_plan()
@@ -84,4 +85,5 @@ def test_a_cosine_ivf_pq_index_is_used_until_a_build_retrains_it(tiny_model, tmp
     assert "built IVF_SQ" in state.action
     table = tiles.open_table(db)
     assert table.index_stats(rindex.VECTOR_INDEX).distance_type == "dot"
-    assert lance_probes.probing(searchers.LanceSearcher(table).dataset, q, 4).metric == "dot"
+    dataset = searchers.LanceSearcher(table).dataset
+    assert lance_probes.probing(dataset, q, 4, rindex.vector_index(dataset)).metric == "dot"
