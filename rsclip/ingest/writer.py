@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rsclip.table import fragments, keyed_writes, source_versions, tiles
+from rsclip.table import fragments, keyed_writes, opening, source_versions, tiles
 from rsclip.errors import RsclipError
 from rsclip.ingest import write_stage
 from rsclip.ingest.batch import MESSAGE, STAGE, STAGE_PLAN
@@ -83,15 +83,7 @@ def error_id(uri: str, stage: str, window) -> str:
 
 def open_errors_table(db, table: str):
     """Open (creating when missing) the errors table of tile table ``table`` in ``db``."""
-    conn = tiles.connect(db)
-    name = tiles.errors_table_name(table)
-    if name not in tiles.table_names(conn):
-        try:
-            return conn.create_table(name, schema=ERRORS_SCHEMA)
-        except (ValueError, OSError):
-            if name not in tiles.table_names(conn):
-                raise
-    return conn.open_table(name)
+    return opening.open_or_create(tiles.connect(db), tiles.errors_table_name(table), ERRORS_SCHEMA)[0]
 
 
 def record_errors(errors_table, rows: list[dict]) -> None:

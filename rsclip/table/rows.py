@@ -5,7 +5,6 @@ footprints; and the companion tables kept beside a tile table (labels, detection
 from __future__ import annotations
 
 import re
-import time
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -13,7 +12,7 @@ import pyarrow as pa
 
 from rsclip.errors import NotFound
 from rsclip.geo import footprints
-from rsclip.table import datasets, tiles
+from rsclip.table import datasets, opening, tiles
 
 # Ids per lookup: one ``id IN (...)`` filter of at most this many literals.
 LOOKUP_CHUNK = 1000
@@ -71,35 +70,9 @@ def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
     """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None.
     Raises ``NotFound`` for a local folder ``db`` that does not exist, unless ``create``."""
     conn = tiles.connect(db, create=create)
-    if name not in tiles.table_names(conn):
-        if not create:
-            return None
-        try:
-            return conn.create_table(name, schema=schema)
-        except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
-            if name not in tiles.table_names(conn):
-                raise
-            return _open_once_created(conn, name)
-    return conn.open_table(name)
-
-
-# How long a table another writer is creating may be listed before its first version can be opened (on S3
-# the folder appears before the manifest is written).
-CREATED_ELSEWHERE_SECONDS = 60.0
-
-
-def _open_once_created(conn, name: str):
-    """``conn.open_table(name)`` for a table that another writer is creating: "not found" until its first
-    version is written is "not yet", for at most :data:`CREATED_ELSEWHERE_SECONDS`."""
-    deadline, pause = time.monotonic() + CREATED_ELSEWHERE_SECONDS, 0.05
-    while True:
-        try:
-            return conn.open_table(name)
-        except ValueError as exc:
-            if "not found" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(2 * pause, 1.0)
+    if create:
+        return opening.open_or_create(conn, name, schema)[0]
+    return conn.open_table(name) if name in tiles.table_names(conn) else None
 
 
 def tile_footprints(frame, table=None) -> np.ndarray:

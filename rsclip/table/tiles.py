@@ -50,6 +50,7 @@ import pyarrow as pa
 
 from rsclip.runtime import storage
 from rsclip.table import datasets
+from rsclip.table.opening import open_or_create, table_names
 from rsclip.table.keyed_writes import merge_on, retry_on_conflict
 from rsclip.table.names import (CLOUD_COVER, CRS, DATETIME, DEFAULT_TABLE, FOOTPRINT, HEIGHT, ID, ITEM_ID, LAT_MAX,
                                 LAT_MIN, LON_MAX, LON_MIN, NODATA_FRACTION, SOURCE_VERSION, URI, VECTOR, WIDTH, X, Y)
@@ -160,12 +161,6 @@ def connect(db: str | os.PathLike | lancedb.DBConnection, *, create: bool = True
     return lancedb.connect(str(folder))
 
 
-def table_names(conn: lancedb.DBConnection) -> list[str]:
-    """Names of the tables in ``conn``."""
-    result = conn.list_tables()
-    return list(getattr(result, "tables", result))
-
-
 def open_table(db, name: str = DEFAULT_TABLE):
     """Open the tile table ``name``.
 
@@ -241,16 +236,10 @@ def create_table(db, name: str = DEFAULT_TABLE, *, model: str, dim: int, identit
             (another model, or the same folder re-exported), or (recording none) another model name: vectors of
             two models in one table cannot be compared. The same weights under another name are accepted.
     """
-    conn = connect(db)
-    if name not in table_names(conn):
-        try:
-            created = conn.create_table(name, schema=tile_schema(dim, model, identity))
-            datasets.forget_datasets(created.uri)  # a table of this name dropped before: its versions are gone
-            return created
-        except (ValueError, OSError):  # another writer created it first (LanceDB's own errors)
-            if name not in table_names(conn):
-                raise
-    table = conn.open_table(name)
+    table, created = open_or_create(connect(db), name, tile_schema(dim, model, identity))
+    if created:
+        datasets.forget_datasets(table.uri)  # a table of this name dropped before: its versions are gone
+        return table
     have_model, have_dim = table_model(table)
     # a model is its weights, not their spelling: the same folder named otherwise (a link, a trailing slash,
     # relative) records the same digest; a table recording no weights can only compare the names
