@@ -3,9 +3,10 @@
 Lance's vector index is searched through Lance's scanner, which costs more than the probing itself (its
 earlier 64-byte PQ codes also ranked candidates so loosely that 400 of them had to be re-scored exactly for
 recall@10 0.99; BENCHMARKS.md, Query). A resident copy therefore builds its own index from the vectors it
-streams in: an inverted file of ``lists`` lists (an HNSW graph over their centroids, so that assigning 10M
-vectors costs seconds, not the hour a flat assignment would) whose rows are 4-bit scalar-quantized residuals
-(D/2 bytes: 256 at 512-d).
+streams in: an inverted file of ``lists`` lists whose rows are 4-bit scalar-quantized residuals (D/2 bytes: 256
+at 512-d). The lists' centroids are searched exhaustively (one matrix product: ~0.05 ms a query at 1,000 lists,
+and a load assigns 1M rows in ~10 s with BLAS); an HNSW graph over them cost more at every size rsclip holds in
+one process (~0.2 ms a query, and ~150 s to assign 1M rows one search at a time; BENCHMARKS.md, Query).
 Those codes rank well enough that the best 100 candidates of 20 lists hold the exact top 10 (recall@10 1.0
 at 1M clustered rows, against 0.96 for 400 PQ-64 candidates): few full vectors are read to re-score them.
 Ids are the rows' positions in the version's scan order; the index proposes, exact cosines decide.
@@ -23,9 +24,6 @@ import numpy as np
 # both, and the candidates are re-ranked exactly, so a coarse clustering loses little.
 TRAIN_PER_LIST = 64
 TRAIN_ITERATIONS = 10
-# Neighbours per node of the HNSW graph over the centroids, and the width of its search (> the probes).
-HNSW_NEIGHBOURS = 32
-HNSW_SEARCH = 128
 # The least share of the lists a search probes: lists grow as sqrt(rows), and a neighbourhood spans more of
 # them in a larger table (10 of 1,000 lists at 1M rows, 32 of 3,162 at 10M).
 MIN_PROBED_SHARE = 0.01
@@ -53,8 +51,7 @@ class IvfIndex:
     def __init__(self, dim: int, lists: int):
         faiss = _faiss()
         self.dim, self.lists = dim, lists
-        self._quantizer = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        self._quantizer.hnsw.efSearch = HNSW_SEARCH
+        self._quantizer = faiss.IndexFlatIP(dim)
         self._index = faiss.IndexIVFScalarQuantizer(self._quantizer, dim, lists, faiss.ScalarQuantizer.QT_4bit,
                                                     faiss.METRIC_INNER_PRODUCT)
         self._index.cp.niter = TRAIN_ITERATIONS
@@ -87,9 +84,8 @@ class IvfIndex:
 
     @property
     def nbytes(self) -> int:
-        """Codes and ids of the rows, the centroids (flat and in the graph) and the quantizer's ranges."""
-        graph = self.lists * HNSW_NEIGHBOURS * 2 * 4
-        return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2 + graph + self.dim * 8)
+        """Codes and ids of the rows, the centroids (in the quantizer and a copy) and the quantizer's ranges."""
+        return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2 + self.dim * 8)
 
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
         """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
