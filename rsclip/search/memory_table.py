@@ -99,9 +99,9 @@ class TableRows:
         """The vectors at ``positions`` (at most SCAN_ROWS of them), in that order, read now."""
         positions = np.asarray(positions, dtype=np.int64)
         order = np.argsort(positions, kind="stable")  # Lance reads ascending positions faster
-        found = self.dataset.take(positions[order], columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
-        vectors = np.empty((len(positions), found.type.list_size), dtype=np.float32)
-        vectors[order] = found.flatten().to_numpy(zero_copy_only=False).reshape(len(positions), found.type.list_size)
+        found = vectors_of(self.dataset.take(positions[order], columns=[tiles.VECTOR]).column(tiles.VECTOR))
+        vectors = np.empty_like(found)
+        vectors[order] = found
         return vectors
 
     def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -166,7 +166,7 @@ class ResidentTable:
         parts, filled = [], 0
         for batch in dataset.to_batches(columns=[*kept, tiles.VECTOR], with_row_id=True, batch_size=SCAN_ROWS):
             m = batch.num_rows
-            flat = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(m, -1)
+            flat = vectors_of(batch.column(tiles.VECTOR))
             if keep_vectors:
                 if vectors is None:
                     vectors = np.empty((n, flat.shape[1]), dtype=np.float32)
@@ -224,25 +224,27 @@ class ResidentTable:
         order = np.argsort(-scores, kind="stable")
         return positions[order], scores[order]
 
-    def vectors(self, positions: np.ndarray) -> np.ndarray:
-        """The stored vectors at ``positions``, in that order (read from the table version in the compact tier)."""
-        if not len(positions):
-            return np.zeros((0, 0), dtype=np.float32)
-        parts = range(0, len(positions), SCAN_ROWS)
-        return np.concatenate([self.store.at(positions[s : s + SCAN_ROWS]) for s in parts])
-
-    def rows(self, positions: np.ndarray) -> pa.Table:
-        """The result columns of the rows at ``positions``, in that order (the columns a compact copy does not
-        hold read from the table version)."""
+    def answer(self, positions: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """The result columns and the stored vectors of the rows at ``positions``, in that order. A compact copy
+        reads what it does not hold (the vectors, the texts) in one take of the table version."""
+        positions = np.asarray(positions, dtype=np.int64)
         held = self.columns.take(pa.array(positions, type=pa.int64()))
-        if self._missing:
-            read = self.dataset.take(np.asarray(positions, dtype=np.int64), columns=self._missing)
-            for name in self._missing:
-                held = held.append_column(name, read.column(name))
+        compact = self.store.kind == COMPACT
+        wanted = [*self._missing, *([tiles.VECTOR] if compact else [])]
+        read = self.dataset.take(positions, columns=wanted) if wanted else None
+        for name in self._missing:
+            held = held.append_column(name, read.column(name))
         for name in self._encoded:
             at = held.schema.get_field_index(name)
             held = held.set_column(at, name, held.column(at).cast(held.schema.field(at).type.value_type))
-        return held.select(list(self.column_names))
+        vectors = vectors_of(read.column(tiles.VECTOR)) if compact else self.store.at(positions)
+        return held.select(list(self.column_names)), vectors
+
+
+def vectors_of(column) -> np.ndarray:
+    """A fixed-size-list column of vectors as ``(rows, D)`` float32."""
+    found = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
 
 
 def _new_index(dataset, n: int) -> IvfIndex:
@@ -251,8 +253,7 @@ def _new_index(dataset, n: int) -> IvfIndex:
     lists = ivf_lists(n)
     index = IvfIndex(dim, lists)
     sample = np.sort(np.random.default_rng(0).choice(n, IvfIndex.training_rows(lists, n), replace=False))
-    found = dataset.take(sample, columns=[tiles.VECTOR]).column(tiles.VECTOR).combine_chunks()
-    index.train(found.flatten().to_numpy(zero_copy_only=False).reshape(len(sample), dim))
+    index.train(vectors_of(dataset.take(sample, columns=[tiles.VECTOR]).column(tiles.VECTOR)))
     return index
 
 

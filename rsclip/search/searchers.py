@@ -232,9 +232,7 @@ class LanceSearcher:
             result = checked_sql(lambda: self.dataset.to_table(
                 columns=[*fetch_columns(self.table), tiles.VECTOR, DISTANCE], nearest=nearest, filter=where,
                 prefilter=bool(where)), where)
-            found = result.column(tiles.VECTOR).combine_chunks()
-            vectors = found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
-            return ranked_rows(result, cosines(vectors, vector))
+            return ranked_rows(result, cosines(memory_table.vectors_of(result.column(tiles.VECTOR)), vector))
         return rank
 
 
@@ -285,8 +283,8 @@ class ResidentSearcher:
             positions = kept
             if not ranked_exactly:  # the index proposes refine_factor * n candidates among the kept rows
                 positions = rows.nearest(vector, n * max(1, self.refine_factor or 1), self.nprobes, among=kept)
-            best, _ = rows.top(positions, vector, n)
-            return ranked_rows(rows.rows(best), cosines(rows.vectors(best), vector))
+            columns, vectors = rows.answer(rows.top(positions, vector, n)[0])
+            return ranked_rows(columns, cosines(vectors, vector))
         return rank
 
 

@@ -114,7 +114,9 @@ def test_a_compact_copy_of_512_d_rows_holds_under_400_bytes_a_row(tiny_model, tm
     q = vectors[17]
     for copy in (compact, memory):
         best, scores = copy.top(copy.nearest(q, 10, searchers.DEFAULT_NPROBES), q, 1)
-        assert copy.rows(best).column("uri").to_pylist() == ["s3://archive/scene-17.tif"]
+        columns, found = copy.answer(best)
+        assert columns.column("uri").to_pylist() == ["s3://archive/scene-17.tif"]
+        assert np.array_equal(found, vectors[17:18].astype(np.float32))
         assert scores[0] == pytest.approx(1.0, abs=1e-5)
 
 
