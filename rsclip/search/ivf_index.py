@@ -3,15 +3,16 @@
 Lance's vector index is searched through Lance's scanner, which costs more than the probing itself (its
 earlier 64-byte PQ codes also ranked candidates so loosely that 400 of them had to be re-scored exactly for
 recall@10 0.99; BENCHMARKS.md, Query). A resident copy therefore builds its own index from the vectors it
-streams in: an inverted file of ``lists`` lists whose rows are 4-bit scalar-quantized residuals (D/2 bytes: 256
-at 512-d). The lists' centroids are searched exhaustively (one matrix product: ~0.05 ms a query at 1,000 lists,
+streams in: an inverted file of ``lists`` lists whose rows are RaBitQ codes of their residuals (FAISS's
+``IndexIVFRaBitQ``, :data:`CODE_BITS` bits a dimension plus correction factors: 148 bytes at 512-d). The lists' centroids are searched exhaustively (one matrix product: ~0.05 ms a query at 1,000 lists,
 and a load assigns 1M rows in ~10 s with BLAS); an HNSW graph over them cost more at every size rsclip holds in
 one process (~0.2 ms a query, and ~150 s to assign 1M rows one search at a time; BENCHMARKS.md, Query).
-Those codes rank well enough that the best 100 candidates of 20 lists hold the exact top 10 (recall@10 1.0
-at 1M clustered rows, against 0.96 for 400 PQ-64 candidates): few full vectors are read to re-score them.
+Those codes rank well enough that the best 200 candidates of 10 lists hold the exact top 10 (recall@10 0.999
+at 1M clustered rows, 1.0 from 4-bit scalar codes at 1.7x the bytes and 2.2x the time, 0.96 for 400 PQ-64
+candidates; BENCHMARKS.md, Query): few full vectors are read to re-score them.
 Ids are the rows' positions in the version's scan order; the index proposes, exact cosines decide.
 
-Memory: D/2 + 8 bytes per row (the code and its id), plus the centroids (``lists`` x D floats, twice).
+Memory: the code and an 8-byte id per row (:func:`row_bytes`), plus the centroids (``lists`` x D floats, twice).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ MIN_PROBED_SHARE = 0.01
 PROBE_SPREAD = 2.5
 MAX_PROBED_SHARE = 0.25
 MAX_PROBED_ROWS = 200_000
+# The codes: bits per dimension of a row's residual (2: 148 bytes a 512-d row), and of the query they are compared
+# with. Measured at 1M rows (BENCHMARKS.md, Query): 1 bit ranks too loosely (recall 0.96 from 200 candidates,
+# 0.36-0.62 for far queries), 4 bits cost as much as 4-bit scalar codes; 8 query bits gain nothing over 4.
+CODE_BITS = 2
+QUERY_BITS = 4
+# A query that probes more lists than the least (far from every cluster) has more rows about as close as its
+# best ones, which the codes rank loosely: it gets up to this many times the candidates, in proportion to the
+# lists it probes (recall@10 of far queries 0.85 -> 0.97 from 100 -> 400 candidates at 1M rows).
+MAX_CANDIDATE_GROWTH = 4
 # Rows handed to FAISS per call while a copy loads: each call holds a few copies of its rows (unit rows,
 # residuals, their assignment), ~0.4 GB at 65,536 rows of 512-d, so a load's peak grows with this, not the table.
 ADD_ROWS = 8_192
@@ -49,14 +59,13 @@ def _faiss():
 
 
 class IvfIndex:
-    """An IVF index of 4-bit scalar-quantized residuals (inner product on unit vectors) over row positions."""
+    """An IVF index of RaBitQ-coded residuals (inner product on unit vectors) over row positions."""
 
     def __init__(self, dim: int, lists: int):
         faiss = _faiss()
         self.dim, self.lists = dim, lists
         self._quantizer = faiss.IndexFlatIP(dim)
-        self._index = faiss.IndexIVFScalarQuantizer(self._quantizer, dim, lists, faiss.ScalarQuantizer.QT_4bit,
-                                                    faiss.METRIC_INNER_PRODUCT)
+        self._index = faiss.IndexIVFRaBitQ(self._quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT, True, CODE_BITS)
         self._index.cp.niter = TRAIN_ITERATIONS
         self._index.cp.max_points_per_centroid = TRAIN_PER_LIST
         self._index.cp.min_points_per_centroid = 1  # a small table trains on what it has, quietly
@@ -67,7 +76,7 @@ class IvfIndex:
         return min(rows, max(TRAIN_PER_LIST * lists, 10_000))
 
     def train(self, sample: np.ndarray) -> None:
-        """Fit the list centroids and the quantizer's ranges on ``sample`` (rows x D)."""
+        """Fit the list centroids (and what the codes need) on ``sample`` (rows x D)."""
         self._index.train(_unit(sample))
         self._centroids = self._quantizer.reconstruct_n(0, self.lists)
 
@@ -88,12 +97,13 @@ class IvfIndex:
 
     @property
     def nbytes(self) -> int:
-        """Codes and ids of the rows, the centroids (in the quantizer and a copy) and the quantizer's ranges."""
-        return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2 + self.dim * 8)
+        """Codes and ids of the rows and the centroids (in the quantizer and a copy)."""
+        return int(len(self) * (self._index.code_size + 8) + self.lists * self.dim * 4 * 2)
 
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
         """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
-        best first by their codes.
+        best first by their codes; up to :data:`MAX_CANDIDATE_GROWTH` times ``n`` when it probes more lists than
+        the least.
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table), so a filter keeping few rows
@@ -101,8 +111,10 @@ class IvfIndex:
         """
         faiss = _faiss()
         query = _unit(np.asarray(vector, dtype=np.float32)[None, :])
-        params = faiss.SearchParametersIVF()
-        nprobe = self.probes(query[0], nprobe)
+        params = faiss.IVFRaBitQSearchParameters()
+        params.qb = QUERY_BITS
+        least, nprobe = least_probes(self.lists, nprobe), self.probes(query[0], nprobe)
+        n *= min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
         params.nprobe = nprobe
         packed = None
         if among is not None:
@@ -121,12 +133,24 @@ def probe_count(centroids: np.ndarray, query: np.ndarray, nprobe: int, rows: int
     """How many of the lists of ``centroids`` (lists x D) a search for ``query`` (a unit vector) over ``rows``
     rows probes: the rule of :meth:`IvfIndex.probes`, for any IVF index whose centroids are known (Lance's too)."""
     lists = len(centroids)
-    least = max(int(nprobe), math.ceil(lists * MIN_PROBED_SHARE), 1)
+    least = least_probes(lists, nprobe)
     sims = centroids @ query
     close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
     per_list = max(1.0, rows / lists)
     most = min(math.ceil(lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
     return min(lists, max(least, min(close, most)))
+
+
+def least_probes(lists: int, nprobe: int) -> int:
+    """The fewest of ``lists`` lists a search probes: ``nprobe``, at least :data:`MIN_PROBED_SHARE` of them."""
+    return max(int(nprobe), math.ceil(lists * MIN_PROBED_SHARE), 1)
+
+
+def row_bytes(dim: int) -> int:
+    """The index's memory per row of ``dim`` dimensions: the code and the id."""
+    faiss = _faiss()
+    return int(faiss.IndexIVFRaBitQ(faiss.IndexFlatIP(dim), dim, 1, faiss.METRIC_INNER_PRODUCT, True,
+                                    CODE_BITS).code_size) + 8
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -136,4 +160,4 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-__all__ = ["IvfIndex", "probe_count"]
+__all__ = ["IvfIndex", "least_probes", "probe_count", "row_bytes"]

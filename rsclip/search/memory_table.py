@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from rsclip.table import datasets, tiles
 from rsclip.table.index import ivf_lists
 from rsclip.search.filters import bbox_mask
-from rsclip.search.ivf_index import IvfIndex
+from rsclip.search.ivf_index import IvfIndex, row_bytes
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def estimated_bytes(dataset, tier: str = MEMORY) -> int:
     """Memory a resident copy of ``dataset`` would take in ``tier``: the vectors plus ~160 bytes of columns
     per row (memory), or the index entry and the compact columns (compact); the index is counted in both."""
     dim = dataset.schema.field(tiles.VECTOR).type.list_size
-    index = dim // 2 + 8
+    index = row_bytes(dim)
     per_row = dim * 4 + ROW_OVERHEAD_BYTES + index if tier == MEMORY else index + COMPACT_ROW_BYTES
     return int(dataset.count_rows() * per_row)
 

@@ -49,9 +49,10 @@ DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by
 # 2026-12-05); 40 stays for the PQ indexes of tables not rebuilt yet.
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 40
-# A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 4-bit codes of the full vector:
-# 10 x k of them hold the exact top k (recall@10 1.0 at 1M rows, BENCHMARKS.md), and each is one vector read.
-RESIDENT_REFINE_FACTOR = 10
+# A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 2-bit RaBitQ codes of the full
+# vector: 20 x k of them hold the exact top k (recall@10 0.999 at 1M rows, 0.995 from 10 x k; BENCHMARKS.md), and
+# each is one vector read.
+RESIDENT_REFINE_FACTOR = 20
 # ... from this many of its lists: 10 hold the exact top 10 at 1M rows as well as 20 do (BENCHMARKS.md).
 RESIDENT_NPROBES = 10
 # A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
