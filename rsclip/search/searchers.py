@@ -31,7 +31,7 @@ from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.lance_probes import Probing, probing
 from rsclip.search import memory_table
-from rsclip.search.memory_table import MEMORY, ROW_ID, resident_table
+from rsclip.search.memory_table import COMPACT, MEMORY, ROW_ID, resident_table
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ DISTANCE = "_distance"  # Lance's column of the search's distances, asked for by
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 40
 # A resident copy's own index (rsclip.search.ivf_index) ranks candidates with 2-bit RaBitQ codes of the full
-# vector: 20 x k of them hold the exact top k (recall@10 0.999 at 1M rows, 0.995 from 10 x k; BENCHMARKS.md), and
-# each is one vector read.
-RESIDENT_REFINE_FACTOR = 20
+# vector, and each candidate is one vector read: a gather in memory, a read of the table in the compact tier.
+# 20 x k of them hold the exact top k at recall@10 0.999 at 1M rows, 10 x k at 0.995 (BENCHMARKS.md, Query).
+RESIDENT_REFINE_FACTOR = {MEMORY: 20, COMPACT: 10}
 # ... from this many of its lists: 10 hold the exact top 10 at 1M rows as well as 20 do (BENCHMARKS.md).
 RESIDENT_NPROBES = 10
 # A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
@@ -240,12 +240,14 @@ class LanceSearcher:
 class ResidentSearcher:
     """Searches a resident copy of the table's current version (loaded on first use, kept per process; its
     tier says where the vectors are, :mod:`rsclip.search.memory_table`): its index proposes
-    ``refine_factor * k`` candidates from ``nprobes`` lists, their exact scores rank them."""
+    ``refine_factor * k`` candidates (by default :data:`RESIDENT_REFINE_FACTOR` of its tier) from ``nprobes``
+    lists, their exact scores rank them."""
 
     def __init__(self, table, rows, *, nprobes: int = RESIDENT_NPROBES,
-                 refine_factor: int | None = RESIDENT_REFINE_FACTOR, current: int | None = None):
+                 refine_factor: int | None = None, current: int | None = None):
         self.table, self.rows, self.dataset = table, rows, rows.dataset
-        self.nprobes, self.refine_factor = nprobes, refine_factor
+        self.nprobes = nprobes
+        self.refine_factor = RESIDENT_REFINE_FACTOR[rows.kind] if refine_factor is None else refine_factor
         current = datasets.dataset_of(table).version if current is None else current
         self.path = f"resident ({rows.kind})"
         self.note = "" if rows.dataset.version == current else (
