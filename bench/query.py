@@ -12,8 +12,9 @@ fresh draws from the same mixture; ground truth is the exact top k by numpy. Sin
 The arms, one pass over the queries each per round (rounds interleaved, see bench/common.py; the first 5
 queries of every pass are untimed):
 
-- ``resident``: rsclip's ANN on the resident copy (``searcher_for(table, resident=True)``, the web app's
-  path, here the ``memory`` tier; loaded once, its load time and memory printed): p50/p95 ms, recall@k;
+- ``resident``: rsclip's ANN on the resident copy (``searcher_for(table, resident=True)`` on the table as
+  ``rsclip.query`` and the services read it: ``snapshots.read_table``, a newer version looked for at every
+  search; here the ``memory`` tier; loaded once, its load time and memory printed): p50/p95 ms, recall@k;
 - ``compact``: the same on a ``compact`` resident copy (what tables too large for the memory tier get: the
   index in memory, vectors and columns read from the table on demand; ``compact_*``, ``compact_bytes_per_row``);
 - ``lance``: the same search through Lance alone (``LanceSearcher``, ``rsclip.query``'s default);
@@ -289,7 +290,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     """The arms compared in every round (see the module doc)."""
     import numpy as np
 
-    from rsclip.table import tiles
+    from rsclip.table import snapshots, tiles
     from rsclip.search import searchers as S
     from rsclip.search.filters import Filters
     from rsclip.search.query import query
@@ -307,8 +308,10 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     def boxed(make):
         return lambda i: rows_of(S.search(make(), data.queries[i], k, Filters.of(bbox=data.boxes[i])))
 
-    resident, lance = (lambda: S.searcher_for(table, resident=True)), (lambda: S.LanceSearcher(table))
-    compacted = lambda: S.ResidentSearcher(table, compact)
+    # the table as rsclip.query reads it: a snapshot per process, checked for a newer version at every search
+    read = lambda: snapshots.read_table(db, table.name)  # noqa: E731
+    resident, lance = (lambda: S.searcher_for(read(), resident=True)), (lambda: S.LanceSearcher(read()))
+    compacted = lambda: S.ResidentSearcher(read(), compact)
     held = resident().rows  # the index arm: the copy's index and exact scores only, as FAISS's arm (no lookup)
 
     far = list(far_queries(args))  # far from every cluster (texts across CLIP's gap, anything unlike the archive)
