@@ -4,9 +4,10 @@ Lance's vector index is searched through Lance's scanner, which costs more than 
 earlier 64-byte PQ codes also ranked candidates so loosely that 400 of them had to be re-scored exactly for
 recall@10 0.99; BENCHMARKS.md, Query). A resident copy therefore builds its own index from the vectors it
 streams in: an inverted file of ``lists`` lists whose rows are RaBitQ codes of their residuals (FAISS's
-``IndexIVFRaBitQ``, :data:`CODE_BITS` bits a dimension plus correction factors: 148 bytes at 512-d). The lists' centroids are searched exhaustively (one matrix product: ~0.05 ms a query at 1,000 lists,
-and a load assigns 1M rows in ~10 s with BLAS); an HNSW graph over them cost more at every size rsclip holds in
-one process (~0.2 ms a query, and ~150 s to assign 1M rows one search at a time; BENCHMARKS.md, Query).
+``IndexIVFRaBitQ``, :data:`CODE_BITS` bits a dimension plus correction factors: 148 bytes at 512-d). The
+lists' centroids are searched exhaustively (one matrix product: ~0.05 ms a query at 1,000 lists, and a load
+assigns its rows with BLAS); an HNSW graph over them cost more at every size rsclip holds in one process
+(~0.2 ms a query, and a 1M-row copy loaded in 90 s instead of 24 s, one search a row; BENCHMARKS.md, Query).
 Those codes rank well enough that the best 200 candidates of 10 lists hold the exact top 10 (recall@10 0.999
 at 1M clustered rows, 1.0 from 4-bit scalar codes at 1.7x the bytes and 2.2x the time, 0.96 for 400 PQ-64
 candidates; BENCHMARKS.md, Query): few full vectors are read to re-score them.
