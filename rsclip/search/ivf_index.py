@@ -48,9 +48,6 @@ QUERY_BITS = 4
 # best ones, which the codes rank loosely: it gets up to this many times the candidates, in proportion to the
 # lists it probes (recall@10 of far queries 0.85 -> 0.97 from 100 -> 400 candidates at 1M rows).
 MAX_CANDIDATE_GROWTH = 4
-# Rows handed to FAISS per call while a copy loads: each call holds a few copies of its rows (unit rows,
-# residuals, their assignment), ~0.4 GB at 65,536 rows of 512-d, so a load's peak grows with this, not the table.
-ADD_ROWS = 8_192
 
 
 def _faiss():
@@ -89,9 +86,8 @@ class IvfIndex:
         return probe_count(self._centroids, query, nprobe, len(self))
 
     def add(self, vectors: np.ndarray) -> None:
-        """Append rows (their ids follow the rows already added), :data:`ADD_ROWS` at a time."""
-        for start in range(0, len(vectors), ADD_ROWS):
-            self._index.add(_unit(vectors[start : start + ADD_ROWS]))
+        """Append rows (their ids follow the rows already added)."""
+        self._index.add(_unit(vectors))
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
