@@ -47,3 +47,14 @@ def test_far_queries_probe_more_lists_and_keep_their_top_10(monkeypatch):
     fixed = recall(index, vectors, far, 5)
     assert adaptive >= 0.95 and adaptive > fixed, (adaptive, fixed)
     assert recall(index, vectors, near, 5) == 1.0
+
+
+def test_a_query_probing_more_lists_gets_more_candidates_in_proportion():
+    rng = np.random.default_rng(2)
+    centers = unit_centers(rng, 200, DIM)
+    index = built(clustered(rng, ROWS, centers, spread=0.8))
+    near, far = clustered(rng, 1, centers, spread=0.8)[0], unit_centers(rng, 1, DIM)[0].astype(np.float32)
+    least = ivf_index.least_probes(LISTS, 5)
+    assert index.probes(near, 5) == least and len(index.search(near, CANDIDATES, 5)) == CANDIDATES
+    grown = min(ivf_index.MAX_CANDIDATE_GROWTH, int(np.ceil(index.probes(far, 5) / least)))
+    assert grown > 1 and len(index.search(far, CANDIDATES, 5)) == grown * CANDIDATES
