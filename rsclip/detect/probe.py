@@ -102,8 +102,7 @@ def sample_background(table, n: int, exclude: set[str], seed: int) -> tuple[list
     picked = np.sort(rng.choice(total, size=want, replace=False)) if want else np.zeros(0, dtype=np.int64)
     found = dataset.take(picked.tolist(), columns=[tiles.ID, tiles.VECTOR])
     ids = found.column(tiles.ID).to_pylist()
-    dim = table.schema.field(tiles.VECTOR).type.list_size
-    vectors = found.column(tiles.VECTOR).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    vectors = rows.vectors_of(found.column(tiles.VECTOR))
     keep = [i for i in rng.permutation(len(ids)) if ids[i] not in exclude][:n]
     return [ids[i] for i in keep], vectors[keep].astype(np.float32)
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsclip.runtime import storage
-from rsclip.table import detections, fragments, tiles
+from rsclip.table import detections, fragments, rows, tiles
 from rsclip.detect.probe import sigmoid
 
 ROWS_PER_PART = 65_536
@@ -96,7 +96,7 @@ def detection_rows(batch: pa.RecordBatch, weights: np.ndarray, bias: float, labe
                    part: str, now: dt.datetime) -> pa.Table:
     """The detection rows (:data:`rsclip.table.detections.STORED_SCHEMA`) of one read batch of tiles."""
     n = batch.num_rows
-    vectors = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+    vectors = rows.vectors_of(batch.column(tiles.VECTOR))
     logits = (vectors @ weights + np.float32(bias)).astype(np.float64)
     ids = batch.column(tiles.ID)
     constant = lambda value, kind: pa.repeat(pa.scalar(value, kind), n)  # noqa: E731  (no Python lists)

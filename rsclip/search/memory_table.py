@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsclip.table import datasets, tiles
+from rsclip.table.rows import vectors_of
 from rsclip.table.index import ivf_lists
 from rsclip.search.filters import bbox_mask
 from rsclip.search.ivf_index import IvfIndex, row_bytes
@@ -239,12 +240,6 @@ class ResidentTable:
             held = held.set_column(at, name, held.column(at).cast(held.schema.field(at).type.value_type))
         vectors = vectors_of(read.column(tiles.VECTOR)) if compact else self.store.at(positions)
         return held.select(list(self.column_names)), vectors
-
-
-def vectors_of(column) -> np.ndarray:
-    """A fixed-size-list column of vectors as ``(rows, D)`` float32."""
-    found = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
 
 
 def _new_index(dataset, n: int) -> IvfIndex:

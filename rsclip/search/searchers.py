@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rsclip.table import datasets, index as table_index, tiles
+from rsclip.table.rows import vectors_of
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
 from rsclip.search.lance_probes import Probing, probing
@@ -233,7 +234,7 @@ class LanceSearcher:
             result = checked_sql(lambda: self.dataset.to_table(
                 columns=[*fetch_columns(self.table), tiles.VECTOR, DISTANCE], nearest=nearest, filter=where,
                 prefilter=bool(where)), where)
-            return ranked_rows(result, cosines(memory_table.vectors_of(result.column(tiles.VECTOR)), vector))
+            return ranked_rows(result, cosines(vectors_of(result.column(tiles.VECTOR)), vector))
         return rank
 
 

@@ -60,10 +60,13 @@ def vectors_by_id(table, ids: Sequence[str]) -> np.ndarray:
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise NotFound(f"{len(missing)} tile id(s) not in table {table.name!r}: {shown}")
-    dim = table.schema.field(tiles.VECTOR).type.list_size
-    flat = found.column(tiles.VECTOR).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = flat.reshape(found.num_rows, dim).astype(np.float32)
-    return vectors[[at[i] for i in ids]]
+    return vectors_of(found.column(tiles.VECTOR)).astype(np.float32)[[at[i] for i in ids]]
+
+
+def vectors_of(column) -> np.ndarray:
+    """A fixed-size-list column of vectors (an Arrow array or chunked array) as ``(rows, D)``."""
+    found = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return found.flatten().to_numpy(zero_copy_only=False).reshape(len(found), found.type.list_size)
 
 
 def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
