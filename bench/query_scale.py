@@ -97,6 +97,13 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def write_or_draw(args, db: Path) -> tuple:
     """Write the table (or, with ``--reuse``, only draw its rows); returns ``(queries, once)``."""
     from bench import query as Q
@@ -112,11 +119,11 @@ def write_or_draw(args, db: Path) -> tuple:
         return queries, once
     table = tiles.create_table(db, model="bench", dim=args.dim)
     queries, _ = Q.generate(args, lambda start, v, b: Q.add_chunk(table, start, v, b, keyed=False))
-    once["table_write_s"] = time.perf_counter() - t0
+    once.update(table_write_s=time.perf_counter() - t0, write_peak_rss_mb=peak_rss_mb())
     if args.lance_index:
         t0 = time.perf_counter()
         rindex.build_index(db, min_rows=1)
-        once["index_build_s"] = time.perf_counter() - t0
+        once.update(index_build_s=time.perf_counter() - t0, index_build_peak_rss_mb=peak_rss_mb())
     return queries, once
 
 
