@@ -45,6 +45,15 @@ def fresh_resident_cache(monkeypatch):
     monkeypatch.setattr(memory_table, "cache", memory_table.ResidentCache())
 
 
+@pytest.fixture
+def index_small_tables(monkeypatch):
+    """Tables of a few thousand rows searched through their indexes, as tables past
+    ``memory_table.EXACT_ROWS`` rows are (smaller ones are ranked exactly): for tests of the index paths."""
+    from rsclip.search import memory_table
+
+    monkeypatch.setattr(memory_table, "EXACT_ROWS", 999)
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with bucket ``rsclip-test``; the AWS variables point at it."""

@@ -49,8 +49,12 @@ ROW_OVERHEAD_BYTES = 160
 # Per row of a compact copy besides its index entry: four float64 bounds, the window (4 int32), three time and
 # quality columns (8 bytes each), the CRS (a dictionary index) and the row-id lookup (12 bytes).
 COMPACT_ROW_BYTES = 4 * 8 + 4 * 4 + 3 * 8 + 4 + 12
-# A table of fewer rows gets no in-process index: its rows are ranked exactly.
-MIN_INDEX_ROWS = 1_000
+# A search over at most this many rows (the version's, or those its filters keep) ranks them all exactly: a
+# copy this small gets no in-process index, and a search through Lance scans instead of probing its index. An
+# exact scan is then about as fast as probing (20k rows: 1.6 ms in memory, one BLAS thread), and the index would
+# lose rows: a far query (a text across CLIP's modality gap) found 0.55 of its true top 10 through the resident
+# index and 0.57-0.62 through Lance's at 20k rows, where the probe rule's share cap binds (BENCHMARKS.md, Query).
+EXACT_ROWS = 20_000
 # Seconds a search waits for another thread's first load of a table before searching without it.
 LOAD_WAIT_S = 300.0
 
@@ -129,14 +133,14 @@ class ResidentTable:
 
     Loaded in one pass over the version (after a sample for the index's training, when it gets one); the
     index is built when the version has an ANN index on its vectors (``indexed``) or the tier is compact
-    (which cannot rank all rows exactly), and the version has at least :data:`MIN_INDEX_ROWS` rows.
+    (which cannot rank all rows exactly), and the version has more than :data:`EXACT_ROWS` rows.
     """
 
     def __init__(self, dataset, columns: tuple[str, ...], *, indexed: bool, tier: str = MEMORY):
         n = dataset.count_rows()
         self.dataset = dataset  # the version it holds
         self.column_names = tuple(columns)
-        self.index = _new_index(dataset, n) if (indexed or tier == COMPACT) and n >= MIN_INDEX_ROWS else None
+        self.index = _new_index(dataset, n) if (indexed or tier == COMPACT) and n > EXACT_ROWS else None
         self.indexed = self.index is not None
         kept = list(columns) if tier == MEMORY else compact_columns(dataset.schema, columns)
         row_ids, vectors, parts = self._scan(dataset, n, kept, keep_vectors=tier == MEMORY)

@@ -56,9 +56,6 @@ DEFAULT_REFINE_FACTOR = 40
 RESIDENT_REFINE_FACTOR = {MEMORY: 20, COMPACT: 10}
 # ... from this many of its lists: 10 hold the exact top 10 at 1M rows as well as 20 do (BENCHMARKS.md).
 RESIDENT_NPROBES = 10
-# A filtered search whose filter keeps at most this many rows scans them exactly instead of probing the
-# index: exact and, at this size, as fast as the ANN path.
-EXACT_FILTER_ROWS = 20_000
 # A resident search whose filters keep at most this many rows ranks them all in memory: at 1M rows that is
 # at most one pass over the vectors (~110 ms); more go to the index, restricted to the rows kept.
 RESIDENT_EXACT_ROWS = 1_000_000
@@ -223,9 +220,9 @@ class LanceSearcher:
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
         where = filters.sql()
         index = None if exact else table_index.vector_index(self.dataset)  # asked once: from the manifest
-        if where and index is not None:
-            count = checked_sql(lambda: self.dataset.count_rows(filter=where), where)
-            exact = count <= EXACT_FILTER_ROWS
+        if index is not None:  # few rows, the table's or those the filter keeps, are scanned exactly
+            count = checked_sql(lambda: self.dataset.count_rows(filter=where or None), where)
+            exact = count <= memory_table.EXACT_ROWS
         probe = Probing(tiles.METRIC, self.nprobes) if exact else probing(self.dataset, vector, self.nprobes, index)
 
         def rank(n: int) -> pa.Table:

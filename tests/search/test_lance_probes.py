@@ -87,3 +87,18 @@ def test_a_cosine_ivf_pq_index_is_used_until_a_build_retrains_it(tiny_model, tmp
     assert table.index_stats(rindex.VECTOR_INDEX).distance_type == "dot"
     dataset = searchers.LanceSearcher(table).dataset
     assert lance_probes.probing(dataset, q, 4, rindex.vector_index(dataset)).metric == "dot"
+
+
+def test_a_small_indexed_table_ranks_far_queries_exactly_on_every_path(tiny_model, tmp_path):
+    rng = np.random.default_rng(2)
+    db = tmp_path / "db"
+    write_table(db, tiny_model, 6000, rng, clusters=60)
+    rsclip.build_index(db, min_rows=1000)
+    table = tiles.open_table(db)
+    assert rindex.vector_index(searchers.LanceSearcher(table).dataset) is not None
+    frame = table.to_pandas()
+    vectors = np.stack(frame[tiles.VECTOR].to_numpy())
+    for q in far_queries(rng, 20):
+        truth = frame[tiles.ID].iloc[np.argsort(-(vectors @ q), kind="stable")[:10]].tolist()
+        assert rsclip.query(db, q, k=10)[tiles.ID].tolist() == truth
+        assert rsclip.query(db, q, k=10, resident=True)[tiles.ID].tolist() == truth

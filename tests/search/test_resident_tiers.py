@@ -32,7 +32,7 @@ def indexed_db(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(params=[memory_table.MEMORY, memory_table.COMPACT])
-def tier(request, indexed_db, monkeypatch):
+def tier(request, indexed_db, monkeypatch, index_small_tables):
     """A fresh resident cache whose limit gives the table the tier asked for."""
     dataset = datasets.dataset_of(tiles.open_table(indexed_db[0]))
     limit = memory_table.estimated_bytes(dataset, request.param)
@@ -99,7 +99,7 @@ def test_query_names_the_path_that_answered(indexed_db, tier):
     assert rsclip.query(db, queries[0], k=3).attrs["search_path"] == "lance"
 
 
-def test_a_compact_copy_of_512_d_rows_holds_under_400_bytes_a_row(tiny_model, tmp_path):
+def test_a_compact_copy_of_512_d_rows_holds_under_400_bytes_a_row(tiny_model, tmp_path, index_small_tables):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3000, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -47,7 +47,7 @@ def test_exact_searches_of_two_shards_merge_into_the_one_tables_answer(whole_and
         assert set(got["shard"]) <= {0, 1}
 
 
-def test_resident_shards_through_their_indexes_find_the_exact_top_10(whole_and_shards):
+def test_resident_shards_through_their_indexes_find_the_exact_top_10(whole_and_shards, index_small_tables):
     whole, parts, queries = whole_and_shards
     shard_searchers = [searchers.searcher_for(p, resident=True) for p in parts]
     assert all(s.rows.indexed for s in shard_searchers)

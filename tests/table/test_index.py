@@ -137,13 +137,14 @@ def test_filtered_search_with_index_is_exact_or_complete(synthetic_db, monkeypat
     # a selective filter is answered by an exact scan of the rows it keeps
     assert rsclip.query(db, q, k=20, bbox=box)["id"].tolist() == exact_ids(db, q, 20, mask)
     # through the index (forced): k rows, all inside the box, nearly all of the true ones
-    monkeypatch.setattr(searchers, "EXACT_FILTER_ROWS", 0)
+    monkeypatch.setattr(memory_table, "EXACT_ROWS", 0)
     got = searchers.search(searchers.LanceSearcher(table), q, 20, Filters.of(bbox=box))
     assert len(got) == 20 and mask(got).all()
     assert len(set(got["id"]) & set(exact_ids(db, q, 20, mask))) >= 18
 
 
-def test_resident_search_through_the_index_ranks_exactly_and_follows_new_versions(synthetic_db, monkeypatch):
+def test_resident_search_through_the_index_ranks_exactly_and_follows_new_versions(synthetic_db, monkeypatch,
+                                                                                  index_small_tables):
     db, rng, centers = synthetic_db
     rindex.build_index(db, min_rows=1000)
     queries = clustered(rng, 30, centers)
