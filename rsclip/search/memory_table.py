@@ -17,6 +17,7 @@ candidates; their scores are the exact cosines of the full vectors, as an exact 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -31,12 +32,11 @@ from rsclip.table.rows import vectors_of
 from rsclip.table.index import ivf_lists
 from rsclip.search.filters import bbox_mask
 from rsclip.search.ivf_index import IvfIndex, row_bytes
+from rsclip.search.row_stores import COMPACT, MEMORY, SCAN_ROWS, MemoryRows, TableRows
 
 log = logging.getLogger(__name__)
 
 ROW_ID = "_rowid"
-SCAN_ROWS = 65_536
-MEMORY, COMPACT = "memory", "compact"
 # Resident copies kept per process, the one being loaded included: each is a full copy of its table, so at
 # most two exist at once (the version serving searches and the next one loading).
 KEEP = 2
@@ -57,66 +57,6 @@ COMPACT_ROW_BYTES = 4 * 8 + 4 * 4 + 3 * 8 + 4 + 12
 EXACT_ROWS = 20_000
 # Seconds a search waits for another thread's first load of a table before searching without it.
 LOAD_WAIT_S = 300.0
-
-
-class MemoryRows:
-    """The ``memory`` tier's vectors: float32, by position."""
-
-    kind = MEMORY
-
-    def __init__(self, vectors: np.ndarray):
-        self.vectors = vectors
-        self._norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12) if len(vectors) else np.zeros(0, np.float32)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.vectors.nbytes + self._norms.nbytes)
-
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        """The vectors at ``positions``, in that order."""
-        return self.vectors[positions]
-
-    def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64)."""
-        n = len(self.vectors)
-        if len(positions) > n // 4:  # streaming every row beats gathering a large share of them
-            dots = np.empty(n, dtype=np.float32)
-            for start in range(0, n, SCAN_ROWS):
-                dots[start : start + SCAN_ROWS] = self.vectors[start : start + SCAN_ROWS] @ q
-            dots = dots[positions]
-        else:
-            dots = np.empty(len(positions), dtype=np.float32)
-            for start in range(0, len(positions), SCAN_ROWS):  # bounded working set: gathered rows are copies
-                dots[start : start + SCAN_ROWS] = self.vectors[positions[start : start + SCAN_ROWS]] @ q
-        return dots.astype(np.float64) / self._norms[positions]
-
-
-class TableRows:
-    """The ``compact`` tier's vectors: read from the table version on demand, by position (Lance's ``take``)."""
-
-    kind = COMPACT
-    nbytes = 0
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        """The vectors at ``positions`` (at most SCAN_ROWS of them), in that order, read now."""
-        positions = np.asarray(positions, dtype=np.int64)
-        order = np.argsort(positions, kind="stable")  # Lance reads ascending positions faster
-        found = vectors_of(self.dataset.take(positions[order], columns=[tiles.VECTOR]).column(tiles.VECTOR))
-        vectors = np.empty_like(found)
-        vectors[order] = found
-        return vectors
-
-    def scores(self, positions: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Cosines of the unit vector ``q`` with the rows at ``positions`` (float64), their vectors read now."""
-        scores = np.empty(len(positions), dtype=np.float64)
-        for start in range(0, len(positions), SCAN_ROWS):
-            vectors = self.at(positions[start : start + SCAN_ROWS])
-            norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-            scores[start : start + len(vectors)] = (vectors @ q).astype(np.float64) / norms
-        return scores
 
 
 def compact_columns(schema, columns) -> list[str]:
@@ -150,6 +90,8 @@ class ResidentTable:
             table = table.set_column(kept.index(tiles.CRS), tiles.CRS, pc.dictionary_encode(table.column(tiles.CRS)))
         # one chunk per column: Arrow's take on a many-chunk column concatenates it first (~20 ms at 1M rows)
         self.columns = table.combine_chunks()
+        del table, parts
+        _give_back_freed_memory()
         # what each answer's rows need besides a take: the columns read from the table, those decoded
         self._missing = [c for c in self.column_names if c not in self.columns.column_names]
         self._encoded = [f.name for f in self.columns.schema if pa.types.is_dictionary(f.type)]
@@ -219,31 +161,42 @@ class ResidentTable:
         """Candidate positions from the index (:meth:`IvfIndex.search`)."""
         return self.index.search(vector, n, nprobe, among)
 
-    def top(self, positions: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, scores)`` of the ``k`` rows among ``positions`` most similar to ``vector``, best first."""
+    def top(self, positions: np.ndarray, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(positions, vectors)``: the ``k`` rows among ``positions`` most similar to ``vector``, best first, and
+        their stored vectors where scoring read them from the table (the compact tier), else None."""
         q = np.asarray(vector, dtype=np.float32)
-        scores = self.store.scores(positions, q / max(float(np.linalg.norm(q)), 1e-12))
-        if len(scores) > k:
-            keep = np.argpartition(-scores, k - 1)[:k]
-            positions, scores = positions[keep], scores[keep]
-        order = np.argsort(-scores, kind="stable")
-        return positions[order], scores[order]
+        scores, vectors = self.store.scores(positions, q / max(float(np.linalg.norm(q)), 1e-12))
+        keep = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+        order = keep[np.argsort(-scores[keep], kind="stable")]
+        return positions[order], None if vectors is None else vectors[order]
 
-    def answer(self, positions: np.ndarray) -> tuple[pa.Table, np.ndarray]:
-        """The result columns and the stored vectors of the rows at ``positions``, in that order. A compact copy
-        reads what it does not hold (the vectors, the texts) in one take of the table version."""
+    def answer(self, positions: np.ndarray, vectors: np.ndarray | None = None) -> tuple[pa.Table, np.ndarray]:
+        """The result columns and the stored vectors of the rows at ``positions``, in that order (``vectors``:
+        those vectors, already read). A compact copy reads what it does not hold (the texts, the vectors unless
+        given) in one take of the table version."""
         positions = np.asarray(positions, dtype=np.int64)
         held = self.columns.take(pa.array(positions, type=pa.int64()))
         compact = self.store.kind == COMPACT
-        wanted = [*self._missing, *([tiles.VECTOR] if compact else [])]
+        wanted = [*self._missing, *([tiles.VECTOR] if compact and vectors is None else [])]
         read = self.dataset.take(positions, columns=wanted) if wanted else None
         for name in self._missing:
             held = held.append_column(name, read.column(name))
         for name in self._encoded:
             at = held.schema.get_field_index(name)
             held = held.set_column(at, name, held.column(at).cast(held.schema.field(at).type.value_type))
-        vectors = vectors_of(read.column(tiles.VECTOR)) if compact else self.store.at(positions)
+        if vectors is None:
+            vectors = vectors_of(read.column(tiles.VECTOR)) if compact else self.store.at(positions)
         return held.select(list(self.column_names)), vectors
+
+
+def _give_back_freed_memory() -> None:
+    """Return what a load freed to the system now: Arrow's pool and glibc keep freed pages for reuse, and a 10M-row
+    compact load left its process at 4.8 GB for a 2.3 GB copy until later allocations made them let go (3.4 GB;
+    BENCHMARKS.md, Query)."""
+    pa.default_memory_pool().release_unused()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 
 def _new_index(dataset, n: int) -> IvfIndex:

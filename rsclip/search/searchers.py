@@ -284,7 +284,7 @@ class ResidentSearcher:
             positions = kept
             if not ranked_exactly:  # the index proposes refine_factor * n candidates among the kept rows
                 positions = rows.nearest(vector, n * max(1, self.refine_factor or 1), self.nprobes, among=kept)
-            columns, vectors = rows.answer(rows.top(positions, vector, n)[0])
+            columns, vectors = rows.answer(*rows.top(positions, vector, n))
             return ranked_rows(columns, cosines(vectors, vector))
         return rank
 

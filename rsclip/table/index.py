@@ -204,8 +204,8 @@ def build_index(
 
     - No vector index and at least ``min_rows`` rows: train :data:`INDEX_TYPE` (:data:`INDEX_METRIC`, lists
       from :func:`ivf_lists`).
-    - Existing indexes are refreshed first (:func:`refresh_indexes`: compaction, then new rows folded in; the
-      vector index keeps its lists), or the vector index is retrained when ``rebuild`` is set, the unindexed
+    - The files are compacted first, and existing indexes refreshed (:func:`refresh_indexes`: new rows folded
+      in; the vector index keeps its lists), or the vector index is retrained when ``rebuild`` is set, the unindexed
       rows exceed half of the table, its lists are fewer than half of what :func:`ivf_lists` plans or it is
       of another type or metric (an index of earlier versions).
     - BTREE indexes on ``id``, ``uri``, the four bound columns and ``datetime`` are created when missing (and
@@ -242,8 +242,9 @@ def _build_index_once(db, table: str, *, rebuild: bool, min_rows: int) -> IndexS
     existing = {c for cfg in tbl.list_indices() for c in cfg.columns}
     vector_cfg = _vector_index_config(tbl)
     retrain = rebuild or (vector_cfg is not None and _needs_retrain(tbl, vector_cfg.name, rows))
-    if existing:  # before a build: the vector index is trained on compacted files, never remapped after
-        refresh_indexes(tbl, vector=not retrain)
+    # files compacted first, a first build too: the vector index is trained on them, never remapped after, and
+    # a resident copy's reads of a few rows cost per fragment they touch (BENCHMARKS.md, Query: 10M rows)
+    refresh_indexes(tbl, vector=not retrain)
     if (vector_cfg is None or retrain) and rows >= min_rows:
         partitions = ivf_lists(rows)
         tbl.create_index(tiles.VECTOR, config=lance_index.IvfSq(distance_type=INDEX_METRIC, num_partitions=partitions),
