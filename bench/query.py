@@ -322,8 +322,8 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
                     f"ood_recall{k}"),
         latency_arm("far_lance", "lance_ood_", lambda q: rows_of(S.search(lance(), q, k)), far, far_truth,
                     f"lance_ood_recall{k}"),
-        latency_arm("index", "index_", lambda q: candidates_then_exact(held, q, k), queries, truth,
-                    f"index_recall{k}"),
+        *([latency_arm("index", "index_", lambda q: candidates_then_exact(held, q, k), queries, truth,
+                       f"index_recall{k}")] if held.indexed else []),  # none at <= memory_table.EXACT_ROWS rows
         latency_arm("compact", "compact_ann_", lambda q: rows_of(S.search(compacted(), q, k)), queries, truth,
                     f"compact_recall{k}"),
         latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(lance(), q, k)), queries, truth,
@@ -468,6 +468,7 @@ def measure(args, bench: Bench, db: Path) -> dict:
               "index_faiss_ratio": ("index_p50_ms", "faiss_p50_ms"),
               "compact_faiss_ratio": ("compact_ann_p50_ms", "faiss_p50_ms"),
               "concurrency_gain": (f"qps_t{CONCURRENCY[-1]}", "qps_t1")}
+    ratios = {name: sides for name, sides in ratios.items() if all(side in figures for side in sides)}
     return bench.finish(figures, ratios=ratios, once=once,
                         constants={"rows": args.rows}, targets=TARGETS)
 

@@ -15,7 +15,7 @@ arm per round:
   the exact answer inside each box (the target is 1.0: a filter never loses a matching tile);
 - ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second with 1, 4 and 8 concurrent callers;
 - ``lance``: the search through Lance alone, only when the table has Lance's vector index (``--lance-index``
-  builds it: IVF_PQ took this machine most of an hour at 10M rows; IVF_SQ trains ~3x faster; off by default).
+  builds it: IVF_SQ took 7.6 min at 10M rows on this machine, IVF_PQ most of an hour; off by default).
 
 No FAISS baseline here: its exact re-ranking store would hold all vectors (bench/query.py compares at 1M).
 """
