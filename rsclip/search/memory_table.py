@@ -8,7 +8,7 @@ memory, in one of two tiers chosen by what fits (:func:`choose_tier`):
 - ``memory``: the result columns (~130 MB per million rows) and the float32 vectors (2 KB per 512-d row):
   re-ranking and the answer's columns come from memory;
 - ``compact`` (tables too large for that): the index and the fixed-width columns (bounds, window, times),
-  ~350 bytes per 512-d row; the candidates' vectors and the answer's texts (id, uri) are read from the table
+  ~250 bytes per 512-d row; the candidates' vectors and the answer's texts (id, uri) are read from the table
   version on demand (a positional ``take`` of ~100 rows, :class:`TableRows`).
 
 Either way an indexed table gets an in-process IVF index (:mod:`rsclip.search.ivf_index`) that proposes
@@ -51,9 +51,10 @@ ROW_OVERHEAD_BYTES = 160
 COMPACT_ROW_BYTES = 4 * 8 + 4 * 4 + 3 * 8 + 4 + 12
 # A search over at most this many rows (the version's, or those its filters keep) ranks them all exactly: a
 # copy this small gets no in-process index, and a search through Lance scans instead of probing its index. An
-# exact scan is then about as fast as probing (20k rows: 1.6 ms in memory, one BLAS thread), and the index would
-# lose rows: a far query (a text across CLIP's modality gap) found 0.55 of its true top 10 through the resident
-# index and 0.57-0.62 through Lance's at 20k rows, where the probe rule's share cap binds (BENCHMARKS.md, Query).
+# index there loses rows: a far query (a text across CLIP's modality gap) found 0.55 of its true top 10 through
+# the resident index and 0.57-0.62 through Lance's at 20k rows, where the probe rule's share cap binds. In memory
+# the exact scan costs about what probing does (1.6 ms at 20k rows, one BLAS thread); through Lance ~3x (86-101
+# ms against 26-34), paid by one-off commands, not by the services (BENCHMARKS.md, Query).
 EXACT_ROWS = 20_000
 # Seconds a search waits for another thread's first load of a table before searching without it.
 LOAD_WAIT_S = 300.0
