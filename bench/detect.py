@@ -149,14 +149,14 @@ def numpy_arm(db: Path, weights, bias: float) -> float:
     """Rows/s of one process reading the table's id, bounds and vectors and scoring them in numpy."""
     import numpy as np
 
-    from rsclip.table import tiles
+    from rsclip.table import rows, tiles
     from rsclip.detect.probe import sigmoid
     from rsclip.detect.scoring import READ_COLUMNS
 
     dataset = tiles.open_table(db).to_lance()
     t0, n = time.perf_counter(), 0
     for batch in dataset.to_batches(columns=list(READ_COLUMNS), batch_size=65_536):
-        vectors = batch.column(tiles.VECTOR).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        vectors = rows.vectors_of(batch.column(tiles.VECTOR))
         sigmoid(vectors @ weights + np.float32(bias))
         n += batch.num_rows
     return n / (time.perf_counter() - t0)
