@@ -10,7 +10,8 @@ archive with many scene types) with random WGS84 tile bounds, written through ``
 by ``rsclip.table.index.build_index``, once per run (or reused from ``--db`` with ``--reuse``). Queries are
 fresh draws from the same mixture; ground truth is the exact top k by numpy. Single queries, one at a time.
 The arms, one pass over the queries each per round (rounds interleaved, see bench/common.py; the first 5
-queries of every pass are untimed):
+queries of every pass are untimed; an arm's time ends with its answer, the result frame of ``searchers.search``
+or FAISS's ids, and the data's row numbers are read from it afterwards, for recall):
 
 - ``resident``: rsclip's ANN on the resident copy (``searcher_for(table, resident=True)`` on the table as
   ``rsclip.query`` and the services read it: ``snapshots.read_table``, a newer version looked for at every
@@ -191,6 +192,12 @@ def rows_of(frame):
     return np.asarray(scenes, dtype=np.int64) * 64 + frame[tiles.X].to_numpy() // 224
 
 
+def answer_rows(found):
+    """The data's row numbers of one answer of an arm: a result frame's (:func:`rows_of`), read after the arm's
+    timing as FAISS's ids need no reading (~0.2 ms a frame); anything else (ids, positions) as it is."""
+    return rows_of(found) if hasattr(found, "columns") else found
+
+
 def exact_topk(vectors, queries, k: int, mask=None) -> list:
     """Row indices of the exact top ``k`` (cosine) for each query, optionally among ``mask`` rows."""
     import numpy as np
@@ -237,6 +244,7 @@ def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str =
     hold fewer than k rows)."""
     def run() -> dict:
         found, times = timed(fn, items)
+        found = [answer_rows(f) for f in found]
         out = {f"{prefix}p50_ms": pct(times, 50), f"{prefix}p95_ms": pct(times, 95)}
         if truth is not None:
             out[recall_key] = recall(found, truth, k or max(len(t) for t in truth))
@@ -306,7 +314,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
         return top[np.argsort(-(data.vectors[top] @ q))]
 
     def boxed(make):
-        return lambda i: rows_of(S.search(make(), data.queries[i], k, Filters.of(bbox=data.boxes[i])))
+        return lambda i: S.search(make(), data.queries[i], k, Filters.of(bbox=data.boxes[i]))
 
     # the table as rsclip.query reads it: a snapshot per process, checked for a newer version at every search
     read = lambda: snapshots.read_table(db, table.name)  # noqa: E731
@@ -317,16 +325,16 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     far = list(far_queries(args))  # far from every cluster (texts across CLIP's gap, anything unlike the archive)
     far_truth = exact_topk(data.vectors, np.asarray(far), k)
     out = [
-        latency_arm("resident", "ann_", lambda q: rows_of(S.search(resident(), q, k)), queries, truth, f"recall{k}"),
-        latency_arm("far_resident", "ood_", lambda q: rows_of(S.search(resident(), q, k)), far, far_truth,
+        latency_arm("resident", "ann_", lambda q: S.search(resident(), q, k), queries, truth, f"recall{k}"),
+        latency_arm("far_resident", "ood_", lambda q: S.search(resident(), q, k), far, far_truth,
                     f"ood_recall{k}"),
-        latency_arm("far_lance", "lance_ood_", lambda q: rows_of(S.search(lance(), q, k)), far, far_truth,
+        latency_arm("far_lance", "lance_ood_", lambda q: S.search(lance(), q, k), far, far_truth,
                     f"lance_ood_recall{k}"),
         *([latency_arm("index", "index_", lambda q: candidates_then_exact(held, q, k), queries, truth,
                        f"index_recall{k}")] if held.indexed else []),  # none at <= memory_table.EXACT_ROWS rows
-        latency_arm("compact", "compact_ann_", lambda q: rows_of(S.search(compacted(), q, k)), queries, truth,
+        latency_arm("compact", "compact_ann_", lambda q: S.search(compacted(), q, k), queries, truth,
                     f"compact_recall{k}"),
-        latency_arm("lance", "lance_ann_", lambda q: rows_of(S.search(lance(), q, k)), queries, truth,
+        latency_arm("lance", "lance_ann_", lambda q: S.search(lance(), q, k), queries, truth,
                     f"lance_recall{k}"),
         latency_arm("faiss", "faiss_", lambda q: faiss_index.search(q[None, :], k)[1][0], queries, truth,
                     f"faiss_recall{k}"),
@@ -370,7 +378,8 @@ def sweep(args, table, data: Data, truth: list) -> None:
         for name, make in (("lance", lambda: S.LanceSearcher(table, nprobes=nprobes, refine_factor=lance_refine)),
                            ("resident", lambda: S.ResidentSearcher(table, resident_table(table, S.FETCH_COLUMNS),
                                                                    nprobes=nprobes, refine_factor=refine))):
-            found, times = timed(lambda q: rows_of(S.search(make(), q, args.k)), queries)
+            found, times = timed(lambda q: S.search(make(), q, args.k), queries)
+            found = [answer_rows(f) for f in found]
             print(f"  sweep {name:8s} nprobes={nprobes:3d} refine={refine:3d}: p50 {pct(times, 50):.3f} ms "
                   f"recall {recall(found, truth[:100], args.k):.4f}", flush=True)
 

@@ -151,17 +151,17 @@ def measure(args, bench, db: Path) -> dict:
           f"{once['compact_load_s']:.0f}s; RSS {before:.0f} -> {once['rss_mb']:.0f} MB", flush=True)
     searcher = lambda: S.ResidentSearcher(table, compact)
     items, k = list(range(len(queries))), args.k
-    arms = [Q.latency_arm("compact", "compact_ann_", lambda i: Q.rows_of(S.search(searcher(), queries[i], k)),
+    arms = [Q.latency_arm("compact", "compact_ann_", lambda i: S.search(searcher(), queries[i], k),
                           items, truths["ann"].answers(), f"compact_recall{k}")]
     for name, box in boxes.items():
-        ask = lambda i, box=box: Q.rows_of(S.search(searcher(), queries[i], k, Filters.of(bbox=box[i])))
+        ask = lambda i, box=box: S.search(searcher(), queries[i], k, Filters.of(bbox=box[i]))
         arms.append(Q.latency_arm(name, f"{name}_", ask, list(range(len(box))), truths[name].answers(),
                                   f"{name}_recall{k}", k=k))
     for threads in Q.CONCURRENCY:
         arms.append(Q.throughput_arm(f"qps_t{threads}", lambda q: S.search(searcher(), q, k), list(queries), threads))
     if tiles.has_vector_index(table):
-        arms.append(Q.latency_arm("lance", "lance_ann_", lambda i: Q.rows_of(S.search(S.LanceSearcher(table),
-                                  queries[i], k)), items, truths["ann"].answers(), f"lance_recall{k}"))
+        arms.append(Q.latency_arm("lance", "lance_ann_", lambda i: S.search(S.LanceSearcher(table),
+                                  queries[i], k), items, truths["ann"].answers(), f"lance_recall{k}"))
     figures = bench.rounds(arms)
     return bench.finish(figures, ratios={"concurrency_gain": (f"qps_t{Q.CONCURRENCY[-1]}", "qps_t1")}, once=once,
                         constants={"rows": args.rows}, targets=TARGETS)

@@ -110,32 +110,55 @@ class IvfIndex:
         query = _unit(np.asarray(vector, dtype=np.float32)[None, :])
         params = faiss.IVFRaBitQSearchParameters()
         params.qb = QUERY_BITS
-        least, nprobe = least_probes(self.lists, nprobe), self.probes(query[0], nprobe)
+        sims = self._centroids @ query[0]  # once: for the probe rule and the lists probed
+        least, nprobe = least_probes(self.lists, nprobe), probes_of(sims, nprobe, len(self))
         n *= min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
-        params.nprobe = nprobe
         packed = None
         if among is not None:
             if len(among) == 0:
                 return np.zeros(0, dtype=np.int64)
-            params.nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))
+            nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))
             bits = np.zeros(len(self), dtype=bool)
             bits[among] = True
             packed = np.packbits(bits, bitorder="little")  # kept alive until the search returns
             params.sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(packed))
-        _, found = self._index.search(query, int(n), params=params)
-        return found[0][found[0] >= 0]
+        params.nprobe = nprobe
+        found = self._search_lists(query, int(n), closest(sims, nprobe), sims, params)
+        return found[found >= 0]
+
+    def _search_lists(self, query: np.ndarray, n: int, lists: np.ndarray, sims: np.ndarray, params) -> np.ndarray:
+        """The ``n`` best positions for ``query`` (1 x D) in ``lists`` (best first; ``sims``: the query's similarity
+        to every centroid) under ``params``: FAISS's search with the lists chosen here (its Python wrapper of that
+        call takes no parameters), so the centroids are compared with the query once, not again by FAISS."""
+        faiss = _faiss()
+        labels, distances = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+        centroid_sims = np.ascontiguousarray(sims[lists], dtype=np.float32)
+        self._index.search_preassigned_c(1, faiss.swig_ptr(query), n, faiss.swig_ptr(lists),
+                                         faiss.swig_ptr(centroid_sims), faiss.swig_ptr(distances),
+                                         faiss.swig_ptr(labels), False, params)
+        return labels
 
 
 def probe_count(centroids: np.ndarray, query: np.ndarray, nprobe: int, rows: int) -> int:
     """How many of the lists of ``centroids`` (lists x D) a search for ``query`` (a unit vector) over ``rows``
     rows probes: the rule of :meth:`IvfIndex.probes`, for any IVF index whose centroids are known (Lance's too)."""
-    lists = len(centroids)
+    return probes_of(centroids @ query, nprobe, rows)
+
+
+def probes_of(sims: np.ndarray, nprobe: int, rows: int) -> int:
+    """:func:`probe_count` from the query's similarities to each list's centroid (``sims``)."""
+    lists = len(sims)
     least = least_probes(lists, nprobe)
-    sims = centroids @ query
     close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
     per_list = max(1.0, rows / lists)
     most = min(math.ceil(lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
     return min(lists, max(least, min(close, most)))
+
+
+def closest(sims: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` lists of highest similarity ``sims``, best first (int64, as FAISS takes them)."""
+    top = np.argpartition(-sims, count - 1)[:count] if count < len(sims) else np.arange(len(sims))
+    return top[np.argsort(-sims[top], kind="stable")].astype(np.int64)
 
 
 def least_probes(lists: int, nprobe: int) -> int:

@@ -188,12 +188,22 @@ def ranked_rows(columns: pa.Table, score: np.ndarray) -> pa.Table:
     """:data:`RESULT_COLUMNS` (then the :data:`OPTIONAL_COLUMNS` fetched), best score first (then by id: one
     order whichever path found them), from Arrow ``columns`` (the fetched columns) and their scores. Built in
     Arrow: a frame built a column at a time cost ~2.5 ms per answer, more than the search."""
-    ids = columns.column(tiles.ID).to_numpy(zero_copy_only=False)
-    order = np.lexsort((ids, -np.asarray(score, dtype=np.float64)))
+    score = np.asarray(score, dtype=np.float64)
+    order = rank_order(score, lambda: columns.column(tiles.ID).to_numpy(zero_copy_only=False))
     names = [*RESULT_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in columns.column_names)]
-    ranked = columns.take(pa.array(order, type=pa.int64()))
-    ranked = ranked.append_column(SCORE, pa.array(np.asarray(score, dtype=np.float64)[order], type=pa.float64()))
-    return ranked.select(names)
+    if order is not None:
+        columns, score = columns.take(pa.array(order, type=pa.int64())), score[order]
+    return columns.append_column(SCORE, pa.array(score, type=pa.float64())).select(names)
+
+
+def rank_order(score: np.ndarray, ids: Callable[[], np.ndarray]) -> np.ndarray | None:
+    """The order of rows by ``score`` descending, then by ``ids()`` (read only when two scores tie), or None when
+    the rows are in that order already (a resident search ranks them so: no reordering, ~0.1 ms an answer)."""
+    order = np.argsort(-score, kind="stable")
+    ranked = score[order]
+    if len(ranked) > 1 and (ranked[1:] == ranked[:-1]).any():
+        order = np.lexsort((ids(), -score))
+    return None if (order == np.arange(len(order))).all() else order
 
 
 def as_frame(rows: pa.Table) -> pd.DataFrame:
