@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rsclip.table import tiles
+from rsclip.table import opening, tiles
 from rsclip.table.index import index_state
 
 
@@ -28,8 +28,8 @@ def table_info(db, table: str = tiles.DEFAULT_TABLE) -> dict:
     versions = tbl.list_versions()
     conn = tiles.connect(db)
     names = tiles.table_names(conn)
-    errors_table = tiles.errors_table_name(table)
-    errors = conn.open_table(errors_table).count_rows() if errors_table in names else None
+    errors_table = opening.open_if_created(conn, tiles.errors_table_name(table))  # None: none, or being created
+    errors = errors_table.count_rows() if errors_table is not None else None
     state = index_state(tbl)
     weights = tiles.table_weights(tbl)
     return {

@@ -4,7 +4,8 @@ Two jobs starting on one database both find a companion table (errors, detection
 missing and both create it: one wins, the other's create fails. And on S3 a table's folder is listed before
 its first version is written, so a writer that finds the name listed can still be told "not found" by
 ``open_table`` for a moment. :func:`open_or_create` treats both as "another writer is creating it" and opens
-the table once its first version is there, for at most :data:`CREATED_ELSEWHERE_SECONDS`.
+the table once its first version is there, for at most :data:`CREATED_ELSEWHERE_SECONDS`; a reader
+(:func:`open_if_created`) takes such a table as not there yet: it has no rows to read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ def open_or_create(conn, name: str, schema):
     return open_once_created(conn, name), False
 
 
+def open_if_created(conn, name: str):
+    """Table ``name`` of ``conn``, or None when it is missing or listed without a first version yet (another
+    writer is creating it): a reader does not wait for it."""
+    if name not in table_names(conn):
+        return None
+    try:
+        return conn.open_table(name)
+    except ValueError as exc:
+        if not _not_written_yet(exc):
+            raise
+        return None
+
+
 def open_once_created(conn, name: str):
     """``conn.open_table(name)`` for a listed table: "not found" until its first version is written is "not
     yet", for at most :data:`CREATED_ELSEWHERE_SECONDS`."""
@@ -41,7 +55,12 @@ def open_once_created(conn, name: str):
         try:
             return conn.open_table(name)
         except ValueError as exc:
-            if "not found" not in str(exc) or time.monotonic() > deadline:
+            if not _not_written_yet(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(2 * pause, 1.0)
+
+
+def _not_written_yet(exc: ValueError) -> bool:
+    """Whether LanceDB's ``exc`` from ``open_table`` of a listed table says it has no version yet."""
+    return "not found" in str(exc)

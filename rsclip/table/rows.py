@@ -70,12 +70,13 @@ def vectors_of(column) -> np.ndarray:
 
 
 def open_companion(db, name: str, schema: pa.Schema, *, create: bool = False):
-    """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None.
+    """The table ``name`` of ``db``; created empty with ``schema`` when missing and ``create``, else None (also
+    while another writer is creating it: :func:`~rsclip.table.opening.open_if_created`).
     Raises ``NotFound`` for a local folder ``db`` that does not exist, unless ``create``."""
     conn = tiles.connect(db, create=create)
     if create:
         return opening.open_or_create(conn, name, schema)[0]
-    return conn.open_table(name) if name in tiles.table_names(conn) else None
+    return opening.open_if_created(conn, name)
 
 
 def tile_footprints(frame, table=None) -> np.ndarray:
