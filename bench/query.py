@@ -244,9 +244,9 @@ def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str =
     hold fewer than k rows)."""
     def run() -> dict:
         found, times = timed(fn, items)
-        found = [answer_rows(f) for f in found]
         out = {f"{prefix}p50_ms": pct(times, 50), f"{prefix}p95_ms": pct(times, 95)}
-        if truth is not None:
+        if truth is not None:  # only then are the answers' row numbers read (bench/api.py's tables lack them)
+            found = [answer_rows(f) for f in found]
             out[recall_key] = recall(found, truth, k or max(len(t) for t in truth))
         return out
     return Arm(name, run, warm=lambda: timed(fn, items[:WARM_QUERIES], warm=0))

@@ -85,6 +85,11 @@ class IvfIndex:
         :data:`MAX_PROBED_ROWS` rows."""
         return probe_count(self._centroids, query, nprobe, len(self))
 
+    def is_far(self, vector: np.ndarray, nprobe: int) -> bool:
+        """Whether ``vector`` is near no cluster of the rows: the probe rule gives it more lists than the least."""
+        return self.probes(_unit(np.asarray(vector, dtype=np.float32)[None, :])[0], nprobe) > least_probes(
+            self.lists, nprobe)
+
     def add(self, vectors: np.ndarray) -> None:
         """Append rows (their ids follow the rows already added)."""
         self._index.add(_unit(vectors))
