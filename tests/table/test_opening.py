@@ -77,7 +77,6 @@ def test_a_reader_finds_a_table_being_created_not_there_yet(tmp_path):
     assert opening.open_if_created(lancedb.connect(db), "t").count_rows() == 2
 
 
-
 def test_a_companion_table_being_created_reads_as_none(tmp_path):
     from rsclip.table import rows
 
