@@ -34,10 +34,11 @@ def open_or_create(conn, name: str, schema):
     return open_once_created(conn, name), False
 
 
-def open_if_created(conn, name: str):
+def open_if_created(conn, name: str, names: list[str] | None = None):
     """Table ``name`` of ``conn``, or None when it is missing or listed without a first version yet (another
-    writer is creating it): a reader does not wait for it."""
-    if name not in table_names(conn):
+    writer is creating it): a reader does not wait for it. ``names``: the tables of ``conn`` when the caller has
+    listed them already (a listing is a request to the store)."""
+    if name not in (table_names(conn) if names is None else names):
         return None
     try:
         return conn.open_table(name)
