@@ -37,6 +37,12 @@ MIN_PROBED_SHARE = 0.01
 # about equally close, and its best rows may lie in any of them: with 10 fixed lists such queries lost part of
 # their true top 10 (BENCHMARKS.md, Query: ood_recall10).
 PROBE_SPREAD = 2.5
+# A query with more lists than this about as close as its nearest is near no cluster (far), whatever share of the
+# lists the least probe count is. bench/query.py's tables of 30k / 60k / 150k rows (117 / 234 / 387 Lance lists):
+# queries drawn from the clusters have 1 such list (45 of 50), up to 8, a few split clusters 22-29; random
+# directions 5-80 / 22-158 / 31-230; 8 or more at 62 lists. Telling far by more than the least probed (20 through
+# Lance) missed those with 8-20 (recall 0.3-0.8). A near query taken for far costs time, never recall.
+FAR_CLOSE_LISTS = 4
 MAX_PROBED_SHARE = 0.25
 MAX_PROBED_ROWS = 200_000
 # The codes: bits per dimension of a row's residual (2: 148 bytes a 512-d row), and of the query they are compared
@@ -85,10 +91,9 @@ class IvfIndex:
         :data:`MAX_PROBED_ROWS` rows."""
         return probe_count(self._centroids, query, nprobe, len(self))
 
-    def is_far(self, vector: np.ndarray, nprobe: int) -> bool:
-        """Whether ``vector`` is near no cluster of the rows: the probe rule gives it more lists than the least."""
-        return self.probes(_unit(np.asarray(vector, dtype=np.float32)[None, :])[0], nprobe) > least_probes(
-            self.lists, nprobe)
+    def is_far(self, vector: np.ndarray) -> bool:
+        """Whether ``vector`` is near no cluster of the rows (:func:`far_of`)."""
+        return far_of(self._centroids @ _unit(np.asarray(vector, dtype=np.float32)[None, :])[0])
 
     def add(self, vectors: np.ndarray) -> None:
         """Append rows (their ids follow the rows already added)."""
@@ -153,11 +158,21 @@ def probe_count(centroids: np.ndarray, query: np.ndarray, nprobe: int, rows: int
 def probes_of(sims: np.ndarray, nprobe: int, rows: int) -> int:
     """:func:`probe_count` from the query's similarities to each list's centroid (``sims``)."""
     lists = len(sims)
-    least = least_probes(lists, nprobe)
-    close = int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
     per_list = max(1.0, rows / lists)
     most = min(math.ceil(lists * MAX_PROBED_SHARE), math.ceil(MAX_PROBED_ROWS / per_list))
-    return min(lists, max(least, min(close, most)))
+    return min(lists, max(least_probes(lists, nprobe), min(close_lists(sims), most)))
+
+
+def close_lists(sims: np.ndarray) -> int:
+    """How many lists' centroids are about as close to the query as the nearest one (:data:`PROBE_SPREAD`), from
+    the query's similarities to each (``sims``)."""
+    return int(np.count_nonzero(sims >= sims.max() - PROBE_SPREAD * sims.std()))
+
+
+def far_of(sims: np.ndarray) -> bool:
+    """Whether a query whose similarities to the lists' centroids are ``sims`` is near no cluster: more than
+    :data:`FAR_CLOSE_LISTS` lists are about as close to it as the nearest (:func:`close_lists`)."""
+    return close_lists(sims) > FAR_CLOSE_LISTS
 
 
 def closest(sims: np.ndarray, count: int) -> np.ndarray:
@@ -185,4 +200,4 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-__all__ = ["IvfIndex", "least_probes", "probe_count", "row_bytes"]
+__all__ = ["IvfIndex", "close_lists", "far_of", "least_probes", "probe_count", "probes_of", "row_bytes"]

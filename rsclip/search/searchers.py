@@ -296,8 +296,7 @@ class ResidentSearcher:
         """Whether ``vector`` is near no cluster and the copy small enough to rank all its rows for it
         (:data:`FAR_EXACT_ROWS`, in memory)."""
         rows = self.rows
-        return rows.indexed and rows.kind == MEMORY and len(rows) <= FAR_EXACT_ROWS and rows.index.is_far(
-            vector, self.nprobes)
+        return rows.indexed and rows.kind == MEMORY and len(rows) <= FAR_EXACT_ROWS and rows.index.is_far(vector)
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
         rows, exact = self.rows, exact or self.far_and_few(vector)
