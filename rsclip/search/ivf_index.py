@@ -113,8 +113,12 @@ class IvfIndex:
         the least.
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
-        (all of them once the rows kept are under 1/``nprobe`` of the table), so a filter keeping few rows
-        never loses one because its list was not probed.
+        (all of them once the rows kept are under 1/``nprobe`` of the table, or the index holds at most
+        :data:`MAX_PROBED_ROWS` rows), so a filter keeping few rows never loses one because its list was not
+        probed. In a small index a cluster holds few rows: the few a filter keeps there leave the query's best
+        kept rows anywhere, as for a query near no cluster, so there it gets a far query's candidates from every
+        list (boxes keeping 3-10 % of 60k / 150k rows found 0.986 / 0.992 of their top 10 before: rows in lists
+        ranked 103-150 of 234 when 103-144 were probed, and rows the codes ranked below the candidates).
         """
         faiss = _faiss()
         query = _unit(np.asarray(vector, dtype=np.float32)[None, :])
@@ -122,18 +126,21 @@ class IvfIndex:
         params.qb = QUERY_BITS
         sims = self._centroids @ query[0]  # once: for the probe rule and the lists probed
         least, nprobe = least_probes(self.lists, nprobe), probes_of(sims, nprobe, len(self))
-        n *= min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
+        growth = min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
         packed = None
         if among is not None:
             if len(among) == 0:
                 return np.zeros(0, dtype=np.int64)
-            nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))
+            if len(self) <= MAX_PROBED_ROWS:  # every list, and as many candidates as the farthest query gets
+                nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
+            else:
+                nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))
             bits = np.zeros(len(self), dtype=bool)
             bits[among] = True
             packed = np.packbits(bits, bitorder="little")  # kept alive until the search returns
             params.sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(packed))
         params.nprobe = nprobe
-        found = self._search_lists(query, int(n), closest(sims, nprobe), sims, params)
+        found = self._search_lists(query, int(n * growth), closest(sims, nprobe), sims, params)
         return found[found >= 0]
 
     def _search_lists(self, query: np.ndarray, n: int, lists: np.ndarray, sims: np.ndarray, params) -> np.ndarray:

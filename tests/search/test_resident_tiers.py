@@ -136,3 +136,25 @@ def test_the_servers_resident_limit_reaches_the_page_and_bad_limits_are_refused(
     assert main(["serve", str(tmp_path / "db"), "--resident-max-gb", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resident memory limit" in err[0]
+
+
+def test_a_wide_box_over_small_clusters_keeps_every_row_through_a_compact_index(tiny_model, tmp_path, monkeypatch,
+                                                                                 index_small_tables):
+    """Clusters of 10 rows: a box keeping ~5 % of them leaves a query's best kept rows in any list, as for a query
+    near no cluster; an index of at most ivf_index.MAX_PROBED_ROWS rows is searched in every list for them."""
+    monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)  # as for boxes keeping more rows than it of a larger table
+    rng = np.random.default_rng(5)
+    db, centers = tmp_path / "db", unit_centers(rng, 1600, 512)
+    table = tiles.create_table(db, model=str(tiny_model), dim=512)
+    tiles.add_tiles(table, tile_rows(0, clustered(rng, 16_000, centers, spread=0.8), rng))
+    rindex.build_index(db, min_rows=1000)
+    table = tiles.open_table(db)
+    dataset = datasets.dataset_of(table)
+    rows = memory_table.ResidentTable(dataset, searchers.fetch_columns(table), indexed=True, tier=memory_table.COMPACT)
+    searcher, frame = searchers.ResidentSearcher(table, rows), table.to_pandas()
+    missed = 0
+    for i, q in enumerate(clustered(rng, 20, centers, spread=0.8)):
+        box = (-170.0 + 13 * i, -20.0, -100.0 + 13 * i, 20.0)
+        got = searchers.search(searcher, q, 10, Filters.of(bbox=box))["id"].tolist()
+        missed += len(set(exact(frame, q, 10, in_box(box))[0]) - set(got))
+    assert missed == 0
