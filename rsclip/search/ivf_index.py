@@ -45,6 +45,14 @@ PROBE_SPREAD = 2.5
 FAR_CLOSE_LISTS = 4
 MAX_PROBED_SHARE = 0.25
 MAX_PROBED_ROWS = 200_000
+# Below ~1M rows each list mixes several of a table's clusters, and a far query's best rows (far_of), or a
+# filtered query's best kept rows, may lie in any list: on a table of at most this many rows such a search
+# covers every row. A memory copy ranks them all for a far query (rsclip.search.searchers), Lance probes every
+# list of its index (rsclip.search.lance_probes), and a filtered search of this index probes every list with a
+# far query's candidates (search). The capped probes found of a far query's top 10, resident / Lance: 0.65-0.89
+# / 0.63-0.88 at 30k-150k rows, 0.924 / 0.94 at 300k, 0.962 / 0.928 at 500k, 0.981 / 0.985 at 1M; every row /
+# every list 1.0 in 27 / 120 ms at 300k and 46 / 190 ms at 500k (BENCHMARKS.md, Query).
+FAR_SCAN_ROWS = 500_000
 # The codes: bits per dimension of a row's residual (2: 148 bytes a 512-d row), and of the query they are compared
 # with. Measured at 1M rows (BENCHMARKS.md, Query): 1 bit ranks too loosely (recall 0.96 from 200 candidates,
 # 0.36-0.62 for far queries), 4 bits cost as much as 4-bit scalar codes; 8 query bits gain nothing over 4.
@@ -114,7 +122,7 @@ class IvfIndex:
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table, or the index holds at most
-        :data:`MAX_PROBED_ROWS` rows), so a filter keeping few rows never loses one because its list was not
+        :data:`FAR_SCAN_ROWS` rows), so a filter keeping few rows never loses one because its list was not
         probed. In a small index a cluster holds few rows: the few a filter keeps there leave the query's best
         kept rows anywhere, as for a query near no cluster, so there it gets a far query's candidates from every
         list (boxes keeping 3-10 % of 60k / 150k rows found 0.986 / 0.992 of their top 10 before: rows in lists
@@ -131,7 +139,7 @@ class IvfIndex:
         if among is not None:
             if len(among) == 0:
                 return np.zeros(0, dtype=np.int64)
-            if len(self) <= MAX_PROBED_ROWS:  # every list, and as many candidates as the farthest query gets
+            if len(self) <= FAR_SCAN_ROWS:  # every list, and as many candidates as the farthest query gets
                 nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
             else:
                 nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))

@@ -3,9 +3,10 @@ another scans every row) and how many IVF lists to probe: at least the searcher'
 near no cluster of the table (a text across CLIP's modality gap, anything unlike the archive), by the rule a
 resident copy's own index follows (:func:`rsclip.search.ivf_index.probe_count`) applied to the centroids of the
 Lance index (BENCHMARKS.md "Far queries through Lance"), read once per index and process. Such a query
-(:func:`rsclip.search.ivf_index.far_of`) on a table of at most :data:`FAR_ALL_LISTS_ROWS` rows probes every list:
-there each list mixes clusters, and the rule's share cap left 0.63-0.88 of its top 10 found at 20k-200k rows;
-every list finds all of it (30k / 60k / 150k rows: 22 / 36 / 70 ms, against ~20; an exact scan 143 ms at 60k)."""
+(:func:`rsclip.search.ivf_index.far_of`) on a table of at most :data:`~rsclip.search.ivf_index.FAR_SCAN_ROWS` rows
+probes every list: there each list mixes clusters, and the rule's caps left 0.63-0.94 of its top 10 found at
+20k-500k rows; every list finds all of it (30k / 150k / 500k rows: 22 / 70 / 190 ms; an exact scan through
+Lance costs ~2.4 ms per 1,000 rows)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,12 @@ from typing import NamedTuple
 import numpy as np
 
 from rsclip.model.vectors import unit
-from rsclip.search.ivf_index import MAX_PROBED_ROWS, far_of, probes_of
+from rsclip.search.ivf_index import FAR_SCAN_ROWS, far_of, probes_of
 from rsclip.table import index as table_index, tiles
 
 KEPT = 8  # indexes a process remembers (a long-lived service sees a new one per index rebuild)
 _lock = threading.Lock()
 _centroids: dict[tuple[str, ...], np.ndarray | None] = {}  # an index's segments' uuids -> its lists' centroids
-# A far query on a table of at most this many rows probes every list: the rows the rule lets any query scan, and
-# the bound under which a resident copy ranks every row for it (rsclip.search.searchers.FAR_EXACT_ROWS).
-FAR_ALL_LISTS_ROWS = MAX_PROBED_ROWS
 
 
 class Probing(NamedTuple):
@@ -43,7 +41,7 @@ def probing(dataset, vector: np.ndarray, nprobes: int, index: table_index.Vector
     if centroids is None:
         return Probing(index.metric, nprobes)
     rows, sims = dataset.count_rows(), centroids @ unit(vector)
-    if rows <= FAR_ALL_LISTS_ROWS and far_of(sims):
+    if rows <= FAR_SCAN_ROWS and far_of(sims):
         return Probing(index.metric, len(centroids))  # near no cluster, on a small table: every list (module doc)
     return Probing(index.metric, probes_of(sims, nprobes, rows))
 

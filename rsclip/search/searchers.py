@@ -30,7 +30,7 @@ from rsclip.table import datasets, index as table_index, tiles
 from rsclip.table.rows import vectors_of
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
-from rsclip.search.ivf_index import MAX_PROBED_ROWS
+from rsclip.search.ivf_index import FAR_SCAN_ROWS
 from rsclip.search.lance_probes import Probing, probing
 from rsclip.search import memory_table
 from rsclip.search.memory_table import COMPACT, MEMORY, ROW_ID, resident_table
@@ -62,10 +62,6 @@ RESIDENT_NPROBES = 10
 RESIDENT_EXACT_ROWS = 1_000_000
 # The same for a compact resident copy, whose vectors are read from the table: a few ms per thousand rows.
 COMPACT_EXACT_ROWS = 4_096
-# A query near no cluster (a text across CLIP's modality gap) may cost a scan of ivf_index.MAX_PROBED_ROWS rows;
-# a memory copy of no more rows ranks all of them for it: through the index such queries found 0.65, 0.71 and
-# 0.89 of their top 10 at 30k, 60k and 150k rows (its lists each mix clusters there; 0.98 at 1M).
-FAR_EXACT_ROWS = MAX_PROBED_ROWS
 # Lance/DataFusion texts that mean the caller's SQL filter is wrong, not that the table is broken.
 # Evaluating the filter on the rows can fail too (a cast of a text to a number, a division by zero): that is
 # the filter's fault as well.
@@ -255,7 +251,7 @@ class ResidentSearcher:
     tier says where the vectors are, :mod:`rsclip.search.memory_table`): its index proposes
     ``refine_factor * k`` candidates (by default :data:`RESIDENT_REFINE_FACTOR` of its tier) from ``nprobes``
     lists, their exact scores rank them; a query near no cluster of a memory copy of at most
-    :data:`FAR_EXACT_ROWS` rows ranks every row (:meth:`far_and_few`)."""
+    :data:`~rsclip.search.ivf_index.FAR_SCAN_ROWS` rows ranks every row (:meth:`far_and_few`)."""
 
     def __init__(self, table, rows, *, nprobes: int = RESIDENT_NPROBES,
                  refine_factor: int | None = None, current: int | None = None):
@@ -294,9 +290,9 @@ class ResidentSearcher:
 
     def far_and_few(self, vector: np.ndarray) -> bool:
         """Whether ``vector`` is near no cluster and the copy small enough to rank all its rows for it
-        (:data:`FAR_EXACT_ROWS`, in memory)."""
+        (:data:`~rsclip.search.ivf_index.FAR_SCAN_ROWS`, in memory)."""
         rows = self.rows
-        return rows.indexed and rows.kind == MEMORY and len(rows) <= FAR_EXACT_ROWS and rows.index.is_far(vector)
+        return rows.indexed and rows.kind == MEMORY and len(rows) <= FAR_SCAN_ROWS and rows.index.is_far(vector)
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
         rows, exact = self.rows, exact or self.far_and_few(vector)

@@ -65,7 +65,7 @@ def test_far_queries_through_lance_keep_their_top_10(tiny_model, tmp_path):
         recalls.append(len(truth & set(found[tiles.ID])) / 10)
     # a cosine IVF_PQ index probing 20 lists: 0.48 on this table; a dot product IVF_SQ one probing the lists the
     # probe rule allows (a quarter of them): 0.87-0.9 (k-means draws its own seeds); every list (a far query on a
-    # table of at most lance_probes.FAR_ALL_LISTS_ROWS rows): 1.0
+    # table of at most ivf_index.FAR_SCAN_ROWS rows): 1.0
     assert np.mean(recalls) >= 0.97, recalls
 
 

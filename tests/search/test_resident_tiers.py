@@ -141,7 +141,7 @@ def test_the_servers_resident_limit_reaches_the_page_and_bad_limits_are_refused(
 def test_a_wide_box_over_small_clusters_keeps_every_row_through_a_compact_index(tiny_model, tmp_path, monkeypatch,
                                                                                  index_small_tables):
     """Clusters of 10 rows: a box keeping ~5 % of them leaves a query's best kept rows in any list, as for a query
-    near no cluster; an index of at most ivf_index.MAX_PROBED_ROWS rows is searched in every list for them."""
+    near no cluster; an index of at most ivf_index.FAR_SCAN_ROWS rows is searched in every list for them."""
     monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)  # as for boxes keeping more rows than it of a larger table
     rng = np.random.default_rng(5)
     db, centers = tmp_path / "db", unit_centers(rng, 1600, 512)
