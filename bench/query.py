@@ -31,8 +31,9 @@ or FAISS's ids, and the data's row numbers are read from it afterwards, for reca
   text tower on this machine's device, search the resident copy);
 - ``bbox_resident`` / ``bbox_compact`` / ``bbox_lance``: bbox-filtered queries (random boxes 10 to 90 degrees
   a side), latency and recall vs brute force filtered, on each path;
-- ``far_resident`` / ``far_lance``: queries near no cluster of the table (random unit vectors: the worst case of
-  a text query across CLIP's modality gap), latency and recall (``ood_*``, ``lance_ood_*``).
+- ``far_resident`` / ``far_compact`` / ``far_lance``: queries near no cluster of the table (random unit vectors:
+  the worst case of a text query across CLIP's modality gap), latency and recall (``ood_*``, ``compact_ood_*``,
+  ``lance_ood_*``).
 
 ``faiss_ratio`` = resident p50 / FAISS p50, taken round by round. A sweep of nprobes x refine_factor (one pass,
 after the rounds) shows where the defaults sit. The last line of output is one JSON object: the ``ann_*``,
@@ -328,6 +329,8 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
         latency_arm("resident", "ann_", lambda q: S.search(resident(), q, k), queries, truth, f"recall{k}"),
         latency_arm("far_resident", "ood_", lambda q: S.search(resident(), q, k), far, far_truth,
                     f"ood_recall{k}"),
+        latency_arm("far_compact", "compact_ood_", lambda q: S.search(compacted(), q, k), far, far_truth,
+                    f"compact_ood_recall{k}"),
         latency_arm("far_lance", "lance_ood_", lambda q: S.search(lance(), q, k), far, far_truth,
                     f"lance_ood_recall{k}"),
         *([latency_arm("index", "index_", lambda q: candidates_then_exact(held, q, k), queries, truth,

@@ -118,7 +118,8 @@ class IvfIndex:
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
         """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
         best first by their codes; up to :data:`MAX_CANDIDATE_GROWTH` times ``n`` when it probes more lists than
-        the least.
+        the least. A query near no cluster (:func:`far_of`) of an index of at most :data:`FAR_SCAN_ROWS` rows
+        probes every list for that many (a compact copy's far queries: a memory copy ranks every row for them).
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table, or the index holds at most
@@ -135,13 +136,14 @@ class IvfIndex:
         sims = self._centroids @ query[0]  # once: for the probe rule and the lists probed
         least, nprobe = least_probes(self.lists, nprobe), probes_of(sims, nprobe, len(self))
         growth = min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
+        small = len(self) <= FAR_SCAN_ROWS
+        if small and (among is not None or far_of(sims)):  # every list, as many candidates as a far query gets
+            nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
         packed = None
         if among is not None:
             if len(among) == 0:
                 return np.zeros(0, dtype=np.int64)
-            if len(self) <= FAR_SCAN_ROWS:  # every list, and as many candidates as the farthest query gets
-                nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
-            else:
+            if not small:
                 nprobe = min(self.lists, math.ceil(nprobe * len(self) / len(among)))
             bits = np.zeros(len(self), dtype=bool)
             bits[among] = True

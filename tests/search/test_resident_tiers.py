@@ -138,23 +138,47 @@ def test_the_servers_resident_limit_reaches_the_page_and_bad_limits_are_refused(
     assert len(err) == 1 and "resident memory limit" in err[0]
 
 
-def test_a_wide_box_over_small_clusters_keeps_every_row_through_a_compact_index(tiny_model, tmp_path, monkeypatch,
-                                                                                 index_small_tables):
-    """Clusters of 10 rows: a box keeping ~5 % of them leaves a query's best kept rows in any list, as for a query
-    near no cluster; an index of at most ivf_index.FAR_SCAN_ROWS rows is searched in every list for them."""
-    monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)  # as for boxes keeping more rows than it of a larger table
+
+@pytest.fixture(scope="module")
+def small_clusters_db(tiny_model, tmp_path_factory):
+    """16,000 rows of 512-d in clusters of 10 (varied tiles: each list of an index mixes clusters), indexed."""
     rng = np.random.default_rng(5)
-    db, centers = tmp_path / "db", unit_centers(rng, 1600, 512)
+    db, centers = tmp_path_factory.mktemp("small-clusters") / "db", unit_centers(rng, 1600, 512)
     table = tiles.create_table(db, model=str(tiny_model), dim=512)
     tiles.add_tiles(table, tile_rows(0, clustered(rng, 16_000, centers, spread=0.8), rng))
     rindex.build_index(db, min_rows=1000)
+    return db, centers, tiles.open_table(db).to_pandas()
+
+
+def compact_searcher(db) -> searchers.ResidentSearcher:
+    """A searcher of a compact copy of the table at ``db`` (its own index, vectors read from the table)."""
     table = tiles.open_table(db)
-    dataset = datasets.dataset_of(table)
-    rows = memory_table.ResidentTable(dataset, searchers.fetch_columns(table), indexed=True, tier=memory_table.COMPACT)
-    searcher, frame = searchers.ResidentSearcher(table, rows), table.to_pandas()
+    rows = memory_table.ResidentTable(datasets.dataset_of(table), searchers.fetch_columns(table), indexed=True,
+                                      tier=memory_table.COMPACT)
+    return searchers.ResidentSearcher(table, rows)
+
+
+def test_a_wide_box_over_small_clusters_keeps_every_row_through_a_compact_index(small_clusters_db, monkeypatch,
+                                                                                 index_small_tables):
+    """A box keeping ~5 % of the rows leaves a query's best kept rows in any list, as for a query near no
+    cluster; an index of at most ivf_index.FAR_SCAN_ROWS rows is searched in every list for them."""
+    monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)  # as for boxes keeping more rows than it of a larger table
+    db, centers, frame = small_clusters_db
+    searcher, rng = compact_searcher(db), np.random.default_rng(6)
+    assert searcher.rows.indexed  # past EXACT_ROWS here: through the index
     missed = 0
     for i, q in enumerate(clustered(rng, 20, centers, spread=0.8)):
         box = (-170.0 + 13 * i, -20.0, -100.0 + 13 * i, 20.0)
         got = searchers.search(searcher, q, 10, Filters.of(bbox=box))["id"].tolist()
         missed += len(set(exact(frame, q, 10, in_box(box))[0]) - set(got))
     assert missed == 0
+
+
+def test_far_queries_search_every_list_of_a_small_compact_index(small_clusters_db, index_small_tables):
+    db, _, frame = small_clusters_db
+    searcher, rng = compact_searcher(db), np.random.default_rng(7)
+    far = rng.normal(size=(20, 512)).astype(np.float32)  # random directions: near no cluster, as a text
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    assert all(searcher.rows.index.is_far(q) for q in far)
+    missed = sum(len(set(exact(frame, q, 10)[0]) - set(searchers.search(searcher, q, 10)["id"])) for q in far)
+    assert missed <= 10, missed  # 104 of 200 probing the lists of a near query
