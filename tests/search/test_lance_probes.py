@@ -108,17 +108,21 @@ def test_a_small_indexed_table_ranks_far_queries_exactly_on_every_path(tiny_mode
         assert rsclip.query(db, q, k=10, resident=True)[tiles.ID].tolist() == truth
 
 
-def test_far_queries_rank_every_row_of_a_small_indexed_memory_copy(tiny_model, tmp_path, index_small_tables):
-    rng = np.random.default_rng(3)
-    db = tmp_path / "db"
-    # 10 rows a cluster: every list mixes clusters; 62 lists, enough that the probe rule can tell a far query
-    write_table(db, tiny_model, 16_000, rng, clusters=1600)
+def small_clusters_table(db, model, rng):
+    """16,000 rows in clusters of 10, indexed (62 lists: each mixes clusters, as in a table of 20k-500k varied
+    tiles), its rows as a frame and their vectors."""
+    write_table(db, model, 16_000, rng, clusters=1600)
     rsclip.build_index(db, min_rows=1000)
     table = tiles.open_table(db)
+    frame = table.to_pandas()
+    return table, frame, np.stack(frame[tiles.VECTOR].to_numpy())
+
+
+def test_far_queries_rank_every_row_of_a_small_indexed_memory_copy(tiny_model, tmp_path, index_small_tables):
+    rng = np.random.default_rng(3)
+    table, frame, vectors = small_clusters_table(tmp_path / "db", tiny_model, rng)
     searcher = searchers.searcher_for(table, resident=True)
     assert searcher.path == "resident (memory)" and searcher.rows.indexed  # past EXACT_ROWS here: an index
-    frame = table.to_pandas()
-    vectors = np.stack(frame[tiles.VECTOR].to_numpy())
     recalls = []
     for q in far_queries(rng, 20):
         truth = frame[tiles.ID].iloc[np.argsort(-(vectors @ q), kind="stable")[:10]].tolist()
@@ -131,16 +135,10 @@ def test_far_queries_rank_every_row_of_a_small_indexed_memory_copy(tiny_model, t
 
 def test_far_queries_probe_every_list_of_a_small_indexed_table(tiny_model, tmp_path, index_small_tables):
     rng = np.random.default_rng(4)
-    db = tmp_path / "db"
-    # 10 rows a cluster: every list of Lance's index mixes clusters, as in a table of 20k-200k varied tiles
-    write_table(db, tiny_model, 16_000, rng, clusters=1600)
-    rsclip.build_index(db, min_rows=1000)
-    table = tiles.open_table(db)
+    table, frame, vectors = small_clusters_table(tmp_path / "db", tiny_model, rng)
     searcher = searchers.LanceSearcher(table)
     index = rindex.vector_index(searcher.dataset)
     lists = len(lance_probes.index_centroids(searcher.dataset, index))
-    frame = table.to_pandas()
-    vectors = np.stack(frame[tiles.VECTOR].to_numpy())
     recalls, every_list = [], 0
     for q in far_queries(rng, 20):
         every_list += lance_probes.probing(searcher.dataset, q, searcher.nprobes, index).nprobes == lists
