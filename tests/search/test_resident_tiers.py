@@ -138,7 +138,6 @@ def test_the_servers_resident_limit_reaches_the_page_and_bad_limits_are_refused(
     assert len(err) == 1 and "resident memory limit" in err[0]
 
 
-
 @pytest.fixture(scope="module")
 def small_clusters_db(tiny_model, tmp_path_factory):
     """16,000 rows of 512-d in clusters of 10 (varied tiles: each list of an index mixes clusters), indexed."""
