@@ -11,6 +11,8 @@ arm per round:
 
 - ``compact``: the resident search through a ``compact`` copy (the tier a table this size gets,
   ``rsclip.search.memory_table``): p50/p95 ms, recall@k; its load time, its memory and the process's RSS;
+- ``far_compact``: queries near no cluster (bench/query.py's ``far_queries``: random unit vectors, the worst case
+  of a text across CLIP's modality gap) through the same copy (``compact_ood_*``);
 - ``bbox1`` / ``bbox001``: boxes keeping ~1 % and ~0.01 % of the rows (25 and 2.5 degrees a side), recall vs
   the exact answer inside each box (the target is 1.0: a filter never loses a matching tile);
 - ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second with 1, 4 and 8 concurrent callers;
@@ -137,7 +139,9 @@ def measure(args, bench, db: Path) -> dict:
 
     queries, once = write_or_draw(args, db)
     boxes = {name: boxes_of(args, side, min(BOXES, len(queries))) for name, side in BOX_SIDES.items()}
-    truths = {"ann": Truth(queries, args.k), **{n: Truth(queries[: len(b)], args.k, b) for n, b in boxes.items()}}
+    far = Q.far_queries(args)
+    truths = {"ann": Truth(queries, args.k), "far": Truth(far, args.k),
+              **{n: Truth(queries[: len(b)], args.k, b) for n, b in boxes.items()}}
     t0 = time.perf_counter()
     Q.generate(args, lambda start, v, b: [t.see(start, v, b) for t in truths.values()])
     print(f"exact answers {time.perf_counter() - t0:.0f}s", flush=True)
@@ -152,7 +156,9 @@ def measure(args, bench, db: Path) -> dict:
     searcher = lambda: S.ResidentSearcher(table, compact)
     items, k = list(range(len(queries))), args.k
     arms = [Q.latency_arm("compact", "compact_ann_", lambda i: S.search(searcher(), queries[i], k),
-                          items, truths["ann"].answers(), f"compact_recall{k}")]
+                          items, truths["ann"].answers(), f"compact_recall{k}"),
+            Q.latency_arm("far_compact", "compact_ood_", lambda i: S.search(searcher(), far[i], k),
+                          list(range(len(far))), truths["far"].answers(), f"compact_ood_recall{k}")]
     for name, box in boxes.items():
         ask = lambda i, box=box: S.search(searcher(), queries[i], k, Filters.of(bbox=box[i]))
         arms.append(Q.latency_arm(name, f"{name}_", ask, list(range(len(box))), truths[name].answers(),
