@@ -99,9 +99,9 @@ class IvfIndex:
         :data:`MAX_PROBED_ROWS` rows."""
         return probe_count(self._centroids, query, nprobe, len(self))
 
-    def is_far(self, vector: np.ndarray) -> bool:
-        """Whether ``vector`` is near no cluster of the rows (:func:`far_of`)."""
-        return far_of(self._centroids @ _unit(np.asarray(vector, dtype=np.float32)[None, :])[0])
+    def covers_all(self, vector: np.ndarray) -> bool:
+        """:func:`covers_all` for ``vector`` and this index's rows."""
+        return covers_all(self._centroids @ _unit(np.asarray(vector, dtype=np.float32)[None, :])[0], len(self))
 
     def add(self, vectors: np.ndarray) -> None:
         """Append rows (their ids follow the rows already added)."""
@@ -137,7 +137,7 @@ class IvfIndex:
         least, nprobe = least_probes(self.lists, nprobe), probes_of(sims, nprobe, len(self))
         growth = min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
         small = len(self) <= FAR_SCAN_ROWS
-        if small and (among is not None or far_of(sims)):  # every list, as many candidates as a far query gets
+        if covers_all(sims, len(self)) or (small and among is not None):  # every list, a far query's candidates
             nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
         packed = None
         if among is not None:
@@ -192,6 +192,12 @@ def far_of(sims: np.ndarray) -> bool:
     return close_lists(sims) > FAR_CLOSE_LISTS
 
 
+def covers_all(sims: np.ndarray, rows: int) -> bool:
+    """Whether a search for a query whose similarities to the lists' centroids are ``sims``, of a table of ``rows``
+    rows, covers every row or list (:data:`FAR_SCAN_ROWS`): the query is near no cluster and the table small."""
+    return rows <= FAR_SCAN_ROWS and far_of(sims)
+
+
 def closest(sims: np.ndarray, count: int) -> np.ndarray:
     """The ``count`` lists of highest similarity ``sims``, best first (int64, as FAISS takes them)."""
     top = np.argpartition(-sims, count - 1)[:count] if count < len(sims) else np.arange(len(sims))
@@ -217,4 +223,5 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-__all__ = ["IvfIndex", "close_lists", "far_of", "least_probes", "probe_count", "probes_of", "row_bytes"]
+__all__ = ["IvfIndex", "close_lists", "covers_all", "far_of", "least_probes", "probe_count", "probes_of",
+           "row_bytes"]

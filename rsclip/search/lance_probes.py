@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rsclip.model.vectors import unit
-from rsclip.search.ivf_index import FAR_SCAN_ROWS, far_of, probes_of
+from rsclip.search.ivf_index import covers_all, probes_of
 from rsclip.table import index as table_index, tiles
 
 KEPT = 8  # indexes a process remembers (a long-lived service sees a new one per index rebuild)
@@ -41,7 +41,7 @@ def probing(dataset, vector: np.ndarray, nprobes: int, index: table_index.Vector
     if centroids is None:
         return Probing(index.metric, nprobes)
     rows, sims = dataset.count_rows(), centroids @ unit(vector)
-    if rows <= FAR_SCAN_ROWS and far_of(sims):
+    if covers_all(sims, rows):
         return Probing(index.metric, len(centroids))  # near no cluster, on a small table: every list (module doc)
     return Probing(index.metric, probes_of(sims, nprobes, rows))
 

@@ -30,7 +30,6 @@ from rsclip.table import datasets, index as table_index, tiles
 from rsclip.table.rows import vectors_of
 from rsclip.errors import InvalidInput
 from rsclip.search.filters import Filters
-from rsclip.search.ivf_index import FAR_SCAN_ROWS
 from rsclip.search.lance_probes import Probing, probing
 from rsclip.search import memory_table
 from rsclip.search.memory_table import COMPACT, MEMORY, ROW_ID, resident_table
@@ -292,7 +291,7 @@ class ResidentSearcher:
         """Whether ``vector`` is near no cluster and the copy small enough to rank all its rows for it
         (:data:`~rsclip.search.ivf_index.FAR_SCAN_ROWS`, in memory)."""
         rows = self.rows
-        return rows.indexed and rows.kind == MEMORY and len(rows) <= FAR_SCAN_ROWS and rows.index.is_far(vector)
+        return rows.indexed and rows.kind == MEMORY and rows.index.covers_all(vector)
 
     def ranker(self, vector: np.ndarray, filters: Filters, *, exact: bool = False) -> Ranker:
         rows, exact = self.rows, exact or self.far_and_few(vector)

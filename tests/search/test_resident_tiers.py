@@ -178,6 +178,6 @@ def test_far_queries_search_every_list_of_a_small_compact_index(small_clusters_d
     searcher, rng = compact_searcher(db), np.random.default_rng(7)
     far = rng.normal(size=(20, 512)).astype(np.float32)  # random directions: near no cluster, as a text
     far /= np.linalg.norm(far, axis=1, keepdims=True)
-    assert all(searcher.rows.index.is_far(q) for q in far)
+    assert all(searcher.rows.index.covers_all(q) for q in far)
     missed = sum(len(set(exact(frame, q, 10)[0]) - set(searchers.search(searcher, q, 10)["id"])) for q in far)
     assert missed <= 10, missed  # 104 of 200 probing the lists of a near query
