@@ -58,10 +58,12 @@ FAR_SCAN_ROWS = 500_000
 # 0.36-0.62 for far queries), 4 bits cost as much as 4-bit scalar codes; 8 query bits gain nothing over 4.
 CODE_BITS = 2
 QUERY_BITS = 4
-# A query that probes more lists than the least (far from every cluster) has more rows about as close as its
-# best ones, which the codes rank loosely: it gets up to this many times the candidates, in proportion to the
-# lists it probes (recall@10 of far queries 0.85 -> 0.97 from 100 -> 400 candidates at 1M rows).
-MAX_CANDIDATE_GROWTH = 4
+# A query near no cluster (far_of) has many rows about as close as its best ones, which the codes rank loosely:
+# it gets this many times the candidates, whatever share of the lists it probes. Far queries' recall@10 through
+# the compact copy by growth (BENCHMARKS.md, Query): 0.972 / 0.981 at 4 / 8 at 1M rows; 0.950 / 0.965 / 0.970 /
+# 0.976 at 4 / 6 / 8 / 16 at 10M rows, where the row cap gives them 64 lists, 2x the least, and growth in
+# proportion to that (the rule before) gave 0.881.
+MAX_CANDIDATE_GROWTH = 8
 
 
 def _faiss():
@@ -117,9 +119,9 @@ class IvfIndex:
 
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
         """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
-        best first by their codes; up to :data:`MAX_CANDIDATE_GROWTH` times ``n`` when it probes more lists than
-        the least. A query near no cluster (:func:`far_of`) of an index of at most :data:`FAR_SCAN_ROWS` rows
-        probes every list for that many (a compact copy's far queries: a memory copy ranks every row for them).
+        best first by their codes; :data:`MAX_CANDIDATE_GROWTH` times ``n`` for a query near no cluster
+        (:func:`far_of`). A far query of an index of at most :data:`FAR_SCAN_ROWS` rows probes every list (a compact copy's far queries: a memory copy
+        ranks every row for them).
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table, or the index holds at most
@@ -134,8 +136,8 @@ class IvfIndex:
         params = faiss.IVFRaBitQSearchParameters()
         params.qb = QUERY_BITS
         sims = self._centroids @ query[0]  # once: for the probe rule and the lists probed
-        least, nprobe = least_probes(self.lists, nprobe), probes_of(sims, nprobe, len(self))
-        growth = min(MAX_CANDIDATE_GROWTH, math.ceil(nprobe / least))
+        nprobe = probes_of(sims, nprobe, len(self))
+        growth = MAX_CANDIDATE_GROWTH if far_of(sims) else 1
         small = len(self) <= FAR_SCAN_ROWS
         if covers_all(sims, len(self)) or (small and among is not None):  # every list, a far query's candidates
             nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
