@@ -123,8 +123,8 @@ class IvfIndex:
     def search(self, vector: np.ndarray, n: int, nprobe: int, among: np.ndarray | None = None) -> np.ndarray:
         """Positions of up to ``n`` candidates for ``vector`` from ``nprobe`` lists or more (:meth:`probes`),
         best first by their codes; :data:`MAX_CANDIDATE_GROWTH` times ``n`` for a query near no cluster
-        (:func:`far_of`). A far query of an index of at most :data:`FAR_SCAN_ROWS` rows probes every list (a compact copy's far queries: a memory copy
-        ranks every row for them).
+        (:func:`far_of`). A far query of an index of at most :data:`FAR_SCAN_ROWS` rows probes every list (a
+        compact copy's far queries: a memory copy ranks every row for them).
 
         ``among`` (positions) restricts the candidates to those rows; the lists probed then grow in proportion
         (all of them once the rows kept are under 1/``nprobe`` of the table, or the index holds at most
