@@ -104,7 +104,7 @@ class IvfIndex:
     def covers_all(self, vector: np.ndarray) -> bool:
         """:func:`covers_all` for ``vector`` and this index's rows (a larger index answers before comparing the
         query with its centroids: ~20 us of a 1.6 ms search at 1M rows)."""
-        if len(self) > FAR_SCAN_ROWS:
+        if not small_table(len(self)):
             return False
         return covers_all(self._centroids @ _unit(np.asarray(vector, dtype=np.float32)[None, :])[0], len(self))
 
@@ -139,10 +139,9 @@ class IvfIndex:
         params = faiss.IVFRaBitQSearchParameters()
         params.qb = QUERY_BITS
         sims = self._centroids @ query[0]  # once: for the probe rule and the lists probed
-        nprobe = probes_of(sims, nprobe, len(self))
-        growth = MAX_CANDIDATE_GROWTH if far_of(sims) else 1
-        small = len(self) <= FAR_SCAN_ROWS
-        if covers_all(sims, len(self)) or (small and among is not None):  # every list, a far query's candidates
+        nprobe, far, small = probes_of(sims, nprobe, len(self)), far_of(sims), small_table(len(self))
+        growth = MAX_CANDIDATE_GROWTH if far else 1
+        if small and (far or among is not None):  # covers_all, or a filter on a small index: every list
             nprobe, growth = self.lists, MAX_CANDIDATE_GROWTH
         packed = None
         if among is not None:
@@ -197,10 +196,16 @@ def far_of(sims: np.ndarray) -> bool:
     return close_lists(sims) > FAR_CLOSE_LISTS
 
 
+def small_table(rows: int) -> bool:
+    """Whether a table of ``rows`` rows is small enough for a far query (or, in an index, a filter) to cover every
+    row or list: at most :data:`FAR_SCAN_ROWS`."""
+    return rows <= FAR_SCAN_ROWS
+
+
 def covers_all(sims: np.ndarray, rows: int) -> bool:
     """Whether a search for a query whose similarities to the lists' centroids are ``sims``, of a table of ``rows``
     rows, covers every row or list (:data:`FAR_SCAN_ROWS`): the query is near no cluster and the table small."""
-    return rows <= FAR_SCAN_ROWS and far_of(sims)
+    return small_table(rows) and far_of(sims)
 
 
 def closest(sims: np.ndarray, count: int) -> np.ndarray:
@@ -229,4 +234,4 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["IvfIndex", "close_lists", "covers_all", "far_of", "least_probes", "probe_count", "probes_of",
-           "row_bytes"]
+           "row_bytes", "small_table"]
