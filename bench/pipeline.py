@@ -3,6 +3,7 @@
     .venv/bin/python bench/pipeline.py --chips 20000                        # BENCHMARKS.md's baseline
     .venv/bin/python bench/pipeline.py --chips 100000 1000000 --s3-dir /big/disk/weed   # memory at 10x (16 GB)
     .venv/bin/python bench/pipeline.py --chips 2000 --cogs 20 --repeats 1 --warmup 0    # a smoke run
+    .venv/bin/python bench/pipeline.py --chips 20000 --chip-side 224   # chips at the model's size: no resize
     .venv/bin/python bench/pipeline.py --listing-only --chips 100000 1000000   # the listing's driver memory
 
 The real job, ``rsclip.ingest.pipeline.run_embedding`` (jobs/embed_archive.py's), runs on a private local Ray
@@ -83,6 +84,7 @@ BUCKET = "rsclip-bench"
 EMBEDDER = "rsclip.ingest.embedder"
 DIM = 512  # the default model's embedding size
 WARM_CHIPS = 512
+RSICD_SIDE = 150  # the side of the RSICD chips (pixels)
 COG = common.DATA / "geotiff" / "RGB.byte.tif"
 ESTIMATED_B_PER_TILE = 2300  # the numpy batch a tile is in the current driver: 512 float32 and its columns
 MIB = 2**20
@@ -451,19 +453,19 @@ class Archives:
     """Chip and GeoTIFF archives in the S3 server, uploaded once (a marker object says an upload finished, so
     ``--s3-dir`` keeps them between runs), and fresh table locations, removed after each run."""
 
-    def __init__(self, s3, threads: int):
+    def __init__(self, s3, threads: int, chip_side: int | None = None):
         import boto3
         from botocore.config import Config
 
         self.client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
                                    aws_secret_access_key=s3.secret_key, region_name=s3.env["AWS_REGION"],
                                    config=Config(max_pool_connections=threads + 4))
-        self.threads, self.tables = threads, 0
+        self.threads, self.tables, self.chip_side = threads, 0, chip_side
 
     def _upload(self, name: str, sources: list[Path], n: int) -> str:
         marker = f"markers/{name}"
         if self.client.list_objects_v2(Bucket=BUCKET, Prefix=marker).get("KeyCount", 0) == 0:
-            bodies = [(f.name, f.read_bytes()) for f in sources]
+            bodies = [(f.name, self._body(f)) for f in sources]
             errors: list[BaseException] = []
 
             def put(first: int) -> None:
@@ -487,8 +489,23 @@ class Archives:
             print(f"uploaded {n} objects to s3://{BUCKET}/{name} in {time.monotonic() - start:.0f} s", flush=True)
         return f"s3://{BUCKET}/{name}"
 
+    def _body(self, path: Path) -> bytes:
+        """The bytes uploaded for ``path``: the file itself, or (``--chip-side``) a chip of its pixels resized to
+        that side (bicubic) and encoded again as JPEG."""
+        if self.chip_side is None or path.suffix.lower() != ".jpg":
+            return path.read_bytes()
+        import io
+
+        from PIL import Image
+
+        out = io.BytesIO()
+        with Image.open(path) as im:
+            im.convert("RGB").resize((self.chip_side, self.chip_side), Image.BICUBIC).save(out, "JPEG", quality=90)
+        return out.getvalue()
+
     def chips(self, n: int) -> str:
-        return self._upload(f"chips-{n}", sorted(common.RSICD_IMAGES.glob("*.jpg")), n)
+        side = "" if self.chip_side is None else f"{self.chip_side}px-"
+        return self._upload(f"chips-{side}{n}", sorted(common.RSICD_IMAGES.glob("*.jpg")), n)
 
     def cogs(self, n: int) -> str:
         return self._upload(f"cogs-{n}", [COG], n)
@@ -589,11 +606,12 @@ def run_pipeline(args, bench: Bench) -> dict:
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-pipeline-") as tmp:
         model = str(build_tiny_clip(Path(tmp) / "tiny-clip-512", embed_dim=DIM))
         with SeaweedFS(args.s3_dir or Path(tmp) / "seaweedfs", buckets=(BUCKET,)) as s3:
-            runs = Runs(Archives(s3, args.upload_threads), s3, model, args)
+            runs = Runs(Archives(s3, args.upload_threads, args.chip_side), s3, model, args)
             figures = bench.rounds(pipeline_arms(args, runs))
     ratios, checks = targets(args)
     return bench.finish(figures, ratios=ratios, targets=checks,
-                        constants={"chips": args.chips, "cogs": args.cogs, "cog_source": COG.name, "dim": DIM,
+                        constants={"chips": args.chips, "chip_side": args.chip_side or RSICD_SIDE, "cogs": args.cogs,
+                                   "cog_source": COG.name, "dim": DIM,
                                    "model": "stand-in (one-hot rows) in the actors, tiny CLIP folder probed",
                                    "code": os.environ.get("RSCLIP_BENCH_CODE", "this tree"), **runs.sources})
 
@@ -638,6 +656,10 @@ def main() -> int:
                    help="chip archive sizes, one arm each (default 100000; two sizes add driver_rss_ratio)")
     p.add_argument("--cogs", type=int, default=0,
                    help=f"copies of {COG.name} (791x718, cut into 224 px windows) as one more arm (default 0)")
+    p.add_argument("--chip-side", type=int, default=None,
+                   help=f"re-encode the chips at this side before uploading them (default: the RSICD files, "
+                        f"{RSICD_SIDE} px, which the job upscales to the model's 224; 224: chips cut at the model's "
+                        f"size, no resize)")
     p.add_argument("--listing-only", action="store_true",
                    help="only the listing's driver memory, on local folders of --chips empty files (no S3)")
     p.add_argument("--s3-dir", type=Path, default=None,
@@ -661,8 +683,8 @@ def main() -> int:
         if not (args.code / "rsclip" / "__init__.py").is_file():
             raise SystemExit(f"bench/pipeline.py: --code {args.code} holds no rsclip package")
         os.environ["RSCLIP_BENCH_CODE"] = str(args.code.resolve())  # the children's (Bench.start imports nothing)
-    if min(args.chips) < 1 or args.cogs < 0:
-        raise SystemExit("bench/pipeline.py: --chips must be >= 1 and --cogs >= 0")
+    if min(args.chips) < 1 or args.cogs < 0 or (args.chip_side is not None and args.chip_side < 2):
+        raise SystemExit("bench/pipeline.py: --chips must be >= 1, --cogs >= 0 and --chip-side >= 2")
     if args.listing_only:
         run_listing(args, Bench("pipeline", args).start())
         return 0
