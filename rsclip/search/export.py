@@ -105,7 +105,7 @@ def encode(gdf, format: str) -> bytes:
     if format == "geojson":
         collection = gdf.to_geo_dict(na="null", drop_id=True)
         collection.pop("crs", None)  # RFC 7946: lon/lat WGS84 always, no crs member
-        return json.dumps(collection, default=str).encode("utf-8")
+        return json_bytes(collection)
     if format == "geoparquet":
         buffer = io.BytesIO()
         gdf.to_parquet(buffer, index=False, geometry_encoding="WKB", write_covering_bbox=True,
@@ -114,6 +114,14 @@ def encode(gdf, format: str) -> bytes:
     frame = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
     frame[WKT] = [g.wkt if g is not None else "" for g in gdf.geometry.values]
     return csv_bytes(frame)
+
+
+def json_bytes(obj) -> bytes:
+    """``obj`` as JSON in UTF-8 bytes, every character as itself (values JSON does not know, such as timestamps,
+    as text): what rsclip writes to files and answers over HTTP. Escaped as ``\\u`` surrogate pairs, some
+    characters beyond the Basic Multilingual Plane come back from GDAL (QGIS's reader) as U+FFFD (U+1D800 did,
+    U+1F600 did not: GDAL 3.12)."""
+    return json.dumps(obj, default=str, ensure_ascii=False).encode("utf-8")
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:

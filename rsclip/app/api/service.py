@@ -29,17 +29,19 @@ from starlette.routing import Route
 
 from rsclip.app.api import calls, exports, features, guards, openapi, settings
 from rsclip.app.api.settings import ApiConfig
-from rsclip.app.records import dumps, records
+from rsclip.app.records import records
+from rsclip.search.export import json_bytes
 from rsclip.errors import InvalidInput, RsclipError
 
 log = logging.getLogger("rsclip.api")
 
 
 class JSON(JSONResponse):
-    """JSON answers encoded as the command line prints them (timestamps as text)."""
+    """JSON answers: UTF-8, every character as itself, timestamps as text (:func:`rsclip.search.export.json_bytes`:
+    what GDAL's OAPIF driver, QGIS's reader, reads back unchanged)."""
 
     def render(self, content) -> bytes:
-        return dumps(content).encode()
+        return json_bytes(content)
 
 
 class GeoJSON(JSON):

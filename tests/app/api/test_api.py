@@ -109,6 +109,15 @@ def test_gdal_reads_the_detections_collection_page_by_page_as_rsclip_export_writ
         assert shapely.equals_exact(got, want, tolerance=1e-9)
 
 
+def test_gdal_reads_every_character_of_a_note_written_through_the_api(scenes, api_service):
+    """Text beyond the Basic Multilingual Plane (GDAL turned U+1D800 sent as a \\u surrogate pair into U+FFFD)."""
+    _, ids = scenes
+    note = "signs 𝠀 😀 中 𠀀 naïve \"quoted\", =formula"
+    assert api_service.call("api/labels/scripts", {"positive": ids[2:4], "note": note}).json() == {"written": 2}
+    served = pyogrio.read_dataframe(f"OAPIF:{api_service.url}", layer="labels-scripts")
+    assert sorted(served["id"]) == sorted(ids[2:4]) and set(served["note"]) == {note}
+
+
 def test_items_page_with_next_links_bbox_and_threshold(scenes, api_service):
     db, _ = scenes
     exported = ex.export_frame(db, detections="fields", min_score=0.0)
