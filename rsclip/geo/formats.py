@@ -15,6 +15,7 @@ decode is over :data:`RATIO_FLOOR_BYTES`.
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any, Callable, NamedTuple
 
@@ -57,8 +58,12 @@ MAX_OVERVIEWS = 32
 
 
 def suffix_of(name: str) -> str:
-    """The lower-case suffix of a path, URI (query left off) or upload name; ``""`` without one."""
-    return PurePosixPath(str(name).split("?", 1)[0]).suffix.lower()
+    """The lower-case suffix of a path, URI or upload name; ``""`` without one. An http(s) URL's query and
+    fragment are left off; in a file or object name ``?`` and ``#`` are characters like any other."""
+    text = str(name)
+    if text[:8].lower().startswith(("http://", "https://")):
+        text = re.split("[?#]", text, maxsplit=1)[0]
+    return PurePosixPath(text).suffix.lower()
 
 
 def pillow_formats(name: str) -> tuple[str, ...]:

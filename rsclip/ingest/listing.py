@@ -192,7 +192,7 @@ def _level(folder: str) -> tuple[list[str], bool] | None:
 
 def _bucket_prefix(uri: str) -> tuple[str, str]:
     """Bucket and key prefix (ending in ``/``, or empty for a whole bucket) of an ``s3://`` folder."""
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = storage.bucket_key(uri).partition("/")
     key = key.strip("/")
     return bucket, f"{key}/" if key else ""
 

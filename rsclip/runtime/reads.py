@@ -57,7 +57,7 @@ def _read_fast(uri: str, max_bytes: int) -> bytes:
         import obstore
     except ImportError:
         return _read_arrow(uri, max_bytes)
-    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    bucket, _, key = storage.bucket_key(uri).partition("/")
     # the range asks for one byte past the bound: an object over it is refused without reading the rest
     data = bytes(obstore.get(_obstore(tuple(sorted(storage.lance_storage_options().items())), bucket), key,
                              options={"range": (0, max_bytes + 1)}).bytes())

@@ -55,6 +55,13 @@ def is_remote(uri: str | os.PathLike) -> bool:
     return urlparse(str(uri)).scheme in S3_SCHEMES
 
 
+def bucket_key(uri: str | os.PathLike) -> str:
+    """``bucket/key`` of an ``s3://`` URI, the key exactly as written: an object name is not a URL, so ``?``,
+    ``#``, ``%`` and even tabs and line breaks are part of it (URL parsing would cut the name at ``?`` or ``#``
+    and drop the rest, reading another object or none)."""
+    return str(uri).split("://", 1)[1]
+
+
 def local_path(uri: str | os.PathLike) -> Path:
     """The local path for a local ``uri`` (strips ``file://``).
 
@@ -186,8 +193,7 @@ def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
 
     text = str(uri)
     if is_remote(text):
-        parsed = urlparse(text)
-        return import_s3fs().S3FileSystem(**s3fs_options()), f"{parsed.netloc}{parsed.path}".rstrip("/")
+        return import_s3fs().S3FileSystem(**s3fs_options()), bucket_key(text).rstrip("/")
     return fsspec.filesystem("file"), str(local_path(text).resolve())
 
 
@@ -198,7 +204,7 @@ def arrow_filesystem(uri: str):
 
     if not is_remote(uri):
         return pafs.LocalFileSystem(), str(local_path(uri).resolve())
-    return _arrow_s3(tuple(sorted(aws_settings().items()))), uri.split("://", 1)[1].rstrip("/")
+    return _arrow_s3(tuple(sorted(aws_settings().items()))), bucket_key(uri).rstrip("/")
 
 
 @functools.lru_cache(maxsize=4)
@@ -293,10 +299,12 @@ def gdal_path(uri: str) -> str:
     hop checked (:func:`rsclip.runtime.hosts.final_url`): GDAL always follows redirects itself, so it is given
     the last URL. Raises :class:`UnsafeInput` for a URL without a host, with characters no URL has, whose host
     or a redirect's is a metadata service, resolves to a forbidden address or does not resolve;
-    :class:`LimitExceeded` past :data:`rsclip.runtime.hosts.MAX_REDIRECTS` redirects."""
+    :class:`LimitExceeded` past :data:`rsclip.runtime.hosts.MAX_REDIRECTS` redirects; :class:`InvalidInput` for
+    an object whose name holds ``?``."""
     if is_remote(uri):
-        parsed = urlparse(uri)
-        return f"/vsis3/{parsed.netloc}{parsed.path}"
+        if "?" in bucket_key(uri):  # GDAL's suffix allow-list reads the name only up to a "?"
+            raise InvalidInput(f"{uri}: GDAL cannot open an object whose name holds '?' (rename it)")
+        return f"/vsis3/{bucket_key(uri)}"
     if is_http(uri):
         return f"/vsicurl/{hosts.final_url(str(uri), timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))}"
     return str(local_path(uri))

@@ -1,4 +1,5 @@
-"""Chips read many at a time (issue 26): ``reads.read_many`` and the plan stage's prefetch, against a real S3 server.
+"""Chips read many at a time (issue 26): ``reads.read_many`` and the plan stage's prefetch, against a real S3 server;
+objects of any name read as themselves.
 
 Each object's bytes come back whole and in order through obstore (when installed) and through pyarrow; an object
 over the bound and a missing one are reported as every other read reports them; the plan stage carries exactly
@@ -13,11 +14,14 @@ import numpy as np
 import pytest
 
 from infra.local_stack import environment
-from rsclip.errors import LimitExceeded, NotFound
+from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 from rsclip.geo import raster
-from rsclip.ingest import batch as B, planning
+from rsclip.geo.images import decode_image
+from rsclip.ingest import batch as B, listing, planning, reading
+from rsclip.model.preprocess import ImagePreprocess, prepare_image
 from rsclip.runtime import reads, storage
 from rsclip.table import tiles
+from tests.helpers import GEOTIFF_DIR
 
 pytestmark = pytest.mark.slow  # the session's S3 server
 
@@ -87,3 +91,43 @@ def test_the_plan_stage_carries_each_chips_bytes_and_records_one_gone_since_list
     assert planned[B.STATUS][i] == B.ERROR and planned[B.STAGE][i] == B.STAGE_PLAN
     (alone,) = planning.plan_file(gone, 1000, raster.RasterOptions())  # one GET, no prefetch: the same error
     assert str(planned[B.MESSAGE][i]).startswith(gone) and planned[B.MESSAGE][i] == alone[B.MESSAGE]
+
+
+# Object names are not URLs: each of these characters is part of a name (a reader that parsed the URI as a URL
+# cut "a#b.jpg" and "a?b.jpg" to "a" and read another object or none; "\t" and "\n" were dropped).
+ODD_NAMES = ["a b.jpg", "a%20b.jpg", "a+b.jpg", "a#b.jpg", "a?b.jpg", "ü-中 😀.jpg", "pct%zz.jpg", "semi;colon&=.jpg",
+             "quote'\".jpg", "tab\tx.jpg", "line\nbreak.jpg"]
+
+
+def test_objects_of_any_name_are_listed_read_and_decoded_as_themselves(backend, s3_prefix, rsicd_files):
+    """Each odd name holds another chip, and ``odd/a`` a decoy (what "a#b.jpg" and "a?b.jpg" were cut to): the
+    listing, every reader and the plan and read stages give each name its own chip."""
+    root = f"{s3_prefix}/odd"
+    files = dict(zip(ODD_NAMES, rsicd_files[10:]))
+    for name, f in files.items():
+        storage.write_bytes(f"{root}/{name}", f.read_bytes())
+    storage.write_bytes(f"{root}/a", b"a decoy: not a chip")
+    listed = listing.list_archive(root)
+    assert sorted(f.uri for f in listed) == sorted(f"{root}/{name}" for name in ODD_NAMES)
+    uris = [f.uri for f in listed]
+    want = [files[u[len(root) + 1:]].read_bytes() for u in uris]
+    assert reads.read_many(uris, in_flight=4) == want
+    assert [storage.read_bytes(u) for u in uris] == want
+    batch = {tiles.URI: np.array(uris, dtype=object), B.SIZE: np.array([f.size for f in listed])}
+    read = reading.read_tiles(planning.plan_files(batch, vars(raster.RasterOptions())), vars(ImagePreprocess()))
+    assert list(read[B.STATUS]) == [B.READY] * len(uris), list(read[B.MESSAGE])
+    for pixels, data in zip(read[B.PIXELS], want):
+        assert np.array_equal(pixels, prepare_image(decode_image(data, "x.jpg"), ImagePreprocess()))
+
+
+def test_rasters_of_odd_names_open_through_gdal_and_one_holding_a_question_mark_is_named(s3_prefix):
+    tif = (GEOTIFF_DIR / "RGB.byte.tif").read_bytes()
+    for name in ("scene #1.tif", "a%20b+c ü.tif", "tab\tx.tif"):
+        storage.write_bytes(f"{s3_prefix}/rasters/{name}", tif)
+        with raster.open_raster(f"{s3_prefix}/rasters/{name}") as src:
+            assert (src.width, src.height) == (791, 718)
+    uri = f"{s3_prefix}/rasters/a?b.tif"
+    storage.write_bytes(uri, tif)
+    with pytest.raises(InvalidInput, match=r"a\?b\.tif: GDAL cannot open an object whose name holds '\?'"), \
+            raster.open_raster(uri):
+        pass
