@@ -15,7 +15,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from rsclip.runtime import storage
+from rsclip.runtime import storage, texts
 from rsclip.table import tiles
 from rsclip.geo.images import is_image_name, read_image
 from rsclip.model.clip import cached_model
@@ -75,15 +75,15 @@ def is_image_query(query) -> bool:
 
 
 def checked_text(text: str, what: str = "text query") -> str:
-    """``text`` once it may be encoded: a string, not blank, at most :data:`MAX_TEXT_CHARS` characters.
-    Raises ``InvalidInput`` (``LimitExceeded`` for long text) naming ``what``."""
+    """``text`` once it may be encoded: a string of characters (no lone surrogate), not blank, at most
+    :data:`MAX_TEXT_CHARS` characters. Raises ``InvalidInput`` (``LimitExceeded`` for long text) naming ``what``."""
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInput(f"{what} is empty (a non-empty text is needed)")
     if len(text) > MAX_TEXT_CHARS:
         raise LimitExceeded(f"{what} is {len(text):,} characters long, more than the limit of {MAX_TEXT_CHARS:,}")
-    return str(text)
+    return str(texts.check_characters(text, what))
 
 
 def text_vector(text: str, model: str) -> np.ndarray:

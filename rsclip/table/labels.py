@@ -28,6 +28,7 @@ from typing import Iterable
 import pandas as pd
 import pyarrow as pa
 
+from rsclip.runtime import texts
 from rsclip.table import datasets, keyed_writes, rows, tiles
 from rsclip.errors import InvalidInput, LimitExceeded, NotFound
 
@@ -95,7 +96,7 @@ def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[
 
     Raises:
         InvalidInput: a bad label name or tile id, a tile given as both positive and negative, no tile ids, a
-            note over :data:`MAX_NOTE_CHARS`.
+            note over :data:`MAX_NOTE_CHARS` or holding a lone surrogate.
         LimitExceeded: more than :data:`MAX_IDS_PER_CALL` positive or negative ids.
         NotFound: the tile table does not exist, or tile ids are not in it.
     """
@@ -106,6 +107,8 @@ def add_labels(db, label: str, positive: Iterable[str] = (), negative: Iterable[
         raise InvalidInput(f"tile {sorted(both)[0]} is given as both positive and negative")
     if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
         raise InvalidInput(f"note must be text of at most {MAX_NOTE_CHARS} characters")
+    if note is not None:
+        texts.check_characters(note, "note")
     ids = pos + neg
     if not ids:
         raise InvalidInput("no tile ids given: pass positive and/or negative tile ids")

@@ -12,6 +12,7 @@ from PIL import Image
 import rsclip
 from rsclip.table import tiles
 from rsclip.model.clip import load_model
+from rsclip.search.encoding import Text
 from rsclip.search.searchers import MAX_K
 from tests.helpers import spread_files, write_scene_table
 
@@ -127,6 +128,7 @@ def test_k_larger_than_table_returns_all(table_db, resident):
     [
         (dict(query=""), "empty"),
         (dict(query="   \t"), "empty"),
+        (dict(query=Text("roads \ud800")), r"holds '\\ud800' at character 7, which is not a character"),
         (dict(query="airport", k=0), "k must be"),
         (dict(query="airport", k=MAX_K + 1), "k must be"),
         (dict(query="airport", k=2.5), "k must be"),

@@ -202,6 +202,8 @@ def ring(vertices: int) -> str:
     ("api/search", {"image": {"name": "a.png", "data": "!!"}}, 400, "not base64"),
     ("api/search", {"text": "x", "polygon": ring(250_000)}, 413, "vertices"),
     ("api/search", {"text": "x", "where": "no_such_column = 1"}, 400, ""),
+    ("api/search", {"text": "roads \ud800"}, 400, "not a character"),  # a lone surrogate: JSON allows it
+    ("api/labels/roads", {"positive": ["0" * 32], "note": "\udfff"}, 400, "note holds '\\udfff' at character 1"),
     ("api/search", {"text": "x", "db": "/somewhere/else"}, 400, "serves another database"),
     ("api/tiles/..%2F..%2Fetc%2Fpasswd/preview.png", None, 404, ""),
     ("api/tiles/..passwd/preview.png", None, 400, "not a tile id"),
