@@ -57,6 +57,13 @@ def expected(frame: pd.DataFrame):
     return gdf, geometry
 
 
+def written(frame: pd.DataFrame, folder, name: str):
+    """``frame``'s features (:func:`expected`) written to ``folder/name``: ``(features, footprints, path)``."""
+    gdf, geometry = expected(frame)
+    ex.write_features(gdf, str(folder / name))
+    return gdf, geometry, folder / name
+
+
 def same_geometry(got, want) -> bool:
     if want is None:
         return got is None or got.is_empty
@@ -70,9 +77,7 @@ def text_or_none(value):
 @EXAMPLES
 @given(frame=result_rows())
 def test_geojson_read_by_gdal_gives_back_every_feature(frame, tmp_path):
-    gdf, geometry = expected(frame)
-    path = tmp_path / "out.geojson"
-    ex.write_features(gdf, str(path))
+    gdf, geometry, path = written(frame, tmp_path, "out.geojson")
     back = pyogrio.read_dataframe(path)
     assert len(back) == len(frame)
     for column in (*TEXT_COLUMNS, ex.WINDOW):
@@ -91,9 +96,7 @@ def test_geojson_read_by_gdal_gives_back_every_feature(frame, tmp_path):
 def test_geoparquet_read_by_geopandas_gives_back_every_feature(frame, tmp_path):
     import geopandas as gpd
 
-    gdf, geometry = expected(frame)
-    path = tmp_path / "out.parquet"
-    ex.write_features(gdf, str(path))
+    gdf, geometry, path = written(frame, tmp_path, "out.parquet")
     back = gpd.read_parquet(path)
     assert back.crs == gdf.crs and len(back) == len(frame)
     pd.testing.assert_frame_equal(pd.DataFrame(back.drop(columns="geometry")),
@@ -104,9 +107,7 @@ def test_geoparquet_read_by_geopandas_gives_back_every_feature(frame, tmp_path):
 @EXAMPLES
 @given(frame=result_rows())
 def test_csv_read_by_the_csv_module_gives_back_every_feature_with_formulas_quoted(frame, tmp_path):
-    gdf, geometry = expected(frame)
-    path = tmp_path / "out.csv"
-    ex.write_features(gdf, str(path))
+    gdf, geometry, path = written(frame, tmp_path, "out.csv")
     back = list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
     assert len(back) == len(frame)
     for column in (*TEXT_COLUMNS, ex.WINDOW, ex.DATETIME):

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rsclip
-from rsclip.search import memory_table, searchers
+from rsclip.search import searchers
 from rsclip.search.near import box_distance_km
-from rsclip.table import datasets, tiles
+from rsclip.table import tiles
 from rsclip.table import index as rindex
-from tests.helpers.vectors import clustered, unit_centers
+from tests.helpers.vectors import clustered, resident_in_tier, unit_centers
 
 DIM = 32
 ROWS = 5000
@@ -81,10 +81,7 @@ def path(request, generated_db, monkeypatch, index_small_tables):
     named (its filtered searches ranking the kept rows directly, or asking the index among them)."""
     tier, _, through = request.param.partition("-")
     if tier != "lance":
-        dataset = datasets.dataset_of(tiles.open_table(generated_db[0]))
-        cache = memory_table.ResidentCache(max_bytes=memory_table.estimated_bytes(dataset, tier))
-        monkeypatch.setattr(memory_table, "cache", cache)
-        monkeypatch.setattr(searchers, "resident_table", cache.get)
+        resident_in_tier(monkeypatch, generated_db[0], tier)
     if through:
         monkeypatch.setattr(searchers, "RESIDENT_EXACT_ROWS", 0)
         monkeypatch.setattr(searchers, "COMPACT_EXACT_ROWS", 0)

@@ -11,7 +11,7 @@ from rsclip.search import memory_table, searchers
 from rsclip.search.filters import Filters
 from rsclip.table import datasets, tiles
 from rsclip.table import index as rindex
-from tests.helpers.vectors import clustered, tile_rows, unit_centers
+from tests.helpers.vectors import clustered, resident_in_tier, tile_rows, unit_centers
 
 DIM = 32
 ROWS = 6000
@@ -34,11 +34,7 @@ def indexed_db(tiny_model, tmp_path_factory):
 @pytest.fixture(params=[memory_table.MEMORY, memory_table.COMPACT])
 def tier(request, indexed_db, monkeypatch, index_small_tables):
     """A fresh resident cache whose limit gives the table the tier asked for."""
-    dataset = datasets.dataset_of(tiles.open_table(indexed_db[0]))
-    limit = memory_table.estimated_bytes(dataset, request.param)
-    cache = memory_table.ResidentCache(max_bytes=limit)
-    monkeypatch.setattr(memory_table, "cache", cache)
-    monkeypatch.setattr(searchers, "resident_table", cache.get)
+    resident_in_tier(monkeypatch, indexed_db[0], request.param)
     return request.param
 
 
