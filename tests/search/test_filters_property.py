@@ -1,5 +1,6 @@
 """Every search path against brute force on generated filters (hypothesis): a filtered search returns the exact
-top k of the rows its filters keep, through Lance and both resident tiers, ranked directly or through the index.
+top k of the rows its filters keep, through Lance and both resident tiers, ranked directly or through the index,
+and through two shards searched apart and merged.
 
 The table mixes what real archives hold: tiles of many sizes over the whole globe, some without bounds (chips
 without a georeference), footprints stored for some tiles and not for others (older tables), unknown times,
@@ -23,7 +24,9 @@ from hypothesis import strategies as st
 
 import rsclip
 from rsclip.search import searchers
+from rsclip.search.filters import Filters
 from rsclip.search.near import box_distance_km
+from rsclip.search.shards import search_shards
 from rsclip.table import tiles
 from rsclip.table import index as rindex
 from tests.helpers.vectors import clustered, resident_in_tier, unit_centers
@@ -64,12 +67,17 @@ def generated_db(tiny_model, tmp_path_factory):
     db = tmp_path_factory.mktemp("filters-property") / "db"
     table = tiles.create_table(db, model=str(tiny_model), dim=DIM)
     rows = generated_rows(rng, ROWS, centers)
-    half = ROWS // 2  # two fragments
-    tiles.add_tiles(table, {c: v[:half] for c, v in rows.items()})
-    tiles.add_tiles(table, {c: v[half:] for c, v in rows.items()})
+    shards = []
+    for i, part in enumerate((slice(0, ROWS // 2), slice(ROWS // 2, ROWS))):  # two fragments; two shards
+        half = {c: v[part] for c, v in rows.items()}
+        tiles.add_tiles(table, half)
+        shard = db.parent / f"shard{i}"
+        tiles.add_tiles(tiles.create_table(shard, model=str(tiny_model), dim=DIM), half)
+        rindex.build_index(shard, min_rows=1000)
+        shards.append(shard)
     rindex.build_index(db, min_rows=1000)
     frame = tiles.open_table(db).to_pandas()
-    return db, centers, frame
+    return db, centers, frame, shards
 
 
 PATHS = ["lance", "memory", "compact", "memory-through-index", "compact-through-index"]
@@ -183,10 +191,9 @@ def arguments(filters: dict) -> dict:
     return out
 
 
-@EXAMPLES
-@given(data=st.data())
-def test_filtered_searches_return_the_exact_top_k_of_the_rows_kept(generated_db, path, data):
-    db, centers, frame = generated_db
+def drawn_case(data, frame: pd.DataFrame, centers: np.ndarray) -> tuple[dict, int, np.ndarray]:
+    """Filters (:func:`filter_sets`), ``k`` and a query: near a cluster, near none, or the tile a drawn box
+    touches (which ranks first whenever the filters keep it)."""
     filters = data.draw(filter_sets(frame), label="filters")
     k = data.draw(st.integers(1, 40), label="k")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -194,25 +201,45 @@ def test_filtered_searches_return_the_exact_top_k_of_the_rows_kept(generated_db,
     if "bbox" in filters:
         filters["bbox"] = filters["bbox"][0]
     how = data.draw(st.sampled_from(["near a cluster", "near no cluster", "the touched tile"]), label="query")
-    if how == "the touched tile" and touched is not None:  # it ranks first whenever the filters keep it
-        q = np.asarray(frame["vector"].iloc[touched], dtype=np.float32)
-    elif how == "near no cluster":
-        q = unit_centers(rng, 1, DIM)[0].astype(np.float32)
-    else:
-        q = clustered(rng, 1, centers)[0]
-    got = rsclip.query(db, q, k=k, resident=path != "lance", **arguments(filters))
+    if how == "the touched tile" and touched is not None:
+        return filters, k, np.asarray(frame["vector"].iloc[touched], dtype=np.float32)
+    if how == "near no cluster":
+        return filters, k, unit_centers(rng, 1, DIM)[0].astype(np.float32)
+    return filters, k, clustered(rng, 1, centers)[0]
+
+
+def assert_exact_top_k(got: pd.DataFrame, frame: pd.DataFrame, filters: dict, q: np.ndarray, k: int) -> None:
     rows = frame[kept(frame, filters)]
     scores = np.stack(rows["vector"].to_numpy()) @ q if len(rows) else np.zeros(0)
     want = rows.iloc[np.argsort(-scores, kind="stable")[:k]]
-    assert got.attrs["search_path"].startswith("lance" if path == "lance" else "resident")
-    assert got["id"].tolist() == want["id"].tolist(), (path, filters, k)
+    assert got["id"].tolist() == want["id"].tolist(), (filters, k)
     np.testing.assert_allclose(got["score"].to_numpy(), np.sort(scores)[::-1][:k], atol=1e-5)
 
 
 @EXAMPLES
 @given(data=st.data())
+def test_filtered_searches_return_the_exact_top_k_of_the_rows_kept(generated_db, path, data):
+    db, centers, frame, _ = generated_db
+    filters, k, q = drawn_case(data, frame, centers)
+    got = rsclip.query(db, q, k=k, resident=path != "lance", **arguments(filters))
+    assert got.attrs["search_path"].startswith("lance" if path == "lance" else "resident")
+    assert_exact_top_k(got, frame, filters, q, k)
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_two_shards_searched_apart_and_merged_return_the_exact_top_k(generated_db, data):
+    """The same through :func:`rsclip.search.shards.search_shards` over the table cut in two (each indexed)."""
+    _, centers, frame, shards = generated_db
+    filters, k, q = drawn_case(data, frame, centers)
+    parts = [searchers.searcher_for(tiles.open_table(shard)) for shard in shards]
+    assert_exact_top_k(search_shards(parts, q, k, Filters.of(**arguments(filters))), frame, filters, q, k)
+
+
+@EXAMPLES
+@given(data=st.data())
 def test_a_box_sharing_only_an_edge_with_a_tile_keeps_it(generated_db, path, data):
-    db, _, frame = generated_db
+    db, _, frame, _ = generated_db
     box, row = data.draw(touching_boxes(frame), label="box, tile")
     got = rsclip.query(db, np.asarray(frame["vector"].iloc[row], dtype=np.float32), k=1, bbox=box,
                        resident=path != "lance")
