@@ -142,7 +142,7 @@ def _from_wkt(text: str):
 
     try:
         return shapely.from_wkt(text)
-    except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+    except (shapely.errors.ShapelyError, ValueError, TypeError) as exc:
         raise InvalidInput(f"polygon is not valid WKT: {str(exc).splitlines()[0][:200]}") from None
 
 
@@ -161,9 +161,11 @@ def _from_geojson(obj: dict):
         if not isinstance(features, list) or not features:
             raise InvalidInput("polygon GeoJSON FeatureCollection has no features")
         parts = [_from_geojson(f) for f in features if isinstance(f, dict)]
+        if not parts:
+            raise InvalidInput("polygon GeoJSON FeatureCollection has no feature objects")
         return shapely.union_all(parts) if len(parts) > 1 else parts[0]
     try:
         return shape(obj)
-    except (shapely.errors.GEOSException, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+    except (shapely.errors.ShapelyError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise InvalidInput(f"polygon is not a valid GeoJSON geometry ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else kind})") from None

@@ -1,5 +1,6 @@
 """Polygon filters: parsing (GeoJSON, WKT, shapely; holes, multipolygons, the antimeridian), the prefilter plus
-exact footprint test on every query mode, through Lance and the resident copy, and malformed input."""
+exact footprint test on every query mode, through Lance and the resident copy, and malformed input (any value
+a caller may send, generated)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import numpy as np
 import pytest
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shapely.geometry import mapping
 
 import rsclip
@@ -54,10 +57,37 @@ def test_a_polygon_across_the_antimeridian_is_folded_into_two_parts():
     ("POLYGON((0 0, 0 0, 0 0, 0 0))", "not valid"),
     (42, "GeoJSON, WKT or a shapely geometry"),
     ({"type": "FeatureCollection", "features": []}, "no features"),
+    ({"type": "FeatureCollection", "features": [1, "x"]}, "no feature objects"),
+    ({"type": "Hexagon", "coordinates": []}, "Unknown geometry type: 'hexagon'"),
+    ({"type": "Feature", "geometry": {"type": None}}, "not a valid GeoJSON geometry"),
 ])
 def test_malformed_polygons_are_clear_errors(value, message):
     with pytest.raises(InvalidInput, match=message.replace("(", r"\(")):
         parse_polygon(value)
+
+
+numbers = st.one_of(st.floats(), st.integers(-1000, 1000), st.text(max_size=3), st.none(), st.booleans())
+rings = st.lists(st.lists(numbers, max_size=4), max_size=8)
+geojson = st.recursive(
+    st.fixed_dictionaries({"type": st.sampled_from(["Polygon", "MultiPolygon", "Point", "GeometryCollection", "x", None]),
+                           "coordinates": st.one_of(numbers, st.lists(rings, max_size=3),
+                                                    st.lists(st.lists(rings, max_size=2), max_size=2))}),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("Feature"), "geometry": st.one_of(inner, numbers)}),
+        st.fixed_dictionaries({"type": st.just("FeatureCollection"),
+                               "features": st.lists(st.one_of(inner, numbers), max_size=3)})),
+    max_leaves=4)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(value=st.one_of(geojson, geojson.map(json.dumps), st.text(max_size=80)))
+def test_any_polygon_value_is_a_region_or_a_clear_error(value):
+    """Whatever a caller sends (GeoJSON of any shape, as an object or as text, or any text): a region or
+    ``InvalidInput`` (``LimitExceeded`` is one), never another exception."""
+    try:
+        parse_polygon(value)
+    except InvalidInput:
+        pass
 
 
 def test_oversized_polygons_are_refused():
