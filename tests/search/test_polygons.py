@@ -69,9 +69,9 @@ def test_malformed_polygons_are_clear_errors(value, message):
 numbers = st.one_of(st.floats(), st.integers(-1000, 1000), st.text(max_size=3), st.none(), st.booleans())
 rings = st.lists(st.lists(numbers, max_size=4), max_size=8)
 coordinates = st.one_of(numbers, st.lists(rings, max_size=3), st.lists(st.lists(rings, max_size=2), max_size=2))
+kinds = st.sampled_from(["Polygon", "MultiPolygon", "Point", "GeometryCollection", "x", None])
 geojson = st.recursive(
-    st.fixed_dictionaries({"type": st.sampled_from(["Polygon", "MultiPolygon", "Point", "GeometryCollection", "x", None]),
-                           "coordinates": coordinates}),
+    st.fixed_dictionaries({"type": kinds, "coordinates": coordinates}),
     lambda inner: st.one_of(
         st.fixed_dictionaries({"type": st.just("Feature"), "geometry": st.one_of(inner, numbers)}),
         st.fixed_dictionaries({"type": st.just("FeatureCollection"),
