@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from rsclip.errors import LimitExceeded, UnsafeInput
-from rsclip.runtime.hosts import HTTP_SCHEMES
+from rsclip.runtime import storage
 
 
 class Format(NamedTuple):
@@ -62,7 +62,7 @@ def suffix_of(name: str) -> str:
     """The lower-case suffix of a path, URI or upload name; ``""`` without one. An http(s) URL's query and
     fragment are left off; in a file or object name ``?`` and ``#`` are characters like any other."""
     text = str(name)
-    if text.partition("://")[0].lower() in HTTP_SCHEMES:
+    if storage.is_http(text):
         text = re.split("[?#]", text, maxsplit=1)[0]
     return PurePosixPath(text).suffix.lower()
 

@@ -302,9 +302,10 @@ def gdal_path(uri: str) -> str:
     :class:`LimitExceeded` past :data:`rsclip.runtime.hosts.MAX_REDIRECTS` redirects; :class:`InvalidInput` for
     an object whose name holds ``?``."""
     if is_remote(uri):
-        if "?" in bucket_key(uri):  # GDAL's suffix allow-list reads the name only up to a "?"
+        key = bucket_key(uri)
+        if "?" in key:  # GDAL's suffix allow-list reads the name only up to a "?"
             raise InvalidInput(f"{uri}: GDAL cannot open an object whose name holds '?' (rename it)")
-        return f"/vsis3/{bucket_key(uri)}"
+        return f"/vsis3/{key}"
     if is_http(uri):
         return f"/vsicurl/{hosts.final_url(str(uri), timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))}"
     return str(local_path(uri))
