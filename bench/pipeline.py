@@ -89,19 +89,25 @@ COG = common.DATA / "geotiff" / "RGB.byte.tif"
 ESTIMATED_B_PER_TILE = 2300  # the numpy batch a tile is in the current driver: 512 float32 and its columns
 MIB = 2**20
 TARGET_TILES_PER_CPU_S, TARGET_DRIVER_US, TARGET_RECEIVED_B, TARGET_RSS_RATIO = 600.0, 5.0, 100.0, 1.2
+MODEL_MS_VARIABLE = "RSCLIP_BENCH_MODEL_MS"  # the stand-in's milliseconds per batch, in the actors' environment
+# tiles per second of one GPU for the driver's estimate: an H200 in the real pipeline (README), and the goal
+GPU_RATES = {"h200": 14_200, "goal": 40_000}
 
 
 # --- the stand-in model (runs in the Ray workers) ------------------------------------------------------------
 
 class StandIn:
-    """A model as fast as a GPU: ``dim``-d one-hot unit rows, row i on axis i mod ``dim``, no pixel read."""
+    """A model as fast as a GPU: ``dim``-d one-hot unit rows, row i on axis i mod ``dim``, no pixel read; with
+    ``seconds_per_batch``, a model that slow (a sleep: no CPU), to tell the driver's time-driven CPU apart."""
 
-    def __init__(self, dim: int):
-        self.dim = dim
+    def __init__(self, dim: int, seconds_per_batch: float = 0.0):
+        self.dim, self.seconds_per_batch = dim, seconds_per_batch
 
     def encode_images(self, images, batch_size: int | None = None):
         import numpy as np
 
+        if self.seconds_per_batch:
+            time.sleep(self.seconds_per_batch)
         n = len(images)
         out = np.zeros((n, self.dim), np.float32)
         out[np.arange(n), np.arange(n) % self.dim] = 1.0
@@ -111,7 +117,7 @@ class StandIn:
 def load_standin(source: str, device: str | None = None, **_) -> StandIn:
     """In place of ``rsclip.model.clip.load_model``: a :class:`StandIn` of the folder's projection size."""
     config = json.loads((Path(source) / "config.json").read_text())
-    return StandIn(int(config["projection_dim"]))
+    return StandIn(int(config["projection_dim"]), float(os.environ.get(MODEL_MS_VARIABLE) or 0) / 1000)
 
 
 class _StandInOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -146,10 +152,12 @@ def install_standin() -> None:
         sys.meta_path.insert(0, _StandInOnImport())
 
 
-def runtime_env() -> dict:
-    """The job's code (as rsclip ships it) plus bench/ and the hook that installs the stand-in."""
+def runtime_env(model_ms: float = 0.0) -> dict:
+    """The job's code (as rsclip ships it) plus bench/ and the hook that installs the stand-in (taking
+    ``model_ms`` per batch)."""
     return {"py_modules": [str(CODE / "rsclip"), str(ROOT / "bench")],
-            "worker_process_setup_hook": f"bench.pipeline.{install_standin.__name__}"}
+            "worker_process_setup_hook": f"bench.pipeline.{install_standin.__name__}",
+            "env_vars": {MODEL_MS_VARIABLE: str(model_ms)}}
 
 
 # --- measuring in the driver ---------------------------------------------------------------------------------
@@ -387,13 +395,14 @@ def driver_run(spec: dict) -> dict:
     from rsclip.runtime import cluster
 
     counters = DriverCounters().install()
+    env = runtime_env(spec.pop("model_ms", 0.0))
     config = EmbedConfig(**spec)
     cpu0 = tree_cpu_s()
-    cluster.start_ray(cluster.LOCAL, runtime_env=runtime_env(), log_to_driver=False, quiet=True)
+    cluster.start_ray(cluster.LOCAL, runtime_env=env, log_to_driver=False, quiet=True)
     with TreeSampler() as sampler:
         (cpu1, where1), threads1 = sampler.totals(), thread_cpu()
         self1, wall1, overhead1 = self_cpu_s(), time.monotonic(), sampler.overhead_s
-        summary = run_embedding(config, runtime_env=runtime_env())
+        summary = run_embedding(config, runtime_env=env)
         wall2, self2, overhead2 = time.monotonic(), self_cpu_s(), sampler.overhead_s
         (cpu2, where2), rss = sampler.totals(), peak_rss_mib()
     where = {"processes": cpu_between(where1, where2), "driver_threads": cpu_between(threads1, thread_cpu())}
@@ -531,6 +540,7 @@ def figures_of(got: dict, s3_cpu_s: float, cores: int) -> dict:
             "driver_us_per_tile": 1e6 * got["driver_cpu_s"] / tiles, "driver_rss_mib": got["driver_rss_mib"],
             "received_b_per_tile": got["received_bytes"] / tiles, "commits": got["commits"],
             "commit_s": got["commit_s"] or 0.0, "wall_s": got["wall_s"], "cpu_s": got["cpu_s"],
+            "driver_cpu_s": got["driver_cpu_s"],
             "startup_cpu_s": got["startup_cpu_s"], "s3_cpu_us_per_tile": 1e6 * s3_cpu_s / tiles}
 
 
@@ -550,9 +560,9 @@ class Runs:
         self.archives, self.s3, self.model, self.args = archives, s3, model, args
         self.sources: dict[str, str] = {}
 
-    def run(self, archive: str, expect: int | None = None) -> dict:
+    def run(self, archive: str, expect: int | None = None, model_ms: float = 0.0) -> dict:
         db = self.archives.fresh_db()
-        spec = {"archive": archive, "db": db, "model": self.model, "index": "never"}
+        spec = {"archive": archive, "db": db, "model": self.model, "index": "never", "model_ms": model_ms}
         if self.args.actor_cpus is not None:
             spec["cpus_per_actor"] = self.args.actor_cpus
         spec.update(self.args.set)
@@ -568,8 +578,8 @@ class Runs:
               f"the driver's by thread: {got['where_cpu_s']['driver_threads']}", flush=True)
         return figures_of(got, tree_cpu_s(self.s3.proc.pid) - s3_before, common.cpus())
 
-    def arm(self, name: str, archive: str, expect: int | None, warm) -> Arm:
-        return Arm(name, lambda: {f"{name}_{k}": v for k, v in self.run(archive, expect).items()}, warm)
+    def arm(self, name: str, archive: str, expect: int | None, warm, model_ms: float = 0.0) -> Arm:
+        return Arm(name, lambda: {f"{name}_{k}": v for k, v in self.run(archive, expect, model_ms).items()}, warm)
 
 
 def pipeline_arms(args, runs: Runs) -> list[Arm]:
@@ -579,9 +589,40 @@ def pipeline_arms(args, runs: Runs) -> list[Arm]:
     for n in args.chips:
         warm = (lambda: runs.run(warm_archive, WARM_CHIPS)) if not arms else common.NO_WARMUP
         arms.append(runs.arm(f"c{n}", runs.archives.chips(n), n, warm))
+    if args.model_ms:
+        n = min(args.chips)
+        arms.append(runs.arm(f"c{n}slow", runs.archives.chips(n), n, common.NO_WARMUP, args.model_ms))
     if args.cogs:
         arms.append(runs.arm("cog", runs.archives.cogs(args.cogs), None, common.NO_WARMUP))
     return arms
+
+
+def driver_split(figures: dict, args) -> dict:
+    """The driver's CPU split, round by round, into what runs with time and what runs with tiles (with
+    ``--model-ms``): ``driver_cpu_per_wall_s`` (a), the driver's extra CPU-seconds per extra wall-second of the
+    smallest archive run with the slow stand-in over the same run with the fast one (same tiles, same fixed
+    costs); with two chip sizes also ``driver_marginal_us_per_tile`` (b), the driver's extra CPU per extra tile
+    from the smallest to the largest archive once a x their extra wall is taken off, and
+    ``driver_us_per_tile_at_<gpu>`` = a / rate + b for :data:`GPU_RATES`: an estimate of the driver's CPU per
+    tile when one GPU feeds it at that rate (the fixed start-up left out). A round whose slow run was not the
+    longer gives NaN."""
+    if not args.model_ms:
+        return {}
+    small, big = min(args.chips), max(args.chips)
+    fast, slow = f"c{small}", f"c{small}slow"
+    a = [(c_slow - c_fast) / (w_slow - w_fast) if w_slow > w_fast else float("nan")
+         for c_slow, c_fast, w_slow, w_fast in zip(figures[f"{slow}_driver_cpu_s"], figures[f"{fast}_driver_cpu_s"],
+                                                   figures[f"{slow}_wall_s"], figures[f"{fast}_wall_s"])]
+    out = {"driver_cpu_per_wall_s": a}
+    if big != small:
+        cpu_big, wall_big = figures[f"c{big}_driver_cpu_s"], figures[f"c{big}_wall_s"]
+        cpu_small, wall_small = figures[f"c{small}_driver_cpu_s"], figures[f"c{small}_wall_s"]
+        b = [1e6 * (cb - cs - ai * (wb - ws)) / (big - small)
+             for cb, cs, wb, ws, ai in zip(cpu_big, cpu_small, wall_big, wall_small, a)]
+        out["driver_marginal_us_per_tile"] = b
+        for gpu, rate in GPU_RATES.items():
+            out[f"driver_us_per_tile_at_{gpu}"] = [1e6 * ai / rate + bi for ai, bi in zip(a, b)]
+    return out
 
 
 def targets(args) -> tuple[dict, list[Target]]:
@@ -608,11 +649,13 @@ def run_pipeline(args, bench: Bench) -> dict:
         with SeaweedFS(args.s3_dir or Path(tmp) / "seaweedfs", buckets=(BUCKET,)) as s3:
             runs = Runs(Archives(s3, args.upload_threads, args.chip_side), s3, model, args)
             figures = bench.rounds(pipeline_arms(args, runs))
+    figures.update(driver_split(figures, args))
     ratios, checks = targets(args)
     return bench.finish(figures, ratios=ratios, targets=checks,
                         constants={"chips": args.chips, "chip_side": args.chip_side or RSICD_SIDE, "cogs": args.cogs,
                                    "cog_source": COG.name, "dim": DIM,
                                    "model": "stand-in (one-hot rows) in the actors, tiny CLIP folder probed",
+                                   "model_ms": args.model_ms, "gpu_rates": GPU_RATES,
                                    "code": os.environ.get("RSCLIP_BENCH_CODE", "this tree"), **runs.sources})
 
 
@@ -672,6 +715,9 @@ def main() -> int:
                         "git archive <commit> rsclip | tar -x -C DIR")
     p.add_argument("--set", type=setting, action="append", default=[], metavar="FIELD=JSON",
                    help="an EmbedConfig field for every run, e.g. --set files_per_task=256 --set batch_size=256")
+    p.add_argument("--model-ms", type=float, default=0.0,
+                   help="one more arm on the smallest archive with a stand-in taking this many ms per batch (a "
+                        "sleep): splits the driver's CPU into time-driven and per-tile (driver_split)")
     p.add_argument("--driver-run", help=argparse.SUPPRESS)
     p.add_argument("--listing-run", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -683,8 +729,8 @@ def main() -> int:
         if not (args.code / "rsclip" / "__init__.py").is_file():
             raise SystemExit(f"bench/pipeline.py: --code {args.code} holds no rsclip package")
         os.environ["RSCLIP_BENCH_CODE"] = str(args.code.resolve())  # the children's (Bench.start imports nothing)
-    if min(args.chips) < 1 or args.cogs < 0 or (args.chip_side is not None and args.chip_side < 2):
-        raise SystemExit("bench/pipeline.py: --chips must be >= 1, --cogs >= 0 and --chip-side >= 2")
+    if min(args.chips) < 1 or args.cogs < 0 or args.model_ms < 0 or (args.chip_side is not None and args.chip_side < 2):
+        raise SystemExit("bench/pipeline.py: --chips must be >= 1, --cogs and --model-ms >= 0, --chip-side >= 2")
     if args.listing_only:
         run_listing(args, Bench("pipeline", args).start())
         return 0

@@ -70,9 +70,9 @@ def test_the_listing_only_run_reports_each_size_and_the_memory_ratio():
 
 @pytest.mark.slow
 def test_a_tiny_run_of_the_job_with_the_standin_ends_with_every_figure():
-    line = run_bench("--chips", "32", "64", "--cogs", "1", "--chip-side", "96", "--repeats", "1", "--warmup", "0",
-                     timeout=900)
-    for arm in ("c32", "c64", "cog"):
+    line = run_bench("--chips", "32", "64", "--cogs", "1", "--chip-side", "96", "--model-ms", "8000",
+                     "--repeats", "1", "--warmup", "0", timeout=900)
+    for arm in ("c32", "c32slow", "c64", "cog"):
         for figure in ("tiles_per_cpu_s", "tiles_per_core_s", "driver_us_per_tile", "driver_rss_mib",
                        "received_b_per_tile", "commits", "commit_s", "cpu_s", "s3_cpu_us_per_tile"):
             assert f"{arm}_{figure}" in line and f"{arm}_{figure}_min" in line, (arm, figure)
@@ -80,6 +80,48 @@ def test_a_tiny_run_of_the_job_with_the_standin_ends_with_every_figure():
     assert line["driver_rss_ratio"] > 0 and line["chips"] == [32, 64] and line["cogs"] == 1 and line["chip_side"] == 96
     assert "c64_tiles_per_cpu_s >= 600" in line["targets"] and "driver_rss_ratio <= 1.2" in line["targets"]
     assert line["received_source"] in ("summary", "measured at TileWriter.write")
+    assert line["c32slow_wall_s"] > line["c32_wall_s"] and line["model_ms"] == 8000
+    for key in ("driver_cpu_per_wall_s", "driver_marginal_us_per_tile", "driver_us_per_tile_at_h200"):
+        assert key in line and line[key] == line[key], key  # measured, not NaN
+
+
+def test_the_standin_takes_the_milliseconds_it_is_given_per_batch(tmp_path, monkeypatch):
+    import time
+
+    from rsclip.testing import build_tiny_clip
+
+    model = build_tiny_clip(tmp_path / "tiny", embed_dim=pipeline.DIM)
+    monkeypatch.setenv(pipeline.MODEL_MS_VARIABLE, "150")
+    slow = pipeline.load_standin(str(model))
+    start = time.monotonic()
+    rows = slow.encode_images([None] * 3)
+    assert time.monotonic() - start >= 0.15 and rows.shape == (3, pipeline.DIM)
+    monkeypatch.delenv(pipeline.MODEL_MS_VARIABLE)
+    assert pipeline.load_standin(str(model)).seconds_per_batch == 0.0
+    assert pipeline.runtime_env(150)["env_vars"] == {pipeline.MODEL_MS_VARIABLE: "150"}
+
+
+def test_the_driver_split_recovers_the_time_driven_and_the_per_tile_cpu():
+    """Driver CPU = fixed + a x wall + b x tiles in every run: the split gives a, b and a / rate + b back."""
+    a, b_us, fixed = [0.07, 0.05], [30.0, 40.0], 4.0
+
+    def cpu(r, wall, tiles):
+        return fixed + a[r] * wall + b_us[r] * 1e-6 * tiles
+    walls = {"c100": [10.0, 12.0], "c100slow": [50.0, 70.0], "c1000": [60.0, 80.0]}
+    figures = {f"{arm}_wall_s": w for arm, w in walls.items()}
+    for arm, w in walls.items():
+        n = int(arm[1:].removesuffix("slow"))
+        figures[f"{arm}_driver_cpu_s"] = [cpu(r, w[r], n) for r in range(2)]
+    args = type("Args", (), {"model_ms": 500.0, "chips": [100, 1000]})()
+    got = pipeline.driver_split(figures, args)
+    assert got["driver_cpu_per_wall_s"] == pytest.approx(a)
+    assert got["driver_marginal_us_per_tile"] == pytest.approx(b_us)
+    for gpu, rate in pipeline.GPU_RATES.items():
+        assert got[f"driver_us_per_tile_at_{gpu}"] == pytest.approx([1e6 * x / rate + y for x, y in zip(a, b_us)])
+    args.chips = [100]
+    assert set(pipeline.driver_split(figures, args)) == {"driver_cpu_per_wall_s"}
+    args.model_ms = 0.0
+    assert pipeline.driver_split(figures, args) == {}
 
 
 def test_the_sampler_keeps_the_cpu_of_a_child_that_exited():
