@@ -5,6 +5,7 @@
     .venv/bin/python bench/pipeline.py --chips 2000 --cogs 20 --repeats 1 --warmup 0    # a smoke run
     .venv/bin/python bench/pipeline.py --chips 20000 --chip-side 224   # chips at the model's size: no resize
     .venv/bin/python bench/pipeline.py --listing-only --chips 100000 1000000   # the listing's driver memory
+    .venv/bin/python bench/pipeline.py --chips 512 20000 --model-ms 10000  # the driver: per second, per tile
 
 The real job, ``rsclip.ingest.pipeline.run_embedding`` (jobs/embed_archive.py's), runs on a private local Ray
 over copies of the real RSICD JPEG chips (and, with ``--cogs``, of a real GeoTIFF cut into windows) in a real
@@ -43,6 +44,12 @@ copies), one per round (rounds interleaved, medians and spreads: bench/common.py
 - ``s3_cpu_us_per_tile``: the S3 server's CPU per tile, for the record (not in the pipeline's budget).
 
 ``driver_rss_ratio``: the driver's peak RSS at the largest ``--chips`` over the smallest, round by round.
+``--model-ms MS`` adds an arm ``c<smallest>slow``, the smallest archive again with a stand-in that sleeps MS per
+batch (no CPU), and :func:`driver_split` tells the driver's CPU that runs with time (Ray Data's scheduling
+loop, helper threads: ``driver_cpu_per_wall_s``) from what runs with tiles (``driver_marginal_us_per_tile``,
+with two chip sizes), and estimates ``driver_us_per_tile_at_<gpu>`` when one GPU feeds the driver at
+:data:`GPU_RATES`: on two cores the pipeline runs ~100x slower than a GPU, so the time-driven part dominates
+the measured ``driver_us_per_tile``.
 ``--listing-only``: no S3: the driver's peak RSS listing a local folder of N empty ``.jpg`` files (1,000 per
 subfolder) for each N, as the job does (``tasks``: listing tasks of a private local Ray, the driver keeping the
 count) and in the driver (``driver``: ``rsclip.ingest.listing.list_archive``, the baseline); ratios
