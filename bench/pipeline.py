@@ -5,7 +5,8 @@
     .venv/bin/python bench/pipeline.py --chips 2000 --cogs 20 --repeats 1 --warmup 0    # a smoke run
     .venv/bin/python bench/pipeline.py --chips 20000 --chip-side 224   # chips at the model's size: no resize
     .venv/bin/python bench/pipeline.py --listing-only --chips 100000 1000000   # the listing's driver memory
-    .venv/bin/python bench/pipeline.py --chips 512 20000 --model-ms 10000  # the driver: per second, per tile
+    .venv/bin/python bench/pipeline.py --chips 512 20000 --set batch_size=256 --model-ms 1000  # the driver's CPU:
+                                                                      # per wall-second and per tile
 
 The real job, ``rsclip.ingest.pipeline.run_embedding`` (jobs/embed_archive.py's), runs on a private local Ray
 over copies of the real RSICD JPEG chips (and, with ``--cogs``, of a real GeoTIFF cut into windows) in a real
@@ -44,12 +45,13 @@ copies), one per round (rounds interleaved, medians and spreads: bench/common.py
 - ``s3_cpu_us_per_tile``: the S3 server's CPU per tile, for the record (not in the pipeline's budget).
 
 ``driver_rss_ratio``: the driver's peak RSS at the largest ``--chips`` over the smallest, round by round.
-``--model-ms MS`` adds an arm ``c<smallest>slow``, the smallest archive again with a stand-in that sleeps MS per
-batch (no CPU), and :func:`driver_split` tells the driver's CPU that runs with time (Ray Data's scheduling
-loop, helper threads: ``driver_cpu_per_wall_s``) from what runs with tiles (``driver_marginal_us_per_tile``,
-with two chip sizes), and estimates ``driver_us_per_tile_at_<gpu>`` when one GPU feeds the driver at
-:data:`GPU_RATES`: on two cores the pipeline runs ~100x slower than a GPU, so the time-driven part dominates
-the measured ``driver_us_per_tile``.
+``--model-ms MS`` adds an arm ``c<largest>slow``, the largest archive again with a stand-in that sleeps MS per
+batch (no CPU; choose MS to about double that run's wall), and :func:`driver_split` tells the driver's CPU
+that runs with time (Ray Data's scheduling loop, helper threads: ``driver_cpu_per_wall_s``) from what runs
+with tiles (``driver_marginal_us_per_tile``, with two chip sizes), and estimates ``driver_us_per_tile_at_<gpu>``
+when one GPU feeds the driver at :data:`GPU_RATES`: on two cores the pipeline runs ~100x slower than a GPU,
+so the time-driven part dominates the measured ``driver_us_per_tile``. ``--local-dir``: the chip archives as
+local folders (no GETs, no S3 server beside the pipeline: a faster pace on the same cores).
 ``--listing-only``: no S3: the driver's peak RSS listing a local folder of N empty ``.jpg`` files (1,000 per
 subfolder) for each N, as the job does (``tasks``: listing tasks of a private local Ray, the driver keeping the
 count) and in the driver (``driver``: ``rsclip.ingest.listing.list_archive``, the baseline); ratios
@@ -469,16 +471,18 @@ class Archives:
     """Chip and GeoTIFF archives in the S3 server, uploaded once (a marker object says an upload finished, so
     ``--s3-dir`` keeps them between runs), and fresh table locations, removed after each run."""
 
-    def __init__(self, s3, threads: int, chip_side: int | None = None):
+    def __init__(self, s3, threads: int, chip_side: int | None = None, local: Path | None = None):
         import boto3
         from botocore.config import Config
 
         self.client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
                                    aws_secret_access_key=s3.secret_key, region_name=s3.env["AWS_REGION"],
                                    config=Config(max_pool_connections=threads + 4))
-        self.threads, self.tables, self.chip_side = threads, 0, chip_side
+        self.threads, self.tables, self.chip_side, self.local = threads, 0, chip_side, local
 
     def _upload(self, name: str, sources: list[Path], n: int) -> str:
+        if self.local is not None:
+            return self._write_local(name, sources, n)
         marker = f"markers/{name}"
         if self.client.list_objects_v2(Bucket=BUCKET, Prefix=marker).get("KeyCount", 0) == 0:
             bodies = [(f.name, self._body(f)) for f in sources]
@@ -504,6 +508,19 @@ class Archives:
             self.client.put_object(Bucket=BUCKET, Key=marker, Body=b"")
             print(f"uploaded {n} objects to s3://{BUCKET}/{name} in {time.monotonic() - start:.0f} s", flush=True)
         return f"s3://{BUCKET}/{name}"
+
+    def _write_local(self, name: str, sources: list[Path], n: int) -> str:
+        """``--local-dir``: the archive as a local folder (the same names), written once."""
+        folder, marker = self.local / name, self.local / f"{name}.done"
+        if not marker.exists():
+            bodies = [(f.name, self._body(f)) for f in sources]
+            for i in range(n):
+                filename, body = bodies[i % len(bodies)]
+                path = folder / f"{i // 1000:04d}" / f"{i:07d}-{filename}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(body)
+            marker.touch()
+        return str(folder)
 
     def _body(self, path: Path) -> bytes:
         """The bytes uploaded for ``path``: the file itself, or (``--chip-side``) a chip of its pixels resized to
@@ -597,7 +614,7 @@ def pipeline_arms(args, runs: Runs) -> list[Arm]:
         warm = (lambda: runs.run(warm_archive, WARM_CHIPS)) if not arms else common.NO_WARMUP
         arms.append(runs.arm(f"c{n}", runs.archives.chips(n), n, warm))
     if args.model_ms:
-        n = min(args.chips)
+        n = max(args.chips)
         arms.append(runs.arm(f"c{n}slow", runs.archives.chips(n), n, common.NO_WARMUP, args.model_ms))
     if args.cogs:
         arms.append(runs.arm("cog", runs.archives.cogs(args.cogs), None, common.NO_WARMUP))
@@ -607,16 +624,16 @@ def pipeline_arms(args, runs: Runs) -> list[Arm]:
 def driver_split(figures: dict, args) -> dict:
     """The driver's CPU split, round by round, into what runs with time and what runs with tiles (with
     ``--model-ms``): ``driver_cpu_per_wall_s`` (a), the driver's extra CPU-seconds per extra wall-second of the
-    smallest archive run with the slow stand-in over the same run with the fast one (same tiles, same fixed
-    costs); with two chip sizes also ``driver_marginal_us_per_tile`` (b), the driver's extra CPU per extra tile
-    from the smallest to the largest archive once a x their extra wall is taken off, and
-    ``driver_us_per_tile_at_<gpu>`` = a / rate + b for :data:`GPU_RATES`: an estimate of the driver's CPU per
-    tile when one GPU feeds it at that rate (the fixed start-up left out). A round whose slow run was not the
-    longer gives NaN."""
+    largest archive run with the slow stand-in over the same run with the fast one (the same tiles, files,
+    tasks and commits: only the pace differs, the pipeline busy all along); with two chip sizes also
+    ``driver_marginal_us_per_tile`` (b), the driver's extra CPU per extra tile from the smallest to the largest
+    archive once a x their extra wall is taken off, and ``driver_us_per_tile_at_<gpu>`` = a / rate + b for
+    :data:`GPU_RATES`: an estimate of the driver's CPU per tile when one GPU feeds it at that rate (the fixed
+    start-up left out). A round whose slow run was not the longer gives NaN."""
     if not args.model_ms:
         return {}
     small, big = min(args.chips), max(args.chips)
-    fast, slow = f"c{small}", f"c{small}slow"
+    fast, slow = f"c{big}", f"c{big}slow"
     a = [(c_slow - c_fast) / (w_slow - w_fast) if w_slow > w_fast else float("nan")
          for c_slow, c_fast, w_slow, w_fast in zip(figures[f"{slow}_driver_cpu_s"], figures[f"{fast}_driver_cpu_s"],
                                                    figures[f"{slow}_wall_s"], figures[f"{fast}_wall_s"])]
@@ -654,7 +671,7 @@ def run_pipeline(args, bench: Bench) -> dict:
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-pipeline-") as tmp:
         model = str(build_tiny_clip(Path(tmp) / "tiny-clip-512", embed_dim=DIM))
         with SeaweedFS(args.s3_dir or Path(tmp) / "seaweedfs", buckets=(BUCKET,)) as s3:
-            runs = Runs(Archives(s3, args.upload_threads, args.chip_side), s3, model, args)
+            runs = Runs(Archives(s3, args.upload_threads, args.chip_side, args.local_dir), s3, model, args)
             figures = bench.rounds(pipeline_arms(args, runs))
     figures.update(driver_split(figures, args))
     ratios, checks = targets(args)
@@ -714,6 +731,9 @@ def main() -> int:
                    help="only the listing's driver memory, on local folders of --chips empty files (no S3)")
     p.add_argument("--s3-dir", type=Path, default=None,
                    help="keep SeaweedFS's data here: archives uploaded once are reused by later runs")
+    p.add_argument("--local-dir", type=Path, default=None,
+                   help="write the chip archives as local folders here instead of S3 (no GETs: a node reading its "
+                        "own disk); the table stays in S3. Kept between runs")
     p.add_argument("--upload-threads", type=int, default=32, help="threads uploading the archives (default 32)")
     p.add_argument("--actor-cpus", type=float, default=None,
                    help="CPUs the embedder actor reserves (default: the job's, 1)")
@@ -723,7 +743,7 @@ def main() -> int:
     p.add_argument("--set", type=setting, action="append", default=[], metavar="FIELD=JSON",
                    help="an EmbedConfig field for every run, e.g. --set files_per_task=256 --set batch_size=256")
     p.add_argument("--model-ms", type=float, default=0.0,
-                   help="one more arm on the smallest archive with a stand-in taking this many ms per batch (a "
+                   help="one more arm on the largest archive with a stand-in taking this many ms per batch (a "
                         "sleep): splits the driver's CPU into time-driven and per-tile (driver_split)")
     p.add_argument("--driver-run", help=argparse.SUPPRESS)
     p.add_argument("--listing-run", help=argparse.SUPPRESS)
