@@ -5,7 +5,7 @@
     .venv/bin/python bench/pipeline.py --chips 2000 --cogs 20 --repeats 1 --warmup 0    # a smoke run
     .venv/bin/python bench/pipeline.py --chips 20000 --chip-side 224   # chips at the model's size: no resize
     .venv/bin/python bench/pipeline.py --listing-only --chips 100000 1000000   # the listing's driver memory
-    .venv/bin/python bench/pipeline.py --chips 512 20000 --set batch_size=256 --model-ms 1000  # the driver's CPU:
+    .venv/bin/python bench/pipeline.py --chips 512 20000 --set batch_size=256 --model-ms 3000  # the driver's CPU:
                                                                       # per wall-second and per tile
 
 The real job, ``rsclip.ingest.pipeline.run_embedding`` (jobs/embed_archive.py's), runs on a private local Ray
