@@ -36,7 +36,8 @@ copies), one per round (rounds interleaved, medians and spreads: bench/common.py
 - ``tiles_per_core_s``: tiles / (the wall seconds of run_embedding x cores);
 - ``driver_us_per_tile``: the driver process's own CPU (all threads) per tile, the bench's counters left out;
 - ``driver_rss_mib``: the driver's peak RSS (VmHWM; ru_maxrss of a child also counts its parent's memory at
-  the fork, i.e. this bench's);
+  the fork, i.e. this bench's); ``driver_rss_half_mib`` and ``driver_rss_end_mib``: its RSS halfway through
+  ``run_embedding`` and right after it (memory that grows through a run, or a peak at its end);
 - ``received_b_per_tile``: bytes of results the driver received: ``EmbedSummary.received_bytes`` when the job
   reports it, else measured where the current driver takes them in (``TileWriter.write``: numpy nbytes,
   text and bytes by length), else estimated (~2.3 KB a tile); ``received_source`` says which;
@@ -267,19 +268,26 @@ class TreeSampler:
     """Samples the CPU of this process tree every ``every_s`` (a thread), keeping each process's last figure:
     Ray's raylet reaps its workers without their CPU reaching its own (children's) times, so a worker that
     exits mid-run would be lost to a snapshot at the end. Loses at most ``every_s`` of a process's CPU before
-    it exits. ``overhead_s``: the sampling's own CPU (left out of the driver's)."""
+    it exits. ``overhead_s``: the sampling's own CPU (left out of the driver's); ``rss``: this process's RSS
+    (MiB) at each sample, by monotonic time."""
 
     def __init__(self, every_s: float = 0.5):
-        self.every_s, self.last, self.overhead_s = every_s, {}, 0.0
+        self.every_s, self.last, self.overhead_s, self.rss = every_s, {}, 0.0, []
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
         start = time.thread_time()
-        got = processes_cpu(os.getpid())
+        got, rss = processes_cpu(os.getpid()), (time.monotonic(), peak_rss_mib("VmRSS"))
         with self.lock:
             self.last.update(got)
+            self.rss.append(rss)
             self.overhead_s += time.thread_time() - start
+
+    def rss_at(self, when: float) -> float:
+        """The RSS sampled nearest to monotonic time ``when``."""
+        with self.lock:
+            return min(self.rss, key=lambda sample: abs(sample[0] - when))[1]
 
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
@@ -308,10 +316,10 @@ def self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM)."""
+def peak_rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak RSS (VmHWM), or another memory field of /proc/self/status (VmRSS: now), MiB."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(status["VmHWM"].split()[0]) / 1024.0
+    return int(status[field].split()[0]) / 1024.0
 
 
 def become_subreaper() -> None:
@@ -414,10 +422,12 @@ def driver_run(spec: dict) -> dict:
         summary = run_embedding(config, runtime_env=env)
         wall2, self2, overhead2 = time.monotonic(), self_cpu_s(), sampler.overhead_s
         (cpu2, where2), rss = sampler.totals(), peak_rss_mib()
+        rss_half, rss_end = sampler.rss_at((wall1 + wall2) / 2), peak_rss_mib("VmRSS")
     where = {"processes": cpu_between(where1, where2), "driver_threads": cpu_between(threads1, thread_cpu())}
     out = {"tiles": summary.embedded, "tiles_planned": summary.tiles_planned, "failed": summary.failed,
            "wall_s": wall2 - wall1, "cpu_s": cpu2 - cpu1 - (overhead2 - overhead1), "startup_cpu_s": cpu1 - cpu0,
            "driver_cpu_s": self2 - self1 - counters.overhead_s - (overhead2 - overhead1), "driver_rss_mib": rss,
+           "driver_rss_half_mib": rss_half, "driver_rss_end_mib": rss_end,
            "where_cpu_s": where, **check_standin(config.db, config.table)}
     received = getattr(summary, "received_bytes", None)
     out["received_source"] = "summary" if received is not None else (
@@ -564,7 +574,8 @@ def figures_of(got: dict, s3_cpu_s: float, cores: int) -> dict:
             "driver_us_per_tile": 1e6 * got["driver_cpu_s"] / tiles, "driver_rss_mib": got["driver_rss_mib"],
             "received_b_per_tile": got["received_bytes"] / tiles, "commits": got["commits"],
             "commit_s": got["commit_s"] or 0.0, "wall_s": got["wall_s"], "cpu_s": got["cpu_s"],
-            "driver_cpu_s": got["driver_cpu_s"],
+            "driver_cpu_s": got["driver_cpu_s"], "driver_rss_half_mib": got["driver_rss_half_mib"],
+            "driver_rss_end_mib": got["driver_rss_end_mib"],
             "startup_cpu_s": got["startup_cpu_s"], "s3_cpu_us_per_tile": 1e6 * s3_cpu_s / tiles}
 
 
