@@ -126,6 +126,19 @@ def in_table_folder(name: str, db: str | None, measure: Callable[[Path], dict]) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def memory_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB: ``VmRSS`` (resident now) or ``VmHWM``
+    (its peak: unlike ru_maxrss, without the parent's memory at the fork that started it); NaN where absent."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:  # not Linux
+        return float("nan")
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def cpus() -> int:
     """Cores this process may run on."""
     try:

@@ -278,7 +278,7 @@ class TreeSampler:
 
     def sample(self) -> None:
         start = time.thread_time()
-        got, rss = processes_cpu(os.getpid()), (time.monotonic(), peak_rss_mib("VmRSS"))
+        got, rss = processes_cpu(os.getpid()), (time.monotonic(), common.memory_mib("VmRSS"))
         with self.lock:
             self.last.update(got)
             self.rss.append(rss)
@@ -316,10 +316,9 @@ def self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mib(field: str = "VmHWM") -> float:
-    """This process's peak RSS (VmHWM), or another memory field of /proc/self/status (VmRSS: now), MiB."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(status[field].split()[0]) / 1024.0
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM), MiB."""
+    return common.memory_mib("VmHWM")
 
 
 def become_subreaper() -> None:
@@ -422,7 +421,7 @@ def driver_run(spec: dict) -> dict:
         summary = run_embedding(config, runtime_env=env)
         wall2, self2, overhead2 = time.monotonic(), self_cpu_s(), sampler.overhead_s
         (cpu2, where2), rss = sampler.totals(), peak_rss_mib()
-        rss_half, rss_end = sampler.rss_at((wall1 + wall2) / 2), peak_rss_mib("VmRSS")
+        rss_half, rss_end = sampler.rss_at((wall1 + wall2) / 2), common.memory_mib("VmRSS")
     where = {"processes": cpu_between(where1, where2), "driver_threads": cpu_between(threads1, thread_cpu())}
     out = {"tiles": summary.embedded, "tiles_planned": summary.tiles_planned, "failed": summary.failed,
            "wall_s": wall2 - wall1, "cpu_s": cpu2 - cpu1 - (overhead2 - overhead1), "startup_cpu_s": cpu1 - cpu0,
@@ -477,6 +476,12 @@ def child(flag: str, payload: str, env: dict | None = None) -> dict:
 
 # --- the archives in S3 --------------------------------------------------------------------------------------
 
+def object_name(i: int, filename: str) -> str:
+    """The name of an archive's ``i``-th copy of ``filename`` under the archive's prefix or folder (1,000 a
+    subfolder)."""
+    return f"{i // 1000:04d}/{i:07d}-{filename}"
+
+
 class Archives:
     """Chip and GeoTIFF archives in the S3 server, uploaded once (a marker object says an upload finished, so
     ``--s3-dir`` keeps them between runs), and fresh table locations, removed after each run."""
@@ -502,8 +507,7 @@ class Archives:
                 try:
                     for i in range(first, n, self.threads):
                         filename, body = bodies[i % len(bodies)]
-                        self.client.put_object(Bucket=BUCKET, Key=f"{name}/{i // 1000:04d}/{i:07d}-{filename}",
-                                               Body=body)
+                        self.client.put_object(Bucket=BUCKET, Key=f"{name}/{object_name(i, filename)}", Body=body)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below in the main thread
                     errors.append(exc)
 
@@ -526,7 +530,7 @@ class Archives:
             bodies = [(f.name, self._body(f)) for f in sources]
             for i in range(n):
                 filename, body = bodies[i % len(bodies)]
-                path = folder / f"{i // 1000:04d}" / f"{i:07d}-{filename}"
+                path = folder / object_name(i, filename)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(body)
             marker.touch()

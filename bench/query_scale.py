@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 from bench.common import Target  # noqa: E402
 
 IN_MEMORY_ROWS = 2_000_000
@@ -92,11 +93,7 @@ class Truth:
 
 def rss_mb() -> float:
     """This process's resident memory now (MB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return common.memory_mib("VmRSS")
 
 
 def peak_rss_mb() -> float:
