@@ -47,17 +47,16 @@ NO_VECTOR_INDEX = 2**62  # min_rows of build_index: never a vector index
 LABEL = "bench"
 TARGETS = [Target("ratio", ">=", 0.8, "the Ray job keeps pace with one numpy process"),
            Target("driver_rss_ratio", "<=", 1.2, "driver memory flat as rows grow")]
-# The driver process of the ``ray`` arm: the real job on a private local Ray, its summary and peak RSS.
-# Peak RSS from /proc (VmHWM, this process's own memory): ru_maxrss also counts the parent's memory at the
-# fork that started it, so it would report the bench's own size.
+# The driver process of the ``ray`` arm: the real job on a private local Ray, its summary and peak RSS
+# (common.memory_mib("VmHWM"): ru_maxrss would also count the bench's own memory at the fork).
 DRIVER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
+from bench.common import memory_mib
 from rsclip.detect.pipeline import DetectConfig, run_detection
 config = DetectConfig(**json.loads(sys.argv[2]))
 summary = run_detection(config)
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-rss_mb = int(status["VmHWM"].split()[0]) / 1024.0
+rss_mb = memory_mib("VmHWM")
 print("DRIVER " + json.dumps({"rows_per_s": summary.rows_per_s, "rows": summary.rows_scored,
                               "cv_ap": summary.metrics.get("cv_ap"), "rss_mb": rss_mb,
                               "commits": summary.commits, "commit_s": summary.commit_seconds,
