@@ -38,6 +38,8 @@ copies), one per round (rounds interleaved, medians and spreads: bench/common.py
 - ``driver_rss_mib``: the driver's peak RSS (VmHWM; ru_maxrss of a child also counts its parent's memory at
   the fork, i.e. this bench's); ``driver_rss_half_mib`` and ``driver_rss_end_mib``: its RSS halfway through
   ``run_embedding`` and right after it (memory that grows through a run, or a peak at its end);
+  ``driver_shmem_end_mib``: the part of that end figure that is object-store pages the driver has touched
+  (RssShmem: shared with the store, counted in RSS, not memory of the driver's own);
 - ``received_b_per_tile``: bytes of results the driver received: ``EmbedSummary.received_bytes`` when the job
   reports it, else measured where the current driver takes them in (``TileWriter.write``: numpy nbytes,
   text and bytes by length), else estimated (~2.3 KB a tile); ``received_source`` says which;
@@ -422,11 +424,12 @@ def driver_run(spec: dict) -> dict:
         wall2, self2, overhead2 = time.monotonic(), self_cpu_s(), sampler.overhead_s
         (cpu2, where2), rss = sampler.totals(), peak_rss_mib()
         rss_half, rss_end = sampler.rss_at((wall1 + wall2) / 2), common.memory_mib("VmRSS")
+        shmem_end = common.memory_mib("RssShmem")
     where = {"processes": cpu_between(where1, where2), "driver_threads": cpu_between(threads1, thread_cpu())}
     out = {"tiles": summary.embedded, "tiles_planned": summary.tiles_planned, "failed": summary.failed,
            "wall_s": wall2 - wall1, "cpu_s": cpu2 - cpu1 - (overhead2 - overhead1), "startup_cpu_s": cpu1 - cpu0,
            "driver_cpu_s": self2 - self1 - counters.overhead_s - (overhead2 - overhead1), "driver_rss_mib": rss,
-           "driver_rss_half_mib": rss_half, "driver_rss_end_mib": rss_end,
+           "driver_rss_half_mib": rss_half, "driver_rss_end_mib": rss_end, "driver_shmem_end_mib": shmem_end,
            "where_cpu_s": where, **check_standin(config.db, config.table)}
     received = getattr(summary, "received_bytes", None)
     out["received_source"] = "summary" if received is not None else (
@@ -579,7 +582,7 @@ def figures_of(got: dict, s3_cpu_s: float, cores: int) -> dict:
             "received_b_per_tile": got["received_bytes"] / tiles, "commits": got["commits"],
             "commit_s": got["commit_s"] or 0.0, "wall_s": got["wall_s"], "cpu_s": got["cpu_s"],
             "driver_cpu_s": got["driver_cpu_s"], "driver_rss_half_mib": got["driver_rss_half_mib"],
-            "driver_rss_end_mib": got["driver_rss_end_mib"],
+            "driver_rss_end_mib": got["driver_rss_end_mib"], "driver_shmem_end_mib": got["driver_shmem_end_mib"],
             "startup_cpu_s": got["startup_cpu_s"], "s3_cpu_us_per_tile": 1e6 * s3_cpu_s / tiles}
 
 

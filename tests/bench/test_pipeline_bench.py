@@ -75,8 +75,8 @@ def test_a_tiny_run_of_the_job_with_the_standin_ends_with_every_figure():
                      "--repeats", "1", "--warmup", "0", timeout=900)
     for arm in ("c32", "c64", "c64slow", "cog"):
         for figure in ("tiles_per_cpu_s", "tiles_per_core_s", "driver_us_per_tile", "driver_rss_mib",
-                       "driver_rss_half_mib", "driver_rss_end_mib", "received_b_per_tile", "commits", "commit_s",
-                       "cpu_s", "s3_cpu_us_per_tile"):
+                       "driver_rss_half_mib", "driver_rss_end_mib", "driver_shmem_end_mib", "received_b_per_tile",
+                       "commits", "commit_s", "cpu_s", "s3_cpu_us_per_tile"):
             assert f"{arm}_{figure}" in line and f"{arm}_{figure}_min" in line, (arm, figure)
         assert line[f"{arm}_tiles_per_cpu_s"] > 0 and line[f"{arm}_commits"] >= 1
     assert line["driver_rss_ratio"] > 0 and line["chips"] == [32, 64] and line["cogs"] == 1 and line["chip_side"] == 96
