@@ -127,8 +127,9 @@ def in_table_folder(name: str, db: str | None, measure: Callable[[Path], dict]) 
 
 
 def memory_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status, in MiB: ``VmRSS`` (resident now) or ``VmHWM``
-    (its peak: unlike ru_maxrss, without the parent's memory at the fork that started it); NaN where absent."""
+    """A memory figure of this process from /proc/self/status, in MiB, e.g. ``VmRSS`` (resident now), ``VmHWM``
+    (its peak: unlike ru_maxrss, without the parent's memory at the fork that started it) or ``RssShmem`` (the
+    shared-memory pages in VmRSS); NaN where absent."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:  # not Linux
