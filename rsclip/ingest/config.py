@@ -48,9 +48,10 @@ class EmbedConfig:
     read_cpus: float = setting(1.0, help="CPUs per planning/decoding task", group="resources")
     read_tasks: int | None = setting(None, help="most planning/decoding tasks at once", group="resources")
     files_per_task: int = setting(256, group="resources",
-                                  help="most files planned and read per task: fewer, larger tasks cost Ray less per "
+                                  help="files planned and read per task: fewer, larger tasks cost Ray less per "
                                        "chip (~6 ms of the driver's CPU per task); a small archive is spread over "
-                                       "four tasks per read slot of the cluster however")
+                                       "four tasks per read slot of the cluster however, and an archive that would "
+                                       "need over 1,024 tasks gets larger ones (planned this many files at a time)")
     commit_rows: int = setting(DEFAULT_COMMIT_ROWS, group="resources",
                                help="tiles per fragment a write task writes, and per table commit (the driver "
                                     "commits written fragments once they hold this many tiles, or after 30 s)")

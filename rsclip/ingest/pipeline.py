@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 READ_TASK_MEMORY = 512 * 1024 * 1024
 # Planning/decoding tasks per read slot of the cluster at least, when the archive allows (files_per_task).
 TASKS_PER_READ_SLOT = 4
+# Planning/decoding tasks of a run at most (more only where the read slots need TASKS_PER_READ_SLOT each): the
+# driver holds the listing's block of every task not yet started, ~36 KB each (BENCHMARKS.md, "What the driver's
+# memory holds"), so a larger archive makes larger tasks, not more of them.
+MAX_READ_TASKS = 1024
 # Memory a write task may use: --commit-rows tiles with their vectors, as numpy and as Arrow (~3 x 2.3 KB each).
 WRITE_TASK_MEMORY = 256 * 1024 * 1024
 # Ray Data's wait for the embedder actors outlasts the watchdog's stop by this much (see _set_data_context);
@@ -162,13 +166,16 @@ def _writer(config: EmbedConfig, table, errors_table, started: dt.datetime) -> T
 
 
 def files_per_task(config: EmbedConfig, files: int) -> int:
-    """Files per planning/decoding task: ``--files-per-task`` at most (each task costs Ray ~6 ms of the
-    driver's CPU, BENCHMARKS.md "Pipeline"), fewer when that would leave read slots of the cluster idle (at
-    least :data:`TASKS_PER_READ_SLOT` tasks per slot, so that a small archive is read in parallel)."""
+    """Files per planning/decoding task: ``--files-per-task`` (each task costs Ray ~6 ms of the driver's CPU,
+    BENCHMARKS.md "Pipeline"); fewer when that would leave read slots of the cluster idle (at least
+    :data:`TASKS_PER_READ_SLOT` tasks per slot, so that a small archive is read in parallel); more when it
+    would make more than :data:`MAX_READ_TASKS` tasks, or than the read slots need where they need more (the
+    driver's memory grows with the tasks waiting). A task plans its files ``--files-per-task`` at a time."""
     import ray
 
     slots = config.read_tasks or max(1, int(ray.cluster_resources().get("CPU", 1) // config.read_cpus))
-    return max(1, min(config.files_per_task, -(-files // (TASKS_PER_READ_SLOT * slots))))
+    spread = TASKS_PER_READ_SLOT * slots
+    return max(1, min(config.files_per_task, -(-files // spread)), -(-files // max(MAX_READ_TASKS, spread)))
 
 
 def build_dataset(config: EmbedConfig, listed: sources.Listed, table_version: int, model: ModelFacts,
@@ -188,7 +195,7 @@ def build_dataset(config: EmbedConfig, listed: sources.Listed, table_version: in
     ds = ds.map_batches(planning.plan_files, fn_kwargs={"options": options,
                                                         "datetime_pattern": config.datetime_from_name,
                                                         "whole_scenes": whole_scenes},
-                        batch_size=per_task, **read_args)
+                        batch_size=min(per_task, config.files_per_task), **read_args)
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
                         batch_size=None, **read_args)  # per block: coalescing would serialise small archives

@@ -52,12 +52,24 @@ def test_the_job_run_with_a_relative_model_folder_embeds_and_records_it_absolute
 
 
 def test_read_tasks_take_many_files_but_a_small_archive_still_fills_every_read_slot(tmp_path):
-    from rsclip.ingest.pipeline import TASKS_PER_READ_SLOT, files_per_task
+    from rsclip.ingest.pipeline import MAX_READ_TASKS, TASKS_PER_READ_SLOT, files_per_task
 
     config = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=3)
-    assert files_per_task(config, 1_000_000) == config.files_per_task == 256
+    assert files_per_task(config, 256 * MAX_READ_TASKS) == config.files_per_task == 256
     assert files_per_task(config, 30) == 3  # 10 tasks: more than the 3 slots hold at once
     assert -(-30 // files_per_task(config, 30)) >= TASKS_PER_READ_SLOT * 3 - 2
     assert files_per_task(config, 1) == 1
     few = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=1, files_per_task=8)
-    assert files_per_task(few, 10_000) == 8
+    assert files_per_task(few, 8 * MAX_READ_TASKS) == 8
+
+
+def test_a_large_archive_makes_larger_read_tasks_not_more_of_them_unless_the_read_slots_need_more(tmp_path):
+    from rsclip.ingest.pipeline import MAX_READ_TASKS, TASKS_PER_READ_SLOT, files_per_task
+
+    config = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=3)
+    for files in (1_000_000, 10_000_000, 10_000_001):  # the driver holds every waiting task's block
+        per_task = files_per_task(config, files)
+        assert per_task > config.files_per_task and -(-files // per_task) == MAX_READ_TASKS
+    wide = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=1000)  # a cluster of 1,000 read slots
+    assert -(-10_000_000 // files_per_task(wide, 10_000_000)) == TASKS_PER_READ_SLOT * 1000
+    assert files_per_task(wide, 100_000) == 25  # its small archive: four tasks a slot still
