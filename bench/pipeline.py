@@ -697,7 +697,7 @@ def run_pipeline(args, bench: Bench) -> dict:
                         constants={"chips": args.chips, "chip_side": args.chip_side or RSICD_SIDE, "cogs": args.cogs,
                                    "cog_source": COG.name, "dim": DIM,
                                    "model": "stand-in (one-hot rows) in the actors, tiny CLIP folder probed",
-                                   "model_ms": args.model_ms, "gpu_rates": GPU_RATES,
+                                   "model_ms": args.model_ms, "gpu_rates": GPU_RATES, "set": dict(args.set),
                                    "code": os.environ.get("RSCLIP_BENCH_CODE", "this tree"), **runs.sources})
 
 

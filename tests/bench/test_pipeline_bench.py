@@ -72,7 +72,7 @@ def test_the_listing_only_run_reports_each_size_and_the_memory_ratio():
 @pytest.mark.slow
 def test_a_tiny_run_of_the_job_with_the_standin_ends_with_every_figure():
     line = run_bench("--chips", "32", "64", "--cogs", "1", "--chip-side", "96", "--model-ms", "8000",
-                     "--repeats", "1", "--warmup", "0", timeout=900)
+                     "--set", "files_per_task=4", "--repeats", "1", "--warmup", "0", timeout=900)
     for arm in ("c32", "c64", "c64slow", "cog"):
         for figure in ("tiles_per_cpu_s", "tiles_per_core_s", "driver_us_per_tile", "driver_rss_mib",
                        "driver_rss_half_mib", "driver_rss_end_mib", "driver_shmem_end_mib", "received_b_per_tile",
@@ -80,6 +80,7 @@ def test_a_tiny_run_of_the_job_with_the_standin_ends_with_every_figure():
             assert f"{arm}_{figure}" in line and f"{arm}_{figure}_min" in line, (arm, figure)
         assert line[f"{arm}_tiles_per_cpu_s"] > 0 and line[f"{arm}_commits"] >= 1
     assert line["driver_rss_ratio"] > 0 and line["chips"] == [32, 64] and line["cogs"] == 1 and line["chip_side"] == 96
+    assert line["set"] == {"files_per_task": 4}  # the job's settings the figures were measured under
     assert "c64_tiles_per_cpu_s >= 600" in line["targets"] and "driver_rss_ratio <= 1.2" in line["targets"]
     assert line["received_source"] in ("summary", "measured at TileWriter.write")
     assert line["c64slow_wall_s"] > line["c64_wall_s"] and line["model_ms"] == 8000
