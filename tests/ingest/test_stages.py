@@ -15,7 +15,7 @@ from rsclip.geo import raster
 from rsclip.table import tiles
 from rsclip.geo.windows import grid_windows
 from rsclip.errors import RsclipError
-from rsclip.ingest import batch as B, listing, planning, reading, writer
+from rsclip.ingest import batch as B, listing, pipeline, planning, reading, writer
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.pipeline import run_embedding
@@ -168,15 +168,20 @@ def mixed_archive(s3, rsicd_files, tmp_path_factory):
 
 
 def test_pipeline_writes_tiles_records_errors_and_reruns_exactly_once(ray_driver, mixed_archive, s3_prefix,
-                                                                      tiny_model, rsicd_files):
+                                                                      tiny_model, rsicd_files, monkeypatch):
     db = f"{s3_prefix}/db"
     opts = raster.RasterOptions(tile_size=224, max_chip=300)
     config = EmbedConfig(archive=mixed_archive, db=db, model=str(tiny_model), raster=opts, batch_size=8,
-                         commit_rows=8, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1, index="always")
+                         commit_rows=8, cpus_per_actor=0.5, read_cpus=0.5, read_tasks=1, index="always",
+                         files_per_task=2)
     scene_tiles = len(job_windows(GEOTIFF_DIR / "2020.tif", 224))  # 697 x 377 px, windows on the CRS's grid
     catalogue = bad_files(rsicd_files)
 
+    # the first run as a large archive's: tasks of more files than --files-per-task, planned two at a time
+    monkeypatch.setattr(pipeline, "MAX_READ_TASKS", 2)
     first = run_embedding(config)
+    assert pipeline.files_per_task(config, first.files) > config.files_per_task
+    monkeypatch.undo()  # the rerun's tasks: two files each
     assert first.files == CHIPS + 1 + len(catalogue)
     assert first.embedded == CHIPS + scene_tiles and first.skipped_present == 0
     assert first.failed == len(catalogue) and first.nodata == 0
