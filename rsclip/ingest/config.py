@@ -15,6 +15,12 @@ from rsclip.ingest.writer import DEFAULT_COMMIT_ROWS, MAX_FAILED_EMBED_BATCHES
 INDEX_MODES = ("auto", "always", "never")
 DEFAULT_BATCH_SIZE = 64  # images per embedder call on CPU
 GPU_BATCH_SIZE = 256  # with GPUs: ViT-B/32 fp16 on an H200 embeds 1.9x more images/s than at 64 (BENCHMARKS.md)
+# Planning/decoding tasks per read slot of the cluster at least, when the archive allows (files_per_task).
+TASKS_PER_READ_SLOT = 4
+# Planning/decoding tasks of a run at most (more only where the read slots need TASKS_PER_READ_SLOT each): the
+# driver holds the listing's block of every task not yet started, ~36 KB each (BENCHMARKS.md, "What the driver's
+# memory holds"), so a larger archive makes larger tasks, not more of them.
+MAX_READ_TASKS = 1024
 setting = flags.setting
 
 
@@ -50,8 +56,9 @@ class EmbedConfig:
     files_per_task: int = setting(256, group="resources",
                                   help="files planned and read per task: fewer, larger tasks cost Ray less per "
                                        "chip (~6 ms of the driver's CPU per task); a small archive is spread over "
-                                       "four tasks per read slot of the cluster however, and an archive that would "
-                                       "need over 1,024 tasks gets larger ones (planned this many files at a time)")
+                                       f"{TASKS_PER_READ_SLOT} tasks per read slot of the cluster however, and an "
+                                       f"archive that would need over {MAX_READ_TASKS:,} tasks gets larger ones "
+                                       "(planned this many files at a time)")
     commit_rows: int = setting(DEFAULT_COMMIT_ROWS, group="resources",
                                help="tiles per fragment a write task writes, and per table commit (the driver "
                                     "commits written fragments once they hold this many tiles, or after 30 s)")

@@ -29,7 +29,7 @@ from rsclip.model.sources import ModelIdentity, model_identity
 from rsclip.runtime.watchdog import Watchdog
 from rsclip.errors import RsclipError, StoreUnavailable
 from rsclip.ingest import listing, planning, preflight, reading, sources, write_stage
-from rsclip.ingest.config import EmbedConfig
+from rsclip.ingest.config import MAX_READ_TASKS, TASKS_PER_READ_SLOT, EmbedConfig
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.writer import (NothingEmbedded, TileWriter, clear_unlisted_errors, errored_uris,
                                   open_errors_table)
@@ -38,12 +38,6 @@ log = logging.getLogger(__name__)
 
 # Memory a planning/decoding task may use (a batch of decoded tiles plus one open scene).
 READ_TASK_MEMORY = 512 * 1024 * 1024
-# Planning/decoding tasks per read slot of the cluster at least, when the archive allows (files_per_task).
-TASKS_PER_READ_SLOT = 4
-# Planning/decoding tasks of a run at most (more only where the read slots need TASKS_PER_READ_SLOT each): the
-# driver holds the listing's block of every task not yet started, ~36 KB each (BENCHMARKS.md, "What the driver's
-# memory holds"), so a larger archive makes larger tasks, not more of them.
-MAX_READ_TASKS = 1024
 # Memory a write task may use: --commit-rows tiles with their vectors, as numpy and as Arrow (~3 x 2.3 KB each).
 WRITE_TASK_MEMORY = 256 * 1024 * 1024
 # Ray Data's wait for the embedder actors outlasts the watchdog's stop by this much (see _set_data_context);

@@ -52,7 +52,8 @@ def test_the_job_run_with_a_relative_model_folder_embeds_and_records_it_absolute
 
 
 def test_read_tasks_take_many_files_but_a_small_archive_still_fills_every_read_slot(tmp_path):
-    from rsclip.ingest.pipeline import MAX_READ_TASKS, TASKS_PER_READ_SLOT, files_per_task
+    from rsclip.ingest.config import MAX_READ_TASKS, TASKS_PER_READ_SLOT
+    from rsclip.ingest.pipeline import files_per_task
 
     config = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=3)
     assert files_per_task(config, 256 * MAX_READ_TASKS) == config.files_per_task == 256
@@ -64,7 +65,8 @@ def test_read_tasks_take_many_files_but_a_small_archive_still_fills_every_read_s
 
 
 def test_a_large_archive_makes_larger_read_tasks_not_more_of_them_unless_the_read_slots_need_more(tmp_path):
-    from rsclip.ingest.pipeline import MAX_READ_TASKS, TASKS_PER_READ_SLOT, files_per_task
+    from rsclip.ingest.config import MAX_READ_TASKS, TASKS_PER_READ_SLOT
+    from rsclip.ingest.pipeline import files_per_task
 
     config = EmbedConfig(db=str(tmp_path), archive=str(tmp_path), read_tasks=3)
     for files in (1_000_000, 10_000_000, 10_000_001):  # the driver holds every waiting task's block
