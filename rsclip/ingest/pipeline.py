@@ -193,8 +193,9 @@ def build_dataset(config: EmbedConfig, listed: sources.Listed, table_version: in
     ds = ds.map_batches(reading.mark_present, fn_kwargs={"db": config.db, "table": config.table,
                                                          "version": table_version},
                         batch_size=None, **read_args)  # per block: coalescing would serialise small archives
-    ds = ds.map_batches(reading.read_tiles, fn_kwargs={"preprocess": asdict(model.preprocess)},
-                        batch_size=config.batch_size, **read_args)
+    ds = ds.map_batches(reading.read_slices, fn_kwargs={"preprocess": asdict(model.preprocess),
+                                                        "rows": config.batch_size},
+                        batch_size=None, **read_args)  # per block, as for mark_present: see read_slices
     actor_cpus = _actor_cpus(config)
     cluster.check_fit(preflight.embed_demand(config, actor_cpus, READ_TASK_MEMORY))
     threads = config.torch_threads

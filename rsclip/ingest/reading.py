@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from contextlib import ExitStack
+from typing import Iterator
 
 import numpy as np
 
@@ -145,6 +146,18 @@ def _read_one(sources: _Sources, batch: dict[str, np.ndarray], i: int,
         raise errors.InvalidInput(f"{uri}: decoded size {whole.shape[1]}x{whole.shape[0]} does not hold window "
                                   f"{tuple(window)}")
     return image, 0.0
+
+
+def read_slices(batch: dict[str, np.ndarray], preprocess: dict, rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data stage: :func:`read_tiles` on ``batch`` ``rows`` at a time, each slice's output yielded before
+    the next is decoded (Ray Data gathers them into blocks of ~128 MiB), so a task never holds the decoded tiles
+    of all its files, however many windows they cut into.
+
+    The stage takes whole blocks (no ``batch_size`` of its own): Ray Data fuses it with planning and bundles a
+    fused task's input files up to the largest batch size among the fused stages, so a batch size here, counted
+    in tiles, would become a count of files per task and put a small archive, or a few scenes, in one task."""
+    for start in range(0, len(batch[tiles.URI]), rows):
+        yield read_tiles({c: v[start : start + rows] for c, v in batch.items()}, preprocess)
 
 
 def read_tiles(batch: dict[str, np.ndarray], preprocess: dict) -> dict[str, np.ndarray]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +17,7 @@ from rsclip.geo import raster
 from rsclip.table import tiles
 from rsclip.geo.windows import grid_windows
 from rsclip.errors import RsclipError
-from rsclip.ingest import batch as B, listing, pipeline, planning, reading, writer
+from rsclip.ingest import batch as B, listing, pipeline, planning, reading, sources, writer
 from rsclip.ingest.embedder import ImageEmbedder, model_spec
 from rsclip.ingest.config import EmbedConfig
 from rsclip.ingest.pipeline import run_embedding
@@ -84,6 +86,11 @@ def test_image_embedder_works_on_a_plain_batch_without_ray(tiny_model, rsicd_fil
     np.testing.assert_allclose(out[tiles.VECTOR][:5], want, atol=2e-5)
     assert not out[tiles.VECTOR][5].any()
     np.testing.assert_allclose(np.linalg.norm(out[tiles.VECTOR][:5], axis=1), 1.0, atol=1e-5)
+    # the pipeline's read stage: the same rows, decoded two at a time
+    slices = list(reading.read_slices(B.rows_to_batch(rows, B.PLAN_COLUMNS), vars(preprocess), rows=2))
+    assert [len(s[B.STATUS]) for s in slices] == [2, 2, 2]
+    assert [u for s in slices for u in s[tiles.URI]] == list(batch[tiles.URI])
+    assert all((a == b).all() for a, b in zip([p for s in slices for p in s[B.PIXELS]], batch[B.PIXELS]))
 
 
 def test_bad_inputs_fail_at_the_right_stage_without_ray(tmp_path, rsicd_files, tiny_model):
@@ -253,6 +260,27 @@ def test_a_broken_model_stops_the_job_with_one_clear_error(ray_driver, s3, s3_pr
         run_embedding(config)
     errors = tiles.connect(db).open_table(tiles.errors_table_name(tiles.DEFAULT_TABLE)).count_rows()
     assert 0 < errors < len(files) and tiles.open_table(db).count_rows() == 0
+
+
+def test_a_few_scenes_are_read_in_a_task_each_whatever_the_embedder_batch(ray_driver, tiny_model, tmp_path):
+    """Four scenes with the GPU batch (256 tiles, more than the four hold): four planning/decoding tasks, one
+    scene each as ``files_per_task`` asks, not one task for all (the read stage's batch, counted in tiles, once
+    became Ray Data's count of files per fused task); every tile comes out once, in batches of at most 256."""
+    archive = tmp_path / "scenes"
+    archive.mkdir()
+    for i in range(4):
+        shutil.copy(GEOTIFF_DIR / "2020.tif", archive / f"scene-{i}.tif")
+    config = EmbedConfig(archive=str(archive), db=str(tmp_path / "db"), model=str(tiny_model), batch_size=256,
+                         cpus_per_actor=0.5, read_cpus=0.5, raster=raster.RasterOptions(tile_size=224))
+    probed, model = pipeline._probe(config)
+    listed = sources.list_sources(config, probed)
+    assert pipeline.files_per_task(config, listed.files) == 1
+    ds = pipeline.build_dataset(config, listed, 0, model)
+    sizes = [len(b[B.STATUS]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sum(sizes) == 4 * len(job_windows(GEOTIFF_DIR / "2020.tif", 224)) and max(sizes) <= 256
+    tasks = re.search(r"MapBatches\(plan_files\)\S*: (\d+) tasks executed", ds.stats())
+    assert tasks, ds.stats()
+    assert int(tasks.group(1)) == 4, ds.stats()
 
 
 def _raster_part(path: Path, width: int) -> bytes:
