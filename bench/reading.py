@@ -159,7 +159,9 @@ def ray_rate(items: list[dict], preprocess: dict, files_per_task: int, prefetch:
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // files_per_task))
     ds = ds.map_batches(plan_stage, fn_kwargs={"options": asdict(raster.RasterOptions()), "prefetch": prefetch},
                         batch_size=files_per_task, **args)
-    ds = ds.map_batches(reading.read_tiles, fn_kwargs={"preprocess": preprocess}, batch_size=batch_size, **args)
+    # as the job: whole blocks, decoded batch_size rows at a time (a batch_size here would set the files a task takes)
+    ds = ds.map_batches(reading.read_slices, fn_kwargs={"preprocess": preprocess, "rows": batch_size},
+                        batch_size=None, **args)
     n = sum(len(b["status"]) for b in ds.iter_batches(batch_format="numpy", batch_size=None))
     wall, driver = time.perf_counter() - wall0, time.process_time() - driver0
     after = cpu_seconds(children(raylet))
