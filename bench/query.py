@@ -299,7 +299,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     """The arms compared in every round (see the module doc)."""
     import numpy as np
 
-    from rsclip.table import snapshots, tiles
+    from rsclip.table import tiles
     from rsclip.search import searchers as S
     from rsclip.search.filters import Filters
     from rsclip.search.query import query
@@ -317,8 +317,7 @@ def arms(args, db: Path, table, data: Data, truth: list, faiss_index, compact) -
     def boxed(make):
         return lambda i: S.search(make(), data.queries[i], k, Filters.of(bbox=data.boxes[i]))
 
-    # the table as rsclip.query reads it: a snapshot per process, checked for a newer version at every search
-    read = lambda: snapshots.read_table(db, table.name)  # noqa: E731
+    read = services_reader(db, table)
     resident, lance = (lambda: S.searcher_for(read(), resident=True)), (lambda: S.LanceSearcher(read()))
     compacted = lambda: S.ResidentSearcher(read(), compact)
     held = resident().rows  # the index arm: the copy's index and exact scores only, as FAISS's arm (no lookup)
@@ -357,6 +356,16 @@ def faiss_sub_vectors(dim: int) -> int:
     """FAISS IVF-PQ's sub-vectors (the anchor's codes): the largest divisor of ``dim`` not above ``dim / 8``, one
     byte per ~8 dimensions (64 bytes at 512-d)."""
     return max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
+
+
+def services_reader(db: Path, table):
+    """What every resident and Lance arm searches: ``table`` as ``rsclip.query`` and the services read it, a
+    snapshot kept per process and checked for a newer version at every search (``snapshots.read_table``). A table
+    opened once with ``tiles.open_table`` would ask LanceDB's event-loop thread its uri and version at every
+    search instead, which the services never do (BENCHMARKS.md, Query, 2026-12-07)."""
+    from rsclip.table import snapshots
+
+    return lambda: snapshots.read_table(db, table.name)
 
 
 def far_queries(args):

@@ -10,8 +10,8 @@ query, and of every query inside each box) chunk by chunk. What is measured, one
 arm per round:
 
 - ``compact``: the resident search through a ``compact`` copy (the tier a table this size gets,
-  ``rsclip.search.memory_table``) of the table as ``rsclip.query`` and the services read it (as in
-  bench/query.py: ``snapshots.read_table``, a newer version looked for at every search): p50/p95 ms, recall@k;
+  ``rsclip.search.memory_table``) of the table as ``rsclip.query`` and the services read it (bench/query.py's
+  ``services_reader``, as its arms at 1M): p50/p95 ms, recall@k;
   its load time, its memory and the process's RSS;
 - ``far_compact``: queries near no cluster (bench/query.py's ``far_queries``: random unit vectors, the worst case
   of a text across CLIP's modality gap) through the same copy (``compact_ood_*``);
@@ -134,7 +134,7 @@ def measure(args, bench, db: Path) -> dict:
     from rsclip.search import memory_table
     from rsclip.search import searchers as S
     from rsclip.search.filters import Filters
-    from rsclip.table import datasets, snapshots, tiles
+    from rsclip.table import datasets, tiles
 
     queries, once = write_or_draw(args, db)
     boxes = {name: boxes_of(args, side, min(BOXES, len(queries))) for name, side in BOX_SIDES.items()}
@@ -152,9 +152,7 @@ def measure(args, bench, db: Path) -> dict:
                 compact_bytes_per_row=compact.nbytes / args.rows, rss_mb=rss_mb(), rss_before_load_mb=before)
     print(f"compact copy {once['compact_mb']:.0f} MB ({once['compact_bytes_per_row']:.0f} B/row) in "
           f"{once['compact_load_s']:.0f}s; RSS {before:.0f} -> {once['rss_mb']:.0f} MB", flush=True)
-    # the table as rsclip.query and the services read it (bench/query.py's arms): a snapshot per process; a table
-    # opened with tiles.open_table asks LanceDB's event-loop thread its uri and version at every search
-    read = lambda: snapshots.read_table(db, table.name)
+    read = Q.services_reader(db, table)
     searcher = lambda: S.ResidentSearcher(read(), compact)
     items, k = list(range(len(queries))), args.k
     arms = [Q.latency_arm("compact", "compact_ann_", lambda i: S.search(searcher(), queries[i], k),
