@@ -293,7 +293,7 @@ def test_a_read_stage_that_never_returns_is_reported_then_stopped(s3, s3_prefix,
         with RayHead(num_cpus=2, env=env) as head:
             res = head.submit(["python", EMBED, "--archive", archive, "--db", str(tmp_path / "db"),
                                "--model", str(tiny_model), "--read-tasks", "1", "--stall-timeout", "4",
-                               "--stall-abort", "40"], working_dir=ROOT, timeout=400)
+                               "--stall-abort", "20"], working_dir=ROOT, timeout=400)
     finally:
         silent.close()
     out = res.stdout + res.stderr
