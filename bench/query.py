@@ -25,7 +25,8 @@ or FAISS's ids, and the data's row numbers are read from it afterwards, for reca
   ``IndexRefineFlat`` (same re-ranking depth), same nprobes; built once;
 - ``qps_t1`` / ``qps_t4`` / ``qps_t8``: queries per second through the resident path with 1, 4 and 8
   concurrent callers (threads, as the web app's sessions and the API's workers, with the BLAS threads a
-  serving process runs: ``searchers.SERVICE_BLAS_THREADS``); ``concurrency_gain`` = 8 callers over 1;
+  serving process runs: ``searchers.SERVICE_BLAS_THREADS``, and at most ``slots.search_slots()`` requests
+  searching at once, as in a service); ``concurrency_gain`` = 8 callers over 1;
 - ``brute``: numpy brute force (one matrix-vector product + argpartition);
 - ``text``: a text query end to end (``rsclip.search.query.query``: open table, encode with a ViT-B/32-sized
   text tower on this machine's device, search the resident copy);
@@ -254,16 +255,23 @@ def latency_arm(name: str, prefix: str, fn, items, truth=None, recall_key: str =
 
 
 def throughput_arm(name: str, fn, items, threads: int) -> Arm:
-    """An arm answering all ``items`` with ``threads`` concurrent callers of ``fn``, the BLAS libraries
-    running the threads a process serving searches runs (``serve_searches``): ``<name>`` = queries/s."""
+    """An arm answering all ``items`` with ``threads`` concurrent callers of ``fn``, as a service's requests: the
+    BLAS libraries running the threads a serving process runs (``serve_searches``), each call holding one of the
+    process's search slots from its table lookup to its answer (``rsclip.search.slots.searching``, as
+    ``rsclip.query`` holds it): ``<name>`` = queries/s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rsclip.search.searchers import service_blas_threads
+    from rsclip.search.slots import searching
+
+    def request(item):
+        with searching():
+            return fn(item)
 
     def run() -> dict:
         with service_blas_threads(), ThreadPoolExecutor(threads) as pool:
             t0 = time.perf_counter()
-            list(pool.map(fn, items))
+            list(pool.map(request, items))
             return {name: len(items) / (time.perf_counter() - t0)}
     return Arm(name, run, warm=lambda: [fn(item) for item in items[:WARM_QUERIES]])
 

@@ -27,6 +27,7 @@ from rsclip.errors import InvalidInput, LimitExceeded
 from rsclip.search.encoding import is_image_query, query_vector, read_query_image, self_ids
 from rsclip.search.request import Request
 from rsclip.search.searchers import Found, find, searcher_for
+from rsclip.search.slots import searching
 
 # Most examples of one search (positives and negatives together).
 MAX_EXAMPLES = 1000
@@ -106,6 +107,7 @@ def search_examples(request: Request, positive, negative=(), *, resident: bool =
                 extra=len(leave_out))
 
 
+@searching()
 def query_examples(db, positive, negative=(), k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None,
                    near=None, polygon=None, where=None, resident: bool = False,
                    allow_model_mismatch: bool = False, date=None, max_cloud=None,

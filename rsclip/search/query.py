@@ -23,6 +23,7 @@ from rsclip.search.examples import search_examples
 from rsclip.search.filters import BBox
 from rsclip.search.request import Request
 from rsclip.search.searchers import SCORE, Found, find, searcher_for
+from rsclip.search.slots import searching
 
 # Image queries drop the row whose embedding equals the query's within this cosine distance (the query
 # tile under another name) when none of the query's own tile ids is among the results.
@@ -41,6 +42,7 @@ def self_match(ids: set[str]):
     return drop
 
 
+@searching()
 def query(db, query: QueryLike | None = None, k: int = 10, *, table: str = tiles.DEFAULT_TABLE,
           bbox: Sequence[float] | None = None, where: str | None = None, near: Sequence[float] | None = None,
           exclude_self: bool = True, resident: bool = False, allow_model_mismatch: bool = False, polygon=None,
@@ -120,6 +122,7 @@ def search_query(request: Request, query: QueryLike, *, exclude_self: bool = Tru
                 extra=extra)
 
 
+@searching()
 def query_text(db, text: str, k: int = 10, *, table: str = tiles.DEFAULT_TABLE, bbox=None, where=None,
                near=None, resident: bool = False, allow_model_mismatch: bool = False,
                polygon=None, date=None, max_cloud=None, max_nodata=None) -> pd.DataFrame:
@@ -165,6 +168,7 @@ def tile_vector(table, tile_id: str) -> np.ndarray:
     return np.asarray(rows.column(tiles.VECTOR)[0].as_py(), dtype=np.float32)
 
 
+@searching()
 def similar_tiles(db, tile_id: str, k: int, *, table: str = tiles.DEFAULT_TABLE, bbox: BBox | None = None,
                   resident: bool = False, allow_model_mismatch: bool = False, polygon=None, date=None,
                   max_cloud=None, max_nodata=None, near=None, where=None) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from rsclip.search.filters import Filters
 from rsclip.search.lance_probes import Probing, probing
 from rsclip.search import memory_table
 from rsclip.search.memory_table import COMPACT, MEMORY, ROW_ID, resident_table
+from rsclip.search.slots import searching
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,17 @@ SERVICE_BLAS_THREADS = 1
 _serving = False  # whether this process has set its BLAS threads (serve_searches)
 
 
-def serve_searches(resident_max_gb: float | None = None) -> None:
+def serve_searches(resident_max_gb: float | None = None, searches_at_once: int | None = None) -> None:
     """Set this process up to serve searches: resident copies load in the background (Lance answers meanwhile),
-    at most ``resident_max_gb`` each when given, and the BLAS libraries run :data:`SERVICE_BLAS_THREADS`."""
+    at most ``resident_max_gb`` each when given, the BLAS libraries run :data:`SERVICE_BLAS_THREADS`, and
+    ``searches_at_once`` searches run together when given (the API's ``--workers``; else
+    :func:`~rsclip.search.slots.search_slots`)."""
     global _serving
     memory_table.cache.wait = False
     if resident_max_gb is not None:
         memory_table.cache.max_bytes = int(resident_max_gb * 1024**3)
+    if searches_at_once is not None:
+        searching.allow(searches_at_once)
     if not _serving:  # finding the loaded libraries takes milliseconds: once per process
         service_blas_threads()
         _serving = True
@@ -338,8 +343,15 @@ def find(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters = Filt
 
     Candidates are fetched best first; when the filters' exact tests (``near=``) drop rows, the fetch grows
     until ``k`` pass or the filtered table is exhausted, so ``k`` rows come back whenever ``k`` qualify. Those
-    tests and ``drop`` see the candidates as a frame; a search that needs neither builds none.
+    tests and ``drop`` see the candidates as a frame; a search that needs neither builds none. At most
+    :func:`~rsclip.search.slots.search_slots` searches run at once in a process (:class:`searching`).
     """
+    with searching():
+        return _find(searcher, vector, k, filters, drop=drop, extra=extra, exact=exact)
+
+
+def _find(searcher: Searcher, vector: np.ndarray, k: int, filters: Filters, *,
+          drop: Callable[[pd.DataFrame], np.ndarray] | None, extra: int, exact: bool) -> Found:
     filters = filters.on(searcher.dataset)
     rank = searcher.ranker(vector, filters, exact=exact)
     if filters.exact_in_sql and drop is None:

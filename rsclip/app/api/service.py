@@ -254,7 +254,7 @@ def build_app(config: ApiConfig) -> Starlette:
     """The ASGI app serving ``config``: routes, errors as JSON, Host check, CORS when configured, the token."""
     from rsclip.search.searchers import serve_searches
 
-    serve_searches(config.resident_max_gb)
+    serve_searches(config.resident_max_gb, searches_at_once=config.workers)  # the process's search slots
     warm_up(config.db, config.table)  # before any request: a model loaded by two threads at once can fail
     service = Service(config)
 
