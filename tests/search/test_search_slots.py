@@ -112,7 +112,5 @@ def test_a_request_keeps_its_slot_inside_and_a_failed_one_gives_it_back(vector_d
     assert len(done) == 1 and len(done[0]) == 3
     with pytest.raises(InvalidInput):
         rsclip.query(db, queries[0], k=3, where="no_such_column > 1")
-    with pytest.raises(InvalidInput):
-        calls.search(str(db), tiles.DEFAULT_TABLE, {"vector": queries[0].tolist(), "k": 0})
-    assert search_slots.searching._slots.acquire(timeout=10)  # both gave the slot back
+    assert search_slots.searching._slots.acquire(timeout=10)  # the failed search gave the slot back
     search_slots.searching._slots.release()
