@@ -36,12 +36,11 @@ class searching(ContextDecorator):
         cls._slots = threading.BoundedSemaphore(max(1, int(searches)))
 
     def __enter__(self) -> "searching":
-        held = self._held
-        if getattr(held, "depth", 0) == 0:
+        held, depth = self._held, getattr(self._held, "depth", 0)
+        if depth == 0:
             held.slots = self._slots  # given back to the one it came from, whatever allow() did meanwhile
             held.slots.acquire()
-            held.depth = 0
-        held.depth += 1
+        held.depth = depth + 1
         return self
 
     def __exit__(self, *exc) -> bool:
